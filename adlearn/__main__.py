@@ -1,0 +1,3 @@
+from adlearn.cli import main
+
+raise SystemExit(main())

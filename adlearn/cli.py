@@ -1,0 +1,215 @@
+"""The ``adlearn`` command line.
+
+    adlearn models                       # one registered model name per line
+    adlearn evaluate MODEL [--root DIR --category NAME] [--image-size 256] [--backbone NAME]
+            [--pretrained auto|hub|none|PATH] [--set KEY=VALUE ...] [--device auto|cpu|cuda]
+            [--seed 0] [--json FILE] [--figure FILE] [--save FILE]
+    adlearn demo [--models padim,...]    # the README's main job on the embedded synthetic data
+    adlearn data synth --root DIR [--category NAME|all] [--image-size N] [--seed S]
+
+Without ``--root`` every command uses the embedded synthetic dataset (generated once, cached).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import inspect
+import json
+import sys
+from pathlib import Path
+
+OFFLINE_BACKBONE = "efficientnet_lite0"
+
+
+def _parse_set(pairs: list[str]) -> dict:
+    options = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise SystemExit(f"--set expects KEY=VALUE, got {pair!r}")
+        key, raw = pair.split("=", 1)
+        try:
+            options[key] = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            options[key] = raw  # a bare word such as a backbone name
+    return options
+
+
+def _model_options(model_class, args, extra: dict) -> dict:
+    accepted = inspect.signature(model_class.__init__).parameters
+    options = {"image_size": args.image_size, "device": args.device, "seed": args.seed}
+    if args.backbone is not None:
+        options["backbone"] = args.backbone
+    if args.pretrained is not None:
+        options["pretrained"] = args.pretrained
+    options.update(extra)
+    unknown = [key for key in options if key not in accepted]
+    if unknown:
+        valid = ", ".join(name for name in accepted if name != "self")
+        raise SystemExit(f"model {model_class.name!r} has no option {unknown[0]!r}; its options are: {valid}")
+    return options
+
+
+def _datasets(root: str | None, category: str | None, transform, image_size: int, seed: int):
+    from adlearn.data import SYNTHETIC_CATEGORIES, MVTecDataset, synthetic_root
+
+    if root is None:
+        root = synthetic_root(image_size=image_size, seed=seed)
+        category = category or SYNTHETIC_CATEGORIES[0]
+    elif category is None:
+        found = sorted(p.name for p in Path(root).iterdir() if (p / "train").is_dir()) if Path(root).is_dir() else []
+        raise SystemExit(f"--root given without --category; categories under {root}: {', '.join(found) or 'none'}")
+    train = MVTecDataset(root, category, split="train", transform=transform)
+    test = MVTecDataset(root, category, split="test", transform=transform)
+    return category, train, test
+
+
+def run_evaluation(model_name: str, args, extra: dict, category: str | None = None) -> dict:
+    import adlearn
+    from adlearn.evaluate import fit_and_evaluate
+    from adlearn.models import get_model_class
+
+    model_class = get_model_class(model_name)
+    model = model_class(**_model_options(model_class, args, extra))
+    category, train, test = _datasets(args.root, category or args.category, model.transform,
+                                      args.image_size, args.seed)
+    print(f"{model.name}: fitting on {len(train)} '{category}' images, testing on {len(test)} "
+          f"({model.device})", file=sys.stderr)
+    results = fit_and_evaluate(model, train, test, return_predictions=bool(args.figure))
+    predictions = results.pop("predictions", None)
+    results = {"model": model.name, "category": category, **results,
+               "backbone": model.config.get("backbone"), "image_size": args.image_size,
+               "device": str(model.device), "seed": args.seed, "adlearn_version": adlearn.__version__,
+               "config": {k: v for k, v in model.config.items() if isinstance(v, (int, float, str, bool, type(None), list, tuple))}}
+    if args.figure and predictions is not None:
+        _write_figure(args.figure, model, test, predictions, category)
+    if getattr(args, "save", None):
+        model.save(args.save)
+    return results
+
+
+def _write_figure(path, model, test, predictions, category) -> None:
+    import numpy as np
+    import torch
+
+    from adlearn.plotting import anomaly_map_grid
+
+    labels = predictions["labels"]
+    # Show a few normal and mostly anomalous images, in dataset order.
+    chosen = list(np.flatnonzero(labels == 1)[::max(1, (labels == 1).sum() // 6)][:6]) + list(np.flatnonzero(labels == 0)[:2])
+    images = torch.stack([test[i]["image"] for i in chosen])
+    maps = predictions["anomaly_maps"][chosen] if predictions["anomaly_maps"] is not None else None
+    if maps is None:
+        return
+    anomaly_map_grid(images, maps, masks=predictions["masks"][chosen], scores=predictions["pred_scores"][chosen],
+                     labels=labels[chosen], title=f"{model.name} on {category}", path=path)
+    print(f"wrote {path}", file=sys.stderr)
+
+
+def cmd_models(args) -> int:
+    from adlearn.models import available_models
+
+    print("\n".join(available_models()))
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from adlearn.plotting import metrics_table
+
+    results = run_evaluation(args.model, args, _parse_set(args.set))
+    print(metrics_table([results]))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(results, indent=2, default=str) + "\n")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    """Fit each demo model on every synthetic category; print one table; write one figure each."""
+    from adlearn.data import SYNTHETIC_CATEGORIES
+    from adlearn.models import available_models
+    from adlearn.plotting import metrics_table
+
+    models = [m for m in args.models.split(",") if m]
+    missing = [m for m in models if m not in available_models()]
+    if missing:
+        raise SystemExit(f"unknown model(s) {missing}; available: {', '.join(available_models())}")
+    out = Path(args.out)
+    rows = []
+    for model_name in models:
+        for category in SYNTHETIC_CATEGORIES:
+            args.figure = str(out / f"{model_name}_{category}.png")
+            args.root, args.category = None, category
+            rows.append(run_evaluation(model_name, args, {}, category))
+    print(metrics_table(rows))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(rows, indent=2, default=str) + "\n")
+    print(f"figures and results.json in {out}/")
+    return 0
+
+
+def cmd_data_synth(args) -> int:
+    from adlearn.data import synth_command
+
+    synth_command(args.root, category=args.category, image_size=args.image_size, seed=args.seed)
+    return 0
+
+
+def _add_run_options(parser, default_backbone=None, default_pretrained=None) -> None:
+    parser.add_argument("--image-size", type=int, default=256)
+    parser.add_argument("--backbone", default=default_backbone,
+                        help=f"timm backbone (model default if omitted; '{OFFLINE_BACKBONE}' has offline weights)")
+    parser.add_argument("--pretrained", default=default_pretrained,
+                        help="auto (offline package, else hub) | hub | none | PATH to a state dict")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="adlearn", description="Visual anomaly detection, readably re-implemented.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    models = sub.add_parser("models", help="list the registered models")
+    models.set_defaults(func=cmd_models)
+
+    evaluate = sub.add_parser("evaluate", help="fit a model and report its metrics")
+    evaluate.add_argument("model")
+    evaluate.add_argument("--root", help="MVTec-layout root (default: the embedded synthetic dataset)")
+    evaluate.add_argument("--category")
+    _add_run_options(evaluate)
+    evaluate.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                          help="a model option, e.g. --set n_features=100 (repeatable)")
+    evaluate.add_argument("--json", help="write the results as one JSON object")
+    evaluate.add_argument("--figure", help="write an anomaly-map figure (PNG)")
+    evaluate.add_argument("--save", help="save the fitted model")
+    evaluate.set_defaults(func=cmd_evaluate)
+
+    demo = sub.add_parser("demo", help="fit the demo models on the synthetic data: table + figures")
+    demo.add_argument("--models", default="padim")
+    demo.add_argument("--out", default="adlearn_results")
+    _add_run_options(demo, default_backbone=OFFLINE_BACKBONE, default_pretrained="auto")
+    demo.set_defaults(func=cmd_demo)
+
+    data = sub.add_parser("data", help="dataset utilities")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    synth = data_sub.add_parser("synth", help="write the synthetic dataset in the MVTec layout")
+    synth.add_argument("--root", required=True)
+    synth.add_argument("--category", default="all")
+    synth.add_argument("--image-size", type=int, default=256)
+    synth.add_argument("--seed", type=int, default=0)
+    synth.set_defaults(func=cmd_data_synth)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, RuntimeError, FileNotFoundError) as error:
+        # Bad input and missing weights end with the message, not a traceback.
+        from adlearn.components.feature_extractors.backbones import PretrainedWeightsError
+
+        if isinstance(error, (ValueError, PretrainedWeightsError, FileNotFoundError)) or "CUDA" in str(error):
+            print(f"adlearn: error: {error}", file=sys.stderr)
+            return 2
+        raise

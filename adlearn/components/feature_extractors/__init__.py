@@ -1,0 +1,29 @@
+"""Feature extractors (MODELS.md A.1): pretrained CNNs whose intermediate maps feed every model.
+
+- `TimmFeatureExtractor` — a timm backbone returning ``{layer: feature map}``.
+- `TorchFXFeatureExtractor` / `BackboneParams` — any torchvision/custom model, cut at graph nodes.
+- `dryrun_find_featuremap_dims` — push one blank image through to learn channels and resolution.
+- `load_backbone` / `resolve_pretrained` — where the weights come from (offline package, hub, file).
+"""
+
+from adlearn.components.feature_extractors.backbones import (
+    OFFLINE_WEIGHTS,
+    PretrainedWeightsError,
+    load_backbone,
+    resolve_layers,
+    resolve_pretrained,
+)
+from adlearn.components.feature_extractors.timm import TimmFeatureExtractor, dryrun_find_featuremap_dims
+from adlearn.components.feature_extractors.torchfx import BackboneParams, TorchFXFeatureExtractor
+
+__all__ = [
+    "OFFLINE_WEIGHTS",
+    "BackboneParams",
+    "PretrainedWeightsError",
+    "TimmFeatureExtractor",
+    "TorchFXFeatureExtractor",
+    "dryrun_find_featuremap_dims",
+    "load_backbone",
+    "resolve_layers",
+    "resolve_pretrained",
+]

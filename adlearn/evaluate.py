@@ -1,0 +1,96 @@
+"""Evaluate a fitted model on a labelled test set: scores, maps, metrics, speed and memory.
+
+    results = adlearn.evaluate(model, test_dataset)
+    results["image_auroc"], results["pixel_auroc"], results["images_per_second"]
+
+``fit_and_evaluate`` adds the fit time: it is what ``adlearn evaluate`` on the command line runs.
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from adlearn.metrics import compute_all
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def collect_predictions(model, dataset, batch_size: int | None = None) -> dict:
+    """Run ``model.predict`` over ``dataset``; return numpy arrays and the time the model took.
+
+    Keys: ``pred_scores (N,)``, ``labels (N,)``, ``anomaly_maps (N,H,W)`` or None, ``masks (N,H,W)``,
+    ``defect_types``, ``image_paths``, ``predict_seconds`` (model time only, data loading excluded).
+    """
+    if len(dataset) == 0:
+        raise ValueError("the test dataset is empty — nothing to evaluate")
+    loader = DataLoader(dataset, batch_size=batch_size or model.batch_size, shuffle=False)
+    scores, labels, maps, masks, defect_types, paths = [], [], [], [], [], []
+    model_seconds = 0.0
+    for batch in loader:
+        _synchronize(model.device)
+        start = time.perf_counter()
+        prediction = model.predict(batch["image"]).cpu()  # .cpu() waits for the device
+        model_seconds += time.perf_counter() - start
+        scores.append(prediction.pred_score.float().numpy())
+        if prediction.anomaly_map is not None:
+            maps.append(prediction.anomaly_map.float().numpy())
+        labels.append(batch["label"].numpy())
+        masks.append(batch["mask"].numpy())
+        defect_types += list(batch["defect_type"])
+        paths += list(batch["image_path"])
+    return {
+        "pred_scores": np.concatenate(scores),
+        "labels": np.concatenate(labels).astype(int),
+        "anomaly_maps": np.concatenate(maps) if maps else None,
+        "masks": np.concatenate(masks),
+        "defect_types": defect_types,
+        "image_paths": paths,
+        "predict_seconds": model_seconds,
+    }
+
+
+def evaluate(model, test_dataset, batch_size: int | None = None, return_predictions: bool = False) -> dict:
+    """Metrics of a fitted model on ``test_dataset`` (items as in ``adlearn.data``)."""
+    predictions = collect_predictions(model, test_dataset, batch_size)
+    metrics = compute_all(predictions["labels"], predictions["pred_scores"],
+                          masks=predictions["masks"] if predictions["anomaly_maps"] is not None else None,
+                          maps=predictions["anomaly_maps"])
+    n_images = len(predictions["labels"])
+    results = {
+        "model": model.name,
+        **metrics,
+        "predict_seconds": predictions["predict_seconds"],
+        "images_per_second": n_images / max(predictions["predict_seconds"], 1e-9),
+        "n_test": n_images,
+        "peak_memory_mb": _peak_memory_mb(model.device),
+    }
+    if return_predictions:
+        results["predictions"] = predictions
+    return results
+
+
+def fit_and_evaluate(model, train_dataset, test_dataset, return_predictions: bool = False) -> dict:
+    """Fit, then evaluate; adds ``fit_seconds`` and ``n_train``."""
+    if model.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(model.device)
+    start = time.perf_counter()
+    model.fit(train_dataset)
+    _synchronize(model.device)
+    fit_seconds = time.perf_counter() - start
+    results = evaluate(model, test_dataset, return_predictions=return_predictions)
+    results.update(fit_seconds=fit_seconds, n_train=len(train_dataset))
+    return results

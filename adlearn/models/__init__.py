@@ -1,0 +1,53 @@
+"""The model registry: ``create("padim", ...)``, ``available_models()``, ``load(path)``.
+
+Model modules are imported on first use, so listing the models costs nothing.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from adlearn.models.base import (
+    AnomalyModel,
+    MemoryBankModel,
+    NotFittedError,
+    Prediction,
+    _REGISTRY,
+    load,
+    register,
+)
+
+# registered name -> module in adlearn.models (one file per model)
+MODEL_MODULES: dict[str, str] = {
+    "padim": "padim",
+}
+
+
+def available_models() -> list[str]:
+    return sorted(MODEL_MODULES)
+
+
+def get_model_class(name: str) -> type[AnomalyModel]:
+    key = name.lower().replace("-", "_")
+    if key not in MODEL_MODULES:
+        raise ValueError(f"unknown model {name!r}; available: {', '.join(available_models())}")
+    importlib.import_module(f"adlearn.models.{MODEL_MODULES[key]}")
+    return _REGISTRY[key]
+
+
+def create(name: str, **options) -> AnomalyModel:
+    """Build a registered model with its hyper-parameters, e.g. ``create("padim", n_features=100)``."""
+    return get_model_class(name)(**options)
+
+
+__all__ = [
+    "AnomalyModel",
+    "MemoryBankModel",
+    "NotFittedError",
+    "Prediction",
+    "available_models",
+    "create",
+    "get_model_class",
+    "load",
+    "register",
+]

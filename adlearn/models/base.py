@@ -1,0 +1,215 @@
+"""What every model shares: the ``fit`` / ``predict`` / ``save`` / ``load`` contract.
+
+    model = adlearn.models.create("padim", backbone="efficientnet_lite0")
+    model.fit(train_dataset)                 # a Dataset of dict items, a DataLoader, or a (N,3,H,W) tensor
+    prediction = model.predict(images)       # images: (B, 3, H, W), normalized as `model.transform` does
+    prediction.pred_score                    # (B,)   higher = more anomalous
+    prediction.anomaly_map                   # (B, H, W) or None for classification-only models
+    model.save("padim.pt"); adlearn.models.load("padim.pt")   # identical predictions
+
+Two families build on `AnomalyModel`:
+
+- `MemoryBankModel` — one pass over the training data collects features (``collect``), then one
+  ``fit_bank`` computes the statistics / memory bank. No optimizer (PaDiM, PatchCore, DFKDE, DFM...).
+- trained models — an optimizer and the shared loop in ``adlearn.train``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from adlearn.components.dynamic_buffer import DynamicBufferMixin, NotFittedError
+from adlearn.utils import resolve_device, seed_everything
+
+_REGISTRY: dict[str, type["AnomalyModel"]] = {}
+CHECKPOINT_FORMAT = 1
+
+
+def register(name: str):
+    """Class decorator: make a model reachable as ``adlearn.models.create(name)``."""
+
+    def decorator(cls):
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return decorator
+
+
+@dataclass
+class Prediction:
+    pred_score: torch.Tensor                  # (B,)
+    anomaly_map: torch.Tensor | None = None   # (B, H, W)
+
+    def cpu(self) -> "Prediction":
+        return Prediction(self.pred_score.detach().cpu(),
+                          None if self.anomaly_map is None else self.anomaly_map.detach().cpu())
+
+
+class AnomalyModel(DynamicBufferMixin, nn.Module):
+    """Base class. Subclasses call ``super().__init__(...)`` then ``self.save_hyperparameters()``."""
+
+    name: str = "anomaly_model"
+    task: str = "segmentation"         # or "classification" (no anomaly map)
+    learning_type: str = "one_class"
+
+    def __init__(self, *, image_size: int | tuple[int, int] = 256, center_crop: int | None = None,
+                 device: str = "auto", seed: int = 0, batch_size: int = 32):
+        super().__init__()
+        self.image_size = image_size
+        self.center_crop = center_crop
+        self.seed = seed
+        self.batch_size = batch_size
+        self._device = resolve_device(device)
+        self.config: dict = {}
+        self.register_buffer("_is_fitted", torch.tensor(False))
+        seed_everything(seed)  # random parts of the architecture (e.g. PaDiM's channel choice) repeat
+
+    # ----------------------------------------------------------------- configuration
+    def save_hyperparameters(self) -> None:
+        """Record the calling ``__init__``'s arguments in ``self.config`` (saved with the weights)."""
+        frame = inspect.currentframe().f_back
+        info = inspect.getargvalues(frame)
+        config = {name: info.locals[name] for name in info.args if name != "self"}
+        if info.keywords:
+            config.update(info.locals[info.keywords])
+        self.config = {key: value for key, value in config.items() if not key.startswith("_")}
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """(H, W) of the images the model expects, after resize and optional center crop."""
+        size = self.center_crop or self.image_size
+        return (size, size) if isinstance(size, int) else tuple(size)
+
+    @property
+    def transform(self):
+        from adlearn.data import ImageTransform
+
+        return ImageTransform(image_size=self.image_size, center_crop=self.center_crop)
+
+    @property
+    def is_fitted(self) -> bool:
+        return bool(self._is_fitted)
+
+    # ----------------------------------------------------------------- input handling
+    def check_images(self, images: torch.Tensor) -> None:
+        if not isinstance(images, torch.Tensor):
+            raise TypeError(f"{self.name}.predict expects a tensor of images, got {type(images).__name__}")
+        if images.ndim == 3:
+            raise ValueError(f"{self.name} expects a batch (B, 3, H, W); got one image {tuple(images.shape)}: "
+                             "use images.unsqueeze(0)")
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"{self.name} expects images of shape (B, 3, H, W); got {tuple(images.shape)}. "
+                             "Grayscale images need 3 channels: images.expand(-1, 3, -1, -1)")
+        if tuple(images.shape[2:]) != self.input_size:
+            raise ValueError(f"{self.name} was configured for {self.input_size[0]}x{self.input_size[1]} images; "
+                             f"got {images.shape[2]}x{images.shape[3]}. Resize them with model.transform, "
+                             f"or create the model with image_size={images.shape[2]}")
+
+    def batches(self, data, desc: str | None = None) -> Iterator[torch.Tensor]:
+        """Yield image batches ``(B, 3, H, W)`` on the model's device from a tensor, Dataset or DataLoader."""
+        if isinstance(data, torch.Tensor):
+            iterable = data.split(self.batch_size)
+            total = len(iterable)
+        else:
+            if isinstance(data, Dataset) and not isinstance(data, DataLoader):
+                if len(data) == 0:
+                    raise ValueError(f"{self.name}: the dataset is empty — nothing to train on")
+                data = DataLoader(data, batch_size=self.batch_size, shuffle=False)
+            iterable = data
+            total = len(data) if hasattr(data, "__len__") else None
+        if desc:
+            from tqdm.auto import tqdm
+
+            iterable = tqdm(iterable, desc=desc, total=total, leave=False)
+        for batch in iterable:
+            images = batch["image"] if isinstance(batch, dict) else batch[0] if isinstance(batch, (list, tuple)) else batch
+            self.check_images(images)
+            yield images.to(self._device, non_blocking=True)
+
+    # ----------------------------------------------------------------- the contract
+    def fit(self, data) -> "AnomalyModel":
+        raise NotImplementedError
+
+    def predict_step(self, images: torch.Tensor) -> Prediction:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor) -> Prediction:
+        if not self.is_fitted:
+            raise NotFittedError(f"{self.name} is not fitted yet: call model.fit(train_data) before predict")
+        self.check_images(images)
+        self.eval()
+        return self.predict_step(images.to(self._device))
+
+    def to_device(self) -> "AnomalyModel":
+        return self.to(self._device)
+
+    # ----------------------------------------------------------------- persistence
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"format": CHECKPOINT_FORMAT, "model": self.name, "config": self.config,
+                    "state_dict": self.state_dict()}, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | None = None) -> "AnomalyModel":
+        return load(path, device=device)
+
+
+def load(path: str | Path, device: str | None = None) -> AnomalyModel:
+    """Rebuild a saved model (no weight download: backbone weights come from the checkpoint)."""
+    from adlearn.models import get_model_class
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no saved model at {path}")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(checkpoint, dict) or "model" not in checkpoint:
+        raise ValueError(f"{path} is not an adlearn checkpoint (saved with model.save)")
+    config = dict(checkpoint["config"])
+    if "pretrained" in config:
+        config["pretrained"] = "none"  # the weights are in the state dict
+    if device is not None:
+        config["device"] = device
+    model = get_model_class(checkpoint["model"])(**config)
+    model.load_state_dict(checkpoint["state_dict"])
+    model.config = dict(checkpoint["config"], **({"device": device} if device else {}))
+    return model.to_device()
+
+
+class MemoryBankModel(AnomalyModel):
+    """One pass collects features from the training images; one ``fit_bank`` call fits on them."""
+
+    def collect(self, images: torch.Tensor) -> torch.Tensor:
+        """Features of one training batch (any shape whose first dim is the batch)."""
+        raise NotImplementedError
+
+    def fit_bank(self, features: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def fit(self, data) -> "MemoryBankModel":
+        seed_everything(self.seed)
+        self.to_device().eval()
+        collected = [self.collect(images) for images in self.batches(data, desc=f"{self.name}: features")]
+        if not collected:
+            raise ValueError(f"{self.name}: no training images were given")
+        self.fit_bank(torch.cat(collected))
+        self._is_fitted.fill_(True)
+        return self
+
+
+__all__ = ["AnomalyModel", "MemoryBankModel", "NotFittedError", "Prediction", "load", "register"]

@@ -1,0 +1,86 @@
+"""PaDiM — a Patch Distribution Modeling framework (Defard et al., 2020, arXiv:2011.08785).
+
+Idea: a pretrained CNN describes every image patch with a feature vector. For each patch
+*position* (i, j), the normal training images give a cloud of such vectors; PaDiM fits one
+multivariate Gaussian N(μ_ij, Σ_ij) per position. A test patch is anomalous when it lies far from its
+position's Gaussian, measured by the Mahalanobis distance
+
+    M(x_ij) = sqrt( (x_ij − μ_ij)ᵀ Σ_ij⁻¹ (x_ij − μ_ij) ),      Σ_ij = Cov + 0.01·I
+
+The steps, in the order of the paper:
+
+1. Extract three feature maps (``layer1..layer3``) from a frozen ImageNet CNN.
+2. Upsample the coarser maps to the finest one's size (nearest) and concatenate the channels:
+   every position gets one embedding vector (448-D for resnet18, 1792-D for wide_resnet50_2).
+3. Keep a fixed random subset of ``n_features`` channels (the paper shows this works as well as PCA).
+4. Fit: one Gaussian per position over all training images (`MultiVariateGaussian`).
+5. Predict: Mahalanobis distance per position → (B, h, w) map, bilinearly upsampled to the image
+   size, smoothed with a Gaussian blur σ = 4; the image score is the map's maximum.
+
+Defaults (MODELS.md B.11, seed 004): backbone ``resnet18``, layers ``layer1..layer3``,
+``n_features`` 100 for resnet18 and 550 for wide_resnet50_2 (the paper's values). We add a default of
+100 for ``efficientnet_lite0`` (whose layers 1–3 map to ``blocks.1/2/4``: 24 + 40 + 112 = 176
+channels), the offline backbone used by tests and smoke runs. No optimizer: one pass over the data.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from adlearn.components import GaussianBlur2d, MultiVariateGaussian, TimmFeatureExtractor
+from adlearn.models.base import MemoryBankModel, Prediction, register
+from adlearn.models.common import concat_upsampled, upsample_map
+
+# Paper defaults for the number of randomly kept channels (plus our offline backbone).
+DEFAULT_N_FEATURES = {"resnet18": 100, "wide_resnet50_2": 550, "efficientnet_lite0": 100}
+
+
+@register("padim")
+class Padim(MemoryBankModel):
+    def __init__(self, backbone: str = "resnet18", layers: tuple[str, ...] = ("layer1", "layer2", "layer3"),
+                 pretrained: str = "auto", n_features: int | None = None, blur_sigma: float = 4.0,
+                 image_size: int = 256, center_crop: int | None = None, device: str = "auto",
+                 seed: int = 0, batch_size: int = 32):
+        super().__init__(image_size=image_size, center_crop=center_crop, device=device, seed=seed,
+                         batch_size=batch_size)
+        self.save_hyperparameters()
+        self.feature_extractor = TimmFeatureExtractor(backbone, list(layers), pre_trained=pretrained)
+        total_channels = sum(self.feature_extractor.out_dims)
+        n_features = n_features or DEFAULT_N_FEATURES.get(backbone)
+        if n_features is None:
+            raise ValueError(f"PaDiM has no default n_features for backbone {backbone!r}; pass n_features= "
+                             f"(at most {total_channels}, the channels of layers {list(layers)})")
+        if not 0 < n_features <= total_channels:
+            raise ValueError(f"n_features={n_features} must be in 1..{total_channels} "
+                             f"(the channels of layers {list(layers)} of {backbone})")
+        # Step 3's random channel choice is drawn once and saved with the model.
+        generator = torch.Generator().manual_seed(seed)
+        self.register_buffer("channel_index", torch.randperm(total_channels, generator=generator)[:n_features])
+        self.gaussian = MultiVariateGaussian()
+        self.blur = GaussianBlur2d(sigma=blur_sigma, channels=1)
+
+    # Steps 1–3: features -> one embedding vector per position.
+    def generate_embedding(self, images: torch.Tensor) -> torch.Tensor:
+        features = self.feature_extractor(images)                         # {layer: (B, C_l, h_l, w_l)}
+        embedding = concat_upsampled(list(features.values()))             # (B, ΣC_l, h, w)
+        return embedding.index_select(1, self.channel_index)             # (B, n_features, h, w)
+
+    def collect(self, images: torch.Tensor) -> torch.Tensor:
+        return self.generate_embedding(images)
+
+    # Step 4: one Gaussian per position.
+    def fit_bank(self, embeddings: torch.Tensor) -> None:                 # (N, n_features, h, w)
+        if embeddings.shape[0] < 2:
+            raise ValueError("PaDiM needs at least 2 training images to estimate a covariance")
+        self.gaussian.fit(embeddings)
+
+    # Step 5: Mahalanobis map, upsampled and blurred; image score = max.
+    def anomaly_map(self, images: torch.Tensor) -> torch.Tensor:
+        embedding = self.generate_embedding(images)                       # (B, n_features, h, w)
+        distances = self.gaussian.mahalanobis(embedding)                  # (B, h, w)
+        anomaly_map = upsample_map(distances.unsqueeze(1), images.shape[-2:])  # (B, 1, H, W)
+        return self.blur(anomaly_map).squeeze(1)                          # (B, H, W)
+
+    def predict_step(self, images: torch.Tensor) -> Prediction:
+        anomaly_map = self.anomaly_map(images)
+        return Prediction(pred_score=anomaly_map.flatten(1).amax(1), anomaly_map=anomaly_map)

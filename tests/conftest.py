@@ -1,0 +1,38 @@
+"""Shared fixtures. Tests run offline: the backbone is efficientnet_lite0 with packaged weights."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+OFFLINE_BACKBONE = "efficientnet_lite0"
+
+
+def mvtec_root() -> Path | None:
+    root = os.environ.get("ADLEARN_MVTEC_ROOT")
+    if not root:
+        candidate = REPO.parent / "shared" / "data" / "mvtec_ad"
+        root = str(candidate) if candidate.is_dir() else None
+    return Path(root) if root and (Path(root) / "bottle").is_dir() else None
+
+
+@pytest.fixture
+def mvtec_bottle_root() -> Path:
+    root = mvtec_root()
+    if root is None:
+        pytest.skip("real MVTec AD bottle not found: set ADLEARN_MVTEC_ROOT to a folder holding bottle/")
+    return root
+
+
+@pytest.fixture(scope="session")
+def small_synthetic_root(tmp_path_factory) -> Path:
+    """A small synthetic MVTec-layout dataset (64 px, few images) shared by the model tests."""
+    from adlearn.data import generate_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("synthetic")
+    generate_synthetic_dataset(root, categories="all", image_size=64, seed=0, n_train=12, n_test_good=4,
+                               n_test_defect=8)
+    return root
