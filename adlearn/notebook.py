@@ -1,0 +1,55 @@
+"""Helpers that keep every notebook's set-up to two short cells (top layer: notebooks only).
+
+    device = setup(seed=seed, device=device)                # seeds everything, prints device + versions
+    train, test, category = load_datasets(model.transform, data_root, category, smoke, seed)
+
+``smoke=True`` shrinks the data so a notebook runs in under a minute on 2 CPU cores; ``smoke=False``
+is the full experiment (the whole synthetic category, or real MVTec when ``data_root`` points at it).
+"""
+
+from __future__ import annotations
+
+import platform
+
+import torch
+from torch.utils.data import Subset
+
+# Sizes of the embedded synthetic data in smoke and full mode.
+SMOKE_SIZES = {"n_train": 24, "n_test_good": 6, "n_test_defect": 12}
+FULL_SIZES = {"n_train": 100, "n_test_good": 20, "n_test_defect": 40}
+SMOKE_MAX_TRAIN_REAL = 32  # smoke runs on real data keep this many training images
+
+
+def setup(seed: int = 0, device: str = "auto") -> torch.device:
+    """Seed Python/NumPy/torch and print the device and library versions."""
+    import timm
+
+    import adlearn
+    from adlearn.utils import resolve_device, seed_everything
+
+    seed_everything(seed)
+    resolved = resolve_device(device)
+    name = torch.cuda.get_device_name(resolved) if resolved.type == "cuda" else platform.processor() or "cpu"
+    print(f"device: {resolved} ({name}) | adlearn {adlearn.__version__} | torch {torch.__version__} | "
+          f"timm {timm.__version__} | python {platform.python_version()}")
+    return resolved
+
+
+def load_datasets(transform, data_root=None, category=None, smoke: bool = True, seed: int = 0,
+                  generate_size: int = 256):
+    """(train, test, category): the synthetic data by default, real MVTec when ``data_root`` is set."""
+    from adlearn.data import SYNTHETIC_CATEGORIES, MVTecDataset, synthetic_root
+
+    if data_root is None:
+        sizes = SMOKE_SIZES if smoke else FULL_SIZES
+        data_root = synthetic_root(image_size=generate_size, seed=seed, **sizes)
+        category = category or SYNTHETIC_CATEGORIES[0]
+    elif category is None:
+        category = "bottle"
+    train = MVTecDataset(data_root, category, split="train", transform=transform)
+    test = MVTecDataset(data_root, category, split="test", transform=transform)
+    if smoke and len(train) > SMOKE_MAX_TRAIN_REAL:
+        step = len(train) / SMOKE_MAX_TRAIN_REAL
+        train = Subset(train, [int(i * step) for i in range(SMOKE_MAX_TRAIN_REAL)])
+    print(f"data: {category} — {len(train)} train / {len(test)} test images from {data_root}")
+    return train, test, category
