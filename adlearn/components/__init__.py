@@ -19,6 +19,10 @@ _LAZY = {
     "SparseRandomProjection": "random_projection",
     # normalizing flows (A.3)
     "AllInOneBlock": "flow",
+    "SequenceFlow": "flow",
+    "FlowSequence": "flow",
+    "subnet_conv": "flow",
+    "subnet_fc": "flow",
     # sampling (A.4)
     "KCenterGreedy": "kcenter_greedy",
     # filters (A.5)
