@@ -1,0 +1,55 @@
+"""The data layer: datasets, transforms, synthetic data and anomaly generators.
+
+Everything is resolved lazily, so ``import adlearn.data`` is instant and pulls in neither torch
+models nor timm; ``from adlearn.data import MVTecDataset`` works as usual.
+
+* `MVTecDataset`, `FolderDataset` — dict items ``{"image", "mask", "label", "defect_type",
+  "image_path"}`` (see ``docs/design.md``).
+* `ImageTransform` — resize / center-crop / ImageNet normalization, applied alike to masks.
+* `synthetic_root`, `generate_synthetic_dataset`, `SYNTHETIC_CATEGORIES` — the embedded dataset.
+* `random_2d_perlin`, `PerlinAnomalyGenerator`, `make_synthetic_dataset` — synthetic anomalies.
+* `DataError` — raised for bad input, with a message that says how to fix it.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_LAZY = {
+    # errors
+    "DataError": "errors",
+    # transforms
+    "ImageTransform": "transforms",
+    "IMAGENET_MEAN": "transforms",
+    "IMAGENET_STD": "transforms",
+    # datasets
+    "Sample": "datasets",
+    "ImageDataset": "datasets",
+    "MVTecDataset": "datasets",
+    "FolderDataset": "datasets",
+    "mvtec_categories": "layout",
+    "IMAGE_EXTENSIONS": "layout",
+    # the embedded synthetic dataset
+    "SYNTHETIC_CATEGORIES": "synthetic",
+    "synthetic_root": "synthetic",
+    "generate_synthetic_dataset": "synthetic",
+    "synth_command": "synthetic",
+    # Perlin noise and synthetic anomalies
+    "random_2d_perlin": "perlin",
+    "PerlinAnomalyGenerator": "augmenter",
+    "make_synthetic_dataset": "augmenter",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        module = importlib.import_module(f"adlearn.data.{_LAZY[name]}")
+        return getattr(module, name)
+    raise AttributeError(f"module 'adlearn.data' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(_LAZY)
+
+
+__all__ = sorted(_LAZY)
