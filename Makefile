@@ -6,9 +6,15 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 TORCH  ?= torch==2.14.1 torchvision==0.29.1
 STAMP  := $(VENV)/.adlearn-installed
+# Notebooks: JOBS run at the same time; FULL=1 runs them with smoke=False (make notebooks / book).
+JOBS   ?= 2
+FULL   ?=
+# Real MVTec AD for the tests that use it (they skip when it is absent).
+ifneq ($(wildcard ../shared/data/mvtec_ad/bottle),)
 export ADLEARN_MVTEC_ROOT ?= $(abspath ../shared/data/mvtec_ad)
+endif
 
-.PHONY: install demo test test-fast benchmarks clean
+.PHONY: install demo test test-fast benchmarks clean notebooks book book-html test-notebooks test-gpu clear-notebooks
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,8 +34,26 @@ test: install      ## the whole test suite
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow"
 
+notebooks: install ## execute every notebook with papermill (smoke on CPU; FULL=1 full) into build/notebooks/
+	$(BIN)/python -m adlearn.tools.run_notebooks --jobs $(JOBS) $(if $(FULL),--full --device auto,--smoke --device cpu)
+
+book: install      ## execute the notebooks (smoke; FULL=1 full), then build the HTML in book/_build/html
+	$(BIN)/python book/build.py --execute --jobs $(JOBS) $(if $(FULL),--full,)
+
+book-html: install ## rebuild the HTML only, from the notebooks already executed in build/notebooks/
+	$(BIN)/python book/build.py
+
+test-notebooks: install  ## notebook sync checks, smoke runs, nbval, book build and browser check
+	$(BIN)/python -m pytest tests/test_notebooks.py tests/test_book.py
+
+test-gpu: install  ## every notebook with smoke=False on CUDA; table in build/notebooks-gpu/results.md
+	$(BIN)/python -m adlearn.tools.run_notebooks --full --device cuda --jobs 1 --cell-timeout 0 --out build/notebooks-gpu
+
+clear-notebooks: install  ## strip outputs, execution counts and widget state from notebooks/
+	$(BIN)/python -m adlearn.tools.clear_notebooks notebooks/
+
 benchmarks: install
 	$(BIN)/python benchmarks/bench_padim.py
 
 clean:
-	rm -rf $(VENV) adlearn_results book/_build build
+	rm -rf $(VENV) adlearn_results book/_build book/notebooks build

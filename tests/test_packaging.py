@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-import time
 import tomllib
 from pathlib import Path
 
@@ -27,13 +26,13 @@ def test_environment_yml_lists_the_same_packages_as_pyproject():
     assert declared == conda
 
 
-def test_import_is_fast_and_light():
-    code = ("import time, sys; t = time.perf_counter(); import adlearn, adlearn.models, adlearn.components, "
-            "adlearn.data; print(time.perf_counter() - t, 'timm' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
-    seconds, timm_loaded = float(out[0]), out[1] == "True"
-    assert seconds < 2.0
-    assert not timm_loaded
+def test_import_does_no_heavy_work():
+    # "imports in < 2 s" holds because importing adlearn loads neither torch nor timm nor matplotlib:
+    # they load on first use. (Checked structurally; timing is reported by benchmarks/bench_import.py.)
+    code = ("import sys; import adlearn, adlearn.data, adlearn.components, adlearn.cli, adlearn.metrics; "
+            "print(sorted(m for m in ('torch', 'timm', 'matplotlib', 'sklearn') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
 
 
 def test_cli_help_and_module_entry_point():

@@ -11,7 +11,7 @@ Two families build on `AnomalyModel`:
 
 - `MemoryBankModel` — one pass over the training data collects features (``collect``), then one
   ``fit_bank`` computes the statistics / memory bank. No optimizer (PaDiM, PatchCore, DFKDE, DFM...).
-- trained models — an optimizer and the shared loop in ``adlearn.train``.
+- `TrainedModel` — an optimizer and the shared loop in ``adlearn.train`` (STFPM, FastFlow...).
 """
 
 from __future__ import annotations
@@ -120,6 +120,8 @@ class AnomalyModel(DynamicBufferMixin, nn.Module):
     def batches(self, data, desc: str | None = None) -> Iterator[torch.Tensor]:
         """Yield image batches ``(B, 3, H, W)`` on the model's device from a tensor, Dataset or DataLoader."""
         if isinstance(data, torch.Tensor):
+            if len(data) == 0:
+                raise ValueError(f"{self.name}: no training images were given (an empty tensor)")
             iterable = data.split(self.batch_size)
             total = len(iterable)
         else:
@@ -212,4 +214,73 @@ class MemoryBankModel(AnomalyModel):
         return self
 
 
-__all__ = ["AnomalyModel", "MemoryBankModel", "NotFittedError", "Prediction", "load", "register"]
+class TrainedModel(AnomalyModel):
+    """A model trained by gradient descent with the shared loop of ``adlearn.train``.
+
+    Subclasses implement three methods and pass the training options on to ``super().__init__``::
+
+        configure_optimizers() -> (optimizer, scheduler | None)
+        training_step(batch: dict) -> loss        # batch = the dataset's dict batch on the device
+        predict_step(images) -> Prediction
+
+    Training options (constructor keywords, so ``adlearn evaluate MODEL --set max_epochs=3`` works):
+    ``max_epochs`` / ``max_steps`` (whichever ends first), ``patience`` (early stopping, used when
+    ``fit`` gets ``val_data``), ``val_metric`` (``"auto"``, ``"loss"``, ``"image_auroc"``,
+    ``"pixel_auroc"``), ``gradient_clip_val`` (0 = off) and ``amp`` (``"auto"``: mixed precision on
+    CUDA only). After ``fit``, ``model.history`` holds the learning curve; it is saved with the model.
+    """
+
+    scheduler_interval: str = "epoch"   # or "step": when the loop steps the scheduler
+
+    def __init__(self, *, max_epochs: int | None = None, max_steps: int | None = None,
+                 patience: int | None = None, val_metric: str = "auto", gradient_clip_val: float = 0.0,
+                 amp: bool | str = "auto", **kwargs):
+        super().__init__(**kwargs)
+        if max_epochs is None and max_steps is None:
+            raise ValueError(f"{type(self).__name__}: give max_epochs or max_steps")
+        self.max_epochs, self.max_steps, self.patience = max_epochs, max_steps, patience
+        self.val_metric, self.gradient_clip_val, self.amp = val_metric, gradient_clip_val, amp
+        from adlearn.train import History
+
+        self.history = History()
+
+    def configure_optimizers(self):
+        raise NotImplementedError
+
+    def training_step(self, batch: dict) -> torch.Tensor:
+        raise NotImplementedError
+
+    def trainer(self, **options):
+        """The `adlearn.train.Trainer` that ``fit`` uses (``options`` override the model's)."""
+        from adlearn.train import Trainer
+
+        settings = dict(max_epochs=self.max_epochs, max_steps=self.max_steps, patience=self.patience,
+                        val_metric=self.val_metric, gradient_clip_val=self.gradient_clip_val, amp=self.amp,
+                        seed=self.seed, batch_size=self.batch_size)
+        settings.update(options)
+        return Trainer(self, **settings)
+
+    def fit(self, data, val_data=None, **options) -> "TrainedModel":
+        """Train on ``data`` (Dataset of dict items, DataLoader or (N,3,H,W) tensor); returns self.
+
+        ``val_data`` (optional) enables validation after each epoch and early stopping with
+        ``patience``; ``options`` go to `adlearn.train.Trainer` (e.g. ``checkpoint_path=``,
+        ``val_metric_fn=``, ``callbacks=``, ``verbose=False``).
+        """
+        trainer = self.trainer(**options)
+        self.history = trainer.history          # filled in as training goes (also on Ctrl-C)
+        trainer.fit(data, val_data)
+        return self
+
+    # The learning curve travels with the weights (torch saves "extra state" with the state dict).
+    def get_extra_state(self) -> dict:
+        return {"history": self.history.to_dict()}
+
+    def set_extra_state(self, state: dict) -> None:
+        from adlearn.train import History
+
+        self.history = History.from_dict(state.get("history", {}))
+
+
+__all__ = ["AnomalyModel", "MemoryBankModel", "NotFittedError", "Prediction", "TrainedModel", "load",
+           "register"]

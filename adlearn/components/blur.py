@@ -1,0 +1,141 @@
+"""`GaussianBlur2d`: a fixed Gaussian smoothing filter for anomaly maps (MODELS.md A.5.1).
+
+PaDiM, PatchCore and CFA smooth their upsampled anomaly maps with σ = 4. The kernel is a sampled
+Gaussian
+
+    g(t) = exp(−t² / (2σ²)),   t = −r, …, r,    r = int(4σ + 0.5)  (kernel size 2r + 1; 33 for σ=4)
+
+normalised to sum 1 by default. A 2-D Gaussian is separable — g(y, x) = g_y(y) · g_x(x) — so the
+blur is two 1-D depthwise convolutions (kh + kw multiplications per pixel instead of kh·kw). Both
+kernels are built **once**, at construction, as buffers of shape ``(channels, 1, kh, 1)`` and
+``(channels, 1, 1, kw)`` (``groups=channels``: each channel is blurred on its own); ``kernel``
+gives the equivalent 2-D kernel ``(channels, 1, kh, kw)``.
+
+``padding="same"`` pads by half the kernel with ``border_type`` so the output keeps H×W; any other
+value gives a "valid" convolution ``(H − kh + 1, W − kw + 1)``.
+
+Border types are torch's ``F.pad`` modes. Their names do NOT match ``scipy.ndimage``'s:
+
+=================  =========================  ==================================
+torch border_type  scipy.ndimage mode         padding of  a b c d
+=================  =========================  ==================================
+``"reflect"``      ``"mirror"``               c b | a b c d | c b   (edge not repeated)
+``"replicate"``    ``"nearest"``              a a | a b c d | d d
+``"circular"``     ``"wrap"``                 c d | a b c d | a b
+``"constant"``     ``"constant"`` (cval=0)    0 0 | a b c d | 0 0
+(none)             ``"reflect"`` (its default) b a | a b c d | d c   (edge repeated)
+=================  =========================  ==================================
+
+So ``GaussianBlur2d(σ)`` (border "reflect") equals ``scipy.ndimage.gaussian_filter(x, σ,
+mode="mirror", truncate=4.0)``; scipy's radius ``int(truncate·σ + 0.5)`` is our kernel radius.
+
+Deviation: the kernel size must be odd (a centred kernel); ``normalize=False`` keeps the raw samples
+``exp(−t²/2σ²)`` (peak 1).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+_BORDER_TYPES = ("reflect", "replicate", "circular", "constant")
+
+
+def gaussian_kernel1d(sigma: float, kernel_size: int, normalize: bool = True) -> torch.Tensor:
+    """Sampled 1-D Gaussian ``(kernel_size,)`` centred on the middle tap."""
+    radius = kernel_size // 2
+    positions = torch.arange(-radius, radius + 1, dtype=torch.float64)               # (k,)
+    kernel = torch.exp(-positions**2 / (2.0 * sigma**2))
+    if normalize:
+        kernel = kernel / kernel.sum()
+    return kernel.to(torch.float32)
+
+
+class GaussianBlur2d(nn.Module):
+    """Depthwise, separable Gaussian blur of ``(B, channels, H, W)`` tensors.
+
+    Args:
+        sigma: standard deviation, a float or ``(sigma_y, sigma_x)``.
+        channels: number of input channels (fixed at construction).
+        kernel_size: odd int or ``(kh, kw)``; default ``2·int(4σ + 0.5) + 1`` per axis.
+        normalize: make each 1-D kernel (hence the 2-D kernel) sum to 1.
+        border_type: ``F.pad`` mode for ``padding="same"`` (see the module table for scipy names).
+        padding: ``"same"`` keeps H×W; anything else is a valid convolution.
+    """
+
+    def __init__(self, sigma: float | tuple[float, float], channels: int = 1,
+                 kernel_size: int | tuple[int, int] | None = None, normalize: bool = True,
+                 border_type: str = "reflect", padding: str = "same") -> None:
+        super().__init__()
+        sigma_y, sigma_x = _pair(sigma, "sigma", float)
+        if sigma_y <= 0 or sigma_x <= 0:
+            raise ValueError(f"sigma must be positive, got {sigma}")
+        if kernel_size is None:
+            kernel_size = (2 * int(4.0 * sigma_y + 0.5) + 1, 2 * int(4.0 * sigma_x + 0.5) + 1)
+        kernel_h, kernel_w = _pair(kernel_size, "kernel_size", int)
+        if kernel_h < 1 or kernel_w < 1 or kernel_h % 2 == 0 or kernel_w % 2 == 0:
+            raise ValueError(f"kernel_size must be odd and positive (a centred kernel), got "
+                             f"{kernel_size}")
+        if border_type not in _BORDER_TYPES:
+            raise ValueError(f"border_type must be one of {_BORDER_TYPES}, got {border_type!r}. "
+                             f"(scipy's 'mirror' is torch's 'reflect', 'nearest' is 'replicate'.)")
+        if channels < 1:
+            raise ValueError(f"channels must be >= 1, got {channels}")
+
+        self.sigma = (sigma_y, sigma_x)
+        self.channels = channels
+        self.kernel_size = (kernel_h, kernel_w)
+        self.normalize = normalize
+        self.border_type = border_type
+        self.padding = padding
+
+        # One 1-D kernel per axis, repeated per channel for a depthwise (groups=channels) conv.
+        ky = gaussian_kernel1d(sigma_y, kernel_h, normalize)                            # (kh,)
+        kx = gaussian_kernel1d(sigma_x, kernel_w, normalize)                            # (kw,)
+        self.register_buffer("kernel_y", ky.view(1, 1, kernel_h, 1).repeat(channels, 1, 1, 1))
+        self.register_buffer("kernel_x", kx.view(1, 1, 1, kernel_w).repeat(channels, 1, 1, 1))
+
+    @property
+    def kernel(self) -> torch.Tensor:
+        """The equivalent 2-D depthwise kernel ``(channels, 1, kh, kw)`` (outer product)."""
+        return self.kernel_y * self.kernel_x
+
+    def forward(self, input_tensor: torch.Tensor) -> torch.Tensor:
+        """Blur ``(B, channels, H, W)``; 'same' keeps the shape, otherwise ``(H−kh+1, W−kw+1)``."""
+        if input_tensor.dim() != 4 or input_tensor.shape[1] != self.channels:
+            raise ValueError(f"expected input of shape (B, {self.channels}, H, W), got "
+                             f"{tuple(input_tensor.shape)}; this filter was built for "
+                             f"channels={self.channels}")
+        kernel_h, kernel_w = self.kernel_size
+        height, width = input_tensor.shape[-2:]
+        x = input_tensor if input_tensor.is_floating_point() else input_tensor.float()
+
+        if self.padding == "same":
+            pad_h, pad_w = kernel_h // 2, kernel_w // 2
+            if self.border_type == "reflect" and (pad_h >= height or pad_w >= width):
+                raise ValueError(f"'reflect' padding of {pad_h}×{pad_w} needs an input larger "
+                                 f"than that, got {height}×{width}; use a smaller sigma/kernel or "
+                                 f"border_type='replicate'")
+            x = F.pad(x, (pad_w, pad_w, pad_h, pad_h), mode=self.border_type)
+        elif height < kernel_h or width < kernel_w:
+            raise ValueError(f"a valid convolution needs an input of at least {kernel_h}×{kernel_w}, "
+                             f"got {height}×{width}")
+
+        # Separable blur: vertical pass, then horizontal pass (device/dtype follow the input).
+        ky = self.kernel_y.to(x.device, x.dtype)
+        kx = self.kernel_x.to(x.device, x.dtype)
+        x = F.conv2d(x, ky, groups=self.channels)
+        return F.conv2d(x, kx, groups=self.channels)
+
+    def extra_repr(self) -> str:
+        return (f"sigma={self.sigma}, channels={self.channels}, kernel_size={self.kernel_size}, "
+                f"border_type={self.border_type!r}, padding={self.padding!r}")
+
+
+def _pair(value, name: str, cast):
+    if isinstance(value, (tuple, list)):
+        if len(value) != 2:
+            raise ValueError(f"{name} must be a number or a pair, got {value!r}")
+        return cast(value[0]), cast(value[1])
+    return cast(value), cast(value)

@@ -1,0 +1,104 @@
+"""The model contract every registered model follows: fit / predict / save / load, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import adlearn
+from adlearn.models import NotFittedError, available_models, create, get_model_class, load
+
+BACKBONE = "efficientnet_lite0"
+
+
+@pytest.fixture(scope="module")
+def fitted_padim(small_synthetic_root):
+    from adlearn.data import SYNTHETIC_CATEGORIES, MVTecDataset
+
+    model = create("padim", backbone=BACKBONE, image_size=64, device="cpu", seed=0)
+    train = MVTecDataset(small_synthetic_root, SYNTHETIC_CATEGORIES[0], "train", transform=model.transform)
+    return model.fit(train)
+
+
+def test_registry_lists_and_creates_models():
+    names = available_models()
+    assert "padim" in names and names == sorted(names)
+    assert get_model_class("PaDiM").name == "padim"
+    with pytest.raises(ValueError, match="available: .*padim"):
+        create("no_such_model")
+
+
+def test_top_level_shortcuts():
+    assert adlearn.create is create and adlearn.load is load
+
+
+def test_predict_before_fit_is_a_clear_error():
+    model = create("padim", backbone=BACKBONE, image_size=64, device="cpu")
+    with pytest.raises(NotFittedError, match="call model.fit"):
+        model.predict(torch.zeros(1, 3, 64, 64))
+
+
+@pytest.mark.parametrize("shape, message", [
+    ((3, 64, 64), "unsqueeze"),
+    ((1, 1, 64, 64), "3 channels"),
+    ((1, 3, 32, 32), "configured for 64x64"),
+])
+def test_wrong_input_shapes_name_the_fix(fitted_padim, shape, message):
+    with pytest.raises(ValueError, match=message):
+        fitted_padim.predict(torch.zeros(shape))
+
+
+def test_prediction_shapes(fitted_padim):
+    prediction = fitted_padim.predict(torch.randn(3, 3, 64, 64))
+    assert prediction.pred_score.shape == (3,)
+    assert prediction.anomaly_map.shape == (3, 64, 64)
+
+
+def test_fit_accepts_tensor_loader_and_dataset(small_synthetic_root):
+    from torch.utils.data import DataLoader
+
+    from adlearn.data import SYNTHETIC_CATEGORIES, MVTecDataset
+
+    def fresh():
+        return create("padim", backbone=BACKBONE, image_size=64, device="cpu", seed=0, n_features=20)
+
+    train = MVTecDataset(small_synthetic_root, SYNTHETIC_CATEGORIES[0], "train", transform=fresh().transform)
+    images = torch.stack([train[i]["image"] for i in range(len(train))])
+    probe = images[:2]
+    by_dataset = fresh().fit(train).predict(probe).pred_score
+    by_loader = fresh().fit(DataLoader(train, batch_size=5)).predict(probe).pred_score
+    by_tensor = fresh().fit(images).predict(probe).pred_score
+    torch.testing.assert_close(by_dataset, by_loader, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(by_dataset, by_tensor, rtol=1e-4, atol=1e-4)
+
+
+def test_empty_training_data_is_an_error():
+    model = create("padim", backbone=BACKBONE, image_size=64, device="cpu")
+    with pytest.raises(ValueError, match="no training images"):
+        model.fit(torch.zeros(0, 3, 64, 64))
+
+
+def test_save_load_round_trip_gives_identical_predictions(fitted_padim, tmp_path):
+    images = torch.randn(2, 3, 64, 64)
+    before = fitted_padim.predict(images)
+    path = fitted_padim.save(tmp_path / "padim.pt")
+    restored = load(path)
+    after = restored.predict(images)
+    assert restored.config == fitted_padim.config
+    assert torch.equal(before.pred_score, after.pred_score)
+    assert torch.equal(before.anomaly_map, after.anomaly_map)
+
+
+def test_load_rejects_foreign_files(tmp_path):
+    torch.save({"weights": 1}, tmp_path / "x.pt")
+    with pytest.raises(ValueError, match="not an adlearn checkpoint"):
+        load(tmp_path / "x.pt")
+    with pytest.raises(FileNotFoundError):
+        load(tmp_path / "missing.pt")
+
+
+def test_seed_controls_random_architecture_choices():
+    a = create("padim", backbone=BACKBONE, device="cpu", seed=0).channel_index
+    b = create("padim", backbone=BACKBONE, device="cpu", seed=0).channel_index
+    c = create("padim", backbone=BACKBONE, device="cpu", seed=1).channel_index
+    assert torch.equal(a, b) and not torch.equal(a, c)
