@@ -1,0 +1,66 @@
+"""Interactive views for the course notebooks (top layer: nothing below imports this package).
+
+Every widget comes in three pieces (see `adlearn.widgets.view`):
+
+* a pure compute function returning plain numbers / arrays — ``pca_explore``, ``kde_explore``,
+  ``coreset_explore`` (+ ``coverage_curve``), ``flow_explore``;
+* a live ipywidgets view for JupyterLab — ``pca_widget``, ``kde_widget``, ``coreset_widget``,
+  ``flow_widget`` — returning a `WidgetView` (``.controls``, ``.output``, ``.last_result``,
+  ``.figure``);
+* a static small-multiples figure of a parameter sweep, which the book shows in place of the
+  live view — ``pca_static_figure``, ``kde_static_figure``, ``coreset_static_figure``,
+  ``flow_static_figure``.
+
+Names resolve lazily and ipywidgets / matplotlib are imported only when a view or figure is
+built, so ``import adlearn.widgets`` is cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_LAZY = {
+    # the shared view and helpers
+    "WidgetView": "view",
+    "project_features": "common",
+    # PCA / DFM's reconstruction error
+    "pca_explore": "pca",
+    "pca_widget": "pca",
+    "pca_static_figure": "pca",
+    "pca_reconstruction_error": "pca",
+    # Gaussian KDE
+    "ScaledGaussianKDE": "kde",
+    "kde_explore": "kde",
+    "kde_widget": "kde",
+    "kde_static_figure": "kde",
+    # coresets
+    "coreset_explore": "coreset",
+    "coverage_curve": "coreset",
+    "kcenter_indices": "coreset",
+    "random_indices": "coreset",
+    "coreset_widget": "coreset",
+    "coreset_static_figure": "coreset",
+    # normalizing flows
+    "make_toy_data": "flow",
+    "make_outliers": "flow",
+    "build_toy_flow": "flow",
+    "train_toy_flow": "flow",
+    "flow_log_likelihood": "flow",
+    "flow_explore": "flow",
+    "flow_widget": "flow",
+    "flow_static_figure": "flow",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        module = importlib.import_module(f"adlearn.widgets.{_LAZY[name]}")
+        return getattr(module, name)
+    raise AttributeError(f"module 'adlearn.widgets' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(_LAZY)
+
+
+__all__ = sorted(_LAZY)
