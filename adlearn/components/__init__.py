@@ -25,6 +25,7 @@ _LAZY = {
     "subnet_fc": "flow",
     # sampling (A.4)
     "KCenterGreedy": "kcenter_greedy",
+    "coverage_radius": "kcenter_greedy",
     # filters (A.5)
     "GaussianBlur2d": "blur",
     # classification (A.6)

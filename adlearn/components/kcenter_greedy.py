@@ -42,8 +42,9 @@ Deliberate deviations from anomalib's reference:
   - ``method="pruned"`` (default on CPU): the same selection, but using the triangle inequality
     to skip points that cannot move closer. Each point remembers its nearest centre a; if
     ‖a − c_new‖ ≥ 2·min_dist then ‖x − c_new‖ ≥ ‖a − c_new‖ − ‖x − a‖ ≥ min_dist, so x is
-    unaffected. Only the remaining candidates (typically ~1 % of the points once the coreset
-    has a few hundred centres) get a distance, with the same expansion formula. A step then
+    unaffected. Only the remaining candidates (typically 1–3 % of the points once the coreset
+    has a few hundred centres; early on, when most points are candidates, one dense matvec is
+    used instead) get a distance, with the same expansion formula. A step then
     costs O(#centres · d + N + #candidates · d) instead of O(N · d) memory traffic; the many
     small ops run on one thread (see `_single_cpu_thread`). It needs a host sync per step (the
     candidate count), so accelerators use "dense".
@@ -74,7 +75,7 @@ class KCenterGreedy:
         projection_dim: fixed projection width instead of the JL width.
         random_state: seed for the start point and the projection (``None``: torch's global RNG).
         method: ``"auto"`` (``"pruned"`` on CPU, ``"dense"`` elsewhere), ``"dense"`` or ``"pruned"``.
-        chunk_rows: rows per chunk for direct distance computations (bounds temporary memory).
+        chunk_rows: rows per chunk when gathering candidate rows (bounds temporary memory).
 
     Example:
         >>> sampler = KCenterGreedy(torch.randn(10_000, 152), sampling_ratio=0.1)
@@ -86,7 +87,8 @@ class KCenterGreedy:
                  random_state: int | None = None, method: str = "auto",
                  chunk_rows: int = 65536) -> None:
         if not isinstance(embedding, torch.Tensor) or embedding.dim() != 2:
-            shape = tuple(embedding.shape) if isinstance(embedding, torch.Tensor) else type(embedding).__name__
+            shape = (tuple(embedding.shape) if isinstance(embedding, torch.Tensor)
+                     else type(embedding).__name__)
             raise ValueError(f"embedding must be a 2-D tensor (N, D); reshape (B, D, h, w) maps "
                              f"to (B·h·w, D) first. Got {shape}")
         if embedding.shape[0] == 0 or embedding.shape[1] == 0:
@@ -107,7 +109,9 @@ class KCenterGreedy:
         self.sampling_ratio = sampling_ratio
         self.random_state = random_state
         self.chunk_rows = chunk_rows
-        self.method = method if method != "auto" else ("pruned" if embedding.device.type == "cpu" else "dense")
+        if method == "auto":
+            method = "pruned" if embedding.device.type == "cpu" else "dense"
+        self.method = method
         self._generator = torch.Generator()
         self._generator.manual_seed(random_state if random_state is not None
                                     else int(torch.randint(0, 2**62, (1,)).item()))
@@ -169,8 +173,9 @@ class KCenterGreedy:
         """Greedy k-center selection; returns ``coreset_size`` row indices.
 
         Without ``selected_idxs`` the first index is the uniformly random start point
-        ``start_idx`` (part of the coreset). With ``selected_idxs`` (centres chosen earlier) those seed the distances, no
-        random start is drawn, and ``coreset_size`` *new* indices are returned.
+        ``start_idx`` (part of the coreset). With ``selected_idxs`` (centres chosen earlier) those
+        seed the distances, no random start is used, and ``coreset_size`` *new* indices are
+        returned. Fewer come back (with a warning) only if every row is covered exactly earlier.
         """
         preselected = list(selected_idxs or [])
         num_samples = self.features.shape[0]
@@ -261,7 +266,7 @@ class KCenterGreedy:
                     # x can only move closer if ‖owner(x) − c‖ < 2·min_dist(x) (triangle ineq.).
                     may_improve = gap.index_select(0, owner) < 2.0 * min_dist       # (N,) bool
                     candidates = torch.nonzero(may_improve).squeeze(1)              # (n_c,)
-                new_dist = self._direct_distances(candidates, center)               # (n_c,)
+                new_dist = self._candidate_distances(candidates, center)            # (n_c,)
                 closer = new_dist < min_dist.index_select(0, candidates)
                 moved = candidates[closer]
                 min_dist.index_copy_(0, moved, new_dist[closer])
@@ -270,18 +275,21 @@ class KCenterGreedy:
         self.min_distances = min_dist.square()
         return selected
 
-    def _direct_distances(self, rows: torch.Tensor, center: torch.Tensor) -> torch.Tensor:
-        # ‖x − c‖ for the candidate rows via ‖x‖² − 2·x·c + ‖c‖² (a gather and a matvec, no
-        # (rows, d) difference), in chunks to bound the gathered (rows, d) block.
+    def _candidate_distances(self, rows: torch.Tensor, center: torch.Tensor) -> torch.Tensor:
+        """‖x − c‖ for the candidate rows, via ‖x‖² − 2·x·c + ‖c‖² (the dense path's formula)."""
         center_sq = center @ center
-        parts = []
-        for s in range(0, rows.numel(), self.chunk_rows):
-            chunk = rows[s:s + self.chunk_rows]
-            squared = torch.addmv(self.sq_norms.index_select(0, chunk),
-                                  self.features.index_select(0, chunk), center, alpha=-2.0)
-            squared.add_(center_sq)
-            parts.append(squared.masked_fill_(squared < self._noise_floor, 0.0).sqrt_())
-        return torch.cat(parts) if parts else rows.new_empty(0, dtype=self.features.dtype)
+        if rows.numel() > self.features.shape[0] // 4:
+            # Early steps: most points are candidates; one matvec over all rows beats gathering.
+            squared = torch.addmv(self.sq_norms, self.features, center, alpha=-2.0).index_select(0, rows)
+        else:
+            # Later steps: gather the few candidate rows, in chunks to bound the (rows, d) block.
+            squared = torch.cat([
+                torch.addmv(self.sq_norms.index_select(0, chunk),
+                            self.features.index_select(0, chunk), center, alpha=-2.0)
+                for chunk in rows.split(self.chunk_rows)
+            ]) if rows.numel() else rows.new_empty(0, dtype=self.features.dtype)
+        squared.add_(center_sq)
+        return squared.masked_fill_(squared < self._noise_floor, 0.0).sqrt_()
 
 
 @contextlib.contextmanager

@@ -72,7 +72,8 @@ class SparseRandomProjection:
     def fit(self, embedding: torch.Tensor) -> "SparseRandomProjection":
         """Build the random matrix for ``embedding (N, D)`` (only its shape is used); returns self."""
         if not isinstance(embedding, torch.Tensor) or embedding.dim() != 2 or embedding.numel() == 0:
-            shape = tuple(embedding.shape) if isinstance(embedding, torch.Tensor) else type(embedding).__name__
+            shape = (tuple(embedding.shape) if isinstance(embedding, torch.Tensor)
+                     else type(embedding).__name__)
             raise ValueError(f"embedding must be a non-empty 2-D tensor (N, D), got {shape}")
         num_samples, num_features = embedding.shape
 
