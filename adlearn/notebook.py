@@ -53,3 +53,31 @@ def load_datasets(transform, data_root=None, category=None, smoke: bool = True, 
         train = Subset(train, [int(i * step) for i in range(SMOKE_MAX_TRAIN_REAL)])
     print(f"data: {category} — {len(train)} train / {len(test)} test images from {data_root}")
     return train, test, category
+
+
+# Keys of `adlearn.evaluate`'s result that `report` prints (metrics, then cost); arrays are left out.
+REPORT_KEYS = ("image_auroc", "image_f1max", "pixel_auroc", "pixel_aupro", "pixel_f1max", "fit_seconds",
+               "predict_seconds", "images_per_second", "peak_memory_mb", "n_train", "n_test")
+
+
+def report(results: dict, **extra) -> None:
+    """Print the notebook's results as ONE line of JSON (the last cell of every model notebook).
+
+    ``results`` is what `adlearn.evaluate` returned (optionally with ``fit_seconds``); ``extra`` adds
+    context such as ``category=category, smoke=smoke``. `adlearn.tools.run_notebooks` collects this
+    line from every executed notebook into its results table (``timings.json``, ``results.md``).
+    Metrics are rounded to 4 decimals; NaN becomes ``null``. Nothing is returned (the cell shows only
+    the line).
+    """
+    import json
+    import math
+
+    line = {"model": results.get("model")}
+    line.update(extra)
+    for key in REPORT_KEYS:
+        value = results.get(key)
+        if value is None:
+            continue
+        value = float(value)
+        line[key] = None if math.isnan(value) else (int(value) if key.startswith("n_") else round(value, 4))
+    print(json.dumps(line, default=str))  # default=str: a torch.device or a Path prints as text

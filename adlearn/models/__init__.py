@@ -12,6 +12,7 @@ from adlearn.models.base import (
     MemoryBankModel,
     NotFittedError,
     Prediction,
+    TrainedModel,
     _REGISTRY,
     load,
     register,
@@ -19,7 +20,12 @@ from adlearn.models.base import (
 
 # registered name -> module in adlearn.models (one file per model)
 MODEL_MODULES: dict[str, str] = {
+    "dfkde": "dfkde",
+    "dfm": "dfm",
+    "fastflow": "fastflow",
     "padim": "padim",
+    "patchcore": "patchcore",
+    "stfpm": "stfpm",
 }
 
 
@@ -45,6 +51,7 @@ __all__ = [
     "MemoryBankModel",
     "NotFittedError",
     "Prediction",
+    "TrainedModel",
     "available_models",
     "create",
     "get_model_class",

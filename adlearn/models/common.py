@@ -21,3 +21,26 @@ def upsample_map(patch_scores: torch.Tensor, size: tuple[int, int], mode: str = 
     """(B, 1, h, w) patch scores -> (B, 1, H, W) at image resolution."""
     kwargs = {} if mode == "nearest" else {"align_corners": False}
     return F.interpolate(patch_scores, size=size, mode=mode, **kwargs)
+
+
+# The paper transform of PatchCore and friends: resize 256, center crop 224 (= 7/8 of the resize).
+CROP_FRACTION = 224 / 256
+
+
+def resolve_center_crop(image_size: int | tuple[int, int], center_crop: int | str | None) -> int | tuple[int, int] | None:
+    """``"auto"`` -> 7/8 of ``image_size`` (256 -> 224, 64 -> 56), so the crop follows any resize."""
+    if center_crop != "auto":
+        return center_crop
+    if isinstance(image_size, int):
+        return round(image_size * CROP_FRACTION)
+    return tuple(round(side * CROP_FRACTION) for side in image_size)
+
+
+def prediction_from_map(anomaly_map: torch.Tensor):
+    """A `Prediction` whose image score is the anomaly map's maximum (the most anomalous pixel).
+
+    (B, H, W) -> Prediction(pred_score (B,), anomaly_map (B, H, W))
+    """
+    from adlearn.models.base import Prediction
+
+    return Prediction(pred_score=anomaly_map.flatten(1).amax(1), anomaly_map=anomaly_map)

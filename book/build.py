@@ -1,0 +1,144 @@
+"""Build the book's HTML from the executed notebooks (nothing is executed twice).
+
+    python book/build.py                 # uses build/notebooks/ (run the notebooks first)
+    python book/build.py --execute       # run every notebook in smoke mode first, then build
+    python book/build.py --execute --full   # the full experiments (long; a GPU helps)
+
+Steps:
+
+1. (``--execute``) `adlearn.tools.run_notebooks` runs ``notebooks/*.ipynb`` with papermill into
+   ``build/notebooks/``. ``make test`` does the same in tests/test_notebooks.py, so the tests and the
+   book share one execution.
+2. Copy the executed notebooks into ``book/notebooks/`` (git-ignored), replacing each live-widget
+   output with a one-line note: a widget needs a kernel. The page shows the picture the widget drew
+   when it was created (the runner records it as a plain output) and the static small-multiples
+   figure that follows every widget cell. tqdm progress bars are dropped.
+3. ``jupyter-book build book/`` (1.x, ``execute_notebooks: off``) -> ``book/_build/html/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BOOK = Path(__file__).resolve().parent
+REPO = BOOK.parent
+EXECUTED = REPO / "build" / "notebooks"
+SOURCE_NOTEBOOKS = REPO / "notebooks"
+HTML = BOOK / "_build" / "html"
+WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
+WIDGET_NOTE = "[live widget: open the notebook in JupyterLab to move its controls]"
+
+
+class BookBuildError(RuntimeError):
+    """The book cannot be built (missing executed notebooks, a failing jupyter-book run)."""
+
+
+# tqdm's notebook bars are widgets too; their text form ("fit:  40%|####  | 2/5 [...]") says nothing
+# once the run is over, so they are dropped rather than announced as an interactive widget.
+PROGRESS_BAR = re.compile(r"\d+%\|.*\|")
+
+
+def without_live_widgets(notebook):
+    """Drop progress-bar widgets, replace other widget views by a text note, drop the widget state."""
+    notebook.metadata.pop("widgets", None)
+    for cell in notebook.cells:
+        if cell.cell_type != "code":
+            continue
+        kept = []
+        for output in cell.get("outputs", []):
+            data = output.get("data", {})
+            if WIDGET_MIME in data:
+                if PROGRESS_BAR.search(str(data.get("text/plain", ""))):
+                    continue
+                output["data"] = {"text/plain": WIDGET_NOTE}
+            kept.append(output)
+        cell.outputs = kept
+    return notebook
+
+
+def copy_executed(executed_dir: Path = EXECUTED, dest: Path = BOOK / "notebooks",
+                  names: list[str] | None = None) -> list[Path]:
+    """Copy the executed notebooks into the book's source tree (``names``: these only; default: every
+    notebook of notebooks/, each of which must have an executed copy)."""
+    import nbformat
+
+    sources = sorted(SOURCE_NOTEBOOKS.glob("*.ipynb"))
+    if names is not None:
+        sources = [p for p in sources if p.name in set(names)]
+    missing = [p.name for p in sources if not (executed_dir / p.name).is_file()]
+    if missing:
+        raise BookBuildError(f"no executed copy in {executed_dir} of: {', '.join(missing)}. Run the notebooks "
+                             f"first: python book/build.py --execute (or make book)")
+    stale = [p.name for p in sources if p.stat().st_mtime > (executed_dir / p.name).stat().st_mtime]
+    if stale:
+        print(f"warning: edited since they were executed (the book shows the older run): {', '.join(stale)}")
+    dest.mkdir(parents=True, exist_ok=True)
+    for old in dest.glob("*.ipynb"):
+        old.unlink()
+    copied = []
+    for source in sources:
+        notebook = nbformat.read(executed_dir / source.name, as_version=4)
+        nbformat.write(without_live_widgets(notebook), dest / source.name)
+        copied.append(dest / source.name)
+    return copied
+
+
+def build_html(quiet: bool = True) -> subprocess.CompletedProcess:
+    """Run ``jupyter-book build`` on the book folder with this Python; raise with its log on failure."""
+    command = [sys.executable, "-c", "import sys; from jupyter_book.cli.main import main; sys.exit(main())",
+               "build", str(BOOK), "--builder", "html", "--keep-going"]
+    if quiet:
+        command.append("--quiet")
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+    log = result.stdout + result.stderr
+    if result.returncode != 0 or not (HTML / "index.html").is_file():
+        raise BookBuildError(f"jupyter-book build failed (exit {result.returncode}):\n{log[-6000:]}")
+    return result
+
+
+def problems_in_log(log: str) -> list[str]:
+    """Sphinx ERROR/CRITICAL lines of a build log (warnings are tolerated, errors are not)."""
+    return [line for line in log.splitlines() if "ERROR" in line or "CRITICAL" in line]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Build the book's HTML from the executed notebooks.")
+    parser.add_argument("--execute", action="store_true", help="run the notebooks first (smoke unless --full)")
+    parser.add_argument("--full", action="store_true", help="with --execute: smoke=False (the full experiments)")
+    parser.add_argument("--device", default=None, help="with --execute: device parameter (default cpu; auto with --full)")
+    parser.add_argument("--jobs", type=int, default=2, help="with --execute: notebooks run at the same time")
+    args = parser.parse_args(argv)
+    failed: list[str] = []
+    names = None  # without --execute: every notebook of notebooks/ needs an executed copy
+    if args.execute:
+        sys.path.insert(0, str(REPO))
+        from adlearn.tools.run_notebooks import run_all
+
+        device = args.device or ("auto" if args.full else "cpu")
+        results = run_all(sorted(SOURCE_NOTEBOOKS.glob("*.ipynb")), out_dir=EXECUTED, smoke=not args.full,
+                          device=device, jobs=args.jobs, cell_timeout=None if args.full else 600)
+        names = [row["notebook"] for row in results]
+        failed = [row["notebook"] for row in results if row["status"] != "ok"]
+        if failed:
+            print(f"warning: these notebooks failed and show their error in the book: {', '.join(failed)}")
+    start = time.perf_counter()
+    try:
+        copied = copy_executed(names=names)
+        result = build_html()
+    except BookBuildError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    errors = problems_in_log(result.stdout + result.stderr)
+    print(f"built {len(copied)} notebook pages in {time.perf_counter() - start:.1f} s -> {HTML / 'index.html'}")
+    for line in errors:
+        print(line)
+    return 1 if errors or failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

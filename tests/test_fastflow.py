@@ -1,0 +1,152 @@
+"""FastFlow: loss and map against independent computations; the architecture; training, save/load, CLI."""
+
+from __future__ import annotations
+
+import inspect
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from adlearn.models import create, load
+from adlearn.models.fastflow import Fastflow, build_flow, fastflow_anomaly_map, fastflow_loss
+
+BACKBONE = "efficientnet_lite0"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One torch thread: on 2 cores shared with other jobs, OpenMP's 2 threads mostly wait on each
+    other (training steps measured 10x slower); restored afterwards."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def test_loss_is_the_negative_log_likelihood_with_an_autograd_jacobian():
+    torch.manual_seed(0)
+    flow = build_flow(channels=4, height=3, width=2, flow_steps=3, conv3x3_only=False, hidden_ratio=1.0).double()
+    for parameter in flow.parameters():          # move away from the near-identity initialisation
+        parameter.data += 0.3 * torch.randn_like(parameter)
+    x = torch.randn(2, 4, 3, 2, dtype=torch.float64)
+    z, log_jac_det = flow(x)
+    expected = []
+    for sample in x:                             # log|det ∂z/∂x| of the flattened 24 -> 24 map, by autograd
+        def f(flat):
+            return flow(flat.reshape(1, 4, 3, 2))[0].reshape(-1)
+        jacobian = torch.autograd.functional.jacobian(f, sample.reshape(-1))   # (24, 24)
+        z_sample = f(sample.reshape(-1))
+        expected.append(0.5 * (z_sample ** 2).sum() - torch.linalg.slogdet(jacobian).logabsdet)
+    expected = torch.stack(expected).mean()
+    assert float(fastflow_loss([z], [log_jac_det]).detach()) == pytest.approx(float(expected.detach()), rel=1e-9)
+    # two scales add up
+    assert float(fastflow_loss([z, z], [log_jac_det, log_jac_det]).detach()) == pytest.approx(2 * float(expected.detach()))
+
+
+def test_anomaly_map_formula():
+    generator = torch.Generator().manual_seed(0)
+    zs = [torch.randn(2, 3, 4, 4, generator=generator), torch.randn(2, 5, 2, 2, generator=generator)]
+    expected = 0
+    for z in zs:                                 # −exp(−½ mean_c z²) per position, upsampled, averaged
+        numbers = z.numpy()
+        likelihood = np.exp(-0.5 * (numbers ** 2).mean(axis=1, keepdims=True))
+        expected = expected + F.interpolate(torch.from_numpy(-likelihood), size=(8, 8), mode="bilinear",
+                                            align_corners=False) / len(zs)
+    anomaly_map = fastflow_anomaly_map(zs, (8, 8))
+    assert anomaly_map.shape == (2, 8, 8)
+    assert torch.allclose(anomaly_map, expected[:, 0], atol=1e-6)
+    assert (anomaly_map <= 0).all() and (anomaly_map >= -1).all()
+    assert float(fastflow_anomaly_map([torch.zeros(1, 3, 2, 2)], (4, 4)).max()) == -1.0   # z = 0: most normal
+
+
+def test_defaults_follow_the_reference():
+    defaults = {k: p.default for k, p in inspect.signature(Fastflow.__init__).parameters.items() if k != "self"}
+    assert (defaults["backbone"], defaults["flow_steps"], defaults["conv3x3_only"], defaults["hidden_ratio"]) == \
+        ("resnet18", 8, False, 1.0)
+    assert (defaults["lr"], defaults["weight_decay"], defaults["max_epochs"], defaults["patience"]) == \
+        (1e-3, 1e-5, 500, 3)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return create("fastflow", backbone=BACKBONE, image_size=64, max_epochs=3, batch_size=6, device="cpu")
+
+
+def test_architecture(model):
+    # efficientnet_lite0 stages of stride 4, 8, 16 (blocks.1/2/4): 24, 40, 112 channels
+    assert model.feature_shapes == [(24, 16, 16), (40, 8, 8), (112, 4, 4)]
+    assert [list(norm.normalized_shape) for norm in model.norms] == [[24, 16, 16], [40, 8, 8], [112, 4, 4]]
+    assert [len(flow) for flow in model.flows] == [8, 8, 8]
+    kernels = [block.subnet[0].kernel_size[0] for block in model.flows[0]]
+    assert kernels == [3, 1, 3, 1, 3, 1, 3, 1]
+    assert model.flows[0][0].subnet[0].out_channels == 12          # hidden = int(C1 · 1.0), C1 = 24 − 12
+    assert all(block.clamp == 2.0 for flow in model.flows for block in flow)
+    trainable = {name.split(".")[0] for name, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"norms", "flows"}                          # the backbone is frozen
+    only_3x3 = create("fastflow", backbone=BACKBONE, image_size=64, conv3x3_only=True, flow_steps=2,
+                      hidden_ratio=0.5, device="cpu")
+    assert [b.subnet[0].kernel_size[0] for b in only_3x3.flows[0]] == [3, 3]
+    assert only_3x3.flows[0][0].subnet[0].out_channels == 6
+
+
+@pytest.fixture(scope="module")
+def data(small_synthetic_root):
+    from adlearn.data import SYNTHETIC_CATEGORIES, ImageTransform, MVTecDataset
+
+    transform = ImageTransform(image_size=64)
+    category = SYNTHETIC_CATEGORIES[0]
+    return (MVTecDataset(small_synthetic_root, category, "train", transform),
+            MVTecDataset(small_synthetic_root, category, "test", transform))
+
+
+@pytest.fixture(scope="module")
+def trained(model, data, tmp_path_factory):
+    checkpoint = tmp_path_factory.mktemp("fastflow") / "best.pt"
+    model.fit(data[0], val_data=data[1], checkpoint_path=checkpoint, verbose=False)
+    return model, checkpoint
+
+
+def test_trains_and_predicts_finite_maps(trained, data):
+    model = trained[0]
+    history = model.history
+    assert history.loss[-1] < history.loss[0] and history.steps == 6
+    assert history.val_metric == "pixel_auroc" and all(0 <= v <= 1 for v in history.val)
+    images = torch.stack([data[1][i]["image"] for i in range(4)])
+    prediction = model.predict(images)
+    assert prediction.anomaly_map.shape == (4, 64, 64) and prediction.anomaly_map.isfinite().all()
+    assert torch.allclose(prediction.pred_score, prediction.anomaly_map.flatten(1).amax(1))
+
+
+def test_best_checkpoint_and_save_load_give_identical_predictions(trained, data, tmp_path):
+    model, checkpoint = trained
+    images = torch.stack([data[1][i]["image"] for i in range(3)])
+    expected = model.predict(images).anomaly_map
+    assert torch.equal(load(checkpoint).predict(images).anomaly_map, expected)   # best epoch, restored
+    model.save(tmp_path / "fastflow.pt")
+    restored = load(tmp_path / "fastflow.pt")
+    assert torch.equal(restored.predict(images).anomaly_map, expected)
+    assert restored.history == model.history
+
+
+def test_transformer_backbone():
+    model = create("fastflow", backbone="deit_tiny_distilled_patch16_224", pretrained="none", image_size=224,
+                   flow_steps=2, device="cpu")
+    assert model.feature_shapes == [(192, 14, 14)] and model.feature_extractor.n_blocks == 8
+    z, log_jac_det = model.flow_forward(model.normalized_features(torch.randn(1, 3, 224, 224)))
+    assert z[0].shape == (1, 192, 14, 14) and log_jac_det[0].isfinite().all()
+    with pytest.raises(ValueError, match="image_size=224"):
+        create("fastflow", backbone="deit_tiny_distilled_patch16_224", pretrained="none", image_size=256)
+
+
+def test_cli_max_steps(small_synthetic_root, tmp_path, capsys):
+    from adlearn.cli import main
+    from adlearn.data import SYNTHETIC_CATEGORIES
+
+    code = main(["evaluate", "fastflow", "--root", str(small_synthetic_root), "--category", SYNTHETIC_CATEGORIES[1],
+                 "--image-size", "64", "--backbone", BACKBONE, "--device", "cpu", "--set", "max_steps=2",
+                 "--set", "batch_size=4", "--save", str(tmp_path / "m.pt")])
+    assert code == 0
+    assert "fastflow epoch 1/500 (step 2/2)" in capsys.readouterr().out
+    assert load(tmp_path / "m.pt").history.steps == 2

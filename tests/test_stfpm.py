@@ -1,0 +1,129 @@
+"""STFPM: the loss and the anomaly map against hand computations; training, save/load, the CLI."""
+
+from __future__ import annotations
+
+import inspect
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from adlearn.models import create, load
+from adlearn.models.stfpm import Stfpm, normalized_difference, stfpm_anomaly_map, stfpm_loss
+
+BACKBONE = "efficientnet_lite0"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One torch thread: on 2 cores shared with other jobs, OpenMP's 2 threads mostly wait on each
+    other (training steps measured 10x slower); restored afterwards."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def _hand_unit(vector: np.ndarray) -> np.ndarray:
+    return vector / np.sqrt((vector ** 2).sum())
+
+
+def test_loss_equals_a_hand_computation():
+    generator = torch.Generator().manual_seed(0)
+    shapes = [(2, 4, 3, 3), (2, 5, 2, 1)]
+    teachers = [torch.randn(s, generator=generator) for s in shapes]
+    students = [torch.randn(s, generator=generator) for s in shapes]
+    expected = 0.0
+    for t, s in zip(teachers, students):                     # Σ_l 1/(2 h w) Σ_{b,i,j} ‖t̂ − ŝ‖²
+        batch, _, height, width = t.shape
+        for b in range(batch):
+            for i in range(height):
+                for j in range(width):
+                    difference = _hand_unit(t[b, :, i, j].numpy()) - _hand_unit(s[b, :, i, j].numpy())
+                    expected += (difference ** 2).sum() / (2 * height * width)
+    assert float(stfpm_loss(teachers, students)) == pytest.approx(expected, rel=1e-5)
+    assert float(stfpm_loss(teachers, teachers)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_anomaly_map_is_the_product_of_upsampled_cosine_distances():
+    generator = torch.Generator().manual_seed(1)
+    teachers = [torch.randn(2, 4, 4, 4, generator=generator), torch.randn(2, 6, 2, 2, generator=generator)]
+    students = [torch.randn(2, 4, 4, 4, generator=generator), torch.randn(2, 6, 2, 2, generator=generator)]
+    expected = torch.ones(2, 1, 8, 8)
+    for t, s in zip(teachers, students):
+        one_minus_cosine = 1 - F.cosine_similarity(t, s, dim=1)[:, None]        # ½‖t̂ − ŝ‖² = 1 − cos
+        assert torch.allclose(normalized_difference(t, s), one_minus_cosine, atol=1e-6)
+        expected = expected * F.interpolate(one_minus_cosine, size=(8, 8), mode="bilinear", align_corners=False)
+    assert torch.allclose(stfpm_anomaly_map(teachers, students, (8, 8)), expected[:, 0], atol=1e-6)
+    # a bilinear upsampling of a 1x1 map is constant
+    flat = stfpm_anomaly_map([teachers[1][:, :, :1, :1]], [students[1][:, :, :1, :1]], (5, 5))
+    assert torch.allclose(flat, flat[:, :1, :1].expand(-1, 5, 5))
+
+
+def test_defaults_follow_the_reference():
+    defaults = {k: p.default for k, p in inspect.signature(Stfpm.__init__).parameters.items() if k != "self"}
+    assert defaults["backbone"] == "resnet18" and defaults["layers"] == ("layer1", "layer2", "layer3")
+    assert (defaults["lr"], defaults["momentum"], defaults["weight_decay"]) == (0.4, 0.9, 1e-3)
+    assert (defaults["max_epochs"], defaults["patience"], defaults["gradient_clip_val"]) == (100, 5, 0.0)
+
+
+@pytest.fixture(scope="module")
+def data(small_synthetic_root):
+    from adlearn.data import SYNTHETIC_CATEGORIES, ImageTransform, MVTecDataset
+
+    transform = ImageTransform(image_size=64)
+    category = SYNTHETIC_CATEGORIES[0]
+    return (MVTecDataset(small_synthetic_root, category, "train", transform),
+            MVTecDataset(small_synthetic_root, category, "test", transform))
+
+
+@pytest.fixture(scope="module")
+def trained(data):
+    model = create("stfpm", backbone=BACKBONE, image_size=64, max_epochs=3, batch_size=6, device="cpu")
+    teacher_before = {k: v.clone() for k, v in model.teacher.state_dict().items()}
+    student_before = {k: v.clone() for k, v in model.student.state_dict().items()}
+    model.fit(data[0], verbose=False)
+    return model, teacher_before, student_before
+
+
+def test_only_the_student_learns(trained):
+    model, teacher_before, student_before = trained
+    assert all(torch.equal(v, teacher_before[k]) for k, v in model.teacher.state_dict().items())
+    assert not all(torch.equal(v, student_before[k]) for k, v in model.student.state_dict().items())
+    assert not any(p.requires_grad for p in model.teacher.parameters())
+    assert {id(p) for g in model.configure_optimizers()[0].param_groups for p in g["params"]} == \
+        {id(p) for p in model.student.parameters()}
+
+
+def test_trains_and_predicts_finite_maps(trained, data):
+    model = trained[0]
+    assert model.history.loss[-1] < model.history.loss[0] and model.history.steps == 6
+    images = torch.stack([data[1][i]["image"] for i in range(4)])
+    prediction = model.predict(images)
+    assert prediction.anomaly_map.shape == (4, 64, 64) and prediction.anomaly_map.isfinite().all()
+    assert (prediction.anomaly_map >= 0).all()                       # a product of values in [0, 2]
+    assert torch.allclose(prediction.pred_score, prediction.anomaly_map.flatten(1).amax(1))
+
+
+def test_save_load_identical_predictions(trained, data, tmp_path):
+    model = trained[0]
+    model.save(tmp_path / "stfpm.pt")
+    restored = load(tmp_path / "stfpm.pt")
+    images = torch.stack([data[1][i]["image"] for i in range(3)])
+    assert torch.equal(restored.predict(images).anomaly_map, model.predict(images).anomaly_map)
+    assert restored.history.loss == model.history.loss
+
+
+def test_cli_max_epochs(small_synthetic_root, tmp_path, capsys):
+    from adlearn.cli import main
+    from adlearn.data import SYNTHETIC_CATEGORIES
+
+    out = tmp_path / "result.json"
+    code = main(["evaluate", "stfpm", "--root", str(small_synthetic_root), "--category", SYNTHETIC_CATEGORIES[1],
+                 "--image-size", "64", "--backbone", BACKBONE, "--device", "cpu", "--set", "max_epochs=1",
+                 "--set", "batch_size=12", "--json", str(out), "--save", str(tmp_path / "m.pt")])
+    assert code == 0
+    assert "stfpm epoch 1/1" in capsys.readouterr().out
+    assert load(tmp_path / "m.pt").history.epoch == [1]
+    assert '"max_epochs": 1' in out.read_text()

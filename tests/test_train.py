@@ -1,0 +1,299 @@
+"""The shared training loop (adlearn/train.py) and the TrainedModel base class, on a toy model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from adlearn.models import TrainedModel
+from adlearn.models.common import prediction_from_map
+from adlearn.train import History, Trainer, rank_auroc, resolve_amp
+
+SIZE = 8
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One torch thread: on 2 cores shared with other jobs, OpenMP's 2 threads mostly wait on each
+    other (training steps measured 10x slower); restored afterwards."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+class MeanImage(TrainedModel):
+    """Toy trained model: learns the mean training image; anomaly map = squared distance to it."""
+
+    name = "mean_image"
+
+    def __init__(self, lr: float = 0.2, max_epochs: int | None = 5, max_steps: int | None = None,
+                 patience: int | None = None, val_metric: str = "auto", gradient_clip_val: float = 0.0,
+                 amp="auto", image_size: int = SIZE, device: str = "cpu", seed: int = 0, batch_size: int = 4):
+        super().__init__(max_epochs=max_epochs, max_steps=max_steps, patience=patience, val_metric=val_metric,
+                         gradient_clip_val=gradient_clip_val, amp=amp, image_size=image_size, device=device,
+                         seed=seed, batch_size=batch_size)
+        self.save_hyperparameters()
+        self.lr = lr
+        self.center = nn.Parameter(torch.zeros(3, SIZE, SIZE))
+
+    def configure_optimizers(self):
+        return torch.optim.SGD([self.center], lr=self.lr), None
+
+    def training_step(self, batch):
+        return 0.5 * (batch["image"] - self.center).pow(2).sum(dim=(1, 2, 3)).mean()   # gradient: center - mean
+
+    def predict_step(self, images):
+        return prediction_from_map((images - self.center).pow(2).mean(1))
+
+
+class ToyData(Dataset):
+    """Normal images ~ 1 + noise; anomalous ones have a bright 3x3 square (their mask)."""
+
+    def __init__(self, n_normal: int, n_anomalous: int = 0, seed: int = 0):
+        generator = torch.Generator().manual_seed(seed)
+        self.items = []
+        for index in range(n_normal + n_anomalous):
+            image = 1.0 + 0.1 * torch.randn(3, SIZE, SIZE, generator=generator)
+            mask = torch.zeros(SIZE, SIZE)
+            if index >= n_normal:
+                mask[2:5, 2:5] = 1
+                image = image + 3 * mask
+            self.items.append({"image": image, "mask": mask, "label": int(index >= n_normal),
+                               "defect_type": "square" if index >= n_normal else "good"})
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, index):
+        return self.items[index]
+
+
+def scripted_metric(values):
+    """A val_metric_fn returning the given values one epoch after the other."""
+    values = iter(values)
+    return lambda model, data: next(values)
+
+
+def center_per_epoch(store):
+    return lambda trainer, record: store.append(trainer.model.center.detach().clone())
+
+
+def test_loss_decreases_and_history_is_recorded():
+    model = MeanImage(max_epochs=6).fit(ToyData(12), verbose=False)
+    history = model.history
+    assert history.epoch == [1, 2, 3, 4, 5, 6]
+    assert history.loss[-1] < 0.2 * history.loss[0]
+    assert len(history.step_loss) == history.steps == 18            # 12 images / batch 4 = 3 steps per epoch
+    assert history.val == [None] * 6 and history.stopped == "max_epochs"
+    assert history.lr == [0.2] * 6 and len(history.seconds) == 6
+    assert model.is_fitted and torch.allclose(model.center, torch.ones(3, SIZE, SIZE), atol=0.15)
+
+
+@pytest.mark.parametrize("max_epochs, max_steps, steps, epochs, stopped", [
+    (None, 5, 5, 2, "max_steps"),      # the second epoch ends after 2 of its 3 batches
+    (2, None, 6, 2, "max_epochs"),
+    (10, 4, 4, 2, "max_steps"),        # whichever ends first
+    (1, 100, 3, 1, "max_epochs"),
+])
+def test_max_steps_and_max_epochs_bound_training(max_epochs, max_steps, steps, epochs, stopped):
+    model = MeanImage(max_epochs=max_epochs, max_steps=max_steps).fit(ToyData(12), verbose=False)
+    assert (model.history.steps, len(model.history.epoch), model.history.stopped) == (steps, epochs, stopped)
+
+
+def test_a_training_end_is_required():
+    with pytest.raises(ValueError, match="max_epochs or max_steps"):
+        MeanImage(max_epochs=None, max_steps=None)
+    with pytest.raises(ValueError, match="positive integer"):
+        Trainer(MeanImage(), max_epochs=0)
+
+
+def test_early_stopping_after_patience_epochs_restores_the_best_weights(capsys):
+    centers = []
+    values = [0.5, 0.7, 0.6, 0.65, 0.69, 0.9, 0.9, 0.9]          # best at epoch 2, then 3 worse epochs
+    model = MeanImage(max_epochs=8, patience=3)
+    model.fit(ToyData(12), ToyData(4, 4, seed=1), val_metric_fn=scripted_metric(values),
+              val_metric="my_score", callbacks=[center_per_epoch(centers)])
+    history = model.history
+    assert history.epoch == [1, 2, 3, 4, 5] and history.stopped == "early_stopping"
+    assert history.val == values[:5] and history.val_metric == "my_score"
+    assert (history.best_epoch, history.best_value) == (2, 0.7)
+    assert torch.equal(model.center, centers[1]) and not torch.equal(model.center, centers[-1])
+    out = capsys.readouterr().out
+    assert "stopping early" in out and "restored the best weights, epoch 2" in out
+    assert out.count("epoch ") >= 5                                 # one line per epoch
+
+
+def test_watching_without_restoring_keeps_the_last_epoch():
+    centers = []
+    model = MeanImage(max_epochs=3)
+    model.fit(ToyData(12), ToyData(4, 4, seed=1), val_metric_fn=scripted_metric([0.9, 0.5, 0.4]),
+              restore_best=False, callbacks=[center_per_epoch(centers)], verbose=False)
+    assert model.history.best_epoch == 1 and torch.equal(model.center, centers[-1])
+
+
+def test_loss_is_minimised_and_auroc_maximised():
+    model = MeanImage(max_epochs=3, val_metric="loss")
+    model.fit(ToyData(12), ToyData(4, 4, seed=1), verbose=False)
+    assert model.history.val_metric == "loss"
+    assert model.history.val[0] > model.history.val[-1] and model.history.best_epoch == 3
+
+
+@pytest.mark.parametrize("n_anomalous, expected", [(4, "pixel_auroc"), (0, "loss")])
+def test_auto_val_metric(n_anomalous, expected):
+    model = MeanImage(max_epochs=2).fit(ToyData(12), ToyData(4, n_anomalous, seed=1), verbose=False)
+    assert model.history.val_metric == expected
+    if expected == "pixel_auroc":
+        assert model.history.val[-1] > 0.95                         # the bright square is found
+
+
+class Interrupting(MeanImage):
+    """Raises KeyboardInterrupt (as Ctrl-C would) at one training step."""
+
+    interrupt_at = 8
+
+    def training_step(self, batch):
+        self.calls = getattr(self, "calls", 0) + 1
+        if self.calls == self.interrupt_at:
+            raise KeyboardInterrupt
+        return super().training_step(batch)
+
+
+def test_keyboard_interrupt_keeps_the_best_weights_so_far(capsys):
+    centers = []
+    model = Interrupting(max_epochs=10)                             # 3 steps per epoch: step 8 is in epoch 3
+    model.fit(ToyData(12), ToyData(4, 4, seed=1), val_metric_fn=scripted_metric([0.9, 0.8, 0.7]),
+              callbacks=[center_per_epoch(centers)])
+    assert model.history.stopped == "interrupted" and model.history.epoch == [1, 2]
+    assert torch.equal(model.center, centers[0])                     # epoch 1 was the best
+    assert model.is_fitted and model.predict(torch.ones(1, 3, SIZE, SIZE)).pred_score.isfinite().all()
+    assert "interrupted during epoch 3 — keeping the weights of epoch 1" in capsys.readouterr().out
+
+
+def test_keyboard_interrupt_without_validation_keeps_the_last_completed_epoch():
+    centers = []
+    model = Interrupting(max_epochs=10).fit(ToyData(12), callbacks=[center_per_epoch(centers)], verbose=False)
+    assert model.history.epoch == [1, 2] and torch.equal(model.center, centers[-1])
+
+
+def test_keyboard_interrupt_before_any_step_leaves_the_model_unfitted():
+    model = Interrupting(max_epochs=2)
+    model.interrupt_at = 1
+    model.fit(ToyData(12), verbose=False)
+    assert not model.is_fitted and model.history.stopped == "interrupted"
+
+
+class NormRecordingSGD(torch.optim.SGD):
+    """SGD that records the gradients' global norm at every step (i.e. after clipping)."""
+
+    norms: list
+
+    def step(self, closure=None):
+        grads = [p.grad for group in self.param_groups for p in group["params"] if p.grad is not None]
+        self.norms.append(float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))))
+        return super().step(closure)
+
+
+@pytest.mark.parametrize("clip", [0.0, 1.0])
+def test_gradient_clipping_bounds_the_gradient_norm(clip):
+    norms = []
+
+    class Recording(MeanImage):
+        def configure_optimizers(self):
+            optimizer = NormRecordingSGD([self.center], lr=self.lr)
+            optimizer.norms = norms
+            return optimizer, None
+
+    model = Recording(max_epochs=2, gradient_clip_val=clip).fit(ToyData(12), verbose=False)
+    if clip:
+        assert max(norms) <= clip * (1 + 1e-5)
+        assert model.history.steps == len(norms)
+    else:
+        assert max(norms) > 10                                       # the same run unclipped is steeper
+
+
+def test_same_seed_same_run_and_shuffling_depends_on_the_seed():
+    runs = [MeanImage(max_epochs=2, seed=seed).fit(ToyData(12), verbose=False).history.step_loss
+            for seed in (0, 0, 1)]
+    assert runs[0] == runs[1] and runs[0] != runs[2]
+
+
+def test_training_by_hand_matches_fit():
+    data = ToyData(12)
+    automatic = MeanImage(max_epochs=2).fit(data, verbose=False)
+    model = MeanImage(max_epochs=2)
+    trainer = model.trainer(verbose=False).setup()
+    loader = trainer.make_loader(data)
+    first = trainer.training_step(next(iter(loader)))                  # one optimizer step
+    assert first == automatic.history.step_loss[0]
+    model = MeanImage(max_epochs=2)                                     # start again: two whole epochs
+    trainer = model.trainer(verbose=False).setup()
+    loader = trainer.make_loader(data)
+    losses = [trainer.train_one_epoch(loader) for _ in range(2)]
+    assert losses == pytest.approx(automatic.history.loss)
+    assert torch.equal(model.center, automatic.center)
+
+
+def test_tensor_and_dataloader_inputs():
+    images = 1.0 + 0.1 * torch.randn(10, 3, SIZE, SIZE)
+    model = MeanImage(max_epochs=3).fit(images, verbose=False)
+    assert model.history.steps == 9                                  # 10 images, batch 4: 3 steps per epoch
+    model = MeanImage(max_epochs=1).fit(DataLoader(ToyData(12), batch_size=6), verbose=False)
+    assert model.history.steps == 2
+    with pytest.raises(ValueError, match="configured for 8x8"):
+        MeanImage(max_epochs=1).fit(torch.zeros(4, 3, 16, 16), verbose=False)
+
+
+def test_a_diverging_loss_is_a_clear_error():
+    model = MeanImage(max_epochs=1)
+    with pytest.raises(FloatingPointError, match="learning rate"):
+        model.fit(torch.full((4, 3, SIZE, SIZE), float("nan")), verbose=False)
+
+
+def test_history_travels_with_the_state_dict():
+    model = MeanImage(max_epochs=2).fit(ToyData(12), verbose=False)
+    fresh = MeanImage()
+    fresh.load_state_dict(model.state_dict())
+    assert fresh.history == model.history and fresh.history.loss == model.history.loss
+    assert History.from_dict(model.history.to_dict()) == model.history
+
+
+def test_amp_is_cuda_only_unless_asked():
+    cpu = torch.device("cpu")
+    assert resolve_amp("auto", cpu) is None and resolve_amp(False, cpu) is None
+    assert resolve_amp("bf16", cpu) == torch.bfloat16
+    with pytest.raises(ValueError, match="CUDA"):
+        resolve_amp("fp16", cpu)
+    with pytest.raises(ValueError):
+        resolve_amp("fp8", cpu)
+    model = MeanImage(max_epochs=3, amp="bf16").fit(ToyData(12), verbose=False)   # bf16 autocast on CPU works
+    assert model.history.loss[-1] < model.history.loss[0]
+
+
+def test_rank_auroc_matches_the_metrics_module_with_ties():
+    from adlearn.metrics import image_auroc
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 300)
+    scores = np.round(rng.normal(size=300) + labels, 1)              # many ties
+    assert rank_auroc(labels, scores) == pytest.approx(image_auroc(labels, scores), abs=1e-12)
+    assert rank_auroc([0, 0, 1, 1], [0.1, 0.2, 0.3, 0.4]) == 1.0
+    assert rank_auroc([0, 1], [0.5, 0.5]) == 0.5
+    with pytest.raises(ValueError, match="positives and negatives"):
+        rank_auroc([0, 0], [0.1, 0.2])
+
+
+def test_checkpoint_holds_the_best_weights(tmp_path):
+    path = tmp_path / "best.pt"
+    model = MeanImage(max_epochs=4)
+    model.fit(ToyData(12), ToyData(4, 4, seed=1), val_metric_fn=scripted_metric([0.5, 0.8, 0.6, 0.7]),
+              checkpoint_path=path, verbose=False)
+    checkpoint = torch.load(path, weights_only=False)
+    restored = MeanImage(**checkpoint["config"])
+    restored.load_state_dict(checkpoint["state_dict"])
+    images = ToyData(4, 4, seed=2)[7]["image"][None]
+    assert torch.equal(restored.predict(images).anomaly_map, model.predict(images).anomaly_map)
+    assert restored.history.best_epoch == 2 and restored.history.epoch == [1, 2, 3, 4]
