@@ -67,7 +67,8 @@ class Padim(MemoryBankModel):
         images = images.contiguous(memory_format=torch.channels_last)    # speed only, see __init__
         features = self.feature_extractor(images)                         # {layer: (B, C_l, h_l, w_l)}
         embedding = concat_upsampled(list(features.values()))             # (B, ΣC_l, h, w)
-        return embedding.index_select(1, self.channel_index)             # (B, n_features, h, w)
+        # back to the standard layout: the Gaussian steps are written (and fast) for it
+        return embedding.index_select(1, self.channel_index).contiguous()  # (B, n_features, h, w)
 
     def collect(self, images: torch.Tensor) -> torch.Tensor:
         return self.generate_embedding(images)
