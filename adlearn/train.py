@@ -80,7 +80,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from adlearn.utils import seed_everything
 
@@ -203,6 +203,25 @@ def _select(batch: dict, keep: torch.Tensor) -> dict:
     indices = keep.nonzero().flatten().tolist()
     return {key: value[keep] if isinstance(value, torch.Tensor) else [value[i] for i in indices]
             for key, value in batch.items()}
+
+
+def hold_out(data, fraction: float, seed: int = 0):
+    """(train part, validation part): a seeded random ``fraction`` of ``data`` set aside.
+
+    For a Dataset (-> two ``Subset``s) or an image tensor; a DataLoader cannot be split — pass
+    ``val_data`` yourself.
+    """
+    if isinstance(data, DataLoader):
+        raise ValueError("cannot hold out part of a DataLoader: pass val_data=... to fit, or a Dataset")
+    n_val = int(len(data) * fraction)
+    if not 0 < n_val < len(data):
+        raise ValueError(f"holding out {fraction:.0%} of {len(data)} images leaves no validation or no "
+                         "training images")
+    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed)).tolist()
+    val_index, train_index = order[:n_val], order[n_val:]
+    if isinstance(data, torch.Tensor):
+        return data[train_index], data[val_index]
+    return Subset(data, train_index), Subset(data, val_index)
 
 
 class _TensorImages(Dataset):
@@ -569,4 +588,4 @@ def fit(model: nn.Module, train_data, val_data=None, **options) -> History:
     return Trainer(model, **options).fit(train_data, val_data)
 
 
-__all__ = ["History", "Trainer", "batch_to_device", "fit", "rank_auroc", "resolve_amp"]
+__all__ = ["History", "Trainer", "batch_to_device", "fit", "hold_out", "rank_auroc", "resolve_amp"]

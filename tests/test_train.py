@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from adlearn.models import TrainedModel
 from adlearn.models.common import prediction_from_map
-from adlearn.train import History, Trainer, rank_auroc, resolve_amp
+from adlearn.train import History, Trainer, hold_out, rank_auroc, resolve_amp
 
 SIZE = 8
 
@@ -31,11 +31,12 @@ class MeanImage(TrainedModel):
     name = "mean_image"
 
     def __init__(self, lr: float = 0.2, max_epochs: int | None = 5, max_steps: int | None = None,
-                 patience: int | None = None, val_metric: str = "auto", gradient_clip_val: float = 0.0,
-                 amp="auto", image_size: int = SIZE, device: str = "cpu", seed: int = 0, batch_size: int = 4):
+                 patience: int | None = None, val_metric: str = "auto", val_fraction: float = 0.0,
+                 gradient_clip_val: float = 0.0, amp="auto", image_size: int = SIZE, device: str = "cpu",
+                 seed: int = 0, batch_size: int = 4):
         super().__init__(max_epochs=max_epochs, max_steps=max_steps, patience=patience, val_metric=val_metric,
-                         gradient_clip_val=gradient_clip_val, amp=amp, image_size=image_size, device=device,
-                         seed=seed, batch_size=batch_size)
+                         val_fraction=val_fraction, gradient_clip_val=gradient_clip_val, amp=amp,
+                         image_size=image_size, device=device, seed=seed, batch_size=batch_size)
         self.save_hyperparameters()
         self.lr = lr
         self.center = nn.Parameter(torch.zeros(3, SIZE, SIZE))
@@ -297,3 +298,19 @@ def test_checkpoint_holds_the_best_weights(tmp_path):
     images = ToyData(4, 4, seed=2)[7]["image"][None]
     assert torch.equal(restored.predict(images).anomaly_map, model.predict(images).anomaly_map)
     assert restored.history.best_epoch == 2 and restored.history.epoch == [1, 2, 3, 4]
+
+
+def test_val_fraction_holds_out_normal_training_images_for_early_stopping(capsys):
+    model = MeanImage(max_epochs=3, val_fraction=0.25, patience=2).fit(ToyData(12))
+    history = model.history
+    assert history.val_metric == "loss" and all(v is not None for v in history.val)
+    assert history.steps == 3 * 3                                     # 9 images left: 3 batches of <= 4
+    assert "all one class; validating on the loss" in capsys.readouterr().out
+    train_part, val_part = hold_out(ToyData(12), 0.25, seed=0)
+    assert len(train_part) == 9 and len(val_part) == 3
+    assert set(train_part.indices).isdisjoint(val_part.indices)
+    assert hold_out(torch.zeros(10, 3, SIZE, SIZE), 0.2)[1].shape[0] == 2
+    with pytest.raises(ValueError, match="DataLoader"):
+        hold_out(DataLoader(ToyData(12)), 0.2)
+    with pytest.raises(ValueError, match="val_fraction"):
+        MeanImage(val_fraction=1.0)

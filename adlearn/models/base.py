@@ -226,19 +226,24 @@ class TrainedModel(AnomalyModel):
     Training options (constructor keywords, so ``adlearn evaluate MODEL --set max_epochs=3`` works):
     ``max_epochs`` / ``max_steps`` (whichever ends first), ``patience`` (early stopping, used when
     ``fit`` gets ``val_data``), ``val_metric`` (``"auto"``, ``"loss"``, ``"image_auroc"``,
-    ``"pixel_auroc"``), ``gradient_clip_val`` (0 = off) and ``amp`` (``"auto"``: mixed precision on
-    CUDA only). After ``fit``, ``model.history`` holds the learning curve; it is saved with the model.
+    ``"pixel_auroc"``), ``val_fraction`` (hold out this share of the training images as ``val_data``
+    when none is given: early stopping on the loss of unseen *normal* images, no labels needed),
+    ``gradient_clip_val`` (0 = off) and ``amp`` (``"auto"``: mixed precision on CUDA only).
+    After ``fit``, ``model.history`` holds the learning curve; it is saved with the model.
     """
 
     scheduler_interval: str = "epoch"   # or "step": when the loop steps the scheduler
 
     def __init__(self, *, max_epochs: int | None = None, max_steps: int | None = None,
-                 patience: int | None = None, val_metric: str = "auto", gradient_clip_val: float = 0.0,
-                 amp: bool | str = "auto", **kwargs):
+                 patience: int | None = None, val_metric: str = "auto", val_fraction: float = 0.0,
+                 gradient_clip_val: float = 0.0, amp: bool | str = "auto", **kwargs):
         super().__init__(**kwargs)
         if max_epochs is None and max_steps is None:
             raise ValueError(f"{type(self).__name__}: give max_epochs or max_steps")
+        if not 0.0 <= val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
         self.max_epochs, self.max_steps, self.patience = max_epochs, max_steps, patience
+        self.val_fraction = val_fraction
         self.val_metric, self.gradient_clip_val, self.amp = val_metric, gradient_clip_val, amp
         from adlearn.train import History
 
@@ -263,10 +268,14 @@ class TrainedModel(AnomalyModel):
     def fit(self, data, val_data=None, **options) -> "TrainedModel":
         """Train on ``data`` (Dataset of dict items, DataLoader or (N,3,H,W) tensor); returns self.
 
-        ``val_data`` (optional) enables validation after each epoch and early stopping with
-        ``patience``; ``options`` go to `adlearn.train.Trainer` (e.g. ``checkpoint_path=``,
+        ``val_data`` (optional; or ``val_fraction`` of ``data``) enables validation after each epoch
+        and early stopping with ``patience``; ``options`` go to `adlearn.train.Trainer` (e.g. ``checkpoint_path=``,
         ``val_metric_fn=``, ``callbacks=``, ``verbose=False``).
         """
+        if val_data is None and self.val_fraction > 0:
+            from adlearn.train import hold_out
+
+            data, val_data = hold_out(data, self.val_fraction, seed=self.seed)
         trainer = self.trainer(**options)
         self.history = trainer.history          # filled in as training goes (also on Ctrl-C)
         trainer.fit(data, val_data)
