@@ -224,6 +224,39 @@ def hold_out(data, fraction: float, seed: int = 0):
     return Subset(data, train_index), Subset(data, val_index)
 
 
+class SyntheticAnomalies(Dataset):
+    """Normal images made into a labelled validation set: every second one gets a Perlin-noise
+    anomaly (DRÆM's generator, `adlearn.data.PerlinAnomalyGenerator`) and its exact mask.
+
+    Early stopping then follows the pixel AUROC on defects the model has never seen — without a
+    single real defect, so the test set stays untouched. Built once (seeded): every epoch is scored
+    on the same images. Items: ``{"image", "mask" (H, W), "label"}``.
+    """
+
+    def __init__(self, data, seed: int = 0):
+        from adlearn.data import PerlinAnomalyGenerator
+
+        generator = PerlinAnomalyGenerator(p_anomalous=1.0, seed=seed)
+        self.items = []
+        for index in range(len(data)):
+            item = data[index]
+            image = item["image"] if isinstance(item, dict) else item                 # (3, H, W) normalized
+            if index % 2:
+                augmented, mask = generator(image[None], normalized=True)            # (1, 3, H, W), (1, 1, H, W)
+                self.items.append({"image": augmented[0], "mask": mask[0, 0], "label": 1})
+            else:
+                self.items.append({"image": image, "mask": torch.zeros(image.shape[-2:]), "label": 0})
+        if len(self.items) < 2:
+            raise ValueError(f"synthetic validation needs at least 2 held-out images, got {len(self.items)}; "
+                             "hold out a larger val_fraction")
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict:
+        return self.items[index]
+
+
 class _TensorImages(Dataset):
     """A (N, 3, H, W) tensor seen as a dataset of ``{"image": ...}`` items."""
 
@@ -588,4 +621,5 @@ def fit(model: nn.Module, train_data, val_data=None, **options) -> History:
     return Trainer(model, **options).fit(train_data, val_data)
 
 
-__all__ = ["History", "Trainer", "batch_to_device", "fit", "hold_out", "rank_auroc", "resolve_amp"]
+__all__ = ["History", "SyntheticAnomalies", "Trainer", "batch_to_device", "fit", "hold_out", "rank_auroc",
+           "resolve_amp"]

@@ -321,8 +321,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--anomalib-python", default=ANOMALIB_PYTHON)
     parser.add_argument("--no-anomalib", action="store_true", help="adlearn only")
+    parser.add_argument("--patchcore-crop", choices=("224", "none"), default="224",
+                        help="PatchCore's transform: resize 256 + center crop 224 (MODELS.md, 004; default) or "
+                             "'none' (anomalib 2.7's own default pre-processor: resize 256, no crop), both sides")
     parser.add_argument("--json", help="write the full results here")
     args = parser.parse_args(argv)
+    if args.patchcore_crop == "none":
+        MODELS["patchcore"]["crop"] = None
+        MODELS["patchcore"]["adlearn"]["center_crop"] = None
 
     names = [name for name in args.models.split(",") if name]
     unknown = sorted(set(names) - set(MODELS))

@@ -375,16 +375,29 @@ class TestGaussianBlur2d:
     # torch border type -> the scipy.ndimage mode with the same padding (NOT the same name!).
     MODE_MAP = {"reflect": "mirror", "replicate": "nearest", "circular": "wrap", "constant": "constant"}
 
+    @pytest.mark.parametrize("method", ["matmul", "conv"])
     @pytest.mark.parametrize("border_type", list(MODE_MAP))
     @pytest.mark.parametrize("sigma", [1.5, (2.0, 1.0)])
-    def test_matches_scipy(self, border_type, sigma):
+    def test_matches_scipy(self, border_type, sigma, method):
         x = torch.rand(2, 3, 40, 37, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-        blur = GaussianBlur2d(sigma, channels=3, border_type=border_type).double()
+        blur = GaussianBlur2d(sigma, channels=3, border_type=border_type, method=method).double()
         sy, sx = sigma if isinstance(sigma, tuple) else (sigma, sigma)
         # scipy's radius int(truncate·σ + 0.5) with truncate=4 equals our default kernel radius.
         expected = scipy.ndimage.gaussian_filter(x.numpy(), sigma=(0, 0, sy, sx),
                                                  mode=self.MODE_MAP[border_type], truncate=4.0)
         np.testing.assert_allclose(blur(x).numpy(), expected, atol=1e-6)   # float32 kernel
+
+    def test_matrix_form_equals_the_convolutions_and_follows_the_input_size(self):
+        blur, conv = GaussianBlur2d(4.0), GaussianBlur2d(4.0, method="conv")
+        for shape in [(5, 1, 224, 224), (2, 1, 64, 48), (5, 1, 224, 224)]:         # sizes change, come back
+            x = torch.rand(*shape, generator=torch.Generator().manual_seed(1))
+            torch.testing.assert_close(blur(x), conv(x), atol=1e-5, rtol=1e-5)
+        blur_y, blur_x = blur.blur_matrices(224, 224, torch.device("cpu"), torch.float32)
+        torch.testing.assert_close(blur_y.sum(dim=1), torch.ones(224))      # each output row: weights sum to 1
+        assert blur_y.shape == blur_x.shape == (224, 224)
+        assert list(blur.state_dict()) == ["kernel_y", "kernel_x"]             # the cache is never saved
+        with pytest.raises(ValueError, match="method"):
+            GaussianBlur2d(1.0, method="fft")
 
     def test_scipy_reflect_is_not_torch_reflect(self):
         x = torch.rand(1, 1, 20, 20, dtype=torch.float64)

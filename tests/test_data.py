@@ -518,3 +518,35 @@ def test_real_mvtec_bottle_counts_and_masks(real_mvtec_root):
         item = test[index]
         assert item["image"].shape == (3, 256, 256)
         assert (item["mask"].sum() > 0) == bool(item["label"])
+
+
+# ----------------------------------------------------------------------------- digits (a real one-class problem)
+def test_digit_images_are_sklearn_digits_upsampled_and_normalized():
+    from sklearn.datasets import load_digits
+
+    from adlearn.data import IMAGENET_MEAN, IMAGENET_STD, digit_images
+
+    images, labels = digit_images(size=8)                       # no resampling at the native size
+    bunch = load_digits()
+    assert images.shape == (1797, 3, 8, 8) and labels.tolist() == bunch.target.tolist()
+    for channel in range(3):                                    # undo the normalization by hand
+        grey = images[:, channel] * IMAGENET_STD[channel] + IMAGENET_MEAN[channel]
+        np.testing.assert_allclose(grey.numpy(), bunch.images / 16.0, atol=1e-5)
+    assert digit_images(size=32)[0].shape == (1797, 3, 32, 32)
+    with pytest.raises(ValueError, match="at least"):
+        digit_images(size=4)
+
+
+def test_one_class_split_trains_on_half_of_one_digit_and_tests_on_the_rest():
+    from adlearn.data import one_class_split
+
+    labels = torch.tensor([0] * 10 + [1] * 7 + [2] * 5)
+    split = one_class_split(labels, digit=1, n_others=4, seed=3)
+    assert len(split.train) == 3 and (labels[split.train] == 1).all()
+    assert len(split.test) == 4 + 4 and set(split.train.tolist()).isdisjoint(split.test.tolist())
+    assert split.is_anomalous.tolist() == (labels[split.test] != 1).int().tolist() == [0] * 4 + [1] * 4
+    again = one_class_split(labels, digit=1, n_others=4, seed=3)
+    assert torch.equal(again.train, split.train) and torch.equal(again.test, split.test)
+    assert len(one_class_split(labels, digit=1, n_others=None).test) == 4 + 15
+    with pytest.raises(ValueError, match="no image has the label 7"):
+        one_class_split(labels, digit=7)

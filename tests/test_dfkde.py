@@ -7,10 +7,10 @@ import inspect
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from scipy.stats import gaussian_kde
 from sklearn.decomposition import PCA as SklearnPCA
 
+from adlearn.data import digit_images, one_class_split
 from adlearn.models import create, load
 
 BACKBONE = "efficientnet_lite0"
@@ -20,30 +20,6 @@ N_COMPONENTS = 4  # the small synthetic set has 12 training images: fewer than t
 def make(**options):
     defaults = dict(backbone=BACKBONE, image_size=64, device="cpu", seed=0, n_pca_components=N_COMPONENTS)
     return create("dfkde", **{**defaults, **options})
-
-
-def digits(size: int = 32):
-    """scikit-learn's 8×8 digits as normalized (N, 3, size, size) images, and their labels."""
-    from sklearn.datasets import load_digits
-
-    from adlearn.data.transforms import normalize
-
-    bunch = load_digits()
-    images = torch.tensor(bunch.images, dtype=torch.float32)[:, None] / 16.0    # (N, 1, 8, 8) in [0, 1]
-    images = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
-    return normalize(images.expand(-1, 3, -1, -1).contiguous()), torch.tensor(bunch.target)
-
-
-def one_class_split(labels: torch.Tensor, digit: int, n_others: int = 150, seed: int = 0):
-    """Train on half of one digit; test on its other half plus ``n_others`` other digits (anomalies)."""
-    generator = torch.Generator().manual_seed(seed)
-    own = torch.nonzero(labels == digit).squeeze(1)
-    own = own[torch.randperm(len(own), generator=generator)]
-    others = torch.nonzero(labels != digit).squeeze(1)
-    others = others[torch.randperm(len(others), generator=generator)[:n_others]]
-    train, test = own[: len(own) // 2], torch.cat([own[len(own) // 2:], others])
-    return train, test, (labels[test] != digit).int().numpy()
-
 
 @pytest.fixture(scope="module")
 def data(small_synthetic_root):
@@ -103,7 +79,7 @@ def test_probabilities_match_scipy_kde_through_the_same_pca(fitted, data):
 def test_digits_one_class_auroc():
     from adlearn.metrics import image_auroc
 
-    images, labels = digits(size=32)
+    images, labels = digit_images(size=32)
     model, aurocs = make(image_size=32, n_pca_components=16), {}
     for digit in (0, 4, 6):
         train, test, is_anomalous = one_class_split(labels, digit)

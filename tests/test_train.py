@@ -32,10 +32,11 @@ class MeanImage(TrainedModel):
 
     def __init__(self, lr: float = 0.2, max_epochs: int | None = 5, max_steps: int | None = None,
                  patience: int | None = None, val_metric: str = "auto", val_fraction: float = 0.0,
-                 gradient_clip_val: float = 0.0, amp="auto", image_size: int = SIZE, device: str = "cpu",
+                 val_anomalies: str = "none", gradient_clip_val: float = 0.0, amp="auto", image_size: int = SIZE, device: str = "cpu",
                  seed: int = 0, batch_size: int = 4):
         super().__init__(max_epochs=max_epochs, max_steps=max_steps, patience=patience, val_metric=val_metric,
-                         val_fraction=val_fraction, gradient_clip_val=gradient_clip_val, amp=amp,
+                         val_fraction=val_fraction, val_anomalies=val_anomalies,
+                         gradient_clip_val=gradient_clip_val, amp=amp,
                          image_size=image_size, device=device, seed=seed, batch_size=batch_size)
         self.save_hyperparameters()
         self.lr = lr
@@ -314,3 +315,30 @@ def test_val_fraction_holds_out_normal_training_images_for_early_stopping(capsys
         hold_out(DataLoader(ToyData(12)), 0.2)
     with pytest.raises(ValueError, match="val_fraction"):
         MeanImage(val_fraction=1.0)
+
+
+def test_synthetic_anomalies_make_held_out_normal_images_a_labelled_pixel_level_validation_set(capsys):
+    from adlearn.train import SyntheticAnomalies
+
+    normal = ToyData(6)
+    val = SyntheticAnomalies(normal, seed=0)
+    assert [item["label"] for item in val] == [0, 1, 0, 1, 0, 1]
+    for index, item in enumerate(val):
+        original, mask = normal[index]["image"], item["mask"]
+        assert mask.shape == (SIZE, SIZE) and set(mask.unique().tolist()) <= {0.0, 1.0}
+        changed = (item["image"] != original).any(dim=0)                  # (H, W): pixels the generator touched
+        if item["label"]:
+            assert mask.any() and not changed[mask == 0].any()            # changes only inside the mask
+        else:
+            assert not mask.any() and not changed.any()                   # normal images untouched
+    again = SyntheticAnomalies(normal, seed=0)
+    assert all(torch.equal(a["image"], b["image"]) for a, b in zip(val, again))   # seeded: same set every time
+
+    model = MeanImage(max_epochs=2, val_fraction=0.5, val_anomalies="synthetic", patience=3).fit(ToyData(8))
+    assert model.history.val_metric == "pixel_auroc" and all(0 <= v <= 1 for v in model.history.val)
+    with pytest.raises(ValueError, match="val_fraction"):
+        MeanImage(val_anomalies="synthetic")
+    with pytest.raises(ValueError, match="val_anomalies"):
+        MeanImage(val_fraction=0.2, val_anomalies="dtd")
+    with pytest.raises(ValueError, match="at least 2"):
+        SyntheticAnomalies(ToyData(1))

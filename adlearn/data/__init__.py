@@ -8,6 +8,7 @@ models nor timm; ``from adlearn.data import MVTecDataset`` works as usual.
 * `ImageTransform` — resize / center-crop / ImageNet normalization, applied alike to masks.
 * `synthetic_root`, `generate_synthetic_dataset`, `SYNTHETIC_CATEGORIES` — the embedded dataset.
 * `random_2d_perlin`, `PerlinAnomalyGenerator`, `make_synthetic_dataset` — synthetic anomalies.
+* `digit_images`, `one_class_split` — scikit-learn's digits as a real one-class problem.
 * `DataError` — raised for bad input, with a message that says how to fix it.
 """
 
@@ -38,6 +39,10 @@ _LAZY = {
     "random_2d_perlin": "perlin",
     "PerlinAnomalyGenerator": "augmenter",
     "make_synthetic_dataset": "augmenter",
+    # a real one-class problem: scikit-learn's digits
+    "digit_images": "digits",
+    "one_class_split": "digits",
+    "OneClassSplit": "digits",
 }
 
 

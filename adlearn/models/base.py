@@ -228,6 +228,9 @@ class TrainedModel(AnomalyModel):
     ``fit`` gets ``val_data``), ``val_metric`` (``"auto"``, ``"loss"``, ``"image_auroc"``,
     ``"pixel_auroc"``), ``val_fraction`` (hold out this share of the training images as ``val_data``
     when none is given: early stopping on the loss of unseen *normal* images, no labels needed),
+    ``val_anomalies`` (``"none"``, or ``"synthetic"``: half of the held-out images get Perlin-noise
+    anomalies with exact masks — `adlearn.train.SyntheticAnomalies` — so early stopping follows the
+    pixel AUROC on defects the model never trained on, still without real labels),
     ``gradient_clip_val`` (0 = off) and ``amp`` (``"auto"``: mixed precision on CUDA only).
     After ``fit``, ``model.history`` holds the learning curve; it is saved with the model.
     """
@@ -236,14 +239,19 @@ class TrainedModel(AnomalyModel):
 
     def __init__(self, *, max_epochs: int | None = None, max_steps: int | None = None,
                  patience: int | None = None, val_metric: str = "auto", val_fraction: float = 0.0,
-                 gradient_clip_val: float = 0.0, amp: bool | str = "auto", **kwargs):
+                 val_anomalies: str = "none", gradient_clip_val: float = 0.0, amp: bool | str = "auto", **kwargs):
         super().__init__(**kwargs)
         if max_epochs is None and max_steps is None:
             raise ValueError(f"{type(self).__name__}: give max_epochs or max_steps")
         if not 0.0 <= val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
         self.max_epochs, self.max_steps, self.patience = max_epochs, max_steps, patience
-        self.val_fraction = val_fraction
+        if val_anomalies not in ("none", "synthetic"):
+            raise ValueError(f"val_anomalies must be 'none' or 'synthetic', got {val_anomalies!r}")
+        if val_anomalies == "synthetic" and val_fraction == 0:
+            raise ValueError("val_anomalies='synthetic' adds anomalies to held-out training images: "
+                             "also give val_fraction (e.g. 0.2)")
+        self.val_fraction, self.val_anomalies = val_fraction, val_anomalies
         self.val_metric, self.gradient_clip_val, self.amp = val_metric, gradient_clip_val, amp
         from adlearn.train import History
 
@@ -273,9 +281,11 @@ class TrainedModel(AnomalyModel):
         ``val_metric_fn=``, ``callbacks=``, ``verbose=False``).
         """
         if val_data is None and self.val_fraction > 0:
-            from adlearn.train import hold_out
+            from adlearn.train import SyntheticAnomalies, hold_out
 
             data, val_data = hold_out(data, self.val_fraction, seed=self.seed)
+            if self.val_anomalies == "synthetic":
+                val_data = SyntheticAnomalies(val_data, seed=self.seed)
         trainer = self.trainer(**options)
         self.history = trainer.history          # filled in as training goes (also on Ctrl-C)
         trainer.fit(data, val_data)

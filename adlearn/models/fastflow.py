@@ -138,11 +138,13 @@ class Fastflow(TrainedModel):
                  pretrained: str = "auto", flow_steps: int = 8, conv3x3_only: bool = False,
                  hidden_ratio: float = 1.0, lr: float = 1e-3, weight_decay: float = 1e-5,
                  max_epochs: int | None = 500, max_steps: int | None = None, patience: int | None = 3,
-                 val_metric: str = "auto", val_fraction: float = 0.0, gradient_clip_val: float = 0.0,
+                 val_metric: str = "auto", val_fraction: float = 0.0, val_anomalies: str = "none",
+                 gradient_clip_val: float = 0.0,
                  amp: bool | str = "auto", image_size: int = 256, center_crop: int | None = None,
                  device: str = "auto", seed: int = 0, batch_size: int = 32):
         super().__init__(max_epochs=max_epochs, max_steps=max_steps, patience=patience, val_metric=val_metric,
-                         val_fraction=val_fraction, gradient_clip_val=gradient_clip_val, amp=amp,
+                         val_fraction=val_fraction, val_anomalies=val_anomalies,
+                         gradient_clip_val=gradient_clip_val, amp=amp,
                          image_size=image_size, center_crop=center_crop, device=device, seed=seed,
                          batch_size=batch_size)
         self.save_hyperparameters()
