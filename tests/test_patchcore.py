@@ -166,15 +166,16 @@ def test_clear_errors():
 @pytest.mark.slow
 @pytest.mark.mvtec
 def test_real_bottle(mvtec_bottle_root):
-    # Measured here: image AUROC 1.000, pixel AUROC 0.9675. anomalib 2.7 with the same weights, transform
-    # and hyper-parameters gives pixel 0.9670 (60-image training subset, benchmarks/bench_memory_models.py):
-    # the issue's 0.97 is out of reach of efficientnet_lite0 features, not of the implementation.
+    # Measured here (benchmarks/bench_memory_models.py, anomalib 2.7 beside us with the same offline weights):
+    # - MODELS.md's transform (004: resize 256, center crop 224): image AUROC 1.000, pixel 0.9675; anomalib 0.9670;
+    # - anomalib 2.7's own default (resize 256, no crop): pixel 0.975 — the issue's >= 0.97.
     from adlearn.data import MVTecDataset
     from adlearn.evaluate import fit_and_evaluate
 
-    model = create("patchcore", backbone=BACKBONE, device="cpu", seed=0)
-    train = MVTecDataset(mvtec_bottle_root, "bottle", "train", transform=model.transform)
-    test = MVTecDataset(mvtec_bottle_root, "bottle", "test", transform=model.transform)
-    results = fit_and_evaluate(model, train, test)
-    assert results["image_auroc"] >= 0.99
-    assert results["pixel_auroc"] >= 0.965
+    for center_crop, pixel_target in (("auto", 0.965), (None, 0.97)):
+        model = create("patchcore", backbone=BACKBONE, device="cpu", seed=0, center_crop=center_crop)
+        train = MVTecDataset(mvtec_bottle_root, "bottle", "train", transform=model.transform)
+        test = MVTecDataset(mvtec_bottle_root, "bottle", "test", transform=model.transform)
+        results = fit_and_evaluate(model, train, test)
+        assert results["image_auroc"] >= 0.99, (center_crop, results)
+        assert results["pixel_auroc"] >= pixel_target, (center_crop, results)

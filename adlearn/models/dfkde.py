@@ -55,16 +55,12 @@ class Dfkde(MemoryBankModel):
         if isinstance(layers, str):
             layers = (layers,)
         self.feature_extractor = TimmFeatureExtractor(backbone, list(layers), pre_trained=pretrained)
-        # Speed only: convolutions in the "channels last" memory layout run about twice as fast on
-        # CPU (oneDNN); the numbers are the same. Step 1 feeds the images in that layout too.
-        self.feature_extractor.to(memory_format=torch.channels_last)
         self.classifier = KDEClassifier(n_pca_components=n_pca_components,
                                         feature_scaling_method=feature_scaling_method,
                                         max_training_points=max_training_points, seed=seed)
 
     # Steps 1–2: one pooled feature vector per image.
     def get_features(self, images: torch.Tensor) -> torch.Tensor:
-        images = images.contiguous(memory_format=torch.channels_last)    # speed only, see __init__
         features = self.feature_extractor(images)                         # {layer: (B, C_l, h_l, w_l)}
         pooled = [F.adaptive_avg_pool2d(f, 1).flatten(1) for f in features.values()]  # [(B, C_l)]
         return torch.cat(pooled, dim=1)                                   # (B, ΣC_l)

@@ -76,9 +76,6 @@ class Dfm(MemoryBankModel):
         self.task = "segmentation" if score_type == "fre" else "classification"
         self.pooling_kernel_size = int(pooling_kernel_size)
         self.feature_extractor = TimmFeatureExtractor(backbone, [layer], pre_trained=pretrained)
-        # Speed only: convolutions in the "channels last" memory layout run about twice as fast on
-        # CPU (oneDNN); the numbers are the same. Step 1 feeds the images in that layout too.
-        self.feature_extractor.to(memory_format=torch.channels_last)
         grid = min(self.input_size) // self.feature_extractor.strides[0]  # side of the layer's map
         if grid < self.pooling_kernel_size:
             raise ValueError(f"at {min(self.input_size)} px, {layer} of {backbone} is a {grid}x{grid} map, smaller "
@@ -89,11 +86,10 @@ class Dfm(MemoryBankModel):
 
     # Steps 1–2: one pooled feature map per image.
     def get_feature_map(self, images: torch.Tensor) -> torch.Tensor:
-        images = images.contiguous(memory_format=torch.channels_last)    # speed only, see __init__
         features = next(iter(self.feature_extractor(images).values()))   # (B, C, h, w)
         if self.pooling_kernel_size > 1:
             features = F.avg_pool2d(features, self.pooling_kernel_size)  # (B, C, h/k, w/k)
-        return features.contiguous()                                     # back to the standard layout
+        return features
 
     # Step 3: flattened to one vector per image.
     def collect(self, images: torch.Tensor) -> torch.Tensor:

@@ -82,9 +82,6 @@ class Patchcore(MemoryBankModel):
         self.coreset_sampling_ratio = coreset_sampling_ratio
         self.num_neighbors = int(num_neighbors)
         self.feature_extractor = TimmFeatureExtractor(backbone, list(layers), pre_trained=pretrained)
-        # Speed only: convolutions in the "channels last" memory layout run about twice as fast on
-        # CPU (oneDNN); the numbers are the same. Step 1 feeds the images in that layout too.
-        self.feature_extractor.to(memory_format=torch.channels_last)
         self.feature_pooler = nn.AvgPool2d(kernel_size=3, stride=1, padding=1)
         self.blur = GaussianBlur2d(sigma=blur_sigma, channels=1)
         # The memory bank (M, E): empty until fit; a dynamic buffer, so a checkpoint of any size loads.
@@ -93,7 +90,6 @@ class Patchcore(MemoryBankModel):
 
     # Steps 1–3: locally aware patch features, one row per position.
     def generate_embedding(self, images: torch.Tensor) -> torch.Tensor:
-        images = images.contiguous(memory_format=torch.channels_last)    # speed only, see __init__
         features = self.feature_extractor(images)                         # {layer: (B, C_l, h_l, w_l)}
         pooled = [self.feature_pooler(f) for f in features.values()]      # same shapes, 3×3 neighbourhood
         return concat_upsampled(pooled, mode="bilinear")                  # (B, E, h, w)

@@ -6,6 +6,11 @@
 ``pre_trained`` takes ``True`` (= ``"auto"``), ``False`` (= ``"none"``), ``"auto"``, ``"hub"``,
 ``"none"`` or a weights path (see `backbones`). With ``requires_grad=False`` the backbone is frozen
 and always runs in eval mode (batch-norm statistics stay the ImageNet ones).
+
+Speed only: with ``channels_last=True`` (default) the backbone's weights and the images it gets are
+kept in the "channels last" memory layout, in which oneDNN's CPU convolutions run about 1.3–2x
+faster (cuDNN likes it too under mixed precision). The numbers are the same up to rounding; the
+feature maps come back in the standard layout, so nothing downstream sees a difference.
 """
 
 from __future__ import annotations
@@ -19,7 +24,8 @@ from adlearn.components.feature_extractors.backbones import load_backbone, resol
 
 
 class TimmFeatureExtractor(nn.Module):
-    def __init__(self, backbone: str, layers: Sequence[str], pre_trained=True, requires_grad: bool = False):
+    def __init__(self, backbone: str, layers: Sequence[str], pre_trained=True, requires_grad: bool = False,
+                 channels_last: bool = True):
         super().__init__()
         import timm
 
@@ -47,6 +53,9 @@ class TimmFeatureExtractor(nn.Module):
         if not requires_grad:
             self.feature_extractor.eval()
             self.feature_extractor.requires_grad_(False)
+        self.channels_last = channels_last
+        if channels_last:
+            self.feature_extractor.to(memory_format=torch.channels_last)
 
     def train(self, mode: bool = True):
         # A frozen backbone keeps its ImageNet batch-norm statistics, whatever the parent does.
@@ -56,12 +65,14 @@ class TimmFeatureExtractor(nn.Module):
         return self
 
     def forward(self, inputs: torch.Tensor) -> dict[str, torch.Tensor]:  # (B, 3, H, W)
+        if self.channels_last:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)   # speed only, see the docstring
         if self.requires_grad:
             outputs = self.feature_extractor(inputs)
         else:
             with torch.no_grad():
                 outputs = self.feature_extractor(inputs)
-        return {layer: outputs[index] for layer, index in zip(self.layers, self._output_order)}
+        return {layer: outputs[index].contiguous() for layer, index in zip(self.layers, self._output_order)}
 
 
 def dryrun_find_featuremap_dims(feature_extractor: nn.Module, input_size: tuple[int, int],
