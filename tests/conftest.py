@@ -19,6 +19,18 @@ def mvtec_root() -> Path | None:
     return Path(root) if root and (Path(root) / "bottle").is_dir() else None
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module of training tests: on 2 cores shared with other jobs, OpenMP's
+    2 threads mostly wait on each other (training steps measured 10x slower); restored afterwards."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture
 def mvtec_bottle_root() -> Path:
     root = mvtec_root()

@@ -15,14 +15,7 @@ from adlearn.models.stfpm import Stfpm, normalized_difference, stfpm_anomaly_map
 BACKBONE = "efficientnet_lite0"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread: on 2 cores shared with other jobs, OpenMP's 2 threads mostly wait on each
-    other (training steps measured 10x slower); restored afterwards."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.py
 
 
 def _hand_unit(vector: np.ndarray) -> np.ndarray:
