@@ -138,3 +138,63 @@ def test_torchfx_extractor_matches_module_outputs():
     assert tuple(by_name(x)["layer2"].shape) == (2, 128, 8, 8)
     with pytest.raises(TypeError):
         TorchFXFeatureExtractor(42, ["layer1"])
+
+
+# ----------------------------------------------------------------------------- batch-norm folding
+def _randomize_batch_norms(module: torch.nn.Module, seed: int = 0) -> None:
+    """Non-trivial statistics and affine parameters, so a wrong fold cannot hide behind BN ≈ identity."""
+    generator = torch.Generator().manual_seed(seed)
+    for norm in module.modules():
+        if isinstance(norm, torch.nn.BatchNorm2d):
+            for tensor, low, high in ((norm.running_mean, -1, 1), (norm.running_var, 0.5, 2),
+                                      (norm.weight.data, 0.5, 1.5), (norm.bias.data, -1, 1)):
+                tensor.copy_(torch.rand(tensor.shape, generator=generator) * (high - low) + low)
+
+
+@pytest.mark.parametrize("backbone, layers", [("efficientnet_lite0", ["layer2", "layer3"]),
+                                              ("resnet18", ["layer1", "layer2", "layer3"])])
+def test_folding_batch_norms_keeps_the_features(backbone, layers):
+    from adlearn.components import fold_batch_norms
+
+    extractor = TimmFeatureExtractor(backbone, layers, pre_trained="none", fold_batch_norm=False)
+    _randomize_batch_norms(extractor)
+    n_norms = sum(isinstance(m, torch.nn.BatchNorm2d) for m in extractor.modules())
+    folded, count = fold_batch_norms(extractor.feature_extractor, torch.rand(2, 3, 64, 64))
+    assert count == n_norms > 0                                            # every conv -> BN pair
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    images = torch.randn(4, 3, 96, 96, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = extractor.feature_extractor(images)
+        for before, after in zip(expected, folded(images)):
+            torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-4 * float(before.abs().max()))
+    # the activation a timm BatchNormAct2d carries survives the fold (lite0: ReLU6 after each BN)
+    if backbone == "efficientnet_lite0":
+        assert sum(isinstance(m, torch.nn.ReLU6) for m in folded.modules()) == \
+            sum(isinstance(m, torch.nn.ReLU6) for m in extractor.modules())
+
+
+def test_folding_is_on_for_frozen_extractors_only():
+    frozen = TimmFeatureExtractor("efficientnet_lite0", ["layer2"], pre_trained="none")
+    trainable = TimmFeatureExtractor("efficientnet_lite0", ["layer2"], pre_trained="none", requires_grad=True)
+    assert frozen.folded_batch_norms > 0 and trainable.folded_batch_norms == 0
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in trainable.modules())
+
+
+def test_folding_leaves_a_model_alone_when_a_conv_output_is_used_elsewhere():
+    from adlearn.components import fold_batch_norms
+
+    class SkipFromConvOutput(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.norm = torch.nn.Conv2d(3, 3, 3, padding=1), torch.nn.BatchNorm2d(3)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return self.norm(y) + y                                      # y also used outside the BN
+
+    model = SkipFromConvOutput().eval().requires_grad_(False)
+    _randomize_batch_norms(model)
+    same, count = fold_batch_norms(model, torch.rand(2, 3, 8, 8))
+    assert same is model and count == 0
+    with pytest.raises(ValueError, match="frozen"):
+        fold_batch_norms(torch.nn.Sequential(torch.nn.Conv2d(3, 3, 1), torch.nn.BatchNorm2d(3)), torch.rand(1, 3, 4, 4))

@@ -12,6 +12,7 @@ _LAZY = {
     # feature extractors (A.1)
     "BackboneParams": "feature_extractors",
     "TimmFeatureExtractor": "feature_extractors",
+    "fold_batch_norms": "feature_extractors",
     "TorchFXFeatureExtractor": "feature_extractors",
     "dryrun_find_featuremap_dims": "feature_extractors",
     # dimensionality reduction (A.2)

@@ -4,6 +4,7 @@
 - `TorchFXFeatureExtractor` / `BackboneParams` — any torchvision/custom model, cut at graph nodes.
 - `dryrun_find_featuremap_dims` — push one blank image through to learn channels and resolution.
 - `load_backbone` / `resolve_pretrained` — where the weights come from (offline package, hub, file).
+- `fold_batch_norms` — merge a frozen backbone's batch norms into its convolutions (speed only).
 """
 
 from adlearn.components.feature_extractors.backbones import (
@@ -13,6 +14,7 @@ from adlearn.components.feature_extractors.backbones import (
     resolve_layers,
     resolve_pretrained,
 )
+from adlearn.components.feature_extractors.fold import fold_batch_norms
 from adlearn.components.feature_extractors.timm import TimmFeatureExtractor, dryrun_find_featuremap_dims
 from adlearn.components.feature_extractors.torchfx import BackboneParams, TorchFXFeatureExtractor
 
@@ -23,6 +25,7 @@ __all__ = [
     "TimmFeatureExtractor",
     "TorchFXFeatureExtractor",
     "dryrun_find_featuremap_dims",
+    "fold_batch_norms",
     "load_backbone",
     "resolve_layers",
     "resolve_pretrained",

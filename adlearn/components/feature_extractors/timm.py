@@ -10,7 +10,9 @@ and always runs in eval mode (batch-norm statistics stay the ImageNet ones).
 Speed only: with ``channels_last=True`` (default) the backbone's weights and the images it gets are
 kept in the "channels last" memory layout, in which oneDNN's CPU convolutions run about 1.3–2x
 faster (cuDNN likes it too under mixed precision). The numbers are the same up to rounding; the
-feature maps come back in the standard layout, so nothing downstream sees a difference.
+feature maps come back in the standard layout, so nothing downstream sees a difference. A frozen
+backbone also has its batch norms folded into the convolutions before them (`fold_batch_norms`:
+about a third less time on a CPU, same numbers up to rounding); ``fold_batch_norm=False`` keeps them.
 """
 
 from __future__ import annotations
@@ -21,11 +23,12 @@ import torch
 from torch import nn
 
 from adlearn.components.feature_extractors.backbones import load_backbone, resolve_layers
+from adlearn.components.feature_extractors.fold import fold_batch_norms
 
 
 class TimmFeatureExtractor(nn.Module):
     def __init__(self, backbone: str, layers: Sequence[str], pre_trained=True, requires_grad: bool = False,
-                 channels_last: bool = True):
+                 channels_last: bool = True, fold_batch_norm: bool = True):
         super().__init__()
         import timm
 
@@ -56,6 +59,10 @@ class TimmFeatureExtractor(nn.Module):
         self.channels_last = channels_last
         if channels_last:
             self.feature_extractor.to(memory_format=torch.channels_last)
+        self.folded_batch_norms = 0
+        if fold_batch_norm and not requires_grad:
+            example = torch.rand(2, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+            self.feature_extractor, self.folded_batch_norms = fold_batch_norms(self.feature_extractor, example)
 
     def train(self, mode: bool = True):
         # A frozen backbone keeps its ImageNet batch-norm statistics, whatever the parent does.
