@@ -52,8 +52,12 @@ test-gpu: install  ## every notebook with smoke=False on CUDA; table in build/no
 clear-notebooks: install  ## strip outputs, execution counts and widget state from notebooks/
 	$(BIN)/python -m adlearn.tools.clear_notebooks notebooks/
 
-benchmarks: install
+benchmarks: install  ## adlearn vs anomalib 2.7 side by side (needs its venv: benchmarks/README.md); ~1 h on 2 cores
 	$(BIN)/python benchmarks/bench_padim.py
+	$(BIN)/python benchmarks/bench_memory_models.py --max-train 60
+	$(BIN)/python benchmarks/bench_trained_models.py
+	$(BIN)/python benchmarks/bench_digits.py
+	$(BIN)/python benchmarks/bench_kcenter_greedy.py
 
 clean:
 	rm -rf $(VENV) adlearn_results book/_build book/notebooks build

@@ -17,7 +17,9 @@ Slow checks (``@pytest.mark.slow``), one execution shared by this file and tests
 
 Knobs (environment): ``ADLEARN_NOTEBOOK_JOBS`` (notebooks at a time, default 2),
 ``ADLEARN_NOTEBOOKS`` (comma-separated names to run only some), ``ADLEARN_NBVAL=0`` (skip nbval),
-``ADLEARN_NOTEBOOK_MAX_S`` (per-notebook smoke budget that fails the test, default 180 s).
+``ADLEARN_NOTEBOOK_MAX_S`` (a per-notebook smoke budget in seconds that fails the test; unset by
+default: speed is reported — the timing table, and a warning above 60 s — never asserted, because a
+slow or busy machine is not a broken notebook).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import re
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import nbformat
@@ -332,9 +335,12 @@ def test_notebook_runs_in_smoke_mode(path, executed_notebooks):
     row = executed_notebooks[path.name]
     assert row["status"] == "ok", (f"{path.name} failed after {row['seconds']:.0f} s (executed copy with the "
                                    f"error: {EXECUTED_DIR / path.name}):\n{row['error']}")
-    budget = float(os.environ.get("ADLEARN_NOTEBOOK_MAX_S", "180"))
-    assert row["seconds"] <= budget, (f"{path.name} took {row['seconds']:.0f} s in smoke mode (budget {budget:.0f} s; "
-                                      f"aim for under 60 s on 2 CPU cores: shrink what is slow when smoke=True)")
+    message = (f"{path.name} took {row['seconds']:.0f} s in smoke mode; aim for under 60 s on 2 CPU cores "
+               "(shrink what is slow when smoke=True)")
+    if os.environ.get("ADLEARN_NOTEBOOK_MAX_S"):                        # opt-in: a hard budget
+        assert row["seconds"] <= float(os.environ["ADLEARN_NOTEBOOK_MAX_S"]), message
+    elif row["seconds"] > 60:
+        warnings.warn(message, stacklevel=1)
 
 
 @pytest.mark.slow
