@@ -92,6 +92,11 @@ class NearestNeighbors:
         self._bank_sq_norms: torch.Tensor | None = None   # (M,)
         self._faiss_index = None
 
+    @property
+    def device(self) -> torch.device | None:
+        """Where the indexed bank lives (None before ``fit``)."""
+        return getattr(self, "_device", None)
+
     # ------------------------------------------------------------------ fit
     def fit(self, bank: torch.Tensor) -> "NearestNeighbors":
         """Index ``bank (M, D)``; returns ``self``."""

@@ -48,7 +48,9 @@ Differences from anomalib, and why:
   part of the coreset and the random projection is skipped when it would widen the features
   (lite0's 152 channels), and it prunes distance updates with the triangle inequality on CPU.
 * Nearest neighbours come from `NearestNeighbors` (exact search, in chunks so a large batch never
-  builds a (queries × bank) matrix that does not fit in memory) rather than one big distance matrix.
+  builds a (queries × bank) matrix that does not fit in memory) rather than one big distance matrix:
+  faiss on a CPU, matrix products on a GPU. ``half_precision_search=True`` (GPU) ranks the bank in
+  bfloat16 and re-ranks the best candidates with exact float32 distances, so the scores stay exact.
 * ``coreset_sampling_ratio=1.0`` keeps every patch in training order (no greedy pass is needed to
   choose "all of them").
 * Training features are collected in float32 rows per batch; nothing is promoted to float64.
@@ -68,8 +70,8 @@ from adlearn.models.common import concat_upsampled, resolve_center_crop, upsampl
 class Patchcore(MemoryBankModel):
     def __init__(self, backbone: str = "wide_resnet50_2", layers: tuple[str, ...] = ("layer2", "layer3"),
                  pretrained: str = "auto", coreset_sampling_ratio: float = 0.1, num_neighbors: int = 9,
-                 blur_sigma: float = 4.0, image_size: int = 256, center_crop: int | str | None = "auto",
-                 device: str = "auto", seed: int = 0, batch_size: int = 32):
+                 blur_sigma: float = 4.0, half_precision_search: bool = False, image_size: int = 256,
+                 center_crop: int | str | None = "auto", device: str = "auto", seed: int = 0, batch_size: int = 32):
         if not 0 < coreset_sampling_ratio <= 1:
             raise ValueError(f"coreset_sampling_ratio={coreset_sampling_ratio} must be in (0, 1]: it is the "
                              "share of training patches kept in the memory bank (0.1 = 10 %)")
@@ -81,6 +83,7 @@ class Patchcore(MemoryBankModel):
         self.save_hyperparameters()
         self.coreset_sampling_ratio = coreset_sampling_ratio
         self.num_neighbors = int(num_neighbors)
+        self.half_precision_search = bool(half_precision_search)
         self.feature_extractor = TimmFeatureExtractor(backbone, list(layers), pre_trained=pretrained)
         self.feature_pooler = nn.AvgPool2d(kernel_size=3, stride=1, padding=1)
         self.blur = GaussianBlur2d(sigma=blur_sigma, channels=1)
@@ -119,9 +122,10 @@ class Patchcore(MemoryBankModel):
         self._search = None
 
     def nearest_neighbors(self) -> NearestNeighbors:
-        """Exact Euclidean search over the memory bank (rebuilt after fit or load)."""
-        if self._search is None:
-            self._search = NearestNeighbors().fit(self.memory_bank)
+        """Exact Euclidean search over the memory bank (rebuilt after fit, load or a device move)."""
+        if self._search is None or self._search.device != self.memory_bank.device:
+            backend = "torch" if self.half_precision_search else "auto"
+            self._search = NearestNeighbors(backend, half_precision=self.half_precision_search).fit(self.memory_bank)
         return self._search
 
     def _load_from_state_dict(self, *args, **kwargs):
