@@ -94,6 +94,21 @@ def test_patch_scores_are_brute_force_nearest_bank_distances(fitted, data):
     torch.testing.assert_close(chosen, expected, rtol=1e-4, atol=1e-4)
 
 
+def test_half_precision_search_ranks_in_bfloat16_but_scores_exactly(fitted, data):
+    _, test = data
+    query = torch.stack([test[i]["image"] for i in range(4)])
+    embedding = fitted.generate_embedding(query)
+    exact_scores, _ = fitted.patch_scores(embedding)
+    fitted.half_precision_search = True
+    fitted._search = None                                                  # rebuilt with the option
+    try:
+        half_scores, _ = fitted.patch_scores(embedding)
+        assert fitted.nearest_neighbors().half_precision and fitted.nearest_neighbors().backend_ == "torch"
+    finally:
+        fitted.half_precision_search, fitted._search = False, None
+    torch.testing.assert_close(half_scores, exact_scores, rtol=1e-4, atol=1e-4)   # re-ranked in float32
+
+
 def test_anomaly_map_is_nearest_upsampled_and_blurred_patch_scores(fitted, data):
     _, test = data
     query = test[len(test) - 1]["image"][None]
