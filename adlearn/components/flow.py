@@ -202,6 +202,9 @@ class AllInOneBlock(nn.Module):
             self.householder_vectors = nn.Parameter(0.2 * torch.randn(n_reflections, self.channels))
         else:
             self.householder_vectors = None
+        # A hard permutation only reorders channels: indexing does that exactly, without the C×C
+        # matrix product per position a 1×1 convolution would spend on it (speed only).
+        self.hard_permutation = not permute_soft and n_reflections == 0
 
     # -------------------------------------------------------------- pieces
     def _inverse_activation(self, psi: float) -> float:
@@ -237,6 +240,13 @@ class AllInOneBlock(nn.Module):
                 reflection = eye - 2.0 * torch.outer(v, v) / torch.dot(v, v)
                 matrix = matrix @ reflection
         return matrix
+
+    def _mix_channels(self, x: torch.Tensor, weight: torch.Tensor, transpose: bool = False) -> torch.Tensor:
+        """W x (or Wᵀ x) at every position; a plain reordering when W is a hard permutation."""
+        if self.hard_permutation:
+            order = weight.argmax(dim=1)                         # (W x)_i = x_order[i]
+            return x.index_select(1, torch.argsort(order) if transpose else order)
+        return _apply_channel_matrix(x, weight.T if transpose else weight)
 
     def _coupling_coefficients(self, x1: torch.Tensor, conditions: list[torch.Tensor]):
         """Log-scale s and shift t for x2, from x1 and the conditions."""
@@ -301,18 +311,18 @@ class AllInOneBlock(nn.Module):
 
         if not rev:
             if self.reverse_pre_permute:
-                x = _apply_channel_matrix(x, weight.T)
+                x = self._mix_channels(x, weight, transpose=True)
             x1, x2 = torch.split(x, [self.split_len1, self.split_len2], dim=1)
             s, t = self._coupling_coefficients(x1, c)
             x2 = x2 * torch.exp(s) + t
             coupling_log_det = s.flatten(1).sum(dim=1)  # (B,)
             x = torch.cat([x1, x2], dim=1)
             x = x * scale + offset
-            y = _apply_channel_matrix(x, weight)
+            y = self._mix_channels(x, weight)
             return (y,), coupling_log_det + global_log_det
 
         # Reverse: undo the permutation, the global affine, then the coupling.
-        x = _apply_channel_matrix(x, weight.T)
+        x = self._mix_channels(x, weight, transpose=True)
         x = (x - offset) / scale
         x1, x2 = torch.split(x, [self.split_len1, self.split_len2], dim=1)
         s, t = self._coupling_coefficients(x1, c)  # x1 is unchanged, so s, t are recomputed
@@ -320,7 +330,7 @@ class AllInOneBlock(nn.Module):
         coupling_log_det = s.flatten(1).sum(dim=1)
         x = torch.cat([x1, x2], dim=1)
         if self.reverse_pre_permute:
-            x = _apply_channel_matrix(x, weight)
+            x = self._mix_channels(x, weight)
         return (x,), -(coupling_log_det + global_log_det)
 
     def output_dims(self, input_dims):
