@@ -47,7 +47,7 @@ reproductions use for ResNet-18-sized backbones). Early stopping without labels:
 ``val_fraction=0.2, val_anomalies="synthetic"`` holds out 20 % of the training images and scores
 the pixel AUROC of Perlin-noise defects pasted into half of them. On real bottle (256 px, batch 8,
 patience 3) that stopped after 5 epochs and kept epoch 2: image AUROC 0.993, pixel AUROC 0.957,
-AUPRO 0.786 (docs/benchmarks.md; the test pixel AUROC of epochs 1–10 spans 0.94–0.96).
+AUPRO 0.786; seeds 1 and 2 gave pixel AUROC 0.949 and 0.929 (docs/benchmarks.md).
 
 Deviations: early stopping only on a validation set the caller passes or holds out (the reference
 monitors the *test* set's pixel AUROC); we accept any timm CNN rather than a fixed list; under mixed precision
