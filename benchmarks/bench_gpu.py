@@ -84,9 +84,8 @@ def bench_trained(name: str, args, root: Path) -> dict:
     from adlearn.data import MVTecDataset
     from adlearn.models import create
 
-    options = {"stfpm": {}, "fastflow": {}}[name]
     model = create(name, backbone=args.backbone, pretrained=args.pretrained, device=args.device, seed=0,
-                   max_epochs=args.epochs, **options)
+                   max_epochs=args.epochs)
     train = subset(MVTecDataset(root, args.category, "train", transform=model.transform), args.max_train)
     epoch_seconds = []
 

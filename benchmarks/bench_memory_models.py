@@ -43,7 +43,6 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -63,6 +62,8 @@ from bench_padim import (  # noqa: E402  (shared helpers of the benchmark driver
     ratio,
     resolve_data,
     since,
+    run_anomalib_process,
+    time_fit_phases,
 )
 
 TARGET_AUROC_GAP = 0.01
@@ -148,20 +149,7 @@ def run_adlearn(name: str, root: Path, category: str, threads: int, batch_size: 
                    batch_size=batch_size, **MODELS[name]["adlearn"])
     setup = since(began)
 
-    phases = {"collect": [0.0, 0.0], "fit_bank": [0.0, 0.0]}
-
-    def timed(phase, function):
-        def wrapper(*args, **kwargs):
-            start = clock()
-            result = function(*args, **kwargs)
-            wall, cpu = since(start)
-            phases[phase][0] += wall
-            phases[phase][1] += cpu
-            return result
-        return wrapper
-
-    model.collect = timed("collect", model.collect)
-    model.fit_bank = timed("fit_bank", model.fit_bank)
+    phases = time_fit_phases(model)
     train = MVTecDataset(root, category, split="train", transform=model.transform)
     test = MVTecDataset(root, category, split="test", transform=model.transform)
 
@@ -204,20 +192,8 @@ def run_anomalib(name: str, root: Path, category: str, threads: int, batch_size:
     spec = {"model": config["model"], "init": {"backbone": BACKBONE, "pre_trained": True, **config["init"]},
             "root": str(root), "category": category, "image_size": IMAGE_SIZE, "batch_size": batch_size,
             "num_workers": 0, "threads": threads, "seed": 0}
-    with tempfile.TemporaryDirectory(prefix=f"bench-{name}-") as tmp:
-        spec_file, out_file, log_file = Path(tmp) / "spec.json", Path(tmp) / "anomalib.json", Path(tmp) / "log.txt"
-        spec_file.write_text(json.dumps(spec))
-        wrapper = ANOMALIB_WRAPPER.format(bench_dir=str(BENCH_DIR), crop=MODELS[name]["crop"])
-        command = [python, "-c", wrapper, "--spec", str(spec_file), "--out", str(out_file), "--no-test"]
-        env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-        env.pop("PYTHONPATH", None)
-        with open(log_file, "w") as log:
-            status = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp).returncode
-        if status != 0:
-            sys.exit(f"anomalib {name} run failed (exit {status}):\n" + log_file.read_text()[-4000:])
-        report = json.loads(out_file.read_text())
-        with np.load(out_file.with_suffix(".npz")) as data:
-            arrays = {key: data[key] for key in data.files}
+    wrapper = ANOMALIB_WRAPPER.format(bench_dir=str(BENCH_DIR), crop=MODELS[name]["crop"])
+    report, arrays = run_anomalib_process([python, "-c", wrapper, "--no-test"], spec, threads, name)
     phases = report.get("fit_phases", {})
     train_and_bank = [phases.get(key) for key in ("train_loop", "bank_fit")]
     if all(train_and_bank):

@@ -89,20 +89,9 @@ def since(start: tuple[float, float]) -> tuple[float, float]:
     return now[0] - start[0], now[1] - start[1]
 
 
-# ----------------------------------------------------------------------------- adlearn side
-def run_adlearn(root: Path, category: str, threads: int, batch_size: int, num_workers: int) -> tuple[dict, dict, object]:
-    from torch.utils.data import DataLoader
-
-    from adlearn.data import MVTecDataset
-    from adlearn.models import create
-
-    torch.set_num_threads(threads)
-    began = clock()
-    model = create("padim", backbone=BACKBONE, layers=ADLEARN_LAYERS, pretrained="auto", n_features=N_FEATURES,
-                   image_size=IMAGE_SIZE, center_crop=None, device="cpu", seed=0, batch_size=batch_size)
-    setup = since(began)
-
-    # split fit into its two steps without touching the model: time collect() and fit_bank()
+def time_fit_phases(model) -> dict:
+    """Split a memory-bank model's ``fit`` into its two steps without touching the model: wraps
+    ``collect`` and ``fit_bank`` and returns ``{step: [wall s, CPU s]}``, summed as they run."""
     phases = {"collect": [0.0, 0.0], "fit_bank": [0.0, 0.0]}
 
     def timed(name, function):
@@ -117,6 +106,41 @@ def run_adlearn(root: Path, category: str, threads: int, batch_size: int, num_wo
 
     model.collect = timed("collect", model.collect)
     model.fit_bank = timed("fit_bank", model.fit_bank)
+    return phases
+
+
+def run_anomalib_process(command: list[str], spec: dict, threads: int, label: str) -> tuple[dict, dict]:
+    """Run ``command + [--spec, --out]`` in anomalib's venv; return its JSON report and its arrays (.npz)."""
+    with tempfile.TemporaryDirectory(prefix=f"bench-{label}-") as tmp:
+        spec_file, out_file, log_file = Path(tmp) / "spec.json", Path(tmp) / "anomalib.json", Path(tmp) / "log.txt"
+        spec_file.write_text(json.dumps(spec))
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+        env.pop("PYTHONPATH", None)
+        with open(log_file, "w") as log:
+            status = subprocess.run(command + ["--spec", str(spec_file), "--out", str(out_file)], stdout=log,
+                                    stderr=subprocess.STDOUT, env=env, cwd=tmp).returncode
+        if status != 0:
+            sys.exit(f"anomalib {label} run failed (exit {status}):\n" + log_file.read_text()[-4000:])
+        report = json.loads(out_file.read_text())
+        with np.load(out_file.with_suffix(".npz")) as data:
+            arrays = {key: data[key] for key in data.files}
+    return report, arrays
+
+
+# ----------------------------------------------------------------------------- adlearn side
+def run_adlearn(root: Path, category: str, threads: int, batch_size: int, num_workers: int) -> tuple[dict, dict, object]:
+    from torch.utils.data import DataLoader
+
+    from adlearn.data import MVTecDataset
+    from adlearn.models import create
+
+    torch.set_num_threads(threads)
+    began = clock()
+    model = create("padim", backbone=BACKBONE, layers=ADLEARN_LAYERS, pretrained="auto", n_features=N_FEATURES,
+                   image_size=IMAGE_SIZE, center_crop=None, device="cpu", seed=0, batch_size=batch_size)
+    setup = since(began)
+
+    phases = time_fit_phases(model)
 
     train = MVTecDataset(root, category, split="train", transform=model.transform)
     test = MVTecDataset(root, category, split="test", transform=model.transform)
@@ -175,21 +199,8 @@ def run_anomalib(root: Path, category: str, threads: int, batch_size: int, num_w
         "root": str(root), "category": category, "image_size": IMAGE_SIZE,
         "batch_size": batch_size, "num_workers": num_workers, "threads": threads, "seed": 0,
     }
-    with tempfile.TemporaryDirectory(prefix="bench-padim-") as tmp:
-        spec_file, out_file, log_file = Path(tmp) / "spec.json", Path(tmp) / "anomalib.json", Path(tmp) / "log.txt"
-        spec_file.write_text(json.dumps(spec))
-        command = [python, str(REPO_ROOT / "benchmarks" / "_anomalib.py"), "--spec", str(spec_file),
-                   "--out", str(out_file)] + ([] if with_test else ["--no-test"])
-        env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-        env.pop("PYTHONPATH", None)
-        with open(log_file, "w") as log:
-            status = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp).returncode
-        if status != 0:
-            sys.exit(f"anomalib run failed (exit {status}):\n" + log_file.read_text()[-4000:])
-        report = json.loads(out_file.read_text())
-        with np.load(out_file.with_suffix(".npz")) as data:
-            arrays = {key: data[key] for key in data.files}
-    return report, arrays
+    command = [python, str(REPO_ROOT / "benchmarks" / "_anomalib.py")] + ([] if with_test else ["--no-test"])
+    return run_anomalib_process(command, spec, threads, "padim")
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -256,7 +267,7 @@ def print_table(result: dict) -> None:
         print(f"{label:28s}{a:12.4f}{b:12.4f}{a - b:+9.4f}")
     own = theirs.get("metrics") or {}
     if own:
-        print(f"anomalib's own metrics (Engine.test): "
+        print("anomalib's own metrics (Engine.test): "
               + ", ".join(f"{k} {v:.4f}" for k, v in own.items()))
     phases = theirs.get("fit_phases", {})
     if phases:

@@ -48,3 +48,17 @@ def small_synthetic_root(tmp_path_factory) -> Path:
     generate_synthetic_dataset(root, categories="all", image_size=64, seed=0, n_train=12, n_test_good=4,
                                n_test_defect=8)
     return root
+
+
+@pytest.fixture(scope="session")
+def synthetic_split(small_synthetic_root):
+    """``load(transform, split) -> (dataset, images (N, 3, H, W))`` for the first small synthetic category."""
+    import torch
+
+    from adlearn.data import SYNTHETIC_CATEGORIES, MVTecDataset
+
+    def load(transform, split: str):
+        dataset = MVTecDataset(small_synthetic_root, SYNTHETIC_CATEGORIES[0], split, transform=transform)
+        return dataset, torch.stack([dataset[i]["image"] for i in range(len(dataset))])
+
+    return load

@@ -21,16 +21,11 @@ def make(**options):
     defaults = dict(backbone=BACKBONE, image_size=64, device="cpu", seed=0, n_pca_components=N_COMPONENTS)
     return create("dfkde", **{**defaults, **options})
 
-@pytest.fixture(scope="module")
-def data(small_synthetic_root):
-    from adlearn.data import SYNTHETIC_CATEGORIES, MVTecDataset
 
+@pytest.fixture(scope="module")
+def data(synthetic_split):
     transform = make().transform
-    train = MVTecDataset(small_synthetic_root, SYNTHETIC_CATEGORIES[0], "train", transform=transform)
-    test = MVTecDataset(small_synthetic_root, SYNTHETIC_CATEGORIES[0], "test", transform=transform)
-    images = torch.stack([train[i]["image"] for i in range(len(train))])
-    queries = torch.stack([test[i]["image"] for i in range(len(test))])
-    return images, queries
+    return synthetic_split(transform, "train")[1], synthetic_split(transform, "test")[1]   # images, queries
 
 
 @pytest.fixture(scope="module")

@@ -15,15 +15,11 @@ BACKBONE = "efficientnet_lite0"
 
 
 @pytest.fixture(scope="module")
-def model_and_data(small_synthetic_root):
-    from adlearn.data import SYNTHETIC_CATEGORIES, MVTecDataset
-
+def model_and_data(synthetic_split):
     model = create("padim", backbone=BACKBONE, image_size=64, device="cpu", seed=0, n_features=10)
-    category = SYNTHETIC_CATEGORIES[0]
-    train = MVTecDataset(small_synthetic_root, category, "train", transform=model.transform)
-    test = MVTecDataset(small_synthetic_root, category, "test", transform=model.transform)
+    train, images = synthetic_split(model.transform, "train")
+    test, _ = synthetic_split(model.transform, "test")
     model.fit(train)
-    images = torch.stack([train[i]["image"] for i in range(len(train))])
     return model, images, test
 
 

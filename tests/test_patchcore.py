@@ -24,14 +24,9 @@ def make(**options):
 
 
 @pytest.fixture(scope="module")
-def data(small_synthetic_root):
-    from adlearn.data import SYNTHETIC_CATEGORIES, MVTecDataset
-
+def data(synthetic_split):
     transform = make().transform
-    train = MVTecDataset(small_synthetic_root, SYNTHETIC_CATEGORIES[0], "train", transform=transform)
-    test = MVTecDataset(small_synthetic_root, SYNTHETIC_CATEGORIES[0], "test", transform=transform)
-    images = torch.stack([train[i]["image"] for i in range(len(train))])
-    return images, test
+    return synthetic_split(transform, "train")[1], synthetic_split(transform, "test")[0]   # images, test set
 
 
 @pytest.fixture(scope="module")

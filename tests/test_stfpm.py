@@ -62,13 +62,11 @@ def test_defaults_follow_the_reference():
 
 
 @pytest.fixture(scope="module")
-def data(small_synthetic_root):
-    from adlearn.data import SYNTHETIC_CATEGORIES, ImageTransform, MVTecDataset
+def data(synthetic_split):
+    from adlearn.data import ImageTransform
 
     transform = ImageTransform(image_size=64)
-    category = SYNTHETIC_CATEGORIES[0]
-    return (MVTecDataset(small_synthetic_root, category, "train", transform),
-            MVTecDataset(small_synthetic_root, category, "test", transform))
+    return synthetic_split(transform, "train")[0], synthetic_split(transform, "test")[0]
 
 
 @pytest.fixture(scope="module")

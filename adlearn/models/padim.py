@@ -63,8 +63,7 @@ class Padim(MemoryBankModel):
     def generate_embedding(self, images: torch.Tensor) -> torch.Tensor:
         features = self.feature_extractor(images)                         # {layer: (B, C_l, h_l, w_l)}
         embedding = concat_upsampled(list(features.values()))             # (B, ΣC_l, h, w)
-        # contiguous: the Gaussian steps (batched matrix products) are fast on this layout
-        return embedding.index_select(1, self.channel_index).contiguous()  # (B, n_features, h, w)
+        return embedding.index_select(1, self.channel_index)              # (B, n_features, h, w)
 
     def collect(self, images: torch.Tensor) -> torch.Tensor:
         return self.generate_embedding(images)
