@@ -38,6 +38,18 @@ def test_offline_weights_classify_real_photos(lite0_classifier, name, classes):
     assert int(logits.argmax()) in classes
 
 
+@pytest.mark.parametrize("backbone", ["efficientnet_lite1", "efficientnet_lite2"])
+def test_larger_offline_backbones_classify_real_photos(backbone):
+    # FastFlow's real-bottle recipe uses lite2: its positional mapping must hold too (wider stages, more blocks).
+    from skimage import data
+
+    classifier = load_backbone(backbone, "auto").eval()
+    with torch.no_grad():
+        cat = int(classifier(_imagenet_batch(data.chelsea())).argmax())
+        espresso = int(classifier(_imagenet_batch(data.coffee())).argmax())
+    assert cat in range(281, 286) and espresso == 967
+
+
 def test_random_weights_do_not_classify(lite0_classifier):
     # The test above can fail: a randomly initialised network does not find the cat.
     from skimage import data
