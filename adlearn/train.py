@@ -44,6 +44,17 @@ sits *above* ``models``, which uses this file, so importing it here would make a
 only ranks (Mann–Whitney U, below, ~15 lines, checked against ``adlearn.metrics`` in the tests);
 anything fancier is injected as ``val_metric_fn``.
 
+Batch-norm statistics ("precise BN", optional: ``precise_bn=True``)
+-------------------------------------------------------------------
+A trained network with batch norms predicts with *running* means and variances: averages of the
+last ~10 batches' statistics (momentum 0.1), each computed with the weights of its own step. When
+the weights move fast (STFPM: SGD lr 0.4, six steps an epoch) those averages describe networks that
+no longer exist, and the model scores worse in ``eval`` mode than it trains. ``precise_bn=True``
+re-estimates them for the current weights (Wu & Johnson, 2021, "Rethinking 'Batch' in BatchNorm"):
+one pass over the training data without gradients, every trainable batch norm averaging its batch
+statistics with equal weights (`recalibrate_batch_norm`). It runs before every validation (so the
+kept epoch carries its own statistics) or, without validation, once at the end of training.
+
 Ctrl-C (KeyboardInterrupt)
 --------------------------
 Stops the loop cleanly: the best weights so far (with validation) or the last completed epoch's
@@ -285,6 +296,43 @@ def _restore(model: nn.Module, snapshot: dict[str, torch.Tensor]) -> None:
         tensors[name].copy_(value)
 
 
+def trainable_batch_norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    """The batch norms whose statistics training changes: running statistics and trainable weights.
+
+    A frozen backbone's batch norms (no gradient, kept in eval mode) are left alone.
+    """
+    return [module for module in model.modules()
+            if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats
+            and any(p.requires_grad for p in module.parameters(recurse=False))]
+
+
+@torch.no_grad()
+def recalibrate_batch_norm(model: nn.Module, batches, forward: Callable[[dict], object]) -> int:
+    """Re-estimate the running statistics of ``model``'s trainable batch norms for its current weights.
+
+    ``forward(batch)`` runs the part of the model that holds them on each batch (in train mode, no
+    gradient); with ``momentum=None`` PyTorch keeps the plain average of the batches' means and
+    variances instead of an exponential one. Returns the number of batch norms re-estimated.
+    """
+    layers = trainable_batch_norms(model)
+    if not layers:
+        return 0
+    momenta = [layer.momentum for layer in layers]
+    was_training = model.training
+    for layer in layers:
+        layer.reset_running_stats()
+        layer.momentum = None
+    model.train()
+    try:
+        for batch in batches:
+            forward(batch)
+    finally:
+        for layer, momentum in zip(layers, momenta):
+            layer.momentum = momentum
+        model.train(was_training)
+    return len(layers)
+
+
 # ---------------------------------------------------------------------------- the loop
 class Trainer:
     """Trains ``model`` (see the module docstring for what it needs and does).
@@ -305,6 +353,9 @@ class Trainer:
         restore_best: put the best epoch's weights back at the end (False: keep the last epoch's,
             e.g. when ``val_data`` is only *watched* — a test set must never choose the epoch).
         checkpoint_path: ``model.save(path)`` at every new best epoch (and at the end).
+        precise_bn: re-estimate the trainable batch norms' statistics on the training data before
+            each validation and at the end (see the module docstring); the pass runs
+            ``model.batch_norm_forward(batch)`` when the model has it, else its ``training_step``.
         callbacks: ``f(trainer, record)`` called after every epoch with that epoch's record dict.
         verbose: print one line per epoch.
         progress: a tqdm bar per epoch (``"auto"``: in a terminal or notebook, not in logs).
@@ -315,7 +366,8 @@ class Trainer:
                  patience: int | None = None, min_delta: float = 0.0, gradient_clip_val: float = 0.0,
                  amp: bool | str = "auto", seed: int | None = None, batch_size: int | None = None,
                  num_workers: int = 0, restore_best: bool = True, checkpoint_path: str | Path | None = None,
-                 callbacks: Sequence[Callable] = (), verbose: bool = True, progress: bool | str = "auto"):
+                 callbacks: Sequence[Callable] = (), precise_bn: bool = False, verbose: bool = True,
+                 progress: bool | str = "auto"):
         if max_epochs is None and max_steps is None:
             raise ValueError("give max_epochs or max_steps (or both): the training loop needs an end")
         for name, value in (("max_epochs", max_epochs), ("max_steps", max_steps)):
@@ -342,6 +394,8 @@ class Trainer:
         self.restore_best = restore_best
         self.checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
         self.callbacks = list(callbacks)
+        self.precise_bn = precise_bn
+        self._train_data = None                  # what precise_bn re-estimates the statistics on
         self.verbose = verbose
         self.progress = _interactive() if progress == "auto" else bool(progress)
         self.name = getattr(model, "name", type(model).__name__)
@@ -446,6 +500,18 @@ class Trainer:
             raise ValueError(f"{self.name}: the training data gave no batches")
         return float(np.mean(losses))
 
+    def run_precise_bn(self) -> None:
+        """``precise_bn``: the trainable batch norms' statistics re-estimated for the current weights."""
+        if not self.precise_bn or self._train_data is None:
+            return
+        forward = getattr(self.model, "batch_norm_forward", None) or self.model.training_step
+
+        def run(batch):
+            with self._autocast():
+                forward(batch_to_device(batch, self.device))
+
+        recalibrate_batch_norm(self.model, self.make_loader(self._train_data, shuffle=False), run)
+
     # ------------------------------------------------------------------ validation
     @torch.no_grad()
     def _validation_loss(self, loader: DataLoader) -> float:
@@ -528,6 +594,8 @@ class Trainer:
     def _end_epoch(self, loss: float, seconds: float, val_data) -> bool:
         """Record the epoch, validate, keep the best weights; True when early stopping says stop."""
         self._mark_fitted()
+        if val_data is not None:
+            self.run_precise_bn()               # the statistics of the weights being validated
         value = self.validate(val_data) if val_data is not None else None
         history = self.history
         history.epoch.append(self.epoch)
@@ -564,6 +632,7 @@ class Trainer:
     def fit(self, train_data, val_data=None) -> History:
         """Train until max_epochs / max_steps / early stopping / Ctrl-C; return the history."""
         self.setup()
+        self._train_data = train_data
         loader = self.make_loader(train_data)
         amp = f", AMP {str(self.amp_dtype).replace('torch.', '')}" if self.amp_dtype else ""
         limits = " and ".join(s for s in (self.max_epochs and f"{self.max_epochs} epochs",
@@ -607,6 +676,8 @@ class Trainer:
                     and self.history.best_epoch != self.epoch:
                 self.log(f"{self.name}: restored the best weights, epoch {self.history.best_epoch}"
                          f"{self._best_note()}")
+            if val_data is None:                # with validation, every kept epoch was recalibrated
+                self.run_precise_bn()
             self._save_checkpoint()
         self.model.eval()
         return self.history

@@ -59,6 +59,7 @@ def test_defaults_follow_the_reference():
     assert defaults["backbone"] == "resnet18" and defaults["layers"] == ("layer1", "layer2", "layer3")
     assert (defaults["lr"], defaults["momentum"], defaults["weight_decay"]) == (0.4, 0.9, 1e-3)
     assert (defaults["max_epochs"], defaults["patience"], defaults["gradient_clip_val"]) == (100, 5, 0.0)
+    assert defaults["precise_bn"] is True      # our deviation: the student's statistics match its final weights
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +86,28 @@ def test_only_the_student_learns(trained):
     assert not any(p.requires_grad for p in model.teacher.parameters())
     assert {id(p) for g in model.configure_optimizers()[0].param_groups for p in g["params"]} == \
         {id(p) for p in model.student.parameters()}
+
+
+def test_the_students_batch_norm_statistics_belong_to_its_final_weights(trained, data):
+    # precise_bn re-estimated them after the last epoch: doing it again by hand changes nothing, whereas the
+    # exponential averages left by training (precise_bn=False) describe earlier weights.
+    from torch.utils.data import DataLoader
+
+    from adlearn.train import recalibrate_batch_norm, trainable_batch_norms
+
+    model = trained[0]
+    layers = trainable_batch_norms(model)
+    assert layers and all(any(layer is m for m in model.student.modules()) for layer in layers)
+    kept = [layer.running_mean.clone() for layer in layers]
+    recalibrate_batch_norm(model, DataLoader(data[0], batch_size=6), model.batch_norm_forward)
+    for layer, before in zip(layers, kept):
+        torch.testing.assert_close(layer.running_mean, before)
+
+    stale = create("stfpm", backbone=BACKBONE, image_size=64, max_epochs=3, batch_size=6, device="cpu",
+                   precise_bn=False).fit(data[0], verbose=False)
+    differences = [(a.running_mean - b.running_mean).abs().max() for a, b in
+                   zip(trainable_batch_norms(stale), layers)]
+    assert max(differences) > 1e-3
 
 
 def test_trains_and_predicts_finite_maps(trained, data):

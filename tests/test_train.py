@@ -335,3 +335,76 @@ def test_synthetic_anomalies_make_held_out_normal_images_a_labelled_pixel_level_
         MeanImage(val_fraction=0.2, val_anomalies="dtd")
     with pytest.raises(ValueError, match="at least 2"):
         SyntheticAnomalies(ToyData(1))
+
+
+# ---------------------------------------------------------------------------- precise BN
+class ScaledBatchNorm(TrainedModel):
+    """Toy model with a trainable batch norm after a learnable scale, and a frozen one beside it."""
+
+    name = "scaled_batch_norm"
+
+    def __init__(self, precise_bn: bool = False, max_epochs: int = 3, patience=None, val_fraction: float = 0.0):
+        super().__init__(max_epochs=max_epochs, patience=patience, val_fraction=val_fraction, val_metric="loss",
+                         precise_bn=precise_bn, image_size=SIZE, device="cpu", seed=0, batch_size=4)
+        self.scale = nn.Parameter(torch.ones(3, 1, 1))
+        self.norm = nn.BatchNorm2d(3)
+        self.frozen = nn.BatchNorm2d(3).requires_grad_(False)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD([self.scale, *self.norm.parameters()], lr=0.5), None
+
+    def training_step(self, batch):
+        # pulls the scale up every step, so the running statistics always lag behind the weights
+        return (self.norm(self.scale * batch["image"]) - 2.0).pow(2).mean() - self.scale.sum()
+
+    def predict_step(self, images):
+        return prediction_from_map(self.norm(self.scale * images).pow(2).mean(1))
+
+
+def _statistics_for_current_weights(model, data, batch_size=4):
+    """Independent reference: the mean over batches of each batch's channel mean / unbiased variance."""
+    inputs = [model.scale.detach() * batch["image"] for batch in DataLoader(data, batch_size=batch_size)]
+    means = torch.stack([x.mean(dim=(0, 2, 3)) for x in inputs]).mean(0)
+    variances = torch.stack([x.transpose(0, 1).flatten(1).var(dim=1, unbiased=True) for x in inputs]).mean(0)
+    return means, variances
+
+
+def test_recalibrate_batch_norm_averages_the_batch_statistics_of_the_current_weights():
+    from adlearn.train import recalibrate_batch_norm, trainable_batch_norms
+
+    model, data = ScaledBatchNorm().eval(), ToyData(12)
+    with torch.no_grad():
+        model.scale.fill_(3.0)
+        model.norm.running_mean.fill_(-7.0)
+    frozen_before = model.frozen.running_mean.clone(), model.frozen.running_var.clone()
+    assert trainable_batch_norms(model) == [model.norm]
+    count = recalibrate_batch_norm(model, DataLoader(data, batch_size=4),
+                                   lambda batch: model.norm(model.scale * batch["image"]))
+    means, variances = _statistics_for_current_weights(model, data)
+    assert count == 1 and model.norm.momentum == 0.1 and not model.training
+    torch.testing.assert_close(model.norm.running_mean, means)
+    torch.testing.assert_close(model.norm.running_var, variances)
+    assert torch.equal(model.frozen.running_mean, frozen_before[0])
+    assert torch.equal(model.frozen.running_var, frozen_before[1])
+
+
+def test_precise_bn_leaves_statistics_that_match_the_final_weights():
+    data = ToyData(12)
+    stale = ScaledBatchNorm(precise_bn=False).fit(data)
+    precise = ScaledBatchNorm(precise_bn=True).fit(data)
+    torch.testing.assert_close(precise.scale, stale.scale)           # same training, same weights
+    means, _ = _statistics_for_current_weights(precise, data)
+    torch.testing.assert_close(precise.norm.running_mean, means)
+    # without it, the exponential averages lag behind the growing scale (the test above can fail)
+    assert (stale.norm.running_mean < means - 0.1).all()
+
+
+def test_precise_bn_runs_before_each_validation_so_the_kept_epoch_has_its_own_statistics():
+    model = ScaledBatchNorm(precise_bn=True, max_epochs=3, val_fraction=0.25)
+    calls = []
+    model.batch_norm_forward = lambda batch: calls.append(len(batch["image"])) or model.norm(model.scale * batch["image"])
+    model.fit(ToyData(16))
+    assert sum(calls) == 3 * 12       # one pass over the 12 training images per epoch, none at the end
+    train, _ = hold_out(ToyData(16), 0.25, seed=0)
+    means, _ = _statistics_for_current_weights(model, train)
+    torch.testing.assert_close(model.norm.running_mean, means)

@@ -231,7 +231,9 @@ class TrainedModel(AnomalyModel):
     ``val_anomalies`` (``"none"``, or ``"synthetic"``: half of the held-out images get Perlin-noise
     anomalies with exact masks — `adlearn.train.SyntheticAnomalies` — so early stopping follows the
     pixel AUROC on defects the model never trained on, still without real labels),
-    ``gradient_clip_val`` (0 = off) and ``amp`` (``"auto"``: mixed precision on CUDA only).
+    ``gradient_clip_val`` (0 = off), ``amp`` (``"auto"``: mixed precision on CUDA only) and
+    ``precise_bn`` (re-estimate the trained batch norms' statistics before validating and at the end,
+    see `adlearn.train`; a model may define ``batch_norm_forward(batch)`` to run only the part that has them).
     After ``fit``, ``model.history`` holds the learning curve; it is saved with the model.
     """
 
@@ -239,7 +241,8 @@ class TrainedModel(AnomalyModel):
 
     def __init__(self, *, max_epochs: int | None = None, max_steps: int | None = None,
                  patience: int | None = None, val_metric: str = "auto", val_fraction: float = 0.0,
-                 val_anomalies: str = "none", gradient_clip_val: float = 0.0, amp: bool | str = "auto", **kwargs):
+                 val_anomalies: str = "none", gradient_clip_val: float = 0.0, amp: bool | str = "auto",
+                 precise_bn: bool = False, **kwargs):
         super().__init__(**kwargs)
         if max_epochs is None and max_steps is None:
             raise ValueError(f"{type(self).__name__}: give max_epochs or max_steps")
@@ -253,6 +256,7 @@ class TrainedModel(AnomalyModel):
                              "also give val_fraction (e.g. 0.2)")
         self.val_fraction, self.val_anomalies = val_fraction, val_anomalies
         self.val_metric, self.gradient_clip_val, self.amp = val_metric, gradient_clip_val, amp
+        self.precise_bn = precise_bn
         from adlearn.train import History
 
         self.history = History()
@@ -269,7 +273,7 @@ class TrainedModel(AnomalyModel):
 
         settings = dict(max_epochs=self.max_epochs, max_steps=self.max_steps, patience=self.patience,
                         val_metric=self.val_metric, gradient_clip_val=self.gradient_clip_val, amp=self.amp,
-                        seed=self.seed, batch_size=self.batch_size)
+                        seed=self.seed, batch_size=self.batch_size, precise_bn=self.precise_bn)
         settings.update(options)
         return Trainer(self, **settings)
 

@@ -85,12 +85,12 @@ class Stfpm(TrainedModel):
                  pretrained: str = "auto", lr: float = 0.4, momentum: float = 0.9, weight_decay: float = 1e-3,
                  max_epochs: int | None = 100, max_steps: int | None = None, patience: int | None = 5,
                  val_metric: str = "auto", val_fraction: float = 0.0, val_anomalies: str = "none",
-                 gradient_clip_val: float = 0.0,
+                 gradient_clip_val: float = 0.0, precise_bn: bool = True,
                  amp: bool | str = "auto", image_size: int = 256, center_crop: int | None = None,
                  device: str = "auto", seed: int = 0, batch_size: int = 32):
         super().__init__(max_epochs=max_epochs, max_steps=max_steps, patience=patience, val_metric=val_metric,
                          val_fraction=val_fraction, val_anomalies=val_anomalies,
-                         gradient_clip_val=gradient_clip_val, amp=amp,
+                         gradient_clip_val=gradient_clip_val, amp=amp, precise_bn=precise_bn,
                          image_size=image_size, center_crop=center_crop, device=device, seed=seed,
                          batch_size=batch_size)
         self.save_hyperparameters()
@@ -113,6 +113,10 @@ class Stfpm(TrainedModel):
     def training_step(self, batch: dict) -> torch.Tensor:
         teacher, student = self.features(batch["image"])
         return stfpm_loss(teacher, student)
+
+    def batch_norm_forward(self, batch: dict) -> None:
+        """``precise_bn``: only the student has batch norms to re-estimate (the teacher's are folded)."""
+        self.student(batch["image"])
 
     def anomaly_map(self, images: torch.Tensor) -> torch.Tensor:
         teacher, student = self.features(images)
