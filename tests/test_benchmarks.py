@@ -34,3 +34,20 @@ def test_gpu_driver_runs_on_cpu_and_writes_every_figure(small_synthetic_root, tm
     assert patchcore["fit_s"] > 0 and patchcore["predict_images_per_s"] > 0 and 0 <= patchcore["pixel_auroc"] <= 1
     for name in ("stfpm", "fastflow"):
         assert results[name]["epochs"] == 2 and len(results[name]["epoch_s"]) == 2
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_learning_curve_driver_watches_the_test_set_without_choosing_on_it(small_synthetic_root, tmp_path):
+    from adlearn.data import SYNTHETIC_CATEGORIES
+
+    out = tmp_path / "curve.json"
+    status = load_driver("watch_training").main([
+        "stfpm", "--root", str(small_synthetic_root), "--category", SYNTHETIC_CATEGORIES[0], "--image-size", "64",
+        "--set", "backbone='efficientnet_lite0'", "--set", "max_epochs=2", "--set", "batch_size=8",
+        "--set", "val_fraction=0.25", "--json", str(out)])
+    assert status == 0
+    result = json.loads(out.read_text())
+    assert [row["epoch"] for row in result["curve"]] == [1, 2] and result["epochs_run"] == 2
+    assert all(row["val"] is not None and 0 <= row["test_pixel_auroc"] <= 1 for row in result["curve"])
+    kept = result["curve"][result["kept_epoch"] - 1]   # the kept epoch's weights are the ones scored at the end
+    assert result["test_pixel_auroc"] == pytest.approx(kept["test_pixel_auroc"], abs=1e-9)

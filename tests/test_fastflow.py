@@ -146,20 +146,19 @@ def test_cli_max_steps(small_synthetic_root, tmp_path, capsys):
 @pytest.mark.slow
 @pytest.mark.mvtec
 def test_real_bottle_with_label_free_early_stopping(mvtec_bottle_root):
-    # The configuration docs/benchmarks.md reports: lite0's stages of strides 8/16/32, 3x3 subnets, and early
-    # stopping on synthetic defects pasted into held-out training images; the test set is never seen.
-    # Measured here (patience 3, the default): seed 0 stopped after 5 epochs, kept epoch 2 — image AUROC 0.993,
-    # pixel AUROC 0.957; seed 1: 0.998 / 0.949; seed 2: 0.996 / 0.929. The kept epoch moves with the seed and
-    # with rounding (before the backbone's batch norms were folded, seed 0 kept epoch 8: 0.998 / 0.964), so
-    # the bound sits below that spread (another CPU rounds differently); the issue's >= 0.95 is reported per
-    # seed in docs/benchmarks.md.
+    # The recipe docs/benchmarks.md reports: the offline efficientnet_lite2, its stages of strides 8/16/32, 3x3
+    # subnets, early stopping on synthetic defects pasted into held-out training images (the test set is never
+    # seen). Measured here (patience 3, the default): seed 0 stopped after 7 epochs and kept epoch 4, image
+    # AUROC 1.000, pixel AUROC 0.967; every one of its first ten epochs scored >= 0.951 on the test set (seeds 1
+    # and 2: >= 0.949), so another CPU's rounding, which may move the kept epoch, stays above the bound.
     from adlearn.data import MVTecDataset
     from adlearn.evaluate import fit_and_evaluate
 
-    model = create("fastflow", backbone=BACKBONE, layers=("layer2", "layer3", "layer4"), conv3x3_only=True,
-                   batch_size=8, val_fraction=0.2, val_anomalies="synthetic", device="cpu", seed=0)
+    model = create("fastflow", backbone="efficientnet_lite2", layers=("layer2", "layer3", "layer4"),
+                   conv3x3_only=True, batch_size=8, val_fraction=0.2, val_anomalies="synthetic", device="cpu",
+                   seed=0)
     train = MVTecDataset(mvtec_bottle_root, "bottle", "train", transform=model.transform)
     test = MVTecDataset(mvtec_bottle_root, "bottle", "test", transform=model.transform)
     results = fit_and_evaluate(model, train, test)
     assert model.history.val_metric == "pixel_auroc" and model.history.best_epoch < len(model.history.epoch)
-    assert results["image_auroc"] >= 0.98 and results["pixel_auroc"] >= 0.90, results
+    assert results["image_auroc"] >= 0.99 and results["pixel_auroc"] >= 0.945, results

@@ -1,0 +1,90 @@
+"""Learning curves of a trained model, with the *test* set watched after every epoch (never used to choose).
+
+Trains ``MODEL`` exactly as ``adlearn evaluate MODEL --set KEY=VALUE ...`` would (same options, same
+early stopping on held-out training images), and after each epoch also scores the test set: image
+and pixel AUROC with scikit-learn. The epoch the model keeps is still chosen by its own validation;
+the watched values only show what that choice left on the table. The test is scored on the model as
+the loop leaves it after the epoch (for STFPM: with the student's batch-norm statistics re-estimated,
+``precise_bn``, whenever it validates).
+
+    .venv/bin/python benchmarks/watch_training.py stfpm --root $ADLEARN_MVTEC_ROOT --category bottle \\
+        --set backbone=efficientnet_lite0 --set val_fraction=0.2 --set max_epochs=25 --json stfpm_s0.json
+    .venv/bin/python benchmarks/watch_training.py fastflow --root $ADLEARN_MVTEC_ROOT --category bottle \\
+        --set backbone=efficientnet_lite2 --set "layers=('layer2','layer3','layer4')" --set conv3x3_only=True \\
+        --set batch_size=8 --set val_fraction=0.2 --set val_anomalies=synthetic --seed 1
+
+Without ``--root`` it runs on the embedded synthetic data. One line per epoch; ``--json`` writes the
+curve, the kept epoch and the final test scores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import torch
+from sklearn.metrics import roc_auc_score
+
+from adlearn.cli import _parse_set
+from adlearn.data import SYNTHETIC_CATEGORIES, MVTecDataset, synthetic_root
+from adlearn.evaluate import collect_predictions
+from adlearn.models import create
+
+
+def test_scores(model, test) -> tuple[float, float | None]:
+    """(image AUROC, pixel AUROC or None) of ``model`` on ``test``, by scikit-learn."""
+    predictions = collect_predictions(model, test)
+    image = roc_auc_score(predictions["labels"], predictions["pred_scores"])
+    if predictions["anomaly_maps"] is None:
+        return image, None
+    return image, roc_auc_score(predictions["masks"].ravel() > 0.5, predictions["anomaly_maps"].ravel())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model")
+    parser.add_argument("--root", default=None, help="MVTec-layout folder (default: the embedded synthetic data)")
+    parser.add_argument("--category", default=None)
+    parser.add_argument("--image-size", type=int, default=256)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a model option")
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    options = {"image_size": args.image_size, "device": "cpu", "seed": args.seed, **_parse_set(args.set)}
+    model = create(args.model, **options)
+    root = args.root or synthetic_root(image_size=args.image_size, seed=args.seed)
+    category = args.category or ("bottle" if args.root else SYNTHETIC_CATEGORIES[0])
+    train = MVTecDataset(root, category, "train", transform=model.transform)
+    test = MVTecDataset(root, category, "test", transform=model.transform)
+
+    curve = []
+
+    def watch(trainer, record):
+        image, pixel = test_scores(model, test)
+        curve.append({"epoch": record["epoch"], "loss": record["loss"], "val": record["val"],
+                      "test_image_auroc": image, "test_pixel_auroc": pixel})
+        pixel_text = "—" if pixel is None else f"{pixel:.4f}"
+        print(f"  watched: test image AUROC {image:.4f}, pixel AUROC {pixel_text}", flush=True)
+
+    start = time.perf_counter()
+    model.fit(train, callbacks=[watch], progress=False)
+    image, pixel = test_scores(model, test)
+    result = {"model": args.model, "category": category, "options": {k: repr(v) for k, v in options.items()},
+              "kept_epoch": model.history.best_epoch, "epochs_run": len(model.history.epoch),
+              "test_image_auroc": image, "test_pixel_auroc": pixel, "curve": curve,
+              "seconds": time.perf_counter() - start}
+    print(f"kept epoch {result['kept_epoch']} of {result['epochs_run']}: test image AUROC {image:.4f}"
+          + ("" if pixel is None else f", pixel AUROC {pixel:.4f}"))
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(result, handle, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
