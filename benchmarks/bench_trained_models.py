@@ -73,7 +73,19 @@ def summarize(epochs: list[dict]) -> dict:
 
 
 # ----------------------------------------------------------------------------- adlearn side
-def run_adlearn(model_name: str, root: str, category: str, epochs: int, threads: int, seed: int) -> dict:
+def score_test_split(model, test) -> dict:
+    """Image and pixel AUROC of ``model`` on ``test`` (scikit-learn)."""
+    from sklearn.metrics import roc_auc_score
+
+    from adlearn.evaluate import collect_predictions
+
+    predictions = collect_predictions(model, test)
+    return {"image_AUROC": roc_auc_score(predictions["labels"], predictions["pred_scores"]),
+            "pixel_AUROC": roc_auc_score(predictions["masks"].ravel() > 0.5, predictions["anomaly_maps"].ravel())}
+
+
+def run_adlearn(model_name: str, root: str, category: str, epochs: int, threads: int, seed: int,
+                test: bool = False) -> dict:
     import torch
 
     from adlearn.data import MVTecDataset
@@ -81,8 +93,11 @@ def run_adlearn(model_name: str, root: str, category: str, epochs: int, threads:
 
     torch.set_num_threads(threads)
     options, *_ = CONFIGS[model_name]
+    # With --test the batch-norm statistics are scored twice on the same weights: as training leaves them
+    # (what anomalib does), then re-estimated (precise_bn, STFPM's default), so precise_bn is off in fit.
+    extra = {"precise_bn": False} if test else {}
     model = create(model_name, image_size=IMAGE_SIZE, batch_size=BATCH_SIZE, max_epochs=epochs, device="cpu",
-                   seed=seed, amp=False, **options)
+                   seed=seed, amp=False, **options, **extra)
     train = MVTecDataset(root, category, "train", model.transform)
     marks, cpu_per_epoch = [time.process_time()], []
 
@@ -92,8 +107,19 @@ def run_adlearn(model_name: str, root: str, category: str, epochs: int, threads:
 
     model.fit(train, callbacks=[cpu_mark], progress=False)
     rows = [{"s": s, "cpu_s": c} for s, c in zip(model.history.seconds, cpu_per_epoch)]
-    return {"side": "adlearn", "threads": torch.get_num_threads(), "n_train": len(train),
-            "steps_per_epoch": model.history.steps // len(rows), **summarize(rows)}
+    result = {"side": "adlearn", "threads": torch.get_num_threads(), "n_train": len(train),
+              "steps_per_epoch": model.history.steps // len(rows), **summarize(rows)}
+    if test:
+        from torch.utils.data import DataLoader
+
+        from adlearn.train import recalibrate_batch_norm
+
+        test_data = MVTecDataset(root, category, "test", model.transform)
+        result["test_bn_as_trained"] = score_test_split(model, test_data)
+        forward = getattr(model, "batch_norm_forward", None) or model.training_step
+        recalibrate_batch_norm(model, DataLoader(train, batch_size=BATCH_SIZE), forward)
+        result["test_precise_bn"] = score_test_split(model, test_data)
+    return result
 
 
 # ----------------------------------------------------------------------------- anomalib side
@@ -136,22 +162,28 @@ def run_anomalib_side(spec_path: str, out_path: str) -> int:
                         enable_model_summary=False, enable_progress_bar=False, max_epochs=spec["epochs"],
                         limit_val_batches=0, num_sanity_val_steps=0)
         engine.fit(model=model, datamodule=datamodule)
+        metrics = {}
+        if spec.get("test"):
+            results = engine.test(model=model, datamodule=datamodule, verbose=False)
+            metrics = {key: float(value) for key, value in (results[0] if results else {}).items()}
     import anomalib
 
     result = {"side": "anomalib", "anomalib_version": anomalib.__version__, "threads": torch.get_num_threads(),
               "n_train": len(datamodule.train_data), "steps_per_epoch": timer.batches,
               "injected_weights": list(_anomalib.INJECTED), **summarize(timer.rows)}
+    if spec.get("test"):
+        result["test"] = metrics
     Path(out_path).write_text(json.dumps(result, indent=2))
     return 0
 
 
 def run_anomalib(model_name: str, root: str, category: str, epochs: int, threads: int, seed: int,
-                 python: str) -> dict:
+                 python: str, test: bool = False) -> dict:
     _, class_name, init, _ = CONFIGS[model_name]
     with tempfile.TemporaryDirectory() as tmp:
         spec, out = Path(tmp) / "spec.json", Path(tmp) / "out.json"
         spec.write_text(json.dumps({"model": class_name, "init": init, "root": str(root), "category": category,
-                                    "epochs": epochs, "threads": threads, "seed": seed}))
+                                    "epochs": epochs, "threads": threads, "seed": seed, "test": test}))
         completed = subprocess.run([python, __file__, "--anomalib-side", str(spec), str(out)],
                                    capture_output=True, text=True, cwd=REPO_ROOT)
         if completed.returncode != 0:
@@ -169,6 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--anomalib-python", default=ANOMALIB_PYTHON)
+    parser.add_argument("--test", action="store_true",
+                        help="after training, score the test split on both sides (adlearn: batch-norm statistics "
+                             "as trained and re-estimated)")
     parser.add_argument("--json", help="write all results here")
     parser.add_argument("--anomalib-side", nargs=2, metavar=("SPEC", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -185,10 +220,11 @@ def main(argv: list[str] | None = None) -> int:
     for model_name in [m for m in args.models.split(",") if m]:
         row = {"model": model_name, "weights": CONFIGS[model_name][3], "data": f"{args.category} @ {IMAGE_SIZE} px",
                "epochs": args.epochs}
-        row["adlearn"] = run_adlearn(model_name, args.root, args.category, args.epochs, args.threads, args.seed)
+        row["adlearn"] = run_adlearn(model_name, args.root, args.category, args.epochs, args.threads, args.seed,
+                                     args.test)
         if have_anomalib:
             row["anomalib"] = run_anomalib(model_name, args.root, args.category, args.epochs, args.threads,
-                                           args.seed, args.anomalib_python)
+                                           args.seed, args.anomalib_python, args.test)
         results.append(row)
 
     print(f"\nseconds per training epoch ({args.threads} threads, CPU; median of epochs 2..{args.epochs})")
@@ -202,6 +238,16 @@ def main(argv: list[str] | None = None) -> int:
         if "anomalib" in row:
             print(f"{'':9s} ratio adlearn/anomalib: wall {row['adlearn']['epoch_s'] / row['anomalib']['epoch_s']:.2f}, "
                   f"CPU {row['adlearn']['epoch_cpu_s'] / row['anomalib']['epoch_cpu_s']:.2f}")
+    if args.test:
+        print(f"\ntest split after {args.epochs} epochs: image / pixel AUROC")
+        for row in results:
+            for label, key, side in (("adlearn, statistics as trained", "test_bn_as_trained", "adlearn"),
+                                     ("adlearn, precise_bn", "test_precise_bn", "adlearn"),
+                                     ("anomalib", "test", "anomalib")):
+                metrics = row.get(side, {}).get(key)
+                if metrics:
+                    print(f"{row['model']:9s} {label:32s} {metrics.get('image_AUROC', float('nan')):.4f} / "
+                          f"{metrics.get('pixel_AUROC', float('nan')):.4f}")
     if args.json:
         import platform
 
