@@ -25,6 +25,7 @@ MODEL_MODULES: dict[str, str] = {
     "fastflow": "fastflow",
     "padim": "padim",
     "patchcore": "patchcore",
+    "reverse_distillation": "reverse_distillation",
     "stfpm": "stfpm",
 }
 

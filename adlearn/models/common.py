@@ -17,9 +17,20 @@ def concat_upsampled(features: list[torch.Tensor], mode: str = "nearest") -> tor
     return torch.cat(resized, dim=1)
 
 
-def upsample_map(patch_scores: torch.Tensor, size: tuple[int, int], mode: str = "bilinear") -> torch.Tensor:
+def cosine_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """1 − cos(a, b) along the channels, at every position: 0 where the vectors agree, 2 when opposite.
+
+    Computed as ½‖â − b̂‖² with â = a / ‖a‖ (the same number: ‖â − b̂‖² = 2 − 2 â·b̂).
+    (B, C, h, w), (B, C, h, w) -> (B, 1, h, w)
+    """
+    a_hat, b_hat = F.normalize(a, dim=1), F.normalize(b, dim=1)
+    return 0.5 * (a_hat - b_hat).pow(2).sum(dim=1, keepdim=True)
+
+
+def upsample_map(patch_scores: torch.Tensor, size: tuple[int, int], mode: str = "bilinear",
+                 align_corners: bool = False) -> torch.Tensor:
     """(B, 1, h, w) patch scores -> (B, 1, H, W) at image resolution."""
-    kwargs = {} if mode == "nearest" else {"align_corners": False}
+    kwargs = {} if mode == "nearest" else {"align_corners": align_corners}
     return F.interpolate(patch_scores, size=size, mode=mode, **kwargs)
 
 

@@ -47,21 +47,18 @@ behaviour (erratic curves that an earlier version of this file mistook for memor
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from adlearn.components import TimmFeatureExtractor
 from adlearn.models.base import Prediction, TrainedModel, register
-from adlearn.models.common import prediction_from_map, upsample_map
+from adlearn.models.common import cosine_distance, prediction_from_map, upsample_map
 
 
 def normalized_difference(teacher: torch.Tensor, student: torch.Tensor) -> torch.Tensor:
-    """Step 2 and the per-position distance of steps 3–4: ½‖t̂ − ŝ‖² along the channels.
+    """Step 2 and the per-position distance of steps 3–4: ½‖t̂ − ŝ‖² along the channels (= 1 − cos).
 
     (B, C, h, w), (B, C, h, w) -> (B, 1, h, w)
     """
-    t_hat = F.normalize(teacher, dim=1)
-    s_hat = F.normalize(student, dim=1)
-    return 0.5 * (t_hat - s_hat).pow(2).sum(dim=1, keepdim=True)
+    return cosine_distance(teacher, student)
 
 
 def stfpm_loss(teacher_features: list[torch.Tensor], student_features: list[torch.Tensor]) -> torch.Tensor:

@@ -1,0 +1,211 @@
+"""Reverse Distillation — anomaly detection via reverse distillation from a one-class embedding
+(Deng & Li, CVPR 2022, arXiv:2201.10703).
+
+Idea: in STFPM the student sees the *image* and copies the teacher's features, so it can also copy
+them on a defect it never saw, if the defect resembles something normal. Reverse distillation makes
+the student's task harder in a useful way: the student is a **decoder** that sees only a compact
+*embedding* of the teacher's features and must rebuild them, scale by scale. The embedding is trained
+on normal images only, so it has no words for a defect: the rebuilt features are "what a normal
+image would look like here", and they disagree with the teacher's where the image is defective.
+
+The steps, in the order of the paper (MODELS.md B.13):
+
+1. Teacher encoder E (ImageNet weights, frozen, eval mode): ``layer1..layer3`` give e_1, e_2, e_3,
+   (B, C_l, h_l, w_l) at strides 4, 8, 16.
+2. One-class bottleneck embedding (OCBE). *Multi-scale feature fusion*: e_1 goes through two
+   stride-2 3×3 conv+BN+ReLU (C_1 → C_2 → C_3), e_2 through one (C_2 → C_3), both now at e_3's
+   stride; the three are concatenated (3·C_3 channels) and *one-class embedding*: one residual
+   stage with stride 2 compresses them to φ, (B, 2·C_3, h_3/2, w_3/2).
+3. Student decoder D: a mirrored ResNet ("de-ResNet") whose stages upsample φ with 2×2 transposed
+   convolutions into d_3, d_2, d_1, shaped exactly like e_3, e_2, e_1.
+4. Loss (the reference code's cosine on *flattened* maps, RD4AD issue #22), summed over the layers:
+
+       L = Σ_l  mean_b [ 1 − cos( vec(e_l[b]), vec(d_l[b]) ) ]
+
+   Adam(lr 0.005, betas (0.5, 0.99)) on the bottleneck and the decoder; the teacher never changes.
+5. Anomaly map: per layer and position M_l = 1 − cos(e_l, d_l) along the channels, bilinearly
+   upsampled (align_corners=True) to the image size, **added** over the layers (``"multiply"`` is
+   the other mode), smoothed with a Gaussian blur σ = 4. Image score = the map's maximum.
+
+Defaults (MODELS.md B.13): backbone ``wide_resnet50_2`` (timm hub weights), layers
+``layer1..layer3``, ``anomaly_map_mode="add"`` (the Lightning default; the map generator's own default
+is "multiply" — the Lightning value is the one passed through), 200 epochs with early-stopping
+patience 3 (used when ``fit`` gets ``val_data``), no gradient clipping. ``efficientnet_lite0``
+(packaged offline weights, layers 1–3 = ``blocks.1/2/4``: 24, 40, 112 channels) is what tests and
+smoke runs use.
+
+Deviations: (a) one residual block type for every backbone — the *basic* block (two 3×3 convs), two
+per stage, as the reference uses for ResNet-18/34; for the ResNet-50 family the reference uses its
+bottleneck blocks (three in the OCBE stage, a de-ResNet-50 decoder), so parameter counts differ
+there. (b) ``precise_bn=True`` (see STFPM and `adlearn.train`): the bottleneck's and decoder's batch
+norms get statistics re-estimated for their final weights before validation and at the end.
+(c) Early stopping only on a validation set the caller passes or holds out (``val_fraction``); the
+reference watches the test set.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from adlearn.components import GaussianBlur2d, TimmFeatureExtractor
+from adlearn.models.base import Prediction, TrainedModel, register
+from adlearn.models.common import cosine_distance, prediction_from_map, upsample_map
+
+ANOMALY_MAP_MODES = ("add", "multiply")
+
+
+# ----------------------------------------------------------------------------- building blocks
+def conv_bn_relu(in_channels: int, out_channels: int, stride: int = 1) -> nn.Sequential:
+    """3×3 convolution (no bias: the batch norm has one), batch norm, ReLU."""
+    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False),
+                         nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True))
+
+
+class BasicBlock(nn.Module):
+    """ResNet's basic residual block: x + F(x), F = conv3×3-BN-ReLU-conv3×3-BN, then ReLU.
+
+    ``resample`` changes the resolution: "down" (stride-2 conv) in the bottleneck, "up" (2×2
+    transposed conv, stride 2) in the decoder; the shortcut then resamples too (1×1 conv / 2×2
+    transposed conv + BN) so that the two branches can be added.
+    (B, C_in, h, w) -> (B, C_out, h', w')
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, resample: str | None = None):
+        super().__init__()
+        if resample == "up":
+            first = nn.ConvTranspose2d(in_channels, out_channels, 2, stride=2, bias=False)
+            shortcut = nn.ConvTranspose2d(in_channels, out_channels, 2, stride=2, bias=False)
+        else:
+            stride = 2 if resample == "down" else 1
+            first = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
+            shortcut = nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False)
+        self.residual = nn.Sequential(first, nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True),
+                                      nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
+                                      nn.BatchNorm2d(out_channels))
+        needs_projection = resample is not None or in_channels != out_channels
+        self.shortcut = nn.Sequential(shortcut, nn.BatchNorm2d(out_channels)) if needs_projection else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.residual(x) + self.shortcut(x))
+
+
+def residual_stage(in_channels: int, out_channels: int, resample: str, blocks: int = 2) -> nn.Sequential:
+    """One resolution-changing block, then ``blocks - 1`` blocks at the new resolution."""
+    layers = [BasicBlock(in_channels, out_channels, resample)]
+    layers += [BasicBlock(out_channels, out_channels) for _ in range(blocks - 1)]
+    return nn.Sequential(*layers)
+
+
+# ----------------------------------------------------------------------------- step 2: OCBE
+class OneClassBottleneck(nn.Module):
+    """Multi-scale feature fusion + one-class embedding: [e_1, e_2, e_3] -> φ (B, 2·C_3, h_3/2, w_3/2)."""
+
+    def __init__(self, channels: list[int], blocks: int = 2):
+        super().__init__()
+        c1, c2, c3 = channels
+        self.fuse_1 = nn.Sequential(conv_bn_relu(c1, c2, stride=2), conv_bn_relu(c2, c3, stride=2))  # 4 -> 16
+        self.fuse_2 = conv_bn_relu(c2, c3, stride=2)                                                 # 8 -> 16
+        self.embed = residual_stage(3 * c3, 2 * c3, "down", blocks)                                 # 16 -> 32
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        e1, e2, e3 = features
+        fused = torch.cat([self.fuse_1(e1), self.fuse_2(e2), e3], dim=1)   # (B, 3·C3, h3, w3)
+        return self.embed(fused)                                           # (B, 2·C3, h3/2, w3/2)
+
+
+# ----------------------------------------------------------------------------- step 3: decoder
+class ReverseDecoder(nn.Module):
+    """de-ResNet: φ -> [d_1, d_2, d_3], each stage doubling the resolution (returned fine to coarse)."""
+
+    def __init__(self, channels: list[int], blocks: int = 2):
+        super().__init__()
+        c1, c2, c3 = channels
+        self.stage_3 = residual_stage(2 * c3, c3, "up", blocks)   # stride 32 -> 16: like e_3
+        self.stage_2 = residual_stage(c3, c2, "up", blocks)       # 16 -> 8: like e_2
+        self.stage_1 = residual_stage(c2, c1, "up", blocks)       # 8 -> 4: like e_1
+
+    def forward(self, embedding: torch.Tensor) -> list[torch.Tensor]:
+        d3 = self.stage_3(embedding)
+        d2 = self.stage_2(d3)
+        d1 = self.stage_1(d2)
+        return [d1, d2, d3]
+
+
+# ----------------------------------------------------------------------------- steps 4-5
+def reverse_distillation_loss(encoder_features: list[torch.Tensor],
+                              decoder_features: list[torch.Tensor]) -> torch.Tensor:
+    """Step 4: Σ_layers mean_batch [1 − cos(vec(e_l), vec(d_l))] over whole flattened maps (a scalar)."""
+    loss = 0.0
+    for encoded, decoded in zip(encoder_features, decoder_features):
+        similarity = F.cosine_similarity(encoded.flatten(1), decoded.flatten(1), dim=1)   # (B,)
+        loss = loss + (1 - similarity).mean()
+    return loss
+
+
+def reverse_distillation_map(encoder_features: list[torch.Tensor], decoder_features: list[torch.Tensor],
+                             image_size: tuple[int, int], mode: str = "add") -> torch.Tensor:
+    """Step 5 before the blur: per-layer 1 − cos maps, upsampled, added or multiplied. -> (B, 1, H, W)"""
+    anomaly_map = None
+    for encoded, decoded in zip(encoder_features, decoder_features):
+        layer_map = upsample_map(cosine_distance(encoded, decoded), image_size, align_corners=True)
+        if anomaly_map is None:
+            anomaly_map = layer_map
+        else:
+            anomaly_map = anomaly_map + layer_map if mode == "add" else anomaly_map * layer_map
+    return anomaly_map
+
+
+# ----------------------------------------------------------------------------- the model
+@register("reverse_distillation")
+class ReverseDistillation(TrainedModel):
+    def __init__(self, backbone: str = "wide_resnet50_2", layers: tuple[str, ...] = ("layer1", "layer2", "layer3"),
+                 pretrained: str = "auto", anomaly_map_mode: str = "add", blocks_per_stage: int = 2,
+                 blur_sigma: float = 4.0, lr: float = 0.005, betas: tuple[float, float] = (0.5, 0.99),
+                 max_epochs: int | None = 200, max_steps: int | None = None, patience: int | None = 3,
+                 val_metric: str = "auto", val_fraction: float = 0.0, val_anomalies: str = "none",
+                 gradient_clip_val: float = 0.0, precise_bn: bool = True, amp: bool | str = "auto",
+                 image_size: int = 256, center_crop: int | None = None, device: str = "auto", seed: int = 0,
+                 batch_size: int = 32):
+        if anomaly_map_mode not in ANOMALY_MAP_MODES:
+            raise ValueError(f"anomaly_map_mode must be one of {ANOMALY_MAP_MODES}, got {anomaly_map_mode!r}")
+        if len(layers) != 3:
+            raise ValueError(f"Reverse Distillation fuses exactly three encoder layers (strides 4, 8, 16), got {layers}")
+        super().__init__(max_epochs=max_epochs, max_steps=max_steps, patience=patience, val_metric=val_metric,
+                         val_fraction=val_fraction, val_anomalies=val_anomalies,
+                         gradient_clip_val=gradient_clip_val, amp=amp, precise_bn=precise_bn,
+                         image_size=image_size, center_crop=center_crop, device=device, seed=seed,
+                         batch_size=batch_size)
+        self.save_hyperparameters()
+        self.anomaly_map_mode, self.lr, self.betas = anomaly_map_mode, lr, tuple(betas)
+        # Step 1: the frozen teacher (eval mode, batch norms folded away).
+        self.encoder = TimmFeatureExtractor(backbone, list(layers), pre_trained=pretrained)
+        channels = list(self.encoder.out_dims)
+        # Steps 2-3: what is trained.
+        self.bottleneck = OneClassBottleneck(channels, blocks_per_stage)
+        self.decoder = ReverseDecoder(channels, blocks_per_stage)
+        self.blur = GaussianBlur2d(sigma=blur_sigma, channels=1)
+
+    def features(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Steps 1–3: ([e_1, e_2, e_3], [d_1, d_2, d_3]), each (B, C_l, h_l, w_l)."""
+        encoded = list(self.encoder(images).values())      # no gradient: the teacher is frozen
+        decoded = self.decoder(self.bottleneck(encoded))
+        return encoded, decoded
+
+    def configure_optimizers(self):
+        parameters = list(self.bottleneck.parameters()) + list(self.decoder.parameters())
+        return torch.optim.Adam(parameters, lr=self.lr, betas=self.betas), None
+
+    def training_step(self, batch: dict) -> torch.Tensor:
+        encoded, decoded = self.features(batch["image"])
+        return reverse_distillation_loss(encoded, decoded)
+
+    def anomaly_map(self, images: torch.Tensor) -> torch.Tensor:
+        encoded, decoded = self.features(images)
+        encoded, decoded = [e.float() for e in encoded], [d.float() for d in decoded]
+        anomaly_map = reverse_distillation_map(encoded, decoded, images.shape[-2:], self.anomaly_map_mode)
+        return self.blur(anomaly_map).squeeze(1)                                 # (B, H, W)
+
+    def predict_step(self, images: torch.Tensor) -> Prediction:
+        return prediction_from_map(self.anomaly_map(images))                    # image score = max
