@@ -1,10 +1,10 @@
-"""STFPM and FastFlow, time per training epoch: adlearn vs anomalib 2.7 on the same data and threads.
+"""STFPM, FastFlow and Reverse Distillation, time per training epoch: adlearn vs anomalib 2.7 on the same data and threads.
 
 Run from the repository root with adlearn's venv; anomalib runs in its own venv as a subprocess
 (this same file with ``--anomalib-side``, which imports nothing from adlearn and uses the helpers of
 ``benchmarks/_anomalib.py``)::
 
-    .venv/bin/python benchmarks/bench_trained_models.py                       # both models, real bottle
+    .venv/bin/python benchmarks/bench_trained_models.py                       # all three models, real bottle
     .venv/bin/python benchmarks/bench_trained_models.py --models stfpm --epochs 3 --json out.json
 
 What is held equal on both sides:
@@ -22,7 +22,10 @@ What is held equal on both sides:
     - FastFlow: anomalib's FastFlow only accepts ``resnet18``, ``wide_resnet50_2``, CaiT and DeiT,
       none of which has weights offline, so both sides use ``resnet18`` with **random** weights
       (``pre_trained=False`` / ``pretrained="none"``). The work per epoch does not depend on the
-      weights' values, only the metrics would (none are reported here).
+      weights' values, only the metrics would (none are reported here);
+    - Reverse Distillation: anomalib builds its de-ResNet decoder for ResNets only, so both sides use a
+      ``resnet18`` encoder with random weights (the same architecture: 15.38 M trainable parameters
+      on both sides), Adam lr 0.005, betas (0.5, 0.99).
 
 What is timed: one epoch of training = from the first batch being drawn to the last optimizer step
 (data loading included, anomalib's validation excluded: ``limit_val_batches=0``). Wall-clock and
@@ -60,6 +63,11 @@ CONFIGS = {
         {"backbone": "resnet18", "pretrained": "none"},
         "Fastflow", {"backbone": "resnet18", "pre_trained": False},
         "resnet18 with random weights on both sides (anomalib's FastFlow takes no efficientnet)",
+    ),
+    "reverse_distillation": (
+        {"backbone": "resnet18", "pretrained": "none"},
+        "ReverseDistillation", {"backbone": "resnet18", "pre_trained": False},
+        "resnet18 encoder with random weights on both sides (anomalib's decoder exists for ResNets only)",
     ),
 }
 
@@ -194,7 +202,7 @@ def run_anomalib(model_name: str, root: str, category: str, epochs: int, threads
 # ----------------------------------------------------------------------------- driver
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--models", default="stfpm,fastflow")
+    parser.add_argument("--models", default="stfpm,fastflow,reverse_distillation")
     parser.add_argument("--root", default=DEFAULT_MVTEC_ROOT)
     parser.add_argument("--category", default="bottle")
     parser.add_argument("--epochs", type=int, default=3, help="epochs per side (the first is warm-up)")

@@ -38,7 +38,9 @@ Deviations: (a) one residual block type for every backbone — the *basic* block
 per stage, as the reference uses for ResNet-18/34; for the ResNet-50 family the reference uses its
 bottleneck blocks (three in the OCBE stage, a de-ResNet-50 decoder), so parameter counts differ
 there. (b) ``precise_bn=True`` (see STFPM and `adlearn.train`): the bottleneck's and decoder's batch
-norms get statistics re-estimated for their final weights before validation and at the end.
+norms get statistics re-estimated for their current weights before validation and at the end. It
+matters most early (real bottle, lite0, seed 0: test pixel AUROC after epoch 1 0.44 with the
+statistics training leaves, 0.88 re-estimated) and little later (epoch 8: 0.960 and 0.963).
 (c) Early stopping only on a validation set the caller passes or holds out (``val_fraction``); the
 reference watches the test set.
 """
@@ -178,6 +180,10 @@ class ReverseDistillation(TrainedModel):
                          image_size=image_size, center_crop=center_crop, device=device, seed=seed,
                          batch_size=batch_size)
         self.save_hyperparameters()
+        if any(side % 32 for side in self.input_size):
+            raise ValueError(f"Reverse Distillation needs an input size divisible by 32 (the embedding has stride 32 "
+                             f"and the decoder doubles it back three times), got {self.input_size}: use e.g. "
+                             f"image_size=256 (or center_crop=224)")
         self.anomaly_map_mode, self.lr, self.betas = anomaly_map_mode, lr, tuple(betas)
         # Step 1: the frozen teacher (eval mode, batch norms folded away).
         self.encoder = TimmFeatureExtractor(backbone, list(layers), pre_trained=pretrained)
