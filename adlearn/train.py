@@ -500,9 +500,11 @@ class Trainer:
             raise ValueError(f"{self.name}: the training data gave no batches")
         return float(np.mean(losses))
 
-    def run_precise_bn(self) -> None:
-        """``precise_bn``: the trainable batch norms' statistics re-estimated for the current weights."""
-        if not self.precise_bn or self._train_data is None:
+    def run_precise_bn(self, data=None) -> None:
+        """``precise_bn``: the trainable batch norms' statistics re-estimated for the current weights,
+        on ``data`` (default: the data ``fit`` trains on)."""
+        data = self._train_data if data is None else data
+        if not self.precise_bn or data is None:
             return
         forward = getattr(self.model, "batch_norm_forward", None) or self.model.training_step
 
@@ -510,7 +512,7 @@ class Trainer:
             with self._autocast():
                 forward(batch_to_device(batch, self.device))
 
-        recalibrate_batch_norm(self.model, self.make_loader(self._train_data, shuffle=False), run)
+        recalibrate_batch_norm(self.model, self.make_loader(data, shuffle=False), run)
 
     # ------------------------------------------------------------------ validation
     @torch.no_grad()

@@ -46,7 +46,8 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_ROOT = BENCH_DIR.parent
 ANOMALIB_PYTHON = os.environ.get("ANOMALIB_PYTHON", "/work/venvs/anomalib/bin/python")
 DEFAULT_MVTEC_ROOT = os.environ.get("ADLEARN_MVTEC_ROOT", "/work/shared/data/mvtec_ad")
 IMAGE_SIZE = 256
@@ -81,17 +82,6 @@ def summarize(epochs: list[dict]) -> dict:
 
 
 # ----------------------------------------------------------------------------- adlearn side
-def score_test_split(model, test) -> dict:
-    """Image and pixel AUROC of ``model`` on ``test`` (scikit-learn)."""
-    from sklearn.metrics import roc_auc_score
-
-    from adlearn.evaluate import collect_predictions
-
-    predictions = collect_predictions(model, test)
-    return {"image_AUROC": roc_auc_score(predictions["labels"], predictions["pred_scores"]),
-            "pixel_AUROC": roc_auc_score(predictions["masks"].ravel() > 0.5, predictions["anomaly_maps"].ravel())}
-
-
 def run_adlearn(model_name: str, root: str, category: str, epochs: int, threads: int, seed: int,
                 test: bool = False) -> dict:
     import torch
@@ -118,15 +108,16 @@ def run_adlearn(model_name: str, root: str, category: str, epochs: int, threads:
     result = {"side": "adlearn", "threads": torch.get_num_threads(), "n_train": len(train),
               "steps_per_epoch": model.history.steps // len(rows), **summarize(rows)}
     if test:
-        from torch.utils.data import DataLoader
+        sys.path.insert(0, str(BENCH_DIR))
+        from watch_training import test_scores   # the learning-curve driver beside this file
 
-        from adlearn.train import recalibrate_batch_norm
+        def scores() -> dict:
+            image, pixel = test_scores(model, MVTecDataset(root, category, "test", model.transform))
+            return {"image_AUROC": image, "pixel_AUROC": pixel}     # anomalib's metric names
 
-        test_data = MVTecDataset(root, category, "test", model.transform)
-        result["test_bn_as_trained"] = score_test_split(model, test_data)
-        forward = getattr(model, "batch_norm_forward", None) or model.training_step
-        recalibrate_batch_norm(model, DataLoader(train, batch_size=BATCH_SIZE), forward)
-        result["test_precise_bn"] = score_test_split(model, test_data)
+        result["test_bn_as_trained"] = scores()
+        model.trainer(precise_bn=True).run_precise_bn(train)        # same weights, statistics re-estimated
+        result["test_precise_bn"] = scores()
     return result
 
 
@@ -136,7 +127,7 @@ def run_anomalib_side(spec_path: str, out_path: str) -> int:
     import logging
     import warnings
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    sys.path.insert(0, str(BENCH_DIR))
     import _anomalib  # the shared helpers: offline weights, datamodule, model building
     import torch
     from anomalib.engine import Engine

@@ -62,3 +62,12 @@ def synthetic_split(small_synthetic_root):
         return dataset, torch.stack([dataset[i]["image"] for i in range(len(dataset))])
 
     return load
+
+
+@pytest.fixture(scope="session")
+def datasets_64(synthetic_split):
+    """(train, test) Datasets of the first small synthetic category at 64 px: the trained models' tests."""
+    from adlearn.data import ImageTransform
+
+    transform = ImageTransform(image_size=64)
+    return synthetic_split(transform, "train")[0], synthetic_split(transform, "test")[0]

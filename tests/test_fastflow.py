@@ -85,34 +85,26 @@ def test_architecture(model):
 
 
 @pytest.fixture(scope="module")
-def data(synthetic_split):
-    from adlearn.data import ImageTransform
-
-    transform = ImageTransform(image_size=64)
-    return synthetic_split(transform, "train")[0], synthetic_split(transform, "test")[0]
-
-
-@pytest.fixture(scope="module")
-def trained(model, data, tmp_path_factory):
+def trained(model, datasets_64, tmp_path_factory):
     checkpoint = tmp_path_factory.mktemp("fastflow") / "best.pt"
-    model.fit(data[0], val_data=data[1], checkpoint_path=checkpoint, verbose=False)
+    model.fit(datasets_64[0], val_data=datasets_64[1], checkpoint_path=checkpoint, verbose=False)
     return model, checkpoint
 
 
-def test_trains_and_predicts_finite_maps(trained, data):
+def test_trains_and_predicts_finite_maps(trained, datasets_64):
     model = trained[0]
     history = model.history
     assert history.loss[-1] < history.loss[0] and history.steps == 6
     assert history.val_metric == "pixel_auroc" and all(0 <= v <= 1 for v in history.val)
-    images = torch.stack([data[1][i]["image"] for i in range(4)])
+    images = torch.stack([datasets_64[1][i]["image"] for i in range(4)])
     prediction = model.predict(images)
     assert prediction.anomaly_map.shape == (4, 64, 64) and prediction.anomaly_map.isfinite().all()
     assert torch.allclose(prediction.pred_score, prediction.anomaly_map.flatten(1).amax(1))
 
 
-def test_best_checkpoint_and_save_load_give_identical_predictions(trained, data, tmp_path):
+def test_best_checkpoint_and_save_load_give_identical_predictions(trained, datasets_64, tmp_path):
     model, checkpoint = trained
-    images = torch.stack([data[1][i]["image"] for i in range(3)])
+    images = torch.stack([datasets_64[1][i]["image"] for i in range(3)])
     expected = model.predict(images).anomaly_map
     assert torch.equal(load(checkpoint).predict(images).anomaly_map, expected)   # best epoch, restored
     model.save(tmp_path / "fastflow.pt")

@@ -97,18 +97,10 @@ def test_resnet18_version_has_the_reference_architectures_size():
 
 
 @pytest.fixture(scope="module")
-def data(synthetic_split):
-    from adlearn.data import ImageTransform
-
-    transform = ImageTransform(image_size=64)
-    return synthetic_split(transform, "train")[0], synthetic_split(transform, "test")[0]
-
-
-@pytest.fixture(scope="module")
-def trained(data):
+def trained(datasets_64):
     model = create("reverse_distillation", backbone=BACKBONE, image_size=64, max_epochs=3, batch_size=6, device="cpu")
     encoder_before = {k: v.clone() for k, v in model.encoder.state_dict().items()}
-    model.fit(data[0], verbose=False)
+    model.fit(datasets_64[0], verbose=False)
     return model, encoder_before
 
 
@@ -121,10 +113,10 @@ def test_only_the_bottleneck_and_decoder_learn(trained):
         {id(p) for p in [*model.bottleneck.parameters(), *model.decoder.parameters()]}
 
 
-def test_trains_and_predicts_blurred_maps(trained, data):
+def test_trains_and_predicts_blurred_maps(trained, datasets_64):
     model = trained[0]
     assert model.history.loss[-1] < model.history.loss[0] and model.history.steps == 6
-    images = torch.stack([data[1][i]["image"] for i in range(4)])
+    images = torch.stack([datasets_64[1][i]["image"] for i in range(4)])
     prediction = model.predict(images)
     assert prediction.anomaly_map.shape == (4, 64, 64) and prediction.anomaly_map.isfinite().all()
     assert torch.allclose(prediction.pred_score, prediction.anomaly_map.flatten(1).amax(1))
@@ -137,11 +129,11 @@ def test_trains_and_predicts_blurred_maps(trained, data):
     np.testing.assert_allclose(prediction.anomaly_map.numpy(), blurred, atol=1e-5)
 
 
-def test_save_load_identical_predictions(trained, data, tmp_path):
+def test_save_load_identical_predictions(trained, datasets_64, tmp_path):
     model = trained[0]
     model.save(tmp_path / "rd.pt")
     restored = load(tmp_path / "rd.pt")
-    images = torch.stack([data[1][i]["image"] for i in range(3)])
+    images = torch.stack([datasets_64[1][i]["image"] for i in range(3)])
     assert torch.equal(restored.predict(images).anomaly_map, model.predict(images).anomaly_map)
     assert restored.history.loss == model.history.loss and restored.anomaly_map_mode == "add"
 

@@ -63,19 +63,11 @@ def test_defaults_follow_the_reference():
 
 
 @pytest.fixture(scope="module")
-def data(synthetic_split):
-    from adlearn.data import ImageTransform
-
-    transform = ImageTransform(image_size=64)
-    return synthetic_split(transform, "train")[0], synthetic_split(transform, "test")[0]
-
-
-@pytest.fixture(scope="module")
-def trained(data):
+def trained(datasets_64):
     model = create("stfpm", backbone=BACKBONE, image_size=64, max_epochs=3, batch_size=6, device="cpu")
     teacher_before = {k: v.clone() for k, v in model.teacher.state_dict().items()}
     student_before = {k: v.clone() for k, v in model.student.state_dict().items()}
-    model.fit(data[0], verbose=False)
+    model.fit(datasets_64[0], verbose=False)
     return model, teacher_before, student_before
 
 
@@ -88,7 +80,7 @@ def test_only_the_student_learns(trained):
         {id(p) for p in model.student.parameters()}
 
 
-def test_the_students_batch_norm_statistics_belong_to_its_final_weights(trained, data):
+def test_the_students_batch_norm_statistics_belong_to_its_final_weights(trained, datasets_64):
     # precise_bn re-estimated them after the last epoch: doing it again by hand changes nothing, whereas the
     # exponential averages left by training (precise_bn=False) describe earlier weights.
     from torch.utils.data import DataLoader
@@ -99,32 +91,32 @@ def test_the_students_batch_norm_statistics_belong_to_its_final_weights(trained,
     layers = trainable_batch_norms(model)
     assert layers and all(any(layer is m for m in model.student.modules()) for layer in layers)
     kept = [layer.running_mean.clone() for layer in layers]
-    recalibrate_batch_norm(model, DataLoader(data[0], batch_size=6), model.batch_norm_forward)
+    recalibrate_batch_norm(model, DataLoader(datasets_64[0], batch_size=6), model.batch_norm_forward)
     for layer, before in zip(layers, kept):
         torch.testing.assert_close(layer.running_mean, before)
 
     stale = create("stfpm", backbone=BACKBONE, image_size=64, max_epochs=3, batch_size=6, device="cpu",
-                   precise_bn=False).fit(data[0], verbose=False)
+                   precise_bn=False).fit(datasets_64[0], verbose=False)
     differences = [(a.running_mean - b.running_mean).abs().max() for a, b in
                    zip(trainable_batch_norms(stale), layers)]
     assert max(differences) > 1e-3
 
 
-def test_trains_and_predicts_finite_maps(trained, data):
+def test_trains_and_predicts_finite_maps(trained, datasets_64):
     model = trained[0]
     assert model.history.loss[-1] < model.history.loss[0] and model.history.steps == 6
-    images = torch.stack([data[1][i]["image"] for i in range(4)])
+    images = torch.stack([datasets_64[1][i]["image"] for i in range(4)])
     prediction = model.predict(images)
     assert prediction.anomaly_map.shape == (4, 64, 64) and prediction.anomaly_map.isfinite().all()
     assert (prediction.anomaly_map >= 0).all()                       # a product of values in [0, 2]
     assert torch.allclose(prediction.pred_score, prediction.anomaly_map.flatten(1).amax(1))
 
 
-def test_save_load_identical_predictions(trained, data, tmp_path):
+def test_save_load_identical_predictions(trained, datasets_64, tmp_path):
     model = trained[0]
     model.save(tmp_path / "stfpm.pt")
     restored = load(tmp_path / "stfpm.pt")
-    images = torch.stack([data[1][i]["image"] for i in range(3)])
+    images = torch.stack([datasets_64[1][i]["image"] for i in range(3)])
     assert torch.equal(restored.predict(images).anomaly_map, model.predict(images).anomaly_map)
     assert restored.history.loss == model.history.loss
 
