@@ -1,7 +1,7 @@
 """The ``adlearn`` command line.
 
-    adlearn models                       # one registered model name per line
-    adlearn evaluate MODEL [--root DIR --category NAME] [--image-size 256] [--backbone NAME]
+    adlearn models [--presets]           # one registered model name per line (and its presets)
+    adlearn evaluate MODEL [--preset cpu|paper] [--root DIR --category NAME] [--image-size 256] [--backbone NAME]
             [--pretrained auto|hub|none|PATH] [--set KEY=VALUE ...] [--device auto|cpu|cuda]
             [--seed 0] [--json FILE] [--figure FILE] [--save FILE]
     adlearn demo [--models padim,...]    # the README's main job on the embedded synthetic data
@@ -36,17 +36,22 @@ def _parse_set(pairs: list[str]) -> dict:
 
 
 def _model_options(model_class, args, extra: dict) -> dict:
-    accepted = inspect.signature(model_class.__init__).parameters
-    options = {"image_size": args.image_size, "device": args.device, "seed": args.seed}
-    if args.backbone is not None:
-        options["backbone"] = args.backbone
-    if args.pretrained is not None:
-        options["pretrained"] = args.pretrained
+    """The preset's options (``--preset``), then the ones given explicitly on the command line."""
+    from adlearn.models import TrainedModel
+    from adlearn.train import TrainingConfig
+
+    accepted = [name for name in inspect.signature(model_class.__init__).parameters if name not in ("self", "training")]
+    if issubclass(model_class, TrainedModel):
+        accepted += TrainingConfig.keys()
+    options = model_class.preset(getattr(args, "preset", None))
+    options.update({"device": args.device, "seed": args.seed})
+    for key in ("image_size", "backbone", "pretrained"):
+        if getattr(args, key) is not None:
+            options[key] = getattr(args, key)
     options.update(extra)
     unknown = [key for key in options if key not in accepted]
     if unknown:
-        valid = ", ".join(name for name in accepted if name != "self")
-        raise SystemExit(f"model {model_class.name!r} has no option {unknown[0]!r}; its options are: {valid}")
+        raise SystemExit(f"model {model_class.name!r} has no option {unknown[0]!r}; its options are: {', '.join(accepted)}")
     return options
 
 
@@ -71,14 +76,15 @@ def run_evaluation(model_name: str, args, extra: dict, category: str | None = No
 
     model_class = get_model_class(model_name)
     model = model_class(**_model_options(model_class, args, extra))
-    category, train, test = _datasets(args.root, category or args.category, model.transform,
-                                      args.image_size, args.seed)
+    image_size = model.image_size if isinstance(model.image_size, int) else max(model.image_size)
+    category, train, test = _datasets(args.root, category or args.category, model.transform, image_size, args.seed)
     print(f"{model.name}: fitting on {len(train)} '{category}' images, testing on {len(test)} "
           f"({model.device})", file=sys.stderr)
     results = fit_and_evaluate(model, train, test, return_predictions=bool(args.figure))
     predictions = results.pop("predictions", None)
     results = {"model": model.name, "category": category, **results,
-               "backbone": model.config.get("backbone"), "image_size": args.image_size,
+               "backbone": model.config.get("backbone"), "image_size": model.image_size,
+               "preset": getattr(args, "preset", None),
                "device": str(model.device), "seed": args.seed, "adlearn_version": adlearn.__version__,
                "config": {k: v for k, v in model.config.items() if isinstance(v, (int, float, str, bool, type(None), list, tuple))}}
     if args.figure and predictions is not None:
@@ -107,9 +113,17 @@ def _write_figure(path, model, test, predictions, category) -> None:
 
 
 def cmd_models(args) -> int:
-    from adlearn.models import available_models
+    from adlearn.models import available_models, get_model_class
 
-    print("\n".join(available_models()))
+    for name in available_models():
+        if not args.presets:
+            print(name)
+            continue
+        presets = get_model_class(name).presets
+        print(f"{name}:")
+        for preset in sorted(set(presets) | {"paper"}):
+            options = ", ".join(f"{k}={v!r}" for k, v in presets.get(preset, {}).items()) or "the defaults"
+            print(f"  {preset:6s} {options}")
     return 0
 
 
@@ -156,7 +170,7 @@ def cmd_data_synth(args) -> int:
 
 
 def _add_run_options(parser, default_backbone=None, default_pretrained=None) -> None:
-    parser.add_argument("--image-size", type=int, default=256)
+    parser.add_argument("--image-size", type=int, default=None, help="input size (default: the model's or its preset's)")
     parser.add_argument("--backbone", default=default_backbone,
                         help=f"timm backbone (model default if omitted; '{OFFLINE_BACKBONE}' has offline weights)")
     parser.add_argument("--pretrained", default=default_pretrained,
@@ -170,10 +184,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     models = sub.add_parser("models", help="list the registered models")
+    models.add_argument("--presets", action="store_true", help="also list each model's presets and their options")
     models.set_defaults(func=cmd_models)
 
     evaluate = sub.add_parser("evaluate", help="fit a model and report its metrics")
     evaluate.add_argument("model")
+    evaluate.add_argument("--preset", help="a named recipe: 'cpu' (a 2-core laptop on a real category) or 'paper'; "
+                          "explicit options override it (adlearn models --presets lists them)")
     evaluate.add_argument("--root", help="MVTec-layout root (default: the embedded synthetic dataset)")
     evaluate.add_argument("--category")
     _add_run_options(evaluate)

@@ -54,3 +54,27 @@ def test_data_synth_writes_the_mvtec_layout(tmp_path):
     assert main(["data", "synth", "--root", str(tmp_path), "--category", category, "--image-size", "32"]) == 0
     assert any((tmp_path / category / "train" / "good").iterdir())
     assert any((tmp_path / category / "ground_truth").iterdir())
+
+
+def test_models_lists_the_presets(capsys):
+    assert main(["models", "--presets"]) == 0
+    out = capsys.readouterr().out
+    assert "stfpm:\n" in out and "cpu    backbone='efficientnet_lite0', val_fraction=0.2, max_epochs=25" in out
+    assert "paper  the defaults" in out and "paper  center_crop='auto'" in out       # PatchCore's paper crop
+
+
+def test_evaluate_with_a_preset_and_explicit_options_over_it(small_synthetic_root, tmp_path):
+    from adlearn.data import SYNTHETIC_CATEGORIES
+
+    out = tmp_path / "r.json"
+    code = main(["evaluate", "stfpm", "--preset", "cpu", "--root", str(small_synthetic_root), "--category",
+                 SYNTHETIC_CATEGORIES[0], "--image-size", "64", "--set", "max_epochs=1", "--set", "batch_size=4",
+                 "--device", "cpu", "--json", str(out)])
+    assert code == 0
+    results = json.loads(out.read_text())
+    assert results["preset"] == "cpu" and results["backbone"] == "efficientnet_lite0"   # from the preset
+    assert results["config"]["max_epochs"] == 1 and results["config"]["val_fraction"] == 0.2
+    assert results["image_size"] == 64                                                 # explicit wins
+    with pytest.raises(SystemExit, match="no option 'max_epoch'"):
+        main(["evaluate", "stfpm", "--preset", "cpu", "--set", "max_epoch=1"])
+    assert main(["evaluate", "stfpm", "--preset", "gpu"]) == 2                         # a clear error message

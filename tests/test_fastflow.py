@@ -6,6 +6,8 @@ import inspect
 
 import numpy as np
 import pytest
+
+from adlearn.train import TrainingConfig
 import torch
 import torch.nn.functional as F
 
@@ -56,9 +58,10 @@ def test_anomaly_map_formula():
 
 def test_defaults_follow_the_reference():
     defaults = {k: p.default for k, p in inspect.signature(Fastflow.__init__).parameters.items() if k != "self"}
+    training = TrainingConfig(**Fastflow.training_defaults).to_dict()   # declared once, in the loop
     assert (defaults["backbone"], defaults["flow_steps"], defaults["conv3x3_only"], defaults["hidden_ratio"]) == \
         ("resnet18", 8, False, 1.0)
-    assert (defaults["lr"], defaults["weight_decay"], defaults["max_epochs"], defaults["patience"]) == \
+    assert (defaults["lr"], defaults["weight_decay"], training["max_epochs"], training["patience"]) == \
         (1e-3, 1e-5, 500, 3)
 
 

@@ -19,7 +19,7 @@ SIZE, CROP = 128, 112
 
 
 def make(**options):
-    defaults = dict(backbone=BACKBONE, image_size=SIZE, device="cpu", seed=0)
+    defaults = dict(backbone=BACKBONE, image_size=SIZE, device="cpu", seed=0, center_crop="auto")
     return create("patchcore", **{**defaults, **options})
 
 
@@ -41,11 +41,13 @@ def full_bank(data):
     return make(coreset_sampling_ratio=1.0).fit(images)
 
 
-def test_default_transform_is_resize_then_center_crop_seven_eighths(fitted):
+def test_paper_transform_is_resize_then_center_crop_seven_eighths_and_the_default_resizes_only(fitted):
     from adlearn.models.common import resolve_center_crop
 
     assert fitted.input_size == (CROP, CROP) and fitted.config["center_crop"] == "auto"
     assert resolve_center_crop(256, "auto") == 224 and resolve_center_crop(64, None) is None
+    assert create("patchcore", backbone=BACKBONE, pretrained="none", image_size=SIZE).input_size == (SIZE, SIZE)
+    assert create("patchcore", preset="paper", backbone=BACKBONE, pretrained="none", image_size=SIZE).input_size == (CROP, CROP)
 
 
 def test_embedding_is_locally_averaged_layer2_with_upsampled_layer3(fitted, data):

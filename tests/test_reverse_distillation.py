@@ -7,6 +7,8 @@ import inspect
 
 import numpy as np
 import pytest
+
+from adlearn.train import TrainingConfig
 import torch
 import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
@@ -60,10 +62,11 @@ def test_map_combines_upsampled_cosine_distances(mode):
 def test_defaults_follow_the_reference_and_bad_options_are_named():
     defaults = {k: p.default for k, p in inspect.signature(ReverseDistillation.__init__).parameters.items()
                 if k != "self"}
+    training = TrainingConfig(**ReverseDistillation.training_defaults).to_dict()   # declared once, in the loop
     assert defaults["backbone"] == "wide_resnet50_2" and defaults["layers"] == ("layer1", "layer2", "layer3")
     assert defaults["anomaly_map_mode"] == "add" and defaults["blur_sigma"] == 4.0
     assert (defaults["lr"], defaults["betas"]) == (0.005, (0.5, 0.99))
-    assert (defaults["max_epochs"], defaults["patience"], defaults["gradient_clip_val"]) == (200, 3, 0.0)
+    assert (training["max_epochs"], training["patience"], training["gradient_clip_val"]) == (200, 3, 0.0)
     with pytest.raises(ValueError, match="anomaly_map_mode must be one of"):
         create("reverse_distillation", backbone=BACKBONE, anomaly_map_mode="max", device="cpu")
     with pytest.raises(ValueError, match="exactly three encoder layers"):

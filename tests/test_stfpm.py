@@ -6,6 +6,8 @@ import inspect
 
 import numpy as np
 import pytest
+
+from adlearn.train import TrainingConfig
 import torch
 import torch.nn.functional as F
 
@@ -56,10 +58,11 @@ def test_anomaly_map_is_the_product_of_upsampled_cosine_distances():
 
 def test_defaults_follow_the_reference():
     defaults = {k: p.default for k, p in inspect.signature(Stfpm.__init__).parameters.items() if k != "self"}
+    training = TrainingConfig(**Stfpm.training_defaults).to_dict()   # declared once, in the loop
     assert defaults["backbone"] == "resnet18" and defaults["layers"] == ("layer1", "layer2", "layer3")
     assert (defaults["lr"], defaults["momentum"], defaults["weight_decay"]) == (0.4, 0.9, 1e-3)
-    assert (defaults["max_epochs"], defaults["patience"], defaults["gradient_clip_val"]) == (100, 5, 0.0)
-    assert defaults["precise_bn"] is True      # our deviation: the student's statistics match its final weights
+    assert (training["max_epochs"], training["patience"], training["gradient_clip_val"]) == (100, 5, 0.0)
+    assert training["precise_bn"] is True      # our deviation: the student's statistics match its final weights
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""The shared training loop (adlearn/train.py) and the TrainedModel base class, on a toy model."""
+"""The shared training loop (adlearn/train/) and the TrainedModel base class, on a toy model."""
 
 from __future__ import annotations
 
@@ -23,14 +23,11 @@ class MeanImage(TrainedModel):
 
     name = "mean_image"
 
-    def __init__(self, lr: float = 0.2, max_epochs: int | None = 5, max_steps: int | None = None,
-                 patience: int | None = None, val_metric: str = "auto", val_fraction: float = 0.0,
-                 val_anomalies: str = "none", gradient_clip_val: float = 0.0, amp="auto", image_size: int = SIZE, device: str = "cpu",
-                 seed: int = 0, batch_size: int = 4):
-        super().__init__(max_epochs=max_epochs, max_steps=max_steps, patience=patience, val_metric=val_metric,
-                         val_fraction=val_fraction, val_anomalies=val_anomalies,
-                         gradient_clip_val=gradient_clip_val, amp=amp,
-                         image_size=image_size, device=device, seed=seed, batch_size=batch_size)
+    training_defaults = {"max_epochs": 5}
+
+    def __init__(self, lr: float = 0.2, image_size: int = SIZE, device: str = "cpu", seed: int = 0,
+                 batch_size: int = 4, **training):
+        super().__init__(image_size=image_size, device=device, seed=seed, batch_size=batch_size, **training)
         self.save_hyperparameters()
         self.lr = lr
         self.center = nn.Parameter(torch.zeros(3, SIZE, SIZE))
@@ -38,7 +35,7 @@ class MeanImage(TrainedModel):
     def configure_optimizers(self):
         return torch.optim.SGD([self.center], lr=self.lr), None
 
-    def training_step(self, batch):
+    def training_step(self, batch, trainer=None):
         return 0.5 * (batch["image"] - self.center).pow(2).sum(dim=(1, 2, 3)).mean()   # gradient: center - mean
 
     def predict_step(self, images):
@@ -150,7 +147,7 @@ class Interrupting(MeanImage):
 
     interrupt_at = 8
 
-    def training_step(self, batch):
+    def training_step(self, batch, trainer=None):
         self.calls = getattr(self, "calls", 0) + 1
         if self.calls == self.interrupt_at:
             raise KeyboardInterrupt
@@ -343,9 +340,10 @@ class ScaledBatchNorm(TrainedModel):
 
     name = "scaled_batch_norm"
 
-    def __init__(self, precise_bn: bool = False, max_epochs: int = 3, patience=None, val_fraction: float = 0.0):
-        super().__init__(max_epochs=max_epochs, patience=patience, val_fraction=val_fraction, val_metric="loss",
-                         precise_bn=precise_bn, image_size=SIZE, device="cpu", seed=0, batch_size=4)
+    training_defaults = {"max_epochs": 3, "val_metric": "loss"}
+
+    def __init__(self, **training):
+        super().__init__(image_size=SIZE, device="cpu", seed=0, batch_size=4, **training)
         self.scale = nn.Parameter(torch.ones(3, 1, 1))
         self.norm = nn.BatchNorm2d(3)
         self.frozen = nn.BatchNorm2d(3).requires_grad_(False)
@@ -353,7 +351,7 @@ class ScaledBatchNorm(TrainedModel):
     def configure_optimizers(self):
         return torch.optim.SGD([self.scale, *self.norm.parameters()], lr=0.5), None
 
-    def training_step(self, batch):
+    def training_step(self, batch, trainer=None):
         # pulls the scale up every step, so the running statistics always lag behind the weights
         return (self.norm(self.scale * batch["image"]) - 2.0).pow(2).mean() - self.scale.sum()
 

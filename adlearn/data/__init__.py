@@ -9,6 +9,7 @@ models nor timm; ``from adlearn.data import MVTecDataset`` works as usual.
 * `synthetic_root`, `generate_synthetic_dataset`, `SYNTHETIC_CATEGORIES` — the embedded dataset.
 * `random_2d_perlin`, `PerlinAnomalyGenerator`, `make_synthetic_dataset` — synthetic anomalies.
 * `digit_images`, `one_class_split` — scikit-learn's digits as a real one-class problem.
+* `hold_out`, `SyntheticAnomalies` — validation data for early stopping, from normal images only.
 * `DataError` — raised for bad input, with a message that says how to fix it.
 """
 
@@ -43,6 +44,10 @@ _LAZY = {
     "digit_images": "digits",
     "one_class_split": "digits",
     "OneClassSplit": "digits",
+    # validation without the test set
+    "hold_out": "validation",
+    "SyntheticAnomalies": "validation",
+    "TensorImages": "validation",
 }
 
 

@@ -42,9 +42,13 @@ def get_model_class(name: str) -> type[AnomalyModel]:
     return _REGISTRY[key]
 
 
-def create(name: str, **options) -> AnomalyModel:
-    """Build a registered model with its hyper-parameters, e.g. ``create("padim", n_features=100)``."""
-    return get_model_class(name)(**options)
+def create(name: str, preset: str | None = None, **options) -> AnomalyModel:
+    """Build a registered model with its hyper-parameters, e.g. ``create("padim", n_features=100)``.
+
+    ``preset="cpu"`` (or ``"paper"``) starts from the model's named recipe; explicit options win.
+    """
+    model_class = get_model_class(name)
+    return model_class(**{**model_class.preset(preset), **options})
 
 
 __all__ = [

@@ -19,6 +19,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import ClassVar
 from pathlib import Path
 
 import torch
@@ -59,6 +60,20 @@ class AnomalyModel(DynamicBufferMixin, nn.Module):
     name: str = "anomaly_model"
     task: str = "segmentation"         # or "classification" (no anomaly map)
     learning_type: str = "one_class"
+    # Named sets of options: "paper" (the paper's settings; the defaults unless a measured setting
+    # beats them, see the model's docstring) and "cpu" (the recipe for a 2-core laptop on a real
+    # category). ``adlearn.create(name, preset="cpu", **options)``: explicit options win.
+    presets: ClassVar[dict[str, dict]] = {}
+
+    @classmethod
+    def preset(cls, name: str | None) -> dict:
+        """The options of preset ``name`` ("paper" without an entry: the defaults, no options)."""
+        if name is None:
+            return {}
+        available = sorted(set(cls.presets) | {"paper"})
+        if name not in available:
+            raise ValueError(f"{cls.name} has no preset {name!r}; presets: {', '.join(available)}")
+        return dict(cls.presets.get(name, {}))
 
     def __init__(self, *, image_size: int | tuple[int, int] = 256, center_crop: int | None = None,
                  device: str = "auto", seed: int = 0, batch_size: int = 32):
@@ -178,7 +193,11 @@ def load(path: str | Path, device: str | None = None) -> AnomalyModel:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no saved model at {path}")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:   # a truncated zip, a text file, random bytes...
+        raise ValueError(f"{path} could not be read as an adlearn checkpoint — the file is corrupt or truncated "
+                         f"(was it still being written?); save the model again. ({type(error).__name__}: {error})") from error
     if not isinstance(checkpoint, dict) or "model" not in checkpoint:
         raise ValueError(f"{path} is not an adlearn checkpoint (saved with model.save)")
     config = dict(checkpoint["config"])
@@ -215,82 +234,94 @@ class MemoryBankModel(AnomalyModel):
 
 
 class TrainedModel(AnomalyModel):
-    """A model trained by gradient descent with the shared loop of ``adlearn.train``.
+    """A model trained by gradient descent with the shared loop of `adlearn.train`.
 
-    Subclasses implement three methods and pass the training options on to ``super().__init__``::
+    A subclass implements::
 
-        configure_optimizers() -> (optimizer, scheduler | None)
-        training_step(batch: dict) -> loss        # batch = the dataset's dict batch on the device
+        configure_optimizers() -> optimizer | (optimizer, scheduler) | {name: optimizer or (optimizer, scheduler)}
+        training_step(batch, trainer) -> loss | {name: loss}   # batch: the dataset's dict batch on the device
         predict_step(images) -> Prediction
 
-    Training options (constructor keywords, so ``adlearn evaluate MODEL --set max_epochs=3`` works):
-    ``max_epochs`` / ``max_steps`` (whichever ends first), ``patience`` (early stopping, used when
-    ``fit`` gets ``val_data``), ``val_metric`` (``"auto"``, ``"loss"``, ``"image_auroc"``,
-    ``"pixel_auroc"``), ``val_fraction`` (hold out this share of the training images as ``val_data``
-    when none is given: early stopping on the loss of unseen *normal* images, no labels needed),
-    ``val_anomalies`` (``"none"``, or ``"synthetic"``: half of the held-out images get Perlin-noise
-    anomalies with exact masks — `adlearn.train.SyntheticAnomalies` — so early stopping follows the
-    pixel AUROC on defects the model never trained on, still without real labels),
-    ``gradient_clip_val`` (0 = off), ``amp`` (``"auto"``: mixed precision on CUDA only) and
-    ``precise_bn`` (re-estimate the trained batch norms' statistics before validating and at the end,
-    see `adlearn.train`; a model may define ``batch_norm_forward(batch)`` to run only the part that has them).
+    and states its paper's training settings in ``training_defaults`` (e.g. ``{"max_epochs": 100,
+    "patience": 5}``). It declares no training keyword of its own: every option of
+    `adlearn.train.TrainingConfig` (``max_epochs``, ``patience``, ``val_fraction``, ``precise_bn``...)
+    reaches it through ``**options`` and is checked once there; ``model.train_config`` holds them
+    (and ``model.max_epochs`` etc. read them).
+
+    Optional: ``automatic_optimization = False`` for a model that steps several optimizers itself
+    (it calls ``trainer.optimizer_step(loss, name)`` in ``training_step`` and defines
+    ``validation_step``); ``training_phases()`` for a model trained in stages; the hooks
+    ``on_fit_start(data, trainer)``, ``on_epoch_start(trainer)``, ``on_fit_end(data, trainer)``;
+    ``batch_norm_forward(batch)`` to run only the part whose batch norms ``precise_bn`` re-estimates.
     After ``fit``, ``model.history`` holds the learning curve; it is saved with the model.
     """
 
-    scheduler_interval: str = "epoch"   # or "step": when the loop steps the scheduler
+    training_defaults: ClassVar[dict] = {"max_epochs": 100}
+    automatic_optimization: ClassVar[bool] = True
+    scheduler_interval: ClassVar[str] = "epoch"   # or "step": when the loop steps the schedulers
 
-    def __init__(self, *, max_epochs: int | None = None, max_steps: int | None = None,
-                 patience: int | None = None, val_metric: str = "auto", val_fraction: float = 0.0,
-                 val_anomalies: str = "none", gradient_clip_val: float = 0.0, amp: bool | str = "auto",
-                 precise_bn: bool = False, **kwargs):
-        super().__init__(**kwargs)
-        if max_epochs is None and max_steps is None:
-            raise ValueError(f"{type(self).__name__}: give max_epochs or max_steps")
-        if not 0.0 <= val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-        self.max_epochs, self.max_steps, self.patience = max_epochs, max_steps, patience
-        if val_anomalies not in ("none", "synthetic"):
-            raise ValueError(f"val_anomalies must be 'none' or 'synthetic', got {val_anomalies!r}")
-        if val_anomalies == "synthetic" and val_fraction == 0:
-            raise ValueError("val_anomalies='synthetic' adds anomalies to held-out training images: "
-                             "also give val_fraction (e.g. 0.2)")
-        self.val_fraction, self.val_anomalies = val_fraction, val_anomalies
-        self.val_metric, self.gradient_clip_val, self.amp = val_metric, gradient_clip_val, amp
-        self.precise_bn = precise_bn
-        from adlearn.train import History
+    def __init__(self, **options):
+        from adlearn.train import History, TrainingConfig
 
+        training, rest = TrainingConfig.split(options)
+        accepted = set(inspect.signature(AnomalyModel.__init__).parameters) - {"self"}
+        unknown = sorted(set(rest) - accepted)
+        if unknown:
+            raise TypeError(f"{type(self).__name__}: unknown option {unknown[0]!r}. Training options: "
+                            f"{', '.join(TrainingConfig.keys())}; common options: {', '.join(sorted(accepted))}")
+        super().__init__(**rest)
+        self.train_config = TrainingConfig(**{**self.training_defaults, **training})
         self.history = History()
+
+    def __getattr__(self, name: str):
+        # model.max_epochs, model.precise_bn, ... read the training configuration
+        config = self.__dict__.get("train_config")
+        if config is not None and name in config.keys():
+            return getattr(config, name)
+        return super().__getattr__(name)
 
     def configure_optimizers(self):
         raise NotImplementedError
 
-    def training_step(self, batch: dict) -> torch.Tensor:
+    def training_step(self, batch: dict, trainer) -> torch.Tensor | dict:
         raise NotImplementedError
 
+    def validation_step(self, batch: dict) -> torch.Tensor | dict:
+        """The loss on validation images, no optimizer step. Default (one optimizer): the training
+        loss. A model that steps its own optimizers must define it."""
+        if not self.automatic_optimization:
+            raise NotImplementedError(f"{self.name} steps its own optimizers (automatic_optimization=False): "
+                                      "define validation_step(batch) returning its loss(es) without stepping")
+        return self.training_step(batch, None)
+
+    def training_phases(self) -> list | None:
+        """Stages of training (`adlearn.train.Phase`), or None for one stage of ``train_config``'s length."""
+        return None
+
     def trainer(self, **options):
-        """The `adlearn.train.Trainer` that ``fit`` uses (``options`` override the model's)."""
+        """The `adlearn.train.Trainer` that ``fit`` uses. ``options``: training options overriding the
+        model's, and the trainer's own (``checkpoint_path=``, ``val_metric_fn=``, ``callbacks=``,
+        ``verbose=False``, ``restore_best=False``...)."""
         from adlearn.train import Trainer
 
-        settings = dict(max_epochs=self.max_epochs, max_steps=self.max_steps, patience=self.patience,
-                        val_metric=self.val_metric, gradient_clip_val=self.gradient_clip_val, amp=self.amp,
-                        seed=self.seed, batch_size=self.batch_size, precise_bn=self.precise_bn)
-        settings.update(options)
-        return Trainer(self, **settings)
+        options.setdefault("seed", self.seed)
+        options.setdefault("batch_size", self.batch_size)
+        return Trainer(self, self.train_config, **options)
 
     def fit(self, data, val_data=None, **options) -> "TrainedModel":
         """Train on ``data`` (Dataset of dict items, DataLoader or (N,3,H,W) tensor); returns self.
 
-        ``val_data`` (optional; or ``val_fraction`` of ``data``) enables validation after each epoch
-        and early stopping with ``patience``; ``options`` go to `adlearn.train.Trainer` (e.g. ``checkpoint_path=``,
-        ``val_metric_fn=``, ``callbacks=``, ``verbose=False``).
+        ``val_data`` (optional; or ``val_fraction`` of ``data`` held out) enables validation after
+        each epoch and early stopping with ``patience``; ``options`` go to `trainer`.
         """
-        if val_data is None and self.val_fraction > 0:
-            from adlearn.train import SyntheticAnomalies, hold_out
-
-            data, val_data = hold_out(data, self.val_fraction, seed=self.seed)
-            if self.val_anomalies == "synthetic":
-                val_data = SyntheticAnomalies(val_data, seed=self.seed)
         trainer = self.trainer(**options)
+        config = trainer.config
+        if val_data is None and config.val_fraction > 0:
+            from adlearn.data import SyntheticAnomalies, hold_out
+
+            data, val_data = hold_out(data, config.val_fraction, seed=self.seed)
+            if config.val_anomalies == "synthetic":
+                val_data = SyntheticAnomalies(val_data, seed=self.seed)
         self.history = trainer.history          # filled in as training goes (also on Ctrl-C)
         trainer.fit(data, val_data)
         return self

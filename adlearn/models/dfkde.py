@@ -43,6 +43,8 @@ from adlearn.models.base import MemoryBankModel, Prediction, register
 
 @register("dfkde")
 class Dfkde(MemoryBankModel):
+    presets = {"cpu": {"backbone": "efficientnet_lite0"}}   # offline ImageNet weights, 256 px
+
     task = "classification"
 
     def __init__(self, backbone: str = "resnet18", layers: tuple[str, ...] = ("layer4",), pretrained: str = "auto",

@@ -57,6 +57,8 @@ SCORE_TYPES = ("fre", "nll")
 
 @register("dfm")
 class Dfm(MemoryBankModel):
+    presets = {"cpu": {"backbone": "efficientnet_lite0"}}   # offline ImageNet weights, 256 px
+
     def __init__(self, backbone: str = "resnet50", layer: str = "layer3", pretrained: str = "auto",
                  pooling_kernel_size: int = 4, pca_level: float = 0.97, score_type: str = "fre",
                  image_size: int = 256, center_crop: int | None = None, device: str = "auto", seed: int = 0,

@@ -144,19 +144,18 @@ def fastflow_anomaly_map(hidden_variables: list[torch.Tensor], image_size: tuple
 
 @register("fastflow")
 class Fastflow(TrainedModel):
+    # The paper's training (500 epochs, early stopping patience 3).
+    training_defaults = {"max_epochs": 500, "patience": 3}
+    presets = {"cpu": {"backbone": "efficientnet_lite2", "layers": ("layer2", "layer3", "layer4"),
+                       "conv3x3_only": True, "batch_size": 8, "val_fraction": 0.2, "val_anomalies": "synthetic"}}
+
     def __init__(self, backbone: str = "resnet18", layers: tuple[str, ...] = ("layer1", "layer2", "layer3"),
                  pretrained: str = "auto", flow_steps: int = 8, conv3x3_only: bool = False,
                  hidden_ratio: float = 1.0, lr: float = 1e-3, weight_decay: float = 1e-5,
-                 max_epochs: int | None = 500, max_steps: int | None = None, patience: int | None = 3,
-                 val_metric: str = "auto", val_fraction: float = 0.0, val_anomalies: str = "none",
-                 gradient_clip_val: float = 0.0,
-                 amp: bool | str = "auto", image_size: int = 256, center_crop: int | None = None,
-                 device: str = "auto", seed: int = 0, batch_size: int = 32):
-        super().__init__(max_epochs=max_epochs, max_steps=max_steps, patience=patience, val_metric=val_metric,
-                         val_fraction=val_fraction, val_anomalies=val_anomalies,
-                         gradient_clip_val=gradient_clip_val, amp=amp,
-                         image_size=image_size, center_crop=center_crop, device=device, seed=seed,
-                         batch_size=batch_size)
+                 image_size: int = 256, center_crop: int | None = None, device: str = "auto", seed: int = 0,
+                 batch_size: int = 32, **training):
+        super().__init__(image_size=image_size, center_crop=center_crop, device=device, seed=seed,
+                         batch_size=batch_size, **training)
         self.save_hyperparameters()
         if flow_steps < 1:
             raise ValueError(f"flow_steps must be >= 1, got {flow_steps}")
@@ -206,7 +205,7 @@ class Fastflow(TrainedModel):
         return torch.optim.Adam(trainable, lr=self.lr, weight_decay=self.weight_decay), None
 
     # Step 3
-    def training_step(self, batch: dict) -> torch.Tensor:
+    def training_step(self, batch: dict, trainer=None) -> torch.Tensor:
         hidden_variables, log_jacobians = self.flow_forward(self.normalized_features(batch["image"]))
         return fastflow_loss(hidden_variables, log_jacobians)
 

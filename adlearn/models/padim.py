@@ -37,6 +37,8 @@ DEFAULT_N_FEATURES = {"resnet18": 100, "wide_resnet50_2": 550, "efficientnet_lit
 
 @register("padim")
 class Padim(MemoryBankModel):
+    presets = {"cpu": {"backbone": "efficientnet_lite0"}}   # offline ImageNet weights, 256 px
+
     def __init__(self, backbone: str = "resnet18", layers: tuple[str, ...] = ("layer1", "layer2", "layer3"),
                  pretrained: str = "auto", n_features: int | None = None, blur_sigma: float = 4.0,
                  image_size: int = 256, center_crop: int | None = None, device: str = "auto",

@@ -42,8 +42,9 @@ to ``blocks.2/blocks.4`` (same strides 8 and 16).
 
 Differences from anomalib, and why:
 
-* The default transform center-crops (resize 256, crop 224), as the paper and anomalib v1 do;
-  anomalib 2.7's default pre-processor only resizes. ``center_crop=None`` gives that behaviour.
+* The default transform only resizes (as anomalib 2.7's pre-processor does): on real data the
+  paper's center crop (resize 256, crop 224, as anomalib v1) localised worse. ``preset="paper"``
+  (or ``center_crop="auto"``) restores the crop.
 * The coreset comes from our `KCenterGreedy`: the same greedy rule, but its random start point is
   part of the coreset and the random projection is skipped when it would widen the features
   (lite0's 152 channels), and it prunes distance updates with the triangle inequality on CPU.
@@ -68,10 +69,14 @@ from adlearn.models.common import concat_upsampled, resolve_center_crop, upsampl
 
 @register("patchcore")
 class Patchcore(MemoryBankModel):
+    # The paper's transform center-crops (resize 256, crop 224); resizing only localises better on
+    # real data (docs/benchmarks.md), so it is the default and the crop is one preset away.
+    presets = {"paper": {"center_crop": "auto"}, "cpu": {"backbone": "efficientnet_lite0"}}
+
     def __init__(self, backbone: str = "wide_resnet50_2", layers: tuple[str, ...] = ("layer2", "layer3"),
                  pretrained: str = "auto", coreset_sampling_ratio: float = 0.1, num_neighbors: int = 9,
                  blur_sigma: float = 4.0, half_precision_search: bool = False, image_size: int = 256,
-                 center_crop: int | str | None = "auto", device: str = "auto", seed: int = 0, batch_size: int = 32):
+                 center_crop: int | str | None = None, device: str = "auto", seed: int = 0, batch_size: int = 32):
         if not 0 < coreset_sampling_ratio <= 1:
             raise ValueError(f"coreset_sampling_ratio={coreset_sampling_ratio} must be in (0, 1]: it is the "
                              "share of training patches kept in the memory bank (0.1 = 10 %)")

@@ -162,23 +162,21 @@ def reverse_distillation_map(encoder_features: list[torch.Tensor], decoder_featu
 # ----------------------------------------------------------------------------- the model
 @register("reverse_distillation")
 class ReverseDistillation(TrainedModel):
+    # The reference's training (200 epochs, early stopping patience 3); precise_bn is our addition.
+    training_defaults = {"max_epochs": 200, "patience": 3, "precise_bn": True}
+    presets = {"cpu": {"backbone": "efficientnet_lite0", "val_fraction": 0.2, "max_epochs": 20}}
+
     def __init__(self, backbone: str = "wide_resnet50_2", layers: tuple[str, ...] = ("layer1", "layer2", "layer3"),
                  pretrained: str = "auto", anomaly_map_mode: str = "add", blocks_per_stage: int = 2,
                  blur_sigma: float = 4.0, lr: float = 0.005, betas: tuple[float, float] = (0.5, 0.99),
-                 max_epochs: int | None = 200, max_steps: int | None = None, patience: int | None = 3,
-                 val_metric: str = "auto", val_fraction: float = 0.0, val_anomalies: str = "none",
-                 gradient_clip_val: float = 0.0, precise_bn: bool = True, amp: bool | str = "auto",
                  image_size: int = 256, center_crop: int | None = None, device: str = "auto", seed: int = 0,
-                 batch_size: int = 32):
+                 batch_size: int = 32, **training):
         if anomaly_map_mode not in ANOMALY_MAP_MODES:
             raise ValueError(f"anomaly_map_mode must be one of {ANOMALY_MAP_MODES}, got {anomaly_map_mode!r}")
         if len(layers) != 3:
             raise ValueError(f"Reverse Distillation fuses exactly three encoder layers (strides 4, 8, 16), got {layers}")
-        super().__init__(max_epochs=max_epochs, max_steps=max_steps, patience=patience, val_metric=val_metric,
-                         val_fraction=val_fraction, val_anomalies=val_anomalies,
-                         gradient_clip_val=gradient_clip_val, amp=amp, precise_bn=precise_bn,
-                         image_size=image_size, center_crop=center_crop, device=device, seed=seed,
-                         batch_size=batch_size)
+        super().__init__(image_size=image_size, center_crop=center_crop, device=device, seed=seed,
+                         batch_size=batch_size, **training)
         self.save_hyperparameters()
         if any(side % 32 for side in self.input_size):
             raise ValueError(f"Reverse Distillation needs an input size divisible by 32 (the embedding has stride 32 "
@@ -207,7 +205,7 @@ class ReverseDistillation(TrainedModel):
         parameters = list(self.bottleneck.parameters()) + list(self.decoder.parameters())
         return torch.optim.Adam(parameters, lr=self.lr, betas=self.betas), None
 
-    def training_step(self, batch: dict) -> torch.Tensor:
+    def training_step(self, batch: dict, trainer=None) -> torch.Tensor:
         encoded, decoded = self.features(batch["image"])
         return reverse_distillation_loss(encoded, decoded)
 

@@ -82,18 +82,16 @@ def stfpm_anomaly_map(teacher_features: list[torch.Tensor], student_features: li
 
 @register("stfpm")
 class Stfpm(TrainedModel):
+    # The paper's training (Sec. 4.1); precise_bn is our addition (see the docstring).
+    training_defaults = {"max_epochs": 100, "patience": 5, "precise_bn": True}
+    presets = {"cpu": {"backbone": "efficientnet_lite0", "val_fraction": 0.2, "max_epochs": 25}}
+
     def __init__(self, backbone: str = "resnet18", layers: tuple[str, ...] = ("layer1", "layer2", "layer3"),
                  pretrained: str = "auto", lr: float = 0.4, momentum: float = 0.9, weight_decay: float = 1e-3,
-                 max_epochs: int | None = 100, max_steps: int | None = None, patience: int | None = 5,
-                 val_metric: str = "auto", val_fraction: float = 0.0, val_anomalies: str = "none",
-                 gradient_clip_val: float = 0.0, precise_bn: bool = True,
-                 amp: bool | str = "auto", image_size: int = 256, center_crop: int | None = None,
-                 device: str = "auto", seed: int = 0, batch_size: int = 32):
-        super().__init__(max_epochs=max_epochs, max_steps=max_steps, patience=patience, val_metric=val_metric,
-                         val_fraction=val_fraction, val_anomalies=val_anomalies,
-                         gradient_clip_val=gradient_clip_val, amp=amp, precise_bn=precise_bn,
-                         image_size=image_size, center_crop=center_crop, device=device, seed=seed,
-                         batch_size=batch_size)
+                 image_size: int = 256, center_crop: int | None = None, device: str = "auto", seed: int = 0,
+                 batch_size: int = 32, **training):
+        super().__init__(image_size=image_size, center_crop=center_crop, device=device, seed=seed,
+                         batch_size=batch_size, **training)
         self.save_hyperparameters()
         self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
         # Step 1: the frozen teacher, and a student of the same shape with random weights.
@@ -111,7 +109,7 @@ class Stfpm(TrainedModel):
                                     dampening=0.0, weight_decay=self.weight_decay)
         return optimizer, None
 
-    def training_step(self, batch: dict) -> torch.Tensor:
+    def training_step(self, batch: dict, trainer=None) -> torch.Tensor:
         teacher, student = self.features(batch["image"])
         return stfpm_loss(teacher, student)
 
