@@ -42,6 +42,10 @@ _LAZY = {
     # base classes (A.9)
     "DynamicBufferMixin": "dynamic_buffer",
     "NotFittedError": "dynamic_buffer",
+    # convolutional blocks (trained encoders and decoders)
+    "BasicBlock": "blocks",
+    "conv_bn_relu": "blocks",
+    "residual_stage": "blocks",
     # nearest-neighbour search (used by memory-bank models)
     "NearestNeighbors": "nearest_neighbors",
 }

@@ -51,53 +51,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from adlearn.components import GaussianBlur2d, TimmFeatureExtractor
+from adlearn.components import GaussianBlur2d, TimmFeatureExtractor, conv_bn_relu, residual_stage
 from adlearn.models.base import Prediction, TrainedModel, register
 from adlearn.models.common import cosine_distance, prediction_from_map, upsample_map
 
 ANOMALY_MAP_MODES = ("add", "multiply")
-
-
-# ----------------------------------------------------------------------------- building blocks
-def conv_bn_relu(in_channels: int, out_channels: int, stride: int = 1) -> nn.Sequential:
-    """3×3 convolution (no bias: the batch norm has one), batch norm, ReLU."""
-    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False),
-                         nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True))
-
-
-class BasicBlock(nn.Module):
-    """ResNet's basic residual block: x + F(x), F = conv3×3-BN-ReLU-conv3×3-BN, then ReLU.
-
-    ``resample`` changes the resolution: "down" (stride-2 conv) in the bottleneck, "up" (2×2
-    transposed conv, stride 2) in the decoder; the shortcut then resamples too (1×1 conv / 2×2
-    transposed conv + BN) so that the two branches can be added.
-    (B, C_in, h, w) -> (B, C_out, h', w')
-    """
-
-    def __init__(self, in_channels: int, out_channels: int, resample: str | None = None):
-        super().__init__()
-        if resample == "up":
-            first = nn.ConvTranspose2d(in_channels, out_channels, 2, stride=2, bias=False)
-            shortcut = nn.ConvTranspose2d(in_channels, out_channels, 2, stride=2, bias=False)
-        else:
-            stride = 2 if resample == "down" else 1
-            first = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
-            shortcut = nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False)
-        self.residual = nn.Sequential(first, nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True),
-                                      nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
-                                      nn.BatchNorm2d(out_channels))
-        needs_projection = resample is not None or in_channels != out_channels
-        self.shortcut = nn.Sequential(shortcut, nn.BatchNorm2d(out_channels)) if needs_projection else nn.Identity()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(self.residual(x) + self.shortcut(x))
-
-
-def residual_stage(in_channels: int, out_channels: int, resample: str, blocks: int = 2) -> nn.Sequential:
-    """One resolution-changing block, then ``blocks - 1`` blocks at the new resolution."""
-    layers = [BasicBlock(in_channels, out_channels, resample)]
-    layers += [BasicBlock(out_channels, out_channels) for _ in range(blocks - 1)]
-    return nn.Sequential(*layers)
 
 
 # ----------------------------------------------------------------------------- step 2: OCBE
