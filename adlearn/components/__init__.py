@@ -14,6 +14,8 @@ _LAZY = {
     "TimmFeatureExtractor": "feature_extractors",
     "fold_batch_norms": "feature_extractors",
     "TorchFXFeatureExtractor": "feature_extractors",
+    "TransformerFeatureExtractor": "feature_extractors",
+    "is_transformer": "feature_extractors",
     "dryrun_find_featuremap_dims": "feature_extractors",
     # dimensionality reduction (A.2)
     "PCA": "pca",
