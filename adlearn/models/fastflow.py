@@ -69,7 +69,7 @@ from adlearn.components import (
 )
 from adlearn.components.flow import SequenceFlow, subnet_conv
 from adlearn.models.base import Prediction, TrainedModel, register
-from adlearn.models.common import prediction_from_map, upsample_map
+from adlearn.models.common import combine_layer_maps, prediction_from_map
 
 def build_flow(channels: int, height: int, width: int, flow_steps: int, conv3x3_only: bool,
                hidden_ratio: float, affine_clamping: float = 2.0) -> SequenceFlow:
@@ -93,11 +93,9 @@ def fastflow_loss(hidden_variables: list[torch.Tensor], log_jacobians: list[torc
 
 def fastflow_anomaly_map(hidden_variables: list[torch.Tensor], image_size: tuple[int, int]) -> torch.Tensor:
     """Step 4: mean over scales of upsampled −exp(−½ mean_c z²). -> (B, H, W), values in [−1, 0]"""
-    maps = []
-    for z in hidden_variables:                                       # (B, C, h, w)
-        likelihood = torch.exp(-0.5 * z.pow(2).mean(dim=1, keepdim=True))  # (B, 1, h, w)
-        maps.append(upsample_map(-likelihood, image_size))         # (B, 1, H, W)
-    return torch.cat(maps, dim=1).mean(dim=1)
+    layer_maps = [-torch.exp(-0.5 * z.pow(2).mean(dim=1, keepdim=True))  # (B, 1, h, w) per scale
+                  for z in hidden_variables]                                # z: (B, C, h, w)
+    return combine_layer_maps(layer_maps, image_size, "mean").squeeze(1)
 
 
 @register("fastflow")

@@ -53,7 +53,7 @@ from torch import nn
 
 from adlearn.components import GaussianBlur2d, TimmFeatureExtractor, conv_bn_relu, residual_stage
 from adlearn.models.base import Prediction, TrainedModel, register
-from adlearn.models.common import cosine_distance, prediction_from_map, upsample_map
+from adlearn.models.common import combine_layer_maps, cosine_distance, prediction_from_map
 
 ANOMALY_MAP_MODES = ("add", "multiply")
 
@@ -107,14 +107,8 @@ def reverse_distillation_loss(encoder_features: list[torch.Tensor],
 def reverse_distillation_map(encoder_features: list[torch.Tensor], decoder_features: list[torch.Tensor],
                              image_size: tuple[int, int], mode: str = "add") -> torch.Tensor:
     """Step 5 before the blur: per-layer 1 − cos maps, upsampled, added or multiplied. -> (B, 1, H, W)"""
-    anomaly_map = None
-    for encoded, decoded in zip(encoder_features, decoder_features):
-        layer_map = upsample_map(cosine_distance(encoded, decoded), image_size, align_corners=True)
-        if anomaly_map is None:
-            anomaly_map = layer_map
-        else:
-            anomaly_map = anomaly_map + layer_map if mode == "add" else anomaly_map * layer_map
-    return anomaly_map
+    layer_maps = [cosine_distance(e, d) for e, d in zip(encoder_features, decoder_features)]  # [(B, 1, h, w)]
+    return combine_layer_maps(layer_maps, image_size, mode, align_corners=True)
 
 
 # ----------------------------------------------------------------------------- the model

@@ -50,7 +50,7 @@ import torch
 
 from adlearn.components import TimmFeatureExtractor
 from adlearn.models.base import Prediction, TrainedModel, register
-from adlearn.models.common import cosine_distance, prediction_from_map, upsample_map
+from adlearn.models.common import combine_layer_maps, cosine_distance, prediction_from_map
 
 
 def normalized_difference(teacher: torch.Tensor, student: torch.Tensor) -> torch.Tensor:
@@ -73,11 +73,8 @@ def stfpm_loss(teacher_features: list[torch.Tensor], student_features: list[torc
 def stfpm_anomaly_map(teacher_features: list[torch.Tensor], student_features: list[torch.Tensor],
                       image_size: tuple[int, int]) -> torch.Tensor:
     """Step 4: product over layers of the upsampled ½‖t̂ − ŝ‖² maps. -> (B, H, W)"""
-    anomaly_map = None
-    for teacher, student in zip(teacher_features, student_features):
-        layer_map = upsample_map(normalized_difference(teacher, student), image_size)  # (B, 1, H, W)
-        anomaly_map = layer_map if anomaly_map is None else anomaly_map * layer_map
-    return anomaly_map.squeeze(1)
+    layer_maps = [normalized_difference(t, s) for t, s in zip(teacher_features, student_features)]  # [(B, 1, h, w)]
+    return combine_layer_maps(layer_maps, image_size, "multiply").squeeze(1)
 
 
 @register("stfpm")
