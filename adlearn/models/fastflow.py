@@ -140,7 +140,7 @@ class Fastflow(TrainedModel):
                                     for c, h, w in shapes])
 
     # Step 1
-    def normalized_features(self, images: torch.Tensor) -> list[torch.Tensor]:
+    def extract_features(self, images: torch.Tensor) -> list[torch.Tensor]:
         """[(B, C, h, w)] per scale: backbone features after the learnable LayerNorm, in float32."""
         features = self.feature_extractor(images).values()             # {layer: (B, C, h, w)}, CNN or transformer
         return [norm(feature.float()) for norm, feature in zip(self.norms, features)]
@@ -162,13 +162,15 @@ class Fastflow(TrainedModel):
 
     # Step 3
     def training_step(self, batch: dict) -> torch.Tensor:
-        hidden_variables, log_jacobians = self.flow_forward(self.normalized_features(batch["image"]))
+        hidden_variables, log_jacobians = self.flow_forward(self.extract_features(batch["image"]))
         return fastflow_loss(hidden_variables, log_jacobians)
 
     # Steps 4–5
     def anomaly_map(self, images: torch.Tensor) -> torch.Tensor:
-        hidden_variables, _ = self.flow_forward(self.normalized_features(images))
+        hidden_variables, _ = self.flow_forward(self.extract_features(images))
         return fastflow_anomaly_map(hidden_variables, images.shape[-2:])   # (B, H, W)
 
     def predict_step(self, images: torch.Tensor) -> Prediction:
         return prediction_from_map(self.anomaly_map(images))
+
+    normalized_features = extract_features   # the older name, used by notebooks/21_fastflow.ipynb

@@ -104,11 +104,14 @@ def reverse_distillation_loss(encoder_features: list[torch.Tensor],
     return loss
 
 
-def reverse_distillation_map(encoder_features: list[torch.Tensor], decoder_features: list[torch.Tensor],
+def reverse_distillation_anomaly_map(encoder_features: list[torch.Tensor], decoder_features: list[torch.Tensor],
                              image_size: tuple[int, int], mode: str = "add") -> torch.Tensor:
     """Step 5 before the blur: per-layer 1 − cos maps, upsampled, added or multiplied. -> (B, 1, H, W)"""
     layer_maps = [cosine_distance(e, d) for e, d in zip(encoder_features, decoder_features)]  # [(B, 1, h, w)]
     return combine_layer_maps(layer_maps, image_size, mode, align_corners=True)
+
+
+reverse_distillation_map = reverse_distillation_anomaly_map   # the older name, used by notebooks/22_*.ipynb
 
 
 # ----------------------------------------------------------------------------- the model
@@ -148,7 +151,7 @@ class ReverseDistillation(TrainedModel):
             module.to(memory_format=torch.channels_last)
         self.blur = GaussianBlur2d(sigma=blur_sigma, channels=1)
 
-    def features(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    def extract_features(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Steps 1–3: ([e_1, e_2, e_3], [d_1, d_2, d_3]), each (B, C_l, h_l, w_l)."""
         encoded = [e.contiguous(memory_format=torch.channels_last)   # no gradient: the teacher is frozen
                    for e in self.encoder(images).values()]
@@ -160,14 +163,16 @@ class ReverseDistillation(TrainedModel):
         return torch.optim.Adam(parameters, lr=self.lr, betas=self.betas), None
 
     def training_step(self, batch: dict) -> torch.Tensor:
-        encoded, decoded = self.features(batch["image"])
+        encoded, decoded = self.extract_features(batch["image"])
         return reverse_distillation_loss(encoded, decoded)
 
     def anomaly_map(self, images: torch.Tensor) -> torch.Tensor:
-        encoded, decoded = self.features(images)
+        encoded, decoded = self.extract_features(images)
         encoded, decoded = [e.float() for e in encoded], [d.float() for d in decoded]
-        anomaly_map = reverse_distillation_map(encoded, decoded, images.shape[-2:], self.anomaly_map_mode)
+        anomaly_map = reverse_distillation_anomaly_map(encoded, decoded, images.shape[-2:], self.anomaly_map_mode)
         return self.blur(anomaly_map).squeeze(1)                                 # (B, H, W)
 
     def predict_step(self, images: torch.Tensor) -> Prediction:
         return prediction_from_map(self.anomaly_map(images))                    # image score = max
+
+    features = extract_features   # the older name, used by notebooks/22_reverse_distillation.ipynb

@@ -97,7 +97,7 @@ class Stfpm(TrainedModel):
         self.teacher = TimmFeatureExtractor(backbone, list(layers), pre_trained=pretrained)
         self.student = TimmFeatureExtractor(backbone, list(layers), pre_trained="none", requires_grad=True)
 
-    def features(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    def extract_features(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Step 1: ([t_1, t_2, t_3], [s_1, s_2, s_3]), each (B, C_l, h_l, w_l)."""
         teacher = list(self.teacher(images).values())       # no gradient: the teacher is frozen
         student = list(self.student(images).values())
@@ -109,7 +109,7 @@ class Stfpm(TrainedModel):
         return optimizer, None
 
     def training_step(self, batch: dict) -> torch.Tensor:
-        teacher, student = self.features(batch["image"])
+        teacher, student = self.extract_features(batch["image"])
         return stfpm_loss(teacher, student)
 
     def batch_norm_forward(self, batch: dict) -> None:
@@ -117,10 +117,12 @@ class Stfpm(TrainedModel):
         self.student(batch["image"])
 
     def anomaly_map(self, images: torch.Tensor) -> torch.Tensor:
-        teacher, student = self.features(images)
+        teacher, student = self.extract_features(images)
         # The product of small numbers: compute it in float32 even under autocast.
         teacher, student = [t.float() for t in teacher], [s.float() for s in student]
         return stfpm_anomaly_map(teacher, student, images.shape[-2:])  # (B, H, W)
 
     def predict_step(self, images: torch.Tensor) -> Prediction:
         return prediction_from_map(self.anomaly_map(images))           # image score = max (step 5)
+
+    features = extract_features   # the older name, used by notebooks/20_stfpm.ipynb
