@@ -46,7 +46,7 @@ Deliberate deviations from anomalib's reference:
     has a few hundred centres; early on, when most points are candidates, one dense matvec is
     used instead) get a distance, with the same expansion formula. A step then
     costs O(#centres · d + N + #candidates · d) instead of O(N · d) memory traffic; the many
-    small ops run on one thread (see `_single_cpu_thread`). It needs a host sync per step (the
+    small ops run on one CPU thread (`adlearn.utils.one_cpu_thread`). It needs a host sync per step (the
     candidate count), so accelerators use "dense".
 
   Both methods pick the same points as a brute-force greedy up to floating-point ties
@@ -55,12 +55,12 @@ Deliberate deviations from anomalib's reference:
 
 from __future__ import annotations
 
-import contextlib
 import warnings
 
 import torch
 
 from adlearn.components.random_projection import SparseRandomProjection, johnson_lindenstrauss_min_dim
+from adlearn.utils import one_cpu_thread
 
 
 class KCenterGreedy:
@@ -242,7 +242,7 @@ class KCenterGreedy:
 
         selected: list[int] = []
         queue = preselected + [first]
-        with _single_cpu_thread(features.device):
+        with one_cpu_thread(features.device.type == "cpu"):
             for position in range(num_centers):
                 if position < len(queue):
                     index = queue[position]
@@ -290,25 +290,6 @@ class KCenterGreedy:
             ]) if rows.numel() else rows.new_empty(0, dtype=self.features.dtype)
         squared.add_(center_sq)
         return squared.masked_fill_(squared < self._noise_floor, 0.0).sqrt_()
-
-
-@contextlib.contextmanager
-def _single_cpu_thread(device: torch.device):
-    """Run the pruned loop's many *small* CPU ops on one thread.
-
-    Each step touches only a few hundred rows, so thread start/join overhead outweighs the work;
-    on a shared 2-core machine two threads were measured 5× slower than one. (torch's thread
-    count is process-wide; it is restored afterwards.)
-    """
-    if device.type != "cpu":
-        yield
-        return
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def coverage_radius(embedding: torch.Tensor, idxs, chunk_rows: int = 4096) -> float:
