@@ -1,7 +1,10 @@
-"""FastFlow — unsupervised anomaly detection with 2-D normalizing flows (Yu et al., 2021, arXiv:2111.07677).
+"""FastFlow — unsupervised anomaly detection and localization via 2-D normalizing flows (Yu et al., 2021,
+arXiv:2111.07677). Reference implementation: ``anomalib.models.image.fastflow`` (``torch_model``,
+``loss``, ``anomaly_map``).
 
 Idea: a normalizing flow f is an invertible network that maps features x to z = f(x) with a cheap
-Jacobian determinant, so the exact likelihood of x under a standard normal prior on z is known:
+Jacobian determinant, so the exact likelihood of x under a standard normal prior on z is known
+(the change-of-variables formula the paper starts from, Sec. 3):
 
     log p(x) = log N(f(x); 0, I) + log |det ∂f/∂x|
              = −½‖z‖² − (d/2)·log 2π + log |det J|
@@ -11,12 +14,13 @@ Gaussian; features of a defect land far out (large ‖z‖²) and get a low like
 the feature maps 2-D — the flow's coupling subnets are convolutions, so every position's z sees its
 neighbourhood — which is what makes it fast and good at localisation.
 
-The steps, in the order of the paper (MODELS.md B.9):
+The steps, in the order of the paper (Sec. 3, "Feature Extractor" then "2D Flow Model"):
 
 1. A frozen ImageNet backbone gives three maps (CNNs: stages of stride 4, 8, 16 = ``layer1..3``),
    each followed by a **learnable** ``LayerNorm([C, h, w])`` (normalises over channels *and*
    positions, with a per-position gain and bias). Transformers (CaiT, DeiT) give one map of
-   stride 16 from an intermediate block, already layer-normalised by the backbone.
+   stride 16 from an intermediate block, already layer-normalised by the backbone
+   (`adlearn.components.TransformerFeatureExtractor`).
 2. One 2-D flow per scale: ``flow_steps`` `AllInOneBlock`s (affine coupling + global affine +
    channel permutation, clamp α = 2). Each coupling subnet is Conv(k) → ReLU → Conv(k) with
    int(C₁·hidden_ratio) hidden channels; k alternates 3, 1, 3, 1... (3×3 only if ``conv3x3_only``).
@@ -27,32 +31,31 @@ The steps, in the order of the paper (MODELS.md B.9):
    Adam(lr 1e-3, weight decay 1e-5) on the flows and the LayerNorms (the backbone stays frozen).
 4. Anomaly map: per scale and position the likelihood p = exp(−½ mean_c z²); the map is −p
    (in [−1, 0], higher = more anomalous), bilinearly upsampled to the image size and averaged
-   over the scales.
+   over the scales (`adlearn.models.common.combine_layer_maps`, mode "mean").
 5. Image score = the map's maximum.
 
-Defaults (MODELS.md B.9): backbone ``resnet18`` (timm hub weights), ``flow_steps`` 8,
+Defaults (the reference's): backbone ``resnet18`` (timm hub weights), ``flow_steps`` 8,
 ``conv3x3_only`` False, ``hidden_ratio`` 1.0, 500 epochs with early-stopping patience 3 (used when
 ``fit`` gets ``val_data``), batch size 32, no gradient clipping. Backbones: ``resnet18``,
-``wide_resnet50_2``, ``efficientnet_lite0`` (packaged offline weights: ``blocks.1/2/4``) or any timm CNN
-with stride-4/8/16 stages; transformers ``cait_m48_448`` (blocks 1–41, 448 px) and
+``wide_resnet50_2``, ``efficientnet_lite0/1/2`` (packaged offline weights: layers 1–3 = ``blocks.1/2/4``)
+or any timm CNN with stride-4/8/16 stages; transformers ``cait_m48_448`` (blocks 1–41, 448 px) and
 ``deit_base_distilled_patch16_384`` (blocks 1–8, 384 px) — other ``cait*``/``deit*`` models use the
 same fraction of their depth. Their weights come from the timm hub; offline, `load_backbone` raises
 a `PretrainedWeightsError` that names the alternatives.
 
 With the offline backbones: efficientnet_lite0's stride-4 stage has only 24 channels (ResNet-18's
-has 64) and that scale's flow localises poorly (real bottle: pixel AUROC 0.78 alone, 0.936 for the
-three-scale mean). Take the next three stages instead, ``layers=("layer2", "layer3", "layer4")``
-(strides 8, 16, 32), with ``conv3x3_only=True`` (the setting public FastFlow reproductions use for
-ResNet-18-sized backbones). Early stopping without labels: ``val_fraction=0.2,
-val_anomalies="synthetic"`` holds out 20 % of the training images and scores the pixel AUROC of
-Perlin-noise defects pasted into half of them. On real bottle (256 px, batch 8, patience 3) the
-offline ``efficientnet_lite2`` (wider and deeper than lite0, also packaged) gives image AUROC ≥ 0.999
-and pixel AUROC 0.957–0.967 over seeds 0–2; lite0 gives 0.929–0.957 (docs/benchmarks.md).
+has 64) and that scale's flow localises poorly. Take the next three stages instead,
+``layers=("layer2", "layer3", "layer4")`` (strides 8, 16, 32), with ``conv3x3_only=True`` (the setting
+public FastFlow reproductions use for ResNet-18-sized backbones); ``efficientnet_lite2`` (wider and
+deeper than lite0, also packaged) localises best. Early stopping without labels:
+``val_fraction=0.2, val_anomalies="synthetic"`` holds out 20 % of the training images and scores the
+pixel AUROC of Perlin-noise defects pasted into half of them. Per-scale scores and the real-bottle
+results of these recipes: docs/benchmarks.md ("FastFlow").
 
-Deviations: early stopping only on a validation set the caller passes or holds out (the reference
-monitors the *test* set's pixel AUROC); we accept any timm CNN rather than a fixed list; under mixed precision
-(CUDA) the backbone runs in bf16/fp16 but the flows and the loss stay in float32, because the
-log-determinant sums thousands of small terms that a 16-bit mantissa would swamp.
+Deliberate differences: early stopping only on a validation set the caller passes or holds out (the
+reference monitors the *test* set's pixel AUROC); we accept any timm CNN rather than a fixed list;
+under mixed precision (CUDA) the backbone runs in bf16/fp16 but the flows and the loss stay in
+float32, because the log-determinant sums thousands of small terms that a 16-bit mantissa would swamp.
 """
 
 from __future__ import annotations

@@ -1,23 +1,27 @@
-"""PaDiM — a Patch Distribution Modeling framework (Defard et al., 2020, arXiv:2011.08785).
+"""PaDiM — a Patch Distribution Modeling framework for anomaly detection and localization (Defard et al.,
+2020, arXiv:2011.08785). Reference implementation: ``anomalib.models.image.padim``
+(``torch_model``, ``anomaly_map``).
 
 Idea: a pretrained CNN describes every image patch with a feature vector. For each patch
 *position* (i, j), the normal training images give a cloud of such vectors; PaDiM fits one
 multivariate Gaussian N(μ_ij, Σ_ij) per position. A test patch is anomalous when it lies far from its
 position's Gaussian, measured by the Mahalanobis distance
 
-    M(x_ij) = sqrt( (x_ij − μ_ij)ᵀ Σ_ij⁻¹ (x_ij − μ_ij) ),      Σ_ij = Cov + 0.01·I
+    Σ_ij = 1/(N−1) Σ_k (x_ij^k − μ_ij)(x_ij^k − μ_ij)ᵀ + ε·I,  ε = 0.01      (Sec. 3.2, Eq. 1)
+    M(x_ij) = sqrt( (x_ij − μ_ij)ᵀ Σ_ij⁻¹ (x_ij − μ_ij) )                  (Sec. 3.3, Eq. 2)
 
 The steps, in the order of the paper:
 
-1. Extract three feature maps (``layer1..layer3``) from a frozen ImageNet CNN.
+1. Extract three feature maps (``layer1..layer3``) from a frozen ImageNet CNN (Sec. 3.1).
 2. Upsample the coarser maps to the finest one's size (nearest) and concatenate the channels:
    every position gets one embedding vector (448-D for resnet18, 1792-D for wide_resnet50_2).
-3. Keep a fixed random subset of ``n_features`` channels (the paper shows this works as well as PCA).
+3. Keep a fixed random subset of ``n_features`` channels (the paper's experiments find this random
+   reduction works as well as PCA, for less work).
 4. Fit: one Gaussian per position over all training images (`MultiVariateGaussian`).
 5. Predict: Mahalanobis distance per position → (B, h, w) map, bilinearly upsampled to the image
    size, smoothed with a Gaussian blur σ = 4; the image score is the map's maximum.
 
-Defaults (MODELS.md B.11, seed 004): backbone ``resnet18``, layers ``layer1..layer3``,
+Defaults (the reference's): backbone ``resnet18``, layers ``layer1..layer3``,
 ``n_features`` 100 for resnet18 and 550 for wide_resnet50_2 (the paper's values). We add a default of
 100 for ``efficientnet_lite0`` (whose layers 1–3 map to ``blocks.1/2/4``: 24 + 40 + 112 = 176
 channels), the offline backbone used by tests and smoke runs. No optimizer: one pass over the data.

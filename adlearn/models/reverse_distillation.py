@@ -1,5 +1,7 @@
 """Reverse Distillation — anomaly detection via reverse distillation from a one-class embedding
-(Deng & Li, CVPR 2022, arXiv:2201.10703).
+(Deng & Li, CVPR 2022, arXiv:2201.10703). Reference implementation:
+``anomalib.models.image.reverse_distillation`` (``torch_model``, ``loss``, ``anomaly_map``,
+``components.bottleneck``, ``components.de_resnet``).
 
 Idea: in STFPM the student sees the *image* and copies the teacher's features, so it can also copy
 them on a defect it never saw, if the defect resembles something normal. Reverse distillation makes
@@ -8,41 +10,45 @@ the student's task harder in a useful way: the student is a **decoder** that see
 on normal images only, so it has no words for a defect: the rebuilt features are "what a normal
 image would look like here", and they disagree with the teacher's where the image is defective.
 
-The steps, in the order of the paper (MODELS.md B.13):
+The steps, in the order of the paper (Sec. 3):
 
 1. Teacher encoder E (ImageNet weights, frozen, eval mode): ``layer1..layer3`` give e_1, e_2, e_3,
    (B, C_l, h_l, w_l) at strides 4, 8, 16.
-2. One-class bottleneck embedding (OCBE). *Multi-scale feature fusion*: e_1 goes through two
-   stride-2 3×3 conv+BN+ReLU (C_1 → C_2 → C_3), e_2 through one (C_2 → C_3), both now at e_3's
+2. One-class bottleneck embedding, OCBE (Sec. 3.2). *Multi-scale feature fusion*: e_1 goes through
+   two stride-2 3×3 conv+BN+ReLU (C_1 → C_2 → C_3), e_2 through one (C_2 → C_3), both now at e_3's
    stride; the three are concatenated (3·C_3 channels) and *one-class embedding*: one residual
-   stage with stride 2 compresses them to φ, (B, 2·C_3, h_3/2, w_3/2).
-3. Student decoder D: a mirrored ResNet ("de-ResNet") whose stages upsample φ with 2×2 transposed
-   convolutions into d_3, d_2, d_1, shaped exactly like e_3, e_2, e_1.
-4. Loss (the reference code's cosine on *flattened* maps, RD4AD issue #22), summed over the layers:
+   stage with stride 2 compresses them to φ, (B, 2·C_3, h_3/2, w_3/2). The blocks are
+   `adlearn.components.conv_bn_relu` and `adlearn.components.residual_stage`.
+3. Student decoder D (Sec. 3.1): a mirrored ResNet ("de-ResNet") whose stages upsample φ with 2×2
+   transposed convolutions into d_3, d_2, d_1, shaped exactly like e_3, e_2, e_1.
+4. Loss. The paper (Eqs. 1–2) averages the per-position 1 − cos(e_l(h, w), d_l(h, w)) over each map;
+   the reference code — and this module — take the cosine of the *flattened* maps instead (RD4AD
+   issue #22), summed over the layers:
 
        L = Σ_l  mean_b [ 1 − cos( vec(e_l[b]), vec(d_l[b]) ) ]
 
    Adam(lr 0.005, betas (0.5, 0.99)) on the bottleneck and the decoder; the teacher never changes.
-5. Anomaly map: per layer and position M_l = 1 − cos(e_l, d_l) along the channels, bilinearly
-   upsampled (align_corners=True) to the image size, **added** over the layers (``"multiply"`` is
-   the other mode), smoothed with a Gaussian blur σ = 4. Image score = the map's maximum.
+5. Anomaly map (Sec. 3.3, Eq. 3): per layer and position M_l = 1 − cos(e_l, d_l) along the channels,
+   bilinearly upsampled (align_corners=True) to the image size, **added** over the layers
+   (``"multiply"`` is the other mode; `adlearn.models.common.combine_layer_maps`), smoothed with a
+   Gaussian blur σ = 4. Image score = the map's maximum.
 
-Defaults (MODELS.md B.13): backbone ``wide_resnet50_2`` (timm hub weights), layers
+Defaults (the reference's): backbone ``wide_resnet50_2`` (timm hub weights), layers
 ``layer1..layer3``, ``anomaly_map_mode="add"`` (the Lightning default; the map generator's own default
 is "multiply" — the Lightning value is the one passed through), 200 epochs with early-stopping
 patience 3 (used when ``fit`` gets ``val_data``), no gradient clipping. ``efficientnet_lite0``
 (packaged offline weights, layers 1–3 = ``blocks.1/2/4``: 24, 40, 112 channels) is what tests and
 smoke runs use.
 
-Deviations: (a) one residual block type for every backbone — the *basic* block (two 3×3 convs), two
-per stage, as the reference uses for ResNet-18/34; for the ResNet-50 family the reference uses its
-bottleneck blocks (three in the OCBE stage, a de-ResNet-50 decoder), so parameter counts differ
-there. (b) ``precise_bn=True`` (see STFPM and `adlearn.train`): the bottleneck's and decoder's batch
-norms get statistics re-estimated for their current weights before validation and at the end. It
-matters most early (real bottle, lite0, seed 0: test pixel AUROC after epoch 1 0.44 with the
-statistics training leaves, 0.88 re-estimated) and little later (epoch 8: 0.960 and 0.963).
+Deliberate differences: (a) one residual block type for every backbone — the *basic* block (two 3×3
+convs), two per stage, as the reference uses for ResNet-18/34; for the ResNet-50 family the reference
+uses its bottleneck blocks (three in the OCBE stage, a de-ResNet-50 decoder), so parameter counts
+differ there. (b) ``precise_bn=True`` (see STFPM and `adlearn.train`): the bottleneck's and decoder's
+batch norms get statistics re-estimated for their current weights before validation and at the end;
+it matters most in the first epochs (docs/benchmarks.md, "Reverse Distillation on the real bottle").
 (c) Early stopping only on a validation set the caller passes or holds out (``val_fraction``); the
-reference watches the test set.
+reference watches the test set. (d) The bottleneck and decoder are kept in the channels-last memory
+layout (speed only, same numbers up to rounding).
 """
 
 from __future__ import annotations
@@ -146,7 +152,7 @@ class ReverseDistillation(TrainedModel):
         # Steps 2-3: what is trained.
         self.bottleneck = OneClassBottleneck(channels, blocks_per_stage)
         self.decoder = ReverseDecoder(channels, blocks_per_stage)
-        # Channels-last convolutions train 14 % faster on the CPU here (resnet18, batch 32, one thread).
+        # Channels-last convolutions train faster on a CPU (speed only: docs/benchmarks.md).
         for module in (self.bottleneck, self.decoder):
             module.to(memory_format=torch.channels_last)
         self.blur = GaussianBlur2d(sigma=blur_sigma, channels=1)
