@@ -1,4 +1,5 @@
-"""`DynamicBufferMixin`: buffers whose size is only known after fitting (MODELS.md A.9).
+"""`DynamicBufferMixin`: buffers whose size is only known after fitting 
+(reference: ``anomalib.models.components.base.DynamicBufferMixin``).
 
 A memory bank or a fitted statistic starts as an empty tensor. When a checkpoint is loaded, each
 registered buffer is first resized to the checkpoint's shape, then filled — so a fresh, unfitted

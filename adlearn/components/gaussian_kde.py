@@ -1,4 +1,5 @@
-"""`GaussianKDE`: Gaussian kernel density estimation (MODELS.md A.8.1).
+"""`GaussianKDE`: Gaussian kernel density estimation 
+(reference: ``anomalib.models.components.stats.GaussianKDE``).
 
 Idea
 ----

@@ -1,4 +1,5 @@
-"""`GaussianMixture`: a mixture of full-covariance Gaussians fitted by EM (MODELS.md A.7.1).
+"""`GaussianMixture`: a mixture of full-covariance Gaussians fitted by EM 
+(reference: ``anomalib.models.components.cluster.GaussianMixture``).
 
 Idea
 ----
