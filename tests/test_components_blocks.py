@@ -19,7 +19,8 @@ def zero_residual_branch(block: BasicBlock) -> None:
         last_norm.bias.zero_()
 
 
-@pytest.mark.parametrize("stride, kernel_size, size, expected", [(1, 3, 9, 9), (2, 3, 9, 5), (2, 3, 8, 4), (1, 1, 7, 7)])
+@pytest.mark.parametrize("stride, kernel_size, size, expected",
+                         [(1, 3, 9, 9), (2, 3, 9, 5), (2, 3, 8, 4), (1, 1, 7, 7)])
 def test_conv_bn_relu_shapes(stride, kernel_size, size, expected):
     block = conv_bn_relu(3, 5, stride=stride, kernel_size=kernel_size)
     out = block(torch.randn(2, 3, size, size))

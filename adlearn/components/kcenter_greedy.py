@@ -44,8 +44,8 @@ Deliberate deviations from anomalib's reference:
     has a few hundred centres; early on, when most points are candidates, one dense matvec is
     used instead) get a distance, with the same expansion formula. A step then
     costs O(#centres · d + N + #candidates · d) instead of O(N · d) memory traffic; the many
-    small ops run on one CPU thread (`adlearn.utils.one_cpu_thread`). It needs a host sync per step (the
-    candidate count), so accelerators use "dense".
+    small ops run on one CPU thread (`adlearn.utils.one_cpu_thread`). It needs a host sync per
+    step (the candidate count), so accelerators use "dense".
 
   Both methods pick the same points as a brute-force greedy up to floating-point ties
   (the reference tests check it). Measured speed-ups: see benchmarks/bench_kcenter_greedy.py.

@@ -55,7 +55,8 @@ from adlearn.components.pca import PCA
 
 __all__ = ["FeatureScalingMethod", "KDEClassifier", "THRESHOLD_STEEPNESS", "THRESHOLD_OFFSET"]
 
-# The sigmoid that maps a log-density to a probability of being anomalous (early anomalib's threshold_steepness and threshold_offset).
+# The sigmoid that maps a log-density to a probability of being anomalous
+# (early anomalib's threshold_steepness and threshold_offset).
 THRESHOLD_STEEPNESS = 0.05
 THRESHOLD_OFFSET = 12.0
 
