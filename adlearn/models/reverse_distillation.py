@@ -169,7 +169,7 @@ class ReverseDistillation(TrainedModel):
         return torch.optim.Adam(parameters, lr=self.lr, betas=self.betas), None
 
     def training_step(self, batch: dict) -> torch.Tensor:
-        encoded, decoded = self.extract_features(batch["image"])
+        encoded, decoded = self.features(batch["image"])
         return reverse_distillation_loss(encoded, decoded)
 
     def anomaly_map(self, images: torch.Tensor) -> torch.Tensor:
