@@ -39,7 +39,9 @@ def run_one(checkout: Path, model: str, root: str, category: str, epochs: int, t
     code = CHILD.format(bench=str(BENCH_DIR), model=model, root=root, category=category, epochs=epochs,
                         threads=threads)
     env = dict(os.environ, PYTHONPATH=str(checkout), OMP_NUM_THREADS=str(threads))
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False)
+    # cwd = the checkout: ``python -c`` puts the working directory first on sys.path
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False,
+                          cwd=checkout)
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     if done.returncode or not lines:
         raise RuntimeError(f"{model} in {checkout} failed:\n{done.stderr[-3000:]}")
