@@ -6,7 +6,7 @@ stays cheap; ``from adlearn.components import PCA`` works as usual.
 
 from __future__ import annotations
 
-import importlib
+from adlearn._lazy import lazy_exports
 
 _LAZY = {
     # feature extractors (anomalib: components.feature_extractors)
@@ -53,15 +53,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        module = importlib.import_module(f"adlearn.components.{_LAZY[name]}")
-        return getattr(module, name)
-    raise AttributeError(f"module 'adlearn.components' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(_LAZY)
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)
 
 
 __all__ = sorted(_LAZY)

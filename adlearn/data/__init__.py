@@ -15,7 +15,7 @@ models nor timm; ``from adlearn.data import MVTecDataset`` works as usual.
 
 from __future__ import annotations
 
-import importlib
+from adlearn._lazy import lazy_exports
 
 _LAZY = {
     # errors
@@ -51,15 +51,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        module = importlib.import_module(f"adlearn.data.{_LAZY[name]}")
-        return getattr(module, name)
-    raise AttributeError(f"module 'adlearn.data' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(_LAZY)
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)
 
 
 __all__ = sorted(_LAZY)

@@ -164,7 +164,7 @@ class Fastflow(TrainedModel):
 
     # Step 3
     def training_step(self, batch: dict, trainer=None) -> torch.Tensor:
-        hidden_variables, log_jacobians = self.flow_forward(self.normalized_features(batch["image"]))
+        hidden_variables, log_jacobians = self.flow_forward(self.extract_features(batch["image"]))
         return fastflow_loss(hidden_variables, log_jacobians)
 
     # Steps 4–5

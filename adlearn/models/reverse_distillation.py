@@ -167,7 +167,7 @@ class ReverseDistillation(TrainedModel):
         return torch.optim.Adam(parameters, lr=self.lr, betas=self.betas), None
 
     def training_step(self, batch: dict, trainer=None) -> torch.Tensor:
-        encoded, decoded = self.features(batch["image"])
+        encoded, decoded = self.extract_features(batch["image"])
         return reverse_distillation_loss(encoded, decoded)
 
     def anomaly_map(self, images: torch.Tensor) -> torch.Tensor:

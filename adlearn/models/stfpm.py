@@ -108,7 +108,7 @@ class Stfpm(TrainedModel):
         return optimizer, None
 
     def training_step(self, batch: dict, trainer=None) -> torch.Tensor:
-        teacher, student = self.features(batch["image"])
+        teacher, student = self.extract_features(batch["image"])
         return stfpm_loss(teacher, student)
 
     def batch_norm_forward(self, batch: dict) -> None:

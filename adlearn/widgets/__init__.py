@@ -17,7 +17,7 @@ built, so ``import adlearn.widgets`` is cheap.
 
 from __future__ import annotations
 
-import importlib
+from adlearn._lazy import lazy_exports
 
 _LAZY = {
     # the shared view and helpers
@@ -52,15 +52,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        module = importlib.import_module(f"adlearn.widgets.{_LAZY[name]}")
-        return getattr(module, name)
-    raise AttributeError(f"module 'adlearn.widgets' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(_LAZY)
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)
 
 
 __all__ = sorted(_LAZY)
