@@ -155,3 +155,19 @@ def test_real_bottle_matches_anomalib(mvtec_bottle_root):
     results = fit_and_evaluate(model, train, test)
     assert results["image_auroc"] >= 0.99
     assert results["pixel_auroc"] == pytest.approx(0.9319, abs=0.01)
+
+
+def test_a_map_not_divisible_by_the_pooling_keeps_its_last_row_and_column():
+    # 80 px: lite0's stride-16 map is 5x5; pooling 2 gives a 3x3 grid whose last cells average one
+    # row/column (ceil mode) instead of dropping them — a change in the bottom-right corner shows.
+    model = make(image_size=80)
+    features = torch.arange(2 * 5 * 5, dtype=torch.float32).reshape(1, 2, 5, 5)
+    pooled = F.avg_pool2d(features, 2, ceil_mode=True)
+    assert pooled.shape[-2:] == (3, 3) and pooled[0, 0, 2, 2] == features[0, 0, 4, 4]
+    images = torch.randn(1, 3, 80, 80)
+    with torch.no_grad():
+        base = model.extract_features(images)
+        assert base.shape[-2:] == (3, 3)
+        changed = images.clone()
+        changed[..., 72:, 72:] += 5.0                       # only the last 8x8 pixels: the map's last cell
+        assert not torch.equal(model.extract_features(changed)[..., 2, 2], base[..., 2, 2])

@@ -92,7 +92,9 @@ class Dfm(MemoryBankModel):
     def extract_features(self, images: torch.Tensor) -> torch.Tensor:
         features = next(iter(self.feature_extractor(images).values()))   # (B, C, h, w)
         if self.pooling_kernel_size > 1:
-            features = F.avg_pool2d(features, self.pooling_kernel_size)  # (B, C, h/k, w/k)
+            # ceil_mode: when h is not a multiple of k (224 px: 14x14 pooled by 4) the last row and
+            # column of cells average what they have instead of being dropped from the map
+            features = F.avg_pool2d(features, self.pooling_kernel_size, ceil_mode=True)  # (B, C, ⌈h/k⌉, ⌈w/k⌉)
         return features
 
     # Step 3: flattened to one vector per image.

@@ -33,7 +33,7 @@ import torch
 
 from adlearn.components import GaussianBlur2d, MultiVariateGaussian, TimmFeatureExtractor
 from adlearn.models.base import MemoryBankModel, Prediction, register
-from adlearn.models.common import concat_upsampled, prediction_from_map, upsample_map
+from adlearn.models.common import concat_upsampled, prediction_from_map, resolve_center_crop, upsample_map
 
 # Paper defaults for the number of randomly kept channels (plus our offline backbone).
 DEFAULT_N_FEATURES = {"resnet18": 100, "wide_resnet50_2": 550, "efficientnet_lite0": 100}
@@ -41,13 +41,16 @@ DEFAULT_N_FEATURES = {"resnet18": 100, "wide_resnet50_2": 550, "efficientnet_lit
 
 @register("padim")
 class Padim(MemoryBankModel):
-    presets = {"cpu": {"backbone": "efficientnet_lite0"}}   # offline ImageNet weights, 256 px
+    # The paper resizes to 256 and center-crops 224; the default resizes only (as anomalib 2.x), which
+    # scores the whole image: on the real bottle the maps rank the central pixels the same either way.
+    presets = {"paper": {"center_crop": "auto"}, "cpu": {"backbone": "efficientnet_lite0"}}
 
     def __init__(self, backbone: str = "resnet18", layers: tuple[str, ...] = ("layer1", "layer2", "layer3"),
                  pretrained: str = "auto", n_features: int | None = None, blur_sigma: float = 4.0,
-                 image_size: int = 256, center_crop: int | None = None, device: str = "auto",
+                 image_size: int = 256, center_crop: int | str | None = None, device: str = "auto",
                  seed: int = 0, batch_size: int = 32):
-        super().__init__(image_size=image_size, center_crop=center_crop, device=device, seed=seed,
+        super().__init__(image_size=image_size, center_crop=resolve_center_crop(image_size, center_crop),
+                         device=device, seed=seed,
                          batch_size=batch_size)
         self.save_hyperparameters()
         self.feature_extractor = TimmFeatureExtractor(backbone, list(layers), pre_trained=pretrained)

@@ -38,16 +38,16 @@ The steps, in the order of the paper:
 7. Image score: the re-weighted maximum above.
 
 Defaults (the reference's): backbone ``wide_resnet50_2``, layers ``("layer2", "layer3")``,
-``coreset_sampling_ratio=0.1``, ``num_neighbors=9``, blur σ = 4; transform: resize 256, center crop
-224 (we scale the crop with the resize: ``center_crop="auto"`` = 7/8 of ``image_size``, so
-``image_size=64`` crops 56). On ``efficientnet_lite0`` (the offline backbone) ``layer2/layer3`` map
+``coreset_sampling_ratio=0.1``, ``num_neighbors=9``, blur σ = 4; the paper's transform, resize 256
+and center crop 224, is ``preset="paper"`` (the crop scales with the resize: ``center_crop="auto"`` =
+7/8 of ``image_size``, so ``image_size=64`` crops 56). On ``efficientnet_lite0`` (the offline backbone) ``layer2/layer3`` map
 to ``blocks.2/blocks.4`` (same strides 8 and 16).
 
 Differences from anomalib, and why:
 
-* The default transform only resizes (as anomalib 2.7's pre-processor does): on real data the
-  paper's center crop (resize 256, crop 224, as anomalib v1) localised worse. ``preset="paper"``
-  (or ``center_crop="auto"``) restores the crop.
+* The default transform only resizes (as anomalib 2.7's pre-processor does), so the whole image is
+  scored like every other model's; the paper's center crop (resize 256, crop 224, as anomalib v1)
+  leaves the border out of the evaluation. ``preset="paper"`` (or ``center_crop="auto"``) restores it.
 * The coreset comes from our `KCenterGreedy`: the same greedy rule, but its random start point is
   part of the coreset and the random projection is skipped when it would widen the features
   (lite0's 152 channels), and it prunes distance updates with the triangle inequality on CPU.
@@ -72,8 +72,9 @@ from adlearn.models.common import concat_upsampled, resolve_center_crop, upsampl
 
 @register("patchcore")
 class Patchcore(MemoryBankModel):
-    # The paper's transform center-crops (resize 256, crop 224); resizing only localises better on
-    # real data (docs/benchmarks.md), so it is the default and the crop is one preset away.
+    # The paper's transform center-crops (resize 256, crop 224). The default resizes only, as anomalib
+    # 2.x: the whole image is scored, like every other model here (on the real bottle the maps rank the
+    # central pixels the same either way, docs/benchmarks.md). The crop is one preset away.
     presets = {"paper": {"center_crop": "auto"}, "cpu": {"backbone": "efficientnet_lite0"}}
 
     def __init__(self, backbone: str = "wide_resnet50_2", layers: tuple[str, ...] = ("layer2", "layer3"),
