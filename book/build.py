@@ -170,8 +170,9 @@ def timings_table(record: dict, notebooks: list[Path] | None = None) -> str:
     for mode in ("smoke", "full"):
         entries = list(record.get(mode, {}).values())
         if not entries:
-            notes.append(f"- {mode} mode: not measured yet (no run of `python book/build.py --execute"
-                         f"{' --full --device cpu' if mode == 'full' else ''}` on this machine).")
+            command = "make book FULL=1" if mode == "full" else "make book"
+            notes.append(f"- {mode} mode: not measured yet (no `{command}` run has been recorded on the "
+                         f"machine that built this book).")
             continue
         cpus = sorted({e["cpus"] for e in entries if e.get("cpus")})
         jobs = sorted({e["jobs"] for e in entries if e.get("jobs")})
