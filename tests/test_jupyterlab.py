@@ -134,13 +134,14 @@ def _wait(driver, condition, timeout: float, what: str, poll: float = 0.5):
 
 
 # The state of the notebook as the page shows it: the prompts of the code cells ("[3]:", "[*]:"),
-# text of outputs that look like errors, and the coreset widget (its readout and figure).
+# outputs that are errors (an exception's traceback, a widget that cannot display), and the coreset
+# widget (its readout and figure).
 NOTEBOOK_STATE = """
 const cells = Array.from(document.querySelectorAll(".jp-Notebook .jp-CodeCell"));
 const prompts = cells.map((cell) => (cell.querySelector(".jp-InputPrompt") || {}).textContent || "");
 const errors = Array.from(document.querySelectorAll(".jp-OutputArea-output"))
   .map((node) => node.textContent)
-  .filter((text) => /Traceback \\(most recent call last\\)|Error displaying widget|Error:/.test(text))
+  .filter((text) => /Traceback \\(most recent call last\\)|Error displaying widget/.test(text))
   .map((text) => text.slice(0, 400));
 const box = Array.from(document.querySelectorAll(".widget-vbox"))
   .find((node) => /Coreset: k-center greedy/.test(node.textContent));
@@ -161,10 +162,12 @@ def _state(driver) -> dict:
 
 
 def _all_cells_ran(driver):
+    """The state once every code cell shows an execution count ("[12]:"), or as soon as one shows an
+    error (Run All stops there, so the remaining prompts would stay empty)."""
     state = _state(driver)
     prompts = [p.strip() for p in state["prompts"]]
-    done = prompts and all(p[1:-2].strip().isdigit() for p in prompts if p)
-    return state if done and all(prompts) else None
+    done = bool(prompts) and all(p.startswith("[") and p[1:-2].strip().isdigit() for p in prompts)
+    return state if done or state["errors"] else None
 
 
 def test_coreset_widget_moves_with_the_keyboard_in_jupyterlab(jupyterlab, request):
