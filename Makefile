@@ -43,8 +43,8 @@ book: install      ## execute the notebooks (smoke; FULL=1 full), then build the
 book-html: install ## rebuild the HTML only, from the notebooks already executed in build/notebooks/
 	$(BIN)/python book/build.py
 
-test-notebooks: install  ## notebook sync checks, smoke runs, nbval, book build and browser check
-	$(BIN)/python -m pytest tests/test_notebooks.py tests/test_book.py
+test-notebooks: install  ## notebook sync checks, smoke runs, nbval, book build, browser check, JupyterLab widget test
+	$(BIN)/python -m pytest tests/test_notebooks.py tests/test_book.py tests/test_jupyterlab.py
 
 test-gpu: install  ## every notebook with smoke=False on CUDA; table in build/notebooks-gpu/results.md
 	$(BIN)/python -m adlearn.tools.run_notebooks --full --device cuda --jobs 1 --cell-timeout 0 --out build/notebooks-gpu

@@ -12,13 +12,22 @@ Steps:
 2. Copy the executed notebooks into ``book/notebooks/`` (git-ignored), replacing each live-widget
    output with a one-line note: a widget needs a kernel. The page shows the picture the widget drew
    when it was created (the runner records it as a plain output) and the static small-multiples
-   figure that follows every widget cell. tqdm progress bars are dropped.
-3. ``jupyter-book build book/`` (1.x, ``execute_notebooks: off``) -> ``book/_build/html/``.
+   figure that follows every widget cell. tqdm progress bars are dropped. Papermill's injected
+   ``# Parameters`` cell is tagged ``remove-cell``: the page shows the notebook's own parameters cell.
+3. Record the runner's timings (``build/notebooks/timings.json``) per mode in
+   ``build/course-timings.json`` and write the table the course page includes
+   (``book/_generated/timings.md``): smoke and full wall time of every notebook, or "not measured yet".
+4. ``jupyter-book build book/`` (1.x, ``execute_notebooks: off``) -> ``book/_build/html/``. MathJax is
+   served from the book itself (``sphinx-mathjax-offline``, a PyPI package that ships MathJax 3):
+   the equations typeset without a network.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
+import json
+import os
 import re
 import subprocess
 import sys
@@ -32,6 +41,10 @@ SOURCE_NOTEBOOKS = REPO / "notebooks"
 HTML = BOOK / "_build" / "html"
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 WIDGET_NOTE = "[live widget: open the notebook in JupyterLab to move its controls]"
+INJECTED_TAG = "injected-parameters"  # papermill's tag on the cell it adds after the parameters cell
+HIDDEN_TAG = "remove-cell"            # myst-nb leaves a cell with this tag out of the page
+TIMINGS_RECORD = REPO / "build" / "course-timings.json"
+TIMINGS_PAGE = BOOK / "_generated" / "timings.md"
 
 
 class BookBuildError(RuntimeError):
@@ -44,11 +57,15 @@ PROGRESS_BAR = re.compile(r"\d+%\|.*\|")
 
 
 def without_live_widgets(notebook):
-    """Drop progress-bar widgets, replace other widget views by a text note, drop the widget state."""
+    """Drop progress-bar widgets, replace other widget views by a text note, drop the widget state;
+    hide papermill's injected parameters cell (a second ``parameters`` cell says nothing to a reader)."""
     notebook.metadata.pop("widgets", None)
     for cell in notebook.cells:
         if cell.cell_type != "code":
             continue
+        tags = cell.metadata.setdefault("tags", [])
+        if INJECTED_TAG in tags and HIDDEN_TAG not in tags:
+            tags.append(HIDDEN_TAG)
         kept = []
         for output in cell.get("outputs", []):
             data = output.get("data", {})
@@ -85,7 +102,94 @@ def copy_executed(executed_dir: Path = EXECUTED, dest: Path = BOOK / "notebooks"
         notebook = nbformat.read(executed_dir / source.name, as_version=4)
         nbformat.write(without_live_widgets(notebook), dest / source.name)
         copied.append(dest / source.name)
+    write_timings_page(record_timings(executed_dir))
     return copied
+
+
+# ------------------------------------------------------------------------------- the course's timings
+def record_timings(executed_dir: Path = EXECUTED, record: Path = TIMINGS_RECORD) -> dict:
+    """Fold the runner's ``timings.json`` into ``record`` under its mode ("smoke" or "full").
+
+    One entry per notebook that ran without error: wall seconds, device, the machine's CPU count, how
+    many notebooks ran at a time, and the date. A run of some notebooks updates only those, so the
+    record keeps the last measurement of each notebook in each mode. Returns the whole record.
+    """
+    try:
+        data = json.loads(record.read_text())
+    except (OSError, ValueError):
+        data = {}
+    try:
+        run = json.loads((Path(executed_dir) / "timings.json").read_text())
+    except (OSError, ValueError):
+        return data  # no run yet: the record (perhaps empty) stands
+    parameters = run.get("parameters", {})
+    mode = "smoke" if parameters.get("smoke", True) else "full"
+    stamp = datetime.datetime.fromtimestamp((Path(executed_dir) / "timings.json").stat().st_mtime)
+    entries = data.setdefault(mode, {})
+    for row in run.get("notebooks", []):
+        if row.get("status") != "ok":
+            continue
+        entries[row["notebook"]] = {"seconds": float(row["seconds"]), "device": str(parameters.get("device")),
+                                    "cpus": os.cpu_count(), "jobs": run.get("jobs"),
+                                    "date": stamp.strftime("%Y-%m-%d")}
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps(data, indent=1, sort_keys=True))
+    return data
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
+
+
+def timings_table(record: dict, notebooks: list[Path] | None = None) -> str:
+    """Markdown: one row per notebook with its smoke and full wall time ("not measured yet" where the
+    record has none), and a note on how each was measured."""
+    import nbformat
+
+    notebooks = sorted(SOURCE_NOTEBOOKS.glob("*.ipynb")) if notebooks is None else notebooks
+    lines = ["| notebook | smoke mode | full mode |", "|---|---|---|"]
+    totals = {"smoke": 0.0, "full": 0.0}
+    complete = {"smoke": True, "full": True}
+    for path in notebooks:
+        title = nbformat.read(path, as_version=4).cells[0].source.lstrip().splitlines()[0].lstrip("# ")
+        title = title.split(" — ")[0].strip()
+        cells = []
+        for mode in ("smoke", "full"):
+            entry = record.get(mode, {}).get(path.name)
+            if entry is None:
+                complete[mode] = False
+                cells.append("not measured yet")
+                continue
+            totals[mode] += entry["seconds"]
+            where = "" if entry["device"] == "cpu" else f" ({entry['device']})"
+            cells.append(_duration(entry["seconds"]) + where)
+        lines.append(f"| {path.stem[:2]} {{doc}}`{title} </notebooks/{path.stem}>` | {cells[0]} | {cells[1]} |")
+    total_cells = [(_duration(totals[m]) if complete[m] else "—") for m in ("smoke", "full")]
+    lines.append(f"| **all notebooks, one after the other** | {total_cells[0]} | {total_cells[1]} |")
+    notes = []
+    for mode in ("smoke", "full"):
+        entries = list(record.get(mode, {}).values())
+        if not entries:
+            command = "make book FULL=1" if mode == "full" else "make book"
+            notes.append(f"- {mode} mode: not measured yet (no `{command}` run has been recorded on the "
+                         f"machine that built this book).")
+            continue
+        cpus = sorted({e["cpus"] for e in entries if e.get("cpus")})
+        jobs = sorted({e["jobs"] for e in entries if e.get("jobs")})
+        dates = sorted({e["date"] for e in entries})
+        devices = sorted({e["device"] for e in entries})
+        notes.append(f"- {mode} mode: measured {dates[0]}{' to ' + dates[-1] if len(dates) > 1 else ''} by the "
+                     f"notebook runner on a machine with {', '.join(map(str, cpus))} CPU cores, "
+                     f"{' or '.join(map(str, jobs))} notebook(s) at a time, device {', '.join(devices)}.")
+    return "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
+
+
+def write_timings_page(record: dict, path: Path = TIMINGS_PAGE) -> Path:
+    """The table the course page includes (``book/course.md``: ``{include} _generated/timings.md``)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("<!-- written by book/build.py from build/course-timings.json: do not edit -->\n\n"
+                    + timings_table(record), encoding="utf-8")
+    return path
 
 
 def build_html(quiet: bool = True) -> subprocess.CompletedProcess:

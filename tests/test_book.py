@@ -1,13 +1,16 @@
-"""The book builds from the executed notebooks, and every page renders in a real browser.
+"""The book builds from the executed notebooks, and every page renders in a real browser, offline.
 
 The notebooks run once per test session (`test_notebooks.execute_notebooks_once`, shared with
 tests/test_notebooks.py), the book is built from those copies (``book/build.py``: no second
-execution), and headless Chromium opens every page from a local HTTP server. Each page must show its
-title; each notebook page at least one figure that actually loads; no page may show an error output.
-One screenshot is kept as ``build/book-screenshot.png``.
+execution), and headless Chromium (Selenium, tests/browser.py) opens every page from a local HTTP
+server with the network cut off. Each page must show its title; each notebook page at least one
+figure that actually loads; no page may show an error output; every equation must be typeset by the
+book's own MathJax with no raw LaTeX (``\\(``, ``\\[``, ``$$``) left in view; the browser console must
+stay free of errors. Kept for a reader of the run: ``build/book-screenshot.png`` (a model page's
+anomaly maps) and ``build/book-patchcore-math.png`` (PatchCore's equations, rendered offline).
 
-Without Chromium the browser test skips with a message (``apt-get install chromium chromium-driver``;
-``.ci/run`` installs it).
+Without Chromium and ChromeDriver the browser tests skip with a message (``apt-get install chromium
+chromium-driver``; ``.ci/run`` installs them).
 """
 
 from __future__ import annotations
@@ -15,15 +18,11 @@ from __future__ import annotations
 import functools
 import html.parser
 import http.server
-import shutil
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.parse
 import urllib.request
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,10 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 BOOK = REPO / "book"
 HTML = BOOK / "_build" / "html"
 SCREENSHOT = REPO / "build" / "book-screenshot.png"
-CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--no-first-run", "--disable-sync", "--disable-dev-shm-usage",
-                  "--hide-scrollbars", "--mute-audio"]
+MATH_SCREENSHOT = REPO / "build" / "book-patchcore-math.png"
 ERROR_MARKERS = ("Traceback (most recent call last)", '"ename"', "output_error")
 ERROR_CLASSES = {"output_error", "traceback", "error"}
 
@@ -86,7 +82,7 @@ def test_book_has_a_page_per_notebook_and_chapter(built_book):
         assert (built_book.html / "notebooks" / f"{path.stem}.html").is_file(), f"no page for {path.name}"
     for chapter in ("introduction", "data", "components", "models"):
         assert (built_book.html / "chapters" / f"{chapter}.html").is_file()
-    assert (built_book.html / "index.html").is_file()
+    assert (built_book.html / "index.html").is_file() and (built_book.html / "course.html").is_file()
 
 
 def test_book_source_has_no_live_widgets(built_book):
@@ -102,47 +98,71 @@ def test_book_source_has_no_live_widgets(built_book):
                 assert book_build.WIDGET_MIME not in output.get("data", {}), f"{path.name}: live widget output left"
 
 
+def test_book_hides_papermills_injected_parameters_cell(built_book):
+    """The executed notebooks carry papermill's injected cell; the pages show only the notebook's own."""
+    import nbformat
+
+    for source in built_book.notebooks:
+        executed = nbformat.read(REPO / "build" / "notebooks" / source.name, as_version=4)
+        injected = [c for c in executed.cells if "injected-parameters" in c.metadata.get("tags", [])]
+        assert injected, f"{source.name}: papermill injected no parameters cell (nothing to hide?)"
+        page = (built_book.html / "notebooks" / f"{source.stem}.html").read_text(encoding="utf-8")
+        assert "tag_injected-parameters" not in page and "# Parameters</span>" not in page, (
+            f"{source.stem}.html shows papermill's injected parameters cell")
+        assert "tag_parameters" in page, f"{source.stem}.html lost the notebook's own parameters cell"
+
+
+class _AssetParser(html.parser.HTMLParser):
+    """The scripts, stylesheets and fonts a page loads (not the links a reader may follow)."""
+
+    def __init__(self):
+        super().__init__()
+        self.assets: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        attributes = dict(attrs)
+        if tag == "script" and attributes.get("src"):
+            self.assets.append(attributes["src"])
+        if tag == "link" and set((attributes.get("rel") or "").split()) & {"stylesheet", "preload", "modulepreload"}:
+            self.assets.append(attributes.get("href") or "")
+
+
+def test_book_pages_load_nothing_from_the_internet(built_book):
+    """No page pulls a script, stylesheet or font from another host (a CDN's MathJax, say)."""
+    remote = {}
+    for page in sorted(built_book.html.rglob("*.html")):
+        parser = _AssetParser()
+        parser.feed(page.read_text(encoding="utf-8"))
+        found = [src for src in parser.assets if urllib.parse.urlsplit(src).netloc or src.startswith("//")]
+        if found:
+            remote[str(page.relative_to(built_book.html))] = found
+    assert not remote, f"pages that load assets from the network: {remote}"
+    assert (built_book.html / "_static" / "mathjax" / "tex-chtml.js").is_file(), "MathJax is not served with the book"
+
+
+def test_course_page_lists_every_notebook_with_its_timings(built_book):
+    """book/course.md includes the table build.py writes from this session's measured smoke timings."""
+    import json
+
+    page = (built_book.html / "course.html").read_text(encoding="utf-8")
+    timings = json.loads((REPO / "build" / "notebooks" / "timings.json").read_text())
+    for row in timings["notebooks"]:
+        assert f"notebooks/{Path(row['notebook']).stem}.html" in page, f"course page does not link {row['notebook']}"
+    assert "smoke mode: measured" in page
+    assert "full mode: not measured yet" in page or "full mode: measured" in page
+
+
 # ------------------------------------------------------------------------------------ the browser
-def chromium() -> str | None:
-    return next((shutil.which(name) for name in CHROMIUM_NAMES if shutil.which(name)), None)
-
-
-# A page of our own that shows a book page in a 1280x1600 frame, scrolled to its anomaly-map figure
-# (or its first figure). Chromium's --screenshot cannot scroll, and a #fragment URL renders blank.
-FRAME_PAGE = """<!doctype html><html><body style="margin:0">
-<iframe id="page" src="{page}" style="border:0;width:1280px;height:1600px"></iframe>
-<script>
-document.getElementById("page").addEventListener("load", function () {{
-  var doc = this.contentWindow.document;
-  var figure = doc.querySelector("#anomaly-maps img") || doc.querySelector("article img, .bd-article img");
-  if (figure) {{ figure.scrollIntoView({{block: "start"}}); this.contentWindow.scrollBy(0, -160); }}
-}});
-</script></body></html>"""
-FRAME_PATH = "/__screenshot__.html"
-
-
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
     def log_message(self, *args):  # keep the test log clean
         pass
-
-    def do_GET(self):
-        url = urllib.parse.urlsplit(self.path)
-        if url.path != FRAME_PATH:
-            return super().do_GET()
-        page = urllib.parse.parse_qs(url.query).get("page", ["index.html"])[0]
-        body = FRAME_PAGE.format(page=html.escape(page, quote=True)).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "text/html; charset=utf-8")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
 
 
 class _QuietServer(http.server.ThreadingHTTPServer):
     daemon_threads = True
 
     def handle_error(self, request, client_address):
-        # Chromium drops connections it no longer needs (a cancelled font or CDN script): not an error.
+        # Chromium drops connections it no longer needs: not an error.
         if not isinstance(sys.exc_info()[1], ConnectionError):
             super().handle_error(request, client_address)
 
@@ -165,12 +185,6 @@ def served_book(built_book):
         server.shutdown()
         server.server_close()
         thread.join(timeout=10)
-
-
-def run_chromium(binary: str, *arguments: str, timeout: float = 90) -> subprocess.CompletedProcess:
-    with tempfile.TemporaryDirectory(prefix="adlearn-chromium-") as profile:
-        command = [binary, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *arguments]
-        return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
 
 
 class PageParser(html.parser.HTMLParser):
@@ -206,11 +220,11 @@ class PageParser(html.parser.HTMLParser):
 
 
 def expected_pages(notebooks: list[Path]) -> list[tuple[str, str, bool]]:
-    """(path in the site, expected title, must show a figure) for the intro, chapters and notebooks."""
+    """(path in the site, expected title, must show a figure) for the intro, course, chapters, notebooks."""
     import nbformat
 
     pages = []
-    for source in [BOOK / "intro.md", *sorted((BOOK / "chapters").glob("*.md"))]:
+    for source in [BOOK / "intro.md", BOOK / "course.md", *sorted((BOOK / "chapters").glob("*.md"))]:
         title = source.read_text(encoding="utf-8").lstrip().splitlines()[0].lstrip("# ").strip()
         pages.append((str(source.relative_to(BOOK).with_suffix(".html")), title, False))
     for path in notebooks:
@@ -228,15 +242,62 @@ def comparable(text: str) -> str:
     return " ".join(text.replace("`", "").replace("*", "").split())
 
 
-def check_page(binary: str, base_url: str, page: str, title: str, needs_figure: bool) -> list[str]:
+# Waits until MathJax has typeset the page (or says why not): MathJax 3 sets MathJax.startup.promise
+# once its script has run; before that window.MathJax is only the configuration object.
+WAIT_FOR_MATH = """
+const done = arguments[arguments.length - 1];
+const start = Date.now();
+(function poll() {
+  const mj = window.MathJax;
+  if (mj && mj.startup && mj.startup.promise) {
+    mj.startup.promise.then(() => done("typeset"), (error) => done("MathJax failed: " + error));
+  } else if (!document.querySelector(".math") || Date.now() - start > 20000) {
+    done(document.querySelector(".math") ? "MathJax never loaded" : "no math");
+  } else {
+    setTimeout(poll, 100);
+  }
+})();
+"""
+
+# The page's math, as a reader sees it: Sphinx's math elements (.math) must each hold MathJax's
+# rendering (mjx-container), and no visible text outside code may still show LaTeX delimiters.
+MATH_STATE = """
+const root = document.querySelector(".bd-article") || document.querySelector("article") || document.body;
+const math = Array.from(root.querySelectorAll(".math"));
+const unrendered = math.filter((node) => !node.querySelector("mjx-container"))
+                       .map((node) => node.textContent.trim().slice(0, 80));
+const skip = new Set(["PRE", "CODE", "SCRIPT", "STYLE", "TEXTAREA", "MJX-CONTAINER"]);
+const walker = document.createTreeWalker(root, NodeFilter.SHOW_TEXT, {acceptNode(node) {
+  for (let el = node.parentElement; el && el !== root; el = el.parentElement) {
+    if (skip.has(el.tagName)) return NodeFilter.FILTER_REJECT;
+  }
+  return node.parentElement.getClientRects().length ? NodeFilter.FILTER_ACCEPT : NodeFilter.FILTER_REJECT;
+}});
+const raw = [];
+for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+  const text = node.textContent;
+  if (RAW_MARKERS.some((marker) => text.includes(marker))) raw.push(text.trim().slice(0, 120));
+}
+return {math: math.length, rendered: root.querySelectorAll("mjx-container").length, unrendered, raw};
+""".replace("RAW_MARKERS", '["\\\\(", "\\\\)", "\\\\[", "\\\\]", "$$", "\\\\begin{"]')
+
+
+def math_state(driver) -> dict:
+    return driver.execute_script(MATH_STATE)
+
+
+def check_page(driver, base_url: str, page: str, title: str, needs_figure: bool) -> tuple[list[str], int]:
+    """Open ``page`` (offline) and list its problems; also return how many equations it typeset."""
     url = urllib.parse.urljoin(base_url, page)
-    result = run_chromium(binary, "--virtual-time-budget=5000", "--dump-dom", url)
-    dom = result.stdout
-    if result.returncode != 0 or "<html" not in dom:
-        return [f"{page}: chromium failed (exit {result.returncode}): {result.stderr[-500:]}"]
+    problems = []
+    try:
+        driver.get(url)
+        typeset = driver.execute_async_script(WAIT_FOR_MATH)
+    except Exception as error:  # a timeout or a crashed tab: report it with the page
+        return [f"{page}: did not load in Chromium ({type(error).__name__}: {error})"], 0
+    dom = driver.page_source
     parser = PageParser()
     parser.feed(dom)
-    problems = []
     heading = (parser.h1 or "").replace("#", "").replace("¶", "").strip()
     if comparable(title) not in comparable(heading):
         problems.append(f"{page}: title {title!r} not rendered (first h1: {heading!r})")
@@ -254,37 +315,91 @@ def check_page(binary: str, base_url: str, page: str, title: str, needs_figure: 
     markers = [marker for marker in ERROR_MARKERS if marker in dom]
     if markers or parser.error_classes:
         problems.append(f"{page}: error output on the page ({markers or sorted(parser.error_classes)})")
-    return problems
+    state = math_state(driver)
+    if state["math"]:
+        if typeset != "typeset":
+            problems.append(f"{page}: {state['math']} equations but {typeset}")
+        if state["unrendered"]:
+            problems.append(f"{page}: {len(state['unrendered'])} of {state['math']} equations not typeset, "
+                            f"e.g. {state['unrendered'][:3]}")
+        if not state["rendered"]:
+            problems.append(f"{page}: no rendered math element (mjx-container) on a page with math")
+    if state["raw"]:
+        problems.append(f"{page}: raw LaTeX visible: {state['raw'][:3]}")
+    for message in browser_module().console_errors(driver):
+        problems.append(f"{page}: console error: {message[:300]}")
+    return problems, state["rendered"]
+
+
+def browser_module():
+    import browser as module  # tests/browser.py (pytest puts tests/ on sys.path)
+
+    return module
 
 
 @pytest.fixture(scope="module")
-def browser() -> str:
-    binary = chromium()
-    if binary is None:
-        pytest.skip("Chromium not found: install it (Debian: apt-get install -y chromium chromium-driver; "
-                    ".ci/run does this) to check the book's pages in a headless browser")
-    return binary
+def offline_browser():
+    """One offline headless Chromium (Selenium) for the module; skips with a message without one."""
+    module = browser_module()
+    reason = module.missing()
+    if reason:
+        pytest.skip(f"the book's browser checks need Chromium: {reason}")
+    with module.chromium_driver(offline=True) as driver:
+        yield driver
 
 
-def test_every_page_renders_in_chromium(browser, served_book, built_book, request):
+def test_every_page_renders_offline_in_chromium(offline_browser, served_book, built_book, request):
+    """Every page, with the network cut off: its title, its figures, no error output, every equation
+    typeset by the book's own MathJax with no raw LaTeX left, and nothing in the console."""
     pages = expected_pages(built_book.notebooks)
     start = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        reports = list(pool.map(lambda page: check_page(browser, served_book, *page), pages))
-    problems = [problem for report in reports for problem in report]
-    _terminal_echo(request)(f"browser check: {len(pages)} pages opened in headless Chromium in "
-                            f"{time.perf_counter() - start:.1f} s, {len(problems)} problem(s)")
+    problems, equations, with_math = [], 0, 0
+    for page in pages:
+        found, rendered = check_page(offline_browser, served_book, *page)
+        problems += found
+        equations += rendered
+        with_math += bool(rendered)
+    _terminal_echo(request)(f"browser check: {len(pages)} pages opened offline in headless Chromium in "
+                            f"{time.perf_counter() - start:.1f} s; {equations} equations typeset on {with_math} "
+                            f"pages; {len(problems)} problem(s)")
+    assert with_math, "no page typeset any equation: is the math check looking at the right elements?"
     assert not problems, "\n".join(problems)
 
 
-def test_screenshot_of_a_model_page(browser, served_book, built_book):
-    """A screenshot of the first model page, scrolled to its anomaly maps (or first figure)."""
+def _screenshot(driver, url: str, path: Path, selectors: tuple[str, ...], offset: int = 160) -> None:
+    """Open ``url``, wait for its math, scroll the first element matching one of ``selectors`` to the
+    top (less ``offset`` px), save a PNG."""
+    driver.get(url)
+    driver.execute_async_script(WAIT_FOR_MATH)
+    driver.execute_script("""
+        for (const selector of arguments[0]) {
+          const element = document.querySelector(selector);
+          if (element) { element.scrollIntoView({block: "start"}); window.scrollBy(0, -arguments[1]); return; }
+        }""", list(selectors), offset)
+    time.sleep(0.5)  # let the scroll paint
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)
+    assert driver.save_screenshot(str(path)) and path.is_file()
+    assert path.stat().st_size > 20_000, f"{path} is suspiciously small (a blank page?)"
+
+
+def test_screenshot_of_a_model_page(offline_browser, served_book, built_book):
+    """A screenshot of the first model page, scrolled to its anomaly maps (or first figure):
+    build/book-screenshot.png."""
     model_pages = [p for p in built_book.notebooks if int(p.name[:2]) >= 10]
     page = f"notebooks/{(model_pages or built_book.notebooks)[0].stem}.html"
-    url = urllib.parse.urljoin(served_book, FRAME_PATH.lstrip("/")) + "?" + urllib.parse.urlencode({"page": page})
-    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-    SCREENSHOT.unlink(missing_ok=True)
-    result = run_chromium(browser, "--window-size=1280,1600", "--virtual-time-budget=5000",
-                          f"--screenshot={SCREENSHOT}", url)
-    assert result.returncode == 0 and SCREENSHOT.is_file(), result.stderr[-1000:]
-    assert SCREENSHOT.stat().st_size > 20_000, "the screenshot is suspiciously small (a blank page?)"
+    _screenshot(offline_browser, urllib.parse.urljoin(served_book, page), SCREENSHOT,
+                ("#anomaly-maps img", "article img", ".bd-article img"))
+
+
+def test_patchcore_math_offline_screenshot(offline_browser, served_book, built_book, request):
+    """The PatchCore page's equations, typeset with the network cut off: build/book-patchcore-math.png
+    (kept for a reader of the CI run to look at)."""
+    if "11_patchcore.ipynb" not in [p.name for p in built_book.notebooks]:
+        pytest.skip("11_patchcore.ipynb was not executed in this session (ADLEARN_NOTEBOOKS)")
+    url = urllib.parse.urljoin(served_book, "notebooks/11_patchcore.html")
+    _screenshot(offline_browser, url, MATH_SCREENSHOT, ("div.math", ".math"), offset=260)
+    state = math_state(offline_browser)
+    assert state["math"] and not state["unrendered"] and not state["raw"], state
+    assert not browser_module().console_errors(offline_browser)
+    _terminal_echo(request)(f"PatchCore page, offline: {state['rendered']} equations typeset -> {MATH_SCREENSHOT}")

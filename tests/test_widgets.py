@@ -173,6 +173,10 @@ def test_kde_widget_follows_its_controls(subspace_features):
     wider = view.figure.axes[0].lines[0].get_ydata()
     assert wider.max() < curve.max()                     # wider bumps: a flatter curve
     assert view.figure.axes[0].get_title().startswith("bandwidth 4× Scott")
+    assert view.figure.axes[1].get_xlabel() == "log p(x)"
+    assert view.figure.axes[1].get_title().startswith("log p(x); AUROC of the score −log p(x):")
+    view.controls["bandwidth"].value = 2 ** 0.75          # a stop of the log slider: 1.68179…
+    assert view.figure.axes[0].get_title().startswith("bandwidth 1.68× Scott (h = ")
 
     view.controls["dims"].value = 2
     assert view.last_result["density"].shape == (80, 80)
@@ -284,12 +288,18 @@ def test_flow_density_integrates_to_about_one(trained_flow):
 def test_flow_widget_steps_through_layers(trained_flow):
     flow, _, inliers, outliers = trained_flow
     view = widgets.flow_widget(flow, inliers, outliers)
-    assert view.last_result["layer"] == len(flow) == view.controls["layer"].max
-    final = view.figure.axes[0].collections[0].get_offsets().copy()
-    view.controls["layer"].value = 0
+    # It starts at 0 blocks (the raw data), so "move the slider right" steps through the blocks.
+    assert view.controls["layer"].value == view.last_result["layer"] == 0 < view.controls["layer"].max == len(flow)
     assert view.figure.axes[0].get_title() == f"points after 0 of {len(flow)} blocks"
     np.testing.assert_allclose(view.figure.axes[0].collections[0].get_offsets(), inliers)  # raw data
-    assert not np.allclose(final, inliers)
+    view.controls["layer"].value = len(flow)
+    assert view.figure.axes[0].get_title() == f"points after {len(flow)} of {len(flow)} blocks"
+    assert not np.allclose(view.figure.axes[0].collections[0].get_offsets(), inliers)
+    # The histogram's axis is log p; its title must not call that axis the score −log p.
+    histogram = view.figure.axes[2]
+    assert histogram.get_xlabel().startswith("log p(x)")
+    assert histogram.get_title().startswith("log p(x); AUROC of the score −log p:")
+    assert widgets.flow_widget(flow, inliers, outliers, layer=3).last_result["layer"] == 3
 
 
 def test_flow_static_figure(trained_flow):

@@ -216,7 +216,8 @@ def _draw_log_likelihood_histogram(ax: "Axes", result: dict) -> None:
             label=f"outliers (median {result['median_log_likelihood_outliers']:.2f})")
     ax.set_xlabel("log p(x)  (clipped at −30)")
     ax.set_ylabel("share of samples")
-    ax.set_title(f"score −log p: AUROC {result['auroc']:.2f}", fontsize="medium")
+    # The axis shows log p itself (anomalies on the left); the score −log p only enters the AUROC.
+    ax.set_title(f"log p(x); AUROC of the score −log p: {result['auroc']:.2f}", fontsize="medium")
     ax.legend(fontsize="x-small")
 
 
@@ -232,11 +233,15 @@ def _draw_flow(result: dict) -> "Figure":
 
 # ---------------------------------------------------------------------------------- views
 def flow_widget(flow: SequenceFlow, inliers, outliers, layer: int | None = None) -> WidgetView:
-    """Live view: step through the blocks of a trained flow. Control: ``layer`` (0 … K)."""
+    """Live view: step through the blocks of a trained flow. Control: ``layer`` (0 … K).
+
+    The slider starts at 0 blocks (the raw data under N(0, I)) unless ``layer`` says otherwise, so
+    moving it to the right adds the blocks one at a time up to the trained model.
+    """
     import ipywidgets as widgets
 
     n_layers = len(flow)
-    controls = {"layer": widgets.IntSlider(value=n_layers if layer is None else layer, min=0, max=n_layers,
+    controls = {"layer": widgets.IntSlider(value=0 if layer is None else layer, min=0, max=n_layers,
                                            description="blocks", continuous_update=False)}
 
     def compute(layer):

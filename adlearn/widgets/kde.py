@@ -143,6 +143,12 @@ def kde_explore(train, test_normal, test_anomalous, bandwidth: float = 1.0,
 
 
 # ---------------------------------------------------------------------------------- panels
+def _factor(bandwidth: float) -> str:
+    """A bandwidth multiplier for a title: three significant digits (the log slider's 2^0.75 is
+    1.68179…, shown as 1.68), with no trailing zeros (1, 0.25, 4)."""
+    return f"{bandwidth:.3g}"
+
+
 def _draw_density(ax: "Axes", result: dict, title: str | None = None) -> None:
     """The density curve (1-D) or filled contours (2-D) with the samples on top."""
     if result["dims"] == 1:
@@ -165,7 +171,7 @@ def _draw_density(ax: "Axes", result: dict, title: str | None = None) -> None:
         ax.set_xlabel("direction 1")
         ax.set_ylabel("direction 2")
     ax.legend(fontsize="x-small", loc="upper right")
-    ax.set_title(title or f"bandwidth {result['bandwidth']:g}× Scott (h = {result['factor']:.3f}), "
+    ax.set_title(title or f"bandwidth {_factor(result['bandwidth'])}× Scott (h = {result['factor']:.3f}), "
                           f"∫p ≈ {result['integral']:.2f}", fontsize="medium")
 
 
@@ -177,7 +183,8 @@ def _draw_log_density_histogram(ax: "Axes", result: dict) -> None:
     ax.hist(anomalous, bins=bins, alpha=0.6, color=COLORS["anomalous"], label="anomalous")
     ax.set_xlabel("log p(x)")
     ax.set_ylabel("samples")
-    ax.set_title(f"score −log p(x): AUROC {result['auroc']:.2f}", fontsize="medium")
+    # The axis shows log p(x) itself (anomalies on the left); the score −log p(x) only enters the AUROC.
+    ax.set_title(f"log p(x); AUROC of the score −log p(x): {result['auroc']:.2f}", fontsize="medium")
     ax.legend(fontsize="small")
 
 
@@ -228,7 +235,7 @@ def kde_static_figure(train, test_normal, test_anomalous,
         for row, dims in enumerate((1, 2)):
             result = kde_explore(*projected[dims], bandwidth=bandwidth)
             _draw_density(axes[row, column], result,
-                         title=f"{dims}-D, {bandwidth:g}× Scott: AUROC {result['auroc']:.2f}")
+                         title=f"{dims}-D, {_factor(bandwidth)}× Scott: AUROC {result['auroc']:.2f}")
             if column or row:  # one legend is enough
                 axes[row, column].get_legend().remove()
     return fig
