@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import resource
+import sys
 import time
 
 import numpy as np
@@ -94,3 +95,14 @@ def fit_and_evaluate(model, train_dataset, test_dataset, return_predictions: boo
     results = evaluate(model, test_dataset, return_predictions=return_predictions)
     results.update(fit_seconds=fit_seconds, n_train=len(train_dataset))
     return results
+
+
+# ``adlearn.evaluate(model, test)`` is the package's shortcut to `evaluate` above, but importing this
+# module (``from adlearn.evaluate import ...``) binds the *module* to the name ``adlearn.evaluate``.
+# Making the module itself callable keeps both spellings working, whatever was imported first.
+class _CallableModule(sys.modules[__name__].__class__):
+    def __call__(self, *args, **kwargs):
+        return evaluate(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -105,20 +105,35 @@ def test_seed_controls_random_architecture_choices():
 
 
 def test_one_name_per_step_across_models():
-    """docs/design.md, "Step names": every model extracts features with ``extract_features``; the older
-    names the notebooks still call are aliases of it, not second implementations."""
+    """docs/design.md, "Step names": every model extracts features with ``extract_features``; none
+    keeps one of the five older names."""
     import importlib
 
-    old_names = {"padim": "generate_embedding", "patchcore": "generate_embedding", "dfkde": "get_features",
-                 "dfm": "get_feature_map", "stfpm": "features", "reverse_distillation": "features",
-                 "fastflow": "normalized_features"}
+    old_names = ("generate_embedding", "get_features", "get_feature_map", "features", "normalized_features")
     for name in available_models():
         cls = get_model_class(name)
         assert callable(cls.extract_features) and callable(cls.predict_step), name
-        assert getattr(cls, old_names[name]) is cls.extract_features, name
+        assert not any(hasattr(cls, old) for old in old_names), name
         module = importlib.import_module(cls.__module__)
         if issubclass(cls, TrainedModel):                              # the formulas, as module functions
             assert callable(getattr(module, f"{name}_loss")) and callable(getattr(module, f"{name}_anomaly_map"))
-    from adlearn.models import reverse_distillation
 
-    assert reverse_distillation.reverse_distillation_map is reverse_distillation.reverse_distillation_anomaly_map
+
+def test_adlearn_evaluate_is_callable_after_its_module_is_imported():
+    import adlearn
+    import adlearn.evaluate as module
+    from adlearn.evaluate import evaluate
+
+    assert adlearn.evaluate is module and callable(adlearn.evaluate)
+    calls = []
+
+    class Fake:
+        pass
+
+    original = module.evaluate
+    try:
+        module.evaluate = lambda *args, **kwargs: calls.append((args, kwargs)) or "ok"
+        assert adlearn.evaluate(Fake, "data", batch_size=2) == "ok"
+    finally:
+        module.evaluate = original
+    assert calls == [((Fake, "data"), {"batch_size": 2})] and evaluate is original

@@ -88,4 +88,3 @@ class Dfkde(MemoryBankModel):
     def predict_step(self, images: torch.Tensor) -> Prediction:
         return Prediction(pred_score=self.classifier.predict(self.extract_features(images)), anomaly_map=None)
 
-    get_features = extract_features   # anomalib's name, used by notebooks/12_dfkde.ipynb

@@ -131,4 +131,3 @@ class Dfm(MemoryBankModel):
         error = self.reconstruction_error(feature_map)                    # (B, C, h', w')
         return Prediction(pred_score=error.flatten(1).sum(1), anomaly_map=self.anomaly_map(error, images.shape[-2:]))
 
-    get_feature_map = extract_features   # the older name, used by notebooks/13_dfm.ipynb

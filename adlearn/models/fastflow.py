@@ -175,4 +175,3 @@ class Fastflow(TrainedModel):
     def predict_step(self, images: torch.Tensor) -> Prediction:
         return prediction_from_map(self.anomaly_map(images))
 
-    normalized_features = extract_features   # the older name, used by notebooks/21_fastflow.ipynb

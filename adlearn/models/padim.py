@@ -93,4 +93,3 @@ class Padim(MemoryBankModel):
     def predict_step(self, images: torch.Tensor) -> Prediction:
         return prediction_from_map(self.anomaly_map(images))              # image score = max
 
-    generate_embedding = extract_features   # anomalib's name, used by notebooks/10_padim.ipynb

@@ -178,4 +178,3 @@ class Patchcore(MemoryBankModel):
         return Prediction(pred_score=self.image_score(embedding, scores, locations),
                           anomaly_map=self.anomaly_map(scores, images.shape[-2:]))
 
-    generate_embedding = extract_features   # anomalib's name, used by notebooks/11_patchcore.ipynb

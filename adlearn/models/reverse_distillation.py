@@ -117,7 +117,6 @@ def reverse_distillation_anomaly_map(encoder_features: list[torch.Tensor], decod
     return combine_layer_maps(layer_maps, image_size, mode, align_corners=True)
 
 
-reverse_distillation_map = reverse_distillation_anomaly_map   # the older name, used by notebooks/22_*.ipynb
 
 
 # ----------------------------------------------------------------------------- the model
@@ -179,4 +178,3 @@ class ReverseDistillation(TrainedModel):
     def predict_step(self, images: torch.Tensor) -> Prediction:
         return prediction_from_map(self.anomaly_map(images))                    # image score = max
 
-    features = extract_features   # the older name, used by notebooks/22_reverse_distillation.ipynb

@@ -124,4 +124,3 @@ class Stfpm(TrainedModel):
     def predict_step(self, images: torch.Tensor) -> Prediction:
         return prediction_from_map(self.anomaly_map(images))           # image score = max (step 5)
 
-    features = extract_features   # the older name, used by notebooks/20_stfpm.ipynb
