@@ -43,6 +43,7 @@ WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 WIDGET_NOTE = "[live widget: open the notebook in JupyterLab to move its controls]"
 INJECTED_TAG = "injected-parameters"  # papermill's tag on the cell it adds after the parameters cell
 HIDDEN_TAG = "remove-cell"            # myst-nb leaves a cell with this tag out of the page
+SOLUTION_TAG = "solution"             # the notebooks' worked solutions (notebooks/README.md)
 TIMINGS_RECORD = REPO / "build" / "course-timings.json"
 TIMINGS_PAGE = BOOK / "_generated" / "timings.md"
 
@@ -54,6 +55,24 @@ class BookBuildError(RuntimeError):
 # tqdm's notebook bars are widgets too; their text form ("fit:  40%|####  | 2/5 [...]") says nothing
 # once the run is over, so they are dropped rather than announced as an interactive widget.
 PROGRESS_BAR = re.compile(r"\d+%\|.*\|")
+
+
+def collapse_solutions(notebook):
+    """Fold every worked solution away until the reader asks: a solution's explanation (markdown)
+    becomes a closed ``dropdown``, its code cell a closed toggle of input and output (``hide-cell``).
+    The "Solutions" heading stays visible."""
+    for cell in notebook.cells:
+        tags = cell.metadata.get("tags", [])
+        if SOLUTION_TAG not in tags:
+            continue
+        if cell.cell_type == "code":
+            cell.metadata["tags"] = [t for t in tags if t not in ("hide-input", "hide-output")] + ["hide-cell"]
+        elif not cell.source.lstrip().startswith("#"):
+            title = re.match(r"\*\*(.+?)\*\*", cell.source.strip())
+            fence = "`" * (max((len(m) for m in re.findall(r"`{3,}", cell.source)), default=2) + 1)
+            fence = max(fence, "````", key=len)
+            cell.source = f"{fence}{{dropdown}} {title.group(1) if title else 'Solution'}\n{cell.source}\n{fence}"
+    return notebook
 
 
 def without_live_widgets(notebook):
@@ -100,7 +119,7 @@ def copy_executed(executed_dir: Path = EXECUTED, dest: Path = BOOK / "notebooks"
     copied = []
     for source in sources:
         notebook = nbformat.read(executed_dir / source.name, as_version=4)
-        nbformat.write(without_live_widgets(notebook), dest / source.name)
+        nbformat.write(collapse_solutions(without_live_widgets(notebook)), dest / source.name)
         copied.append(dest / source.name)
     write_timings_page(record_timings(executed_dir))
     return copied

@@ -95,3 +95,18 @@ def test_repeated_scripts_are_dropped_once_per_page():
     assert kept == [("_static/a.js", None, None), (None, thebe, None), (None, "other", None),
                     ("_static/a.js", None, "async")]
     assert context["script_files"] is scripts          # the page's own list, edited in place
+
+
+def test_solutions_are_collapsed_and_the_heading_stays():
+    cells = [nbformat.v4.new_markdown_cell("### Solutions", metadata={"tags": ["solution"]}),
+             nbformat.v4.new_markdown_cell("**Solution 1.** Use ``` fences ``` sparingly.", metadata={"tags": ["solution"]}),
+             nbformat.v4.new_code_cell("print(1)", metadata={"tags": ["solution", "hide-input"]}),
+             nbformat.v4.new_markdown_cell("## Not a solution"),
+             nbformat.v4.new_code_cell("x = 1")]
+    notebook = build.collapse_solutions(nbformat.v4.new_notebook(cells=cells))
+    heading, explanation, code, other_markdown, other_code = notebook.cells
+    assert heading.source == "### Solutions"
+    assert explanation.source.startswith("````{dropdown} Solution 1.\n**Solution 1.**")
+    assert explanation.source.endswith("\n````")                  # longer than the ``` inside it
+    assert code.metadata["tags"] == ["solution", "hide-cell"]
+    assert other_markdown.source == "## Not a solution" and "tags" not in other_code.metadata
