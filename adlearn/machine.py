@@ -163,9 +163,11 @@ class LoadGuard:
                        f"> {self.threshold} (other processes use the CPU; timings will be inflated)")
 
     def _warn(self, message: str) -> None:
+        """A printed line for people (``echo``), else a `BusyMachineWarning` for code."""
         if self.echo:
             print(f"warning: {message}", file=sys.stderr, flush=True)
-        warnings.warn(message, BusyMachineWarning, stacklevel=3)
+        else:
+            warnings.warn(message, BusyMachineWarning, stacklevel=3)
 
     @contextlib.contextmanager
     def measure(self, label: str):
