@@ -157,13 +157,17 @@ class LoadGuard:
         self.threshold = threshold_from_env() if threshold is None else float(threshold)
         self.echo = echo
         self.records: list[dict] = []
+        self._warned: set[str] = set()
         self.start_load = load_average()
         if self.start_load and self.start_load[0] > self.threshold:
             self._warn(f"the machine is busy before we start: load average {self.start_load[0]:.2f} "
                        f"> {self.threshold} (other processes use the CPU; timings will be inflated)")
 
     def _warn(self, message: str) -> None:
-        """A printed line for people (``echo``), else a `BusyMachineWarning` for code."""
+        """A printed line for people (``echo``), else a `BusyMachineWarning` for code; each once."""
+        if message in self._warned:
+            return
+        self._warned.add(message)
         if self.echo:
             print(f"warning: {message}", file=sys.stderr, flush=True)
         else:
@@ -217,10 +221,26 @@ class LoadGuard:
             return None
         return numerator / denominator
 
+    def activate(self) -> "LoadGuard":
+        """Make this the guard `guarded_ratio` consults (a driver's helpers need not carry it)."""
+        global _ACTIVE
+        _ACTIVE = self
+        return self
+
     def summary(self) -> dict:
         """Machine, threshold and every record: put it beside the figures."""
         return {"machine": machine_info(), "busy_threshold": self.threshold, "allow_busy": self.allow_busy,
                 "load_at_start": self.start_load, "any_busy": bool(self.busy()), "parts": self.records}
+
+
+_ACTIVE: LoadGuard | None = None
+
+
+def guarded_ratio(numerator: float, denominator: float) -> float | None:
+    """``numerator / denominator`` — or None when the active guard saw a busy part (and no --allow-busy)."""
+    if _ACTIVE is not None:
+        return _ACTIVE.ratio(numerator, denominator)
+    return numerator / denominator if denominator else None
 
 
 def add_arguments(parser) -> None:

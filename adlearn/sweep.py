@@ -68,7 +68,7 @@ def run_slug(parameters: dict) -> str:
         return "default"
     text = "_".join(f"{name}={json.dumps(value) if not isinstance(value, str) else value}"
                     for name, value in parameters.items())
-    return re.sub(r"[^A-Za-z0-9=.,+-]", "-", text)
+    return re.sub(r"[^A-Za-z0-9_=.,+-]", "-", text)
 
 
 def parse_values(text: str) -> list:
