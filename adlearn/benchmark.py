@@ -387,6 +387,9 @@ repository's `docs/benchmarks.md`.
 """
 
 
+NO_SECTION_YET = "No section has been generated yet: the first idle-machine run adds them here.\n"
+
+
 def write_book_page(out: Path, page: Path, label: str, command: str) -> Path:
     """Write or update ``page``: the section ``label`` gets this run's table, figures and machine."""
     page, out = Path(page), Path(out)
@@ -403,6 +406,7 @@ def write_book_page(out: Path, page: Path, label: str, command: str) -> Path:
                f"![Image AUROC against fit time](benchmark_figures/{slug}_auroc_vs_fit_time.png)\n\n"
                f"![Image AUROC per model](benchmark_figures/{slug}_auroc_per_model.png)\n{end}\n")
     text = page.read_text() if page.is_file() else PAGE_HEADER
+    text = text.replace(NO_SECTION_YET, "")
     if begin in text and end in text:
         text = text[:text.index(begin)] + section + text[text.index(end) + len(end) + 1:]
     else:
