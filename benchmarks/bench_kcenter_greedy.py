@@ -25,14 +25,25 @@ then per step ``torch.linalg.norm(features - center, dim=1, keepdim=True)``, ``t
 (``ANOMALIB_PYTHON``, ``--anomalib-python``, default ``/work/venvs/anomalib/bin/python``), its real
 ``KCenterGreedy`` is timed the same way (a short run, extrapolated) as a check of the baseline.
 
-    .venv/bin/python benchmarks/bench_kcenter_greedy.py                 # ~3 min on 2 idle cores
-    .venv/bin/python benchmarks/bench_kcenter_greedy.py --n 40000 --widths 384 --json out.json
+Data (``--data``, default all three): ``clustered`` (above), ``gaussian`` (``--gaussian-n`` 30k ×
+``--gaussian-width`` 384 standard normal: the worst case for pruning) and ``real`` (PatchCore's
+efficientnet_lite0 patch features of the first 40, 120 and 209 training images of bottle = 31k, 94k and
+164k rows, from ``--mvtec-root`` / ``ADLEARN_MVTEC_ROOT``; skipped without it). Each of our methods in
+``--methods`` (default adaptive, pruned, dense) is timed, with the number of dense and pruned steps it
+took, so the table shows the regime where each wins and that "adaptive" follows the better one.
+
+The machine and the load around every timed part are recorded (`adlearn.machine`); a speed-up
+measured while other processes used the CPU is not reported unless ``--allow-busy`` is given.
+
+    .venv/bin/python benchmarks/bench_kcenter_greedy.py --json build/bench/kcenter.json   # idle machine
+    .venv/bin/python benchmarks/bench_kcenter_greedy.py --data gaussian --methods adaptive,dense
 
 Wall and CPU (process) time are both printed: on a shared, oversubscribed machine wall time
 swings a lot (multi-threaded loops suffer most), CPU time less so.
 
-Measured (default run, 2 threads, on 2 CPU cores shared with other jobs: load average 8–13, so
-wall times are inflated several-fold and noisy; CPU time is the steadier figure):
+Measured before the load rule and the adaptive method (pruned only; 2 threads, on 2 CPU cores shared
+with other jobs: load average 8–13, so wall times are inflated several-fold and noisy; to be replaced
+by an idle run of the command above):
 
 =====================  ==================  =======================  ================  ============
 N × D → centres        adlearn             baseline (extrapolated)  speed-up          anomalib 2.7
