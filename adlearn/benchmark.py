@@ -180,17 +180,18 @@ def run_benchmark(models: list[str], categories: list[str], seeds: list[int], ou
         from adlearn.data import synthetic_root
         synthetic_root(image_size=256, seed=0)
     cells = [(m, c, s) for m in models for c in categories for s in seeds]
-    todo = [cell for cell in cells if not _finished(out, cell, retry_failed)]
+    specs = {cell: json.loads(json.dumps({
+        "model": cell[0], "category": cell[1], "seed": cell[2], "root": str(root) if root else None,
+        "preset": preset, "device": device, "image_size": image_size, "backbone": backbone, "set": options,
+        "threads": threads, "max_train": max_train}, default=str)) for cell in cells}
+    todo = [cell for cell in cells if not _finished(out, cell, specs[cell], retry_failed)]
     guard = LoadGuard(allow_busy=allow_busy, threshold=busy_threshold)
     bar = _progress(len(cells), len(cells) - len(todo), progress)
-    for model, category, seed in todo:
-        key = cell_key(model, category, seed)
+    for cell in todo:
+        key = cell_key(*cell)
         bar.set_description(key)
-        spec = {"model": model, "category": category, "seed": seed, "root": root, "preset": preset,
-                "device": device, "image_size": image_size, "backbone": backbone, "set": options,
-                "threads": threads, "max_train": max_train}
-        row = _run_in_subprocess(spec, out, key, time_limit, guard)
-        row.update(model=model, category=category, seed=seed)
+        row = _run_in_subprocess(specs[cell], out, key, time_limit, guard)
+        row.update(model=cell[0], category=cell[1], seed=cell[2], spec=specs[cell])
         _write_json(out / CELLS / f"{key}.json", row)
         bar.update(1)
         if row["status"] != "ok":
@@ -205,14 +206,20 @@ def run_benchmark(models: list[str], categories: list[str], seeds: list[int], ou
     return rows
 
 
-def _finished(out: Path, cell: tuple, retry_failed: bool) -> bool:
+def _finished(out: Path, cell: tuple, spec: dict, retry_failed: bool) -> bool:
+    """Has this cell a result from the same configuration? (One from another is an error, not a skip.)"""
     path = out / CELLS / f"{cell_key(*cell)}.json"
     if not path.is_file():
         return False
     try:
-        return json.loads(path.read_text()).get("status") == "ok" or not retry_failed
+        row = json.loads(path.read_text())
     except ValueError:
         return False  # a torn file: run the cell again
+    if row.get("spec") not in (None, spec):
+        changed = sorted(k for k in spec if row["spec"].get(k) != spec[k])
+        raise ValueError(f"{path} was computed with other settings ({', '.join(changed)} differ): use another "
+                         f"--out for this configuration, or delete {out / CELLS} to start over")
+    return row.get("status") == "ok" or not retry_failed
 
 
 def _run_in_subprocess(spec: dict, out: Path, key: str, time_limit: float | None, guard) -> dict:

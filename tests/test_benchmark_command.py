@@ -107,11 +107,15 @@ def test_cells_resume_record_failures_and_time_limits(small_synthetic_root, tmp_
     # Resume: a finished cell is never recomputed, nor a failed one without --retry-failed.
     stamps = {p.name: p.stat().st_mtime_ns for p in (out / "cells").glob("*.json")}
     rows = benchmark.run_benchmark(["padim", "dfm"], [category], [0], out, root=str(small_synthetic_root),
-                                   image_size=64, options={"n_features": 100000}, progress=False)
+                                   image_size=64, threads=1, options={"n_features": 100000}, progress=False)
     assert {p.name: p.stat().st_mtime_ns for p in (out / "cells").glob("*.json")} == stamps and len(rows) == 2
+    # Same --out, other settings: an error naming what differs (never a stale result reused).
+    with pytest.raises(ValueError, match="settings \(image_size"):
+        benchmark.run_benchmark(["dfm"], [category], [0], out, root=str(small_synthetic_root), image_size=32,
+                                threads=1, progress=False)
     # A cell over the time limit is stopped and recorded; the page's section is replaced, not added.
     rows = benchmark.run_benchmark(["dfm"], [category], [1], out, root=str(small_synthetic_root), image_size=64,
-                                   time_limit=0.5, progress=False)
+                                   threads=1, time_limit=0.5, progress=False)
     assert rows[0]["status"] == "timeout" and "0.5 s" in rows[0]["error"]
     benchmark.write_book_page(out, page, "tiny data", "adlearn benchmark ...")
     assert page.read_text().count("## tiny data") == 1
