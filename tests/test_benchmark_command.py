@@ -110,7 +110,7 @@ def test_cells_resume_record_failures_and_time_limits(small_synthetic_root, tmp_
                                    image_size=64, threads=1, options={"n_features": 100000}, progress=False)
     assert {p.name: p.stat().st_mtime_ns for p in (out / "cells").glob("*.json")} == stamps and len(rows) == 2
     # Same --out, other settings: an error naming what differs (never a stale result reused).
-    with pytest.raises(ValueError, match="settings \(image_size"):
+    with pytest.raises(ValueError, match=r"settings \(image_size"):
         benchmark.run_benchmark(["dfm"], [category], [0], out, root=str(small_synthetic_root), image_size=32,
                                 threads=1, progress=False)
     # A cell over the time limit is stopped and recorded; the page's section is replaced, not added.
