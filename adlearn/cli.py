@@ -6,6 +6,8 @@
             [--seed 0] [--json FILE] [--figure FILE] [--save FILE]
     adlearn demo [--models padim,...]    # the README's main job on the embedded synthetic data
     adlearn data synth --root DIR [--category NAME|all] [--image-size N] [--seed S]
+    adlearn benchmark [--models all|a,b] [--root DIR] [--seeds 0,1,2] [--preset cpu|paper] --out DIR
+    adlearn sweep NOTEBOOK... -p NAME V1,V2 ... --out DIR [--jobs N | --scheduler tcp://HOST:PORT]
 
 Without ``--root`` every command uses the embedded synthetic dataset (generated once, cached).
 """
@@ -215,6 +217,11 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--image-size", type=int, default=256)
     synth.add_argument("--seed", type=int, default=0)
     synth.set_defaults(func=cmd_data_synth)
+
+    from adlearn import benchmark, sweep  # their own modules: `adlearn benchmark`, `adlearn sweep`
+
+    benchmark.add_parser(sub)
+    sweep.add_parser(sub)
     return parser
 
 

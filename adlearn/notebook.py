@@ -68,9 +68,14 @@ def report(results: dict, **extra) -> None:
     line from every executed notebook into its results table (``timings.json``, ``results.md``).
     Metrics are rounded to 4 decimals; NaN becomes ``null``. Nothing is returned (the cell shows only
     the line).
+
+    When the environment variable ``ADLEARN_REPORT_FILE`` names a file (``adlearn sweep`` sets it for
+    each run), the same object is also written there as JSON: the run's recorded result.
     """
     import json
     import math
+    import os
+    from pathlib import Path
 
     line = {"model": results.get("model")}
     line.update(extra)
@@ -80,4 +85,9 @@ def report(results: dict, **extra) -> None:
             continue
         value = float(value)
         line[key] = None if math.isnan(value) else (int(value) if key.startswith("n_") else round(value, 4))
-    print(json.dumps(line, default=str))  # default=str: a torch.device or a Path prints as text
+    text = json.dumps(line, default=str)  # default=str: a torch.device or a Path prints as text
+    print(text)
+    if os.environ.get("ADLEARN_REPORT_FILE"):
+        path = Path(os.environ["ADLEARN_REPORT_FILE"])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text + "\n")

@@ -24,6 +24,7 @@ from sklearn.decomposition import PCA
 from sklearn.metrics import roc_auc_score
 
 from adlearn.data import digit_images, one_class_split
+from adlearn.machine import add_arguments, guard_from_args
 from adlearn.models import create
 
 BACKBONE = "efficientnet_lite0"
@@ -51,7 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=64, help="digits are upsampled to this many pixels")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="write the table here")
+    add_arguments(parser)
     args = parser.parse_args(argv)
+    guard = guard_from_args(args)   # AUROC only, no ratio: the machine and load are recorded beside it
 
     images, labels = digit_images(size=args.size)
     raw = load_digits().data.astype(np.float64)                        # (1797, 64) raw grey levels
@@ -59,16 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     columns = [*models, "pixels + PCA error (scikit-learn)"]
     table = {name: {} for name in columns}
     began = time.perf_counter()
-    for digit in range(10):
-        split = one_class_split(labels, digit, n_others=None, seed=args.seed)
-        for name, model in models.items():
-            model.fit(images[split.train])                            # refitting starts over
-            scores = model.predict(images[split.test]).pred_score.numpy()
-            table[name][digit] = float(roc_auc_score(split.is_anomalous, scores))
-        scores = pixel_pca_scores(raw[split.train.numpy()], raw[split.test.numpy()], args.seed)
-        table[columns[-1]][digit] = float(roc_auc_score(split.is_anomalous, scores))
-        print(f"digit {digit}: " + ", ".join(f"{table[name][digit]:.3f}" for name in columns), file=sys.stderr)
-
+    with guard.measure("all digits"):
+        run_digits(models, images, labels, raw, table, columns, args.seed)
     print(f"\nimage AUROC, train on half of one digit, test on its other half + all other digits "
           f"({args.size} px, seed {args.seed}, {time.perf_counter() - began:.0f} s)\n")
     print("| normal digit | " + " | ".join(columns) + " |")
@@ -79,8 +74,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         with open(args.json, "w") as handle:
             json.dump({"size": args.size, "seed": args.seed, "backbone": BACKBONE, "torch": torch.__version__,
-                       "auroc": table}, handle, indent=2)
+                       "auroc": table, "machine": guard.summary()}, handle, indent=2)
     return 0
+
+
+def run_digits(models, images, labels, raw, table, columns, seed) -> None:
+    for digit in range(10):
+        split = one_class_split(labels, digit, n_others=None, seed=seed)
+        for name, model in models.items():
+            model.fit(images[split.train])                            # refitting starts over
+            scores = model.predict(images[split.test]).pred_score.numpy()
+            table[name][digit] = float(roc_auc_score(split.is_anomalous, scores))
+        scores = pixel_pca_scores(raw[split.train.numpy()], raw[split.test.numpy()], seed)
+        table[columns[-1]][digit] = float(roc_auc_score(split.is_anomalous, scores))
+        print(f"digit {digit}: " + ", ".join(f"{table[name][digit]:.3f}" for name in columns), file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,9 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from adlearn.machine import add_arguments, guard_from_args  # noqa: E402
+
 DEFAULT_MVTEC_ROOT = os.environ.get("ADLEARN_MVTEC_ROOT", "/work/shared/data/mvtec_ad")
 
 
@@ -116,7 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=20, help="predict passes over one batch of 32")
     parser.add_argument("--nn-half", action="store_true", help="PatchCore: bf16 ranking + exact re-rank")
     parser.add_argument("--json", help="write the results here")
+    add_arguments(parser)
     args = parser.parse_args(argv)
+    guard = guard_from_args(args)
 
     root = Path(args.root)
     if not (root / args.category).is_dir():
@@ -126,12 +131,13 @@ def main(argv: list[str] | None = None) -> int:
         root, args.category = synthetic_root(), "weave"
     rows = []
     for name in [m for m in args.models.split(",") if m]:
-        row = bench_patchcore(args, root) if name == "patchcore" else bench_trained(name, args, root)
+        with guard.measure(name):
+            row = bench_patchcore(args, root) if name == "patchcore" else bench_trained(name, args, root)
         print(json.dumps(row), flush=True)
         rows.append(row)
     meta = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu",
             "torch": torch.__version__, "backbone": args.backbone, "category": args.category,
-            "date": time.strftime("%Y-%m-%d %H:%M")}
+            "date": time.strftime("%Y-%m-%d %H:%M"), "machine": guard.summary()}
     if args.json:
         Path(args.json).write_text(json.dumps({"meta": meta, "results": rows}, indent=2))
     return 0

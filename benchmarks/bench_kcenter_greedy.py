@@ -25,14 +25,25 @@ then per step ``torch.linalg.norm(features - center, dim=1, keepdim=True)``, ``t
 (``ANOMALIB_PYTHON``, ``--anomalib-python``, default ``/work/venvs/anomalib/bin/python``), its real
 ``KCenterGreedy`` is timed the same way (a short run, extrapolated) as a check of the baseline.
 
-    .venv/bin/python benchmarks/bench_kcenter_greedy.py                 # ~3 min on 2 idle cores
-    .venv/bin/python benchmarks/bench_kcenter_greedy.py --n 40000 --widths 384 --json out.json
+Data (``--data``, default all three): ``clustered`` (above), ``gaussian`` (``--gaussian-n`` 30k ×
+``--gaussian-width`` 384 standard normal: the worst case for pruning) and ``real`` (PatchCore's
+efficientnet_lite0 patch features of the first 40, 120 and 209 training images of bottle = 31k, 94k and
+164k rows, from ``--mvtec-root`` / ``ADLEARN_MVTEC_ROOT``; skipped without it). Each of our methods in
+``--methods`` (default adaptive, pruned, dense) is timed, with the number of dense and pruned steps it
+took, so the table shows the regime where each wins and that "adaptive" follows the better one.
+
+The machine and the load around every timed part are recorded (`adlearn.machine`); a speed-up
+measured while other processes used the CPU is not reported unless ``--allow-busy`` is given.
+
+    .venv/bin/python benchmarks/bench_kcenter_greedy.py --json build/bench/kcenter.json   # idle machine
+    .venv/bin/python benchmarks/bench_kcenter_greedy.py --data gaussian --methods adaptive,dense
 
 Wall and CPU (process) time are both printed: on a shared, oversubscribed machine wall time
 swings a lot (multi-threaded loops suffer most), CPU time less so.
 
-Measured (default run, 2 threads, on 2 CPU cores shared with other jobs: load average 8–13, so
-wall times are inflated several-fold and noisy; CPU time is the steadier figure):
+Measured before the load rule and the adaptive method (pruned only; 2 threads, on 2 CPU cores shared
+with other jobs: load average 8–13, so wall times are inflated several-fold and noisy; to be replaced
+by an idle run of the command above):
 
 =====================  ==================  =======================  ================  ============
 N × D → centres        adlearn             baseline (extrapolated)  speed-up          anomalib 2.7
@@ -69,6 +80,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from adlearn.components.kcenter_greedy import KCenterGreedy, coverage_radius  # noqa: E402
 from adlearn.components.random_projection import johnson_lindenstrauss_min_dim  # noqa: E402
+from adlearn.machine import add_arguments, describe, guard_from_args  # noqa: E402
 
 DEFAULT_ANOMALIB_PYTHON = "/work/venvs/anomalib/bin/python"
 
@@ -186,66 +198,125 @@ def time_real_anomalib(python: str, embedding: torch.Tensor, steps: int, threads
     return None
 
 
+# ----------------------------------------------------------------------------- real features
+def real_patch_features(root: Path, category: str, n_images: int) -> torch.Tensor:
+    """PatchCore's training patch features (efficientnet_lite0 blocks.2+blocks.4, 152-d, 28×28 per
+    224-px crop: 784 rows per image) of the first ``n_images`` training images, before the coreset."""
+    from adlearn.data import MVTecDataset
+    from adlearn.models import create
+
+    model = create("patchcore", backbone="efficientnet_lite0", pretrained="auto", device="cpu")
+    train = MVTecDataset(root, category, split="train", transform=model.transform)
+    n_images = min(n_images, len(train))
+    images = torch.stack([train[i]["image"] for i in range(n_images)])
+    model.to_device().eval()
+    with torch.no_grad():
+        return torch.cat([model.collect(batch) for batch in images.split(16)])   # (n_images·784, 152)
+
+
+def datasets(args) -> list[tuple[str, torch.Tensor]]:
+    """(name, embedding) for every data kind asked for in ``--data``."""
+    kinds = [k.strip() for k in args.data.split(",") if k.strip()]
+    out = []
+    for kind in kinds:
+        if kind == "clustered":
+            out += [(f"clustered {args.n // 1000}k x {w}", patchcore_like_embedding(args.n, w, seed=w))
+                    for w in (int(w) for w in args.widths.split(","))]
+        elif kind == "gaussian":
+            g = torch.Generator().manual_seed(0)
+            out.append((f"gaussian {args.gaussian_n // 1000}k x {args.gaussian_width}",
+                        torch.randn(args.gaussian_n, args.gaussian_width, generator=g)))
+        elif kind == "real":
+            root = Path(args.mvtec_root) if args.mvtec_root else None
+            if root is None or not (root / args.category / "train").is_dir():
+                print(f"  (real features skipped: no {args.category}/ under --mvtec-root / ADLEARN_MVTEC_ROOT)")
+                continue
+            for n_images in (int(n) for n in args.real_images.split(",")):
+                features = real_patch_features(root, args.category, n_images)
+                out.append((f"real {args.category} {n_images} img = {features.shape[0] // 1000}k x "
+                            f"{features.shape[1]}", features))
+        else:
+            raise SystemExit(f"--data: unknown kind {kind!r} (clustered, gaussian, real)")
+    return out
+
+
 # ----------------------------------------------------------------------------- ours
-def time_ours(embedding: torch.Tensor, ratio: float, seed: int = 0) -> dict:
+def time_ours(embedding: torch.Tensor, ratio: float, seed: int = 0, method: str = "auto") -> dict:
     start, start_cpu = time.perf_counter(), time.process_time()
-    sampler = KCenterGreedy(embedding, sampling_ratio=ratio, random_state=seed)
+    sampler = KCenterGreedy(embedding, sampling_ratio=ratio, random_state=seed, method=method)
     idxs = sampler.select_coreset_idxs()
     return {"total_s": time.perf_counter() - start, "cpu_s": time.process_time() - start_cpu,
-            "idxs": idxs, "method": sampler.method,
+            "idxs": idxs, "method": sampler.method, "steps": sampler.steps, "switches": sampler.switches,
             "selection_dim": sampler.features.shape[1]}
 
 
 # ----------------------------------------------------------------------------- main
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--n", type=int, default=123_000, help="rows for the timing run")
-    parser.add_argument("--widths", default="152,384", help="feature widths, comma-separated")
+    parser.add_argument("--data", default="clustered,gaussian,real",
+                        help="comma-separated: clustered (PatchCore-like), gaussian (random), real (bottle features)")
+    parser.add_argument("--n", type=int, default=123_000, help="rows of the clustered data")
+    parser.add_argument("--widths", default="152,384", help="widths of the clustered data, comma-separated")
+    parser.add_argument("--gaussian-n", type=int, default=30_000)
+    parser.add_argument("--gaussian-width", type=int, default=384)
+    parser.add_argument("--mvtec-root", default=os.environ.get("ADLEARN_MVTEC_ROOT"))
+    parser.add_argument("--category", default="bottle")
+    parser.add_argument("--real-images", default="40,120,209",
+                        help="training images for the real features (784 rows each: 31k, 94k, 164k rows)")
+    parser.add_argument("--methods", default="adaptive,pruned,dense", help="our methods to time")
     parser.add_argument("--ratio", type=float, default=0.1)
     parser.add_argument("--baseline-steps", type=int, default=150,
                         help="baseline steps timed at full size (then extrapolated)")
     parser.add_argument("--full-baseline", action="store_true", help="run the baseline to the end")
     parser.add_argument("--coverage-n", type=int, default=20_000,
-                        help="rows for the coverage comparison (0 skips it)")
+                        help="rows for the coverage comparison on clustered data (0 skips it)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--anomalib-python", default=os.environ.get("ANOMALIB_PYTHON", DEFAULT_ANOMALIB_PYTHON),
                         help="python of a venv with anomalib 2.7 ('' to skip)")
     parser.add_argument("--json", help="write all figures to this file")
-    args = parser.parse_args()
+    add_arguments(parser)
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    widths = [int(w) for w in args.widths.split(",")]
-    results = {"n": args.n, "ratio": args.ratio, "threads": args.threads, "runs": []}
+    guard = guard_from_args(args)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    results = {"ratio": args.ratio, "threads": args.threads, "runs": []}
 
-    print(f"KCenterGreedy benchmark: {args.threads} thread(s), ratio {args.ratio}")
-    for width in widths:
-        embedding = patchcore_like_embedding(args.n, width, seed=width)
-        coreset_size = int(args.n * args.ratio)
-        print(f"\n== N={args.n:,} x D={width} -> {coreset_size:,} centres")
-        ours = time_ours(embedding, args.ratio)
-        print(f"  adlearn  ({ours['method']}, selects on d={ours['selection_dim']}): "
-              f"{ours['total_s']:7.1f} s wall, {ours['cpu_s']:7.1f} s CPU")
-        base = time_baseline(embedding, args.ratio, None if args.full_baseline else args.baseline_steps)
+    print(f"KCenterGreedy benchmark: {args.threads} thread(s), ratio {args.ratio}; {describe()}")
+    for name, embedding in datasets(args):
+        n, width = embedding.shape
+        coreset_size = int(n * args.ratio)
+        print(f"\n== {name} -> {coreset_size:,} centres")
+        run = {"data": name, "n": n, "width": width, "ours": {}}
+        for method in methods:
+            with guard.measure(f"{name}: adlearn {method}"):
+                ours = time_ours(embedding, args.ratio, method=method)
+            print(f"  adlearn {method:8s} (selects on d={ours['selection_dim']}): {ours['total_s']:7.1f} s wall, "
+                  f"{ours['cpu_s']:7.1f} s CPU; steps {ours['steps']}"
+                  + (f", switches {ours['switches'][:4]}{' ...' if len(ours['switches']) > 4 else ''}"
+                     if ours["switches"] else ""))
+            run["ours"][method] = {k: v for k, v in ours.items() if k != "idxs"}
+        with guard.measure(f"{name}: baseline"):
+            base = time_baseline(embedding, args.ratio, None if args.full_baseline else args.baseline_steps)
         how = f"extrapolated from {base['steps_run']} steps" if base["extrapolated"] else "measured"
         print(f"  baseline (anomalib 2.7 loop, d={base['selection_dim']}): {base['total_s']:7.1f} s wall, "
               f"{base['cpu_s']:7.1f} s CPU ({how}; {base['per_step_ms']:.1f} ms/step, projection "
               f"{base['projection_s']:.1f} s)")
-        ratio = base["total_s"] / ours["total_s"]
-        print(f"  speed-up: {ratio:.1f}x wall, {base['cpu_s'] / ours['cpu_s']:.1f}x CPU time")
-        run = {"width": width, "ours_s": ours["total_s"], "ours_cpu_s": ours["cpu_s"],
-               "ours_method": ours["method"], "ours_dim": ours["selection_dim"],
-               "baseline_s": base["total_s"], "baseline_cpu_s": base["cpu_s"],
-               "baseline_per_step_ms": base["per_step_ms"], "baseline_extrapolated": base["extrapolated"],
-               "speedup": ratio, "speedup_cpu": base["cpu_s"] / ours["cpu_s"]}
+        run["baseline"] = {k: v for k, v in base.items() if k != "idxs"}
+        for method, ours in run["ours"].items():
+            wall = guard.ratio(base["total_s"], ours["total_s"], f"{name}: adlearn {method}", f"{name}: baseline")
+            cpu = guard.ratio(base["cpu_s"], ours["cpu_s"], f"{name}: adlearn {method}", f"{name}: baseline")
+            ours.update(speedup=wall, speedup_cpu=cpu)
+            print(f"  speed-up {method:8s}: " + (f"{wall:.1f}x wall, {cpu:.1f}x CPU time" if wall else
+                                                  "not reported (measured under load; --allow-busy reports it)"))
         real = time_real_anomalib(args.anomalib_python, embedding, args.baseline_steps, args.threads)
         if real:
             estimate = real["projection_s"] + real["per_step_ms"] / 1e3 * (coreset_size - 1)
             print(f"  real anomalib: {real['per_step_ms']:.1f} ms/step over {real['steps']} steps "
-                  f"-> ~{estimate:.0f} s for {coreset_size:,} centres ({estimate / ours['total_s']:.1f}x ours)")
-            run["anomalib_per_step_ms"] = real["per_step_ms"]
-            run["anomalib_estimate_s"] = estimate
+                  f"-> ~{estimate:.0f} s for {coreset_size:,} centres")
+            run["anomalib_per_step_ms"], run["anomalib_estimate_s"] = real["per_step_ms"], estimate
         del embedding
 
-        if args.coverage_n:
+        if args.coverage_n and name.startswith("clustered"):
             small = patchcore_like_embedding(args.coverage_n, width, seed=width + 1)
             ours_small = time_ours(small, args.ratio)
             base_small = time_baseline(small, args.ratio, None)
@@ -256,16 +327,16 @@ def main() -> None:
                      "random": coverage_radius(small, random_idxs[:size])}
             print(f"  coverage at N={args.coverage_n:,} ({size:,} centres, both run to the end): "
                   f"radius adlearn {radii['adlearn']:.3f} | baseline {radii['baseline']:.3f} | "
-                  f"random subset {radii['random']:.3f}; time {ours_small['total_s']:.1f} s vs "
-                  f"{base_small['total_s']:.1f} s ({base_small['total_s'] / ours_small['total_s']:.1f}x)")
-            run["coverage"] = {"n": args.coverage_n, **radii, "ours_s": ours_small["total_s"],
-                               "baseline_s": base_small["total_s"]}
+                  f"random subset {radii['random']:.3f}")
+            run["coverage"] = {"n": args.coverage_n, **radii}
         results["runs"].append(run)
 
+    results["machine"] = guard.summary()
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
+        Path(args.json).write_text(json.dumps(results, indent=2, default=str))
         print(f"\nwrote {args.json}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -192,6 +192,9 @@ def run_anomalib(model_name: str, root: str, category: str, epochs: int, threads
 
 # ----------------------------------------------------------------------------- driver
 def main(argv: list[str] | None = None) -> int:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # adlearn.machine: stdlib only, any venv
+    from adlearn.machine import add_arguments, guard_from_args
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", default="stfpm,fastflow,reverse_distillation")
     parser.add_argument("--root", default=DEFAULT_MVTEC_ROOT)
@@ -205,9 +208,11 @@ def main(argv: list[str] | None = None) -> int:
                              "as trained and re-estimated)")
     parser.add_argument("--json", help="write all results here")
     parser.add_argument("--anomalib-side", nargs=2, metavar=("SPEC", "OUT"), help=argparse.SUPPRESS)
+    add_arguments(parser)
     args = parser.parse_args(argv)
     if args.anomalib_side:
         return run_anomalib_side(*args.anomalib_side)
+    guard = guard_from_args(args)
 
     if not (Path(args.root) / args.category / "train" / "good").is_dir():
         sys.exit(f"no MVTec category at {Path(args.root) / args.category}: set --root / ADLEARN_MVTEC_ROOT")
@@ -219,11 +224,13 @@ def main(argv: list[str] | None = None) -> int:
     for model_name in [m for m in args.models.split(",") if m]:
         row = {"model": model_name, "weights": CONFIGS[model_name][3], "data": f"{args.category} @ {IMAGE_SIZE} px",
                "epochs": args.epochs}
-        row["adlearn"] = run_adlearn(model_name, args.root, args.category, args.epochs, args.threads, args.seed,
-                                     args.test)
+        with guard.measure(f"adlearn {model_name}"):
+            row["adlearn"] = run_adlearn(model_name, args.root, args.category, args.epochs, args.threads,
+                                         args.seed, args.test)
         if have_anomalib:
-            row["anomalib"] = run_anomalib(model_name, args.root, args.category, args.epochs, args.threads,
-                                           args.seed, args.anomalib_python, args.test)
+            with guard.measure(f"anomalib {model_name}"):
+                row["anomalib"] = run_anomalib(model_name, args.root, args.category, args.epochs, args.threads,
+                                               args.seed, args.anomalib_python, args.test)
         results.append(row)
 
     print(f"\nseconds per training epoch ({args.threads} threads, CPU; median of epochs 2..{args.epochs})")
@@ -235,8 +242,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{row['model']:9s} {side:9s} {r['steps_per_epoch']:5d} {r['epoch_s']:8.1f} "
                       f"{r['epoch_cpu_s']:8.1f} {r['first_epoch_s']:9.1f}")
         if "anomalib" in row:
-            print(f"{'':9s} ratio adlearn/anomalib: wall {row['adlearn']['epoch_s'] / row['anomalib']['epoch_s']:.2f}, "
-                  f"CPU {row['adlearn']['epoch_cpu_s'] / row['anomalib']['epoch_cpu_s']:.2f}")
+            parts = (f"adlearn {row['model']}", f"anomalib {row['model']}")
+            wall = guard.ratio(row["adlearn"]["epoch_s"], row["anomalib"]["epoch_s"], *parts)
+            cpu = guard.ratio(row["adlearn"]["epoch_cpu_s"], row["anomalib"]["epoch_cpu_s"], *parts)
+            row["ratio_wall"], row["ratio_cpu"] = wall, cpu
+            print(f"{'':9s} ratio adlearn/anomalib: " + (f"wall {wall:.2f}, CPU {cpu:.2f}" if wall is not None else
+                                                         "not reported (measured under load; --allow-busy)"))
     if args.test:
         print(f"\ntest split after {args.epochs} epochs: image / pixel AUROC")
         for row in results:
@@ -248,12 +259,9 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{row['model']:9s} {label:32s} {metrics.get('image_AUROC', float('nan')):.4f} / "
                           f"{metrics.get('pixel_AUROC', float('nan')):.4f}")
     if args.json:
-        import platform
-
         import torch
 
-        meta = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": platform.processor() or platform.machine(),
-                "cpu_count": os.cpu_count(), "load_average": os.getloadavg(), "torch": torch.__version__}
+        meta = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": guard.summary(), "torch": torch.__version__}
         Path(args.json).write_text(json.dumps({"meta": meta, "results": results}, indent=2))
     return 0
 

@@ -51,3 +51,25 @@ def test_learning_curve_driver_watches_the_test_set_without_choosing_on_it(small
     assert all(row["val"] is not None and 0 <= row["test_pixel_auroc"] <= 1 for row in result["curve"])
     kept = result["curve"][result["kept_epoch"] - 1]   # the kept epoch's weights are the ones scored at the end
     assert result["test_pixel_auroc"] == pytest.approx(kept["test_pixel_auroc"], abs=1e-9)
+
+
+def test_kcenter_greedy_driver_records_the_machine_the_methods_and_refuses_busy_ratios(tmp_path):
+    out = tmp_path / "kcg.json"
+    argv = ["--data", "clustered,gaussian", "--n", "3000", "--widths", "64", "--gaussian-n", "2000",
+            "--gaussian-width", "128", "--baseline-steps", "5", "--coverage-n", "0", "--anomalib-python", "",
+            "--threads", "1", "--methods", "adaptive,dense", "--json", str(out)]
+    driver = load_driver("bench_kcenter_greedy")
+    # Threshold 1e9: never busy, ratios reported. Threshold 0 with no --allow-busy: every ratio refused.
+    assert driver.main(argv + ["--busy-threshold", "1e9"]) == 0
+    result = json.loads(out.read_text())
+    assert [run["data"] for run in result["runs"]] == ["clustered 3k x 64", "gaussian 2k x 128"]
+    for run in result["runs"]:
+        assert set(run["ours"]) == {"adaptive", "dense"} and run["ours"]["adaptive"]["speedup"] > 0
+        assert sum(run["ours"]["adaptive"]["steps"].values()) == int(run["n"] * 0.1) - 1
+    assert result["runs"][1]["ours"]["adaptive"]["switches"] == []       # random data: stays dense
+    machine = result["machine"]
+    assert machine["machine"]["cpu_model"] and len(machine["parts"]) == 6
+    assert all(len(part["load_before"]) == 3 and "other_cpus" in part for part in machine["parts"])
+    assert driver.main(argv + ["--busy-threshold", "-1"]) == 0
+    refused = json.loads(out.read_text())
+    assert all(ours["speedup"] is None for run in refused["runs"] for ours in run["ours"].values())

@@ -30,7 +30,7 @@ from adlearn.components import (
     SparseRandomProjection,
 )
 from adlearn.components import nearest_neighbors as nn_module
-from adlearn.components.kcenter_greedy import coverage_radius
+from adlearn.components.kcenter_greedy import _Switch, coverage_radius
 
 
 def correlated_data(n: int, d: int, seed: int = 0, rank: int | None = None) -> torch.Tensor:
@@ -225,7 +225,7 @@ def brute_force_greedy(x: torch.Tensor, start: int, size: int, centres=()) -> li
 
 
 class TestKCenterGreedy:
-    @pytest.mark.parametrize("method", ["dense", "pruned"])
+    @pytest.mark.parametrize("method", ["dense", "pruned", "adaptive"])
     @pytest.mark.parametrize("seed", [0, 1, 2])
     def test_identical_to_brute_force(self, method, seed):
         x = clustered_data(400, 16, seed=seed)
@@ -235,6 +235,59 @@ class TestKCenterGreedy:
         # The random start point is the first index and part of the coreset.
         assert idxs == brute_force_greedy(x, start=idxs[0], size=40)
         assert sampler.min_distances[idxs].abs().max() == 0
+
+    def test_adaptive_goes_dense_on_random_gaussian_data_and_pruned_on_clustered_data(self):
+        # Random high-dimensional data: distances concentrate, the triangle inequality rules out
+        # almost no point, so pruning cannot pay: the selection stays dense. Clustered data: once a
+        # few dozen centres are placed most points are ruled out, so it switches to pruned steps.
+        # Both: the same points as a brute-force greedy; torch's thread count is restored.
+        threads = torch.get_num_threads()
+        gaussian = torch.randn(3000, 128, generator=torch.Generator().manual_seed(0))
+        clustered = clustered_data(3000, 32, seed=3)
+        runs = {}
+        for name, x in (("gaussian", gaussian), ("clustered", clustered)):
+            sampler = KCenterGreedy(x, 0.1, project=False, random_state=0, switch_fraction=0.2)
+            assert sampler.method == "adaptive"                  # the CPU default
+            idxs = sampler.select_coreset_idxs()
+            assert idxs == brute_force_greedy(x, start=idxs[0], size=300)
+            assert sum(sampler.steps.values()) == 299 and torch.get_num_threads() == threads
+            runs[name] = sampler
+        assert runs["gaussian"].switches == []                  # never left dense
+        assert runs["gaussian"].steps["dense"] > 0.9 * 299      # pruned steps are only the probes
+        first_switch = runs["clustered"].switches[0]
+        assert first_switch[1] == "pruned" and first_switch[2] < 0.15 and first_switch[0] < 100
+        assert runs["clustered"].steps["pruned"] > 0.8 * 299
+
+    def test_switch_fraction_extremes_change_the_steps_not_the_selection(self):
+        x = clustered_data(2000, 32, seed=4)
+        dense = KCenterGreedy(x, 0.1, project=False, random_state=1, method="dense").select_coreset_idxs()
+        never = KCenterGreedy(x, 0.1, project=False, random_state=1, switch_fraction=1e-4)
+        eager = KCenterGreedy(x, 0.1, project=False, random_state=1, switch_fraction=1.0)
+        assert never.select_coreset_idxs() == eager.select_coreset_idxs() == dense
+        # 1e-4: a probe always has >= 1 candidate (0.05 % of 2000), so it never leaves dense;
+        # pruned steps are exactly the probes, one per PROBE_EVERY steps.
+        assert never.switches == [] and never.steps["pruned"] == 199 // _Switch.PROBE_EVERY
+        # 1.0: the first two probes switch to pruned and no window can exceed 100 %.
+        assert [mode for _, mode, _ in eager.switches] == ["pruned"]
+        assert eager.switches[0][0] == 2 * _Switch.PROBE_EVERY
+
+    def test_switch_rule_and_threads(self):
+        switch = _Switch(1000, threads=2, adaptive=True, switch_fraction=0.2)
+        with switch:
+            assert switch.mode == "dense" and torch.get_num_threads() == 2
+            wants = [switch.wants_candidates(p) for p in range(1, 17)]
+            assert wants == [False] * 15 + [True]                 # one probe per 16 steps
+            switch.pruned_step(16, 100)                           # 10 %: one probe is not enough
+            assert switch.mode == "dense"
+            [switch.wants_candidates(p) for p in range(17, 33)]
+            switch.pruned_step(32, 120)                           # mean 11 % < 0.75 · 20 %
+            assert switch.mode == "pruned" and torch.get_num_threads() == 1
+            for position in range(33, 40):
+                switch.pruned_step(position, 900)                 # 7 of the 8-step window
+            assert switch.mode == "pruned"
+            switch.pruned_step(40, 900)                           # window mean 90 % > 20 %
+            assert switch.mode == "dense" and torch.get_num_threads() == 2
+            assert switch.switches == [(32, "pruned", 0.11), (40, "dense", 0.9)]
 
     def test_step_by_step_api_matches(self):
         x = clustered_data(200, 8, seed=5)
@@ -285,13 +338,13 @@ class TestKCenterGreedy:
         # With centres {0, 5} the first new point is the farthest from both; 15 new ones follow.
         first = int(torch.cdist(x, x[[0, 5]]).min(dim=1).values.argmax())
         expected = brute_force_greedy(x, first, 15, centres=(0, 5))
-        for method in ("dense", "pruned"):
+        for method in ("dense", "pruned", "adaptive"):
             sampler.method = method
             new = sampler.select_coreset_idxs(selected_idxs=[0, 5])
             assert new == expected and not {0, 5} & set(new)
         # Fewer distinct rows than the coreset size: each distinct row once, with a warning.
         repeated = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 3.0]]).repeat(10, 1)
-        for method in ("dense", "pruned"):
+        for method in ("dense", "pruned", "adaptive"):
             with pytest.warns(UserWarning, match="distinct"):
                 idxs = KCenterGreedy(repeated, 0.5, project=False, method=method).select_coreset_idxs()
             assert sorted(repeated[idxs].tolist()) == sorted([[0.0, 0.0], [1.0, 0.0], [0.0, 3.0]])
@@ -309,6 +362,8 @@ class TestKCenterGreedy:
             KCenterGreedy(bad, 0.5)
         with pytest.raises(ValueError, match="method"):
             KCenterGreedy(torch.rand(10, 3), 0.5, method="fast")
+        with pytest.raises(ValueError, match="switch_fraction"):
+            KCenterGreedy(torch.rand(10, 3), 0.5, switch_fraction=0.0)
 
 
 # ============================================================================ NearestNeighbors

@@ -1,5 +1,4 @@
-"""`KCenterGreedy`: coreset selection by greedy farthest-point sampling 
-(reference: ``anomalib.models.components.sampling.KCenterGreedy``).
+"""`KCenterGreedy`: coreset selection by greedy farthest-point sampling (MODELS.md A.4.1).
 
 PatchCore keeps only a *coreset* of its patch-feature memory bank: a subset chosen so that every
 patch has a selected patch nearby. The k-center problem asks for the subset C (|C| = m) that
@@ -20,32 +19,40 @@ the *original* rows are returned.
 Deliberate deviations from anomalib's reference:
 
 * **The random start point is part of the coreset** (it is the first index returned). anomalib
-  v1.x used it only to initialise the distances and then
+  v1.x (the release MODELS.md documents) used it only to initialise the distances and then
   selected ``coreset_size`` further points, so the start point's own neighbourhood could be left
   uncovered — a known bug, fixed upstream in anomalib 2.x (gh-3459).
 * **Projection only when it narrows the features.** The JL width depends on N only (≈ 290 for
   PatchCore-sized banks), so for narrow features (e.g. efficientnet_lite0's 152) the reference
   *widens* them: slower and no more accurate. We skip the projection when its width ≥ D.
-  Projecting also loosens the coverage in the original space, more the lower the width (measured
-  on real PatchCore features: docs/benchmarks.md), so a fixed low width is not the default;
+  Measured on real PatchCore features (MVTec bottle, efficientnet_lite0 blocks.2+blocks.4,
+  152-d, 40k patches → 4k centres; 360-d variant with blocks.6 in brackets), the coverage radius
+  in the original space grows with projection: none 18.96 [17.78]; JL width 261: +8.5 % [+9 %];
+  fixed 128: +13 % [+16 %]; 64: +23 % [+16 %] (random subset of the same size: +95 %). A fixed
+  low width therefore does *not* keep the radius within a few per cent and is not the default;
   ``projection_dim`` lets you choose one, ``project=False`` turns projection off.
 * **Speed.** The reference recomputes ``‖x − c‖`` for all N points with a fresh (N, d)
   temporary every step (v1.x also moved the argmax to the host with ``.item()`` every step;
-  2.7 keeps it on the device).
+  2.7 keeps it on the device): ~850 s for 123k patches → 12.3k centres on 2 CPU cores.
   Here ‖x‖² is precomputed and the features centred, and:
 
   - ``method="dense"`` (default on accelerators): one matrix-vector product per step,
     ``‖x − c‖² = ‖x‖² − 2·x·c + ‖c‖²``, minimum and argmax stay on the device, indices are
     collected in a device tensor and moved to the host once at the end — no per-step sync.
-  - ``method="pruned"`` (default on CPU): the same selection, but using the triangle inequality
+  - ``method="pruned"``: the same selection, but using the triangle inequality
     to skip points that cannot move closer. Each point remembers its nearest centre a; if
     ‖a − c_new‖ ≥ 2·min_dist then ‖x − c_new‖ ≥ ‖a − c_new‖ − ‖x − a‖ ≥ min_dist, so x is
-    unaffected. Only the remaining candidates (typically 1–3 % of the points once the coreset
-    has a few hundred centres; early on, when most points are candidates, one dense matvec is
-    used instead) get a distance, with the same expansion formula. A step then
-    costs O(#centres · d + N + #candidates · d) instead of O(N · d) memory traffic; the many
-    small ops run on one CPU thread (`adlearn.utils.one_cpu_thread`). It needs a host sync per
-    step (the candidate count), so accelerators use "dense".
+    unaffected. Only the remaining candidates (typically 1–3 % of the points on clustered
+    features such as PatchCore's once the coreset has a few hundred centres) get a distance,
+    with the same expansion formula. A step then costs O(#centres · d + N + #candidates · d)
+    instead of O(N · d) memory traffic; the many small ops run on one thread. It needs a host
+    sync per step (the candidate count), so accelerators use "dense".
+  - ``method="adaptive"`` (default on CPU): pruning only pays while few points are candidates.
+    On random high-dimensional data (distances concentrate) nearly every point stays a
+    candidate, and a pruned step on one thread is then *slower* than one dense matvec on all
+    threads (the reference does the latter). So each step is dense (all threads) or pruned
+    (one thread), chosen from the candidate fraction observed as the selection proceeds — see
+    `_Switch`. ``sampler.steps`` and ``sampler.switches`` tell what was chosen.
 
   Both methods pick the same points as a brute-force greedy up to floating-point ties
   (the reference tests check it). Measured speed-ups: see benchmarks/bench_kcenter_greedy.py.
@@ -58,7 +65,6 @@ import warnings
 import torch
 
 from adlearn.components.random_projection import SparseRandomProjection, johnson_lindenstrauss_min_dim
-from adlearn.utils import one_cpu_thread
 
 
 class KCenterGreedy:
@@ -72,8 +78,11 @@ class KCenterGreedy:
         eps: JL distortion for the projection width (0.9 as the reference).
         projection_dim: fixed projection width instead of the JL width.
         random_state: seed for the start point and the projection (``None``: torch's global RNG).
-        method: ``"auto"`` (``"pruned"`` on CPU, ``"dense"`` elsewhere), ``"dense"`` or ``"pruned"``.
+        method: ``"auto"`` (``"adaptive"`` on CPU, ``"dense"`` elsewhere), ``"adaptive"``,
+            ``"dense"`` or ``"pruned"`` (see the module docstring).
         chunk_rows: rows per chunk when gathering candidate rows (bounds temporary memory).
+        switch_fraction: adaptive only: the candidate fraction above which a dense step beats a
+            pruned one (default 0.4 / torch threads; see `_Switch`).
 
     Example:
         >>> sampler = KCenterGreedy(torch.randn(10_000, 152), sampling_ratio=0.1)
@@ -83,7 +92,7 @@ class KCenterGreedy:
     def __init__(self, embedding: torch.Tensor, sampling_ratio: float, *, project: bool = True,
                  eps: float = 0.9, projection_dim: int | None = None,
                  random_state: int | None = None, method: str = "auto",
-                 chunk_rows: int = 65536) -> None:
+                 chunk_rows: int = 65536, switch_fraction: float | None = None) -> None:
         if not isinstance(embedding, torch.Tensor) or embedding.dim() != 2:
             shape = (tuple(embedding.shape) if isinstance(embedding, torch.Tensor)
                      else type(embedding).__name__)
@@ -93,8 +102,10 @@ class KCenterGreedy:
             raise ValueError(f"embedding is empty (shape {tuple(embedding.shape)})")
         if not 0.0 < sampling_ratio <= 1.0:
             raise ValueError(f"sampling_ratio must lie in (0, 1], got {sampling_ratio}")
-        if method not in ("auto", "dense", "pruned"):
-            raise ValueError(f"method must be 'auto', 'dense' or 'pruned', got {method!r}")
+        if method not in ("auto", "adaptive", "dense", "pruned"):
+            raise ValueError(f"method must be 'auto', 'adaptive', 'dense' or 'pruned', got {method!r}")
+        if switch_fraction is not None and not 0.0 < switch_fraction <= 1.0:
+            raise ValueError(f"switch_fraction must lie in (0, 1], got {switch_fraction}")
         num_samples = embedding.shape[0]
         self.coreset_size = int(num_samples * sampling_ratio)
         if self.coreset_size < 1:
@@ -108,8 +119,11 @@ class KCenterGreedy:
         self.random_state = random_state
         self.chunk_rows = chunk_rows
         if method == "auto":
-            method = "pruned" if embedding.device.type == "cpu" else "dense"
+            method = "adaptive" if embedding.device.type == "cpu" else "dense"
         self.method = method
+        self.switch_fraction = switch_fraction
+        self.steps: dict[str, int] = {}                       # steps of each kind in the last selection
+        self.switches: list[tuple[int, str, float]] = []      # (step, new mode, candidate fraction)
         self._generator = torch.Generator()
         self._generator.manual_seed(random_state if random_state is not None
                                     else int(torch.randint(0, 2**62, (1,)).item()))
@@ -181,10 +195,11 @@ class KCenterGreedy:
             raise ValueError(f"selected_idxs must lie in [0, {num_samples})")
         first = self._farthest_from(preselected) if preselected else self.start_idx
 
-        if self.method == "pruned":
-            idxs = self._select_pruned(first, preselected)
+        if self.method in ("pruned", "adaptive"):
+            idxs = self._select_pruned(first, preselected, adaptive=self.method == "adaptive")
         else:
             idxs = self._select_dense(first, preselected)
+            self.steps, self.switches = {"dense": len(idxs), "pruned": 0}, []
         if len(idxs) < self.coreset_size:
             warnings.warn(f"the embedding has fewer distinct rows than coreset_size="
                           f"{self.coreset_size}: every row is covered after {len(idxs)} centres, "
@@ -226,26 +241,33 @@ class KCenterGreedy:
         covered_at = next((s for s, value in enumerate(farthest) if value == 0.0), None)
         return idxs if covered_at is None else idxs[:covered_at + 1]
 
-    def _select_pruned(self, first: int, preselected: list[int]) -> list[int]:
-        """Same greedy selection, skipping points the triangle inequality proves unaffected."""
+    def _select_pruned(self, first: int, preselected: list[int], adaptive: bool = False) -> list[int]:
+        """Same greedy selection, skipping points the triangle inequality proves unaffected.
+
+        ``adaptive``: each step is either *dense* (all N distances, one matvec on all threads) or
+        *pruned* (only the candidates, on one thread), chosen from the observed candidate fraction
+        (see `_Switch`). Both kinds of step keep the same state, so the selection is the same.
+        """
         features = self.features
         num_samples, width = features.shape
         num_centers = len(preselected) + self.coreset_size
         like = {"dtype": features.dtype, "device": features.device}
         centers = torch.empty(num_centers, width, **like)                           # (K, d)
         center_sq = torch.empty(num_centers, **like)                                 # (K,)
-        min_dist = torch.full((num_samples,), float("inf"), **like)                 # (N,) not squared
+        min_sq = torch.full((num_samples,), float("inf"), **like)                   # (N,) squared
         # Position (in selection order) of each point's nearest centre.
         owner = torch.zeros(num_samples, dtype=torch.long, device=features.device)  # (N,)
+        switch = _Switch(num_samples, torch.get_num_threads(), adaptive, self.switch_fraction,
+                         features.device)
 
         selected: list[int] = []
         queue = preselected + [first]
-        with one_cpu_thread(features.device.type == "cpu"):
+        with switch:
             for position in range(num_centers):
                 if position < len(queue):
                     index = queue[position]
                 else:
-                    value, index = torch.max(min_dist, dim=0)
+                    value, index = torch.max(min_sq, dim=0)
                     if value == 0.0:           # every point already coincides with a centre
                         break
                     index = int(index)
@@ -255,28 +277,40 @@ class KCenterGreedy:
                 centers[position] = center
                 center_sq[position] = self.sq_norms[index]
 
-                if position == 0:
-                    candidates = torch.arange(num_samples, device=features.device)  # all points
+                if position == 0 or not switch.wants_candidates(position):
+                    # Dense step: every point's distance, one matvec (all threads in adaptive mode).
+                    new_sq = self._candidate_squared(None, center)                   # (N,)
+                    closer = new_sq < min_sq
+                    torch.where(closer, new_sq, min_sq, out=min_sq)
+                    owner.masked_fill_(closer, position)
+                    if position > 0:
+                        switch.dense_step()
                 else:
-                    # ‖a − c‖ for every earlier centre a: one matvec over the centres.
-                    gap = torch.addmv(center_sq[:position], centers[:position], center, alpha=-2.0)
-                    gap = gap.add_(center_sq[position]).clamp_min_(0.0).sqrt_()     # (position,)
-                    # x can only move closer if ‖owner(x) − c‖ < 2·min_dist(x) (triangle ineq.).
-                    may_improve = gap.index_select(0, owner) < 2.0 * min_dist       # (N,) bool
+                    # ‖a − c‖² for every earlier centre a: one matvec over the centres.
+                    gap_sq = torch.addmv(center_sq[:position], centers[:position], center, alpha=-2.0)
+                    gap_sq = gap_sq.add_(center_sq[position]).clamp_min_(0.0)     # (position,)
+                    # x can only move closer if ‖owner(x) − c‖ < 2·min_dist(x) (triangle ineq.),
+                    # i.e. ‖owner(x) − c‖² < 4·min_dist(x)²: squares throughout, no square root.
+                    may_improve = gap_sq.index_select(0, owner) < 4.0 * min_sq     # (N,) bool
                     candidates = torch.nonzero(may_improve).squeeze(1)              # (n_c,)
-                new_dist = self._candidate_distances(candidates, center)            # (n_c,)
-                closer = new_dist < min_dist.index_select(0, candidates)
-                moved = candidates[closer]
-                min_dist.index_copy_(0, moved, new_dist[closer])
-                owner.index_fill_(0, moved, position)
-                min_dist[index] = 0.0          # the centre covers itself exactly
-        self.min_distances = min_dist.square()
+                    new_sq = self._candidate_squared(candidates, center)            # (n_c,)
+                    closer = new_sq < min_sq.index_select(0, candidates)
+                    moved = candidates[closer]
+                    min_sq.index_copy_(0, moved, new_sq[closer])
+                    owner.index_fill_(0, moved, position)
+                    switch.pruned_step(position, candidates.numel())
+                min_sq[index] = 0.0            # the centre covers itself exactly
+        self.min_distances = min_sq
+        self.steps = dict(switch.steps)
+        self.switches = list(switch.switches)
         return selected
 
-    def _candidate_distances(self, rows: torch.Tensor, center: torch.Tensor) -> torch.Tensor:
-        """‖x − c‖ for the candidate rows, via ‖x‖² − 2·x·c + ‖c‖² (the dense path's formula)."""
+    def _candidate_squared(self, rows: torch.Tensor | None, center: torch.Tensor) -> torch.Tensor:
+        """‖x − c‖² for the candidate rows (None: all rows), via ‖x‖² − 2·x·c + ‖c‖² (as "dense")."""
         center_sq = center @ center
-        if rows.numel() > self.features.shape[0] // 4:
+        if rows is None:
+            squared = torch.addmv(self.sq_norms, self.features, center, alpha=-2.0)         # (N,)
+        elif rows.numel() > self.features.shape[0] // 4:
             # Early steps: most points are candidates; one matvec over all rows beats gathering.
             squared = torch.addmv(self.sq_norms, self.features, center, alpha=-2.0).index_select(0, rows)
         else:
@@ -287,7 +321,93 @@ class KCenterGreedy:
                 for chunk in rows.split(self.chunk_rows)
             ]) if rows.numel() else rows.new_empty(0, dtype=self.features.dtype)
         squared.add_(center_sq)
-        return squared.masked_fill_(squared < self._noise_floor, 0.0).sqrt_()
+        return squared.masked_fill_(squared < self._noise_floor, 0.0)
+
+
+class _Switch:
+    """Chooses each step of `KCenterGreedy._select_pruned`: dense (all threads) or pruned (one).
+
+    The pruned step pays a fixed price (about six passes over N small values: the owner gap, the
+    comparison, ``nonzero``...) plus a gather of the n_c candidate rows; the dense step is one
+    streaming matvec over all N rows, shared by T threads. So pruning wins only while the
+    *candidate fraction* f = n_c / N is small, and less so with more threads: the break-even is
+    near f ≈ 0.4 / T (T = 2: 0.2). The fraction is observed as the selection proceeds:
+
+    * pruned mode (one thread): after every step; when the mean of the last ``WINDOW`` steps
+      exceeds ``dense_above`` (random high-dimensional data, where hardly any point can be
+      ruled out), switch to dense;
+    * dense mode (T threads): every ``PROBE_EVERY`` steps one step is run pruned, as a probe;
+      when two probes in a row average below ``pruned_below`` = 0.75 · ``dense_above`` (clustered
+      features once a few hundred centres are placed), switch to pruned.
+
+    Adaptive selection starts dense (the first steps rule out almost nothing). With
+    ``adaptive=False`` every step is pruned, on one thread. Recorded: ``steps`` (how many of
+    each kind; probes count as pruned) and ``switches`` ``[(step, mode, mean fraction), ...]``.
+    """
+
+    WINDOW = 8
+    PROBE_EVERY = 16
+
+    def __init__(self, num_samples: int, threads: int, adaptive: bool, switch_fraction: float | None,
+                 device: torch.device | None = None):
+        self.num_samples, self.threads, self.adaptive = num_samples, max(1, threads), adaptive
+        self.on_cpu = device is None or device.type == "cpu"
+        self.dense_above = switch_fraction if switch_fraction is not None else 0.4 / self.threads
+        self.pruned_below = 0.75 * self.dense_above
+        self.mode = "dense" if adaptive else "pruned"
+        self.recent: list[float] = []
+        self.since_probe = 0
+        self.steps = {"dense": 0, "pruned": 0}
+        self.switches: list[tuple[int, str, float]] = []
+        self._previous_threads: int | None = None
+
+    # Threads: the pruned loop's many *small* ops run on one thread (thread start/join costs more
+    # than their work; on a shared 2-core machine two threads were measured 5x slower), the dense
+    # matvec on all of them. torch's thread count is process-wide: restored on exit.
+    def __enter__(self):
+        if self.on_cpu:
+            self._previous_threads = torch.get_num_threads()
+            self._apply_threads()
+        return self
+
+    def __exit__(self, *exc):
+        if self._previous_threads is not None:
+            torch.set_num_threads(self._previous_threads)
+
+    def _apply_threads(self) -> None:
+        if self.on_cpu:
+            torch.set_num_threads(1 if self.mode == "pruned" else self.threads)
+
+    def wants_candidates(self, position: int) -> bool:
+        """Run this step pruned? (Always in pruned mode; as a probe now and then in dense mode.)"""
+        if self.mode == "pruned":
+            return True
+        self.since_probe += 1
+        return self.since_probe >= self.PROBE_EVERY
+
+    def dense_step(self) -> None:
+        self.steps["dense"] += 1
+
+    def pruned_step(self, position: int, num_candidates: int) -> None:
+        self.steps["pruned"] += 1
+        if not self.adaptive:
+            return
+        self.recent.append(num_candidates / self.num_samples)
+        if self.mode == "dense":
+            self.since_probe = 0
+            probes = self.recent[-2:]
+            if len(probes) == 2 and sum(probes) / 2 < self.pruned_below:
+                self._switch(position, "pruned", sum(probes) / 2)
+        else:
+            window = self.recent[-self.WINDOW:]
+            if len(window) == self.WINDOW and sum(window) / self.WINDOW > self.dense_above:
+                self._switch(position, "dense", sum(window) / self.WINDOW)
+
+    def _switch(self, position: int, mode: str, fraction: float) -> None:
+        self.mode = mode
+        self.recent = []
+        self.switches.append((position, mode, round(fraction, 4)))
+        self._apply_threads()
 
 
 def coverage_radius(embedding: torch.Tensor, idxs, chunk_rows: int = 4096) -> float:

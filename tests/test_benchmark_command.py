@@ -1,0 +1,121 @@
+"""`adlearn benchmark`: cells in their own processes, resumable, failures recorded, reports and book page."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import pytest
+
+from adlearn import benchmark
+
+
+def rows_for_tables():
+    row = {"status": "ok", "pixel_auroc": 0.9, "pixel_aupro": 0.7, "image_f1max": 0.8, "pixel_f1max": 0.3,
+           "fit_seconds": 2.0, "images_per_second": 10.0, "peak_memory_mb": 900.0, "parameters": 1000,
+           "model_size_mb": 1.5, "load_before": [0.1, 0.1, 0.1], "busy": False}
+    return [{**row, "model": "padim", "category": "weave", "seed": 0, "image_auroc": 0.8},
+            {**row, "model": "padim", "category": "weave", "seed": 1, "image_auroc": 0.9},
+            {**row, "model": "padim", "category": "weave", "seed": 2, "image_auroc": 0.95, "busy": True},
+            {"model": "dfm", "category": "weave", "seed": 0, "status": "failed", "error": "ValueError: bad\n"}]
+
+
+def test_summary_is_the_mean_and_std_over_seeds_and_failures_are_listed():
+    summary = {e["model"]: e for e in benchmark.summarize(rows_for_tables())}
+    values = [0.8, 0.9, 0.95]
+    mean = sum(values) / 3
+    assert summary["padim"]["image_auroc"] == pytest.approx(mean)
+    assert summary["padim"]["image_auroc_std"] == pytest.approx(math.sqrt(sum((v - mean) ** 2 for v in values) / 3))
+    assert summary["padim"]["seeds"] == 3 and summary["dfm"] == {**summary["dfm"], "seeds": 0, "failed": 1}
+    info = {"machine": {"cpu_model": "Test CPU", "physical_cores": 2, "logical_cpus": 4}, "busy_threshold": 0.5,
+            "preset": "cpu", "device": "cpu", "root": "embedded synthetic"}
+    table = benchmark.markdown_table(rows_for_tables(), info)
+    assert f"| padim | weave | 3 | {mean:.3f} ± " in table
+    assert "| dfm | weave | 0 (1 failed) | — |" in table
+    assert "Test CPU, 2 cores / 4 threads" in table and "Preset: cpu" in table
+    assert "**1 of 4 cells ran while other processes used the CPU**" in table
+    assert "`dfm__weave__seed0` (failed): ValueError: bad" in table
+
+
+def test_preset_is_passed_only_when_given(monkeypatch):
+    import adlearn.models
+
+    calls = []
+
+    def fake_create(name, preset=None, **options):
+        calls.append((name, preset, options))
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(adlearn.models, "create", fake_create)
+    benchmark.check_preset_support("cpu")          # the fake takes preset=: accepted
+    spec = {"model": "padim", "category": "weave", "seed": 0, "image_size": 64, "device": "cpu", "set": {}}
+    for preset in ("cpu", None):
+        with pytest.raises(RuntimeError, match="stop here"):
+            benchmark.run_cell({**spec, "preset": preset})
+    assert calls[0][1] == "cpu" and "backbone" not in calls[0][2]    # the preset chooses the backbone
+    assert calls[1][1] is None and calls[1][2]["backbone"] == benchmark.OFFLINE_BACKBONE
+
+    def old_create(name, **options):
+        raise AssertionError("never called")
+
+    monkeypatch.setattr(adlearn.models, "create", old_create)
+    with pytest.raises(ValueError, match="does not take preset= yet"):
+        benchmark.check_preset_support("cpu")
+    benchmark.check_preset_support(None)           # no --preset: nothing to check
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(ValueError, match="unknown model"):
+        benchmark.resolve_models("padim,nope")
+    with pytest.raises(ValueError, match="none of padim has an option 'max_epochs'"):
+        benchmark._check_set_keys(["padim"], {"max_epochs": 2})
+
+
+@pytest.mark.slow
+def test_cells_resume_record_failures_and_time_limits(small_synthetic_root, tmp_path):
+    from adlearn.cli import main
+    from adlearn.data import SYNTHETIC_CATEGORIES
+
+    category = SYNTHETIC_CATEGORIES[0]
+    out, page = tmp_path / "bench", tmp_path / "book" / "benchmarks.md"
+    common = ["--root", str(small_synthetic_root), "--categories", category, "--image-size", "64", "--threads", "1",
+              "--out", str(out), "--no-progress", "--allow-busy"]
+    # padim gets an impossible channel count (dfm has no such option): one failing cell, the other goes on.
+    status = main(["benchmark", "--models", "padim,dfm", "--seeds", "0", "--set", "n_features=100000", *common,
+                   "--book-page", str(page), "--label", "tiny data"])
+    assert status == 1
+    cells = {p.stem: json.loads(p.read_text()) for p in (out / "cells").glob("*.json")}
+    assert set(cells) == {f"padim__{category}__seed0", f"dfm__{category}__seed0"}
+    failed, ok = cells[f"padim__{category}__seed0"], cells[f"dfm__{category}__seed0"]
+    assert failed["status"] == "failed" and "n_features=100000" in failed["error"]
+    assert ok["status"] == "ok" and 0 <= ok["image_auroc"] <= 1 and 0 <= ok["pixel_aupro"] <= 1
+    assert ok["fit_seconds"] > 0 and ok["images_per_second"] > 0 and ok["peak_memory_mb"] > 0
+    assert ok["parameters"] > 0 and ok["model_size_mb"] > 0 and ok["n_train"] == 12
+    assert len(ok["load_before"]) == 3 and isinstance(ok["busy"], bool) and ok["other_cpus"] >= 0
+    with open(out / "results.csv") as f:
+        table = list(csv.DictReader(f))
+    assert [r["model"] for r in table] == ["padim", "dfm"] and list(table[0]) == list(benchmark.COLUMNS)
+    assert (out / "auroc_vs_fit_time.png").stat().st_size > 0 and (out / "auroc_per_model.png").is_file()
+    machine = json.loads((out / "machine.json").read_text())
+    assert machine["machine"]["cpu_model"] and machine["image_size"] == 64
+    assert [part["label"] for part in machine["parts"]] == [f"padim__{category}__seed0", f"dfm__{category}__seed0"]
+    text = page.read_text()
+    assert text.startswith("# Benchmarks") and "## tiny data" in text and "| dfm |" in text
+    assert (page.parent / "benchmark_figures" / "tiny_data_auroc_per_model.png").is_file()
+
+    # Resume: a finished cell is never recomputed, nor a failed one without --retry-failed.
+    stamps = {p.name: p.stat().st_mtime_ns for p in (out / "cells").glob("*.json")}
+    rows = benchmark.run_benchmark(["padim", "dfm"], [category], [0], out, root=str(small_synthetic_root),
+                                   image_size=64, threads=1, options={"n_features": 100000}, progress=False)
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "cells").glob("*.json")} == stamps and len(rows) == 2
+    # Same --out, other settings: an error naming what differs (never a stale result reused).
+    with pytest.raises(ValueError, match=r"settings \(image_size"):
+        benchmark.run_benchmark(["dfm"], [category], [0], out, root=str(small_synthetic_root), image_size=32,
+                                threads=1, progress=False)
+    # A cell over the time limit is stopped and recorded; the page's section is replaced, not added.
+    rows = benchmark.run_benchmark(["dfm"], [category], [1], out, root=str(small_synthetic_root), image_size=64,
+                                   threads=1, time_limit=0.5, progress=False)
+    assert rows[0]["status"] == "timeout" and "0.5 s" in rows[0]["error"]
+    benchmark.write_book_page(out, page, "tiny data", "adlearn benchmark ...")
+    assert page.read_text().count("## tiny data") == 1
