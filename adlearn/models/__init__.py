@@ -28,6 +28,7 @@ MODEL_MODULES: dict[str, str] = {
     "patchcore": "patchcore",
     "reverse_distillation": "reverse_distillation",
     "stfpm": "stfpm",
+    "uflow": "uflow",
 }
 
 
