@@ -1,9 +1,11 @@
-"""Small helpers every layer may use: device choice and seeding."""
+"""Small helpers every layer may use: device choice, seeding, one CPU thread for small work."""
 
 from __future__ import annotations
 
 import os
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -26,3 +28,23 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     os.environ.setdefault("PYTHONHASHSEED", str(seed))
+
+
+@contextmanager
+def one_cpu_thread(enabled: bool = True) -> Iterator[None]:
+    """Run torch on one CPU thread inside the block, then restore the previous count.
+
+    For many small operations (a few hundred rows, a 2-D toy flow) splitting each one across threads
+    costs more synchronisation than it saves, and on a busy machine the waiting threads slow the
+    whole run down. torch's thread count is process-wide, hence the restore. ``enabled=False``
+    (e.g. for work on a GPU) leaves it alone.
+    """
+    if not enabled:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

@@ -259,7 +259,7 @@ def test_gaussian_kde_errors():
     with pytest.raises(ValueError, match="singular"):
         kde.fit(torch.cat([dependent, dependent.sum(1, keepdim=True)], dim=1))  # rank 2 in 3-D
     kde.fit(torch.randn(50, 2))
-    with pytest.raises(ValueError, match=r"\(M, 2\)"):
+    with pytest.raises(ValueError, match=r"\(N, 2\)"):
         kde(torch.randn(4, 3))
 
 

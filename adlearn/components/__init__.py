@@ -1,4 +1,4 @@
-"""Reusable building blocks, named as anomalib's reference documents them (MODELS.md, part A).
+"""Reusable building blocks, named as anomalib documents them (``anomalib.models.components``).
 
 Components know nothing of models. Names are resolved lazily so ``import adlearn.components``
 stays cheap; ``from adlearn.components import PCA`` works as usual.
@@ -9,16 +9,18 @@ from __future__ import annotations
 import importlib
 
 _LAZY = {
-    # feature extractors (A.1)
+    # feature extractors (anomalib: components.feature_extractors)
     "BackboneParams": "feature_extractors",
     "TimmFeatureExtractor": "feature_extractors",
     "fold_batch_norms": "feature_extractors",
     "TorchFXFeatureExtractor": "feature_extractors",
+    "TransformerFeatureExtractor": "feature_extractors",
+    "is_transformer": "feature_extractors",
     "dryrun_find_featuremap_dims": "feature_extractors",
-    # dimensionality reduction (A.2)
+    # dimensionality reduction (components.dimensionality_reduction)
     "PCA": "pca",
     "SparseRandomProjection": "random_projection",
-    # normalizing flows (A.3)
+    # normalizing flows (components.flow)
     "AllInOneBlock": "flow",
     "SequenceFlow": "flow",
     "FlowSequence": "flow",
@@ -32,24 +34,28 @@ _LAZY = {
     # a-contrario detection (U-Flow)
     "log_nfa": "nfa",
     "nfa_segmentation": "nfa",
-    # sampling (A.4)
+    # sampling (components.sampling)
     "KCenterGreedy": "kcenter_greedy",
     "coverage_radius": "kcenter_greedy",
-    # filters (A.5)
+    # filters (components.filters)
     "GaussianBlur2d": "blur",
-    # classification (A.6)
+    # classification (components.classification)
     "FeatureScalingMethod": "kde_classifier",
     "KDEClassifier": "kde_classifier",
-    # cluster (A.7)
+    # cluster (components.cluster)
     "GaussianMixture": "gmm",
     "KMeans": "kmeans",
-    # statistics (A.8)
+    # statistics (components.stats)
     "GaussianKDE": "gaussian_kde",
     "MultiVariateGaussian": "multivariate_gaussian",
     "SingleClassGaussian": "single_class_gaussian",
-    # base classes (A.9)
+    # base classes (components.base)
     "DynamicBufferMixin": "dynamic_buffer",
     "NotFittedError": "dynamic_buffer",
+    # convolutional blocks (trained encoders and decoders)
+    "BasicBlock": "blocks",
+    "conv_bn_relu": "blocks",
+    "residual_stage": "blocks",
     # nearest-neighbour search (used by memory-bank models)
     "NearestNeighbors": "nearest_neighbors",
 }

@@ -1,4 +1,5 @@
-"""`GaussianBlur2d`: a fixed Gaussian smoothing filter for anomaly maps (MODELS.md A.5.1).
+"""`GaussianBlur2d`: a fixed Gaussian smoothing filter for anomaly maps 
+(reference: ``anomalib.models.components.filters.GaussianBlur2d``).
 
 PaDiM, PatchCore and CFA smooth their upsampled anomaly maps with σ = 4. The kernel is a sampled
 Gaussian
@@ -19,7 +20,7 @@ map, so it is a matrix: with ``A_y`` (H×H) and ``A_x`` (W×W), ``blur(X) = A_y 
 (H, W) plane X. We get each matrix by blurring the identity with the padded 1-D convolution itself
 (``A_y = blur_y(I_H)``: column j is where row j's mass ends up), so the borders are exactly those of
 the convolution. Two small matrix products run at BLAS speed; on a CPU a 33-tap depthwise
-convolution of one channel does not (32 maps of 224×224: 38 ms instead of 330 ms on one core).
+convolution of one channel does not (timings: docs/benchmarks.md).
 The matrices are cached per size, device and dtype. ``method="conv"`` keeps the convolutions.
 
 Border types are torch's ``F.pad`` modes. Their names do NOT match ``scipy.ndimage``'s:

@@ -1,4 +1,5 @@
-"""`DynamicBufferMixin`: buffers whose size is only known after fitting (MODELS.md A.9).
+"""`DynamicBufferMixin`: buffers whose size is only known after fitting 
+(reference: ``anomalib.models.components.base.DynamicBufferMixin``).
 
 A memory bank or a fitted statistic starts as an empty tensor. When a checkpoint is loaded, each
 registered buffer is first resized to the checkpoint's shape, then filled — so a fresh, unfitted
@@ -13,6 +14,15 @@ from torch import nn
 
 class NotFittedError(RuntimeError):
     """Raised when a component or model is used before ``fit``."""
+
+
+def check_fitted_rows(fitted: bool, inputs: torch.Tensor, n_features: int, who: str, fit_call: str) -> None:
+    """The two errors a fitted density/cluster model gives for bad queries: not fitted yet, or rows
+    that are not (N, n_features) like the training data."""
+    if not fitted:
+        raise NotFittedError(f"{who}: not fitted yet, call {fit_call} first")
+    if inputs.dim() != 2 or inputs.shape[1] != n_features:
+        raise ValueError(f"{who} expects shape (N, {n_features}), got {tuple(inputs.shape)}")
 
 
 class DynamicBufferMixin(nn.Module):

@@ -1,4 +1,5 @@
-"""Normalizing-flow building blocks: `AllInOneBlock`, `SequenceFlow` and subnet helpers (MODELS.md A.3).
+"""Normalizing-flow building blocks: `AllInOneBlock`, `SequenceFlow` and subnet helpers
+(reference: ``anomalib.models.components.flow.AllInOneBlock``, a copy of FrEIA's block).
 
 Idea
 ----

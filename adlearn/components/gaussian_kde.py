@@ -1,4 +1,5 @@
-"""`GaussianKDE`: Gaussian kernel density estimation (MODELS.md A.8.1).
+"""`GaussianKDE`: Gaussian kernel density estimation 
+(reference: ``anomalib.models.components.stats.GaussianKDE``).
 
 Idea
 ----
@@ -38,7 +39,7 @@ import math
 
 import torch
 
-from adlearn.components.dynamic_buffer import DynamicBufferMixin, NotFittedError
+from adlearn.components.dynamic_buffer import DynamicBufferMixin, check_fitted_rows
 from adlearn.components.kmeans import check_2d_finite
 
 __all__ = ["GaussianKDE"]
@@ -121,17 +122,10 @@ class GaussianKDE(DynamicBufferMixin):
         self.norm = norm.to(out_dtype)
 
     # ------------------------------------------------------------------ evaluation
-    def _check_features(self, features: torch.Tensor, who: str) -> None:
-        if not self.is_fitted:
-            raise NotFittedError(f"GaussianKDE.{who}: not fitted yet, call fit(dataset) first")
-        n_features = self.bw_transform.shape[0]
-        if features.dim() != 2 or features.shape[1] != n_features:
-            raise ValueError(f"GaussianKDE.{who} expects shape (M, {n_features}), "
-                             f"got {tuple(features.shape)}")
-
     def log_density(self, features: torch.Tensor) -> torch.Tensor:
         """log p(q) for each row of ``features`` (M, D) -> (M,), stable far from the data."""
-        self._check_features(features, "log_density")
+        check_fitted_rows(self.is_fitted, features, self.bw_transform.shape[0], "GaussianKDE.log_density",
+                          "fit(dataset)")
         n_points = self.dataset.shape[0]
         whitened = features.to(self.bw_transform.dtype) @ self.bw_transform  # (M, D)
         chunk = max(1, self.chunk_elements // n_points)  # queries per chunk

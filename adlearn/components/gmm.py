@@ -1,4 +1,5 @@
-"""`GaussianMixture`: a mixture of full-covariance Gaussians fitted by EM (MODELS.md A.7.1).
+"""`GaussianMixture`: a mixture of full-covariance Gaussians fitted by EM 
+(reference: ``anomalib.models.components.cluster.GaussianMixture``).
 
 Idea
 ----
@@ -42,7 +43,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from adlearn.components.dynamic_buffer import DynamicBufferMixin, NotFittedError
+from adlearn.components.dynamic_buffer import DynamicBufferMixin, check_fitted_rows
 from adlearn.components.kmeans import KMeans, _is_int, check_2d_finite
 
 __all__ = ["GaussianMixture"]
@@ -97,12 +98,8 @@ class GaussianMixture(DynamicBufferMixin):
         return self.means.numel() > 0
 
     def _check_fitted_input(self, data: torch.Tensor, who: str) -> None:
-        if not self.is_fitted:
-            raise NotFittedError(f"GaussianMixture.{who}: not fitted yet, call fit(data) first")
-        n_features = self.means.shape[1]
-        if data.dim() != 2 or data.shape[1] != n_features:
-            raise ValueError(f"GaussianMixture.{who} expects shape (N, {n_features}), "
-                             f"got {tuple(data.shape)}")
+        n_features = self.means.shape[1] if self.is_fitted else 0
+        check_fitted_rows(self.is_fitted, data, n_features, f"GaussianMixture.{who}", "fit(data)")
 
     @staticmethod
     def _log_gaussians(x: torch.Tensor, means: torch.Tensor,

@@ -1,4 +1,5 @@
-"""`KCenterGreedy`: coreset selection by greedy farthest-point sampling (MODELS.md A.4.1).
+"""`KCenterGreedy`: coreset selection by greedy farthest-point sampling 
+(reference: ``anomalib.models.components.sampling.KCenterGreedy``).
 
 PatchCore keeps only a *coreset* of its patch-feature memory bank: a subset chosen so that every
 patch has a selected patch nearby. The k-center problem asks for the subset C (|C| = m) that
@@ -19,21 +20,18 @@ the *original* rows are returned.
 Deliberate deviations from anomalib's reference:
 
 * **The random start point is part of the coreset** (it is the first index returned). anomalib
-  v1.x (the release MODELS.md documents) used it only to initialise the distances and then
+  v1.x used it only to initialise the distances and then
   selected ``coreset_size`` further points, so the start point's own neighbourhood could be left
   uncovered — a known bug, fixed upstream in anomalib 2.x (gh-3459).
 * **Projection only when it narrows the features.** The JL width depends on N only (≈ 290 for
   PatchCore-sized banks), so for narrow features (e.g. efficientnet_lite0's 152) the reference
   *widens* them: slower and no more accurate. We skip the projection when its width ≥ D.
-  Measured on real PatchCore features (MVTec bottle, efficientnet_lite0 blocks.2+blocks.4,
-  152-d, 40k patches → 4k centres; 360-d variant with blocks.6 in brackets), the coverage radius
-  in the original space grows with projection: none 18.96 [17.78]; JL width 261: +8.5 % [+9 %];
-  fixed 128: +13 % [+16 %]; 64: +23 % [+16 %] (random subset of the same size: +95 %). A fixed
-  low width therefore does *not* keep the radius within a few per cent and is not the default;
+  Projecting also loosens the coverage in the original space, more the lower the width (measured
+  on real PatchCore features: docs/benchmarks.md), so a fixed low width is not the default;
   ``projection_dim`` lets you choose one, ``project=False`` turns projection off.
 * **Speed.** The reference recomputes ``‖x − c‖`` for all N points with a fresh (N, d)
   temporary every step (v1.x also moved the argmax to the host with ``.item()`` every step;
-  2.7 keeps it on the device): ~850 s for 123k patches → 12.3k centres on 2 CPU cores.
+  2.7 keeps it on the device).
   Here ‖x‖² is precomputed and the features centred, and:
 
   - ``method="dense"`` (default on accelerators): one matrix-vector product per step,
@@ -46,8 +44,8 @@ Deliberate deviations from anomalib's reference:
     has a few hundred centres; early on, when most points are candidates, one dense matvec is
     used instead) get a distance, with the same expansion formula. A step then
     costs O(#centres · d + N + #candidates · d) instead of O(N · d) memory traffic; the many
-    small ops run on one thread (see `_single_cpu_thread`). It needs a host sync per step (the
-    candidate count), so accelerators use "dense".
+    small ops run on one CPU thread (`adlearn.utils.one_cpu_thread`). It needs a host sync per
+    step (the candidate count), so accelerators use "dense".
 
   Both methods pick the same points as a brute-force greedy up to floating-point ties
   (the reference tests check it). Measured speed-ups: see benchmarks/bench_kcenter_greedy.py.
@@ -55,12 +53,12 @@ Deliberate deviations from anomalib's reference:
 
 from __future__ import annotations
 
-import contextlib
 import warnings
 
 import torch
 
 from adlearn.components.random_projection import SparseRandomProjection, johnson_lindenstrauss_min_dim
+from adlearn.utils import one_cpu_thread
 
 
 class KCenterGreedy:
@@ -242,7 +240,7 @@ class KCenterGreedy:
 
         selected: list[int] = []
         queue = preselected + [first]
-        with _single_cpu_thread(features.device):
+        with one_cpu_thread(features.device.type == "cpu"):
             for position in range(num_centers):
                 if position < len(queue):
                     index = queue[position]
@@ -290,25 +288,6 @@ class KCenterGreedy:
             ]) if rows.numel() else rows.new_empty(0, dtype=self.features.dtype)
         squared.add_(center_sq)
         return squared.masked_fill_(squared < self._noise_floor, 0.0).sqrt_()
-
-
-@contextlib.contextmanager
-def _single_cpu_thread(device: torch.device):
-    """Run the pruned loop's many *small* CPU ops on one thread.
-
-    Each step touches only a few hundred rows, so thread start/join overhead outweighs the work;
-    on a shared 2-core machine two threads were measured 5× slower than one. (torch's thread
-    count is process-wide; it is restored afterwards.)
-    """
-    if device.type != "cpu":
-        yield
-        return
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def coverage_radius(embedding: torch.Tensor, idxs, chunk_rows: int = 4096) -> float:

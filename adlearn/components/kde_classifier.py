@@ -1,4 +1,5 @@
-"""`KDEClassifier`: PCA + feature scaling + Gaussian KDE -> anomaly probability (MODELS.md A.6).
+"""`KDEClassifier`: PCA + feature scaling + Gaussian KDE -> anomaly probability 
+(reference: ``anomalib.models.components.classification.KDEClassifier``).
 
 Idea (DFKDE's classifier)
 -------------------------
@@ -13,7 +14,7 @@ features are sparse. So:
 
        P(anomalous) = 1 / (1 + exp(0.05 * (log p(x) - 12)))
 
-   Low density -> P near 1. The constants are seed 002's ``threshold_steepness=0.05`` and
+   Low density -> P near 1. The constants are early anomalib's ``threshold_steepness=0.05`` and
    ``threshold_offset=12.0`` (anomalib v1 hard-codes them).
 
 Scaling (`FeatureScalingMethod`):
@@ -54,7 +55,8 @@ from adlearn.components.pca import PCA
 
 __all__ = ["FeatureScalingMethod", "KDEClassifier", "THRESHOLD_STEEPNESS", "THRESHOLD_OFFSET"]
 
-# The sigmoid that maps a log-density to a probability of being anomalous (seed 002's values).
+# The sigmoid that maps a log-density to a probability of being anomalous
+# (early anomalib's threshold_steepness and threshold_offset).
 THRESHOLD_STEEPNESS = 0.05
 THRESHOLD_OFFSET = 12.0
 

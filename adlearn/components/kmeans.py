@@ -1,4 +1,5 @@
-"""`KMeans`: Lloyd's algorithm in plain torch (MODELS.md A.7.2).
+"""`KMeans`: Lloyd's algorithm in plain torch 
+(reference: ``anomalib.models.components.cluster.KMeans``).
 
 Idea
 ----

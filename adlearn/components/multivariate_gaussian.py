@@ -1,4 +1,5 @@
-"""`MultiVariateGaussian`: one Gaussian per feature-map position (PaDiM; MODELS.md A.8.2).
+"""`MultiVariateGaussian`: one Gaussian per feature-map position (PaDiM)
+(reference: ``anomalib.models.components.stats.MultiVariateGaussian``).
 
 PaDiM models the C-dimensional patch embedding at every position p of an h×w feature map, over
 the B training images, as a Gaussian N(μ_p, Σ_p):

@@ -22,19 +22,14 @@ the best ``k + rerank`` candidates are re-ranked with exact float32 distances.
 distances of its k winners are recomputed directly as well, so both backends report the same
 numbers. ``index="ivf"`` (inverted lists: ``nprobe`` of ``nlist`` cells searched) and
 ``index="hnsw"`` (graph search) are approximate: they can miss the true nearest neighbour, which
-*over*-estimates a PatchCore patch score. Recall note, measured on real PatchCore features (MVTec
-bottle, 152-d; 12.3k bank, 3k queries): recall@1 1.000 with the defaults (IVF nprobe=16,
-HNSW ef_search=64) and 0.999 with nprobe=4 (worst score over-estimate 6.5 %), but at that size
-they were no faster than ``"flat"`` on 2 cores. They only pay off for much larger banks; check
-recall against ``index="flat"`` on your data.
+*over*-estimates a PatchCore patch score. They only pay off for much larger banks than
+MVTec's (recall and timings: docs/benchmarks.md); check recall against ``index="flat"`` on your data.
 
 **backend="auto"**: torch for tensors on an accelerator; on CPU faiss when it imports, else torch
-with a one-time notice (``pip install faiss-cpu``). Measured on 2 shared CPU cores (median of 7,
-torch path vs faiss flat): 3k queries × 12k×176 bank, k=1: 1.0–1.7× faster with faiss (k=9:
-1.0–1.6×); 6.3k × 12.3k×384: 1.3–1.7×; only small query batches (784 × 12.3k×152, one
-image) were sometimes faster in torch. So faiss is the CPU default.
-anomalib (B.12) uses brute-force torch distances so models export to ONNX; faiss is what the
-PatchCore paper used.
+with a one-time notice (``pip install faiss-cpu``); faiss is the CPU default because it was
+faster on all but single-image query batches (docs/benchmarks.md). anomalib
+(``anomalib.models.image.patchcore.torch_model``) uses brute-force torch distances so models export
+to ONNX; faiss is what the PatchCore paper used.
 """
 
 from __future__ import annotations

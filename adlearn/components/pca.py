@@ -1,4 +1,5 @@
-"""`PCA`: principal component analysis in plain torch (MODELS.md A.2.1).
+"""`PCA`: principal component analysis in plain torch 
+(reference: ``anomalib.models.components.dimensionality_reduction.PCA``).
 
 PCA finds the orthogonal directions along which centred data varies most. With the thin SVD of
 the centred data matrix

@@ -1,4 +1,5 @@
-"""`SparseRandomProjection`: distance-preserving random projection (MODELS.md A.2.2).
+"""`SparseRandomProjection`: distance-preserving random projection 
+(reference: ``anomalib.models.components.dimensionality_reduction.SparseRandomProjection``).
 
 The Johnson–Lindenstrauss (JL) lemma says N points can be mapped to
 

@@ -1,4 +1,5 @@
-"""`SingleClassGaussian`: the Gaussian density model of DFM (MODELS.md A.8.3, B.5).
+"""`SingleClassGaussian`: the Gaussian density model of DFM 
+(reference: ``anomalib.models.image.dfm.torch_model.SingleClassGaussian``).
 
 DFM fits one Gaussian N(μ, Σ) to the (PCA-reduced) features of the normal training images and
 scores a test feature f by twice its negative log-likelihood, without the constant:

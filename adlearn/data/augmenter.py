@@ -1,4 +1,5 @@
-"""Synthetic anomalies painted onto normal images (MODELS.md D.1 and D.2).
+"""Synthetic anomalies painted onto normal images
+(reference: the DRÆM-style ``anomalib.data.utils.augmenter.Augmenter`` and ``make_synthetic_dataset``).
 
 DRÆM (and DSR's third phase) never see a real defect while training. Instead, every normal
 training image is, with probability ``p_anomalous``, given a fake one:

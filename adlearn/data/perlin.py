@@ -1,4 +1,5 @@
-"""Perlin noise: smooth random "clouds", the raw material of synthetic anomalies (MODELS.md D.5).
+"""Perlin noise: smooth random "clouds", the raw material of synthetic anomalies
+(reference: ``anomalib.data.utils.generators.perlin``).
 
 How 2-D Perlin noise works, in four steps:
 

@@ -57,7 +57,7 @@ from adlearn.components import AllInOneBlock, TimmFeatureExtractor, dryrun_find_
 from adlearn.components.flow import SequenceFlow, subnet_fc
 from adlearn.components.positional_encoding import positional_encoding_2d
 from adlearn.models.base import Prediction, TrainedModel, register
-from adlearn.models.common import prediction_from_map
+from adlearn.models.common import combine_layer_maps, prediction_from_map
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -94,13 +94,10 @@ def cflow_loss(log_likelihood: torch.Tensor) -> torch.Tensor:
 
 def cflow_anomaly_map(log_likelihoods: list[torch.Tensor], log_likelihood_max: torch.Tensor,
                       image_size: tuple[int, int]) -> torch.Tensor:
-    """Step 5: Σ_k (1 − upsampled exp(log p_k − M_k)). [(B, h_k, w_k)], (K,) -> (B, H, W)"""
-    anomaly_map = 0.0
-    for k, log_p in enumerate(log_likelihoods):
-        likelihood = torch.exp(log_p - log_likelihood_max[k])[:, None]                # (B, 1, h_k, w_k)
-        upsampled = F.interpolate(likelihood, size=tuple(image_size), mode="bilinear", align_corners=True)
-        anomaly_map = anomaly_map + (1.0 - upsampled[:, 0])
-    return anomaly_map
+    """Step 5: Σ_k upsampled (1 − exp(log p_k − M_k)). [(B, h_k, w_k)], (K,) -> (B, H, W)"""
+    maps = [1.0 - torch.exp(log_p - log_likelihood_max[k])[:, None]                  # (B, 1, h_k, w_k)
+            for k, log_p in enumerate(log_likelihoods)]
+    return combine_layer_maps(maps, tuple(image_size), "add", align_corners=True)[:, 0]
 
 
 @register("cflow")

@@ -1,4 +1,7 @@
-"""DFKDE — Deep Feature Kernel Density Estimation (an anomalib baseline; no paper).
+"""DFKDE — Deep Feature Kernel Density Estimation (an anomalib baseline; no paper). Reference
+implementation: ``anomalib.models.image.dfkde`` (``torch_model``) with
+``anomalib.models.components.classification.KDEClassifier``; the KDE bandwidth is Scott's rule
+(D. W. Scott, "Multivariate Density Estimation", 1992).
 
 Idea: describe a whole image by one vector — the globally averaged deep features of a pretrained
 CNN — and model where normal images' vectors lie with a kernel density estimate. A test image whose
@@ -18,11 +21,11 @@ The steps:
    ``max_training_points`` → PCA to ``n_pca_components`` → scaling → `GaussianKDE`).
 4. Predict: `KDEClassifier.predict` → probability in (0, 1) that the image is anomalous.
 
-Defaults (MODELS.md B.4, seed 004): backbone ``resnet18``, layers ``("layer4",)``,
+Defaults (anomalib v1's): backbone ``resnet18``, layers ``("layer4",)``,
 ``n_pca_components=16``, ``feature_scaling_method="scale"``, ``max_training_points=40000``.
-The older documents (seeds 000/002) describe ResNet-50's pooled 2048-d vector instead: that is
+Early anomalib versions described ResNet-50's pooled 2048-d vector instead: that is
 ``create("dfkde", backbone="resnet50")`` — its ``layer4`` global-average-pooled *is* the penultimate
-(avgpool) output. Both are one argument apart; we follow 004.
+(avgpool) output. Both are one argument apart; we follow v1.
 
 Differences from anomalib, and why:
 
@@ -62,13 +65,13 @@ class Dfkde(MemoryBankModel):
                                         max_training_points=max_training_points, seed=seed)
 
     # Steps 1–2: one pooled feature vector per image.
-    def get_features(self, images: torch.Tensor) -> torch.Tensor:
+    def extract_features(self, images: torch.Tensor) -> torch.Tensor:
         features = self.feature_extractor(images)                         # {layer: (B, C_l, h_l, w_l)}
         pooled = [F.adaptive_avg_pool2d(f, 1).flatten(1) for f in features.values()]  # [(B, C_l)]
         return torch.cat(pooled, dim=1)                                   # (B, ΣC_l)
 
     def collect(self, images: torch.Tensor) -> torch.Tensor:
-        return self.get_features(images)
+        return self.extract_features(images)
 
     # Step 3: PCA + scaling + KDE on the training vectors.
     def fit_bank(self, features: torch.Tensor) -> None:                  # (N, D)
@@ -83,4 +86,6 @@ class Dfkde(MemoryBankModel):
 
     # Step 4: probability of being anomalous.
     def predict_step(self, images: torch.Tensor) -> Prediction:
-        return Prediction(pred_score=self.classifier.predict(self.get_features(images)), anomaly_map=None)
+        return Prediction(pred_score=self.classifier.predict(self.extract_features(images)), anomaly_map=None)
+
+    get_features = extract_features   # anomalib's name, used by notebooks/12_dfkde.ipynb

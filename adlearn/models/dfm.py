@@ -1,19 +1,21 @@
 """DFM — Deep Feature Modeling (Ahuja et al., 2019, "Probabilistic Modeling of Deep Features for
-Out-of-Distribution and Adversarial Detection", arXiv:1909.11786).
+Out-of-Distribution and Adversarial Detection", arXiv:1909.11786). Reference implementation:
+``anomalib.models.image.dfm`` (``torch_model``: ``DFMModel`` and ``SingleClassGaussian``).
 
 Idea: normal images' deep features live close to a low-dimensional linear subspace. Fit that
 subspace with PCA on the training images' (pooled, flattened) feature maps, then score a test image
 in one of two ways:
 
-* ``score_type="fre"`` — **feature reconstruction error**: how far the features are from their
-  projection onto the subspace,
+* ``score_type="fre"`` — **feature reconstruction error** (the paper's FRE score): how far the
+  features are from their projection onto the subspace,
 
       FRE(x) = ‖x − x̂‖²,    x̂ = μ + V_k V_kᵀ (x − μ)
 
   The error is kept per channel and position, so it also gives a pixel map: the squared error
   summed over channels at each pooled position, upsampled to the image size.
 * ``score_type="nll"`` — **negative log-likelihood** of the projected features z = V_kᵀ(x − μ) under
-  one Gaussian fitted to the training projections (`SingleClassGaussian`), up to constants:
+  one Gaussian fitted to the training projections (the paper's Gaussian model, one class only, as in
+  the reference; `SingleClassGaussian`), up to constants:
 
       2·NLL(z) ≈ (z − μ_z)ᵀ Σ_z⁻¹ (z − μ_z) + log |Σ_z|
 
@@ -28,10 +30,10 @@ The steps:
    on the projected training vectors.
 5. Score: FRE (sum of squared errors; map = per-position error, bilinearly upsampled) or NLL.
 
-Defaults (MODELS.md B.5, seed 004): backbone ``resnet50``, layer ``layer3``, ``pooling_kernel_size=4``,
-``pca_level=0.97``, ``score_type="fre"``. Seed 000 describes ResNet-18's penultimate (avgpool) vector
-instead — ``create("dfm", backbone="resnet18", layer="layer4", pooling_kernel_size=8)`` at 256² pools
-the 8×8 ``layer4`` map to that one 512-d vector. We follow 004. On ``efficientnet_lite0`` ``layer3``
+Defaults (anomalib v1's): backbone ``resnet50``, layer ``layer3``, ``pooling_kernel_size=4``,
+``pca_level=0.97``, ``score_type="fre"``. Early anomalib versions used ResNet-18's penultimate
+(avgpool) vector instead — ``create("dfm", backbone="resnet18", layer="layer4", pooling_kernel_size=8)``
+at 256² pools the 8×8 ``layer4`` map to that one 512-d vector. We follow v1. On ``efficientnet_lite0`` ``layer3``
 maps to ``blocks.4`` (stride 16, 112 channels).
 
 Differences from anomalib, and why:
@@ -87,7 +89,7 @@ class Dfm(MemoryBankModel):
         self.gaussian = SingleClassGaussian()
 
     # Steps 1–2: one pooled feature map per image.
-    def get_feature_map(self, images: torch.Tensor) -> torch.Tensor:
+    def extract_features(self, images: torch.Tensor) -> torch.Tensor:
         features = next(iter(self.feature_extractor(images).values()))   # (B, C, h, w)
         if self.pooling_kernel_size > 1:
             features = F.avg_pool2d(features, self.pooling_kernel_size)  # (B, C, h/k, w/k)
@@ -95,7 +97,7 @@ class Dfm(MemoryBankModel):
 
     # Step 3: flattened to one vector per image.
     def collect(self, images: torch.Tensor) -> torch.Tensor:
-        return self.get_feature_map(images).flatten(1)                    # (B, C·h'·w')
+        return self.extract_features(images).flatten(1)                   # (B, C·h'·w')
 
     # Step 4: PCA subspace (and, for nll, a Gaussian in it).
     def fit_bank(self, features: torch.Tensor) -> None:                  # (N, D)
@@ -115,11 +117,16 @@ class Dfm(MemoryBankModel):
     def negative_log_likelihood(self, feature_map: torch.Tensor) -> torch.Tensor:
         return self.gaussian.score_samples(self.pca.transform(feature_map.flatten(1)))  # (B,)
 
+    # Step 5a's map: the error summed over channels at each pooled position, at image size.
+    def anomaly_map(self, error: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        score_map = error.sum(dim=1, keepdim=True)                        # (B, 1, h', w')
+        return upsample_map(score_map, size).squeeze(1)                   # (B, H, W)
+
     def predict_step(self, images: torch.Tensor) -> Prediction:
-        feature_map = self.get_feature_map(images)                        # (B, C, h', w')
+        feature_map = self.extract_features(images)                       # (B, C, h', w')
         if self.score_type == "nll":
             return Prediction(pred_score=self.negative_log_likelihood(feature_map), anomaly_map=None)
         error = self.reconstruction_error(feature_map)                    # (B, C, h', w')
-        score_map = error.sum(dim=1, keepdim=True)                        # (B, 1, h', w')
-        anomaly_map = upsample_map(score_map, images.shape[-2:]).squeeze(1)  # (B, H, W)
-        return Prediction(pred_score=error.flatten(1).sum(1), anomaly_map=anomaly_map)
+        return Prediction(pred_score=error.flatten(1).sum(1), anomaly_map=self.anomaly_map(error, images.shape[-2:]))
+
+    get_feature_map = extract_features   # the older name, used by notebooks/13_dfm.ipynb

@@ -1,7 +1,10 @@
-"""FastFlow — unsupervised anomaly detection with 2-D normalizing flows (Yu et al., 2021, arXiv:2111.07677).
+"""FastFlow — unsupervised anomaly detection and localization via 2-D normalizing flows (Yu et al., 2021,
+arXiv:2111.07677). Reference implementation: ``anomalib.models.image.fastflow`` (``torch_model``,
+``loss``, ``anomaly_map``).
 
 Idea: a normalizing flow f is an invertible network that maps features x to z = f(x) with a cheap
-Jacobian determinant, so the exact likelihood of x under a standard normal prior on z is known:
+Jacobian determinant, so the exact likelihood of x under a standard normal prior on z is known
+(the change-of-variables formula the paper starts from, Sec. 3):
 
     log p(x) = log N(f(x); 0, I) + log |det ∂f/∂x|
              = −½‖z‖² − (d/2)·log 2π + log |det J|
@@ -11,12 +14,13 @@ Gaussian; features of a defect land far out (large ‖z‖²) and get a low like
 the feature maps 2-D — the flow's coupling subnets are convolutions, so every position's z sees its
 neighbourhood — which is what makes it fast and good at localisation.
 
-The steps, in the order of the paper (MODELS.md B.9):
+The steps, in the order of the paper (Sec. 3, "Feature Extractor" then "2D Flow Model"):
 
 1. A frozen ImageNet backbone gives three maps (CNNs: stages of stride 4, 8, 16 = ``layer1..3``),
    each followed by a **learnable** ``LayerNorm([C, h, w])`` (normalises over channels *and*
    positions, with a per-position gain and bias). Transformers (CaiT, DeiT) give one map of
-   stride 16 from an intermediate block, already layer-normalised by the backbone.
+   stride 16 from an intermediate block, already layer-normalised by the backbone
+   (`adlearn.components.TransformerFeatureExtractor`).
 2. One 2-D flow per scale: ``flow_steps`` `AllInOneBlock`s (affine coupling + global affine +
    channel permutation, clamp α = 2). Each coupling subnet is Conv(k) → ReLU → Conv(k) with
    int(C₁·hidden_ratio) hidden channels; k alternates 3, 1, 3, 1... (3×3 only if ``conv3x3_only``).
@@ -27,32 +31,31 @@ The steps, in the order of the paper (MODELS.md B.9):
    Adam(lr 1e-3, weight decay 1e-5) on the flows and the LayerNorms (the backbone stays frozen).
 4. Anomaly map: per scale and position the likelihood p = exp(−½ mean_c z²); the map is −p
    (in [−1, 0], higher = more anomalous), bilinearly upsampled to the image size and averaged
-   over the scales.
+   over the scales (`adlearn.models.common.combine_layer_maps`, mode "mean").
 5. Image score = the map's maximum.
 
-Defaults (MODELS.md B.9): backbone ``resnet18`` (timm hub weights), ``flow_steps`` 8,
+Defaults (the reference's): backbone ``resnet18`` (timm hub weights), ``flow_steps`` 8,
 ``conv3x3_only`` False, ``hidden_ratio`` 1.0, 500 epochs with early-stopping patience 3 (used when
 ``fit`` gets ``val_data``), batch size 32, no gradient clipping. Backbones: ``resnet18``,
-``wide_resnet50_2``, ``efficientnet_lite0`` (packaged offline weights: ``blocks.1/2/4``) or any timm CNN
-with stride-4/8/16 stages; transformers ``cait_m48_448`` (blocks 1–41, 448 px) and
+``wide_resnet50_2``, ``efficientnet_lite0/1/2`` (packaged offline weights: layers 1–3 = ``blocks.1/2/4``)
+or any timm CNN with stride-4/8/16 stages; transformers ``cait_m48_448`` (blocks 1–41, 448 px) and
 ``deit_base_distilled_patch16_384`` (blocks 1–8, 384 px) — other ``cait*``/``deit*`` models use the
 same fraction of their depth. Their weights come from the timm hub; offline, `load_backbone` raises
 a `PretrainedWeightsError` that names the alternatives.
 
 With the offline backbones: efficientnet_lite0's stride-4 stage has only 24 channels (ResNet-18's
-has 64) and that scale's flow localises poorly (real bottle: pixel AUROC 0.78 alone, 0.936 for the
-three-scale mean). Take the next three stages instead, ``layers=("layer2", "layer3", "layer4")``
-(strides 8, 16, 32), with ``conv3x3_only=True`` (the setting public FastFlow reproductions use for
-ResNet-18-sized backbones). Early stopping without labels: ``val_fraction=0.2,
-val_anomalies="synthetic"`` holds out 20 % of the training images and scores the pixel AUROC of
-Perlin-noise defects pasted into half of them. On real bottle (256 px, batch 8, patience 3) the
-offline ``efficientnet_lite2`` (wider and deeper than lite0, also packaged) gives image AUROC ≥ 0.999
-and pixel AUROC 0.957–0.967 over seeds 0–2; lite0 gives 0.929–0.957 (docs/benchmarks.md).
+has 64) and that scale's flow localises poorly. Take the next three stages instead,
+``layers=("layer2", "layer3", "layer4")`` (strides 8, 16, 32), with ``conv3x3_only=True`` (the setting
+public FastFlow reproductions use for ResNet-18-sized backbones); ``efficientnet_lite2`` (wider and
+deeper than lite0, also packaged) localises best. Early stopping without labels:
+``val_fraction=0.2, val_anomalies="synthetic"`` holds out 20 % of the training images and scores the
+pixel AUROC of Perlin-noise defects pasted into half of them. Per-scale scores and the real-bottle
+results of these recipes: docs/benchmarks.md ("FastFlow").
 
-Deviations: early stopping only on a validation set the caller passes or holds out (the reference
-monitors the *test* set's pixel AUROC); we accept any timm CNN rather than a fixed list; under mixed precision
-(CUDA) the backbone runs in bf16/fp16 but the flows and the loss stay in float32, because the
-log-determinant sums thousands of small terms that a 16-bit mantissa would swamp.
+Deliberate differences: early stopping only on a validation set the caller passes or holds out (the
+reference monitors the *test* set's pixel AUROC); we accept any timm CNN rather than a fixed list;
+under mixed precision (CUDA) the backbone runs in bf16/fp16 but the flows and the loss stay in
+float32, because the log-determinant sums thousands of small terms that a 16-bit mantissa would swamp.
 """
 
 from __future__ import annotations
@@ -60,58 +63,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from adlearn.components import AllInOneBlock, TimmFeatureExtractor, dryrun_find_featuremap_dims
+from adlearn.components import (
+    AllInOneBlock,
+    TimmFeatureExtractor,
+    TransformerFeatureExtractor,
+    dryrun_find_featuremap_dims,
+    is_transformer,
+)
 from adlearn.components.flow import SequenceFlow, subnet_conv
 from adlearn.models.base import Prediction, TrainedModel, register
-from adlearn.models.common import prediction_from_map, upsample_map
-
-# Transformer backbones: how many blocks to run (paper Table 6: CaiT block 40, DeiT block 7, 0-based).
-TRANSFORMER_BLOCKS = {"cait_m48_448": 41, "deit_base_distilled_patch16_384": 8}
-TRANSFORMER_DEPTH_FRACTION = {"cait": 41 / 48, "deit": 8 / 12}
-
-
-def is_transformer(backbone: str) -> bool:
-    return backbone.startswith(("cait", "deit"))
-
-
-class TransformerFeatureExtractor(nn.Module):
-    """Step 1 for CaiT / DeiT: patch tokens after the first ``n_blocks`` blocks and the final norm,
-    reshaped into one (B, D, H/16, W/16) map. Frozen."""
-
-    def __init__(self, backbone: str, pretrained="auto"):
-        super().__init__()
-        from adlearn.components.feature_extractors import load_backbone
-
-        self.model = load_backbone(backbone, pretrained)
-        self.model.eval().requires_grad_(False)
-        depth = len(self.model.blocks)
-        family = "cait" if backbone.startswith("cait") else "deit"
-        self.n_blocks = TRANSFORMER_BLOCKS.get(backbone) or max(1, round(depth * TRANSFORMER_DEPTH_FRACTION[family]))
-        self.image_size = tuple(self.model.patch_embed.img_size)
-        self.patch = tuple(self.model.patch_embed.patch_size)
-        self.out_dims = [self.model.embed_dim]
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        self.model.eval()          # frozen: dropout and friends stay off
-        return self
-
-    @torch.no_grad()
-    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:  # (B, 3, H, W)
-        model = self.model
-        tokens = model.patch_embed(images)                           # (B, N, D), N = (H/16)·(W/16)
-        if hasattr(model, "_pos_embed"):                             # DeiT / ViT: adds class (+ distillation) tokens
-            tokens = model.norm_pre(model.patch_drop(model._pos_embed(tokens)))
-            n_prefix = model.num_prefix_tokens
-        else:                                                        # CaiT: class token joins only later
-            tokens = model.pos_drop(tokens + model.pos_embed)
-            n_prefix = 0
-        for block in model.blocks[: self.n_blocks]:
-            tokens = block(tokens)
-        tokens = model.norm(tokens)[:, n_prefix:]                    # (B, N, D): patch tokens only
-        height, width = images.shape[-2] // self.patch[0], images.shape[-1] // self.patch[1]
-        return [tokens.transpose(1, 2).reshape(len(images), -1, height, width)]  # [(B, D, h, w)]
-
+from adlearn.models.common import combine_layer_maps, prediction_from_map
 
 def build_flow(channels: int, height: int, width: int, flow_steps: int, conv3x3_only: bool,
                hidden_ratio: float, affine_clamping: float = 2.0) -> SequenceFlow:
@@ -135,11 +96,9 @@ def fastflow_loss(hidden_variables: list[torch.Tensor], log_jacobians: list[torc
 
 def fastflow_anomaly_map(hidden_variables: list[torch.Tensor], image_size: tuple[int, int]) -> torch.Tensor:
     """Step 4: mean over scales of upsampled −exp(−½ mean_c z²). -> (B, H, W), values in [−1, 0]"""
-    maps = []
-    for z in hidden_variables:                                       # (B, C, h, w)
-        likelihood = torch.exp(-0.5 * z.pow(2).mean(dim=1, keepdim=True))  # (B, 1, h, w)
-        maps.append(upsample_map(-likelihood, image_size))         # (B, 1, H, W)
-    return torch.cat(maps, dim=1).mean(dim=1)
+    layer_maps = [-torch.exp(-0.5 * z.pow(2).mean(dim=1, keepdim=True))  # (B, 1, h, w) per scale
+                  for z in hidden_variables]                                # z: (B, C, h, w)
+    return combine_layer_maps(layer_maps, image_size, "mean").squeeze(1)
 
 
 @register("fastflow")
@@ -163,12 +122,13 @@ class Fastflow(TrainedModel):
 
         # Step 1: frozen backbone (+ a learnable LayerNorm per CNN stage).
         if is_transformer(backbone):
-            self.feature_extractor = TransformerFeatureExtractor(backbone, pretrained)
+            self.feature_extractor = TransformerFeatureExtractor(backbone, pre_trained=pretrained)
             if self.input_size != self.feature_extractor.image_size:
                 side = self.feature_extractor.image_size[0]
                 raise ValueError(f"FastFlow with {backbone} needs {side}x{side} images (the size its position "
                                  f"embedding was trained for); create it with image_size={side}")
-            shapes = [(self.feature_extractor.out_dims[0], self.input_size[0] // 16, self.input_size[1] // 16)]
+            stride = self.feature_extractor.strides[0]
+            shapes = [(self.feature_extractor.out_dims[0], self.input_size[0] // stride, self.input_size[1] // stride)]
             self.norms = nn.ModuleList([nn.Identity()])              # the transformer's own norm already ran
         else:
             self.feature_extractor = TimmFeatureExtractor(backbone, list(layers), pre_trained=pretrained)
@@ -182,11 +142,9 @@ class Fastflow(TrainedModel):
                                     for c, h, w in shapes])
 
     # Step 1
-    def normalized_features(self, images: torch.Tensor) -> list[torch.Tensor]:
+    def extract_features(self, images: torch.Tensor) -> list[torch.Tensor]:
         """[(B, C, h, w)] per scale: backbone features after the learnable LayerNorm, in float32."""
-        features = self.feature_extractor(images)
-        if isinstance(features, dict):
-            features = list(features.values())
+        features = self.feature_extractor(images).values()             # {layer: (B, C, h, w)}, CNN or transformer
         return [norm(feature.float()) for norm, feature in zip(self.norms, features)]
 
     # Step 2 (in float32 even under autocast: see the module docstring)
@@ -211,8 +169,10 @@ class Fastflow(TrainedModel):
 
     # Steps 4–5
     def anomaly_map(self, images: torch.Tensor) -> torch.Tensor:
-        hidden_variables, _ = self.flow_forward(self.normalized_features(images))
+        hidden_variables, _ = self.flow_forward(self.extract_features(images))
         return fastflow_anomaly_map(hidden_variables, images.shape[-2:])   # (B, H, W)
 
     def predict_step(self, images: torch.Tensor) -> Prediction:
         return prediction_from_map(self.anomaly_map(images))
+
+    normalized_features = extract_features   # the older name, used by notebooks/21_fastflow.ipynb

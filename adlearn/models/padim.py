@@ -1,23 +1,27 @@
-"""PaDiM — a Patch Distribution Modeling framework (Defard et al., 2020, arXiv:2011.08785).
+"""PaDiM — a Patch Distribution Modeling framework for anomaly detection and localization (Defard et al.,
+2020, arXiv:2011.08785). Reference implementation: ``anomalib.models.image.padim``
+(``torch_model``, ``anomaly_map``).
 
 Idea: a pretrained CNN describes every image patch with a feature vector. For each patch
 *position* (i, j), the normal training images give a cloud of such vectors; PaDiM fits one
 multivariate Gaussian N(μ_ij, Σ_ij) per position. A test patch is anomalous when it lies far from its
 position's Gaussian, measured by the Mahalanobis distance
 
-    M(x_ij) = sqrt( (x_ij − μ_ij)ᵀ Σ_ij⁻¹ (x_ij − μ_ij) ),      Σ_ij = Cov + 0.01·I
+    Σ_ij = 1/(N−1) Σ_k (x_ij^k − μ_ij)(x_ij^k − μ_ij)ᵀ + ε·I,  ε = 0.01      (Sec. 3.2, Eq. 1)
+    M(x_ij) = sqrt( (x_ij − μ_ij)ᵀ Σ_ij⁻¹ (x_ij − μ_ij) )                  (Sec. 3.3, Eq. 2)
 
 The steps, in the order of the paper:
 
-1. Extract three feature maps (``layer1..layer3``) from a frozen ImageNet CNN.
+1. Extract three feature maps (``layer1..layer3``) from a frozen ImageNet CNN (Sec. 3.1).
 2. Upsample the coarser maps to the finest one's size (nearest) and concatenate the channels:
    every position gets one embedding vector (448-D for resnet18, 1792-D for wide_resnet50_2).
-3. Keep a fixed random subset of ``n_features`` channels (the paper shows this works as well as PCA).
+3. Keep a fixed random subset of ``n_features`` channels (the paper's experiments find this random
+   reduction works as well as PCA, for less work).
 4. Fit: one Gaussian per position over all training images (`MultiVariateGaussian`).
 5. Predict: Mahalanobis distance per position → (B, h, w) map, bilinearly upsampled to the image
    size, smoothed with a Gaussian blur σ = 4; the image score is the map's maximum.
 
-Defaults (MODELS.md B.11, seed 004): backbone ``resnet18``, layers ``layer1..layer3``,
+Defaults (the reference's): backbone ``resnet18``, layers ``layer1..layer3``,
 ``n_features`` 100 for resnet18 and 550 for wide_resnet50_2 (the paper's values). We add a default of
 100 for ``efficientnet_lite0`` (whose layers 1–3 map to ``blocks.1/2/4``: 24 + 40 + 112 = 176
 channels), the offline backbone used by tests and smoke runs. No optimizer: one pass over the data.
@@ -29,7 +33,7 @@ import torch
 
 from adlearn.components import GaussianBlur2d, MultiVariateGaussian, TimmFeatureExtractor
 from adlearn.models.base import MemoryBankModel, Prediction, register
-from adlearn.models.common import concat_upsampled, upsample_map
+from adlearn.models.common import concat_upsampled, prediction_from_map, upsample_map
 
 # Paper defaults for the number of randomly kept channels (plus our offline backbone).
 DEFAULT_N_FEATURES = {"resnet18": 100, "wide_resnet50_2": 550, "efficientnet_lite0": 100}
@@ -62,13 +66,13 @@ class Padim(MemoryBankModel):
         self.blur = GaussianBlur2d(sigma=blur_sigma, channels=1)
 
     # Steps 1–3: features -> one embedding vector per position.
-    def generate_embedding(self, images: torch.Tensor) -> torch.Tensor:
+    def extract_features(self, images: torch.Tensor) -> torch.Tensor:
         features = self.feature_extractor(images)                         # {layer: (B, C_l, h_l, w_l)}
         embedding = concat_upsampled(list(features.values()))             # (B, ΣC_l, h, w)
         return embedding.index_select(1, self.channel_index)              # (B, n_features, h, w)
 
     def collect(self, images: torch.Tensor) -> torch.Tensor:
-        return self.generate_embedding(images)
+        return self.extract_features(images)
 
     # Step 4: one Gaussian per position.
     def fit_bank(self, embeddings: torch.Tensor) -> None:                 # (N, n_features, h, w)
@@ -78,11 +82,12 @@ class Padim(MemoryBankModel):
 
     # Step 5: Mahalanobis map, upsampled and blurred; image score = max.
     def anomaly_map(self, images: torch.Tensor) -> torch.Tensor:
-        embedding = self.generate_embedding(images)                       # (B, n_features, h, w)
+        embedding = self.extract_features(images)                         # (B, n_features, h, w)
         distances = self.gaussian.mahalanobis(embedding)                  # (B, h, w)
         anomaly_map = upsample_map(distances.unsqueeze(1), images.shape[-2:])  # (B, 1, H, W)
         return self.blur(anomaly_map).squeeze(1)                          # (B, H, W)
 
     def predict_step(self, images: torch.Tensor) -> Prediction:
-        anomaly_map = self.anomaly_map(images)
-        return Prediction(pred_score=anomaly_map.flatten(1).amax(1), anomaly_map=anomaly_map)
+        return prediction_from_map(self.anomaly_map(images))              # image score = max
+
+    generate_embedding = extract_features   # anomalib's name, used by notebooks/10_padim.ipynb

@@ -1,10 +1,12 @@
-"""PatchCore — Towards Total Recall in Industrial Anomaly Detection (Roth et al., 2022, arXiv:2106.08265).
+"""PatchCore — Towards Total Recall in Industrial Anomaly Detection (Roth et al., CVPR 2022, arXiv:2106.08265).
+Reference implementation: ``anomalib.models.image.patchcore`` (``torch_model``, ``anomaly_map``) with
+``anomalib.models.components.sampling.KCenterGreedy``.
 
 Idea: an image is anomalous as soon as *one* of its patches is. Describe every patch of every
 normal training image with a mid-level CNN feature, keep them all in a **memory bank** ℳ, and score
 a test patch by its distance to the nearest bank entry:
 
-    s(p) = min_{m ∈ ℳ} ‖p − m‖₂                                   (patch score)
+    s(p) = min_{m ∈ ℳ} ‖p − m‖₂                                   (patch score, Sec. 3.3, Eq. 6)
 
 The bank of a whole training set is huge (bottle: 209 images × 28·28 patches ≈ 164k rows), so it is
 **coreset-subsampled** with greedy k-center selection: keep the points that best cover the rest,
@@ -12,7 +14,7 @@ The bank of a whole training set is huge (bottle: 209 images × 28·28 patches �
 "lonely" its nearest bank entry m* is:
 
     w  = 1 − exp(‖p* − m*‖) / Σ_{m ∈ 𝒩_b(m*)} exp(‖p* − m‖)  =  1 − softmax(d)[0]
-    s  = w · s*
+    s  = w · s*                                                     (Sec. 3.3, Eq. 7)
 
 where 𝒩_b(m*) are the b = ``num_neighbors`` nearest bank entries of m* (m* itself first) and d the
 distances from p* to them. m* is the closest of them to p*, so the softmax puts the least weight on it
@@ -24,17 +26,18 @@ best match is itself an unusual nominal pattern. With ``num_neighbors == 1`` the
 The steps, in the order of the paper:
 
 1. Extract two mid-level feature maps (``layer2`` and ``layer3``) from a frozen ImageNet CNN.
-2. Make them *locally aware*: a 3×3 average pool (stride 1, padding 1) over each map, so every
-   position also sees its neighbourhood.
+2. Make them *locally aware* (Sec. 3.1, Eqs. 1–2): a 3×3 average pool (stride 1, padding 1) over
+   each map, so every position also sees its neighbourhood.
 3. Upsample ``layer3`` bilinearly to ``layer2``'s size and concatenate the channels; reshape the
    (B, E, h, w) embedding to rows (B·h·w, E). wide_resnet50_2 at 224²: 512 + 1024 = 1536 channels
    on a 28×28 grid; efficientnet_lite0: 40 + 112 = 152 channels.
-4. Fit: all training rows → `KCenterGreedy` coreset (``coreset_sampling_ratio``) → memory bank.
+4. Fit: all training rows → `KCenterGreedy` coreset (``coreset_sampling_ratio``; Sec. 3.2, Eq. 5 and
+   Algorithm 1) → memory bank.
 5. Predict: nearest bank entry of every test patch (`NearestNeighbors`) → patch scores (B, h, w).
 6. Anomaly map: patch scores nearest-upsampled to the image size, Gaussian blur σ = 4.
 7. Image score: the re-weighted maximum above.
 
-Defaults (MODELS.md B.12, seed 004): backbone ``wide_resnet50_2``, layers ``("layer2", "layer3")``,
+Defaults (the reference's): backbone ``wide_resnet50_2``, layers ``("layer2", "layer3")``,
 ``coreset_sampling_ratio=0.1``, ``num_neighbors=9``, blur σ = 4; transform: resize 256, center crop
 224 (we scale the crop with the resize: ``center_crop="auto"`` = 7/8 of ``image_size``, so
 ``image_size=64`` crops 56). On ``efficientnet_lite0`` (the offline backbone) ``layer2/layer3`` map
@@ -97,7 +100,7 @@ class Patchcore(MemoryBankModel):
         self._search: NearestNeighbors | None = None  # index over memory_bank, built on first use
 
     # Steps 1–3: locally aware patch features, one row per position.
-    def generate_embedding(self, images: torch.Tensor) -> torch.Tensor:
+    def extract_features(self, images: torch.Tensor) -> torch.Tensor:
         features = self.feature_extractor(images)                         # {layer: (B, C_l, h_l, w_l)}
         pooled = [self.feature_pooler(f) for f in features.values()]      # same shapes, 3×3 neighbourhood
         return concat_upsampled(pooled, mode="bilinear")                  # (B, E, h, w)
@@ -108,7 +111,7 @@ class Patchcore(MemoryBankModel):
         return embedding.permute(0, 2, 3, 1).reshape(-1, embedding.shape[1])
 
     def collect(self, images: torch.Tensor) -> torch.Tensor:
-        return self.reshape_embedding(self.generate_embedding(images))    # (B·h·w, E) float32
+        return self.reshape_embedding(self.extract_features(images))      # (B·h·w, E) float32
 
     # Step 4: coreset-subsample all training patches into the memory bank.
     def fit_bank(self, patches: torch.Tensor) -> None:                   # (N, E)
@@ -169,7 +172,9 @@ class Patchcore(MemoryBankModel):
         return self.blur(upsampled).squeeze(1)                                # (B, H, W)
 
     def predict_step(self, images: torch.Tensor) -> Prediction:
-        embedding = self.generate_embedding(images)                       # (B, E, h, w)
+        embedding = self.extract_features(images)                         # (B, E, h, w)
         scores, locations = self.patch_scores(embedding)                  # (B, h, w) twice
         return Prediction(pred_score=self.image_score(embedding, scores, locations),
                           anomaly_map=self.anomaly_map(scores, images.shape[-2:]))
+
+    generate_embedding = extract_features   # anomalib's name, used by notebooks/11_patchcore.ipynb

@@ -1,5 +1,7 @@
 """Reverse Distillation — anomaly detection via reverse distillation from a one-class embedding
-(Deng & Li, CVPR 2022, arXiv:2201.10703).
+(Deng & Li, CVPR 2022, arXiv:2201.10703). Reference implementation:
+``anomalib.models.image.reverse_distillation`` (``torch_model``, ``loss``, ``anomaly_map``,
+``components.bottleneck``, ``components.de_resnet``).
 
 Idea: in STFPM the student sees the *image* and copies the teacher's features, so it can also copy
 them on a defect it never saw, if the defect resembles something normal. Reverse distillation makes
@@ -8,41 +10,45 @@ the student's task harder in a useful way: the student is a **decoder** that see
 on normal images only, so it has no words for a defect: the rebuilt features are "what a normal
 image would look like here", and they disagree with the teacher's where the image is defective.
 
-The steps, in the order of the paper (MODELS.md B.13):
+The steps, in the order of the paper (Sec. 3):
 
 1. Teacher encoder E (ImageNet weights, frozen, eval mode): ``layer1..layer3`` give e_1, e_2, e_3,
    (B, C_l, h_l, w_l) at strides 4, 8, 16.
-2. One-class bottleneck embedding (OCBE). *Multi-scale feature fusion*: e_1 goes through two
-   stride-2 3×3 conv+BN+ReLU (C_1 → C_2 → C_3), e_2 through one (C_2 → C_3), both now at e_3's
+2. One-class bottleneck embedding, OCBE (Sec. 3.2). *Multi-scale feature fusion*: e_1 goes through
+   two stride-2 3×3 conv+BN+ReLU (C_1 → C_2 → C_3), e_2 through one (C_2 → C_3), both now at e_3's
    stride; the three are concatenated (3·C_3 channels) and *one-class embedding*: one residual
-   stage with stride 2 compresses them to φ, (B, 2·C_3, h_3/2, w_3/2).
-3. Student decoder D: a mirrored ResNet ("de-ResNet") whose stages upsample φ with 2×2 transposed
-   convolutions into d_3, d_2, d_1, shaped exactly like e_3, e_2, e_1.
-4. Loss (the reference code's cosine on *flattened* maps, RD4AD issue #22), summed over the layers:
+   stage with stride 2 compresses them to φ, (B, 2·C_3, h_3/2, w_3/2). The blocks are
+   `adlearn.components.conv_bn_relu` and `adlearn.components.residual_stage`.
+3. Student decoder D (Sec. 3.1): a mirrored ResNet ("de-ResNet") whose stages upsample φ with 2×2
+   transposed convolutions into d_3, d_2, d_1, shaped exactly like e_3, e_2, e_1.
+4. Loss. The paper (Eqs. 1–2) averages the per-position 1 − cos(e_l(h, w), d_l(h, w)) over each map;
+   the reference code — and this module — take the cosine of the *flattened* maps instead (RD4AD
+   issue #22), summed over the layers:
 
        L = Σ_l  mean_b [ 1 − cos( vec(e_l[b]), vec(d_l[b]) ) ]
 
    Adam(lr 0.005, betas (0.5, 0.99)) on the bottleneck and the decoder; the teacher never changes.
-5. Anomaly map: per layer and position M_l = 1 − cos(e_l, d_l) along the channels, bilinearly
-   upsampled (align_corners=True) to the image size, **added** over the layers (``"multiply"`` is
-   the other mode), smoothed with a Gaussian blur σ = 4. Image score = the map's maximum.
+5. Anomaly map (Sec. 3.3, Eq. 3): per layer and position M_l = 1 − cos(e_l, d_l) along the channels,
+   bilinearly upsampled (align_corners=True) to the image size, **added** over the layers
+   (``"multiply"`` is the other mode; `adlearn.models.common.combine_layer_maps`), smoothed with a
+   Gaussian blur σ = 4. Image score = the map's maximum.
 
-Defaults (MODELS.md B.13): backbone ``wide_resnet50_2`` (timm hub weights), layers
+Defaults (the reference's): backbone ``wide_resnet50_2`` (timm hub weights), layers
 ``layer1..layer3``, ``anomaly_map_mode="add"`` (the Lightning default; the map generator's own default
 is "multiply" — the Lightning value is the one passed through), 200 epochs with early-stopping
 patience 3 (used when ``fit`` gets ``val_data``), no gradient clipping. ``efficientnet_lite0``
 (packaged offline weights, layers 1–3 = ``blocks.1/2/4``: 24, 40, 112 channels) is what tests and
 smoke runs use.
 
-Deviations: (a) one residual block type for every backbone — the *basic* block (two 3×3 convs), two
-per stage, as the reference uses for ResNet-18/34; for the ResNet-50 family the reference uses its
-bottleneck blocks (three in the OCBE stage, a de-ResNet-50 decoder), so parameter counts differ
-there. (b) ``precise_bn=True`` (see STFPM and `adlearn.train`): the bottleneck's and decoder's batch
-norms get statistics re-estimated for their current weights before validation and at the end. It
-matters most early (real bottle, lite0, seed 0: test pixel AUROC after epoch 1 0.44 with the
-statistics training leaves, 0.88 re-estimated) and little later (epoch 8: 0.960 and 0.963).
+Deliberate differences: (a) one residual block type for every backbone — the *basic* block (two 3×3
+convs), two per stage, as the reference uses for ResNet-18/34; for the ResNet-50 family the reference
+uses its bottleneck blocks (three in the OCBE stage, a de-ResNet-50 decoder), so parameter counts
+differ there. (b) ``precise_bn=True`` (see STFPM and `adlearn.train`): the bottleneck's and decoder's
+batch norms get statistics re-estimated for their current weights before validation and at the end;
+it matters most in the first epochs (docs/benchmarks.md, "Reverse Distillation on the real bottle").
 (c) Early stopping only on a validation set the caller passes or holds out (``val_fraction``); the
-reference watches the test set.
+reference watches the test set. (d) The bottleneck and decoder are kept in the channels-last memory
+layout (speed only, same numbers up to rounding).
 """
 
 from __future__ import annotations
@@ -51,53 +57,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from adlearn.components import GaussianBlur2d, TimmFeatureExtractor
+from adlearn.components import GaussianBlur2d, TimmFeatureExtractor, conv_bn_relu, residual_stage
 from adlearn.models.base import Prediction, TrainedModel, register
-from adlearn.models.common import cosine_distance, prediction_from_map, upsample_map
+from adlearn.models.common import combine_layer_maps, cosine_distance, prediction_from_map
 
 ANOMALY_MAP_MODES = ("add", "multiply")
-
-
-# ----------------------------------------------------------------------------- building blocks
-def conv_bn_relu(in_channels: int, out_channels: int, stride: int = 1) -> nn.Sequential:
-    """3×3 convolution (no bias: the batch norm has one), batch norm, ReLU."""
-    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False),
-                         nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True))
-
-
-class BasicBlock(nn.Module):
-    """ResNet's basic residual block: x + F(x), F = conv3×3-BN-ReLU-conv3×3-BN, then ReLU.
-
-    ``resample`` changes the resolution: "down" (stride-2 conv) in the bottleneck, "up" (2×2
-    transposed conv, stride 2) in the decoder; the shortcut then resamples too (1×1 conv / 2×2
-    transposed conv + BN) so that the two branches can be added.
-    (B, C_in, h, w) -> (B, C_out, h', w')
-    """
-
-    def __init__(self, in_channels: int, out_channels: int, resample: str | None = None):
-        super().__init__()
-        if resample == "up":
-            first = nn.ConvTranspose2d(in_channels, out_channels, 2, stride=2, bias=False)
-            shortcut = nn.ConvTranspose2d(in_channels, out_channels, 2, stride=2, bias=False)
-        else:
-            stride = 2 if resample == "down" else 1
-            first = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
-            shortcut = nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False)
-        self.residual = nn.Sequential(first, nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True),
-                                      nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
-                                      nn.BatchNorm2d(out_channels))
-        needs_projection = resample is not None or in_channels != out_channels
-        self.shortcut = nn.Sequential(shortcut, nn.BatchNorm2d(out_channels)) if needs_projection else nn.Identity()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(self.residual(x) + self.shortcut(x))
-
-
-def residual_stage(in_channels: int, out_channels: int, resample: str, blocks: int = 2) -> nn.Sequential:
-    """One resolution-changing block, then ``blocks - 1`` blocks at the new resolution."""
-    layers = [BasicBlock(in_channels, out_channels, resample)]
-    layers += [BasicBlock(out_channels, out_channels) for _ in range(blocks - 1)]
-    return nn.Sequential(*layers)
 
 
 # ----------------------------------------------------------------------------- step 2: OCBE
@@ -146,17 +110,14 @@ def reverse_distillation_loss(encoder_features: list[torch.Tensor],
     return loss
 
 
-def reverse_distillation_map(encoder_features: list[torch.Tensor], decoder_features: list[torch.Tensor],
+def reverse_distillation_anomaly_map(encoder_features: list[torch.Tensor], decoder_features: list[torch.Tensor],
                              image_size: tuple[int, int], mode: str = "add") -> torch.Tensor:
     """Step 5 before the blur: per-layer 1 − cos maps, upsampled, added or multiplied. -> (B, 1, H, W)"""
-    anomaly_map = None
-    for encoded, decoded in zip(encoder_features, decoder_features):
-        layer_map = upsample_map(cosine_distance(encoded, decoded), image_size, align_corners=True)
-        if anomaly_map is None:
-            anomaly_map = layer_map
-        else:
-            anomaly_map = anomaly_map + layer_map if mode == "add" else anomaly_map * layer_map
-    return anomaly_map
+    layer_maps = [cosine_distance(e, d) for e, d in zip(encoder_features, decoder_features)]  # [(B, 1, h, w)]
+    return combine_layer_maps(layer_maps, image_size, mode, align_corners=True)
+
+
+reverse_distillation_map = reverse_distillation_anomaly_map   # the older name, used by notebooks/22_*.ipynb
 
 
 # ----------------------------------------------------------------------------- the model
@@ -189,12 +150,12 @@ class ReverseDistillation(TrainedModel):
         # Steps 2-3: what is trained.
         self.bottleneck = OneClassBottleneck(channels, blocks_per_stage)
         self.decoder = ReverseDecoder(channels, blocks_per_stage)
-        # Channels-last convolutions train 14 % faster on the CPU here (resnet18, batch 32, one thread).
+        # Channels-last convolutions train faster on a CPU (speed only: docs/benchmarks.md).
         for module in (self.bottleneck, self.decoder):
             module.to(memory_format=torch.channels_last)
         self.blur = GaussianBlur2d(sigma=blur_sigma, channels=1)
 
-    def features(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    def extract_features(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Steps 1–3: ([e_1, e_2, e_3], [d_1, d_2, d_3]), each (B, C_l, h_l, w_l)."""
         encoded = [e.contiguous(memory_format=torch.channels_last)   # no gradient: the teacher is frozen
                    for e in self.encoder(images).values()]
@@ -210,10 +171,12 @@ class ReverseDistillation(TrainedModel):
         return reverse_distillation_loss(encoded, decoded)
 
     def anomaly_map(self, images: torch.Tensor) -> torch.Tensor:
-        encoded, decoded = self.features(images)
+        encoded, decoded = self.extract_features(images)
         encoded, decoded = [e.float() for e in encoded], [d.float() for d in decoded]
-        anomaly_map = reverse_distillation_map(encoded, decoded, images.shape[-2:], self.anomaly_map_mode)
+        anomaly_map = reverse_distillation_anomaly_map(encoded, decoded, images.shape[-2:], self.anomaly_map_mode)
         return self.blur(anomaly_map).squeeze(1)                                 # (B, H, W)
 
     def predict_step(self, images: torch.Tensor) -> Prediction:
         return prediction_from_map(self.anomaly_map(images))                    # image score = max
+
+    features = extract_features   # the older name, used by notebooks/22_reverse_distillation.ipynb

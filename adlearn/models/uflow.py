@@ -54,7 +54,7 @@ from adlearn.components import AllInOneBlock, TimmFeatureExtractor, dryrun_find_
 from adlearn.components.flow import SequenceFlow, subnet_conv
 from adlearn.components.nfa import nfa_segmentation
 from adlearn.models.base import Prediction, TrainedModel, register
-from adlearn.models.common import upsample_map
+from adlearn.models.common import combine_layer_maps
 
 
 def channels_going_up(channels: int) -> int:
@@ -128,9 +128,8 @@ def uflow_loss(latents: list[torch.Tensor], log_jac_det: torch.Tensor) -> torch.
 
 def uflow_anomaly_map(latents: list[torch.Tensor], image_size: tuple[int, int]) -> torch.Tensor:
     """Step 4: 1 − mean over scales of upsampled exp(−½ mean_c z²). -> (B, H, W), values in [0, 1]"""
-    likelihoods = [upsample_map(torch.exp(-0.5 * z.pow(2).mean(dim=1, keepdim=True)), image_size)
-                   for z in latents]                                               # [(B, 1, H, W)]
-    return 1.0 - torch.cat(likelihoods, dim=1).mean(dim=1)
+    likelihoods = [torch.exp(-0.5 * z.pow(2).mean(dim=1, keepdim=True)) for z in latents]   # [(B, 1, h_s, w_s)]
+    return 1.0 - combine_layer_maps(likelihoods, tuple(image_size), "mean")[:, 0]
 
 
 @register("uflow")

@@ -2,28 +2,16 @@
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 import numpy as np
 import torch
+
+from adlearn.utils import one_cpu_thread
 
 __all__ = ["project_features", "separation_auroc", "single_thread", "histogram_bins"]
 
 
-@contextmanager
-def single_thread():
-    """Run torch on one CPU thread inside the block, then restore the previous count.
-
-    For tiny tensors (a 2-D toy flow: 256 × 2 values per step) splitting work across threads
-    costs more synchronisation than it saves, and on a busy machine the waiting threads make a
-    few-second training run take minutes.
-    """
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
+# Tiny tensors (a 2-D toy flow: 256 × 2 values per step): threads would only wait on each other.
+single_thread = one_cpu_thread
 
 
 def _as_tensor(x, name: str = "features") -> torch.Tensor:

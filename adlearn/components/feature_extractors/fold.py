@@ -9,8 +9,8 @@ and when it directly follows a convolution y = W ∗ x + b it can be merged into
     W' = W · s,   b' = (b − μ) · s + β,   with s = γ / √(σ² + ε)   (per output channel).
 
 The batch norm then disappears (its activation, if it carries one, stays). On a CPU the batch norms
-of efficientnet_lite0 took 36 % of a forward pass (32 images at 224 px, one thread), so folding
-makes every frozen feature extractor about a third faster; the numbers change only by rounding.
+are a large share of a frozen backbone's forward pass, so folding makes every frozen feature
+extractor faster (docs/benchmarks.md); the numbers change only by rounding.
 
 Which convolution feeds which batch norm is read off one dry run with forward hooks, not from
 module names, so any CNN works: a pair is folded only when the convolution's output goes to that

@@ -1,4 +1,5 @@
-"""`TimmFeatureExtractor` (MODELS.md A.1.2): a pretrained timm CNN cut into feature stages.
+"""`TimmFeatureExtractor`: a pretrained timm CNN cut into feature stages
+(reference: ``anomalib.models.components.feature_extractors.TimmFeatureExtractor``).
 
     extractor = TimmFeatureExtractor("efficientnet_lite0", layers=["blocks.1", "blocks.2"])
     features = extractor(images)   # {"blocks.1": (B, 24, H/4, W/4), "blocks.2": (B, 40, H/8, W/8)}
@@ -8,11 +9,12 @@
 and always runs in eval mode (batch-norm statistics stay the ImageNet ones).
 
 Speed only: with ``channels_last=True`` (default) the backbone's weights and the images it gets are
-kept in the "channels last" memory layout, in which oneDNN's CPU convolutions run about 1.3–2x
-faster (cuDNN likes it too under mixed precision). The numbers are the same up to rounding; the
-feature maps come back in the standard layout, so nothing downstream sees a difference. A frozen
+kept in the "channels last" memory layout, in which oneDNN's CPU convolutions run faster
+(cuDNN likes it too under mixed precision; timings: docs/benchmarks.md). The numbers are the same
+up to rounding; the feature maps come back in the standard layout, so nothing downstream sees a
+difference. A frozen
 backbone also has its batch norms folded into the convolutions before them (`fold_batch_norms`:
-about a third less time on a CPU, same numbers up to rounding); ``fold_batch_norm=False`` keeps them.
+less time on a CPU, same numbers up to rounding); ``fold_batch_norm=False`` keeps them.
 """
 
 from __future__ import annotations

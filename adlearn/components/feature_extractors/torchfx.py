@@ -1,4 +1,5 @@
-"""`TorchFXFeatureExtractor` and `BackboneParams` (MODELS.md A.1.1, A.1.3).
+"""`TorchFXFeatureExtractor` and `BackboneParams` 
+(reference: ``anomalib.models.components.feature_extractors``).
 
 Any model — a torchvision name, a ``"package.module.Class"`` path, a class or an instance — cut at
 named graph nodes with ``torch.fx``. Find node names with
