@@ -51,3 +51,13 @@ def test_learning_curve_driver_watches_the_test_set_without_choosing_on_it(small
     assert all(row["val"] is not None and 0 <= row["test_pixel_auroc"] <= 1 for row in result["curve"])
     kept = result["curve"][result["kept_epoch"] - 1]   # the kept epoch's weights are the ones scored at the end
     assert result["test_pixel_auroc"] == pytest.approx(kept["test_pixel_auroc"], abs=1e-9)
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_flow_step_timer_runs_on_tiny_data(small_synthetic_root):
+    from adlearn.data import SYNTHETIC_CATEGORIES
+
+    driver = load_driver("time_flow_steps")
+    row = driver.time_model("uflow", str(small_synthetic_root), SYNTHETIC_CATEGORIES[0], batches=1, threads=1, seed=0,
+                            backbone="efficientnet_lite0", image_size=64, flow_steps=1)
+    assert row["batches"] == 2 and row["cpu_s_per_batch"] > 0 and row["batch_size"] == 8
