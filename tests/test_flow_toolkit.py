@@ -217,3 +217,27 @@ def test_nfa_segmentation_finds_a_planted_region_and_little_else():
         nfa_segmentation([fine], (32, 32), epsilon=0)
     with pytest.raises(ValueError, match="channels"):
         log_nfa([fine], channels="max")
+
+
+# =============================================================================== the conditional-flow widget
+def test_conditional_toy_flow_moves_its_density_with_the_condition():
+    from adlearn.widgets.conditional_flow import (conditional_flow_explore, conditional_flow_static_figure,
+                                                  conditional_flow_widget, conditional_log_likelihood,
+                                                  make_conditional_toy_data, train_conditional_toy_flow)
+
+    points, conditions = make_conditional_toy_data(2000, seed=0)
+    flow, losses = train_conditional_toy_flow(points, conditions, steps=300, seed=0)
+    assert losses[-20:].mean() < losses[:20].mean()
+    # The same points score higher under their own condition than under the opposite one.
+    with torch.no_grad():
+        own = conditional_log_likelihood(flow, points[:500], conditions[:500])
+        opposite = conditional_log_likelihood(flow, points[:500], (conditions[:500] + 0.5) % 1.0)
+    assert float((own > opposite).float().mean()) > 0.95
+    for condition in (0.0, 0.25, 0.6):
+        result = conditional_flow_explore(flow, condition, grid_points=60)
+        assert result["peak_error"] < 0.5, (condition, result["peak"], result["centre"])   # the peak follows c
+        assert result["mass"] == pytest.approx(1.0, abs=0.05)                              # still a density
+    view = conditional_flow_widget(flow, condition=0.25)
+    view.controls["condition"].value = 0.5
+    assert view.n_updates == 2 and view.last_result["condition"] == 0.5
+    assert len(conditional_flow_static_figure(flow, conditions=(0.0, 0.5)).axes) == 2
