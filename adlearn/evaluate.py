@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from adlearn.metrics import compute_all
+from adlearn.metrics import compute_all, mask_f1
 
 
 def _peak_memory_mb(device: torch.device) -> float:
@@ -39,7 +39,7 @@ def collect_predictions(model, dataset, batch_size: int | None = None) -> dict:
     if len(dataset) == 0:
         raise ValueError("the test dataset is empty — nothing to evaluate")
     loader = DataLoader(dataset, batch_size=batch_size or model.batch_size, shuffle=False)
-    scores, labels, maps, masks, defect_types, paths = [], [], [], [], [], []
+    scores, labels, maps, masks, defect_types, paths, pred_masks = [], [], [], [], [], [], []
     model_seconds = 0.0
     for batch in loader:
         _synchronize(model.device)
@@ -49,6 +49,8 @@ def collect_predictions(model, dataset, batch_size: int | None = None) -> dict:
         scores.append(prediction.pred_score.float().numpy())
         if prediction.anomaly_map is not None:
             maps.append(prediction.anomaly_map.float().numpy())
+        if prediction.pred_mask is not None:
+            pred_masks.append(prediction.pred_mask.numpy().astype(bool))
         labels.append(batch["label"].numpy())
         masks.append(batch["mask"].numpy())
         defect_types += list(batch["defect_type"])
@@ -57,6 +59,7 @@ def collect_predictions(model, dataset, batch_size: int | None = None) -> dict:
         "pred_scores": np.concatenate(scores),
         "labels": np.concatenate(labels).astype(int),
         "anomaly_maps": np.concatenate(maps) if maps else None,
+        "pred_masks": np.concatenate(pred_masks) if pred_masks else None,
         "masks": np.concatenate(masks),
         "defect_types": defect_types,
         "image_paths": paths,
@@ -70,6 +73,8 @@ def evaluate(model, test_dataset, batch_size: int | None = None, return_predicti
     metrics = compute_all(predictions["labels"], predictions["pred_scores"],
                           masks=predictions["masks"] if predictions["anomaly_maps"] is not None else None,
                           maps=predictions["anomaly_maps"])
+    if predictions["pred_masks"] is not None:       # the model's own segmentation (no threshold chosen with labels)
+        metrics["pixel_f1_mask"] = mask_f1(predictions["masks"], predictions["pred_masks"])
     n_images = len(predictions["labels"])
     results = {
         "model": model.name,

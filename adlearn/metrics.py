@@ -90,6 +90,7 @@ __all__ = [
     "normalize_with_threshold",
     "MinMaxNormalizer",
     "compute_all",
+    "mask_f1",
 ]
 
 ArrayLike = Any  # np.ndarray | torch.Tensor | sequence of numbers
@@ -624,3 +625,16 @@ def compute_all(
     results["pixel_f1max"] = _f1_from_counts(tps[1:], fps[1:], ranking.thresholds)[0]
     results["pixel_aupro"] = _aupro_from(m, a, fpr_limit, None, 8, ranking)
     return results
+
+
+def mask_f1(masks: ArrayLike, predicted: ArrayLike) -> float:
+    """Pixel F1 of a binary segmentation the model chose itself (no threshold tuned on labels):
+    2·TP / (2·TP + FP + FN) over every pixel of every image. (N, H, W), (N, H, W) bool -> float"""
+    truth = np.asarray(masks).reshape(-1) > 0.5
+    guess = np.asarray(predicted).reshape(-1).astype(bool)
+    if truth.shape != guess.shape:
+        raise ValueError(f"masks and predicted masks differ in size: {np.shape(masks)} vs {np.shape(predicted)}")
+    if not truth.any():
+        raise ValueError("pixel F1 needs at least one anomalous pixel in the masks")
+    true_positives = int(np.sum(truth & guess))
+    return 2.0 * true_positives / (2.0 * true_positives + int(np.sum(~truth & guess)) + int(np.sum(truth & ~guess)))

@@ -73,3 +73,13 @@ def test_kcenter_greedy_driver_records_the_machine_the_methods_and_refuses_busy_
     assert driver.main(argv + ["--busy-threshold", "-1"]) == 0
     refused = json.loads(out.read_text())
     assert all(ours["speedup"] is None for run in refused["runs"] for ours in run["ours"].values())
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_flow_step_timer_runs_on_tiny_data(small_synthetic_root):
+    from adlearn.data import SYNTHETIC_CATEGORIES
+
+    driver = load_driver("time_flow_steps")
+    row = driver.time_model("uflow", str(small_synthetic_root), SYNTHETIC_CATEGORIES[0], batches=1, threads=1, seed=0,
+                            backbone="efficientnet_lite0", image_size=64, flow_steps=1)
+    assert row["batches"] == 2 and row["cpu_s_per_batch"] > 0 and row["batch_size"] == 8

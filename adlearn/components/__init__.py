@@ -26,6 +26,14 @@ _LAZY = {
     "FlowSequence": "flow",
     "subnet_conv": "flow",
     "subnet_fc": "flow",
+    "positional_encoding_2d": "positional_encoding",
+    "CrossScaleFlow": "cross_scale_flow",
+    "CrossScaleCoupling": "cross_scale_flow",
+    "CrossConvolutions": "cross_scale_flow",
+    "ParallelPermute": "cross_scale_flow",
+    # a-contrario detection (U-Flow)
+    "log_nfa": "nfa",
+    "nfa_segmentation": "nfa",
     # sampling (components.sampling)
     "KCenterGreedy": "kcenter_greedy",
     "coverage_radius": "kcenter_greedy",

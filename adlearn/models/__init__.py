@@ -20,6 +20,8 @@ from adlearn.models.base import (
 
 # registered name -> module in adlearn.models (one file per model)
 MODEL_MODULES: dict[str, str] = {
+    "cflow": "cflow",
+    "csflow": "csflow",
     "dfkde": "dfkde",
     "dfm": "dfm",
     "fastflow": "fastflow",
@@ -27,6 +29,7 @@ MODEL_MODULES: dict[str, str] = {
     "patchcore": "patchcore",
     "reverse_distillation": "reverse_distillation",
     "stfpm": "stfpm",
+    "uflow": "uflow",
 }
 
 

@@ -48,10 +48,13 @@ def register(name: str):
 class Prediction:
     pred_score: torch.Tensor                  # (B,)
     anomaly_map: torch.Tensor | None = None   # (B, H, W)
+    pred_mask: torch.Tensor | None = None     # (B, H, W) bool: a segmentation the model decides itself (U-Flow's NFA)
 
     def cpu(self) -> "Prediction":
-        return Prediction(self.pred_score.detach().cpu(),
-                          None if self.anomaly_map is None else self.anomaly_map.detach().cpu())
+        def moved(tensor):
+            return None if tensor is None else tensor.detach().cpu()
+
+        return Prediction(self.pred_score.detach().cpu(), moved(self.anomaly_map), moved(self.pred_mask))
 
 
 class AnomalyModel(DynamicBufferMixin, nn.Module):

@@ -49,6 +49,13 @@ _LAZY = {
     "flow_explore": "flow",
     "flow_widget": "flow",
     "flow_static_figure": "flow",
+    # conditional flows (C-Flow's idea)
+    "make_conditional_toy_data": "conditional_flow",
+    "train_conditional_toy_flow": "conditional_flow",
+    "conditional_log_likelihood": "conditional_flow",
+    "conditional_flow_explore": "conditional_flow",
+    "conditional_flow_widget": "conditional_flow",
+    "conditional_flow_static_figure": "conditional_flow",
 }
 
 

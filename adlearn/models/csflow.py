@@ -1,0 +1,142 @@
+"""CS-Flow — fully convolutional cross-scale flows (Rudolph, Wehrbein, Rosenhahn & Wandt, "Fully
+Convolutional Cross-Scale-Flows for Image-based Defect Detection", WACV 2022, arXiv:2110.02855;
+reference: anomalib ``anomalib.models.image.csflow``).
+
+Idea: describe the image at three resolutions with one frozen CNN, and learn the joint density of the
+three feature maps with **one** normalizing flow whose coupling subnets are convolutions that also
+look *across* the scales. A defect seen at one scale changes the latents of the neighbouring scales
+too, and the flow keeps the maps' 2-D layout, so it localises as well as it detects.
+
+The steps, in the order of the paper (Sec. 3):
+
+1. Pyramid: the image at full, ½ and ¼ size (bilinear, antialiased).
+2. Features: each passed through the same frozen CNN, read at a stage of stride 32 -> x⁰, x¹, x² with C
+   channels and sizes H/32, H/64, H/128 (each half the previous: the image size must be divisible by
+   128).
+3. Cross-scale flow (`adlearn.components.CrossScaleFlow`): ``n_coupling_blocks`` × (a fixed channel
+   permutation per scale, an affine coupling of all three scales whose scales and shifts come from
+   cross-convolutions with ``cross_conv_hidden_channels`` hidden channels, soft-clamped to ±``clamp``).
+4. Loss: with z the three latents flattened together (D numbers per image),
+   L = mean_b [½‖z‖² − log|det J|] / D. Adam(lr 2e-4, β = (0.5, 0.9), ε = 1e-4, weight decay 1e-5), gradient
+   norm clipped to 1.
+5. Maps: per scale mean_c (z_s)², upsampled bilinearly to the image size; ``map_mode="all"`` multiplies
+   the three (anomalib's default, "better in initial tests"), ``"max"`` keeps only the finest scale
+   (the paper's choice).
+6. Image score: mean over all latent elements of z²/2 (not the map's maximum).
+
+Defaults (anomalib ``Csflow``): ``cross_conv_hidden_channels`` 1024, ``n_coupling_blocks`` 4, ``clamp`` 3,
+map mode ALL, 240 epochs with patience 3 (on a validation set the caller passes or holds out).
+
+Deliberate differences from the reference:
+
+* Backbone: the reference reads torchvision's EfficientNet-B5 at node ``features.6.8`` (the end of
+  its 6th stage: 304 channels, stride 32, ImageNet weights from the hub). timm only exposes the ends of
+  stages with a new stride, so ``layer="layer4"`` here is the *last* stride-32 stage (EfficientNet-B5:
+  512 channels; the offline ``efficientnet_lite0``: 320, ``efficientnet_lite2``: 352) — one stage deeper,
+  features a little more semantic and less local.
+* The pyramid is resized bilinearly with antialiasing (the reference uses nearest-neighbour
+  interpolation, which aliases the ½ and ¼ images).
+* An image size that does not divide into three scales is a clear error naming the valid sizes
+  (the reference fails later, inside the cross-convolutions).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from adlearn.components import TimmFeatureExtractor, dryrun_find_featuremap_dims
+from adlearn.components.cross_scale_flow import CrossScaleFlow
+from adlearn.models.base import Prediction, TrainedModel, register
+from adlearn.models.common import combine_layer_maps
+
+N_SCALES = 3
+MAP_MODES = ("all", "max")
+
+
+def image_pyramid(images: torch.Tensor) -> list[torch.Tensor]:
+    """Step 1: [(B, 3, H, W), (B, 3, H/2, W/2), (B, 3, H/4, W/4)]."""
+    height, width = images.shape[-2:]
+    return [images] + [F.interpolate(images, size=(height // 2 ** s, width // 2 ** s), mode="bilinear",
+                                     align_corners=False, antialias=True) for s in range(1, N_SCALES)]
+
+
+def csflow_loss(latents: list[torch.Tensor], log_jac_det: torch.Tensor) -> torch.Tensor:
+    """Step 4: mean_b [½‖z‖² − log|det J|] / D, z = the three latents flattened together (a scalar)."""
+    z = torch.cat([latent.flatten(1) for latent in latents], dim=1)                # (B, D)
+    return torch.mean(0.5 * z.pow(2).sum(dim=1) - log_jac_det) / z.shape[1]
+
+
+def csflow_anomaly_map(latents: list[torch.Tensor], image_size: tuple[int, int], mode: str = "all") -> torch.Tensor:
+    """Step 5: upsampled mean_c z² per scale, multiplied over the scales ("all") or the finest only ("max").
+    -> (B, H, W)"""
+    if mode not in MAP_MODES:
+        raise ValueError(f"map_mode must be one of {MAP_MODES}, got {mode!r}")
+    maps = [latent.pow(2).mean(dim=1, keepdim=True) for latent in latents]         # [(B, 1, h_s, w_s)]
+    return combine_layer_maps(maps if mode == "all" else maps[:1], tuple(image_size), "multiply")[:, 0]
+
+
+def csflow_image_score(latents: list[torch.Tensor]) -> torch.Tensor:
+    """Step 6: mean over every latent element of z²/2. -> (B,)"""
+    return torch.cat([latent.flatten(1) for latent in latents], dim=1).pow(2).mean(dim=1) / 2
+
+
+@register("csflow")
+class Csflow(TrainedModel):
+    # The reference's training (anomalib's Csflow: 240 epochs, patience 3, gradient clipping 1).
+    training_defaults = {"max_epochs": 240, "patience": 3, "gradient_clip_val": 1.0}
+    presets = {"cpu": {"backbone": "efficientnet_lite0", "cross_conv_hidden_channels": 128, "batch_size": 8,
+                       "val_fraction": 0.2, "val_anomalies": "synthetic", "max_epochs": 30, "patience": 3}}
+
+    def __init__(self, backbone: str = "efficientnet_b5", layer: str = "layer4", pretrained: str = "auto",
+                 cross_conv_hidden_channels: int = 1024, n_coupling_blocks: int = 4, clamp: float = 3.0,
+                 map_mode: str = "all", lr: float = 2e-4, weight_decay: float = 1e-5, image_size: int = 256,
+                 center_crop: int | None = None, device: str = "auto", seed: int = 0, batch_size: int = 32,
+                 **training):
+        super().__init__(image_size=image_size, center_crop=center_crop, device=device, seed=seed,
+                         batch_size=batch_size, **training)
+        self.save_hyperparameters()
+        if map_mode not in MAP_MODES:
+            raise ValueError(f"map_mode must be one of {MAP_MODES} (ALL: product of the three scales; MAX: the "
+                             f"finest scale only), got {map_mode!r}")
+        self.map_mode, self.lr, self.weight_decay = map_mode, lr, weight_decay
+        # Step 2: the frozen extractor, shared by the three scales.
+        self.feature_extractor = TimmFeatureExtractor(backbone, [layer], pre_trained=pretrained)
+        self.layer = layer
+        stride = self.feature_extractor.strides[0]
+        multiple = stride * 2 ** (N_SCALES - 1)
+        if any(side % multiple for side in self.input_size):
+            smaller = max(multiple, self.input_size[0] // multiple * multiple)
+            raise ValueError(f"CS-Flow needs an image size divisible by {multiple} (three scales 1, 1/2, 1/4 of a "
+                             f"stride-{stride} backbone, each feature map half the previous one); got "
+                             f"{self.input_size[0]}x{self.input_size[1]}. Use e.g. image_size={smaller} or "
+                             f"{smaller + multiple}")
+        height, width = self.input_size
+        self.feature_shapes = []
+        for s in range(N_SCALES):
+            dims = dryrun_find_featuremap_dims(self.feature_extractor, (height // 2 ** s, width // 2 ** s), [layer])
+            self.feature_shapes.append((dims[layer]["num_features"], *dims[layer]["resolution"]))
+        # Step 3
+        self.flow = CrossScaleFlow(self.feature_shapes[0][0], n_coupling_blocks, cross_conv_hidden_channels, clamp)
+
+    def features(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Steps 1–2: [x⁰, x¹, x²] (B, C, H/32·2⁻ˢ, W/32·2⁻ˢ), float32."""
+        return [self.feature_extractor(level)[self.layer].float() for level in image_pyramid(images)]
+
+    def encode(self, images: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Step 3: ([z⁰, z¹, z²], log|det J| (B,)), the flow in float32 even under autocast."""
+        features = self.features(images)
+        with torch.autocast(features[0].device.type, enabled=False):
+            return self.flow(features)
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.flow.parameters(), lr=self.lr, betas=(0.5, 0.9), eps=1e-4,
+                                weight_decay=self.weight_decay), None
+
+    def training_step(self, batch: dict, trainer=None) -> torch.Tensor:
+        return csflow_loss(*self.encode(batch["image"]))
+
+    def predict_step(self, images: torch.Tensor) -> Prediction:
+        latents, _ = self.encode(images)
+        return Prediction(pred_score=csflow_image_score(latents),
+                          anomaly_map=csflow_anomaly_map(latents, images.shape[-2:], self.map_mode))

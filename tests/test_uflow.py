@@ -1,0 +1,170 @@
+"""U-Flow: the U-shaped flow (inverse and log-det against autograd), loss and map formulas, the NFA mask at
+test time and its pixel F1 in `evaluate`, training, save/load, CLI, the real bottle (slow)."""
+
+from __future__ import annotations
+
+import inspect
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from adlearn.metrics import mask_f1
+from adlearn.models import create, load
+from adlearn.models.uflow import UShapedFlow, Uflow, channels_going_up, uflow_anomaly_map, uflow_loss
+from adlearn.train import TrainingConfig
+
+BACKBONE = "efficientnet_lite0"
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+SHAPES = [(4, 8, 8), (8, 4, 4), (8, 2, 2)]
+
+
+def test_defaults_follow_the_reference():
+    defaults = {k: p.default for k, p in inspect.signature(Uflow.__init__).parameters.items() if k != "self"}
+    training = TrainingConfig(**Uflow.training_defaults).to_dict()
+    assert (defaults["flow_steps"], defaults["affine_clamp"], defaults["affine_subnet_channels_ratio"],
+            defaults["permute_soft"], defaults["lr"], defaults["weight_decay"], defaults["lr_decay_steps"]) == \
+        (4, 2.0, 1.0, False, 1e-3, 1e-5, 25_000)
+    assert (defaults["nfa_window"], defaults["nfa_probability_thr"], defaults["nfa_epsilon"]) == (7, 0.5, 1.0)
+    assert (training["max_epochs"], training["patience"]) == (200, 20) and Uflow.scheduler_interval == "step"
+
+
+def test_u_shaped_flow_layout():
+    flow = UShapedFlow(SHAPES, flow_steps=2)
+    # coarsest: 8 channels, 4 go up (-> 1 channel at 4x4); middle: 8 + 1 = 9, 4 go up; finest: 4 + 1 = 5
+    assert flow.stage_channels == [5, 9, 8] and flow.up_channels == [0, 4, 4] and flow.latent_channels == [5, 5, 4]
+    assert [channels_going_up(c) for c in (7, 8, 152, 320)] == [0, 4, 76, 160]
+    assert [block.subnet[0].kernel_size[0] for block in flow.stages[0]] == [3, 1]
+    with pytest.raises(ValueError, match="exactly half"):
+        UShapedFlow([(4, 8, 8), (8, 3, 3)])
+
+
+def test_u_shaped_flow_inverts_and_log_det_matches_autograd():
+    torch.manual_seed(0)
+    flow = UShapedFlow(SHAPES, flow_steps=2).double()
+    with torch.no_grad():
+        for parameter in flow.parameters():
+            parameter.add_(0.2 * torch.randn_like(parameter))
+    xs = [torch.randn(2, *shape, dtype=torch.float64) for shape in SHAPES]
+    latents, log_det = flow(xs)
+    assert [tuple(z.shape[1:]) for z in latents] == [(5, 8, 8), (5, 4, 4), (4, 2, 2)]
+    back, log_det_rev = flow(latents, rev=True)
+    for b, x in zip(back, xs):
+        torch.testing.assert_close(b, x, atol=1e-10, rtol=0)
+    torch.testing.assert_close(log_det_rev, -log_det)
+    sizes = [math.prod(s) for s in SHAPES]
+    for i in range(2):
+        def flat(vector):
+            parts = [p.reshape(1, *s) for p, s in zip(torch.split(vector, sizes), SHAPES)]
+            return torch.cat([z.flatten() for z in flow(parts)[0]])
+
+        jacobian = torch.autograd.functional.jacobian(flat, torch.cat([x[i].flatten() for x in xs]))
+        assert jacobian.shape == (sum(sizes), sum(sizes))         # latents hold exactly as many numbers
+        assert float(torch.linalg.slogdet(jacobian).logabsdet.detach()) == pytest.approx(float(log_det[i].detach()),
+                                                                                         abs=1e-8)
+    latents, log_det = [z.detach() for z in latents], log_det.detach()
+    expected = np.mean([0.5 * sum(float(z[i].pow(2).sum()) for z in latents) - float(log_det[i]) for i in range(2)])
+    assert float(uflow_loss(latents, log_det).detach()) == pytest.approx(expected)
+
+
+def test_anomaly_map_formula():
+    generator = torch.Generator().manual_seed(0)
+    zs = [torch.randn(2, 3, 4, 4, generator=generator), torch.randn(2, 5, 2, 2, generator=generator)]
+    expected = 1 - sum(F.interpolate(torch.exp(-0.5 * (z ** 2).mean(1, keepdim=True)), size=(8, 8), mode="bilinear",
+                                     align_corners=False) for z in zs)[:, 0] / 2
+    torch.testing.assert_close(uflow_anomaly_map(zs, (8, 8)), expected)
+    assert float(uflow_anomaly_map([torch.zeros(1, 2, 2, 2)], (4, 4)).max()) == 0.0      # z = 0: normal
+
+
+def test_mask_f1_by_hand():
+    truth = np.array([[[1, 1, 0, 0]]])
+    guess = np.array([[[1, 0, 1, 0]]], dtype=bool)
+    assert mask_f1(truth, guess) == pytest.approx(2 * 1 / (2 * 1 + 1 + 1))
+    with pytest.raises(ValueError, match="anomalous pixel"):
+        mask_f1(np.zeros((1, 2, 2)), np.zeros((1, 2, 2), dtype=bool))
+    with pytest.raises(ValueError, match="differ in size"):
+        mask_f1(truth, guess[:, :, :2])
+
+
+@pytest.fixture(scope="module")
+def trained(datasets_64, tmp_path_factory):
+    model = create("uflow", backbone=BACKBONE, image_size=64, flow_steps=2, max_epochs=2, batch_size=6, device="cpu",
+                   seed=0)
+    checkpoint = tmp_path_factory.mktemp("uflow") / "best.pt"
+    model.fit(datasets_64[0], val_data=datasets_64[1], checkpoint_path=checkpoint, verbose=False)
+    return model, checkpoint
+
+
+def test_trains_and_predicts_a_map_and_an_nfa_mask(trained, datasets_64):
+    model = trained[0]
+    assert model.feature_shapes == [(40, 8, 8), (112, 4, 4), (320, 2, 2)]
+    assert model.flow.latent_channels == [40 + 19, 152 - 76, 160]
+    assert model.history.loss[-1] < model.history.loss[0] and model.history.steps == 4
+    images = torch.stack([datasets_64[1][i]["image"] for i in range(4)])
+    prediction = model.predict(images)
+    assert prediction.anomaly_map.shape == prediction.pred_mask.shape == (4, 64, 64)
+    assert prediction.pred_mask.dtype == torch.bool
+    log_nfa, mask = model.segment(images)
+    assert torch.equal(mask, prediction.pred_mask) and torch.equal(mask, log_nfa < 0)
+    assert torch.allclose(prediction.pred_score, prediction.anomaly_map.flatten(1).amax(1))
+
+
+def test_evaluate_reports_the_f1_of_the_nfa_mask(trained, datasets_64):
+    from adlearn.evaluate import evaluate
+
+    results = evaluate(trained[0], datasets_64[1], return_predictions=True)
+    predictions = results["predictions"]
+    assert results["pixel_f1_mask"] == pytest.approx(mask_f1(predictions["masks"], predictions["pred_masks"]))
+    assert 0.0 <= results["pixel_f1_mask"] <= 1.0 and results["pixel_f1max"] is not None
+
+
+def test_save_load_identical(trained, datasets_64, tmp_path):
+    model, checkpoint = trained
+    images = torch.stack([datasets_64[1][i]["image"] for i in range(3)])
+    expected = model.predict(images)
+    restored = load(model.save(tmp_path / "uflow.pt")).predict(images)
+    assert torch.equal(restored.anomaly_map, expected.anomaly_map) and torch.equal(restored.pred_mask, expected.pred_mask)
+    assert load(checkpoint).history.steps >= 2
+
+
+def test_learning_rate_decays_per_step():
+    model = create("uflow", backbone=BACKBONE, pretrained="none", image_size=64, flow_steps=1, lr_decay_steps=10,
+                   max_steps=1, device="cpu")
+    optimizer, scheduler = model.configure_optimizers()
+    for _ in range(10):
+        optimizer.step()
+        scheduler.step()
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.4e-3)
+
+
+def test_cli(small_synthetic_root, tmp_path, capsys):
+    from adlearn.cli import main
+    from adlearn.data import SYNTHETIC_CATEGORIES
+
+    code = main(["evaluate", "uflow", "--root", str(small_synthetic_root), "--category", SYNTHETIC_CATEGORIES[1],
+                 "--image-size", "64", "--backbone", BACKBONE, "--device", "cpu", "--set", "max_steps=1",
+                 "--set", "flow_steps=1", "--set", "batch_size=4", "--json", str(tmp_path / "r.json")])
+    assert code == 0
+    assert "uflow epoch 1/200 (step 1/1)" in capsys.readouterr().out
+    import json
+
+    assert "pixel_f1_mask" in json.loads((tmp_path / "r.json").read_text())
+
+
+@pytest.mark.slow
+@pytest.mark.mvtec
+def test_real_bottle_after_two_epochs(mvtec_bottle_root):
+    # docs/benchmarks.md: the cpu preset (offline efficientnet_lite2, strides 8/16/32) stopped after two epochs
+    # gave image AUROC 0.992 and pixel AUROC 0.927 (seed 0). The issue's targets (0.99 / 0.96) need the
+    # preset's full training, not measured yet.
+    from adlearn.data import MVTecDataset
+    from adlearn.evaluate import fit_and_evaluate
+
+    model = create("uflow", preset="cpu", device="cpu", seed=0, max_epochs=2)
+    train = MVTecDataset(mvtec_bottle_root, "bottle", "train", transform=model.transform)
+    test = MVTecDataset(mvtec_bottle_root, "bottle", "test", transform=model.transform)
+    results = fit_and_evaluate(model, train, test)
+    assert results["image_auroc"] >= 0.98 and results["pixel_auroc"] >= 0.91, results
+    assert 0.0 <= results["pixel_f1_mask"] <= 1.0
