@@ -23,6 +23,7 @@ MODEL_MODULES: dict[str, str] = {
     "dfkde": "dfkde",
     "dfm": "dfm",
     "fastflow": "fastflow",
+    "ganomaly": "ganomaly",
     "padim": "padim",
     "patchcore": "patchcore",
     "reverse_distillation": "reverse_distillation",
