@@ -22,6 +22,7 @@ from adlearn.models.base import (
 MODEL_MODULES: dict[str, str] = {
     "dfkde": "dfkde",
     "dfm": "dfm",
+    "draem": "draem",
     "fastflow": "fastflow",
     "ganomaly": "ganomaly",
     "padim": "padim",
