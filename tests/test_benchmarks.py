@@ -51,3 +51,15 @@ def test_learning_curve_driver_watches_the_test_set_without_choosing_on_it(small
     assert all(row["val"] is not None and 0 <= row["test_pixel_auroc"] <= 1 for row in result["curve"])
     kept = result["curve"][result["kept_epoch"] - 1]   # the kept epoch's weights are the ones scored at the end
     assert result["test_pixel_auroc"] == pytest.approx(kept["test_pixel_auroc"], abs=1e-9)
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_ganomaly_digits_driver_reports_every_seed_beside_the_pca_baseline(tmp_path):
+    out = tmp_path / "digits.json"
+    status = load_driver("bench_ganomaly").main(["digits", "--digits", "3", "--seeds", "0", "1", "--epochs", "1",
+                                                 "--set", "n_features=8", "--set", "latent_size=8", "--json", str(out)])
+    assert status == 0
+    result = json.loads(out.read_text())
+    ganomaly, pca = result["auroc"]["ganomaly"]["3"], result["auroc"]["pixels + PCA error (scikit-learn)"]["3"]
+    assert len(ganomaly) == len(pca) == 2 and all(0 <= v <= 1 for v in ganomaly + pca)
+    assert pca[0] > 0.9          # the pixel-PCA baseline separates 3s from the other digits well
