@@ -57,6 +57,8 @@ _LAZY = {
     "ssim_loss": "losses",
     "focal_loss": "losses",
     "SSPCAB": "sspcab",
+    # vector quantisation (VQ-VAE, DSR)
+    "VectorQuantizerEMA": "vector_quantizer",
     # nearest-neighbour search (used by memory-bank models)
     "NearestNeighbors": "nearest_neighbors",
 }
