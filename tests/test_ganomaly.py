@@ -185,3 +185,20 @@ def test_evaluate_says_there_is_no_pixel_metric(small_synthetic_root, tmp_path, 
     captured = capsys.readouterr()
     assert "image-level (classification) model" in captured.out and "no pixel metrics" in captured.out
     assert "no figure" in captured.err and not (tmp_path / "f.png").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.mvtec
+def test_real_bottle_cpu_preset(mvtec_bottle_root):
+    # docs/benchmarks.md: the cpu preset (64 px, n_features 32, 15 epochs) scored image AUROC 0.640, 0.883
+    # and 0.889 on the bottle test set with seeds 0, 1, 2 (about 100 CPU seconds each). A GAN's result moves
+    # with the rounding of another CPU as much as with the seed, so the bound is only "better than chance".
+    from adlearn.data import MVTecDataset
+    from adlearn.evaluate import fit_and_evaluate
+
+    model = create("ganomaly", preset="cpu", device="cpu", seed=1)
+    train = MVTecDataset(mvtec_bottle_root, "bottle", "train", transform=model.transform)
+    test = MVTecDataset(mvtec_bottle_root, "bottle", "test", transform=model.transform)
+    results = fit_and_evaluate(model, train, test)
+    assert results["pixel_auroc"] is None and results["task"] == "classification"
+    assert results["image_auroc"] > 0.5, results
