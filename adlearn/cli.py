@@ -106,9 +106,10 @@ def _write_figure(path, model, test, predictions, category) -> None:
     # Show a few normal and mostly anomalous images, in dataset order.
     chosen = list(np.flatnonzero(labels == 1)[::max(1, (labels == 1).sum() // 6)][:6]) + list(np.flatnonzero(labels == 0)[:2])
     images = torch.stack([test[i]["image"] for i in chosen])
-    maps = predictions["anomaly_maps"][chosen] if predictions["anomaly_maps"] is not None else None
-    if maps is None:
+    if predictions["anomaly_maps"] is None:
+        print(f"no figure written to {path}: {model.name} makes no anomaly map (an image-level model)", file=sys.stderr)
         return
+    maps = predictions["anomaly_maps"][chosen]
     anomaly_map_grid(images, maps, masks=predictions["masks"][chosen], scores=predictions["pred_scores"][chosen],
                      labels=labels[chosen], title=f"{model.name} on {category}", path=path)
     print(f"wrote {path}", file=sys.stderr)
@@ -134,6 +135,8 @@ def cmd_evaluate(args) -> int:
 
     results = run_evaluation(args.model, args, _parse_set(args.set))
     print(metrics_table([results]))
+    if results.get("note"):
+        print(f"note: {results['note']}")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(results, indent=2, default=str) + "\n")

@@ -78,15 +78,24 @@ def evaluate(model, test_dataset, batch_size: int | None = None, return_predicti
     n_images = len(predictions["labels"])
     results = {
         "model": model.name,
+        "task": getattr(model, "task", "segmentation"),
         **metrics,
         "predict_seconds": predictions["predict_seconds"],
         "images_per_second": n_images / max(predictions["predict_seconds"], 1e-9),
         "n_test": n_images,
         "peak_memory_mb": _peak_memory_mb(model.device),
     }
+    if predictions["anomaly_maps"] is None:
+        results["note"] = no_map_note(model.name)
     if return_predictions:
         results["predictions"] = predictions
     return results
+
+
+def no_map_note(model_name: str) -> str:
+    """What ``evaluate`` says instead of pixel metrics for a model without anomaly maps."""
+    return (f"{model_name} is an image-level (classification) model: it scores whole images and makes no "
+            "anomaly map, so there are no pixel metrics (pixel AUROC, AUPRO) to report")
 
 
 def fit_and_evaluate(model, train_dataset, test_dataset, return_predictions: bool = False) -> dict:

@@ -83,3 +83,15 @@ def test_flow_step_timer_runs_on_tiny_data(small_synthetic_root):
     row = driver.time_model("uflow", str(small_synthetic_root), SYNTHETIC_CATEGORIES[0], batches=1, threads=1, seed=0,
                             backbone="efficientnet_lite0", image_size=64, flow_steps=1)
     assert row["batches"] == 2 and row["cpu_s_per_batch"] > 0 and row["batch_size"] == 8
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_ganomaly_digits_driver_reports_every_seed_beside_the_pca_baseline(tmp_path):
+    out = tmp_path / "digits.json"
+    status = load_driver("bench_ganomaly").main(["digits", "--digits", "3", "--seeds", "0", "1", "--epochs", "1",
+                                                 "--set", "n_features=8", "--set", "latent_size=8", "--json", str(out)])
+    assert status == 0
+    result = json.loads(out.read_text())
+    ganomaly, pca = result["auroc"]["ganomaly"]["3"], result["auroc"]["pixels + PCA error (scikit-learn)"]["3"]
+    assert len(ganomaly) == len(pca) == 2 and all(0 <= v <= 1 for v in ganomaly + pca)
+    assert pca[0] > 0.9          # the pixel-PCA baseline separates 3s from the other digits well

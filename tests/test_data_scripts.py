@@ -329,7 +329,7 @@ def test_mvtec_script_errors_are_messages(tmp_path, mvtec_archive, closed_port_u
 
 
 def test_scripts_run_as_programs():
-    for name in ("download_mvtec", "download_visa"):
+    for name in ("download_mvtec", "download_visa", "download_dtd"):
         result = subprocess.run([sys.executable, str(REPO / "data_scripts" / f"{name}.py"),
                                  "--help"], capture_output=True, text=True, timeout=60)
         assert result.returncode == 0 and "--archive" in result.stdout
@@ -389,3 +389,48 @@ def test_visa_conversion_reports_missing_files(tmp_path):
         convert_visa_to_mvtec(tree, tmp_path / "out")
     with pytest.raises(DataError, match="1cls.csv not found"):
         convert_visa_to_mvtec(tmp_path, tmp_path / "out")
+
+
+# =========================================================================== DTD (DRAEM's textures)
+def make_dtd_archive(tmp_path: Path, evil: bool = False) -> Path:
+    """A tiny dtd-r1.0.1.tar.gz: dtd/images/<class>/<name>.jpg (and, if ``evil``, a member escaping the folder)."""
+    archive = tmp_path / "dtd-r1.0.1.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for texture in ("banded", "dotted"):
+            for index in range(2):
+                buffer = io.BytesIO()
+                Image.fromarray(np.full((16, 16, 3), 40 * index + 60, np.uint8)).save(buffer, format="JPEG")
+                info = tarfile.TarInfo(f"dtd/images/{texture}/{texture}_{index:04d}.jpg")
+                info.size = len(buffer.getvalue())
+                tar.addfile(info, io.BytesIO(buffer.getvalue()))
+        if evil:
+            info = tarfile.TarInfo("../escaped.txt")
+            info.size = 2
+            tar.addfile(info, io.BytesIO(b"hi"))
+    return archive
+
+
+def test_dtd_script_extracts_a_texture_folder_draem_can_use(tmp_path, capsys):
+    from adlearn.data import PerlinAnomalyGenerator
+
+    archive = make_dtd_archive(tmp_path)
+    dest = tmp_path / "datasets"
+    code = load_script("download_dtd").main(["--archive", str(archive), "--dest", str(dest),
+                                             "--sha256", sha256_file(archive), "--no-progress"])
+    assert code == 0
+    images = dest / "dtd" / "images"
+    assert f"anomaly_source={str(images)!r}" in capsys.readouterr().out
+    generator = PerlinAnomalyGenerator(images, seed=0)
+    assert len(generator.texture_paths) == 4 and generator.generate_texture(8, 8).shape == (3, 8, 8)
+    # a wrong checksum stops before extracting anything
+    code = load_script("download_dtd").main(["--archive", str(archive), "--dest", str(tmp_path / "other"),
+                                             "--sha256", "0" * 64, "--no-progress"])
+    assert code == 1 and not (tmp_path / "other" / "dtd").exists()
+
+
+def test_dtd_archive_escaping_its_folder_is_rejected(tmp_path):
+    archive = make_dtd_archive(tmp_path, evil=True)
+    code = load_script("download_dtd").main(["--archive", str(archive), "--dest", str(tmp_path / "d"),
+                                             "--sha256", sha256_file(archive), "--no-progress"])
+    assert code == 1
+    assert not (tmp_path / "escaped.txt").exists() and not (tmp_path / "d" / "dtd").exists()

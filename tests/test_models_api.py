@@ -116,7 +116,9 @@ def test_one_name_per_step_across_models():
         assert not any(hasattr(cls, old) for old in old_names), name
         module = importlib.import_module(cls.__module__)
         if issubclass(cls, TrainedModel):                              # the formulas, as module functions
-            assert callable(getattr(module, f"{name}_loss")) and callable(getattr(module, f"{name}_anomaly_map"))
+            assert callable(getattr(module, f"{name}_loss")), name
+            if cls.task == "segmentation":                             # image-level models have no map
+                assert callable(getattr(module, f"{name}_anomaly_map")), name
 
 
 def test_adlearn_evaluate_is_callable_after_its_module_is_imported():

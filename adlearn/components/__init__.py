@@ -56,6 +56,17 @@ _LAZY = {
     "BasicBlock": "blocks",
     "conv_bn_relu": "blocks",
     "residual_stage": "blocks",
+    "double_conv": "blocks",
+    "up_conv": "blocks",
+    "UNet": "blocks",
+    # losses (SSIM, focal) and DRÆM's optional SSPCAB block
+    "ssim": "losses",
+    "ssim_map": "losses",
+    "ssim_loss": "losses",
+    "focal_loss": "losses",
+    "SSPCAB": "sspcab",
+    # vector quantisation (VQ-VAE, DSR)
+    "VectorQuantizerEMA": "vector_quantizer",
     # nearest-neighbour search (used by memory-bank models)
     "NearestNeighbors": "nearest_neighbors",
 }

@@ -83,3 +83,64 @@ def residual_stage(in_channels: int, out_channels: int, resample: str | None, bl
     layers = [BasicBlock(in_channels, out_channels, resample)]
     layers += [BasicBlock(out_channels, out_channels) for _ in range(blocks - 1)]
     return nn.Sequential(*layers)
+
+
+# ----------------------------------------------------------------------------- U-Net units
+def double_conv(in_channels: int, out_channels: int, mid_channels: int | None = None) -> nn.Sequential:
+    """Two `conv_bn_relu` in a row (in -> mid -> out): one level of a U-Net (Ronneberger et al., 2015).
+    (B, C_in, H, W) -> (B, C_out, H, W)"""
+    mid_channels = mid_channels or out_channels
+    return nn.Sequential(conv_bn_relu(in_channels, mid_channels, bias=True), conv_bn_relu(mid_channels, out_channels, bias=True))
+
+
+def up_conv(in_channels: int, out_channels: int) -> nn.Sequential:
+    """Bilinear ×2 upsampling (align_corners=True), then `conv_bn_relu`. (B, C_in, h, w) -> (B, C_out, 2h, 2w)"""
+    return nn.Sequential(nn.Upsample(scale_factor=2, mode="bilinear", align_corners=True),
+                         conv_bn_relu(in_channels, out_channels, bias=True))
+
+
+class UNet(nn.Module):
+    """A U-Net: ``len(widths)`` encoder levels (`double_conv`, 2×2 max-pooling between them) and a decoder
+    that climbs back level by level — `up_conv`, concatenation with the encoder's map of that level (the
+    skip connection), `double_conv` — then a 3×3 convolution to ``out_channels`` logits.
+
+    Decoder level k outputs the width of encoder level k − 1 (level 1: ``widths[0]``), the layout of
+    DRÆM's discriminative sub-network (``anomalib.models.image.draem.torch_model``) with widths
+    (w, 2w, 4w, 8w, 8w, 8w). The input side must be divisible by 2^(len(widths) − 1).
+    (B, C_in, H, W) -> (B, C_out, H, W)
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, widths: tuple[int, ...]):
+        super().__init__()
+        if len(widths) < 2:
+            raise ValueError(f"a U-Net needs at least two levels, got widths={widths}")
+        self.widths = tuple(widths)
+        self.encoder = nn.ModuleList()
+        previous = in_channels
+        for width in widths:
+            self.encoder.append(double_conv(previous, width))
+            previous = width
+        out_widths = [widths[max(level - 1, 0)] for level in range(len(widths) - 1)]   # decoder level outputs
+        self.up = nn.ModuleList()
+        self.decoder = nn.ModuleList()
+        for level in reversed(range(len(widths) - 1)):
+            self.up.append(up_conv(previous, out_widths[level]))
+            self.decoder.append(double_conv(out_widths[level] + widths[level], out_widths[level]))
+            previous = out_widths[level]
+        self.head = nn.Conv2d(previous, out_channels, 3, padding=1)
+
+    @property
+    def divisor(self) -> int:
+        return 2 ** (len(self.widths) - 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-2] % self.divisor or x.shape[-1] % self.divisor:
+            raise ValueError(f"this U-Net halves its input {len(self.widths) - 1} times: the image side must be "
+                             f"divisible by {self.divisor}, got {tuple(x.shape[-2:])}")
+        skips = []
+        for level, block in enumerate(self.encoder):
+            x = block(x if level == 0 else F.max_pool2d(x, 2))
+            skips.append(x)                                    # (B, widths[level], H/2^level, W/2^level)
+        for up, block, skip in zip(self.up, self.decoder, reversed(skips[:-1])):
+            x = block(torch.cat([up(x), skip], dim=1))
+        return self.head(x)

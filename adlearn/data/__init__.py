@@ -40,6 +40,7 @@ _LAZY = {
     "random_2d_perlin": "perlin",
     "PerlinAnomalyGenerator": "augmenter",
     "make_synthetic_dataset": "augmenter",
+    "skimage_textures": "augmenter",
     # a real one-class problem: scikit-learn's digits
     "digit_images": "digits",
     "one_class_split": "digits",

@@ -285,3 +285,39 @@ def _write_anomalous_copy(source: Path, generator: PerlinAnomalyGenerator, image
     Image.fromarray(out).save(image_path)
     Image.fromarray((mask[0, 0].numpy() > 0).astype(np.uint8) * 255).save(mask_path)
     return Sample(image_path, 1, "synthetic", mask_path)
+
+
+# --------------------------------------------------------------------------- offline texture sources
+# The photographs scikit-image ships in its wheel (no download): its three texture images, then other
+# photos whose surfaces make varied "foreign" patches. DRÆM's paper uses the DTD texture dataset
+# (`data_scripts/download_dtd.py` fetches it for users who are online).
+SKIMAGE_TEXTURES = ("brick", "grass", "gravel", "camera", "coins", "moon", "astronaut", "coffee", "chelsea",
+                    "rocket", "hubble_deep_field", "immunohistochemistry", "retina", "cell", "colorwheel", "clock",
+                    "page", "text")
+
+
+def skimage_textures(folder: PathLike | None = None) -> Path:
+    """A folder of scikit-image's sample photos as RGB PNGs (written once; default under `cache_dir`).
+
+    Pass it as ``anomaly_source_path``; DRÆM's ``anomaly_source="skimage"`` does.
+    """
+    import skimage
+    import skimage.data
+    from PIL import Image
+
+    from adlearn.data.synthetic import cache_dir
+
+    folder = Path(folder) if folder is not None else cache_dir() / "textures" / f"skimage-{skimage.__version__}"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in SKIMAGE_TEXTURES:
+        path = folder / f"{name}.png"
+        if path.is_file():
+            continue
+        pixels = np.asarray(getattr(skimage.data, name)())
+        if pixels.dtype == bool:
+            pixels = pixels.astype(np.uint8) * 255
+        image = Image.fromarray(pixels).convert("RGB")
+        partial = path.with_name(path.name + ".part")    # not an image suffix: never read as a texture
+        image.save(partial, format="PNG")
+        partial.replace(path)                       # never a half-written texture
+    return folder

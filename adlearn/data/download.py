@@ -54,6 +54,12 @@ VISA_URL = "https://amazon-visual-anomaly.s3.us-west-2.amazonaws.com/VisA_202209
 VISA_SHA256: str | None = "2eb8690c803ab37de0324772964100169ec8ba1fa3f7e94291c9ca673f40f362"
 
 
+DTD_URL = "https://www.robots.ox.ac.uk/~vgg/data/dtd/download/dtd-r1.0.1.tar.gz"
+#: SHA-256 of dtd-r1.0.1.tar.gz (the Describable Textures Dataset, about 625 MB), as published by anomalib
+#: (``anomalib.models.image.draem.lightning_model.DTD_DOWNLOAD_INFO``).
+DTD_SHA256: str | None = "e42855a52a4950a3b59612834602aa253914755c95b0cff9ead6d07395f8e205"
+
+
 class DownloadError(RuntimeError):
     """A download failed (offline, server error, interrupted too often)."""
 
@@ -415,3 +421,28 @@ def prepare_visa(dest: PathLike, archive: PathLike | None = None, url: str = VIS
         shutil.rmtree(raw)
     print(f"VisA categories in MVTec layout in {out}: {', '.join(mvtec_categories(out))}")
     return out
+
+
+# =========================================================================== DTD (DRÆM's textures)
+def _find_dtd_images(folder: Path) -> Path:
+    """``.../dtd/images`` (47 texture classes, one folder each) under ``folder``."""
+    for candidate in (folder / "dtd" / "images", folder / "images", *sorted(folder.glob("*/dtd/images"))):
+        if candidate.is_dir() and any(candidate.rglob("*.jpg")):
+            return candidate
+    raise DataError(f"no dtd/images folder with .jpg textures found in {folder} after extraction; "
+                    "is this the right archive (dtd-r1.0.1.tar.gz)?")
+
+
+def prepare_dtd(dest: PathLike, archive: PathLike | None = None, url: str = DTD_URL,
+                sha256: str | None = DTD_SHA256, progress: bool = True) -> Path:
+    """Download (or take ``archive``), verify and extract DTD into ``dest``; returns the images folder,
+    ready for DRÆM's ``anomaly_source=`` (or `PerlinAnomalyGenerator`'s ``anomaly_source_path``)."""
+    dest = Path(dest).expanduser()
+    dest.mkdir(parents=True, exist_ok=True)
+    path = _obtain_archive(url, dest, "dtd-r1.0.1.tar.gz", archive, sha256, progress)
+    print(f"extracting {path} into {dest} ...")
+    safe_extract(path, dest)
+    images = _find_dtd_images(dest)
+    classes = sorted(p.name for p in images.iterdir() if p.is_dir())
+    print(f"DTD: {sum(1 for _ in images.rglob('*.jpg'))} images in {len(classes)} texture classes under {images}")
+    return images
