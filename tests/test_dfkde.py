@@ -46,18 +46,18 @@ def test_features_are_globally_averaged_layer4(fitted, data):
     layer4 = fitted.feature_extractor(images)["layer4"]                  # lite0 blocks.6: (3, 320, 2, 2)
     expected = layer4.mean(dim=(2, 3))
     assert expected.shape == (3, 320)
-    torch.testing.assert_close(fitted.get_features(images), expected)
+    torch.testing.assert_close(fitted.extract_features(images), expected)
 
 
 def test_older_docs_resnet50_gives_the_2048_d_pooled_vector():
     model = create("dfkde", backbone="resnet50", pretrained="none", image_size=64, device="cpu")
-    assert model.get_features(torch.zeros(1, 3, 64, 64)).shape == (1, 2048)
+    assert model.extract_features(torch.zeros(1, 3, 64, 64)).shape == (1, 2048)
 
 
 def test_probabilities_match_scipy_kde_through_the_same_pca(fitted, data):
     images, queries = data
-    train = fitted.get_features(images).double().numpy()                  # (N, D)
-    query = fitted.get_features(queries).double().numpy()                # (M, D)
+    train = fitted.extract_features(images).double().numpy()                  # (N, D)
+    query = fitted.extract_features(queries).double().numpy()                # (M, D)
     # An independent PCA (sklearn) and KDE (scipy, Scott's bandwidth); the KDE does not care about
     # the signs of the principal axes, so both fits describe the same density.
     pca = SklearnPCA(n_components=N_COMPONENTS).fit(train)

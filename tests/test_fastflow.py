@@ -120,7 +120,7 @@ def test_transformer_backbone():
     model = create("fastflow", backbone="deit_tiny_distilled_patch16_224", pretrained="none", image_size=224,
                    flow_steps=2, device="cpu")
     assert model.feature_shapes == [(192, 14, 14)] and model.feature_extractor.n_blocks == 8
-    z, log_jac_det = model.flow_forward(model.normalized_features(torch.randn(1, 3, 224, 224)))
+    z, log_jac_det = model.flow_forward(model.extract_features(torch.randn(1, 3, 224, 224)))
     assert z[0].shape == (1, 192, 14, 14) and log_jac_det[0].isfinite().all()
     with pytest.raises(ValueError, match="image_size=224"):
         create("fastflow", backbone="deit_tiny_distilled_patch16_224", pretrained="none", image_size=256)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import adlearn
-from adlearn.models import NotFittedError, available_models, create, get_model_class, load
+from adlearn.models import NotFittedError, TrainedModel, available_models, create, get_model_class, load
 
 BACKBONE = "efficientnet_lite0"
 
@@ -102,3 +102,23 @@ def test_seed_controls_random_architecture_choices():
     b = create("padim", backbone=BACKBONE, device="cpu", seed=0).channel_index
     c = create("padim", backbone=BACKBONE, device="cpu", seed=1).channel_index
     assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_one_name_per_step_across_models():
+    """docs/design.md, "Step names": every model extracts features with ``extract_features``; the older
+    names the notebooks still call are aliases of it, not second implementations."""
+    import importlib
+
+    old_names = {"padim": "generate_embedding", "patchcore": "generate_embedding", "dfkde": "get_features",
+                 "dfm": "get_feature_map", "stfpm": "features", "reverse_distillation": "features",
+                 "fastflow": "normalized_features"}
+    for name in available_models():
+        cls = get_model_class(name)
+        assert callable(cls.extract_features) and callable(cls.predict_step), name
+        assert getattr(cls, old_names[name]) is cls.extract_features, name
+        module = importlib.import_module(cls.__module__)
+        if issubclass(cls, TrainedModel):                              # the formulas, as module functions
+            assert callable(getattr(module, f"{name}_loss")) and callable(getattr(module, f"{name}_anomaly_map"))
+    from adlearn.models import reverse_distillation
+
+    assert reverse_distillation.reverse_distillation_map is reverse_distillation.reverse_distillation_anomaly_map

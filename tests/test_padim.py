@@ -30,14 +30,14 @@ def test_embedding_is_concatenated_upsampled_layers_with_random_channels(model_a
     size = layer1.shape[-2:]
     full = torch.cat([layer1, F.interpolate(layer2, size=size), F.interpolate(layer3, size=size)], dim=1)
     assert full.shape[1] == 24 + 40 + 112
-    torch.testing.assert_close(model.generate_embedding(images[:2]), full[:, model.channel_index])
+    torch.testing.assert_close(model.extract_features(images[:2]), full[:, model.channel_index])
 
 
 def test_map_is_blurred_upsampled_mahalanobis_distance(model_and_data):
     model, images, test = model_and_data
-    train_embeddings = model.generate_embedding(images).double().numpy()   # (N, C, h, w)
+    train_embeddings = model.extract_features(images).double().numpy()   # (N, C, h, w)
     query = test[len(test) - 1]["image"][None]
-    query_embedding = model.generate_embedding(query).double().numpy()[0]  # (C, h, w)
+    query_embedding = model.extract_features(query).double().numpy()[0]  # (C, h, w)
     n, c, h, w = train_embeddings.shape
     distances = np.empty((h, w))
     for i in range(h):

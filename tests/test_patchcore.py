@@ -58,12 +58,12 @@ def test_embedding_is_locally_averaged_layer2_with_upsampled_layer3(fitted, data
     expected = torch.cat([layer2, F.interpolate(layer3, size=layer2.shape[-2:], mode="bilinear",
                                                 align_corners=False)], dim=1)
     assert expected.shape == (2, 40 + 112, CROP // 8, CROP // 8)  # blocks.2 + blocks.4 of lite0
-    torch.testing.assert_close(fitted.generate_embedding(images[:2]), expected)
+    torch.testing.assert_close(fitted.extract_features(images[:2]), expected)
 
 
 def test_coreset_ratio_one_keeps_every_training_patch(full_bank, data):
     images, _ = data
-    embedding = full_bank.generate_embedding(images)                      # (N, E, h, w)
+    embedding = full_bank.extract_features(images)                      # (N, E, h, w)
     rows = embedding.permute(0, 2, 3, 1).reshape(-1, embedding.shape[1])  # one row per patch
     torch.testing.assert_close(full_bank.memory_bank, rows)
 
@@ -80,7 +80,7 @@ def test_coreset_keeps_the_ratio_of_training_patches(fitted, full_bank):
 def test_patch_scores_are_brute_force_nearest_bank_distances(fitted, data):
     _, test = data
     query = torch.stack([test[i]["image"] for i in (0, len(test) - 1)])
-    embedding = fitted.generate_embedding(query)                          # (2, E, h, w)
+    embedding = fitted.extract_features(query)                          # (2, E, h, w)
     rows = embedding.permute(0, 2, 3, 1).reshape(-1, embedding.shape[1])
     distances = torch.cdist(rows.double(), fitted.memory_bank.double())   # (2·h·w, M)
     scores, locations = fitted.patch_scores(embedding)
@@ -94,7 +94,7 @@ def test_patch_scores_are_brute_force_nearest_bank_distances(fitted, data):
 def test_half_precision_search_ranks_in_bfloat16_but_scores_exactly(fitted, data):
     _, test = data
     query = torch.stack([test[i]["image"] for i in range(4)])
-    embedding = fitted.generate_embedding(query)
+    embedding = fitted.extract_features(query)
     exact_scores, _ = fitted.patch_scores(embedding)
     fitted.half_precision_search = True
     fitted._search = None                                                  # rebuilt with the option
@@ -109,7 +109,7 @@ def test_half_precision_search_ranks_in_bfloat16_but_scores_exactly(fitted, data
 def test_anomaly_map_is_nearest_upsampled_and_blurred_patch_scores(fitted, data):
     _, test = data
     query = test[len(test) - 1]["image"][None]
-    scores, _ = fitted.patch_scores(fitted.generate_embedding(query))     # (1, 14, 14)
+    scores, _ = fitted.patch_scores(fitted.extract_features(query))     # (1, 14, 14)
     factor = CROP // scores.shape[-1]
     upsampled = np.kron(scores[0].double().numpy(), np.ones((factor, factor)))  # nearest upsampling
     # sigma 4, kernel radius int(4*sigma+0.5), reflect border == scipy's "mirror".
@@ -138,7 +138,7 @@ def test_image_score_is_below_the_max_patch_score(fitted, data):
     _, test = data
     query = torch.stack([test[i]["image"] for i in range(4)])
     prediction = fitted.predict(query)
-    scores, _ = fitted.patch_scores(fitted.generate_embedding(query))
+    scores, _ = fitted.patch_scores(fitted.extract_features(query))
     maxima = scores.flatten(1).amax(1)
     assert torch.all(prediction.pred_score <= maxima) and torch.all(prediction.pred_score > 0)
 

@@ -17,7 +17,7 @@ from adlearn.models import create, load
 from adlearn.models.reverse_distillation import (
     ReverseDistillation,
     reverse_distillation_loss,
-    reverse_distillation_map,
+    reverse_distillation_anomaly_map,
 )
 
 BACKBONE = "efficientnet_lite0"
@@ -53,9 +53,9 @@ def test_map_combines_upsampled_cosine_distances(mode):
     layer_maps = [F.interpolate(1 - F.cosine_similarity(e, d, dim=1)[:, None], size=(8, 8), mode="bilinear",
                                 align_corners=True) for e, d in zip(encoded, decoded)]
     expected = layer_maps[0] + layer_maps[1] if mode == "add" else layer_maps[0] * layer_maps[1]
-    assert torch.allclose(reverse_distillation_map(encoded, decoded, (8, 8), mode), expected, atol=1e-6)
+    assert torch.allclose(reverse_distillation_anomaly_map(encoded, decoded, (8, 8), mode), expected, atol=1e-6)
     # align_corners=True: the corners of the upsampled map are the corners of the small one
-    corner = reverse_distillation_map(encoded[:1], decoded[:1], (8, 8), mode)[:, 0, 0, 0]
+    corner = reverse_distillation_anomaly_map(encoded[:1], decoded[:1], (8, 8), mode)[:, 0, 0, 0]
     assert torch.allclose(corner, 1 - F.cosine_similarity(encoded[0], decoded[0], dim=1)[:, 0, 0], atol=1e-6)
 
 
@@ -125,8 +125,8 @@ def test_trains_and_predicts_blurred_maps(trained, datasets_64):
     assert torch.allclose(prediction.pred_score, prediction.anomaly_map.flatten(1).amax(1))
     # the map is the blurred sum of the three 1 − cos maps: undo nothing, recompute it with SciPy's filter
     with torch.no_grad():
-        encoded, decoded = model.features(images)
-        raw = reverse_distillation_map(encoded, decoded, (64, 64), "add")[:, 0].numpy()
+        encoded, decoded = model.extract_features(images)
+        raw = reverse_distillation_anomaly_map(encoded, decoded, (64, 64), "add")[:, 0].numpy()
     # torch "reflect" padding (d c b | a b c d) is scipy's "mirror" mode
     blurred = np.stack([gaussian_filter(m, sigma=4, mode="mirror", truncate=4.0) for m in raw])
     np.testing.assert_allclose(prediction.anomaly_map.numpy(), blurred, atol=1e-5)

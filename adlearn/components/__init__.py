@@ -14,6 +14,8 @@ _LAZY = {
     "TimmFeatureExtractor": "feature_extractors",
     "fold_batch_norms": "feature_extractors",
     "TorchFXFeatureExtractor": "feature_extractors",
+    "TransformerFeatureExtractor": "feature_extractors",
+    "is_transformer": "feature_extractors",
     "dryrun_find_featuremap_dims": "feature_extractors",
     # dimensionality reduction (A.2)
     "PCA": "pca",
@@ -42,6 +44,10 @@ _LAZY = {
     # base classes (A.9)
     "DynamicBufferMixin": "dynamic_buffer",
     "NotFittedError": "dynamic_buffer",
+    # convolutional blocks (trained encoders and decoders)
+    "BasicBlock": "blocks",
+    "conv_bn_relu": "blocks",
+    "residual_stage": "blocks",
     # nearest-neighbour search (used by memory-bank models)
     "NearestNeighbors": "nearest_neighbors",
 }

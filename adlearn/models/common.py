@@ -34,6 +34,31 @@ def upsample_map(patch_scores: torch.Tensor, size: tuple[int, int], mode: str = 
     return F.interpolate(patch_scores, size=size, mode=mode, **kwargs)
 
 
+LAYER_MAP_MODES = ("add", "multiply", "mean")
+
+
+def combine_layer_maps(maps: list[torch.Tensor], size: tuple[int, int], mode: str,
+                       align_corners: bool = False) -> torch.Tensor:
+    """Bilinearly upsample per-layer maps to ``size`` and combine them into one anomaly map.
+
+    ``"add"`` sums them (Reverse Distillation), ``"multiply"`` takes their product — a pixel scores high
+    only where every layer agrees (STFPM) — and ``"mean"`` averages them (FastFlow). Sums and products
+    run layer by layer, first to last, so the floating-point result does not depend on anything else.
+    [(B, 1, h_l, w_l)] -> (B, 1, H, W)
+    """
+    if mode not in LAYER_MAP_MODES:
+        raise ValueError(f"mode must be one of {LAYER_MAP_MODES}, got {mode!r}")
+    if not maps:
+        raise ValueError("combine_layer_maps needs at least one layer map")
+    upsampled = [upsample_map(layer_map, size, align_corners=align_corners) for layer_map in maps]
+    if mode == "mean":
+        return torch.cat(upsampled, dim=1).mean(dim=1, keepdim=True)
+    combined = upsampled[0]
+    for layer_map in upsampled[1:]:
+        combined = combined + layer_map if mode == "add" else combined * layer_map
+    return combined
+
+
 # The paper transform of PatchCore and friends: resize 256, center crop 224 (= 7/8 of the resize).
 CROP_FRACTION = 224 / 256
 

@@ -62,13 +62,13 @@ class Dfkde(MemoryBankModel):
                                         max_training_points=max_training_points, seed=seed)
 
     # Steps 1–2: one pooled feature vector per image.
-    def get_features(self, images: torch.Tensor) -> torch.Tensor:
+    def extract_features(self, images: torch.Tensor) -> torch.Tensor:
         features = self.feature_extractor(images)                         # {layer: (B, C_l, h_l, w_l)}
         pooled = [F.adaptive_avg_pool2d(f, 1).flatten(1) for f in features.values()]  # [(B, C_l)]
         return torch.cat(pooled, dim=1)                                   # (B, ΣC_l)
 
     def collect(self, images: torch.Tensor) -> torch.Tensor:
-        return self.get_features(images)
+        return self.extract_features(images)
 
     # Step 3: PCA + scaling + KDE on the training vectors.
     def fit_bank(self, features: torch.Tensor) -> None:                  # (N, D)
@@ -83,4 +83,6 @@ class Dfkde(MemoryBankModel):
 
     # Step 4: probability of being anomalous.
     def predict_step(self, images: torch.Tensor) -> Prediction:
-        return Prediction(pred_score=self.classifier.predict(self.get_features(images)), anomaly_map=None)
+        return Prediction(pred_score=self.classifier.predict(self.extract_features(images)), anomaly_map=None)
+
+    get_features = extract_features   # anomalib's name, used by notebooks/12_dfkde.ipynb

@@ -87,7 +87,7 @@ class Dfm(MemoryBankModel):
         self.gaussian = SingleClassGaussian()
 
     # Steps 1–2: one pooled feature map per image.
-    def get_feature_map(self, images: torch.Tensor) -> torch.Tensor:
+    def extract_features(self, images: torch.Tensor) -> torch.Tensor:
         features = next(iter(self.feature_extractor(images).values()))   # (B, C, h, w)
         if self.pooling_kernel_size > 1:
             features = F.avg_pool2d(features, self.pooling_kernel_size)  # (B, C, h/k, w/k)
@@ -95,7 +95,7 @@ class Dfm(MemoryBankModel):
 
     # Step 3: flattened to one vector per image.
     def collect(self, images: torch.Tensor) -> torch.Tensor:
-        return self.get_feature_map(images).flatten(1)                    # (B, C·h'·w')
+        return self.extract_features(images).flatten(1)                   # (B, C·h'·w')
 
     # Step 4: PCA subspace (and, for nll, a Gaussian in it).
     def fit_bank(self, features: torch.Tensor) -> None:                  # (N, D)
@@ -115,11 +115,16 @@ class Dfm(MemoryBankModel):
     def negative_log_likelihood(self, feature_map: torch.Tensor) -> torch.Tensor:
         return self.gaussian.score_samples(self.pca.transform(feature_map.flatten(1)))  # (B,)
 
+    # Step 5a's map: the error summed over channels at each pooled position, at image size.
+    def anomaly_map(self, error: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        score_map = error.sum(dim=1, keepdim=True)                        # (B, 1, h', w')
+        return upsample_map(score_map, size).squeeze(1)                   # (B, H, W)
+
     def predict_step(self, images: torch.Tensor) -> Prediction:
-        feature_map = self.get_feature_map(images)                        # (B, C, h', w')
+        feature_map = self.extract_features(images)                       # (B, C, h', w')
         if self.score_type == "nll":
             return Prediction(pred_score=self.negative_log_likelihood(feature_map), anomaly_map=None)
         error = self.reconstruction_error(feature_map)                    # (B, C, h', w')
-        score_map = error.sum(dim=1, keepdim=True)                        # (B, 1, h', w')
-        anomaly_map = upsample_map(score_map, images.shape[-2:]).squeeze(1)  # (B, H, W)
-        return Prediction(pred_score=error.flatten(1).sum(1), anomaly_map=anomaly_map)
+        return Prediction(pred_score=error.flatten(1).sum(1), anomaly_map=self.anomaly_map(error, images.shape[-2:]))
+
+    get_feature_map = extract_features   # the older name, used by notebooks/13_dfm.ipynb

@@ -60,58 +60,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from adlearn.components import AllInOneBlock, TimmFeatureExtractor, dryrun_find_featuremap_dims
+from adlearn.components import (
+    AllInOneBlock,
+    TimmFeatureExtractor,
+    TransformerFeatureExtractor,
+    dryrun_find_featuremap_dims,
+    is_transformer,
+)
 from adlearn.components.flow import SequenceFlow, subnet_conv
 from adlearn.models.base import Prediction, TrainedModel, register
-from adlearn.models.common import prediction_from_map, upsample_map
-
-# Transformer backbones: how many blocks to run (paper Table 6: CaiT block 40, DeiT block 7, 0-based).
-TRANSFORMER_BLOCKS = {"cait_m48_448": 41, "deit_base_distilled_patch16_384": 8}
-TRANSFORMER_DEPTH_FRACTION = {"cait": 41 / 48, "deit": 8 / 12}
-
-
-def is_transformer(backbone: str) -> bool:
-    return backbone.startswith(("cait", "deit"))
-
-
-class TransformerFeatureExtractor(nn.Module):
-    """Step 1 for CaiT / DeiT: patch tokens after the first ``n_blocks`` blocks and the final norm,
-    reshaped into one (B, D, H/16, W/16) map. Frozen."""
-
-    def __init__(self, backbone: str, pretrained="auto"):
-        super().__init__()
-        from adlearn.components.feature_extractors import load_backbone
-
-        self.model = load_backbone(backbone, pretrained)
-        self.model.eval().requires_grad_(False)
-        depth = len(self.model.blocks)
-        family = "cait" if backbone.startswith("cait") else "deit"
-        self.n_blocks = TRANSFORMER_BLOCKS.get(backbone) or max(1, round(depth * TRANSFORMER_DEPTH_FRACTION[family]))
-        self.image_size = tuple(self.model.patch_embed.img_size)
-        self.patch = tuple(self.model.patch_embed.patch_size)
-        self.out_dims = [self.model.embed_dim]
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        self.model.eval()          # frozen: dropout and friends stay off
-        return self
-
-    @torch.no_grad()
-    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:  # (B, 3, H, W)
-        model = self.model
-        tokens = model.patch_embed(images)                           # (B, N, D), N = (H/16)·(W/16)
-        if hasattr(model, "_pos_embed"):                             # DeiT / ViT: adds class (+ distillation) tokens
-            tokens = model.norm_pre(model.patch_drop(model._pos_embed(tokens)))
-            n_prefix = model.num_prefix_tokens
-        else:                                                        # CaiT: class token joins only later
-            tokens = model.pos_drop(tokens + model.pos_embed)
-            n_prefix = 0
-        for block in model.blocks[: self.n_blocks]:
-            tokens = block(tokens)
-        tokens = model.norm(tokens)[:, n_prefix:]                    # (B, N, D): patch tokens only
-        height, width = images.shape[-2] // self.patch[0], images.shape[-1] // self.patch[1]
-        return [tokens.transpose(1, 2).reshape(len(images), -1, height, width)]  # [(B, D, h, w)]
-
+from adlearn.models.common import combine_layer_maps, prediction_from_map
 
 def build_flow(channels: int, height: int, width: int, flow_steps: int, conv3x3_only: bool,
                hidden_ratio: float, affine_clamping: float = 2.0) -> SequenceFlow:
@@ -135,11 +93,9 @@ def fastflow_loss(hidden_variables: list[torch.Tensor], log_jacobians: list[torc
 
 def fastflow_anomaly_map(hidden_variables: list[torch.Tensor], image_size: tuple[int, int]) -> torch.Tensor:
     """Step 4: mean over scales of upsampled −exp(−½ mean_c z²). -> (B, H, W), values in [−1, 0]"""
-    maps = []
-    for z in hidden_variables:                                       # (B, C, h, w)
-        likelihood = torch.exp(-0.5 * z.pow(2).mean(dim=1, keepdim=True))  # (B, 1, h, w)
-        maps.append(upsample_map(-likelihood, image_size))         # (B, 1, H, W)
-    return torch.cat(maps, dim=1).mean(dim=1)
+    layer_maps = [-torch.exp(-0.5 * z.pow(2).mean(dim=1, keepdim=True))  # (B, 1, h, w) per scale
+                  for z in hidden_variables]                                # z: (B, C, h, w)
+    return combine_layer_maps(layer_maps, image_size, "mean").squeeze(1)
 
 
 @register("fastflow")
@@ -163,12 +119,13 @@ class Fastflow(TrainedModel):
 
         # Step 1: frozen backbone (+ a learnable LayerNorm per CNN stage).
         if is_transformer(backbone):
-            self.feature_extractor = TransformerFeatureExtractor(backbone, pretrained)
+            self.feature_extractor = TransformerFeatureExtractor(backbone, pre_trained=pretrained)
             if self.input_size != self.feature_extractor.image_size:
                 side = self.feature_extractor.image_size[0]
                 raise ValueError(f"FastFlow with {backbone} needs {side}x{side} images (the size its position "
                                  f"embedding was trained for); create it with image_size={side}")
-            shapes = [(self.feature_extractor.out_dims[0], self.input_size[0] // 16, self.input_size[1] // 16)]
+            stride = self.feature_extractor.strides[0]
+            shapes = [(self.feature_extractor.out_dims[0], self.input_size[0] // stride, self.input_size[1] // stride)]
             self.norms = nn.ModuleList([nn.Identity()])              # the transformer's own norm already ran
         else:
             self.feature_extractor = TimmFeatureExtractor(backbone, list(layers), pre_trained=pretrained)
@@ -182,11 +139,9 @@ class Fastflow(TrainedModel):
                                     for c, h, w in shapes])
 
     # Step 1
-    def normalized_features(self, images: torch.Tensor) -> list[torch.Tensor]:
+    def extract_features(self, images: torch.Tensor) -> list[torch.Tensor]:
         """[(B, C, h, w)] per scale: backbone features after the learnable LayerNorm, in float32."""
-        features = self.feature_extractor(images)
-        if isinstance(features, dict):
-            features = list(features.values())
+        features = self.feature_extractor(images).values()             # {layer: (B, C, h, w)}, CNN or transformer
         return [norm(feature.float()) for norm, feature in zip(self.norms, features)]
 
     # Step 2 (in float32 even under autocast: see the module docstring)
@@ -206,13 +161,15 @@ class Fastflow(TrainedModel):
 
     # Step 3
     def training_step(self, batch: dict, trainer=None) -> torch.Tensor:
-        hidden_variables, log_jacobians = self.flow_forward(self.normalized_features(batch["image"]))
+        hidden_variables, log_jacobians = self.flow_forward(self.extract_features(batch["image"]))
         return fastflow_loss(hidden_variables, log_jacobians)
 
     # Steps 4–5
     def anomaly_map(self, images: torch.Tensor) -> torch.Tensor:
-        hidden_variables, _ = self.flow_forward(self.normalized_features(images))
+        hidden_variables, _ = self.flow_forward(self.extract_features(images))
         return fastflow_anomaly_map(hidden_variables, images.shape[-2:])   # (B, H, W)
 
     def predict_step(self, images: torch.Tensor) -> Prediction:
         return prediction_from_map(self.anomaly_map(images))
+
+    normalized_features = extract_features   # the older name, used by notebooks/21_fastflow.ipynb

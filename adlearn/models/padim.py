@@ -29,7 +29,7 @@ import torch
 
 from adlearn.components import GaussianBlur2d, MultiVariateGaussian, TimmFeatureExtractor
 from adlearn.models.base import MemoryBankModel, Prediction, register
-from adlearn.models.common import concat_upsampled, upsample_map
+from adlearn.models.common import concat_upsampled, prediction_from_map, upsample_map
 
 # Paper defaults for the number of randomly kept channels (plus our offline backbone).
 DEFAULT_N_FEATURES = {"resnet18": 100, "wide_resnet50_2": 550, "efficientnet_lite0": 100}
@@ -62,13 +62,13 @@ class Padim(MemoryBankModel):
         self.blur = GaussianBlur2d(sigma=blur_sigma, channels=1)
 
     # Steps 1–3: features -> one embedding vector per position.
-    def generate_embedding(self, images: torch.Tensor) -> torch.Tensor:
+    def extract_features(self, images: torch.Tensor) -> torch.Tensor:
         features = self.feature_extractor(images)                         # {layer: (B, C_l, h_l, w_l)}
         embedding = concat_upsampled(list(features.values()))             # (B, ΣC_l, h, w)
         return embedding.index_select(1, self.channel_index)              # (B, n_features, h, w)
 
     def collect(self, images: torch.Tensor) -> torch.Tensor:
-        return self.generate_embedding(images)
+        return self.extract_features(images)
 
     # Step 4: one Gaussian per position.
     def fit_bank(self, embeddings: torch.Tensor) -> None:                 # (N, n_features, h, w)
@@ -78,11 +78,12 @@ class Padim(MemoryBankModel):
 
     # Step 5: Mahalanobis map, upsampled and blurred; image score = max.
     def anomaly_map(self, images: torch.Tensor) -> torch.Tensor:
-        embedding = self.generate_embedding(images)                       # (B, n_features, h, w)
+        embedding = self.extract_features(images)                         # (B, n_features, h, w)
         distances = self.gaussian.mahalanobis(embedding)                  # (B, h, w)
         anomaly_map = upsample_map(distances.unsqueeze(1), images.shape[-2:])  # (B, 1, H, W)
         return self.blur(anomaly_map).squeeze(1)                          # (B, H, W)
 
     def predict_step(self, images: torch.Tensor) -> Prediction:
-        anomaly_map = self.anomaly_map(images)
-        return Prediction(pred_score=anomaly_map.flatten(1).amax(1), anomaly_map=anomaly_map)
+        return prediction_from_map(self.anomaly_map(images))              # image score = max
+
+    generate_embedding = extract_features   # anomalib's name, used by notebooks/10_padim.ipynb

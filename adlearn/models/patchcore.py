@@ -97,7 +97,7 @@ class Patchcore(MemoryBankModel):
         self._search: NearestNeighbors | None = None  # index over memory_bank, built on first use
 
     # Steps 1–3: locally aware patch features, one row per position.
-    def generate_embedding(self, images: torch.Tensor) -> torch.Tensor:
+    def extract_features(self, images: torch.Tensor) -> torch.Tensor:
         features = self.feature_extractor(images)                         # {layer: (B, C_l, h_l, w_l)}
         pooled = [self.feature_pooler(f) for f in features.values()]      # same shapes, 3×3 neighbourhood
         return concat_upsampled(pooled, mode="bilinear")                  # (B, E, h, w)
@@ -108,7 +108,7 @@ class Patchcore(MemoryBankModel):
         return embedding.permute(0, 2, 3, 1).reshape(-1, embedding.shape[1])
 
     def collect(self, images: torch.Tensor) -> torch.Tensor:
-        return self.reshape_embedding(self.generate_embedding(images))    # (B·h·w, E) float32
+        return self.reshape_embedding(self.extract_features(images))      # (B·h·w, E) float32
 
     # Step 4: coreset-subsample all training patches into the memory bank.
     def fit_bank(self, patches: torch.Tensor) -> None:                   # (N, E)
@@ -169,7 +169,9 @@ class Patchcore(MemoryBankModel):
         return self.blur(upsampled).squeeze(1)                                # (B, H, W)
 
     def predict_step(self, images: torch.Tensor) -> Prediction:
-        embedding = self.generate_embedding(images)                       # (B, E, h, w)
+        embedding = self.extract_features(images)                         # (B, E, h, w)
         scores, locations = self.patch_scores(embedding)                  # (B, h, w) twice
         return Prediction(pred_score=self.image_score(embedding, scores, locations),
                           anomaly_map=self.anomaly_map(scores, images.shape[-2:]))
+
+    generate_embedding = extract_features   # anomalib's name, used by notebooks/11_patchcore.ipynb

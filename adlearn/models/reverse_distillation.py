@@ -51,53 +51,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from adlearn.components import GaussianBlur2d, TimmFeatureExtractor
+from adlearn.components import GaussianBlur2d, TimmFeatureExtractor, conv_bn_relu, residual_stage
 from adlearn.models.base import Prediction, TrainedModel, register
-from adlearn.models.common import cosine_distance, prediction_from_map, upsample_map
+from adlearn.models.common import combine_layer_maps, cosine_distance, prediction_from_map
 
 ANOMALY_MAP_MODES = ("add", "multiply")
-
-
-# ----------------------------------------------------------------------------- building blocks
-def conv_bn_relu(in_channels: int, out_channels: int, stride: int = 1) -> nn.Sequential:
-    """3×3 convolution (no bias: the batch norm has one), batch norm, ReLU."""
-    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False),
-                         nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True))
-
-
-class BasicBlock(nn.Module):
-    """ResNet's basic residual block: x + F(x), F = conv3×3-BN-ReLU-conv3×3-BN, then ReLU.
-
-    ``resample`` changes the resolution: "down" (stride-2 conv) in the bottleneck, "up" (2×2
-    transposed conv, stride 2) in the decoder; the shortcut then resamples too (1×1 conv / 2×2
-    transposed conv + BN) so that the two branches can be added.
-    (B, C_in, h, w) -> (B, C_out, h', w')
-    """
-
-    def __init__(self, in_channels: int, out_channels: int, resample: str | None = None):
-        super().__init__()
-        if resample == "up":
-            first = nn.ConvTranspose2d(in_channels, out_channels, 2, stride=2, bias=False)
-            shortcut = nn.ConvTranspose2d(in_channels, out_channels, 2, stride=2, bias=False)
-        else:
-            stride = 2 if resample == "down" else 1
-            first = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
-            shortcut = nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False)
-        self.residual = nn.Sequential(first, nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True),
-                                      nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
-                                      nn.BatchNorm2d(out_channels))
-        needs_projection = resample is not None or in_channels != out_channels
-        self.shortcut = nn.Sequential(shortcut, nn.BatchNorm2d(out_channels)) if needs_projection else nn.Identity()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(self.residual(x) + self.shortcut(x))
-
-
-def residual_stage(in_channels: int, out_channels: int, resample: str, blocks: int = 2) -> nn.Sequential:
-    """One resolution-changing block, then ``blocks - 1`` blocks at the new resolution."""
-    layers = [BasicBlock(in_channels, out_channels, resample)]
-    layers += [BasicBlock(out_channels, out_channels) for _ in range(blocks - 1)]
-    return nn.Sequential(*layers)
 
 
 # ----------------------------------------------------------------------------- step 2: OCBE
@@ -146,17 +104,14 @@ def reverse_distillation_loss(encoder_features: list[torch.Tensor],
     return loss
 
 
-def reverse_distillation_map(encoder_features: list[torch.Tensor], decoder_features: list[torch.Tensor],
+def reverse_distillation_anomaly_map(encoder_features: list[torch.Tensor], decoder_features: list[torch.Tensor],
                              image_size: tuple[int, int], mode: str = "add") -> torch.Tensor:
     """Step 5 before the blur: per-layer 1 − cos maps, upsampled, added or multiplied. -> (B, 1, H, W)"""
-    anomaly_map = None
-    for encoded, decoded in zip(encoder_features, decoder_features):
-        layer_map = upsample_map(cosine_distance(encoded, decoded), image_size, align_corners=True)
-        if anomaly_map is None:
-            anomaly_map = layer_map
-        else:
-            anomaly_map = anomaly_map + layer_map if mode == "add" else anomaly_map * layer_map
-    return anomaly_map
+    layer_maps = [cosine_distance(e, d) for e, d in zip(encoder_features, decoder_features)]  # [(B, 1, h, w)]
+    return combine_layer_maps(layer_maps, image_size, mode, align_corners=True)
+
+
+reverse_distillation_map = reverse_distillation_anomaly_map   # the older name, used by notebooks/22_*.ipynb
 
 
 # ----------------------------------------------------------------------------- the model
@@ -194,7 +149,7 @@ class ReverseDistillation(TrainedModel):
             module.to(memory_format=torch.channels_last)
         self.blur = GaussianBlur2d(sigma=blur_sigma, channels=1)
 
-    def features(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    def extract_features(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Steps 1–3: ([e_1, e_2, e_3], [d_1, d_2, d_3]), each (B, C_l, h_l, w_l)."""
         encoded = [e.contiguous(memory_format=torch.channels_last)   # no gradient: the teacher is frozen
                    for e in self.encoder(images).values()]
@@ -206,14 +161,16 @@ class ReverseDistillation(TrainedModel):
         return torch.optim.Adam(parameters, lr=self.lr, betas=self.betas), None
 
     def training_step(self, batch: dict, trainer=None) -> torch.Tensor:
-        encoded, decoded = self.features(batch["image"])
+        encoded, decoded = self.extract_features(batch["image"])
         return reverse_distillation_loss(encoded, decoded)
 
     def anomaly_map(self, images: torch.Tensor) -> torch.Tensor:
-        encoded, decoded = self.features(images)
+        encoded, decoded = self.extract_features(images)
         encoded, decoded = [e.float() for e in encoded], [d.float() for d in decoded]
-        anomaly_map = reverse_distillation_map(encoded, decoded, images.shape[-2:], self.anomaly_map_mode)
+        anomaly_map = reverse_distillation_anomaly_map(encoded, decoded, images.shape[-2:], self.anomaly_map_mode)
         return self.blur(anomaly_map).squeeze(1)                                 # (B, H, W)
 
     def predict_step(self, images: torch.Tensor) -> Prediction:
         return prediction_from_map(self.anomaly_map(images))                    # image score = max
+
+    features = extract_features   # the older name, used by notebooks/22_reverse_distillation.ipynb

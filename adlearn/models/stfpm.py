@@ -50,7 +50,7 @@ import torch
 
 from adlearn.components import TimmFeatureExtractor
 from adlearn.models.base import Prediction, TrainedModel, register
-from adlearn.models.common import cosine_distance, prediction_from_map, upsample_map
+from adlearn.models.common import combine_layer_maps, cosine_distance, prediction_from_map
 
 
 def normalized_difference(teacher: torch.Tensor, student: torch.Tensor) -> torch.Tensor:
@@ -73,11 +73,8 @@ def stfpm_loss(teacher_features: list[torch.Tensor], student_features: list[torc
 def stfpm_anomaly_map(teacher_features: list[torch.Tensor], student_features: list[torch.Tensor],
                       image_size: tuple[int, int]) -> torch.Tensor:
     """Step 4: product over layers of the upsampled ½‖t̂ − ŝ‖² maps. -> (B, H, W)"""
-    anomaly_map = None
-    for teacher, student in zip(teacher_features, student_features):
-        layer_map = upsample_map(normalized_difference(teacher, student), image_size)  # (B, 1, H, W)
-        anomaly_map = layer_map if anomaly_map is None else anomaly_map * layer_map
-    return anomaly_map.squeeze(1)
+    layer_maps = [normalized_difference(t, s) for t, s in zip(teacher_features, student_features)]  # [(B, 1, h, w)]
+    return combine_layer_maps(layer_maps, image_size, "multiply").squeeze(1)
 
 
 @register("stfpm")
@@ -98,7 +95,7 @@ class Stfpm(TrainedModel):
         self.teacher = TimmFeatureExtractor(backbone, list(layers), pre_trained=pretrained)
         self.student = TimmFeatureExtractor(backbone, list(layers), pre_trained="none", requires_grad=True)
 
-    def features(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    def extract_features(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Step 1: ([t_1, t_2, t_3], [s_1, s_2, s_3]), each (B, C_l, h_l, w_l)."""
         teacher = list(self.teacher(images).values())       # no gradient: the teacher is frozen
         student = list(self.student(images).values())
@@ -110,7 +107,7 @@ class Stfpm(TrainedModel):
         return optimizer, None
 
     def training_step(self, batch: dict, trainer=None) -> torch.Tensor:
-        teacher, student = self.features(batch["image"])
+        teacher, student = self.extract_features(batch["image"])
         return stfpm_loss(teacher, student)
 
     def batch_norm_forward(self, batch: dict) -> None:
@@ -118,10 +115,12 @@ class Stfpm(TrainedModel):
         self.student(batch["image"])
 
     def anomaly_map(self, images: torch.Tensor) -> torch.Tensor:
-        teacher, student = self.features(images)
+        teacher, student = self.extract_features(images)
         # The product of small numbers: compute it in float32 even under autocast.
         teacher, student = [t.float() for t in teacher], [s.float() for s in student]
         return stfpm_anomaly_map(teacher, student, images.shape[-2:])  # (B, H, W)
 
     def predict_step(self, images: torch.Tensor) -> Prediction:
         return prediction_from_map(self.anomaly_map(images))           # image score = max (step 5)
+
+    features = extract_features   # the older name, used by notebooks/20_stfpm.ipynb
