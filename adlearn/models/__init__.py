@@ -20,6 +20,7 @@ from adlearn.models.base import (
 
 # registered name -> module in adlearn.models (one file per model)
 MODEL_MODULES: dict[str, str] = {
+    "cfa": "cfa",
     "dfkde": "dfkde",
     "dfm": "dfm",
     "fastflow": "fastflow",
