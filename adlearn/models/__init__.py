@@ -21,6 +21,7 @@ from adlearn.models.base import (
 # registered name -> module in adlearn.models (one file per model)
 MODEL_MODULES: dict[str, str] = {
     "cfa": "cfa",
+    "efficient_ad": "efficient_ad",
     "dfkde": "dfkde",
     "dfm": "dfm",
     "fastflow": "fastflow",
