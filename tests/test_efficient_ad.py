@@ -1,0 +1,269 @@
+"""EfficientAD: the networks' shapes and receptive field, the losses and the quantiles against brute force
+and torch/torchvision, the colour changes, the teacher statistics and map quantiles after fit, the teacher
+distillation, the natural-image stream, save/load, errors."""
+
+from __future__ import annotations
+
+import inspect
+
+import numpy as np
+import pytest
+import torch
+
+from adlearn.models import create, load
+from adlearn.models.common import exact_quantile
+from adlearn.models.efficient_ad import (
+    AutoEncoder,
+    EfficientAd,
+    PatchDescriptionNetwork,
+    adjust_color,
+    efficient_ad_anomaly_map,
+    efficient_ad_loss,
+    hard_feature_loss,
+)
+from adlearn.train import TrainingConfig
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.py
+
+
+# ---------------------------------------------------------------------------- networks
+@pytest.mark.parametrize("size", [64, 128, 256])
+@pytest.mark.parametrize("model_size", ["small", "medium"])
+def test_pdn_and_autoencoder_give_maps_of_side_h_over_4_minus_8(size, model_size):
+    images = torch.randn(1, 3, size, size)
+    with torch.no_grad():
+        assert PatchDescriptionNetwork(384, model_size)(images).shape == (1, 384, size // 4 - 8, size // 4 - 8)
+        assert AutoEncoder(384, (size, size))(images).shape == (1, 384, size // 4 - 8, size // 4 - 8)
+
+
+def test_autoencoder_at_256_px_follows_the_reference_schedule():
+    autoencoder = AutoEncoder(384, (256, 256))
+    assert [s[0] for s in autoencoder.upsample_sizes] == [3, 8, 15, 32, 63, 127, 56]
+    assert autoencoder.bottleneck.kernel_size == (8, 8)
+    # the reference's parameter count: encoder 6 convs, decoder 8 convs (anomalib 2.7, 256 px)
+    assert sum(p.numel() for p in autoencoder.parameters()) == 1_096_320
+
+
+def test_pdn_small_has_the_reference_parameters_and_a_33_pixel_receptive_field():
+    teacher = PatchDescriptionNetwork(384, "small")
+    assert {k: tuple(v.shape) for k, v in teacher.state_dict().items()} == {
+        "conv1.weight": (128, 3, 4, 4), "conv1.bias": (128,), "conv2.weight": (256, 128, 4, 4), "conv2.bias": (256,),
+        "conv3.weight": (256, 256, 3, 3), "conv3.bias": (256,), "conv4.weight": (384, 256, 4, 4), "conv4.bias": (384,)}
+    images = torch.randn(1, 3, 64, 64, requires_grad=True)
+    teacher(images)[0, :, 3, 3].sum().backward()                 # one output position
+    rows, cols = images.grad[0].abs().sum(0).nonzero(as_tuple=True)
+    assert (rows.min(), rows.max(), cols.min(), cols.max()) == (12, 44, 12, 44)   # 33 × 33 pixels at 4·3
+    assert sum(p.numel() for p in teacher.parameters()) == 2_694_144
+
+
+# ---------------------------------------------------------------------------- losses and quantiles
+def test_exact_quantile_matches_torch_and_numpy():
+    values = torch.randn(1001, generator=torch.Generator().manual_seed(0))
+    for q in (0.0, 0.1, 0.5, 0.9, 0.995, 0.999, 1.0):
+        assert float(exact_quantile(values, q)) == pytest.approx(float(torch.quantile(values, q)), rel=1e-6, abs=1e-6)
+    big = torch.rand(2**24 + 3, generator=torch.Generator().manual_seed(1))    # older torch.quantile refused this
+    assert float(exact_quantile(big, 0.9)) == pytest.approx(float(np.quantile(big.numpy(), 0.9)), abs=1e-7)
+
+
+def test_hard_feature_loss_is_per_image_mean_above_the_quantile():
+    generator = torch.Generator().manual_seed(2)
+    teacher, student = torch.randn(2, 8, 5, 5, generator=generator), torch.randn(2, 8, 5, 5, generator=generator)
+    expected = []
+    for b in range(2):
+        d = ((teacher[b] - student[b]) ** 2).numpy().ravel()
+        expected.append(d[d >= np.quantile(d, 0.9)].mean())
+    assert float(hard_feature_loss(teacher, student, 0.9)) == pytest.approx(np.mean(expected), rel=1e-5)
+    # a batch of two is the mean of two batches of one (the reference pools the batch: pitfall (c))
+    singles = [float(hard_feature_loss(teacher[b:b + 1], student[b:b + 1], 0.9)) for b in range(2)]
+    assert float(hard_feature_loss(teacher, student, 0.9)) == pytest.approx(np.mean(singles), rel=1e-6)
+
+
+def test_total_loss_adds_the_student_penalty_and_autoencoder_terms():
+    g = torch.Generator().manual_seed(3)
+    t, s, n, ta, a, sa = (torch.randn(1, c, 4, 4, generator=g) for c in (6, 12, 12, 6, 6, 12))
+    losses = efficient_ad_loss(t, s, n, ta, a, sa, quantile=0.999)
+    hard = ((t - s[:, :6]) ** 2).flatten()
+    assert float(losses["student"]) == pytest.approx(float(hard[hard >= torch.quantile(hard, 0.999)].mean()
+                                                           + (n[:, :6] ** 2).mean()), rel=1e-6)
+    assert float(losses["autoencoder"]) == pytest.approx(float(((ta - a) ** 2).mean()), rel=1e-6)
+    assert float(losses["student_autoencoder"]) == pytest.approx(float(((a - sa[:, 6:]) ** 2).mean()), rel=1e-6)
+    assert float(losses["loss"]) == pytest.approx(sum(float(losses[k]) for k in ("student", "autoencoder",
+                                                                               "student_autoencoder")), rel=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["brightness", "contrast", "saturation"])
+def test_colour_changes_match_torchvision(kind):
+    import torchvision.transforms.v2.functional as TF
+
+    images = torch.rand(2, 3, 9, 7, generator=torch.Generator().manual_seed(4))
+    reference = getattr(TF, f"adjust_{kind}")
+    for factor in (0.8, 1.13):
+        assert torch.allclose(adjust_color(images, kind, factor), reference(images, factor), atol=1e-6)
+
+
+def test_map_normalisation_sends_the_quantiles_to_0_and_0_1():
+    map_st = torch.tensor([[[[1.0, 3.0]]]])
+    map_ae = torch.tensor([[[[10.0, 20.0]]]])
+    combined = efficient_ad_anomaly_map(map_st, map_ae, torch.tensor([1.0, 3.0, 10.0, 20.0]))
+    assert torch.allclose(combined, torch.tensor([[[0.0, 0.1]]]))
+    assert torch.allclose(efficient_ad_anomaly_map(map_st, map_ae), 0.5 * (map_st + map_ae)[:, 0])
+
+
+# ---------------------------------------------------------------------------- the model
+def test_defaults_follow_the_reference_and_bad_options_are_named(tmp_path):
+    defaults = {k: p.default for k, p in inspect.signature(EfficientAd.__init__).parameters.items() if k != "self"}
+    assert (defaults["model_size"], defaults["teacher_out_channels"], defaults["batch_size"]) == ("small", 384, 1)
+    assert (defaults["lr"], defaults["weight_decay"], defaults["hard_quantile"]) == (1e-4, 1e-5, 0.999)
+    assert defaults["map_quantiles"] == (0.9, 0.995)
+    assert TrainingConfig(**EfficientAd.training_defaults).max_steps == 70_000
+    with pytest.raises(ValueError, match="divisible by 32 and at least 64.*image_size=256"):
+        create("efficient_ad", image_size=100, device="cpu")
+    with pytest.raises(ValueError, match="divisible by 32 and at least 64"):
+        create("efficient_ad", image_size=32, device="cpu")
+    with pytest.raises(ValueError, match="model_size must be one of"):
+        create("efficient_ad", model_size="large", device="cpu")
+    # teacher weights: a missing file, and a file of the wrong size, are named
+    model = create("efficient_ad", image_size=64, teacher_weights=str(tmp_path / "missing.pth"), device="cpu")
+    with pytest.raises(FileNotFoundError, match="no teacher weights"):
+        model.prepare_teacher()
+    torch.save(PatchDescriptionNetwork(256, "small").state_dict(), tmp_path / "narrow.pth")
+    model = create("efficient_ad", image_size=64, teacher_weights=str(tmp_path / "narrow.pth"), device="cpu")
+    with pytest.raises(ValueError, match="does not hold a small PDN with 384 output channels.*conv4"):
+        model.prepare_teacher()
+    torch.save(PatchDescriptionNetwork(384, "medium").state_dict(), tmp_path / "medium.pth")
+    model = create("efficient_ad", image_size=64, teacher_weights=str(tmp_path / "medium.pth"), device="cpu")
+    with pytest.raises(ValueError, match="pass model_size="):
+        model.prepare_teacher()
+
+
+def test_teacher_weights_in_the_reference_layout_load(tmp_path):
+    source = PatchDescriptionNetwork(384, "small")
+    torch.save(source.state_dict(), tmp_path / "pretrained_teacher_small.pth")
+    model = create("efficient_ad", image_size=64, teacher_weights=str(tmp_path / "pretrained_teacher_small.pth"),
+                   device="cpu")
+    model.prepare_teacher()
+    assert all(torch.equal(v, source.state_dict()[k]) for k, v in model.teacher.state_dict().items())
+
+
+@pytest.fixture(scope="module")
+def trained(datasets_64):
+    model = create("efficient_ad", teacher_weights="none", image_size=64, max_steps=6, val_fraction=0.25,
+                   device="cpu", seed=0)
+    teacher_before = {k: v.clone() for k, v in model.teacher.state_dict().items()}
+    model.fit(datasets_64[0], verbose=False)
+    return model, teacher_before
+
+
+def test_teacher_is_frozen_and_normalised_by_its_training_statistics(trained, datasets_64):
+    model, teacher_before = trained
+    assert all(torch.equal(v, teacher_before[k]) for k, v in model.teacher.state_dict().items())
+    from adlearn.data import hold_out
+
+    train, _ = hold_out(datasets_64[0], 0.25, seed=0)                 # what fit trained on
+    images = torch.stack([train[i]["image"] for i in range(len(train))])
+    with torch.no_grad():
+        outputs = model.teacher(images).double()
+    mean, std = outputs.mean((0, 2, 3)), outputs.std((0, 2, 3), unbiased=False)
+    assert torch.allclose(model.teacher_mean.flatten().double(), mean, atol=1e-5)
+    assert torch.allclose(model.teacher_std.flatten().double(), std, rtol=1e-4)
+    optimizer, _ = model.configure_optimizers()
+    assert {id(p) for g in optimizer.param_groups for p in g["params"]} == \
+        {id(p) for p in [*model.student.parameters(), *model.autoencoder.parameters()]}
+    assert set(model.history.losses) == {"loss", "student", "autoencoder", "student_autoencoder"}
+    assert model.history.steps == 6
+
+
+def test_map_quantiles_come_from_the_held_out_normal_images(trained, datasets_64):
+    model = trained[0]
+    from adlearn.data import hold_out
+
+    _, held_out = hold_out(datasets_64[0], 0.25, seed=0)
+    images = torch.stack([held_out[i]["image"] for i in range(len(held_out))])
+    with torch.no_grad():
+        map_st, map_ae = model.raw_maps(images)
+    expected = [torch.quantile(m.flatten(), q) for m in (map_st, map_ae) for q in (0.9, 0.995)]
+    assert torch.allclose(model.quantiles, torch.stack(expected), rtol=1e-5)
+
+
+def test_predicts_normalised_maps(trained, datasets_64):
+    model = trained[0]
+    images = torch.stack([datasets_64[1][i]["image"] for i in range(3)])
+    prediction = model.predict(images)
+    assert prediction.anomaly_map.shape == (3, 64, 64) and prediction.anomaly_map.isfinite().all()
+    assert torch.allclose(prediction.pred_score, prediction.anomaly_map.flatten(1).amax(1))
+    with torch.no_grad():
+        map_st, map_ae = model.raw_maps(images)
+        qa_st, qb_st, qa_ae, qb_ae = model.quantiles
+        expected = 0.5 * 0.1 * (map_st - qa_st) / (qb_st - qa_st) + 0.5 * 0.1 * (map_ae - qa_ae) / (qb_ae - qa_ae)
+    assert torch.allclose(prediction.anomaly_map, expected[:, 0], atol=1e-6)
+
+
+def test_save_load_identical_predictions_without_distilling(trained, datasets_64, tmp_path, monkeypatch):
+    import adlearn.models.efficient_ad_teacher as teacher_module
+
+    model = trained[0]
+    model.save(tmp_path / "effad.pt")
+    monkeypatch.setattr(teacher_module, "distill_teacher", lambda *a, **k: pytest.fail("load must not distil"))
+    restored = load(tmp_path / "effad.pt")
+    images = torch.stack([datasets_64[1][i]["image"] for i in range(2)])
+    assert torch.equal(restored.predict(images).anomaly_map, model.predict(images).anomaly_map)
+    assert torch.equal(restored.quantiles, model.quantiles)
+
+
+def test_same_seed_same_scores(datasets_64):
+    images = torch.stack([datasets_64[1][i]["image"] for i in range(2)])
+    scores = []
+    for _ in range(2):
+        model = create("efficient_ad", teacher_weights="none", image_size=64, max_steps=2, device="cpu", seed=7)
+        model.fit(datasets_64[0], verbose=False)
+        scores.append(model.predict(images).pred_score)
+    assert torch.equal(scores[0], scores[1])
+
+
+# ---------------------------------------------------------------------------- natural images and distillation
+def test_natural_image_crops_are_seeded_normalised_views():
+    from adlearn.data import NaturalImageCrops, natural_image_names
+    from adlearn.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+    assert len(natural_image_names()) >= 10                       # photographs from three wheels
+    a, b = NaturalImageCrops(64, seed=1).sample(3), NaturalImageCrops(64, seed=1).sample(3)
+    assert a.shape == (3, 3, 64, 64) and torch.equal(a, b)
+    raw = NaturalImageCrops((32, 48), seed=1, normalize=False).sample(2)
+    assert raw.shape == (2, 3, 32, 48) and raw.min() >= 0 and raw.max() <= 1
+    normalised = NaturalImageCrops((32, 48), seed=1).sample(2)
+    mean, std = torch.tensor(IMAGENET_MEAN)[None, :, None, None], torch.tensor(IMAGENET_STD)[None, :, None, None]
+    assert torch.allclose(normalised * std + mean, raw, atol=1e-6)
+    grey = NaturalImageCrops(32, seed=2, grayscale=1.0, normalize=False).sample(2)
+    assert torch.equal(grey[:, 0], grey[:, 1]) and torch.equal(grey[:, 1], grey[:, 2])
+
+
+def test_distilled_teacher_is_closer_to_the_backbone_than_a_random_pdn(tmp_path, monkeypatch):
+    from adlearn.data import NaturalImageCrops
+    from adlearn.models.efficient_ad_teacher import distill_teacher, distillation_error
+
+    monkeypatch.setenv("ADLEARN_CACHE", str(tmp_path))
+    path, teacher, target = distill_teacher(steps=30, batch_size=4, crop_size=64, lr=1e-3, return_model=True,
+                                            verbose=False)
+    held_out = NaturalImageCrops(64, seed=123).sample(12)          # crops the distillation never saw
+    torch.manual_seed(0)
+    random_pdn = PatchDescriptionNetwork(384, "small").eval()
+    distilled, random_error = distillation_error(teacher, target, held_out), distillation_error(random_pdn, target, held_out)
+    predict_zero = float(target(held_out).pow(2).mean())            # the targets' own spread
+    assert distilled < 0.95 * predict_zero and distilled < 0.9 * random_error, (distilled, random_error, predict_zero)
+    # cached: the second call trains nothing and returns the same file, which loads into a model
+    assert path.is_file() and distill_teacher(steps=30, batch_size=4, crop_size=64, lr=1e-3) == path
+    model = create("efficient_ad", image_size=64, teacher_weights=str(path), device="cpu")
+    model.prepare_teacher()
+    assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in model.teacher.state_dict().items())
+
+
+def test_cli_max_steps(small_synthetic_root, tmp_path, capsys):
+    from adlearn.cli import main
+    from adlearn.data import SYNTHETIC_CATEGORIES
+
+    code = main(["evaluate", "efficient_ad", "--root", str(small_synthetic_root), "--category", SYNTHETIC_CATEGORIES[1],
+                 "--image-size", "64", "--device", "cpu", "--set", "max_steps=2", "--set", "teacher_weights=none",
+                 "--save", str(tmp_path / "m.pt")])
+    assert code == 0
+    assert "efficient_ad epoch 1/200 (step 2/2)" in capsys.readouterr().out
+    assert load(tmp_path / "m.pt").history.steps == 2
