@@ -19,7 +19,7 @@ on 128-px crops serve any image size).
 The result is cached per PDN size and recipe in ``$ADLEARN_CACHE/efficient_ad/`` (default
 ``~/.cache/adlearn``): the code ships, the weights are made once per machine.
 
-    path = distill_teacher("small")             # trains once (minutes), then returns the cached file
+    path = distill_teacher("small")             # trains once (≈ 28 CPU-minutes), then returns the cached file
     model = adlearn.create("efficient_ad", teacher_weights=path)   # "auto" does exactly this
 
 Alignment: an unpadded PDN turns a crop of side s into (s/4 − 8)² features, the one at (i, j)
@@ -103,7 +103,7 @@ def distillation_target(backbone: str = "efficientnet_lite0", out_channels: int 
 
 
 def distill_teacher(model_size: str = "small", backbone: str = "efficientnet_lite0", out_channels: int = 384,
-                    steps: int = 3000, batch_size: int = 8, crop_size: int = 128, lr: float = 5e-4, seed: int = 0,
+                    steps: int = 400, batch_size: int = 8, crop_size: int = 128, lr: float = 5e-4, seed: int = 0,
                     device: str | torch.device = "cpu", cache: bool = True, verbose: bool = True,
                     return_model: bool = False):
     """Distil a PDN teacher (see the module docstring); returns the cached weights' path.
