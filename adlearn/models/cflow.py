@@ -135,7 +135,7 @@ class Cflow(TrainedModel):
         self.register_buffer("log_likelihood_max", torch.zeros(len(layers)))
 
     # Step 1
-    def features(self, images: torch.Tensor) -> list[torch.Tensor]:
+    def extract_features(self, images: torch.Tensor) -> list[torch.Tensor]:
         """[(B, C_k, h_k, w_k)] per layer, float32 (the flows run in float32 even under autocast)."""
         return [feature.float() for feature in self.encoder(images).values()]
 
@@ -144,7 +144,7 @@ class Cflow(TrainedModel):
 
     # Step 4: the random fibers, chunk after chunk
     def training_step(self, batch: dict, trainer) -> torch.Tensor:
-        features = self.features(batch["image"])
+        features = self.extract_features(batch["image"])
         losses, counts = [], []
         with torch.autocast(features[0].device.type, enabled=False):
             for k, (decoder, feature) in enumerate(zip(self.decoders, features)):
@@ -185,7 +185,7 @@ class Cflow(TrainedModel):
 
     def layer_log_likelihoods(self, images: torch.Tensor) -> list[torch.Tensor]:
         """Steps 1–4 at test time: [(B, h_k, w_k)] per-dimension log p of every position."""
-        features = self.features(images)
+        features = self.extract_features(images)
         log_likelihoods = []
         with torch.autocast(features[0].device.type, enabled=False):
             for decoder, feature in zip(self.decoders, features):

@@ -119,13 +119,13 @@ class Csflow(TrainedModel):
         # Step 3
         self.flow = CrossScaleFlow(self.feature_shapes[0][0], n_coupling_blocks, cross_conv_hidden_channels, clamp)
 
-    def features(self, images: torch.Tensor) -> list[torch.Tensor]:
+    def extract_features(self, images: torch.Tensor) -> list[torch.Tensor]:
         """Steps 1–2: [x⁰, x¹, x²] (B, C, H/32·2⁻ˢ, W/32·2⁻ˢ), float32."""
         return [self.feature_extractor(level)[self.layer].float() for level in image_pyramid(images)]
 
     def encode(self, images: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Step 3: ([z⁰, z¹, z²], log|det J| (B,)), the flow in float32 even under autocast."""
-        features = self.features(images)
+        features = self.extract_features(images)
         with torch.autocast(features[0].device.type, enabled=False):
             return self.flow(features)
 

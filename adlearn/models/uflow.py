@@ -163,14 +163,14 @@ class Uflow(TrainedModel):
         self.flow = UShapedFlow(self.feature_shapes, flow_steps, affine_clamp, affine_subnet_channels_ratio,
                                 permute_soft)
 
-    def normalized_features(self, images: torch.Tensor) -> list[torch.Tensor]:
+    def extract_features(self, images: torch.Tensor) -> list[torch.Tensor]:
         """Step 1: [(B, C_s, h_s, w_s)], finest first, float32."""
         features = self.feature_extractor(images).values()
         return [norm(feature.float()) for norm, feature in zip(self.norms, features)]
 
     def encode(self, images: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Steps 1–2: ([z_s], log|det J|), the flow in float32 even under autocast."""
-        features = self.normalized_features(images)
+        features = self.extract_features(images)
         with torch.autocast(features[0].device.type, enabled=False):
             return self.flow(features)
 
