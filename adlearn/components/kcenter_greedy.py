@@ -1,4 +1,5 @@
-"""`KCenterGreedy`: coreset selection by greedy farthest-point sampling (MODELS.md A.4.1).
+"""`KCenterGreedy`: coreset selection by greedy farthest-point sampling (PatchCore, Roth et al.
+CVPR 2022, Sec. 3.2 and Alg. 1; reference: ``anomalib.models.components.sampling.k_center_greedy``).
 
 PatchCore keeps only a *coreset* of its patch-feature memory bank: a subset chosen so that every
 patch has a selected patch nearby. The k-center problem asks for the subset C (|C| = m) that
@@ -19,7 +20,7 @@ the *original* rows are returned.
 Deliberate deviations from anomalib's reference:
 
 * **The random start point is part of the coreset** (it is the first index returned). anomalib
-  v1.x (the release MODELS.md documents) used it only to initialise the distances and then
+  v1.x used it only to initialise the distances and then
   selected ``coreset_size`` further points, so the start point's own neighbourhood could be left
   uncovered — a known bug, fixed upstream in anomalib 2.x (gh-3459).
 * **Projection only when it narrows the features.** The JL width depends on N only (≈ 290 for
