@@ -221,7 +221,7 @@ class Dsr(TrainedModel):
     training_defaults = {"max_epochs": 700}
     # cpu (docs/benchmarks.md, "DSR on the real bottle"): 128 px, narrow networks, small codebooks.
     presets = {"cpu": {"image_size": 128, "num_hiddens": 64, "num_residual_hiddens": 32, "num_embeddings": 512,
-                       "embedding_dim": 32, "detection_width": 16, "upsampling_width": 16, "vq_steps": 1500,
+                       "embedding_dim": 32, "detection_width": 16, "upsampling_width": 16, "vq_steps": 600,
                        "vq_epochs": 3, "max_epochs": 20}}
 
     def __init__(self, num_hiddens: int = 128, num_residual_layers: int = 2, num_residual_hiddens: int = 64,
@@ -270,7 +270,7 @@ class Dsr(TrainedModel):
         if epochs is None or epochs < 2:
             raise ValueError(f"DSR trains two phases after the VQ model within max_epochs: give max_epochs >= 2, "
                              f"got {epochs}")
-        second = min(max(1, int(epochs * self.config["upsampling_train_ratio"])), epochs - 1)
+        second = min(max(1, round(epochs * self.config["upsampling_train_ratio"])), epochs - 1)
         phases = [Phase("vq", self.vq_optimizer, [self.vq], self.vq_epochs)] if self.vq_epochs else []
         restriction = [self.restriction_hi, self.restriction_lo, self.object_decoder, self.detection]
         return phases + [Phase("restriction", lambda: self.restriction_optimizer(second), restriction, second),
@@ -302,9 +302,7 @@ class Dsr(TrainedModel):
         elif weights != "none":
             load_vq_weights(self.vq, weights)
         self.vq.to(self.device)
-        from adlearn.data.natural_images import NaturalImageCrops
-
-        self.natural = NaturalImageCrops(self.input_size, seed=self.seed, normalize=False)
+        self.natural = None                     # natural crops for phase 1, made at its first batch
         self.mask_generator.reseed(self.seed)
         self.smudges.rng = np.random.default_rng(self.seed + 1)
         self.generator.manual_seed(self.seed)
@@ -315,6 +313,10 @@ class Dsr(TrainedModel):
     def training_step(self, batch: dict, trainer=None) -> dict[str, torch.Tensor]:
         images = denormalize(batch["image"])                            # (B, 3, H, W) in [0, 1]
         if self.phase == "vq":                                          # phase 1: general appearance
+            if getattr(self, "natural", None) is None:
+                from adlearn.data.natural_images import NaturalImageCrops
+
+                self.natural = NaturalImageCrops(self.input_size, seed=self.seed, normalize=False)
             natural = self.natural.sample(max(1, len(images) // 2)).to(images)
             return self.vq.training_loss(torch.cat([images, natural]))
         if self.phase == "restriction":                                 # phase 2

@@ -22,8 +22,9 @@ samples), cached per image size and architecture in ``$ADLEARN_CACHE/dsr/`` (def
 images mixed with fresh natural crops (its phase "vq").
 
 Deliberate differences: (a) the codebooks start from encoder outputs of the first batch (not from
-N(0, 1) vectors that the EMA update would leave dead), and a code no vector picked for a few hundred
-steps is restarted at a random encoder output (VQ training practice, e.g. Dhariwal et al.'s Jukebox);
+N(0, 1) vectors that the EMA update would leave dead), and a code whose EMA count falls below one
+vector per batch is restarted at a random encoder output of the batch (Dhariwal et al., "Jukebox",
+2020, Sec. 3.3: the codebook stays in use instead of collapsing onto a few codes);
 (b) nothing else: the layer layout is the reference's, so its weights load (`load_vq_weights`).
 
 Official weights: ``load_vq_weights(model, "vq_model_pretrained_128_4096.pckl")`` accepts the
@@ -44,7 +45,7 @@ from torch import nn
 
 from adlearn.components import VectorQuantizerEMA
 
-DEAD_CODE_THRESHOLD = 0.03      # EMA count below which a code is restarted (phase-1 training only)
+DEAD_CODE_THRESHOLD = 1.0       # EMA count (vectors per batch) below which a code is restarted (Jukebox's rule)
 
 
 # ----------------------------------------------------------------------------- building blocks
