@@ -34,11 +34,11 @@ The modules, in the order of the paper (Sec. 3, Fig. 2):
    ``score_window`` × ``score_window`` windows (21 at 256 px).
 
 Training: ``fit`` runs three phases of the shared loop (`training_phases`): "vq" (``vq_epochs``: the
-VQ model fine-tuned on the category's normal images mixed with natural crops; 0 with the reference's
-weights), "restriction" (modules of steps 3–4, Adam lr 2e-4, learning rate ×0.1 after 80 % of the
-phase) and "upsampling" (step 5, Adam lr 2e-4). ``max_epochs`` counts phases 2 + 3 as the reference
-does (700 by default): the first ``upsampling_train_ratio`` (0.7) of them are phase 2, the rest
-phase 3 — the reference code's meaning (its documentation calls the ratio the upsampling share).
+VQ model fine-tuned on the category's normal images mixed with ``natural_share`` as many natural crops;
+default 10 epochs, 0 with a weights file: the reference's frozen model), "restriction" (modules of
+steps 3–4, Adam lr 2e-4, learning rate ×0.1 after 80 % of the phase) and "upsampling" (step 5, Adam
+lr 2e-4). ``max_epochs`` counts phases 2 + 3 as the reference does (700 by default): the first
+``upsampling_train_ratio`` (0.7) of them are phase 2, the rest phase 3 — the reference code's meaning (its documentation calls the ratio the upsampling share).
 
 Defaults (the reference): 128 hidden channels, 2 residual layers of 64, 4096 codes of dimension 128,
 detection and upsampling U-Net width 64, latent anomaly strength 0.2, batch 8, images in [0, 1] (no
@@ -162,7 +162,8 @@ class SubspaceRestriction(nn.Module):
                                       double_conv(2 * width, 4 * width, norm="instance")])
         self.decoder = nn.Sequential(up_conv(4 * width, 2 * width, norm="instance"),
                                      double_conv(2 * width, 2 * width, norm="instance"),
-                                     up_conv(2 * width, width, norm="instance"), double_conv(width, width, norm="instance"),
+                                     up_conv(2 * width, width, norm="instance"),
+                                     double_conv(width, width, norm="instance"),
                                      nn.Conv2d(width, channels, 3, padding=1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -228,9 +229,9 @@ class Dsr(TrainedModel):
                  num_embeddings: int = 4096, embedding_dim: int = 128, detection_width: int = 64,
                  upsampling_width: int = 64, latent_anomaly_strength: float = 0.2, upsampling_train_ratio: float = 0.7,
                  p_anomalous: float = 0.5, lr: float = 2e-4, vq_weights: str = "auto", vq_steps: int = 2000,
-                 vq_epochs: int | None = None, vq_lr: float = 1e-3, score_window: int | None = None,
-                 image_size: int = 256, center_crop: int | None = None, device: str = "auto", seed: int = 0,
-                 batch_size: int = 8, **training):
+                 vq_epochs: int | None = None, vq_lr: float = 1e-3, natural_share: float = 0.5,
+                 score_window: int | None = None, image_size: int = 256, center_crop: int | None = None,
+                 device: str = "auto", seed: int = 0, batch_size: int = 8, **training):
         from adlearn.data import PerlinAnomalyGenerator
 
         super().__init__(image_size=image_size, center_crop=center_crop, device=device, seed=seed,
@@ -239,13 +240,17 @@ class Dsr(TrainedModel):
         height, width = self.input_size
         if height % 32 or width % 32:
             raise ValueError(f"DSR encodes at 1/8 of the image and its subspace restriction halves that twice: the "
-                             f"image side must be divisible by 32, got {height}x{width}. Use e.g. image_size=256 (or 128)")
+                             f"image side must be divisible by 32, got {height}x{width}. "
+                             "Use e.g. image_size=256 (or 128)")
         if not 0 < upsampling_train_ratio < 1:
             raise ValueError(f"upsampling_train_ratio is the share of max_epochs spent in phase 2 (before the "
                              f"upsampling module); it must be in (0, 1), got {upsampling_train_ratio}")
         if not 0 <= latent_anomaly_strength <= 1:
             raise ValueError(f"latent_anomaly_strength must be in [0, 1], got {latent_anomaly_strength}")
-        if not (isinstance(vq_weights, str) and vq_weights) :
+        if not 0 <= natural_share <= 1:
+            raise ValueError(f"natural_share (natural crops per category image in phase 1) must be in [0, 1], "
+                             f"got {natural_share}")
+        if not (isinstance(vq_weights, str) and vq_weights):
             raise ValueError(f"vq_weights must be 'auto', 'none' or a file path, got {vq_weights!r}")
         self.lr, self.vq_lr, self.min_strength = lr, vq_lr, latent_anomaly_strength
         self.vq_epochs = vq_epochs if vq_epochs is not None else (10 if vq_weights in ("auto", "none") else 0)
@@ -292,6 +297,15 @@ class Dsr(TrainedModel):
 
     def on_fit_start(self, data, trainer) -> None:
         """The phase-1 weights (trained offline and cached, or a file), and seeded random streams."""
+        self.prepare_vq()
+        self.natural = None                     # natural crops for phase 1, made at its first batch
+        self.mask_generator.reseed(self.seed)
+        self.smudges.rng = np.random.default_rng(self.seed + 1)
+        self.generator.manual_seed(self.seed)
+
+    def prepare_vq(self) -> None:
+        """Phase 1's starting weights: ``vq_weights="auto"`` trains the VQ model on natural crops once
+        (`train_vq_model`, cached), a path loads a file (`load_vq_weights`), "none" keeps random weights."""
         weights = self.config["vq_weights"]
         if weights == "auto":
             path = train_vq_model(self.input_size, self.config["num_hiddens"], self.config["num_residual_layers"],
@@ -302,10 +316,6 @@ class Dsr(TrainedModel):
         elif weights != "none":
             load_vq_weights(self.vq, weights)
         self.vq.to(self.device)
-        self.natural = None                     # natural crops for phase 1, made at its first batch
-        self.mask_generator.reseed(self.seed)
-        self.smudges.rng = np.random.default_rng(self.seed + 1)
-        self.generator.manual_seed(self.seed)
 
     def on_epoch_start(self, trainer) -> None:
         self.phase = trainer.phase.name
@@ -313,12 +323,15 @@ class Dsr(TrainedModel):
     def training_step(self, batch: dict, trainer=None) -> dict[str, torch.Tensor]:
         images = denormalize(batch["image"])                            # (B, 3, H, W) in [0, 1]
         if self.phase == "vq":                                          # phase 1: general appearance
-            if getattr(self, "natural", None) is None:
+            if getattr(self, "natural", None) is None and self.config["natural_share"] > 0:
                 from adlearn.data.natural_images import NaturalImageCrops
 
                 self.natural = NaturalImageCrops(self.input_size, seed=self.seed, normalize=False)
-            natural = self.natural.sample(max(1, len(images) // 2)).to(images)
-            return self.vq.training_loss(torch.cat([images, natural]))
+            share = self.config["natural_share"]
+            count = max(1, int(len(images) * share)) if share > 0 else 0
+            if count:
+                images = torch.cat([images, self.natural.sample(count).to(images)])
+            return self.vq.training_loss(images)
         if self.phase == "restriction":                                 # phase 2
             return self.restriction_loss(images)
         augmented, mask = self.smudges(images, normalized=False)       # phase 3
@@ -345,7 +358,8 @@ class Dsr(TrainedModel):
         features_lo = self.restriction_lo(quantized_lo)
         features_hi = self.restriction_hi(quantized_hi)
         return {"features_lo": features_lo, "features_hi": features_hi,
-                "quantized_lo": self.vq.quantizer_lo(features_lo)[0], "quantized_hi": self.vq.quantizer_hi(features_hi)[0]}
+                "quantized_lo": self.vq.quantizer_lo(features_lo)[0],
+                "quantized_hi": self.vq.quantizer_hi(features_hi)[0]}
 
     def forward_networks(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """Steps 1, 3–5 on images in [0, 1]: {"general": I_gen, "object": I_spc (B, 3, H, W), "detection",
