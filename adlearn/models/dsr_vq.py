@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from adlearn.components import VectorQuantizerEMA
+from adlearn.models.common import save_cached_weights
 
 DEAD_CODE_THRESHOLD = 1.0       # EMA count (vectors per batch) below which a code is restarted (Jukebox's rule)
 
@@ -314,8 +315,5 @@ def train_vq_model(image_size: int | tuple[int, int] = 256, hiddens: int = 128, 
                   f"{losses['reconstruction'].item():.4f}, {time.perf_counter() - start:.0f} s", flush=True)
     model.eval()
     if cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(".partial")
-        torch.save(model.state_dict(), partial)
-        partial.replace(path)                        # never a half-written cache file
+        save_cached_weights(model, path)
     return (path, model) if return_model else path
