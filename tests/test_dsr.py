@@ -132,6 +132,10 @@ def test_swapped_codes_and_modes_against_brute_force():
         expected = np.kron(grid.numpy(), np.ones((cell, cell)))            # block mask at image size
         assert np.array_equal(out["mask"][b, 0].numpy(), expected)
     assert set(out["mode"].tolist()) == {0, 1, 2}
+    vq.train()                                       # generating anomalies never moves the codebooks
+    codebooks = [vq.quantizer_lo.embedding.clone(), vq.quantizer_hi.embedding.clone()]
+    quantized_anomalies(vq, features, mask, 0.2, g)
+    assert torch.equal(codebooks[0], vq.quantizer_lo.embedding) and torch.equal(codebooks[1], vq.quantizer_hi.embedding)
     # swap_codes with an empty mask changes nothing
     same = swap_codes(features["z_lo"], features["quantized_lo"], codebook_lo, torch.zeros(8, 1, 8, 8),
                       torch.full((8,), 0.5), g)

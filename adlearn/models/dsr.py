@@ -65,7 +65,7 @@ from torch import nn
 from adlearn.components import UNet, double_conv, focal_loss, up_conv
 from adlearn.data.transforms import denormalize
 from adlearn.models.base import Prediction, TrainedModel, register
-from adlearn.models.dsr_vq import (GeneralAppearanceModel, ResidualStack, load_vq_weights, train_vq_model)
+from adlearn.models.dsr_vq import GeneralAppearanceModel, ResidualStack, load_vq_weights, snap, train_vq_model
 
 
 # ----------------------------------------------------------------------------- step 2: anomalies
@@ -139,7 +139,7 @@ def quantized_anomalies(vq: GeneralAppearanceModel, features: dict, mask: torch.
     mask_lo, mask_hi = latent_mask(mask, q_lo.shape[-2:]), latent_mask(mask, q_hi.shape[-2:])
     swapped_lo = swap_codes(features["z_lo"], q_lo, codebook_lo, mask_lo, strength[0], generator)
     z_hi_after_lo = vq.hi_features(features["encoded_hi"], swapped_lo)                 # the fine map of Q̃_lo
-    q_hi_after_lo = vq.quantizer_hi(z_hi_after_lo)[0]
+    q_hi_after_lo = snap(vq.quantizer_hi, z_hi_after_lo)
     both_hi = swap_codes(z_hi_after_lo, q_hi_after_lo, codebook_hi, mask_hi, strength[1], generator)
     only_hi = swap_codes(features["z_hi"], q_hi, codebook_hi, mask_hi, strength[1], generator)
     m = mode.to(mask.device).view(-1, 1, 1, 1)

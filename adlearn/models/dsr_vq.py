@@ -184,9 +184,13 @@ class GeneralAppearanceModel(nn.Module):
         if float(self.quantizer_lo.cluster_size.sum()) == 0:
             restart_codes(self.quantizer_lo, z_lo, every)
         if float(self.quantizer_hi.cluster_size.sum()) == 0:
-            flat = z_lo.permute(0, 2, 3, 1).reshape(-1, self.embedding_dim)
-            codes = self.quantizer_lo.nearest(flat).view(z_lo.shape[0], *z_lo.shape[2:])
-            restart_codes(self.quantizer_hi, self.hi_features(encoded_hi, self.quantizer_lo.quantize(codes)), every)
+            restart_codes(self.quantizer_hi, self.hi_features(encoded_hi, snap(self.quantizer_lo, z_lo)), every)
+
+
+def snap(quantizer: VectorQuantizerEMA, z: torch.Tensor) -> torch.Tensor:
+    """The nearest codes of z (B, D, h, w), without touching the codebook (no EMA step, no gradient)."""
+    codes = quantizer.nearest(z.detach().permute(0, 2, 3, 1).reshape(-1, z.shape[1]).float())
+    return quantizer.quantize(codes.view(z.shape[0], *z.shape[2:])).type_as(z)
 
 
 @torch.no_grad()
