@@ -140,6 +140,7 @@ def test_cli_max_steps(small_synthetic_root, tmp_path, capsys):
 
 @pytest.mark.slow
 @pytest.mark.mvtec
+@pytest.mark.recipe   # ~330 CPU s: make test-recipes
 def test_real_bottle_with_label_free_early_stopping(mvtec_bottle_root):
     # The recipe docs/benchmarks.md reports: the offline efficientnet_lite2, its stages of strides 8/16/32, 3x3
     # subnets, early stopping on synthetic defects pasted into held-out training images (the test set is never
