@@ -12,8 +12,8 @@ Slow checks (``@pytest.mark.slow``), one execution shared by this file and tests
 
 - every notebook runs with papermill in smoke mode on the CPU (``smoke=True, device="cpu"``), two at a
   time, into ``build/notebooks/`` (with ``timings.json``); the timing table is printed;
-- nbval (``--nbval-lax``) re-runs those executed copies and compares the outputs of the cells marked
-  ``# NBVAL_CHECK_OUTPUT`` (sanitized with ``notebooks/nbval_sanitize.cfg``): they must be reproducible.
+- nbval (``--nbval-lax``) re-runs those executed copies — up to their last checked cell, into
+  ``build/nbval/`` — and compares the outputs of the cells marked ``# NBVAL_CHECK_OUTPUT`` (sanitized with ``notebooks/nbval_sanitize.cfg``): they must be reproducible.
 
 Knobs (environment): ``ADLEARN_NOTEBOOK_JOBS`` (notebooks at a time, default 2),
 ``ADLEARN_NOTEBOOKS`` (comma-separated names to run only some), ``ADLEARN_NBVAL=0`` (skip nbval),
@@ -42,6 +42,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = REPO / "notebooks"
 EXECUTED_DIR = REPO / "build" / "notebooks"
+NBVAL_DIR = REPO / "build" / "nbval"          # the executed copies, cut after their last checked cell
 SANITIZE = NOTEBOOK_DIR / "nbval_sanitize.cfg"
 TOC = REPO / "book" / "_toc.yml"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
@@ -351,6 +352,28 @@ def test_model_notebooks_report_their_metrics(executed_notebooks):
                          f"(one line of JSON with the metrics): {missing}")
 
 
+def checked_prefix(notebook):
+    """The notebook up to (and with) its last ``# NBVAL_CHECK_OUTPUT`` cell: all nbval needs to re-run.
+
+    The cells after it check nothing (the smoke run above already executed them), so re-running them
+    would only cost time — in the model notebooks that is most of it (the training and the figures)."""
+    cells = notebook.cells
+    last = max((i for i, cell in enumerate(cells) if cell.cell_type == "code" and "NBVAL_CHECK_OUTPUT" in cell.source),
+               default=-1)
+    copy = nbformat.from_dict(notebook)
+    copy.cells = cells[:last + 1]
+    return copy
+
+
+def test_checked_prefix_keeps_every_checked_cell_and_drops_the_rest():
+    cells = [nbformat.v4.new_markdown_cell("# t"), nbformat.v4.new_code_cell("# NBVAL_CHECK_OUTPUT\nprint(1)"),
+             nbformat.v4.new_code_cell("x = 2"), nbformat.v4.new_code_cell("# NBVAL_CHECK_OUTPUT\nprint(x)"),
+             nbformat.v4.new_code_cell("train()"), nbformat.v4.new_markdown_cell("done")]
+    cut = checked_prefix(nbformat.v4.new_notebook(cells=cells))
+    assert [c.source for c in cut.cells] == [c.source for c in cells[:4]]
+    assert checked_prefix(nbformat.v4.new_notebook(cells=cells[4:])).cells == []
+
+
 def _split(names: list[str], timings: dict[str, float], parts: int) -> list[list[str]]:
     """Share the notebooks among ``parts`` runners: longest first, each onto the least loaded one."""
     loads, groups = [0.0] * parts, [[] for _ in range(parts)]
@@ -376,20 +399,24 @@ def test_nbval_reproduces_checked_outputs(executed_notebooks, request):
     env = dict(os.environ)
     threads = str(max(1, (os.cpu_count() or 1) // jobs))
     env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, PYTHONHASHSEED="0")
+    NBVAL_DIR.mkdir(parents=True, exist_ok=True)   # a sibling of EXECUTED_DIR: relative paths resolve alike
+    for name in with_checks:
+        nbformat.write(checked_prefix(read(EXECUTED_DIR / name)), NBVAL_DIR / name)
     processes = []
     for group in _split(with_checks, timings, jobs):
         command = [sys.executable, "-m", "pytest", "--nbval-lax", "--nbval-current-env",
                    "--nbval-sanitize-with", str(SANITIZE), "--nbval-cell-timeout", "600",
                    "-p", "no:cacheprovider", "-o", "addopts=", "-q", "--no-header", "-rf",
-                   *[str(EXECUTED_DIR / name) for name in group]]
-        processes.append((group, subprocess.Popen(command, cwd=EXECUTED_DIR, env=env, text=True,
+                   *[str(NBVAL_DIR / name) for name in group]]
+        processes.append((group, subprocess.Popen(command, cwd=NBVAL_DIR, env=env, text=True,
                                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT)))
     failures = []
     for group, process in processes:
         output, _ = process.communicate()
         if process.returncode != 0:
             failures.append(f"nbval over {group} (exit {process.returncode}):\n{output[-8000:]}")
-    _terminal_echo(request)(f"nbval (--nbval-lax) re-ran {len(with_checks)} executed notebook(s) in {len(processes)} "
+    _terminal_echo(request)(f"nbval (--nbval-lax) re-ran {len(with_checks)} executed notebook(s), up to their last "
+                            f"checked cell, in {len(processes)} "
                             f"process(es): {'ok' if not failures else 'FAILED'}")
     assert not failures, ("cells marked # NBVAL_CHECK_OUTPUT printed something else on a second run (not "
                           "deterministic, or a path/time leaked into them; see notebooks/nbval_sanitize.cfg):\n"
