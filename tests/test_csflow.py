@@ -145,9 +145,9 @@ def test_cli(small_synthetic_root, tmp_path, capsys):
 @pytest.mark.slow
 @pytest.mark.mvtec
 def test_real_bottle_after_three_epochs(mvtec_bottle_root):
-    # docs/benchmarks.md: the cpu preset (offline efficientnet_lite0 at stride 32, hidden 128) stopped after three
-    # epochs gave image AUROC 0.909 and pixel AUROC 0.729 (seed 0): CS-Flow learns slowly at the reference's
-    # settings. The target (image AUROC 0.98) needs the preset's full training, not measured yet.
+    # docs/benchmarks.md: the cpu preset (offline efficientnet_lite0 at stride 32, hidden 128, standardised features,
+    # lr 1e-3) stopped after three epochs (best validation: epoch 2) gave image AUROC 0.988 and pixel AUROC 0.890
+    # (seed 0); the reference's raw features and lr 2e-4 gave 0.909 / 0.729 after the same three epochs.
     from adlearn.data import MVTecDataset
     from adlearn.evaluate import fit_and_evaluate
 
@@ -155,4 +155,4 @@ def test_real_bottle_after_three_epochs(mvtec_bottle_root):
     train = MVTecDataset(mvtec_bottle_root, "bottle", "train", transform=model.transform)
     test = MVTecDataset(mvtec_bottle_root, "bottle", "test", transform=model.transform)
     results = fit_and_evaluate(model, train, test)
-    assert results["image_auroc"] >= 0.88 and results["pixel_auroc"] >= 0.70, results
+    assert results["image_auroc"] >= 0.975 and results["pixel_auroc"] >= 0.87, results
