@@ -138,6 +138,16 @@ def _own_cpu_seconds() -> float:
     return times.user + times.system + times.children_user + times.children_system
 
 
+def process_cpu_seconds(pid: int) -> float | None:
+    """CPU seconds of a live process ``pid`` and of the children it has waited for (``/proc/PID/stat``:
+    utime + stime + cutime + cstime); None where that file cannot be read (no Linux, process gone)."""
+    try:
+        fields = Path(f"/proc/{int(pid)}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return sum(int(value) for value in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
 def threshold_from_env() -> float:
     return float(os.environ.get("ADLEARN_BUSY_THRESHOLD", DEFAULT_THRESHOLD))
 
@@ -174,10 +184,18 @@ class LoadGuard:
             warnings.warn(message, BusyMachineWarning, stacklevel=3)
 
     @contextlib.contextmanager
-    def measure(self, label: str):
-        """Measure one part; yields its record (filled in when the block ends)."""
+    def measure(self, label: str, pids: tuple[int, ...] = ()):
+        """Measure one part; yields its record (filled in when the block ends).
+
+        ``pids``: processes that work *for* this part and are not waited for yet (a worker subprocess kept
+        alive between parts): their CPU counts as ours, not as other processes'.
+        """
         record = {"label": label, "load_before": load_average()}
-        system, own, start = _system_busy_seconds(), _own_cpu_seconds(), time.perf_counter()
+
+        def ours() -> float:
+            return _own_cpu_seconds() + sum(process_cpu_seconds(pid) or 0.0 for pid in pids)
+
+        system, own, start = _system_busy_seconds(), ours(), time.perf_counter()
         try:
             yield record
         finally:
@@ -185,7 +203,7 @@ class LoadGuard:
             record["wall_s"] = round(wall, 3)
             record["load_after"] = load_average()
             if system is not None and wall > 0:
-                others = (_system_busy_seconds() - system) - (_own_cpu_seconds() - own)
+                others = (_system_busy_seconds() - system) - (ours() - own)
                 record["other_cpus"] = round(max(others, 0.0) / wall, 3)
             self.judge(record)
             self.records.append(record)

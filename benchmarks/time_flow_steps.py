@@ -1,9 +1,9 @@
-"""C-Flow, CS-Flow, U-Flow: process-CPU seconds per training batch (adlearn side only, for now).
+"""C-Flow, CS-Flow, U-Flow: process-CPU seconds per training batch through ``fit`` (adlearn side only).
 
 Runs ``--batches`` training batches of each model's ``cpu`` preset on a real MVTec category (no validation,
 no test) and reports the process CPU seconds per image batch after one warm-up batch — the figure that
-stays steady on a machine shared with other jobs, where wall-clock time does not. anomalib's side is
-not run yet (see docs/benchmarks.md, "C-Flow, CS-Flow and U-Flow").
+stays steady on a machine shared with other jobs, where wall-clock time does not. The side-by-side
+with anomalib 2.7, step for step on the same batch: ``benchmarks/bench_flows.py``.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/time_flow_steps.py --models cflow,csflow,uflow --batches 4
 """

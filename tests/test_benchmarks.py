@@ -95,3 +95,38 @@ def test_ganomaly_digits_driver_reports_every_seed_beside_the_pca_baseline(tmp_p
     ganomaly, pca = result["auroc"]["ganomaly"]["3"], result["auroc"]["pixels + PCA error (scikit-learn)"]["3"]
     assert len(ganomaly) == len(pca) == 2 and all(0 <= v <= 1 for v in ganomaly + pca)
     assert pca[0] > 0.9          # the pixel-PCA baseline separates 3s from the other digits well
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_flow_side_by_side_driver_prepares_a_batch_and_its_adlearn_worker_answers(small_synthetic_root, tmp_path):
+    """bench_flows.py without anomalib: the shared batch and settings, then the adlearn worker's protocol."""
+    import os
+    import subprocess
+    import sys
+
+    from adlearn.data import SYNTHETIC_CATEGORIES
+
+    driver = load_driver("bench_flows")
+    assert driver.parse_set(["backbone=efficientnet_lite0", "uflow.flow_steps=1"]) == {
+        "": {"backbone": "efficientnet_lite0"}, "uflow": {"flow_steps": 1}}
+    with pytest.raises(SystemExit, match="not one of"):
+        driver.parse_set(["padim.n_features=3"])
+    options = {"backbone": "efficientnet_lite0", "image_size": 64, "flow_steps": 1, "batch_size": 2}
+    spec = {"model": "uflow", "threads": 1, "seed": 0, "warmup": 1, "batch": str(tmp_path / "batch.npy"),
+            "options": options}
+    spec.update(driver.prepare_batch("uflow", str(small_synthetic_root), SYNTHETIC_CATEGORIES[0], 2, options,
+                                     tmp_path / "batch.npy"))
+    # what anomalib gets: the timm names of the stages adlearn reads, and the shared widths
+    assert spec["timm_layers"] == ["blocks.2", "blocks.4", "blocks.6"] and spec["image_size"] == 64
+    assert spec["anomalib"]["flow_steps"] == 1 and spec["anomalib"]["affine_clamp"] == 2.0
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    env = {**os.environ, "PYTHONPATH": str(BENCHMARKS.parent), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "bench_flows.py"), "--worker", "adlearn",
+                           str(tmp_path / "spec.json")], input="steps 2\nquit\n", capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    answers = [json.loads(line[len(driver.REPLY):]) for line in done.stdout.splitlines()
+               if line.startswith(driver.REPLY)]
+    ready, timed = answers
+    assert ready["side"] == "adlearn" and len(ready["feature_check"]) == 3 and ready["trained_parameters"] > 0
+    assert len(timed["steps"]) == 2 and all(s["cpu_s"] > 0 and s["loss"] == s["loss"] for s in timed["steps"])

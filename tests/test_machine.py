@@ -85,3 +85,24 @@ class _nothing:
 
     def __exit__(self, *exc):
         return False
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="needs Linux /proc/stat")
+def test_a_worker_process_named_in_pids_counts_as_ours():
+    guard = LoadGuard(threshold=1e9, echo=False)
+    worker = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)                                    # past the interpreter's start
+        before = machine.process_cpu_seconds(worker.pid)
+        with guard.measure("worker counted as ours", pids=(worker.pid,)) as mine:
+            time.sleep(1.5)
+        with guard.measure("worker counted as another process") as theirs:
+            time.sleep(1.5)
+        spent = machine.process_cpu_seconds(worker.pid) - before
+    finally:
+        worker.kill()
+        worker.wait()
+    assert spent > 1.0                                     # the worker did spin (about 1 core)
+    # The same spinning worker: about one core more among "other processes" when it is not named.
+    assert theirs["other_cpus"] - mine["other_cpus"] > 0.5
+    assert machine.process_cpu_seconds(worker.pid) is None      # reaped: no /proc entry
