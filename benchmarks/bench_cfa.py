@@ -41,10 +41,8 @@ reported unless ``--allow-busy``.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -57,14 +55,7 @@ ANOMALIB_PYTHON = os.environ.get("ANOMALIB_PYTHON", "/work/venvs/anomalib/bin/py
 DEFAULT_MVTEC_ROOT = os.environ.get("ADLEARN_MVTEC_ROOT", "/work/shared/data/mvtec_ad")
 IMAGE_SIZE = 256
 BACKBONE, ANOMALIB_LAYERS, CHANNELS = "efficientnet_lite0", ["blocks.1", "blocks.2", "blocks.4"], 176
-
-
-def machine_module():
-    """``adlearn/machine.py`` loaded by path: stdlib only, so it runs in either venv without adlearn."""
-    spec = importlib.util.spec_from_file_location("adlearn_machine_for_bench", REPO_ROOT / "adlearn" / "machine.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+sys.path.insert(0, str(BENCH_DIR))          # _abba, _anomalib, bench_memory_models
 
 
 # ----------------------------------------------------------------------------- adlearn side
@@ -126,7 +117,6 @@ def evenly_spaced(n: int, keep: int) -> list[int]:
 # ----------------------------------------------------------------------------- anomalib side
 def anomalib_cfa(seed: int):
     """anomalib's Cfa on the offline efficientnet_lite0 (see the module docstring). Runs in anomalib's venv."""
-    sys.path.insert(0, str(BENCH_DIR))
     import _anomalib
     from anomalib.models import Cfa
     from anomalib.models.components import TimmFeatureExtractor
@@ -211,25 +201,22 @@ def aurocs(arrays: dict) -> dict:
             "pixel_auroc": pixel_auroc(arrays["gt_mask"].astype(bool), arrays["anomaly_map"])}
 
 
-# ----------------------------------------------------------------------------- speed workers
+# ----------------------------------------------------------------------------- speed (benchmarks/_abba.py)
 def worker(side: str, spec_json: str) -> int:
-    """A persistent process: build one side's model, then answer ``steps N`` lines with a JSON line each."""
+    """A persistent process holding one side's model and batch; `_abba.serve` answers the driver."""
     import torch
+
+    import _abba
 
     spec = json.loads(spec_json)
     torch.set_num_threads(spec["threads"])
-    machine = machine_module()
-    import warnings
-
-    warnings.filterwarnings("ignore", category=machine.BusyMachineWarning)     # the driver judges and reports
-    generator = torch.Generator().manual_seed(0)
-    images = torch.randn(spec["batch_size"], 3, IMAGE_SIZE, IMAGE_SIZE, generator=generator)
+    images = torch.randn(spec["batch_size"], 3, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(0))
     if side == "adlearn":
         sys.path.insert(0, str(REPO_ROOT))
         model = adlearn_model(spec["batch_size"], 1, 0)
         trainer = model.trainer(verbose=False)
         trainer.setup()
-        model.on_fit_start(images, trainer)                       # the bank, from this batch
+        model.on_fit_start(images, trainer)                        # the bank, from this batch
 
         def step():
             trainer.training_step({"image": images})
@@ -237,89 +224,27 @@ def worker(side: str, spec_json: str) -> int:
         from types import SimpleNamespace
 
         model, _ = anomalib_cfa(0)
-        loader = [SimpleNamespace(image=images)]
-        model.model.initialize_centroid(data_loader=loader)      # the bank, from this batch
+        batch = SimpleNamespace(image=images)
+        model.model.initialize_centroid(data_loader=[batch])       # the bank, from this batch
         model.train()
         optimizer = model.configure_optimizers()
-        batch = SimpleNamespace(image=images)
 
         def step():
             loss = model.training_step(batch)["loss"]
-            model.backward(loss)                                   # loss.backward(retain_graph=True)
+            model.backward(loss)                                    # loss.backward(retain_graph=True)
             optimizer.step()
             optimizer.zero_grad()
 
-    guard = machine.LoadGuard(echo=False, threshold=spec.get("busy_threshold"))
-    print(json.dumps({"ready": side, "torch": torch.__version__, "threads": torch.get_num_threads()}), flush=True)
-    for line in sys.stdin:
-        command, _, count = line.strip().partition(" ")
-        if command == "quit":
-            break
-        cpu, wall = [], []
-        with guard.measure(f"{side} {command}") as record:
-            for _ in range(int(count)):
-                c, w = time.process_time(), time.perf_counter()
-                step()
-                cpu.append(time.process_time() - c)
-                wall.append(time.perf_counter() - w)
-        print(json.dumps({"cpu_s": cpu, "wall_s": wall, "record": record}), flush=True)
-    return 0
-
-
-class Worker:
-    def __init__(self, side: str, python: str, spec: dict):
-        self.side = side
-        self.process = subprocess.Popen([python, __file__, "--worker", side, json.dumps(spec)], cwd=REPO_ROOT,
-                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        self.info = self._read()
-
-    def _read(self) -> dict:
-        line = self.process.stdout.readline()
-        if not line:
-            raise RuntimeError(f"the {self.side} worker stopped (see its stderr above)")
-        return json.loads(line)
-
-    def steps(self, command: str, count: int) -> dict:
-        self.process.stdin.write(f"{command} {count}\n")
-        self.process.stdin.flush()
-        return self._read()
-
-    def close(self) -> None:
-        if self.process.poll() is None:
-            self.process.stdin.write("quit\n")
-            self.process.stdin.close()
-            self.process.wait(timeout=60)
+    return _abba.serve(step, side, spec, {"torch": torch.__version__, "threads": torch.get_num_threads()})
 
 
 def run_speed(args, guard) -> dict:
-    """Warm-up, then A B B A turns; the median CPU (and wall) seconds per step of each side."""
+    import _abba
+
     spec = {"batch_size": args.batch_size, "threads": args.threads, "busy_threshold": guard.threshold}
-    sides = {"adlearn": Worker("adlearn", sys.executable, spec),
-             "anomalib": Worker("anomalib", args.anomalib_python, spec)}
-    try:
-        for worker_ in sides.values():
-            worker_.steps("warmup", args.warmup)
-        times = {side: {"cpu_s": [], "wall_s": []} for side in sides}
-        order = ["adlearn", "anomalib", "anomalib", "adlearn"]
-        for round_ in range(args.rounds):
-            for turn, side in enumerate(order if round_ % 2 == 0 else order[::-1]):
-                answer = sides[side].steps(f"round{round_}.{turn}", args.steps_per_turn)
-                record = answer["record"]
-                guard.judge(record)                     # the worker measured it; the driver judges and keeps it
-                guard.records.append(record)
-                times[side]["cpu_s"] += answer["cpu_s"]
-                times[side]["wall_s"] += answer["wall_s"]
-    finally:
-        for worker_ in sides.values():
-            worker_.close()
-    result = {side: {"median_cpu_s": statistics.median(t["cpu_s"]), "median_wall_s": statistics.median(t["wall_s"]),
-                     "steps": len(t["cpu_s"]), **t} for side, t in times.items()}
-    labels = [r["label"] for r in guard.records if r["label"].split()[1].startswith("round")]
-    result["ratio_cpu"] = guard.ratio(result["adlearn"]["median_cpu_s"], result["anomalib"]["median_cpu_s"], *labels)
-    result["ratio_wall"] = guard.ratio(result["adlearn"]["median_wall_s"], result["anomalib"]["median_wall_s"],
-                                       *labels)
-    result["anomalib_torch"] = sides["anomalib"].info["torch"]
-    return result
+    workers = {"adlearn": _abba.Worker(__file__, "adlearn", sys.executable, spec),
+               "anomalib": _abba.Worker(__file__, "anomalib", args.anomalib_python, spec)}
+    return _abba.interleave(workers, guard, args.warmup, args.rounds, args.steps_per_turn)
 
 
 # ----------------------------------------------------------------------------- driver
@@ -367,7 +292,6 @@ def main(argv: list[str] | None = None) -> int:
         root = args.root
         with tempfile.TemporaryDirectory() as tmp:
             if args.max_train:
-                sys.path.insert(0, str(BENCH_DIR))
                 from bench_memory_models import training_subset
 
                 root = str(training_subset(Path(args.root), args.category, args.max_train, Path(tmp)))
@@ -391,16 +315,12 @@ def main(argv: list[str] | None = None) -> int:
                   f"{row['predict_cpu_s']:13.1f}")
 
     if not args.accuracy_only:
+        import _abba
+
         speed = run_speed(args, guard)
         out["speed"] = speed
-        print(f"\nCFA training step, batch {args.batch_size}, {IMAGE_SIZE} px, {args.threads} thread(s): median of "
-              f"{speed['adlearn']['steps']} steps per side after {args.warmup} warm-up, ABBA x {args.rounds}")
-        print(f"{'side':9s} {'CPU s/step':>10s} {'wall s/step':>11s}")
-        for side in ("adlearn", "anomalib"):
-            print(f"{side:9s} {speed[side]['median_cpu_s']:10.2f} {speed[side]['median_wall_s']:11.2f}")
-        print("ratio adlearn/anomalib: " + (f"CPU {speed['ratio_cpu']:.2f}, wall {speed['ratio_wall']:.2f}"
-                                            if speed["ratio_cpu"] is not None
-                                            else "not reported (measured under load; --allow-busy)"))
+        _abba.print_steps(f"CFA training step, batch {args.batch_size}, {IMAGE_SIZE} px, {args.threads} thread(s)",
+                          speed, ("adlearn", "anomalib"))
     print(f"\nmachine: {describe()}")
     out["machine"] = guard.summary()
     if args.json:
