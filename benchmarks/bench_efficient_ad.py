@@ -169,7 +169,7 @@ def main(argv=None) -> int:
     parser.add_argument("--teacher", help="--side-by-side: PDN weights for both teachers (default: the cached one)")
     parser.add_argument("--warmup", type=int, default=1, help="--side-by-side: steps before measuring")
     parser.add_argument("--rounds", type=int, default=2, help="--side-by-side: ABBA rounds")
-    parser.add_argument("--steps-per-turn", type=int, default=3, help="--side-by-side: steps per side per turn")
+    parser.add_argument("--steps-per-turn", type=int, default=2, help="--side-by-side: steps per side per turn")
     parser.add_argument("--anomalib-python", default=ANOMALIB_PYTHON)
     parser.add_argument("--allow-busy", action="store_true", help="--side-by-side: report ratios under load")
     parser.add_argument("--busy-threshold", type=float, default=None)
