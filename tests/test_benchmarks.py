@@ -95,3 +95,40 @@ def test_ganomaly_digits_driver_reports_every_seed_beside_the_pca_baseline(tmp_p
     ganomaly, pca = result["auroc"]["ganomaly"]["3"], result["auroc"]["pixels + PCA error (scikit-learn)"]["3"]
     assert len(ganomaly) == len(pca) == 2 and all(0 <= v <= 1 for v in ganomaly + pca)
     assert pca[0] > 0.9          # the pixel-PCA baseline separates 3s from the other digits well
+
+
+def test_abba_helper_interleaves_two_worker_processes_and_judges_each_turn(tmp_path):
+    """benchmarks/_abba.py: warm-up, then A B B A / B A A B turns, every step timed, each turn's load judged."""
+    import sys
+
+    abba = load_driver("_abba")
+    script = tmp_path / "toy_worker.py"
+    script.write_text(
+        "import json, sys\n"
+        f"sys.path.insert(0, {str(BENCHMARKS)!r})\n"
+        "import _abba\n"
+        "side, spec = sys.argv[2], json.loads(sys.argv[3])\n"
+        "work = spec['work'][side]\n"
+        "def step():\n"
+        "    sum(i * i for i in range(work))\n"
+        "sys.exit(_abba.serve(step, side, spec, {'work': work}))\n")
+    spec = {"work": {"fast": 20_000, "slow": 400_000}, "busy_threshold": 1e9}   # never busy: ratios reported
+    machine = abba.machine_module()
+    guard = machine.LoadGuard(threshold=1e9, echo=False)
+    workers = {side: abba.Worker(str(script), side, sys.executable, spec) for side in ("fast", "slow")}
+    result = abba.interleave(workers, guard, warmup=1, rounds=2, steps_per_turn=3)
+    assert [r["label"] for r in guard.records] == [
+        "fast round0.0", "slow round0.1", "slow round0.2", "fast round0.3",
+        "slow round1.0", "fast round1.1", "fast round1.2", "slow round1.3"]
+    assert all("other_cpus" in r and r["busy"] is False for r in guard.records)
+    for side in ("fast", "slow"):
+        assert result[side]["steps"] == 12 and len(result[side]["cpu_s"]) == 12
+        assert result[side]["info"]["work"] == spec["work"][side]
+    assert result["ratio_cpu"] == pytest.approx(result["fast"]["median_cpu_s"] / result["slow"]["median_cpu_s"])
+    assert result["ratio_cpu"] < 1                       # 20x less work per step
+    assert all(worker.process.poll() == 0 for worker in workers.values())   # both closed cleanly
+    # the same turns judged busy (threshold below any load) and no allow_busy: the ratio is refused
+    strict = machine.LoadGuard(threshold=-1.0, echo=False)
+    for record in guard.records:
+        strict.records.append(strict.judge(dict(record)))
+    assert strict.ratio(1.0, 2.0, *[r["label"] for r in strict.records]) is None
