@@ -14,7 +14,7 @@ ifneq ($(wildcard ../shared/data/mvtec_ad/bottle),)
 export ADLEARN_MVTEC_ROOT ?= $(abspath ../shared/data/mvtec_ad)
 endif
 
-.PHONY: install demo test test-fast benchmarks clean notebooks book book-html test-notebooks test-gpu clear-notebooks
+.PHONY: install demo test test-recipes test-fast benchmarks clean notebooks book book-html test-notebooks test-gpu clear-notebooks
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,9 @@ demo: install      ## the main job: fit on the embedded synthetic data, print me
 
 test: install      ## the whole test suite
 	$(BIN)/python -m pytest
+
+test-recipes: install  ## the models' full training recipes on real bottle (slow: ~20 min on 2 cores), skipped by make test
+	ADLEARN_RECIPES=1 $(BIN)/python -m pytest -m recipe
 
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow"

@@ -6,7 +6,7 @@
 
 Each cell runs in a fresh Python process (``python -m adlearn.benchmark --cell SPEC``), so its peak
 memory is its own, a crash or a hang cannot take the others down, and ``--time-limit`` can stop it.
-A cell records image/pixel AUROC, AUPRO, F1-max, fit seconds, predict images/s, peak memory, the
+A cell records image/pixel AUROC, AUPRO, F1-max, fit seconds (wall and process CPU), predict images/s, peak memory, the
 number of parameters and the saved model's size, plus the load around it (`adlearn.machine`).
 
 Output (``--out``): ``cells/<model>__<category>__seed<k>.json`` (one per finished cell: a rerun
@@ -38,10 +38,10 @@ OFFLINE_BACKBONE = "efficientnet_lite0"
 CELLS, LOGS = "cells", "logs"
 # Per-cell columns of results.csv, in order (load columns come from adlearn.machine.LoadGuard).
 COLUMNS = ("model", "category", "seed", "status", "image_auroc", "pixel_auroc", "pixel_aupro", "image_f1max",
-           "pixel_f1max", "fit_seconds", "images_per_second", "peak_memory_mb", "parameters", "model_size_mb",
+           "pixel_f1max", "fit_seconds", "fit_cpu_seconds", "images_per_second", "peak_memory_mb", "parameters", "model_size_mb",
            "n_train", "n_test", "cell_seconds", "load_before", "load_after", "other_cpus", "busy", "options", "error")
 METRICS = ("image_auroc", "pixel_auroc", "pixel_aupro", "image_f1max", "pixel_f1max")
-COSTS = ("fit_seconds", "images_per_second", "peak_memory_mb", "parameters", "model_size_mb")
+COSTS = ("fit_seconds", "fit_cpu_seconds", "images_per_second", "peak_memory_mb", "parameters", "model_size_mb")
 
 
 # ------------------------------------------------------------------------------------------- one cell
@@ -90,7 +90,7 @@ def run_cell(spec: dict) -> dict:
     results = fit_and_evaluate(model, train, test)
     with tempfile.TemporaryDirectory() as tmp:
         size = model.save(Path(tmp) / "model.pt").stat().st_size
-    row = {key: results.get(key) for key in (*METRICS, "fit_seconds", "images_per_second", "peak_memory_mb",
+    row = {key: results.get(key) for key in (*METRICS, "fit_seconds", "fit_cpu_seconds", "images_per_second", "peak_memory_mb",
                                             "n_train", "n_test")}
     row.update(parameters=sum(p.numel() for p in model.parameters()), model_size_mb=size / 2**20,
                options={k: v for k, v in options.items() if k not in ("device", "seed")},
@@ -304,13 +304,14 @@ def markdown_table(rows: list[dict], info: dict | None = None) -> str:
         return format(mean, fmt) + (f" ± {format(std, fmt)}" if spread and std and entry["seeds"] > 1 else "")
 
     header = ["model", "category", "seeds", "image AUROC", "pixel AUROC", "AUPRO", "image F1-max", "fit s",
-              "predict img/s", "peak MB", "parameters", "saved MB"]
+              "fit CPU s", "predict img/s", "peak MB", "parameters", "saved MB"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * 2 + "---:|" * (len(header) - 2)]
     for entry in summarize(rows):
         lines.append("| " + " | ".join([
             entry["model"], entry["category"], f"{entry['seeds']}" + (f" ({entry['failed']} failed)" if entry["failed"] else ""),
             cell(entry, "image_auroc", ".3f"), cell(entry, "pixel_auroc", ".3f"), cell(entry, "pixel_aupro", ".3f"),
-            cell(entry, "image_f1max", ".3f"), cell(entry, "fit_seconds", ".1f"), cell(entry, "images_per_second", ".1f"),
+            cell(entry, "image_f1max", ".3f"), cell(entry, "fit_seconds", ".1f"), cell(entry, "fit_cpu_seconds", ".1f"),
+            cell(entry, "images_per_second", ".1f"),
             cell(entry, "peak_memory_mb", ".0f", False), cell(entry, "parameters", ",.0f", False),
             cell(entry, "model_size_mb", ".1f", False)]) + " |")
     text = "\n".join(lines) + "\n"

@@ -11,6 +11,21 @@ REPO = Path(__file__).resolve().parents[1]
 OFFLINE_BACKBONE = "efficientnet_lite0"
 
 
+RECIPES_ENV = "ADLEARN_RECIPES"
+
+
+def pytest_collection_modifyitems(config, items):
+    """``@pytest.mark.recipe`` tests (a model's full training recipe on real data: minutes of CPU each)
+    run only with ``ADLEARN_RECIPES=1`` (``make test-recipes``) or when ``-m`` names them; ``make test``
+    (CI) runs the cheaper real-data checks beside them, so it stays within its time budget."""
+    if os.environ.get(RECIPES_ENV) == "1" or "recipe" in (config.option.markexpr or ""):
+        return
+    skip = pytest.mark.skip(reason=f"a full training recipe (minutes of CPU): run with {RECIPES_ENV}=1 or make test-recipes")
+    for item in items:
+        if "recipe" in item.keywords:
+            item.add_marker(skip)
+
+
 def mvtec_root() -> Path | None:
     root = os.environ.get("ADLEARN_MVTEC_ROOT")
     if not root:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import math
 
 import pytest
@@ -91,6 +92,7 @@ def test_cells_resume_record_failures_and_time_limits(small_synthetic_root, tmp_
     assert failed["status"] == "failed" and "n_features=100000" in failed["error"]
     assert ok["status"] == "ok" and 0 <= ok["image_auroc"] <= 1 and 0 <= ok["pixel_aupro"] <= 1
     assert ok["fit_seconds"] > 0 and ok["images_per_second"] > 0 and ok["peak_memory_mb"] > 0
+    assert 0 < ok["fit_cpu_seconds"] < 2 * os.cpu_count() * ok["fit_seconds"] + 1   # process CPU, all threads
     assert ok["parameters"] > 0 and ok["model_size_mb"] > 0 and ok["n_train"] == 12
     assert len(ok["load_before"]) == 3 and isinstance(ok["busy"], bool) and ok["other_cpus"] >= 0
     with open(out / "results.csv") as f:

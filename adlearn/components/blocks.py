@@ -26,20 +26,27 @@ from torch import nn
 RESAMPLE_MODES = (None, "down", "up")
 
 
+NORMS = ("batch", "instance")
+
+
 def conv_bn_relu(in_channels: int, out_channels: int, stride: int = 1, kernel_size: int = 3,
-                 bias: bool = False, batch_norm: bool = True) -> nn.Sequential:
+                 bias: bool = False, batch_norm: bool = True, norm: str = "batch") -> nn.Sequential:
     """Convolution ("same" padding for odd kernels, stride ``stride``), batch norm, ReLU.
 
     The convolution has no bias by default (the batch norm that follows has one); with
     ``batch_norm=False`` the block is convolution → ReLU and ``bias=True`` is what you want.
+    ``norm="instance"`` normalises each image's channels on their own (instance norm, no learnt
+    affine: DSR's networks) instead of over the batch.
     (B, C_in, H, W) -> (B, C_out, ⌈H/stride⌉, ⌈W/stride⌉) for odd ``kernel_size``
     """
     if kernel_size < 1 or stride < 1:
         raise ValueError(f"conv_bn_relu needs kernel_size >= 1 and stride >= 1, got {kernel_size} and {stride}")
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
     layers: list[nn.Module] = [nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride,
                                          padding=kernel_size // 2, bias=bias)]
     if batch_norm:
-        layers.append(nn.BatchNorm2d(out_channels))
+        layers.append(nn.BatchNorm2d(out_channels) if norm == "batch" else nn.InstanceNorm2d(out_channels))
     layers.append(nn.ReLU(inplace=True))
     return nn.Sequential(*layers)
 
@@ -86,17 +93,19 @@ def residual_stage(in_channels: int, out_channels: int, resample: str | None, bl
 
 
 # ----------------------------------------------------------------------------- U-Net units
-def double_conv(in_channels: int, out_channels: int, mid_channels: int | None = None) -> nn.Sequential:
+def double_conv(in_channels: int, out_channels: int, mid_channels: int | None = None,
+                norm: str = "batch") -> nn.Sequential:
     """Two `conv_bn_relu` in a row (in -> mid -> out): one level of a U-Net (Ronneberger et al., 2015).
     (B, C_in, H, W) -> (B, C_out, H, W)"""
     mid_channels = mid_channels or out_channels
-    return nn.Sequential(conv_bn_relu(in_channels, mid_channels, bias=True), conv_bn_relu(mid_channels, out_channels, bias=True))
+    return nn.Sequential(conv_bn_relu(in_channels, mid_channels, bias=True, norm=norm),
+                         conv_bn_relu(mid_channels, out_channels, bias=True, norm=norm))
 
 
-def up_conv(in_channels: int, out_channels: int) -> nn.Sequential:
+def up_conv(in_channels: int, out_channels: int, norm: str = "batch") -> nn.Sequential:
     """Bilinear ×2 upsampling (align_corners=True), then `conv_bn_relu`. (B, C_in, h, w) -> (B, C_out, 2h, 2w)"""
     return nn.Sequential(nn.Upsample(scale_factor=2, mode="bilinear", align_corners=True),
-                         conv_bn_relu(in_channels, out_channels, bias=True))
+                         conv_bn_relu(in_channels, out_channels, bias=True, norm=norm))
 
 
 class UNet(nn.Module):
@@ -106,11 +115,12 @@ class UNet(nn.Module):
 
     Decoder level k outputs the width of encoder level k − 1 (level 1: ``widths[0]``), the layout of
     DRÆM's discriminative sub-network (``anomalib.models.image.draem.torch_model``) with widths
-    (w, 2w, 4w, 8w, 8w, 8w). The input side must be divisible by 2^(len(widths) − 1).
+    (w, 2w, 4w, 8w, 8w, 8w). The input side must be divisible by 2^(len(widths) − 1). ``norm="instance"``:
+    instance norm in every block (DSR's U-Nets, ``anomalib.models.image.dsr.torch_model.UnetModel``).
     (B, C_in, H, W) -> (B, C_out, H, W)
     """
 
-    def __init__(self, in_channels: int, out_channels: int, widths: tuple[int, ...]):
+    def __init__(self, in_channels: int, out_channels: int, widths: tuple[int, ...], norm: str = "batch"):
         super().__init__()
         if len(widths) < 2:
             raise ValueError(f"a U-Net needs at least two levels, got widths={widths}")
@@ -118,14 +128,14 @@ class UNet(nn.Module):
         self.encoder = nn.ModuleList()
         previous = in_channels
         for width in widths:
-            self.encoder.append(double_conv(previous, width))
+            self.encoder.append(double_conv(previous, width, norm=norm))
             previous = width
         out_widths = [widths[max(level - 1, 0)] for level in range(len(widths) - 1)]   # decoder level outputs
         self.up = nn.ModuleList()
         self.decoder = nn.ModuleList()
         for level in reversed(range(len(widths) - 1)):
-            self.up.append(up_conv(previous, out_widths[level]))
-            self.decoder.append(double_conv(out_widths[level] + widths[level], out_widths[level]))
+            self.up.append(up_conv(previous, out_widths[level], norm=norm))
+            self.decoder.append(double_conv(out_widths[level] + widths[level], out_widths[level], norm=norm))
             previous = out_widths[level]
         self.head = nn.Conv2d(previous, out_channels, 3, padding=1)
 

@@ -26,6 +26,7 @@ MODEL_MODULES: dict[str, str] = {
     "dfkde": "dfkde",
     "dfm": "dfm",
     "draem": "draem",
+    "dsr": "dsr",
     "efficient_ad": "efficient_ad",
     "fastflow": "fastflow",
     "ganomaly": "ganomaly",

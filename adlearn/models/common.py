@@ -102,3 +102,15 @@ def exact_quantile(values: torch.Tensor, q: float) -> torch.Tensor:
         return value_low
     value_high = flat.kthvalue(high + 1).values
     return value_low + (position - low) * (value_high - value_low)
+
+
+def save_cached_weights(module: torch.nn.Module, path) -> None:
+    """Write ``module``'s state dict to ``path`` through a ``.partial`` file, so that a cache never holds
+    a half-written file (the offline-trained weights: EfficientAD's teacher, DSR's VQ model)."""
+    from pathlib import Path
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial")
+    torch.save(module.state_dict(), partial)
+    partial.replace(path)

@@ -39,6 +39,7 @@ import torch.nn.functional as F
 
 from adlearn.components import TimmFeatureExtractor
 from adlearn.data.natural_images import NaturalImageCrops
+from adlearn.models.common import save_cached_weights
 from adlearn.models.efficient_ad import MAP_PADDING, PatchDescriptionNetwork
 
 DISTILLATION_LAYERS = ("layer2", "layer3")     # strides 8 and 16, as PatchCore's features
@@ -135,8 +136,5 @@ def distill_teacher(model_size: str = "small", backbone: str = "efficientnet_lit
                   f"{time.perf_counter() - start:.0f} s", flush=True)
     teacher.eval()
     if cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(".partial")
-        torch.save(teacher.state_dict(), partial)
-        partial.replace(path)                        # never a half-written cache file
+        save_cached_weights(teacher, path)
     return (path, teacher, target) if return_model else path
