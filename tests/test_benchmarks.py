@@ -132,3 +132,27 @@ def test_abba_helper_interleaves_two_worker_processes_and_judges_each_turn(tmp_p
     for record in guard.records:
         strict.records.append(strict.judge(dict(record)))
     assert strict.ratio(1.0, 2.0, *[r["label"] for r in strict.records]) is None
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+@pytest.mark.parametrize("model, network, size", [
+    ("draem", {"reconstruction_width": 4, "discrimination_width": 2, "textures": None}, 32),
+    ("ganomaly", {"n_features": 4, "latent_size": 8}, 16)])
+def test_recon_step_driver_steps_our_model_once_per_call(model, network, size, tmp_path):
+    """bench_recon_steps.py's adlearn side: each ``step()`` is one real training step (every optimizer moves)."""
+    import torch
+
+    images = tmp_path / "images.pt"
+    torch.save(torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0)), images)
+    step, simulate, ours, trainer = load_driver("bench_recon_steps").adlearn_step(
+        {"model": model, "images": str(images), **network})
+    before = {name: p.detach().clone() for name, p in ours.named_parameters()}
+    step()
+    assert trainer.global_step == 1 and all(torch.isfinite(torch.tensor(v)) for v in trainer.last_losses.values())
+    moved = {name.split(".")[0] for name, p in ours.named_parameters() if not torch.equal(p, before[name])}
+    assert moved == ({"reconstructive", "discriminative"} if model == "draem" else {"generator", "discriminator"})
+    if model == "draem":
+        original, augmented, mask = simulate()
+        assert augmented.shape == original.shape == (2, 3, size, size) and mask.shape == (2, 1, size, size)
+    else:
+        assert simulate is None
