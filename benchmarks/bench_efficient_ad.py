@@ -10,6 +10,17 @@
 * **training step**: one EfficientAD step (batch 1) at 256 and 128 px, random teacher (the cost does
   not depend on the weights); **distillation step** (``distill_teacher``'s defaults: batch 8, 128-px crops).
 * **CFA**: one training step (batch 8, 256 px, efficientnet_lite0) with its K + J nearest centres.
+* ``--side-by-side``: one EfficientAD-S training step (batch 1) here and in anomalib 2.7, at 256 px (the
+  only size anomalib's autoencoder takes), both PDN teachers holding the same weights (our distilled
+  teacher, ``--teacher PATH`` or the cached one; a random PDN when none is cached: the cost does not
+  depend on the weights) and their channel statistics set. One process per side, steps interleaved
+  A B B A after a warm-up, median CPU seconds per step (`benchmarks/_abba.py`; the load is recorded by
+  `adlearn.machine.LoadGuard`). Both steps: teacher on the image and on its colour-changed copy,
+  student on the image, on a natural image (penalty) and on the changed copy, autoencoder on the
+  changed copy, backward, Adam. anomalib's natural image is a fixed tensor (no ImageNette loading);
+  ours is a fresh crop of the installed sample photographs (about 2 ms).
+
+    .venv/bin/python benchmarks/bench_efficient_ad.py --side-by-side --json build/bench/effad_side.json   # ≈ 3 min
 
 The figures go to docs/benchmarks.md with the command that made them.
 """
@@ -18,11 +29,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import sys
+import tempfile
 import time
 from pathlib import Path
 
 import torch
+
+BENCH_DIR = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH_DIR))          # _abba, _anomalib
+ANOMALIB_PYTHON = os.environ.get("ANOMALIB_PYTHON", "/work/venvs/anomalib/bin/python")
+SIDE_BY_SIDE_SIZE = 256
 
 
 def timed(function, repeats: int) -> dict:
@@ -55,6 +74,88 @@ def fitted_efficient_ad(model_size: str, size: int):
     return model.eval()
 
 
+# ----------------------------------------------------------------------------- --side-by-side
+def side_by_side_worker(side: str, spec_json: str) -> int:
+    """One side's EfficientAD-S and image, stepping on the driver's demand (runs in either venv)."""
+    import _abba
+
+    spec = json.loads(spec_json)
+    torch.set_num_threads(spec["threads"])
+    size, generator = SIDE_BY_SIDE_SIZE, torch.Generator().manual_seed(0)
+    unit = torch.rand(4, 3, size, size, generator=generator)          # [0, 1] images
+    teacher_state = torch.load(spec["teacher"], map_location="cpu", weights_only=True)
+    if side == "adlearn":
+        sys.path.insert(0, str(BENCH_DIR.parent))
+        from adlearn.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+        from adlearn.models import create
+
+        images = (unit - torch.tensor(IMAGENET_MEAN)[:, None, None]) / torch.tensor(IMAGENET_STD)[:, None, None]
+        model = create("efficient_ad", teacher_weights=spec["teacher"], image_size=size, device="cpu", max_steps=10)
+        trainer = model.trainer(verbose=False)
+        trainer.setup()
+        model.on_fit_start(images, trainer)                            # teacher loaded, channel statistics
+        batch = {"image": images[:1]}
+
+        def step():
+            trainer.training_step(batch)
+    else:
+        import itertools
+
+        from anomalib.models import EfficientAd
+
+        model = EfficientAd(model_size="small", visualizer=False)
+        model.model.teacher.load_state_dict(teacher_state)
+        with torch.no_grad():
+            features = model.model.teacher(unit)                       # its PDN normalises [0, 1] input itself
+            model.model.mean_std["mean"].data.copy_(features.mean((0, 2, 3), keepdim=True))
+            model.model.mean_std["std"].data.copy_(features.std((0, 2, 3), keepdim=True))
+        natural = torch.rand(1, 3, size, size, generator=generator)
+        model.imagenet_iterator = itertools.repeat((natural, 0))       # in place of ImageNette (offline)
+        model.train()
+        optimizer = torch.optim.Adam(list(model.model.student.parameters()) + list(model.model.ae.parameters()),
+                                     lr=model.lr, weight_decay=model.weight_decay)   # its configure_optimizers' Adam
+        from types import SimpleNamespace
+
+        batch = SimpleNamespace(image=unit[:1])
+        model.log = lambda *args, **kwargs: None                       # no Lightning trainer to log to
+
+        def step():
+            loss = model.training_step(batch)["loss"]
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+
+    return _abba.serve(step, side, spec, {"torch": torch.__version__, "threads": torch.get_num_threads()})
+
+
+def side_by_side(args) -> dict:
+    import _abba
+
+    sys.path.insert(0, str(BENCH_DIR.parent))
+    from adlearn.machine import LoadGuard
+    from adlearn.models.efficient_ad import PatchDescriptionNetwork
+    from adlearn.models.efficient_ad_teacher import teacher_cache_path
+
+    guard = LoadGuard(allow_busy=args.allow_busy, threshold=args.busy_threshold)
+    teacher = args.teacher or teacher_cache_path("small", "efficientnet_lite0", 384, 400, 128, 0)
+    with tempfile.TemporaryDirectory() as tmp:
+        if Path(teacher).is_file():
+            weights = f"distilled teacher {Path(teacher).name}"
+        else:
+            torch.manual_seed(0)
+            teacher = Path(tmp) / "random_pdn.pt"
+            torch.save(PatchDescriptionNetwork(384, "small").state_dict(), teacher)
+            weights = "random PDN (no distilled teacher cached; the cost does not depend on the weights)"
+        spec = {"teacher": str(teacher), "threads": args.threads, "busy_threshold": guard.threshold}
+        workers = {"adlearn": _abba.Worker(__file__, "adlearn", sys.executable, spec),
+                   "anomalib": _abba.Worker(__file__, "anomalib", args.anomalib_python, spec)}
+        result = _abba.interleave(workers, guard, args.warmup, args.rounds, args.steps_per_turn)
+    _abba.print_steps(f"EfficientAD-S training step, batch 1, {SIDE_BY_SIDE_SIZE} px, {args.threads} thread(s)",
+                      result, ("adlearn", "anomalib"))
+    result.update(teacher=weights, image_size=SIDE_BY_SIDE_SIZE, machine=guard.summary())
+    return result
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--threads", type=int, default=1)
@@ -63,7 +164,25 @@ def main(argv=None) -> int:
     parser.add_argument("--medium", action="store_true", help="also time EfficientAD-M")
     parser.add_argument("--skip", default="", help="comma-separated parts to skip: latency,train,distill,cfa")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--side-by-side", action="store_true",
+                        help="only: one training step here and in anomalib 2.7, interleaved ABBA")
+    parser.add_argument("--teacher", help="--side-by-side: PDN weights for both teachers (default: the cached one)")
+    parser.add_argument("--warmup", type=int, default=1, help="--side-by-side: steps before measuring")
+    parser.add_argument("--rounds", type=int, default=2, help="--side-by-side: ABBA rounds")
+    parser.add_argument("--steps-per-turn", type=int, default=2, help="--side-by-side: steps per side per turn")
+    parser.add_argument("--anomalib-python", default=ANOMALIB_PYTHON)
+    parser.add_argument("--allow-busy", action="store_true", help="--side-by-side: report ratios under load")
+    parser.add_argument("--busy-threshold", type=float, default=None)
+    parser.add_argument("--worker", nargs=2, metavar=("SIDE", "SPEC"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.worker:
+        return side_by_side_worker(*args.worker)
+    if args.side_by_side:
+        result = side_by_side(args)
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps({"side_by_side": result}, indent=1))
+        return 0
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     skip = set(filter(None, args.skip.split(",")))

@@ -130,3 +130,64 @@ def test_flow_side_by_side_driver_prepares_a_batch_and_its_adlearn_worker_answer
     ready, timed = answers
     assert ready["side"] == "adlearn" and len(ready["feature_check"]) == 3 and ready["trained_parameters"] > 0
     assert len(timed["steps"]) == 2 and all(s["cpu_s"] > 0 and s["loss"] == s["loss"] for s in timed["steps"])
+
+
+def test_abba_helper_interleaves_two_worker_processes_and_judges_each_turn(tmp_path):
+    """benchmarks/_abba.py: warm-up, then A B B A / B A A B turns, every step timed, each turn's load judged."""
+    import sys
+
+    abba = load_driver("_abba")
+    script = tmp_path / "toy_worker.py"
+    script.write_text(
+        "import json, sys\n"
+        f"sys.path.insert(0, {str(BENCHMARKS)!r})\n"
+        "import _abba\n"
+        "side, spec = sys.argv[2], json.loads(sys.argv[3])\n"
+        "work = spec['work'][side]\n"
+        "def step():\n"
+        "    sum(i * i for i in range(work))\n"
+        "sys.exit(_abba.serve(step, side, spec, {'work': work}))\n")
+    spec = {"work": {"fast": 20_000, "slow": 400_000}, "busy_threshold": 1e9}   # never busy: ratios reported
+    machine = abba.machine_module()
+    guard = machine.LoadGuard(threshold=1e9, echo=False)
+    workers = {side: abba.Worker(str(script), side, sys.executable, spec) for side in ("fast", "slow")}
+    result = abba.interleave(workers, guard, warmup=1, rounds=2, steps_per_turn=3)
+    assert [r["label"] for r in guard.records] == [
+        "fast round0.0", "slow round0.1", "slow round0.2", "fast round0.3",
+        "slow round1.0", "fast round1.1", "fast round1.2", "slow round1.3"]
+    assert all("other_cpus" in r and r["busy"] is False for r in guard.records)
+    for side in ("fast", "slow"):
+        assert result[side]["steps"] == 12 and len(result[side]["cpu_s"]) == 12
+        assert result[side]["info"]["work"] == spec["work"][side]
+    assert result["ratio_cpu"] == pytest.approx(result["fast"]["median_cpu_s"] / result["slow"]["median_cpu_s"])
+    assert result["ratio_cpu"] < 1                       # 20x less work per step
+    assert all(worker.process.poll() == 0 for worker in workers.values())   # both closed cleanly
+    # the same turns judged busy (threshold below any load) and no allow_busy: the ratio is refused
+    strict = machine.LoadGuard(threshold=-1.0, echo=False)
+    for record in guard.records:
+        strict.records.append(strict.judge(dict(record)))
+    assert strict.ratio(1.0, 2.0, *[r["label"] for r in strict.records]) is None
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+@pytest.mark.parametrize("model, network, size", [
+    ("draem", {"reconstruction_width": 4, "discrimination_width": 2, "textures": None}, 32),
+    ("ganomaly", {"n_features": 4, "latent_size": 8}, 16)])
+def test_recon_step_driver_steps_our_model_once_per_call(model, network, size, tmp_path):
+    """bench_recon_steps.py's adlearn side: each ``step()`` is one real training step (every optimizer moves)."""
+    import torch
+
+    images = tmp_path / "images.pt"
+    torch.save(torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0)), images)
+    step, simulate, ours, trainer = load_driver("bench_recon_steps").adlearn_step(
+        {"model": model, "images": str(images), **network})
+    before = {name: p.detach().clone() for name, p in ours.named_parameters()}
+    step()
+    assert trainer.global_step == 1 and all(torch.isfinite(torch.tensor(v)) for v in trainer.last_losses.values())
+    moved = {name.split(".")[0] for name, p in ours.named_parameters() if not torch.equal(p, before[name])}
+    assert moved == ({"reconstructive", "discriminative"} if model == "draem" else {"generator", "discriminator"})
+    if model == "draem":
+        original, augmented, mask = simulate()
+        assert augmented.shape == original.shape == (2, 3, size, size) and mask.shape == (2, 1, size, size)
+    else:
+        assert simulate is None

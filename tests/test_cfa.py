@@ -97,7 +97,7 @@ def test_descriptor_shapes_and_pooling_choices():
     assert [m.shape[1] for m in maps] == [24, 40, 112] and [m.shape[-1] for m in maps] == [16, 8, 4]
     assert features.shape == (2, 176 // 2, 16, 16)
     assert sum(p.numel() for p in model.descriptor.parameters()) == (176 + 2) * 88 + 88
-    # "first" (anomalib) resizes the deeper maps without pooling them: the same first 24 channels
+    # "first" (anomalib 1.x) resizes the deeper maps without pooling them: the same first 24 channels
     first = create("cfa", backbone=BACKBONE, image_size=64, pool_layers="first", device="cpu")
     first.descriptor.load_state_dict(create("cfa", backbone=BACKBONE, image_size=64, device="cpu").descriptor.state_dict())
     weight = torch.zeros_like(first.descriptor.projection.weight)

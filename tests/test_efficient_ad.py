@@ -36,6 +36,34 @@ def test_pdn_and_autoencoder_give_maps_of_side_h_over_4_minus_8(size, model_size
         assert AutoEncoder(384, (size, size))(images).shape == (1, 384, size // 4 - 8, size // 4 - 8)
 
 
+@pytest.mark.parametrize("model_size", ["small", "medium"])
+def test_pdn_computes_a_slice_of_its_channels_like_the_full_output(model_size):
+    torch.manual_seed(0)
+    pdn, images = PatchDescriptionNetwork(12, model_size), torch.randn(2, 3, 64, 64)
+    full = pdn(images)
+    for channels in (slice(0, 6), slice(6, 12)):
+        assert torch.allclose(pdn(images, channels), full[:, channels], atol=1e-5)
+
+
+def test_training_losses_and_gradients_equal_those_of_full_student_outputs():
+    """losses() computes only the student halves it reads: same losses and gradients as slicing full outputs."""
+    torch.manual_seed(0)
+    model = EfficientAd(teacher_weights="none", image_size=64, teacher_out_channels=8, penalty=False, device="cpu")
+    model.eval()                                     # no dropout: both passes see the same network
+    images, c = torch.randn(1, 3, 64, 64), 8
+    ours = model.losses(images, augment=False)
+    ours["loss"].backward()
+    grads = [p.grad.clone() for p in model.student.parameters()]
+    model.zero_grad()
+    teacher, student, autoencoder = model.extract_features(images)
+    reference = efficient_ad_loss(teacher, student[:, :c], None, teacher, autoencoder, student[:, c:])
+    reference["loss"].backward()
+    for name in ("student", "autoencoder", "student_autoencoder", "loss"):
+        assert float(ours[name]) == pytest.approx(float(reference[name]), rel=1e-5)
+    for ours_grad, parameter in zip(grads, model.student.parameters()):
+        assert torch.allclose(ours_grad, parameter.grad, rtol=1e-4, atol=1e-7)
+
+
 def test_autoencoder_at_256_px_follows_the_reference_schedule():
     autoencoder = AutoEncoder(384, (256, 256))
     assert [s[0] for s in autoencoder.upsample_sizes] == [3, 8, 15, 32, 63, 127, 56]
@@ -81,7 +109,7 @@ def test_hard_feature_loss_is_per_image_mean_above_the_quantile():
 def test_total_loss_adds_the_student_penalty_and_autoencoder_terms():
     g = torch.Generator().manual_seed(3)
     t, s, n, ta, a, sa = (torch.randn(1, c, 4, 4, generator=g) for c in (6, 12, 12, 6, 6, 12))
-    losses = efficient_ad_loss(t, s, n, ta, a, sa, quantile=0.999)
+    losses = efficient_ad_loss(t, s[:, :6], n[:, :6], ta, a, sa[:, 6:], quantile=0.999)
     hard = ((t - s[:, :6]) ** 2).flatten()
     assert float(losses["student"]) == pytest.approx(float(hard[hard >= torch.quantile(hard, 0.999)].mean()
                                                            + (n[:, :6] ** 2).mean()), rel=1e-6)

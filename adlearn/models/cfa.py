@@ -53,9 +53,9 @@ Deliberate differences from the reference implementation:
     distances as ‖t − c‖² with gradients — the same loss and gradient (the test suite compares with
     the full matrix), a third of the arithmetic, bounded memory, and no negative "squared
     distances" from cancellation (the reference's ``sqrt`` turns those into NaN in the map).
-(c) *Pooling.* anomalib pools only the first map and resizes the deeper ones unpooled (its loop
-    pools every map but concatenates the unpooled one); the paper pools every map.
-    ``pool_layers="all"`` (default) pools every map, ``"first"`` reproduces anomalib.
+(c) *Pooling.* The paper pools every map, and so does anomalib 2.7's ``Descriptor``; anomalib 1.x
+    pooled only the first map and resized the deeper ones unpooled. ``pool_layers="all"`` (default)
+    pools every map, ``"first"`` reproduces the older variant.
 (d) *The bank mean* is the mean over images (the reference averages per-batch means, which weighs
     a short last batch more). k-means (γ_c > 1) is `adlearn.components.KMeans` with k-means++
     starts, run to convergence (the reference: scikit-learn's, max_iter 3000).

@@ -105,14 +105,25 @@ class PatchDescriptionNetwork(nn.Module):
             self.conv5 = nn.Conv2d(2 * width, out_channels, kernel_size=4)
             self.conv6 = nn.Conv2d(out_channels, out_channels, kernel_size=1)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, channels: slice | None = None) -> torch.Tensor:
+        """``channels``: compute only these output channels (the last convolution's rows), e.g. the
+        student's ``slice(0, 384)`` where only its teacher half is used — the same numbers as
+        ``forward(images)[:, channels]`` at a fraction of the last layer's cost."""
         x = F.avg_pool2d(F.relu(self.conv1(images)), 2)        # (B, w, H/2 − 2, ...)
         x = F.avg_pool2d(F.relu(self.conv2(x)), 2)              # (B, 2w, H/4 − 3, ...)
         x = F.relu(self.conv3(x))
         if self.model_size == "small":
-            return self.conv4(x)                                 # (B, out, H/4 − 8, W/4 − 8)
+            return _conv_rows(self.conv4, x, channels)           # (B, out, H/4 − 8, W/4 − 8)
         x = F.relu(self.conv5(F.relu(self.conv4(x))))
-        return self.conv6(x)
+        return _conv_rows(self.conv6, x, channels)
+
+
+def _conv_rows(conv: nn.Conv2d, x: torch.Tensor, channels: slice | None) -> torch.Tensor:
+    """``conv(x)[:, channels]`` computed with only those output channels' weights."""
+    if channels is None:
+        return conv(x)
+    bias = conv.bias[channels] if conv.bias is not None else None
+    return F.conv2d(x, conv.weight[channels], bias, conv.stride, conv.padding, conv.dilation, conv.groups)
 
 
 class AutoEncoder(nn.Module):
@@ -166,16 +177,17 @@ def hard_feature_loss(teacher: torch.Tensor, student: torch.Tensor, quantile: fl
 def efficient_ad_loss(teacher: torch.Tensor, student: torch.Tensor, student_natural: torch.Tensor | None,
                       teacher_augmented: torch.Tensor, autoencoder_augmented: torch.Tensor,
                       student_augmented: torch.Tensor, quantile: float = 0.999) -> dict[str, torch.Tensor]:
-    """Steps 3–4. ``student*`` hold 2C channels: [:C] imitate the teacher, [C:] the autoencoder.
+    """Steps 3–4, each input (B, C, h, w). The student's 2C outputs come as the halves the losses use:
+    ``student`` and ``student_natural`` = S(·)[:C] (imitating the teacher), ``student_augmented`` =
+    S(x')[C:] (imitating the autoencoder).
 
     Returns {"loss": total, "student": L_hard + L_pen, "autoencoder": L_AE, "student_autoencoder": L_STAE}.
     """
-    channels = teacher.shape[1]
-    loss_st = hard_feature_loss(teacher, student[:, :channels], quantile)
+    loss_st = hard_feature_loss(teacher, student, quantile)
     if student_natural is not None:
-        loss_st = loss_st + student_natural[:, :channels].pow(2).mean()          # the penalty
+        loss_st = loss_st + student_natural.pow(2).mean()                        # the penalty
     loss_ae = (teacher_augmented - autoencoder_augmented).pow(2).mean()
-    loss_stae = (autoencoder_augmented - student_augmented[:, channels:]).pow(2).mean()
+    loss_stae = (autoencoder_augmented - student_augmented).pow(2).mean()
     return {"loss": loss_st + loss_ae + loss_stae, "student": loss_st, "autoencoder": loss_ae,
             "student_autoencoder": loss_stae}
 
@@ -322,14 +334,18 @@ class EfficientAd(TrainedModel):
         return optimizer, schedule
 
     def losses(self, images: torch.Tensor, augment: bool = True) -> dict[str, torch.Tensor]:
+        # Each loss reads one half of the student's 2C outputs: only that half's last-layer
+        # channels are computed (the same values and gradients, a quarter less work per step).
+        imitate_teacher, imitate_autoencoder = slice(0, self.channels), slice(self.channels, 2 * self.channels)
         teacher = self.normalized_teacher(images)
-        student = self.student(images)
+        student = self.student(images, imitate_teacher)
         natural = None
         if augment and self._natural is not None:
-            natural = self.student(self._natural.sample(len(images)).to(images.device))
+            natural = self.student(self._natural.sample(len(images)).to(images.device), imitate_teacher)
         augmented = random_color_change(images, self._generator) if augment else images
         return efficient_ad_loss(teacher, student, natural, self.normalized_teacher(augmented),
-                                 self.autoencoder(augmented), self.student(augmented), self.hard_quantile)
+                                 self.autoencoder(augmented), self.student(augmented, imitate_autoencoder),
+                                 self.hard_quantile)
 
     def training_step(self, batch: dict, trainer=None) -> dict[str, torch.Tensor]:
         return self.losses(batch["image"])
