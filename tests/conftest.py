@@ -54,6 +54,27 @@ def mvtec_bottle_root() -> Path:
     return root
 
 
+@pytest.fixture
+def short_bottle_fit(mvtec_bottle_root):
+    """``fit(name, n_train=60, **options) -> results``: the model's ``cpu`` preset fitted on ``n_train`` evenly
+    spaced real bottle training images (seed 0, CPU) and scored on the whole test split: the CI-sized
+    real-data check of a trained model (its full recipe is a ``recipe`` test)."""
+    from torch.utils.data import Subset
+
+    from adlearn.data import MVTecDataset
+    from adlearn.evaluate import fit_and_evaluate
+    from adlearn.models import create
+
+    def fit(name: str, n_train: int = 60, **options) -> dict:
+        model = create(name, preset="cpu", device="cpu", seed=0, **options)
+        train = MVTecDataset(mvtec_bottle_root, "bottle", "train", transform=model.transform)
+        train = Subset(train, [int(i * (len(train) / n_train)) for i in range(n_train)])
+        test = MVTecDataset(mvtec_bottle_root, "bottle", "test", transform=model.transform)
+        return fit_and_evaluate(model, train, test)
+
+    return fit
+
+
 @pytest.fixture(scope="session")
 def small_synthetic_root(tmp_path_factory) -> Path:
     """A small synthetic MVTec-layout dataset (64 px, few images) shared by the model tests."""

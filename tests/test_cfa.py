@@ -226,20 +226,11 @@ def test_cli_max_steps(small_synthetic_root, tmp_path, capsys):
 
 @pytest.mark.slow
 @pytest.mark.mvtec
-def test_real_bottle_short_fit(mvtec_bottle_root):
+def test_real_bottle_short_fit(short_bottle_fit):
     # The CI check (~60 CPU s): the cpu preset on 60 evenly spaced training images (48 after the 20 % hold-out)
     # for one epoch. Measured (seed 0, one thread): image AUROC 0.999, pixel AUROC 0.976 (the full recipe below:
     # 1.000 / 0.977), so the bounds leave room for another CPU's rounding.
-    from torch.utils.data import Subset
-
-    from adlearn.data import MVTecDataset
-    from adlearn.evaluate import fit_and_evaluate
-
-    model = create("cfa", preset="cpu", device="cpu", seed=0, max_epochs=1)
-    train = MVTecDataset(mvtec_bottle_root, "bottle", "train", transform=model.transform)
-    train = Subset(train, [int(i * len(train) / 60) for i in range(60)])
-    test = MVTecDataset(mvtec_bottle_root, "bottle", "test", transform=model.transform)
-    results = fit_and_evaluate(model, train, test)
+    results = short_bottle_fit("cfa", max_epochs=1)
     assert results["image_auroc"] >= 0.98 and results["pixel_auroc"] >= 0.95, results
 
 
