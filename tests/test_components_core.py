@@ -593,3 +593,22 @@ class TestSingleClassGaussian:
             scg.score_samples(torch.rand(2, 4))
         with pytest.raises(ValueError, match="identical"):
             SingleClassGaussian().fit(torch.ones(3, 5))
+
+
+def test_channel_statistics_streamed_equal_numpy_over_all_maps():
+    from adlearn.components import ChannelStatistics
+
+    generator = torch.Generator().manual_seed(0)
+    batches = [torch.randn(b, 5, 3, 4, generator=generator) * torch.arange(1, 6).view(1, 5, 1, 1) + 7
+               for b in (2, 3, 1)]
+    batches[0][:, 4] = batches[1][:, 4] = batches[2][:, 4] = 2.0              # a dead channel
+    statistics = ChannelStatistics()
+    for maps in batches:
+        statistics.update(maps)
+    mean, std = statistics.mean_std()
+    everything = torch.cat(batches).numpy().transpose(1, 0, 2, 3).reshape(5, -1).astype(np.float64)
+    np.testing.assert_allclose(mean.numpy(), everything.mean(1), rtol=1e-6)
+    np.testing.assert_allclose(std[:4].numpy(), everything[:4].std(1), rtol=1e-5)
+    assert std[4] == pytest.approx(1e-6) and mean.dtype == std.dtype == torch.float32
+    with pytest.raises(ValueError, match="no maps"):
+        ChannelStatistics().mean_std()

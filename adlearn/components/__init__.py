@@ -67,6 +67,8 @@ _LAZY = {
     "SSPCAB": "sspcab",
     # vector quantisation (VQ-VAE, DSR)
     "VectorQuantizerEMA": "vector_quantizer",
+    # per-channel statistics of feature maps (EfficientAD's teacher, CS-Flow's standardisation)
+    "ChannelStatistics": "channel_statistics",
     # nearest-neighbour search (used by memory-bank models)
     "NearestNeighbors": "nearest_neighbors",
 }

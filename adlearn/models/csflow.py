@@ -56,6 +56,7 @@ import torch
 import torch.nn.functional as F
 
 from adlearn.components import TimmFeatureExtractor, dryrun_find_featuremap_dims
+from adlearn.components.channel_statistics import ChannelStatistics
 from adlearn.components.cross_scale_flow import CrossScaleFlow
 from adlearn.models.base import Prediction, TrainedModel, register
 from adlearn.models.common import combine_layer_maps
@@ -154,19 +155,13 @@ class Csflow(TrainedModel):
         """Step 2's μˢ_c, σˢ_c over every position of the training images (float64 sums, one pass)."""
         if not self.standardize_features:
             return
-        sums = torch.zeros(N_SCALES, self.feature_mean.shape[1], dtype=torch.float64, device=self.device)
-        squares, counts = torch.zeros_like(sums), torch.zeros(N_SCALES, dtype=torch.float64, device=self.device)
+        statistics = [ChannelStatistics() for _ in range(N_SCALES)]
         for batch in trainer.make_loader(data, shuffle=False):
             images = (batch["image"] if isinstance(batch, dict) else batch).to(self.device)
             for s, x in enumerate(self.raw_features(images)):
-                x = x.double().transpose(0, 1).flatten(1)                       # (C, B·h·w)
-                sums[s] += x.sum(1)
-                squares[s] += x.pow(2).sum(1)
-                counts[s] += x.shape[1]
-        mean = sums / counts[:, None]
-        variance = (squares / counts[:, None] - mean.pow(2)).clamp_min(0)
-        self.feature_mean.copy_(mean.float())
-        self.feature_std.copy_(variance.sqrt().clamp_min(1e-6).float())       # a dead channel stays finite
+                statistics[s].update(x)
+        for s, scale in enumerate(statistics):
+            self.feature_mean[s], self.feature_std[s] = scale.mean_std()       # a dead channel stays finite
 
     def encode(self, images: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Step 3: ([z⁰, z¹, z²], log|det J| (B,)), the flow in float32 even under autocast."""

@@ -68,6 +68,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from adlearn.components.channel_statistics import ChannelStatistics
 from adlearn.data.natural_images import NaturalImageCrops, to_grayscale
 from adlearn.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from adlearn.models.base import Prediction, TrainedModel, register
@@ -296,17 +297,12 @@ class EfficientAd(TrainedModel):
     @torch.no_grad()
     def teacher_channel_statistics(self, data) -> None:
         """Step 1: per-channel mean and standard deviation of the teacher's outputs on ``data``."""
-        total = total_sq = None
-        count = 0
+        statistics = ChannelStatistics()
         for images in self.batches(data, desc="efficient_ad: teacher statistics"):
-            out = self.teacher(images).double()                                  # (B, C, h, w)
-            total = out.sum((0, 2, 3)) if total is None else total + out.sum((0, 2, 3))
-            total_sq = out.pow(2).sum((0, 2, 3)) if total_sq is None else total_sq + out.pow(2).sum((0, 2, 3))
-            count += out[:, 0].numel()
-        mean = total / count
-        std = (total_sq / count - mean**2).clamp_min(0).sqrt()
-        self.teacher_mean.copy_(mean.float()[None, :, None, None])
-        self.teacher_std.copy_(std.float().clamp_min(1e-6)[None, :, None, None])
+            statistics.update(self.teacher(images))                               # (B, C, h, w)
+        mean, std = statistics.mean_std()
+        self.teacher_mean.copy_(mean[None, :, None, None])
+        self.teacher_std.copy_(std[None, :, None, None])
 
     def on_fit_start(self, data, trainer) -> None:
         self.prepare_teacher()
