@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 
 OFFLINE_BACKBONE = "efficientnet_lite0"
+DEFAULT_IMAGE_SIZE = 256   # without --image-size and without a preset
 CELLS, LOGS = "cells", "logs"
 # Per-cell columns of results.csv, in order (load columns come from adlearn.machine.LoadGuard).
 COLUMNS = ("model", "category", "seed", "status", "image_auroc", "pixel_auroc", "pixel_aupro", "image_f1max",
@@ -54,7 +55,10 @@ def model_options(model: str, spec: dict) -> dict:
     from adlearn.models import get_model_class
 
     accepted = inspect.signature(get_model_class(model).__init__).parameters
-    options = {"image_size": spec["image_size"], "device": spec["device"], "seed": spec["seed"]}
+    options = {"device": spec["device"], "seed": spec["seed"]}
+    # An explicit --image-size wins; without one a preset keeps its own size (e.g. 128 for cpu), else 256.
+    if spec.get("image_size") is not None or not spec.get("preset"):
+        options["image_size"] = spec.get("image_size") or DEFAULT_IMAGE_SIZE
     if spec.get("backbone"):
         options["backbone"] = spec["backbone"]
     elif not spec.get("preset") and "backbone" in accepted:
@@ -163,7 +167,7 @@ def _check_set_keys(models: list[str], options: dict) -> None:
 
 
 def run_benchmark(models: list[str], categories: list[str], seeds: list[int], out: Path, *, root: str | None = None,
-                  preset: str | None = None, device: str = "auto", image_size: int = 256, backbone: str | None = None,
+                  preset: str | None = None, device: str = "auto", image_size: int | None = None, backbone: str | None = None,
                   options: dict | None = None, threads: int | None = None, max_train: int | None = None,
                   time_limit: float | None = None, retry_failed: bool = False, allow_busy: bool = False,
                   busy_threshold: float | None = None, progress: bool = True) -> list[dict]:
@@ -435,7 +439,8 @@ def add_parser(sub) -> None:
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated model seeds (default 0,1,2)")
     parser.add_argument("--preset", help="passed to adlearn.create(name, preset=...), e.g. cpu or paper")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    parser.add_argument("--image-size", type=int, default=256)
+    parser.add_argument("--image-size", type=int, help=f"image side for every model (default: the preset's, "
+                        f"else {DEFAULT_IMAGE_SIZE})")
     parser.add_argument("--backbone", help=f"backbone for every model (default without a preset: {OFFLINE_BACKBONE})")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a model option for the models that have it, e.g. --set max_epochs=2 (repeatable)")
@@ -485,7 +490,7 @@ def command_line(args) -> str:
     for flag in ("preset", "device", "backbone", "max_train", "threads"):
         if getattr(args, flag) not in (None, parser_defaults().get(flag)):
             parts.append(f"--{flag.replace('_', '-')} {getattr(args, flag)}")
-    if args.image_size != 256:
+    if args.image_size is not None:
         parts.append(f"--image-size {args.image_size}")
     parts += [f"--set {pair}" for pair in args.set] + [f"--out {args.out}"]
     return " ".join(parts)

@@ -57,6 +57,16 @@ def test_preset_is_passed_only_when_given(monkeypatch):
     assert calls[0][1] == "cpu" and "backbone" not in calls[0][2]    # the preset chooses the backbone
     assert calls[1][1] is None and calls[1][2]["backbone"] == benchmark.OFFLINE_BACKBONE
 
+    # Without --image-size a preset keeps its own image size (EfficientAD's cpu recipe is 128 px); an
+    # explicit size wins; no preset and no size: 256.
+    calls.clear()
+    for preset, size in (("cpu", None), ("cpu", 64), (None, None)):
+        with pytest.raises(RuntimeError, match="stop here"):
+            benchmark.run_cell({**spec, "model": "efficient_ad", "preset": preset, "image_size": size})
+    assert "image_size" not in calls[0][2] and calls[1][2]["image_size"] == 64
+    assert calls[2][2]["image_size"] == benchmark.DEFAULT_IMAGE_SIZE == 256
+    assert adlearn.models.get_model_class("efficient_ad").preset("cpu")["image_size"] == 128
+
     def old_create(name, **options):
         raise AssertionError("never called")
 
