@@ -191,6 +191,14 @@ def test_every_notebook_is_in_the_book_in_course_order():
     assert resolved == sorted(resolved), f"book/_toc.yml is not in course (number) order: {resolved}"
 
 
+def test_course_page_suggests_every_notebook():
+    """book/course.md's "Suggested order" table names every notebook (a new one must be placed in it)."""
+    course = (REPO / "book" / "course.md").read_text()
+    order = course.split("## Suggested order", 1)[1].split("\n## ", 1)[0]
+    missing = [p.stem for p in NOTEBOOKS if f"</notebooks/{p.stem}>" not in order]
+    assert not missing, f"book/course.md's suggested order does not list {missing}: add a row (and what to read first)"
+
+
 def test_book_pages_exist():
     for chapter in {chapter for chapter, _ in toc_entries()} | {yaml.safe_load(TOC.read_text())["root"]}:
         assert (REPO / "book" / f"{chapter}.md").is_file(), f"book/{chapter}.md is in _toc.yml but missing"
