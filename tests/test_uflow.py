@@ -37,6 +37,10 @@ def test_u_shaped_flow_layout():
     assert flow.stage_channels == [5, 9, 8] and flow.up_channels == [0, 4, 4] and flow.latent_channels == [5, 5, 4]
     assert [channels_going_up(c) for c in (7, 8, 152, 320)] == [0, 4, 76, 160]
     assert [block.subnet[0].kernel_size[0] for block in flow.stages[0]] == [3, 1]
+    kernels = [[b.subnet[0].kernel_size[0] for b in stage] for stage in UShapedFlow(SHAPES, 3, subnet_kernels=(3,)).stages]
+    assert kernels == [[3, 3, 3]] * 3                             # all 3x3: an option, not the reference's layout
+    with pytest.raises(ValueError, match="odd kernel sizes"):
+        UShapedFlow(SHAPES, subnet_kernels=(2,))
     with pytest.raises(ValueError, match="exactly half"):
         UShapedFlow([(4, 8, 8), (8, 3, 3)])
 

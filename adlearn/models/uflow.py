@@ -18,7 +18,7 @@ The steps, in the order of the paper (Sec. 3, Fig. 2):
    one), each followed by a learnable ``LayerNorm([C, h, w])``.
 2. U-shaped flow (`UShapedFlow`), coarse to fine. At scale s:
    x_s = concat(features_s, up_{s+1}) → ``flow_steps`` `AllInOneBlock`s (subnet Conv(k) → ReLU → Conv(k),
-   k = 3 on even steps and 1 on odd ones, clamp 2) → split the channels: the first ⌊C/8⌋·4 go *up*,
+   k = 3 on even steps and 1 on odd ones — ``subnet_kernels=(3, 1)`` cycled over the steps — clamp 2) → split the channels: the first ⌊C/8⌋·4 go *up*,
    the rest are this scale's latent z_s. up_s = depth-to-space (pixel shuffle: 4 channels → 2×2
    positions; a permutation, log-det 0). The finest stage's whole output is z_0.
 3. Loss: mean over the batch of Σ_s ½‖z_s‖² − log|det J| (the negative log-likelihood without its
@@ -67,8 +67,11 @@ class UShapedFlow(nn.Module):
     ([z_s], log|det J| (B,)); ``rev=True`` maps latents back to features."""
 
     def __init__(self, shapes: list[tuple[int, int, int]], flow_steps: int = 4, affine_clamp: float = 2.0,
-                 hidden_ratio: float = 1.0, permute_soft: bool = False) -> None:
+                 hidden_ratio: float = 1.0, permute_soft: bool = False,
+                 subnet_kernels: tuple[int, ...] = (3, 1)) -> None:
         super().__init__()
+        if not subnet_kernels or any(k < 1 or k % 2 == 0 for k in subnet_kernels):
+            raise ValueError(f"subnet_kernels must be odd kernel sizes (e.g. (3, 1)), got {subnet_kernels}")
         for (_, h_fine, w_fine), (_, h, w) in zip(shapes, shapes[1:]):
             if (h_fine, w_fine) != (2 * h, 2 * w):
                 raise ValueError(f"U-Flow needs each feature scale to be exactly half the previous one, got "
@@ -85,8 +88,8 @@ class UShapedFlow(nn.Module):
             arriving = up // 4
         self.latent_channels = [c - u for c, u in zip(self.stage_channels, self.up_channels)]
         self.stages = nn.ModuleList([
-            SequenceFlow([AllInOneBlock([(channels, h, w)], subnet_constructor=subnet_conv(3 if k % 2 == 0 else 1,
-                                                                                         hidden_ratio),
+            SequenceFlow([AllInOneBlock([(channels, h, w)], subnet_constructor=subnet_conv(
+                                            subnet_kernels[k % len(subnet_kernels)], hidden_ratio),
                                         affine_clamping=affine_clamp, permute_soft=permute_soft)
                           for k in range(flow_steps)])
             for channels, (_, h, w) in zip(self.stage_channels, self.shapes)])
@@ -144,7 +147,8 @@ class Uflow(TrainedModel):
                  pretrained: str = "auto", flow_steps: int = 4, affine_clamp: float = 2.0,
                  affine_subnet_channels_ratio: float = 1.0, permute_soft: bool = False, lr: float = 1e-3,
                  weight_decay: float = 1e-5, lr_decay_steps: int = 25_000, nfa_window: int = 7,
-                 nfa_probability_thr: float = 0.5, nfa_epsilon: float = 1.0, image_size: int = 256,
+                 nfa_probability_thr: float = 0.5, nfa_epsilon: float = 1.0,
+                 subnet_kernels: tuple[int, ...] = (3, 1), image_size: int = 256,
                  center_crop: int | None = None, device: str = "auto", seed: int = 0, batch_size: int = 32,
                  **training):
         super().__init__(image_size=image_size, center_crop=center_crop, device=device, seed=seed,
@@ -161,7 +165,7 @@ class Uflow(TrainedModel):
         self.norms = nn.ModuleList([nn.LayerNorm(list(shape), elementwise_affine=True) for shape in self.feature_shapes])
         # Step 2
         self.flow = UShapedFlow(self.feature_shapes, flow_steps, affine_clamp, affine_subnet_channels_ratio,
-                                permute_soft)
+                                permute_soft, tuple(subnet_kernels))
 
     def extract_features(self, images: torch.Tensor) -> list[torch.Tensor]:
         """Step 1: [(B, C_s, h_s, w_s)], finest first, float32."""
