@@ -4,7 +4,8 @@
 
 * **latency**: ``model.predict`` on the same (random, ImageNet-normalised) images, batch 1 and batch 16,
   for EfficientAD-S (and ``--medium``) at 256 px and PatchCore (efficientnet_lite0, the ``cpu``
-  preset: 256 px, coreset 10 %) fitted on ``--bank-images`` synthetic images. Reported per image as
+  preset: 256 px, coreset 10 %) fitted on ``--bank-images`` synthetic images; ``--paper-patchcore``
+  adds the PatchCore the paper compares with (WideResNet-50-2, a bank of the bottle's size). Reported per image as
   CPU seconds of this process (``time.process_time``: robust on a shared machine) and wall seconds,
   median of ``--repeats``.
 * **training step**: one EfficientAD step (batch 1) at 256 and 128 px, random teacher (the cost does
@@ -63,6 +64,20 @@ def latency(model, batch: int, repeats: int, size: int) -> dict:
     print(f"predict {model.name:14s} batch {batch:2d}: {row['cpu_s_per_image'] * 1000:8.1f} ms CPU/image "
           f"({1 / row['cpu_s_per_image']:.1f} img/CPU-s), wall {row['wall_s_per_image'] * 1000:.1f} ms", flush=True)
     return row
+
+
+def paper_patchcore(bank_rows: int):
+    """PatchCore as the EfficientAD paper timed it: WideResNet-50-2 layer2+layer3 (1536-d patches, the
+    model's defaults) at 256 px and a memory bank of the real bottle's size. No ImageNet weights here:
+    random ones and a random bank cost the same (dense convolutions, exact search over every row)."""
+    from adlearn.models import create
+
+    model = create("patchcore", pretrained="none", device="cpu", image_size=256)
+    features = model.extract_features(torch.randn(1, 3, 256, 256))        # (1, E, h, w): the bank's width
+    model.memory_bank = torch.randn(bank_rows, features.shape[1])
+    model._is_fitted.fill_(True)
+    print(f"patchcore (wide_resnet50_2, random) bank {bank_rows} x {features.shape[1]}", flush=True)
+    return model.eval()
 
 
 def fitted_efficient_ad(model_size: str, size: int):
@@ -162,6 +177,10 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--bank-images", type=int, default=40, help="PatchCore training images (synthetic)")
     parser.add_argument("--medium", action="store_true", help="also time EfficientAD-M")
+    parser.add_argument("--paper-patchcore", action="store_true",
+                        help="also time the paper's PatchCore: wide_resnet50_2 (random weights) with a bank of --bank-rows")
+    parser.add_argument("--bank-rows", type=int, default=21_000,
+                        help="--paper-patchcore's bank (default 21,000 ≈ 10 %% of the bottle's 209 × 32² patches)")
     parser.add_argument("--skip", default="", help="comma-separated parts to skip: latency,train,distill,cfa")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--side-by-side", action="store_true",
@@ -200,6 +219,9 @@ def main(argv=None) -> int:
               f"{patchcore.memory_bank.shape[1]}", flush=True)
         size = patchcore.input_size[0]
         rows = {"patchcore": [latency(patchcore, b, args.repeats, size) for b in (1, 16)]}
+        if args.paper_patchcore:
+            rows["patchcore_wrn50"] = [latency(paper_patchcore(args.bank_rows), b, args.repeats, 256) for b in (1, 16)]
+            out["patchcore_wrn50_bank"] = args.bank_rows
         for model_size in ("small", "medium") if args.medium else ("small",):
             model = fitted_efficient_ad(model_size, 256)
             rows[f"efficient_ad_{model_size}"] = [latency(model, b, args.repeats, 256) for b in (1, 16)]

@@ -191,3 +191,15 @@ def test_recon_step_driver_steps_our_model_once_per_call(model, network, size, t
         assert augmented.shape == original.shape == (2, 3, size, size) and mask.shape == (2, 1, size, size)
     else:
         assert simulate is None
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_paper_patchcore_for_the_latency_comparison_has_the_papers_shapes():
+    """bench_efficient_ad.py --paper-patchcore: WRN-50-2 layer2+3 patches (1536-d), a bank of the asked size,
+    and a prediction that scores every image."""
+    import torch
+
+    model = load_driver("bench_efficient_ad").paper_patchcore(50)
+    assert model.config["backbone"] == "wide_resnet50_2" and model.memory_bank.shape == (50, 1536)
+    prediction = model.predict(torch.randn(2, 3, 256, 256))
+    assert prediction.pred_score.shape == (2,) and prediction.anomaly_map.shape[-2:] == (256, 256)
