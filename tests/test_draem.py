@@ -113,8 +113,20 @@ def test_defaults_follow_the_reference_and_bad_options_are_named(tmp_path):
     assert (defaults["lr"], defaults["batch_size"], defaults["anomaly_source"]) == (1e-4, 8, None)
     training = TrainingConfig(**Draem.training_defaults)
     assert (training.max_epochs, training.patience) == (700, 20)
-    milestones = create("draem", **SMALL).configure_optimizers()[1].milestones
-    assert sorted(milestones) == [400, 600]                                   # the reference's, at 700 epochs
+    optimizer, scheduler = create("draem", **SMALL).configure_optimizers()
+    assert sorted(scheduler.milestones) == [400, 600]                         # the reference's, at 700 epochs
+    # The fused Adam makes the same update as the default one, up to rounding.
+    assert optimizer.defaults["fused"] and optimizer.defaults["lr"] == 1e-4
+    torch.manual_seed(0)
+    weights = [torch.randn(5, 3, requires_grad=True), torch.randn(7, requires_grad=True)]
+    twins = [w.detach().clone().requires_grad_() for w in weights]
+    for params, fused in ((weights, True), (twins, False)):
+        adam = torch.optim.Adam(params, lr=1e-2, fused=fused)
+        for step in range(3):
+            for p in params:
+                p.grad = torch.full_like(p, 0.5 + step) * torch.arange(p.numel()).view_as(p)
+            adam.step()
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(weights, twins))
     with pytest.raises(ValueError, match="divisible by 32, got 48x48.*image_size=256"):
         create("draem", **{**SMALL, "image_size": 48})
     (tmp_path / "empty").mkdir()
