@@ -50,11 +50,20 @@ def cell_key(model: str, category: str, seed: int) -> str:
     return f"{model}__{category}__seed{seed}"
 
 
-def model_options(model: str, spec: dict) -> dict:
-    """The options ``adlearn.create`` gets for this model: only those its constructor accepts."""
-    from adlearn.models import get_model_class
+def accepted_options(model: str) -> set[str]:
+    """The option names ``adlearn.create(model, ...)`` takes: its constructor's, plus the training loop's
+    (``max_epochs``, ``max_steps``, ``patience``, ...) for a trained model."""
+    from adlearn.models import TrainedModel, get_model_class
+    from adlearn.train import TrainingConfig
 
-    accepted = inspect.signature(get_model_class(model).__init__).parameters
+    model_class = get_model_class(model)
+    names = set(inspect.signature(model_class.__init__).parameters) - {"self", "training"}
+    return names | set(TrainingConfig.keys()) if issubclass(model_class, TrainedModel) else names
+
+
+def model_options(model: str, spec: dict) -> dict:
+    """The options ``adlearn.create`` gets for this model: only those it accepts."""
+    accepted = accepted_options(model)
     options = {"device": spec["device"], "seed": spec["seed"]}
     # An explicit --image-size wins; without one a preset keeps its own size (e.g. 128 for cpu), else 256.
     if spec.get("image_size") is not None or not spec.get("preset"):
@@ -159,10 +168,8 @@ def resolve_categories(text: str | None, root: str | None) -> list[str]:
 
 def _check_set_keys(models: list[str], options: dict) -> None:
     """A ``--set`` key no selected model accepts is a typo: say so rather than drop it."""
-    from adlearn.models import get_model_class
-
     for key in options:
-        if not any(key in inspect.signature(get_model_class(m).__init__).parameters for m in models):
+        if not any(key in accepted_options(m) for m in models):
             raise ValueError(f"--set {key}=...: none of {', '.join(models)} has an option {key!r}")
 
 

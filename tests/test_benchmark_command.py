@@ -9,6 +9,7 @@ import math
 
 import pytest
 
+import adlearn
 from adlearn import benchmark
 
 
@@ -81,6 +82,18 @@ def test_bad_arguments_are_named():
         benchmark.resolve_models("padim,nope")
     with pytest.raises(ValueError, match="none of padim has an option 'max_epochs'"):
         benchmark._check_set_keys(["padim"], {"max_epochs": 2})
+    with pytest.raises(ValueError, match="none of padim, stfpm has an option 'max_epoch'"):
+        benchmark._check_set_keys(["padim", "stfpm"], {"max_epoch": 2})
+
+
+def test_training_options_reach_trained_models_only():
+    """--set max_epochs=2: the training loop's options go to trained models (and not to PaDiM, which has none)."""
+    benchmark._check_set_keys(["padim", "stfpm"], {"max_epochs": 2, "patience": 1})
+    spec = {"seed": 0, "device": "cpu", "image_size": 64, "set": {"max_epochs": 2, "patience": 1}}
+    assert benchmark.model_options("stfpm", spec)["max_epochs"] == 2
+    assert "max_epochs" not in benchmark.model_options("padim", spec)
+    model = adlearn.create("stfpm", **{**benchmark.model_options("stfpm", spec), "pretrained": "none"})
+    assert model.train_config.max_epochs == 2 and model.train_config.patience == 1
 
 
 @pytest.mark.slow
