@@ -132,6 +132,7 @@ class KCenterGreedy:
         # Step 1: the features the selection runs on (maybe projected), centred, float32.
         self.features = self._selection_features(embedding, project, eps, projection_dim)  # (N, d)
         self.sq_norms = (self.features * self.features).sum(dim=1)                          # (N,)
+        self._columns: torch.Tensor | None = None   # the same (N, d) stored column by column, on first use
         # Rounding noise of ‖x‖² − 2x·c + ‖c‖²: anything below this is "the same point" (it keeps
         # exact duplicates of a centre from looking uncovered). Tiny next to real distances.
         self._noise_floor = 16 * torch.finfo(self.features.dtype).eps * float(self.sq_norms.max())
@@ -177,7 +178,7 @@ class KCenterGreedy:
         # ‖x − c‖² = ‖x‖² − 2·x·c + ‖c‖²: one matrix-vector product, no (N, d) temporary.
         index = torch.as_tensor(center, device=self.features.device).view(1)
         point = self.features.index_select(0, index).squeeze(0)                   # (d,)
-        squared = torch.addmv(self.sq_norms, self.features, point, alpha=-2.0)     # (N,)
+        squared = torch.addmv(self.sq_norms, self._matvec_features(), point, alpha=-2.0)   # (N,)
         squared.add_(self.sq_norms.index_select(0, index))
         return squared.masked_fill_(squared < self._noise_floor, 0.0)             # also clamps < 0
 
@@ -253,7 +254,8 @@ class KCenterGreedy:
         num_samples, width = features.shape
         num_centers = len(preselected) + self.coreset_size
         like = {"dtype": features.dtype, "device": features.device}
-        centers = torch.empty(num_centers, width, **like)                           # (K, d)
+        # Centres stored column by column, (d, K): the gap matvec below reads centers_t[:, :k].T (k, d).
+        centers_t = torch.empty(width, num_centers, **like)                         # (d, K)
         center_sq = torch.empty(num_centers, **like)                                 # (K,)
         min_sq = torch.full((num_samples,), float("inf"), **like)                   # (N,) squared
         # Position (in selection order) of each point's nearest centre.
@@ -275,7 +277,7 @@ class KCenterGreedy:
                 if position >= len(preselected):
                     selected.append(index)
                 center = features[index]                                            # (d,)
-                centers[position] = center
+                centers_t[:, position] = center
                 center_sq[position] = self.sq_norms[index]
 
                 if position == 0 or not switch.wants_candidates(position):
@@ -288,7 +290,7 @@ class KCenterGreedy:
                         switch.dense_step()
                 else:
                     # ‖a − c‖² for every earlier centre a: one matvec over the centres.
-                    gap_sq = torch.addmv(center_sq[:position], centers[:position], center, alpha=-2.0)
+                    gap_sq = torch.addmv(center_sq[:position], centers_t[:, :position].T, center, alpha=-2.0)
                     gap_sq = gap_sq.add_(center_sq[position]).clamp_min_(0.0)     # (position,)
                     # x can only move closer if ‖owner(x) − c‖ < 2·min_dist(x) (triangle ineq.),
                     # i.e. ‖owner(x) − c‖² < 4·min_dist(x)²: squares throughout, no square root.
@@ -306,14 +308,28 @@ class KCenterGreedy:
         self.switches = list(switch.switches)
         return selected
 
+    def _matvec_features(self) -> torch.Tensor:
+        """The features (N, d) for a matrix-vector product over all rows: on the CPU a column-major copy
+        (strides (1, N)), made once. torch's CPU ``addmv`` reads a column-major matrix about 3× faster than
+        the row-major one (measured: 30k × 254, 1.9 vs 5.7 ms; 214k × 152, 9–12 vs 31–39 ms, one or two
+        threads) — the reference's per-step ``(x − c).norm`` streams the rows as fast as the slow path,
+        so without this the dense step was no faster than the reference's. The pruned path keeps the
+        row-major features: it gathers rows. Costs one more copy of the (projected) features."""
+        if self.features.device.type != "cpu":
+            return self.features
+        if self._columns is None:
+            self._columns = self.features.T.contiguous().T                                  # (N, d), strides (1, N)
+        return self._columns
+
     def _candidate_squared(self, rows: torch.Tensor | None, center: torch.Tensor) -> torch.Tensor:
         """‖x − c‖² for the candidate rows (None: all rows), via ‖x‖² − 2·x·c + ‖c‖² (as "dense")."""
         center_sq = center @ center
         if rows is None:
-            squared = torch.addmv(self.sq_norms, self.features, center, alpha=-2.0)         # (N,)
+            squared = torch.addmv(self.sq_norms, self._matvec_features(), center, alpha=-2.0)   # (N,)
         elif rows.numel() > self.features.shape[0] // 4:
             # Early steps: most points are candidates; one matvec over all rows beats gathering.
-            squared = torch.addmv(self.sq_norms, self.features, center, alpha=-2.0).index_select(0, rows)
+            squared = torch.addmv(self.sq_norms, self._matvec_features(), center,
+                                  alpha=-2.0).index_select(0, rows)
         else:
             # Later steps: gather the few candidate rows, in chunks to bound the (rows, d) block.
             squared = torch.cat([
