@@ -27,8 +27,8 @@ then per step ``torch.linalg.norm(features - center, dim=1, keepdim=True)``, ``t
 
 Data (``--data``, default all three): ``clustered`` (above), ``gaussian`` (``--gaussian-n`` 30k ×
 ``--gaussian-width`` 384 standard normal: the worst case for pruning) and ``real`` (PatchCore's
-efficientnet_lite0 patch features of the first 40, 120 and 209 training images of bottle = 31k, 94k and
-164k rows, from ``--mvtec-root`` / ``ADLEARN_MVTEC_ROOT``; skipped without it). Each of our methods in
+efficientnet_lite0 patch features of the first 40, 120 and 209 training images of bottle = 40k, 122k and
+214k rows, from ``--mvtec-root`` / ``ADLEARN_MVTEC_ROOT``; skipped without it). Each of our methods in
 ``--methods`` (default adaptive, pruned, dense) is timed, with the number of dense and pruned steps it
 took, so the table shows the regime where each wins and that "adaptive" follows the better one.
 
@@ -200,8 +200,9 @@ def time_real_anomalib(python: str, embedding: torch.Tensor, steps: int, threads
 
 # ----------------------------------------------------------------------------- real features
 def real_patch_features(root: Path, category: str, n_images: int) -> torch.Tensor:
-    """PatchCore's training patch features (efficientnet_lite0 blocks.2+blocks.4, 152-d, 28×28 per
-    224-px crop: 784 rows per image) of the first ``n_images`` training images, before the coreset."""
+    """PatchCore's training patch features (efficientnet_lite0 blocks.2+blocks.4, 152-d, 32×32 per
+    256-px image, PatchCore's default input: 1 024 rows per image) of the first ``n_images`` training
+    images, before the coreset."""
     from adlearn.data import MVTecDataset
     from adlearn.models import create
 
@@ -211,7 +212,7 @@ def real_patch_features(root: Path, category: str, n_images: int) -> torch.Tenso
     images = torch.stack([train[i]["image"] for i in range(n_images)])
     model.to_device().eval()
     with torch.no_grad():
-        return torch.cat([model.collect(batch) for batch in images.split(16)])   # (n_images·784, 152)
+        return torch.cat([model.collect(batch) for batch in images.split(16)])   # (n_images·1024, 152)
 
 
 def datasets(args) -> list[tuple[str, torch.Tensor]]:
@@ -262,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mvtec-root", default=os.environ.get("ADLEARN_MVTEC_ROOT"))
     parser.add_argument("--category", default="bottle")
     parser.add_argument("--real-images", default="40,120,209",
-                        help="training images for the real features (784 rows each: 31k, 94k, 164k rows)")
+                        help="training images for the real features (1,024 rows each: 40k, 122k, 214k rows)")
     parser.add_argument("--methods", default="adaptive,pruned,dense", help="our methods to time")
     parser.add_argument("--ratio", type=float, default=0.1)
     parser.add_argument("--baseline-steps", type=int, default=150,
