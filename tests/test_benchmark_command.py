@@ -144,3 +144,11 @@ def test_cells_resume_record_failures_and_time_limits(small_synthetic_root, tmp_
     assert rows[0]["status"] == "timeout" and "0.5 s" in rows[0]["error"]
     benchmark.write_book_page(out, page, "tiny data", "adlearn benchmark ...")
     assert page.read_text().count("## tiny data") == 1
+
+
+def test_figure_plots_cpu_time_when_a_cell_ran_on_a_busy_machine():
+    idle = [{"fit_seconds": 10.0, "fit_cpu_seconds": 9.0, "busy": False}]
+    busy = idle + [{"fit_seconds": 90.0, "fit_cpu_seconds": 20.0, "busy": True}]
+    assert benchmark.fit_time_axis(idle)[0] == "fit_seconds"
+    assert benchmark.fit_time_axis(busy) == ("fit_cpu_seconds", "fit CPU time (s, log scale; cells ran on a shared machine)")
+    assert benchmark.fit_time_axis(busy + [{"fit_seconds": 5.0, "busy": True}])[0] == "fit_seconds"   # no CPU column
