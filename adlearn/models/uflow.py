@@ -20,7 +20,8 @@ The steps, in the order of the paper (Sec. 3, Fig. 2):
    x_s = concat(features_s, up_{s+1}) → ``flow_steps`` `AllInOneBlock`s (subnet Conv(k) → ReLU → Conv(k),
    k = 3 on even steps and 1 on odd ones — ``subnet_kernels=(3, 1)`` cycled over the steps — clamp 2)
    → split the channels: the first ⌊C/8⌋·4 go *up*, the rest are this scale's latent z_s.
-   up_s = depth-to-space (pixel shuffle: 4 channels → 2×2 positions; a permutation, log-det 0). The finest stage's whole output is z_0.
+   up_s = depth-to-space (pixel shuffle: 4 channels → 2×2 positions; a permutation, log-det 0).
+   The finest stage's whole output is z_0.
 3. Loss: mean over the batch of Σ_s ½‖z_s‖² − log|det J| (the negative log-likelihood without its
    constant). Adam (lr 1e-3, weight decay 1e-5), the learning rate falling linearly to 0.4× over 25,000
    steps.
