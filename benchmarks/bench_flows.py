@@ -66,6 +66,9 @@ ANOMALIB_ARGUMENTS = {
     "uflow": ("flow_steps", "affine_clamp", "affine_subnet_channels_ratio", "permute_soft"),
     "csflow": ("cross_conv_hidden_channels", "n_coupling_blocks", "clamp"),
 }
+# What anomalib cannot change, so adlearn's side is set to it (before any --set): U-Flow's coupling subnets
+# alternate 3x3 / 1x1 in anomalib; adlearn's cpu preset uses all-3x3 (`subnet_kernels=(3,)`).
+FIXED_IN_ANOMALIB = {"uflow": {"subnet_kernels": (3, 1)}}
 
 
 # ============================================================================== workers (either venv)
@@ -310,7 +313,8 @@ def prepare_batch(name: str, root: str, category: str, batch_size: int, options:
 
 
 def run_model(name: str, args, guard, workdir: Path) -> dict:
-    options = {"batch_size": args.batch_size, **args.options.get("", {}), **args.options.get(name, {})}
+    options = {"batch_size": args.batch_size, **FIXED_IN_ANOMALIB.get(name, {}), **args.options.get("", {}),
+               **args.options.get(name, {})}
     spec = {"model": name, "threads": args.threads, "seed": args.seed, "warmup": args.warmup,
             "batch": str(workdir / f"{name}_batch.npy"), "options": options}
     spec.update(prepare_batch(name, args.root, args.category, args.batch_size, options, Path(spec["batch"])))

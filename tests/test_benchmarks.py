@@ -111,13 +111,15 @@ def test_flow_side_by_side_driver_prepares_a_batch_and_its_adlearn_worker_answer
         "": {"backbone": "efficientnet_lite0"}, "uflow": {"flow_steps": 1}}
     with pytest.raises(SystemExit, match="not one of"):
         driver.parse_set(["padim.n_features=3"])
-    options = {"backbone": "efficientnet_lite0", "image_size": 64, "flow_steps": 1, "batch_size": 2}
+    options = {"backbone": "efficientnet_lite0", "image_size": 64, "flow_steps": 1, "batch_size": 2,
+               **driver.FIXED_IN_ANOMALIB["uflow"]}          # as run_model sets them: anomalib's 3x3 / 1x1 subnets
     spec = {"model": "uflow", "threads": 1, "seed": 0, "warmup": 1, "batch": str(tmp_path / "batch.npy"),
             "options": options}
     spec.update(driver.prepare_batch("uflow", str(small_synthetic_root), SYNTHETIC_CATEGORIES[0], 2, options,
                                      tmp_path / "batch.npy"))
     # what anomalib gets: the timm names of the stages adlearn reads, and the shared widths
-    assert spec["timm_layers"] == ["blocks.2", "blocks.4", "blocks.6"] and spec["image_size"] == 64
+    assert spec["timm_layers"] == ["blocks.1", "blocks.2", "blocks.4"] and spec["image_size"] == 64   # strides 4/8/16
+    assert spec["adlearn_hparams"]["subnet_kernels"] == [3, 1]   # the preset's all-3x3 overridden for the comparison
     assert spec["anomalib"]["flow_steps"] == 1 and spec["anomalib"]["affine_clamp"] == 2.0
     (tmp_path / "spec.json").write_text(json.dumps(spec))
     env = {**os.environ, "PYTHONPATH": str(BENCHMARKS.parent), "OMP_NUM_THREADS": "1"}

@@ -28,6 +28,8 @@ def test_defaults_follow_the_reference():
             defaults["permute_soft"], defaults["lr"], defaults["weight_decay"], defaults["lr_decay_steps"]) == \
         (4, 2.0, 1.0, False, 1e-3, 1e-5, 25_000)
     assert (defaults["nfa_window"], defaults["nfa_probability_thr"], defaults["nfa_epsilon"]) == (7, 0.5, 1.0)
+    assert defaults["layers"] == ("layer1", "layer2", "layer3")   # the reference's CNN layout (strides 4/8/16)
+    assert defaults["subnet_kernels"] == (3, 1)                    # 3x3 / 1x1 alternating; the cpu preset: all 3x3
     assert (training["max_epochs"], training["patience"]) == (200, 20) and Uflow.scheduler_interval == "step"
 
 
@@ -103,8 +105,9 @@ def trained(datasets_64, tmp_path_factory):
 
 def test_trains_and_predicts_a_map_and_an_nfa_mask(trained, datasets_64):
     model = trained[0]
-    assert model.feature_shapes == [(40, 8, 8), (112, 4, 4), (320, 2, 2)]
-    assert model.flow.latent_channels == [40 + 19, 152 - 76, 160]
+    assert model.feature_shapes == [(24, 16, 16), (40, 8, 8), (112, 4, 4)]      # lite0 strides 4/8/16
+    # coarsest: 112 channels, 56 go up (-> 14 at 2x); middle: 40 + 14 = 54, 24 go up (-> 6); finest: 24 + 6
+    assert model.flow.latent_channels == [24 + 6, 54 - 24, 112 - 56]
     assert model.history.loss[-1] < model.history.loss[0] and model.history.steps == 4
     images = torch.stack([datasets_64[1][i]["image"] for i in range(4)])
     prediction = model.predict(images)

@@ -14,8 +14,8 @@ an anomaly. Two things are new:
 
 The steps, in the order of the paper (Sec. 3, Fig. 2):
 
-1. Features: a frozen CNN's stages (here strides 8/16/32 — each exactly half the size of the previous
-   one), each followed by a learnable ``LayerNorm([C, h, w])``.
+1. Features: a frozen CNN's stages (the reference's CNN layout ``layer1..layer3``, strides 4/8/16 — each
+   exactly half the size of the previous one), each followed by a learnable ``LayerNorm([C, h, w])``.
 2. U-shaped flow (`UShapedFlow`), coarse to fine. At scale s:
    x_s = concat(features_s, up_{s+1}) → ``flow_steps`` `AllInOneBlock`s (subnet Conv(k) → ReLU → Conv(k),
    k = 3 on even steps and 1 on odd ones — ``subnet_kernels=(3, 1)`` cycled over the steps — clamp 2)
@@ -36,10 +36,13 @@ hard permutations, 200 epochs with patience 20 (on a validation set the caller p
 Deliberate differences from the reference:
 
 * Backbone: the reference's default is "MCaiT" (CaiT-M48 at 448 px + CaiT-S24 at 224 px, timm hub
-  weights); here any timm CNN, default ``resnet18`` ``layer2..layer4`` (strides 8/16/32), and the
-  offline ``efficientnet_lite0/1/2`` in the tests and the ``cpu`` preset. The reference's ResNet
-  option takes ``layer1..layer3``; we take the deeper stages because the U-shaped flow needs each
-  stage to halve the previous one (true for both) and the offline backbones' stride-4 stage is thin.
+  weights); here any timm CNN with the reference's CNN layout (``layer1..layer3``), default ``resnet18``,
+  and the offline ``efficientnet_lite0/1/2`` in the tests and the ``cpu`` preset.
+* The ``cpu`` preset (``efficientnet_lite2``, 384 px, all-3×3 subnets, ``subnet_kernels=(3,)``) departs
+  from the reference's 3×3 / 1×1 alternation and its 448-px input: each choice was made on the held-out
+  synthetic-defect validation score (docs/benchmarks.md, "U-Flow"). FastFlow, on the same backbone, is
+  better off with the deeper stages (its stride-4 scale alone is weak); U-Flow's finest scale is
+  conditioned on the coarser ones and profits from the stride-4 detail.
 * The NFA mask is used: ``predict`` returns it, `adlearn.evaluate` reports its pixel F1
   (``pixel_f1_mask``) next to the F1-max of the best threshold chosen with the labels. How scales are
   combined and windows are cut at the border is explained in `adlearn.components.nfa`.
@@ -77,7 +80,7 @@ class UShapedFlow(nn.Module):
             if (h_fine, w_fine) != (2 * h, 2 * w):
                 raise ValueError(f"U-Flow needs each feature scale to be exactly half the previous one, got "
                                  f"{[tuple(s[1:]) for s in shapes]}; use an image size divisible by the largest "
-                                 f"stride (e.g. 256 for strides 8/16/32)")
+                                 f"stride (e.g. 256 for strides 4/8/16 or 8/16/32)")
         self.shapes = [tuple(s) for s in shapes]
         self.stage_channels, self.up_channels = [], []
         arriving = 0                                   # channels coming up from the coarser scale
@@ -141,10 +144,11 @@ class Uflow(TrainedModel):
     # The reference's training (anomalib's Uflow config: 200 epochs, patience 20); LR decays per step.
     training_defaults = {"max_epochs": 200, "patience": 20}
     scheduler_interval = "step"
-    presets = {"cpu": {"backbone": "efficientnet_lite2", "layers": ("layer2", "layer3", "layer4"), "batch_size": 8,
-                       "val_fraction": 0.2, "val_anomalies": "synthetic", "max_epochs": 20, "patience": 3}}
+    presets = {"cpu": {"backbone": "efficientnet_lite2", "layers": ("layer1", "layer2", "layer3"),
+                       "subnet_kernels": (3,), "image_size": 384, "batch_size": 8, "val_fraction": 0.2,
+                       "val_anomalies": "synthetic", "max_epochs": 30, "patience": 3}}
 
-    def __init__(self, backbone: str = "resnet18", layers: tuple[str, ...] = ("layer2", "layer3", "layer4"),
+    def __init__(self, backbone: str = "resnet18", layers: tuple[str, ...] = ("layer1", "layer2", "layer3"),
                  pretrained: str = "auto", flow_steps: int = 4, affine_clamp: float = 2.0,
                  affine_subnet_channels_ratio: float = 1.0, permute_soft: bool = False, lr: float = 1e-3,
                  weight_decay: float = 1e-5, lr_decay_steps: int = 25_000, nfa_window: int = 7,
