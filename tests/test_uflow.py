@@ -163,9 +163,9 @@ def test_cli(small_synthetic_root, tmp_path, capsys):
 @pytest.mark.slow
 @pytest.mark.mvtec
 def test_real_bottle_after_two_epochs(mvtec_bottle_root):
-    # docs/benchmarks.md: the cpu preset (offline efficientnet_lite2, strides 8/16/32) stopped after two epochs
-    # gave image AUROC 0.992 and pixel AUROC 0.927 (seed 0). The targets (0.99 / 0.96) need the
-    # preset's full training, not measured yet.
+    # The cpu preset (offline efficientnet_lite2, strides 4/8/16, all-3x3 subnets, 384 px) stopped after two
+    # epochs: image AUROC 0.964, pixel AUROC 0.843 (seed 0; 83 fit CPU s). Its full training (early stopping
+    # kept epoch 9) meets the targets: 1.000 / 0.961 (docs/benchmarks.md, "U-Flow").
     from adlearn.data import MVTecDataset
     from adlearn.evaluate import fit_and_evaluate
 
@@ -173,5 +173,5 @@ def test_real_bottle_after_two_epochs(mvtec_bottle_root):
     train = MVTecDataset(mvtec_bottle_root, "bottle", "train", transform=model.transform)
     test = MVTecDataset(mvtec_bottle_root, "bottle", "test", transform=model.transform)
     results = fit_and_evaluate(model, train, test)
-    assert results["image_auroc"] >= 0.98 and results["pixel_auroc"] >= 0.91, results
+    assert results["image_auroc"] >= 0.95 and results["pixel_auroc"] >= 0.83, results
     assert 0.0 <= results["pixel_f1_mask"] <= 1.0
