@@ -265,13 +265,28 @@ def test_natural_image_crops_are_seeded_normalised_views():
     assert torch.equal(grey[:, 0], grey[:, 1]) and torch.equal(grey[:, 1], grey[:, 2])
 
 
+def test_distillation_learning_rate_schedules_are_cached_apart(tmp_path, monkeypatch):
+    from adlearn.models.efficient_ad_teacher import distill_teacher
+
+    monkeypatch.setenv("ADLEARN_CACHE", str(tmp_path))
+    with pytest.raises(ValueError, match="lr_schedule"):
+        distill_teacher(lr_schedule="step")
+    options = {"steps": 3, "batch_size": 2, "crop_size": 64, "lr": 1e-3, "verbose": False}
+    cosine, constant = distill_teacher(**options), distill_teacher(lr_schedule="constant", **options)
+    assert "cosine" in cosine.name and "cosine" not in constant.name          # the default: cosine
+    first, second = torch.load(cosine), torch.load(constant)
+    # same start, same crops: only the learning rates of steps 2 and 3 differ (cosine: 0.75 and 0.25 of lr)
+    assert any(not torch.equal(first[k], second[k]) for k in first)
+
+
 def test_distilled_teacher_is_closer_to_the_backbone_than_a_random_pdn(tmp_path, monkeypatch):
     from adlearn.data import NaturalImageCrops
     from adlearn.models.efficient_ad_teacher import distill_teacher, distillation_error
 
     monkeypatch.setenv("ADLEARN_CACHE", str(tmp_path))
-    path, teacher, target = distill_teacher(steps=30, batch_size=4, crop_size=64, lr=1e-3, return_model=True,
-                                            verbose=False)
+    # a short run at a constant learning rate (the default cosine decay spends half of 30 steps below lr / 2)
+    path, teacher, target = distill_teacher(steps=30, batch_size=4, crop_size=64, lr=1e-3, lr_schedule="constant",
+                                            return_model=True, verbose=False)
     held_out = NaturalImageCrops(64, seed=123).sample(12)          # crops the distillation never saw
     torch.manual_seed(0)
     random_pdn = PatchDescriptionNetwork(384, "small").eval()
@@ -279,7 +294,7 @@ def test_distilled_teacher_is_closer_to_the_backbone_than_a_random_pdn(tmp_path,
     predict_zero = float(target(held_out).pow(2).mean())            # the targets' own spread
     assert distilled < 0.95 * predict_zero and distilled < 0.9 * random_error, (distilled, random_error, predict_zero)
     # cached: the second call trains nothing and returns the same file, which loads into a model
-    assert path.is_file() and distill_teacher(steps=30, batch_size=4, crop_size=64, lr=1e-3) == path
+    assert path.is_file() and distill_teacher(steps=30, batch_size=4, crop_size=64, lr=1e-3, lr_schedule="constant") == path
     model = create("efficient_ad", image_size=64, teacher_weights=str(path), device="cpu")
     model.prepare_teacher()
     assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in model.teacher.state_dict().items())

@@ -239,8 +239,8 @@ def efficient_ad_anomaly_map(map_st: torch.Tensor, map_ae: torch.Tensor, quantil
 class EfficientAd(TrainedModel):
     # The reference's training: 70 000 steps (at most 200 epochs), batch size 1.
     training_defaults = {"max_steps": 70_000, "max_epochs": 200}
-    # cpu: 1 800 steps at 128 px fill the 30-minutes-on-2-cores budget (≈ 50 CPU-minutes); on the real
-    # bottle they gave image / pixel AUROC 0.960 / 0.930 (800 steps: 0.949 / 0.902; docs/benchmarks.md).
+    # cpu: 1 800 steps at 128 px fit the 30-minutes-on-2-cores budget (35–50 CPU-minutes); measured figures
+    # with each distilled teacher are in docs/benchmarks.md ("EfficientAD on the real bottle").
     # The paper trains 70 000 steps at 256 px.
     presets = {"cpu": {"image_size": 128, "max_steps": 1800, "val_fraction": 0.1}}
     scheduler_interval = "step"
