@@ -149,10 +149,10 @@ def side_by_side(args) -> dict:
     sys.path.insert(0, str(BENCH_DIR.parent))
     from adlearn.machine import LoadGuard
     from adlearn.models.efficient_ad import PatchDescriptionNetwork
-    from adlearn.models.efficient_ad_teacher import teacher_cache_path
+    from adlearn.models.efficient_ad_teacher import default_teacher_path
 
     guard = LoadGuard(allow_busy=args.allow_busy, threshold=args.busy_threshold)
-    teacher = args.teacher or teacher_cache_path("small", "efficientnet_lite0", 384, 400, 128, 0)
+    teacher = args.teacher or default_teacher_path("small")
     with tempfile.TemporaryDirectory() as tmp:
         if Path(teacher).is_file():
             weights = f"distilled teacher {Path(teacher).name}"

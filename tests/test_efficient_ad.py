@@ -266,7 +266,7 @@ def test_natural_image_crops_are_seeded_normalised_views():
 
 
 def test_distillation_learning_rate_schedules_are_cached_apart(tmp_path, monkeypatch):
-    from adlearn.models.efficient_ad_teacher import distill_teacher
+    from adlearn.models.efficient_ad_teacher import default_teacher_path, distill_teacher
 
     monkeypatch.setenv("ADLEARN_CACHE", str(tmp_path))
     with pytest.raises(ValueError, match="lr_schedule"):
@@ -274,6 +274,10 @@ def test_distillation_learning_rate_schedules_are_cached_apart(tmp_path, monkeyp
     options = {"steps": 3, "batch_size": 2, "crop_size": 64, "lr": 1e-3, "verbose": False}
     cosine, constant = distill_teacher(**options), distill_teacher(lr_schedule="constant", **options)
     assert "cosine" in cosine.name and "cosine" not in constant.name          # the default: cosine
+    # the benchmarks find the teacher "auto" uses: a file at default_teacher_path is what distill_teacher returns
+    default = default_teacher_path("small")
+    default.write_bytes(b"")
+    assert distill_teacher("small") == default and "700steps_cosine_128px" in default.name
     first, second = torch.load(cosine), torch.load(constant)
     # same start, same crops: only the learning rates of steps 2 and 3 differ (cosine: 0.75 and 0.25 of lr)
     assert any(not torch.equal(first[k], second[k]) for k in first)

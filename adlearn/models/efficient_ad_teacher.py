@@ -32,6 +32,7 @@ for the same reason).
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
 from pathlib import Path
@@ -91,6 +92,13 @@ def teacher_cache_path(model_size: str, backbone: str, out_channels: int, steps:
                                           f"{crop_size}px_seed{seed}.pt"
 
 
+def default_teacher_path(model_size: str = "small") -> Path:
+    """Where `distill_teacher` with its defaults caches the teacher (what ``teacher_weights="auto"`` loads)."""
+    defaults = {k: p.default for k, p in inspect.signature(distill_teacher).parameters.items()}
+    return teacher_cache_path(model_size, defaults["backbone"], defaults["out_channels"], defaults["steps"],
+                              defaults["crop_size"], defaults["seed"], defaults["lr_schedule"])
+
+
 def distillation_error(teacher: PatchDescriptionNetwork, target: DistillationTarget, crops: torch.Tensor) -> float:
     """Mean squared error between the PDN's output and the (normalised) target on ``crops``."""
     with torch.no_grad():
@@ -132,7 +140,9 @@ def distill_teacher(model_size: str = "small", backbone: str = "efficientnet_lit
     crops = NaturalImageCrops(crop_size, seed=seed)
     crops.sample(max(32, 4 * batch_size))                 # the views the statistics used: train on new ones
     optimizer = torch.optim.Adam(teacher.parameters(), lr=lr)
-    decay = (lambda step: 0.5 * (1.0 + math.cos(math.pi * step / steps))) if lr_schedule == "cosine" else (lambda step: 1.0)
+    def decay(step: int) -> float:                       # the learning rate's factor after `step` updates
+        return 0.5 * (1.0 + math.cos(math.pi * step / steps)) if lr_schedule == "cosine" else 1.0
+
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, decay)
     start, log_every = time.perf_counter(), max(1, steps // 10)
     for step in range(1, steps + 1):

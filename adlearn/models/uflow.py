@@ -40,7 +40,7 @@ Deliberate differences from the reference:
   and the offline ``efficientnet_lite0/1/2`` in the tests and the ``cpu`` preset.
 * The ``cpu`` preset (``efficientnet_lite2``, 384 px, all-3×3 subnets, ``subnet_kernels=(3,)``) departs
   from the reference's 3×3 / 1×1 alternation and its 448-px input: each choice was made on the held-out
-  synthetic-defect validation score (docs/benchmarks.md, "U-Flow"). FastFlow, on the same backbone, is
+  synthetic-defect validation score, 384 against 448 px a tie settled by cost (docs/benchmarks.md, "U-Flow"). FastFlow, on the same backbone, is
   better off with the deeper stages (its stride-4 scale alone is weak); U-Flow's finest scale is
   conditioned on the coarser ones and profits from the stride-4 detail.
 * The NFA mask is used: ``predict`` returns it, `adlearn.evaluate` reports its pixel F1
@@ -144,9 +144,8 @@ class Uflow(TrainedModel):
     # The reference's training (anomalib's Uflow config: 200 epochs, patience 20); LR decays per step.
     training_defaults = {"max_epochs": 200, "patience": 20}
     scheduler_interval = "step"
-    presets = {"cpu": {"backbone": "efficientnet_lite2", "layers": ("layer1", "layer2", "layer3"),
-                       "subnet_kernels": (3,), "image_size": 384, "batch_size": 8, "val_fraction": 0.2,
-                       "val_anomalies": "synthetic", "max_epochs": 30, "patience": 3}}
+    presets = {"cpu": {"backbone": "efficientnet_lite2", "subnet_kernels": (3,), "image_size": 384, "batch_size": 8,
+                       "val_fraction": 0.2, "val_anomalies": "synthetic", "max_epochs": 30, "patience": 3}}
 
     def __init__(self, backbone: str = "resnet18", layers: tuple[str, ...] = ("layer1", "layer2", "layer3"),
                  pretrained: str = "auto", flow_steps: int = 4, affine_clamp: float = 2.0,
