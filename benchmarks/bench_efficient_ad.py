@@ -23,6 +23,19 @@
 
     .venv/bin/python benchmarks/bench_efficient_ad.py --side-by-side --json build/bench/effad_side.json   # ≈ 3 min
 
+* ``--accuracy``: image and pixel AUROC of both libraries after the same number of training steps
+  (``--steps``, default 209 = one epoch of the bottle's training images, so that anomalib's per-epoch
+  validation — where it computes its map quantiles — runs exactly at the end) at 256 px, seed 0, both
+  sides at once (one process each, ``--threads`` each). Both PDN teachers hold our distilled teacher
+  (anomalib's ``prepare_pretrained_model`` would download the official weights); anomalib's penalty
+  stream reads ``--natural-views`` random views of the installed photographs, written as an
+  ImageFolder in place of its Imagenette download. Each side keeps its own recipe otherwise: ours the
+  ``cpu`` preset's (map quantiles from 10 % held-out training images, Adam decay at 95 %), anomalib's
+  (map quantiles from its validation split, which is the test split by default). AUROC computed by
+  adlearn's metrics on both sides' raw outputs.
+
+    ADLEARN_MVTEC_ROOT=... .venv/bin/python benchmarks/bench_efficient_ad.py --accuracy --json effad_acc.json
+
 The figures go to docs/benchmarks.md with the command that made them.
 """
 
@@ -171,6 +184,135 @@ def side_by_side(args) -> dict:
     return result
 
 
+# ----------------------------------------------------------------------------- --accuracy
+def accuracy_adlearn_side(spec: dict, out: Path) -> int:
+    """Our EfficientAD-S at 256 px for ``steps`` steps (the ``cpu`` preset's other options), scored on the test split."""
+    import numpy as np
+
+    sys.path.insert(0, str(BENCH_DIR.parent))
+    from adlearn.data import MVTecDataset
+    from adlearn.evaluate import collect_predictions
+    from adlearn.models import create
+
+    torch.set_num_threads(spec["threads"])
+    model = create("efficient_ad", preset="cpu", image_size=SIDE_BY_SIDE_SIZE, max_steps=spec["steps"],
+                   teacher_weights=spec["teacher"], seed=spec["seed"], device="cpu")
+    train = MVTecDataset(spec["root"], spec["category"], "train", transform=model.transform)
+    test = MVTecDataset(spec["root"], spec["category"], "test", transform=model.transform)
+    began = (time.perf_counter(), time.process_time())
+    model.fit(train, progress=False)
+    fit = (time.perf_counter() - began[0], time.process_time() - began[1])
+    predictions = collect_predictions(model, test)
+    report = {"side": "adlearn", "steps": model.history.steps, "n_train": len(train), "n_test": len(test),
+              "fit_s": fit[0], "fit_cpu_s": fit[1], "threads": torch.get_num_threads(),
+              "map_normalisation": "quantiles of held-out training images (val_fraction 0.1 of the cpu preset)"}
+    out.write_text(json.dumps(report, indent=1))
+    np.savez(out.with_suffix(".npz"), pred_score=predictions["pred_scores"], anomaly_map=predictions["anomaly_maps"],
+             gt_label=predictions["labels"], gt_mask=predictions["masks"] > 0.5)
+    return 0
+
+
+def accuracy_anomalib_side(spec: dict, out: Path) -> int:
+    """In anomalib's venv: its EfficientAd (small) trained by ``Engine.fit`` for ``steps`` steps, our teacher
+    in its PDN (its ``prepare_pretrained_model`` would download the official one), our natural-image
+    views as its ImageNette folder (it would download Imagenette), then ``Engine.predict`` on the test split."""
+    import logging
+    import warnings
+
+    import numpy as np
+
+    import _anomalib
+    from anomalib.engine import Engine
+    from anomalib.models import EfficientAd
+    from lightning.pytorch import seed_everything
+
+    warnings.filterwarnings("ignore")
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    torch.set_num_threads(spec["threads"])
+    seed_everything(spec["seed"], verbose=False)
+    model = EfficientAd(model_size="small", imagenet_dir=spec["imagenet_dir"], visualizer=False)
+    teacher_state = torch.load(spec["teacher"], map_location="cpu", weights_only=True)
+    model.prepare_pretrained_model = lambda: model.model.teacher.load_state_dict(teacher_state)
+    datamodule = _anomalib.make_datamodule(spec["root"], spec["category"], 1, 0, spec["seed"])
+    _, RawOutputs = _anomalib._lightning_callbacks()
+    raw = RawOutputs()
+    with tempfile.TemporaryDirectory(prefix="anomalib-bench-") as workdir:
+        engine = Engine(callbacks=[raw], accelerator="cpu", devices=1, logger=False, default_root_dir=workdir,
+                        enable_model_summary=False, enable_progress_bar=False, max_steps=spec["steps"], max_epochs=-1)
+        began = _anomalib.clock()
+        engine.fit(model=model, datamodule=datamodule)
+        fit = _anomalib.since(began)
+        engine.predict(model=model, dataloaders=datamodule.test_dataloader())
+    import anomalib
+
+    report = {"side": "anomalib", "anomalib_version": anomalib.__version__, "steps": int(engine.trainer.global_step),
+              "n_train": len(datamodule.train_data), "n_test": len(datamodule.test_data), "fit_s": fit[0],
+              "fit_cpu_s": fit[1], "threads": torch.get_num_threads(),
+              "map_normalisation": "quantiles of its validation split (anomalib's default: the test images)"}
+    out.write_text(json.dumps(report, indent=1))
+    np.savez(out.with_suffix(".npz"), **raw.arrays())
+    return 0
+
+
+def write_natural_image_folder(folder: Path, count: int, size: int) -> None:
+    """``count`` random views of the installed photographs (``NaturalImageCrops``, seed 1) as PNGs in
+    ImageFolder layout (``folder/natural/*.png``): anomalib's penalty stream reads them in place of Imagenette."""
+    from PIL import Image
+
+    sys.path.insert(0, str(BENCH_DIR.parent))
+    from adlearn.data import NaturalImageCrops
+
+    (folder / "natural").mkdir(parents=True, exist_ok=True)
+    crops = NaturalImageCrops(size, seed=1, normalize=False)
+    for index in range(count):
+        array = (crops.view().permute(1, 2, 0).numpy() * 255).round().astype("uint8")
+        Image.fromarray(array).save(folder / "natural" / f"{index:04d}.png")
+
+
+def accuracy(args) -> dict:
+    """Both sides at once (one process each, ``--threads`` each) at 256 px for ``--steps`` steps."""
+    import subprocess
+
+    import numpy as np
+
+    sys.path.insert(0, str(BENCH_DIR.parent))
+    from adlearn.machine import machine_info
+    from adlearn.metrics import image_auroc, pixel_auroc
+    from adlearn.models.efficient_ad_teacher import default_teacher_path
+
+    teacher = Path(args.teacher or default_teacher_path("small"))
+    if not teacher.is_file():
+        raise SystemExit(f"no distilled teacher at {teacher}: run distill_teacher('small') first (≈ 37 CPU-min)")
+    root = args.root or os.environ.get("ADLEARN_MVTEC_ROOT")
+    if not root:
+        raise SystemExit("--accuracy needs --root (or ADLEARN_MVTEC_ROOT): an MVTec-layout folder")
+    work = Path(tempfile.mkdtemp(prefix="effad-accuracy-"))
+    write_natural_image_folder(work / "imagenette", args.natural_views, 2 * SIDE_BY_SIDE_SIZE)
+    spec = {"root": str(root), "category": args.category, "steps": args.steps, "seed": args.seed,
+            "threads": args.threads, "teacher": str(teacher), "imagenet_dir": str(work / "imagenette")}
+    (work / "spec.json").write_text(json.dumps(spec))
+    sides = {"adlearn": sys.executable, "anomalib": args.anomalib_python}
+    running = {side: subprocess.Popen([python, __file__, "--accuracy-side", side, str(work / "spec.json"),
+                                       str(work / f"{side}.json")], cwd=BENCH_DIR.parent,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+               for side, python in sides.items()}
+    result = {"steps": args.steps, "image_size": SIDE_BY_SIDE_SIZE, "seed": args.seed, "teacher": teacher.name,
+              "machine": machine_info()}
+    for side, process in running.items():
+        log = process.communicate()[0]
+        if process.returncode:
+            raise RuntimeError(f"{side} side failed:\n{log[-3000:]}")
+        report = json.loads((work / f"{side}.json").read_text())
+        with np.load(work / f"{side}.npz") as data:
+            arrays = {key: data[key] for key in data.files}
+        report.update(image_auroc=image_auroc(arrays["gt_label"], arrays["pred_score"]),
+                      pixel_auroc=pixel_auroc(arrays["gt_mask"].astype(bool), arrays["anomaly_map"]))
+        result[side] = report
+        print(f"{side:9s} steps {report['steps']:5d}  image AUROC {report['image_auroc']:.3f}  pixel AUROC "
+              f"{report['pixel_auroc']:.3f}  fit {report['fit_cpu_s']:.0f} CPU-s", flush=True)
+    return result
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--threads", type=int, default=1)
@@ -192,10 +334,29 @@ def main(argv=None) -> int:
     parser.add_argument("--anomalib-python", default=ANOMALIB_PYTHON)
     parser.add_argument("--allow-busy", action="store_true", help="--side-by-side: report ratios under load")
     parser.add_argument("--busy-threshold", type=float, default=None)
+    parser.add_argument("--accuracy", action="store_true",
+                        help="image/pixel AUROC of both libraries after --steps steps at 256 px on --root/--category")
+    parser.add_argument("--steps", type=int, default=209, help="--accuracy: training steps (209 = one bottle epoch)")
+    parser.add_argument("--root", help="--accuracy: MVTec-layout root (default: $ADLEARN_MVTEC_ROOT)")
+    parser.add_argument("--category", default="bottle")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--natural-views", type=int, default=400,
+                        help="--accuracy: natural-image views written for anomalib's penalty stream")
     parser.add_argument("--worker", nargs=2, metavar=("SIDE", "SPEC"), help=argparse.SUPPRESS)
+    parser.add_argument("--accuracy-side", nargs=3, metavar=("SIDE", "SPEC", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         return side_by_side_worker(*args.worker)
+    if args.accuracy_side:
+        side, spec, out = args.accuracy_side
+        run_side = accuracy_adlearn_side if side == "adlearn" else accuracy_anomalib_side
+        return run_side(json.loads(Path(spec).read_text()), Path(out))
+    if args.accuracy:
+        result = accuracy(args)
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps({"accuracy": result}, indent=1))
+        return 0
     if args.side_by_side:
         result = side_by_side(args)
         if args.json:

@@ -127,6 +127,27 @@ def test_evaluate_reports_the_f1_of_the_nfa_mask(trained, datasets_64):
     assert 0.0 <= results["pixel_f1_mask"] <= 1.0 and results["pixel_f1max"] is not None
 
 
+def test_blurred_map_is_the_raw_map_through_a_gaussian_blur(trained, datasets_64):
+    """``blur_sigma`` (the cpu preset's smoothing): predict rebuilt from the parts, against SciPy's Gaussian filter."""
+    from scipy.ndimage import gaussian_filter
+
+    model = trained[0]
+    images = torch.stack([datasets_64[1][i]["image"] for i in range(2)])
+    blurred = create("uflow", backbone=BACKBONE, pretrained="none", image_size=64, flow_steps=2, blur_sigma=2.0,
+                     device="cpu")
+    missing, unexpected = blurred.load_state_dict(model.state_dict(), strict=False)
+    assert not unexpected and missing and all(key.startswith("blur.") for key in missing)   # the kernel only
+    blurred._is_fitted.fill_(True)
+    raw, smooth = model.predict(images), blurred.predict(images)
+    assert model.blur is None                                        # the reference's default: no blur
+    expected = np.stack([gaussian_filter(m, sigma=2.0, mode="mirror", truncate=4.0) for m in raw.anomaly_map.numpy()])
+    np.testing.assert_allclose(smooth.anomaly_map.numpy(), expected, atol=1e-5)
+    torch.testing.assert_close(smooth.pred_score, smooth.anomaly_map.flatten(1).amax(1))
+    assert torch.equal(smooth.pred_mask, raw.pred_mask)              # the NFA mask reads the latents, not the map
+    with pytest.raises(ValueError, match="blur_sigma"):
+        create("uflow", backbone=BACKBONE, pretrained="none", image_size=64, blur_sigma=-1.0, device="cpu")
+
+
 def test_save_load_identical(trained, datasets_64, tmp_path):
     model, checkpoint = trained
     images = torch.stack([datasets_64[1][i]["image"] for i in range(3)])
