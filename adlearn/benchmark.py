@@ -193,8 +193,9 @@ def run_benchmark(models: list[str], categories: list[str], seeds: list[int], ou
     cells = [(m, c, s) for m in models for c in categories for s in seeds]
     specs = {cell: json.loads(json.dumps({
         "model": cell[0], "category": cell[1], "seed": cell[2], "root": str(root) if root else None,
-        "preset": preset, "device": device, "image_size": image_size, "backbone": backbone, "set": options,
-        "threads": threads, "max_train": max_train}, default=str)) for cell in cells}
+        "preset": preset, "preset_options": preset_options(cell[0], preset), "device": device,
+        "image_size": image_size, "backbone": backbone, "set": options, "threads": threads,
+        "max_train": max_train}, default=str)) for cell in cells}
     todo = [cell for cell in cells if not _finished(out, cell, specs[cell], retry_failed)]
     guard = LoadGuard(allow_busy=allow_busy, threshold=busy_threshold)
     bar = _progress(len(cells), len(cells) - len(todo), progress)
@@ -217,8 +218,18 @@ def run_benchmark(models: list[str], categories: list[str], seeds: list[int], ou
     return rows
 
 
+def preset_options(model: str, preset: str | None) -> dict | None:
+    """What ``preset`` sets for ``model`` (recorded in each cell: a preset edited later makes its cells stale)."""
+    if preset is None:
+        return None
+    from adlearn.models import get_model_class
+
+    return dict(getattr(get_model_class(model), "presets", {}).get(preset, {}))
+
+
 def _finished(out: Path, cell: tuple, spec: dict, retry_failed: bool) -> bool:
-    """Has this cell a result from the same configuration? (One from another is an error, not a skip.)"""
+    """Has this cell a result from the same configuration? (One from other settings is an error, not a skip;
+    one from an earlier version of the same preset is stale: it runs again.)"""
     path = out / CELLS / f"{cell_key(*cell)}.json"
     if not path.is_file():
         return False
@@ -228,6 +239,10 @@ def _finished(out: Path, cell: tuple, spec: dict, retry_failed: bool) -> bool:
         return False  # a torn file: run the cell again
     if row.get("spec") not in (None, spec):
         changed = sorted(k for k in spec if row["spec"].get(k) != spec[k])
+        if changed == ["preset_options"]:
+            print(f"{path.name}: the {spec['preset']!r} preset of {spec['model']} changed since this cell ran "
+                  f"(now {spec['preset_options']}): running it again", file=sys.stderr)
+            return False
         raise ValueError(f"{path} was computed with other settings ({', '.join(changed)} differ): use another "
                          f"--out for this configuration, or delete {out / CELLS} to start over")
     return row.get("status") == "ok" or not retry_failed

@@ -152,3 +152,22 @@ def test_figure_plots_cpu_time_when_a_cell_ran_on_a_busy_machine():
     assert benchmark.fit_time_axis(idle)[0] == "fit_seconds"
     assert benchmark.fit_time_axis(busy) == ("fit_cpu_seconds", "fit CPU time (s, log scale; cells ran on a shared machine)")
     assert benchmark.fit_time_axis(busy + [{"fit_seconds": 5.0, "busy": True}])[0] == "fit_seconds"   # no CPU column
+
+
+def test_a_cell_from_an_edited_preset_runs_again(tmp_path, capsys):
+    from adlearn.models import get_model_class
+
+    cell = ("uflow", "bottle", 0)
+    spec = {"model": "uflow", "category": "bottle", "seed": 0, "preset": "cpu",
+            "preset_options": json.loads(json.dumps(benchmark.preset_options("uflow", "cpu")))}
+    assert spec["preset_options"]["image_size"] == get_model_class("uflow").presets["cpu"]["image_size"]
+    assert benchmark.preset_options("uflow", None) is None
+    (tmp_path / "cells").mkdir()
+    path = tmp_path / "cells" / f"{benchmark.cell_key(*cell)}.json"
+    path.write_text(json.dumps({"status": "ok", "spec": spec}))
+    assert benchmark._finished(tmp_path, cell, spec, retry_failed=False)                 # same preset: done
+    edited = {**spec, "preset_options": {**spec["preset_options"], "blur_sigma": 99.0}}
+    assert not benchmark._finished(tmp_path, cell, edited, retry_failed=False)          # edited preset: stale
+    assert "changed since this cell ran" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=r"settings \(preset_options, seed"):             # anything else: an error
+        benchmark._finished(tmp_path, cell, {**edited, "seed": 1}, retry_failed=False)
