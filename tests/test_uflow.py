@@ -184,9 +184,9 @@ def test_cli(small_synthetic_root, tmp_path, capsys):
 @pytest.mark.slow
 @pytest.mark.mvtec
 def test_real_bottle_after_two_epochs(mvtec_bottle_root):
-    # The cpu preset (offline efficientnet_lite2, strides 4/8/16, all-3x3 subnets, 384 px) stopped after two
-    # epochs: image AUROC 0.964, pixel AUROC 0.843 (seed 0; 83 fit CPU s). Its full training: 1.000 / 0.961 for
-    # seed 0 (kept epoch 9), 0.990 / 0.942 over seeds 0-2 (docs/benchmarks.md, "U-Flow").
+    # The cpu preset (offline efficientnet_lite2, strides 4/8/16, all-3x3 subnets, 384 px, map blur σ = 6) stopped
+    # after two epochs: image AUROC 0.966, pixel AUROC 0.884 (seed 0; 139 fit CPU s, shared machine; 0.964 / 0.843
+    # without the blur). Its full training: 0.998 / 0.952 over seeds 0-2 (docs/benchmarks.md, "U-Flow").
     from adlearn.data import MVTecDataset
     from adlearn.evaluate import fit_and_evaluate
 
@@ -194,5 +194,5 @@ def test_real_bottle_after_two_epochs(mvtec_bottle_root):
     train = MVTecDataset(mvtec_bottle_root, "bottle", "train", transform=model.transform)
     test = MVTecDataset(mvtec_bottle_root, "bottle", "test", transform=model.transform)
     results = fit_and_evaluate(model, train, test)
-    assert results["image_auroc"] >= 0.95 and results["pixel_auroc"] >= 0.83, results
+    assert results["image_auroc"] >= 0.95 and results["pixel_auroc"] >= 0.87, results
     assert 0.0 <= results["pixel_f1_mask"] <= 1.0
