@@ -271,13 +271,7 @@ def write_natural_image_folder(folder: Path, count: int, size: int) -> None:
 
 def accuracy(args) -> dict:
     """Both sides at once (one process each, ``--threads`` each) at 256 px for ``--steps`` steps."""
-    import subprocess
-
-    import numpy as np
-
     sys.path.insert(0, str(BENCH_DIR.parent))
-    from adlearn.machine import machine_info
-    from adlearn.metrics import image_auroc, pixel_auroc
     from adlearn.models.efficient_ad_teacher import default_teacher_path
 
     teacher = Path(args.teacher or default_teacher_path("small"))
@@ -286,7 +280,19 @@ def accuracy(args) -> dict:
     root = args.root or os.environ.get("ADLEARN_MVTEC_ROOT")
     if not root:
         raise SystemExit("--accuracy needs --root (or ADLEARN_MVTEC_ROOT): an MVTec-layout folder")
-    work = Path(tempfile.mkdtemp(prefix="effad-accuracy-"))
+    with tempfile.TemporaryDirectory(prefix="effad-accuracy-") as tmp:    # the natural views: ≈ 150 MB
+        return accuracy_in(Path(tmp), args, teacher, root)
+
+
+def accuracy_in(work: Path, args, teacher: Path, root: str) -> dict:
+    """`accuracy`'s run inside the scratch folder ``work`` (spec, natural views, each side's report and arrays)."""
+    import subprocess
+
+    import numpy as np
+
+    from adlearn.machine import machine_info
+    from bench_cfa import aurocs
+
     write_natural_image_folder(work / "imagenette", args.natural_views, 2 * SIDE_BY_SIDE_SIZE)
     spec = {"root": str(root), "category": args.category, "steps": args.steps, "seed": args.seed,
             "threads": args.threads, "teacher": str(teacher), "imagenet_dir": str(work / "imagenette")}
@@ -305,8 +311,7 @@ def accuracy(args) -> dict:
         report = json.loads((work / f"{side}.json").read_text())
         with np.load(work / f"{side}.npz") as data:
             arrays = {key: data[key] for key in data.files}
-        report.update(image_auroc=image_auroc(arrays["gt_label"], arrays["pred_score"]),
-                      pixel_auroc=pixel_auroc(arrays["gt_mask"].astype(bool), arrays["anomaly_map"]))
+        report.update(aurocs(arrays))
         result[side] = report
         print(f"{side:9s} steps {report['steps']:5d}  image AUROC {report['image_auroc']:.3f}  pixel AUROC "
               f"{report['pixel_auroc']:.3f}  fit {report['fit_cpu_s']:.0f} CPU-s", flush=True)
@@ -351,18 +356,13 @@ def main(argv=None) -> int:
         side, spec, out = args.accuracy_side
         run_side = accuracy_adlearn_side if side == "adlearn" else accuracy_anomalib_side
         return run_side(json.loads(Path(spec).read_text()), Path(out))
-    if args.accuracy:
-        result = accuracy(args)
-        if args.json:
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps({"accuracy": result}, indent=1))
-        return 0
-    if args.side_by_side:
-        result = side_by_side(args)
-        if args.json:
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps({"side_by_side": result}, indent=1))
-        return 0
+    for mode, run in (("accuracy", accuracy), ("side_by_side", side_by_side)):
+        if getattr(args, mode):
+            result = run(args)
+            if args.json:
+                args.json.parent.mkdir(parents=True, exist_ok=True)
+                args.json.write_text(json.dumps({mode: result}, indent=1))
+            return 0
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     skip = set(filter(None, args.skip.split(",")))

@@ -39,10 +39,9 @@ Deliberate differences from the reference:
 * Backbone: the reference's default is "MCaiT" (CaiT-M48 at 448 px + CaiT-S24 at 224 px, timm hub
   weights); here any timm CNN with the reference's CNN layout (``layer1..layer3``), default ``resnet18``,
   and the offline ``efficientnet_lite0/1/2`` in the tests and the ``cpu`` preset.
-* The ``cpu`` preset (``efficientnet_lite2``, 384 px, all-3×3 subnets, ``subnet_kernels=(3,)``, map blur
-  σ = 6) departs from the reference's 3×3 / 1×1 alternation and its 448-px input: each choice was made on
-  the held-out synthetic-defect validation score, 384 against 448 px a tie settled by cost
-  (docs/benchmarks.md, "U-Flow"). FastFlow, on the same backbone, is better off with the deeper stages
+* The ``cpu`` preset (``efficientnet_lite2``, 384 px, all-3×3 subnets, ``subnet_kernels=(3,)``) departs
+  from the reference's 3×3 / 1×1 alternation and its 448-px input: each choice was made on the held-out
+  synthetic-defect validation score, 384 against 448 px a tie settled by cost (docs/benchmarks.md, "U-Flow"). FastFlow, on the same backbone, is better off with the deeper stages
   (its stride-4 scale alone is weak); U-Flow's finest scale is conditioned on the coarser ones and profits
   from the stride-4 detail.
 * The ``cpu`` preset also smooths the map (``blur_sigma=6``: PaDiM's and PatchCore's σ = 4 at 256 px, scaled to
@@ -149,8 +148,7 @@ class Uflow(TrainedModel):
     # The reference's training (anomalib's Uflow config: 200 epochs, patience 20); LR decays per step.
     training_defaults = {"max_epochs": 200, "patience": 20}
     scheduler_interval = "step"
-    # cpu: each choice made on the held-out synthetic-defect validation score (docs/benchmarks.md, "U-Flow");
-    # blur σ = 6 px at 384 px is the family's σ = 4 at 256 px.
+    # cpu: each choice made on the held-out synthetic-defect validation score (docs/benchmarks.md, "U-Flow").
     presets = {"cpu": {"backbone": "efficientnet_lite2", "subnet_kernels": (3,), "image_size": 384, "blur_sigma": 6.0,
                        "batch_size": 8, "val_fraction": 0.2, "val_anomalies": "synthetic", "max_epochs": 30,
                        "patience": 3}}
