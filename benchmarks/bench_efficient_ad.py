@@ -204,15 +204,14 @@ def accuracy_adlearn_side(spec: dict, out: Path) -> int:
                    teacher_weights=spec["teacher"], seed=spec["seed"], device="cpu", **options)
     train = MVTecDataset(spec["root"], spec["category"], "train", transform=model.transform)
     test = MVTecDataset(spec["root"], spec["category"], "test", transform=model.transform)
+    # from_test: anomalib's default recipe, all training images and the quantiles of the test split's normal
+    # images; the test split is only *watched* (restore_best=False): it never chooses the weights
+    validation = {"val_data": test, "restore_best": False} if from_test else {}
     began = (time.perf_counter(), time.process_time())
-    if from_test:   # anomalib's default recipe: all training images, quantiles of the test split's normal images;
-        # the test split is only *watched* (restore_best=False): it never chooses the weights
-        model.fit(train, val_data=test, restore_best=False, progress=False)
-    else:
-        model.fit(train, progress=False)
+    model.fit(train, progress=False, **validation)
     fit = (time.perf_counter() - began[0], time.process_time() - began[1])
     predictions = collect_predictions(model, test)
-    held_out = 0 if from_test else int(len(train) * model.train_config.val_fraction)    # as adlearn.data.hold_out
+    held_out = int(len(train) * model.train_config.val_fraction)            # as adlearn.data.hold_out
     report = {"side": "adlearn", "steps": model.history.steps, "n_train": len(train) - held_out,
               "n_test": len(test), "fit_s": fit[0], "fit_cpu_s": fit[1], "threads": torch.get_num_threads(),
               "map_normalisation": "quantiles of the test split's normal images (as anomalib)" if from_test else
