@@ -245,14 +245,20 @@ def comparable(text: str) -> str:
 # Waits until MathJax has typeset the page (or says why not): MathJax 3 sets MathJax.startup.promise
 # once its script has run; before that window.MathJax is only the configuration object.
 WAIT_FOR_MATH = """
+const expected = arguments[0];
 const done = arguments[arguments.length - 1];
 const start = Date.now();
 (function poll() {
+  // Decide only on the page we asked for, once its document has fully loaded: a check made while
+  // Chromium still shows the previous page (or a half-parsed one) would see no math at all.
+  const here = document.readyState === "complete" && location.pathname === new URL(expected).pathname;
   const mj = window.MathJax;
-  if (mj && mj.startup && mj.startup.promise) {
+  if (here && mj && mj.startup && mj.startup.promise) {
     mj.startup.promise.then(() => done("typeset"), (error) => done("MathJax failed: " + error));
-  } else if (!document.querySelector(".math") || Date.now() - start > 20000) {
-    done(document.querySelector(".math") ? "MathJax never loaded" : "no math");
+  } else if (here && !document.querySelector(".math")) {
+    done("no math");
+  } else if (Date.now() - start > 20000) {
+    done(here ? "MathJax never loaded" : "the page did not finish loading in 20 s (" + location.href + ")");
   } else {
     setTimeout(poll, 100);
   }
@@ -292,7 +298,7 @@ def check_page(driver, base_url: str, page: str, title: str, needs_figure: bool)
     problems = []
     try:
         driver.get(url)
-        typeset = driver.execute_async_script(WAIT_FOR_MATH)
+        typeset = driver.execute_async_script(WAIT_FOR_MATH, url)
     except Exception as error:  # a timeout or a crashed tab: report it with the page
         return [f"{page}: did not load in Chromium ({type(error).__name__}: {error})"], 0
     dom = driver.page_source
@@ -370,7 +376,7 @@ def _screenshot(driver, url: str, path: Path, selectors: tuple[str, ...], offset
     """Open ``url``, wait for its math, scroll the first element matching one of ``selectors`` to the
     top (less ``offset`` px), save a PNG."""
     driver.get(url)
-    driver.execute_async_script(WAIT_FOR_MATH)
+    driver.execute_async_script(WAIT_FOR_MATH, url)
     driver.execute_script("""
         for (const selector of arguments[0]) {
           const element = document.querySelector(selector);
