@@ -334,6 +334,34 @@ def test_synthetic_anomalies_make_held_out_normal_images_a_labelled_pixel_level_
         SyntheticAnomalies(ToyData(1))
 
 
+def test_paired_synthetic_anomalies_keep_every_image_clean_and_add_k_different_defects():
+    from adlearn.train import SyntheticAnomalies
+
+    normal = ToyData(3)
+    paired = SyntheticAnomalies(normal, seed=0, defects_per_image=2)
+    assert [item["label"] for item in paired] == [0, 1, 1] * 3                  # clean, defect 1, defect 2 per image
+    for index in range(3):
+        clean, first, second = paired[3 * index], paired[3 * index + 1], paired[3 * index + 2]
+        assert torch.equal(clean["image"], normal[index]["image"]) and not clean["mask"].any()
+        for defect in (first, second):                                        # each a defect on the same image
+            changed = (defect["image"] != normal[index]["image"]).any(dim=0)
+            assert defect["mask"].any() and not changed[defect["mask"] == 0].any()
+        assert not torch.equal(first["mask"], second["mask"])                 # two different defects
+    # The default mode is unchanged by the new option: every second image, same generator stream.
+    half = SyntheticAnomalies(normal, seed=0)
+    assert [item["label"] for item in half] == [0, 1, 0]
+
+    model = MeanImage(max_epochs=2, val_fraction=0.5, val_anomalies="paired", val_defects=2, patience=3)
+    model.fit(ToyData(8))
+    assert model.history.val_metric == "pixel_auroc" and len(model.history.val) == 2
+    with pytest.raises(ValueError, match="val_fraction"):
+        MeanImage(val_anomalies="paired")
+    with pytest.raises(ValueError, match="val_defects"):
+        MeanImage(val_fraction=0.2, val_anomalies="paired", val_defects=0)
+    with pytest.raises(ValueError, match="defects_per_image"):
+        SyntheticAnomalies(normal, defects_per_image=0)
+
+
 # ---------------------------------------------------------------------------- precise BN
 class ScaledBatchNorm(TrainedModel):
     """Toy model with a trainable batch norm after a learnable scale, and a frozen one beside it."""

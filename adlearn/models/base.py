@@ -325,6 +325,8 @@ class TrainedModel(AnomalyModel):
             data, val_data = hold_out(data, config.val_fraction, seed=self.seed)
             if config.val_anomalies == "synthetic":
                 val_data = SyntheticAnomalies(val_data, seed=self.seed)
+            elif config.val_anomalies == "paired":
+                val_data = SyntheticAnomalies(val_data, seed=self.seed, defects_per_image=config.val_defects)
         self.history = trainer.history          # filled in as training goes (also on Ctrl-C)
         trainer.fit(data, val_data)
         return self

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields, replace
 
 VAL_METRICS = ("auto", "loss", "image_auroc", "pixel_auroc")
-VAL_ANOMALIES = ("none", "synthetic")
+VAL_ANOMALIES = ("none", "synthetic", "paired")
 AMP_CHOICES = (True, False, None, "auto", "bf16", "fp16", "off", "none", "no")
 
 
@@ -28,8 +28,11 @@ class TrainingConfig:
             ``"loss"``, ``"image_auroc"`` or ``"pixel_auroc"``.
         val_fraction: hold out this share of the training images as validation data when ``fit``
             gets none (`adlearn.data.hold_out`).
-        val_anomalies: ``"none"``, or ``"synthetic"``: paste Perlin-noise defects into half of the
-            held-out images (`adlearn.data.SyntheticAnomalies`), a labelled validation set.
+        val_anomalies: ``"none"``; ``"synthetic"``: paste Perlin-noise defects into half of the
+            held-out images (`adlearn.data.SyntheticAnomalies`), a labelled validation set;
+            ``"paired"``: keep every held-out image clean and add it ``val_defects`` more times, each
+            with a different defect (more defect pixels from the same images, for a steadier signal).
+        val_defects: defective copies per held-out image with ``val_anomalies="paired"``.
         gradient_clip_val: clip the gradients' global L2 norm to this (0: no clipping).
         amp: automatic mixed precision — ``"auto"`` (CUDA only), ``"bf16"``, ``"fp16"`` or False.
         precise_bn: re-estimate the trained batch norms' running statistics for the current weights
@@ -44,6 +47,7 @@ class TrainingConfig:
     val_metric: str = "auto"
     val_fraction: float = 0.0
     val_anomalies: str = "none"
+    val_defects: int = 1
     gradient_clip_val: float = 0.0
     amp: bool | str = "auto"
     precise_bn: bool = False
@@ -67,9 +71,11 @@ class TrainingConfig:
             fail("val_fraction", self.val_fraction, "must be in [0, 1), e.g. 0.2")
         if self.val_anomalies not in VAL_ANOMALIES:
             fail("val_anomalies", self.val_anomalies, f"use one of {', '.join(VAL_ANOMALIES)}")
-        if self.val_anomalies == "synthetic" and self.val_fraction == 0:
-            raise ValueError("training option val_anomalies='synthetic' adds anomalies to held-out training images: "
-                             "also give val_fraction (e.g. 0.2)")
+        if self.val_anomalies != "none" and self.val_fraction == 0:
+            raise ValueError(f"training option val_anomalies={self.val_anomalies!r} adds anomalies to held-out "
+                             "training images: also give val_fraction (e.g. 0.2)")
+        if isinstance(self.val_defects, bool) or not isinstance(self.val_defects, int) or self.val_defects < 1:
+            fail("val_defects", self.val_defects, "must be a positive integer (defective copies per held-out image)")
         if not (isinstance(self.gradient_clip_val, (int, float)) and self.gradient_clip_val >= 0):
             fail("gradient_clip_val", self.gradient_clip_val, "must be a number >= 0 (0: no clipping)")
         if self.amp not in AMP_CHOICES:
