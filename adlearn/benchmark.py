@@ -212,6 +212,8 @@ def run_benchmark(models: list[str], categories: list[str], seeds: list[int], ou
     rows = [json.loads((out / CELLS / f"{cell_key(*cell)}.json").read_text()) for cell in cells
             if (out / CELLS / f"{cell_key(*cell)}.json").is_file()]
     info = guard.summary()
+    if threads:                                   # what the cells ran with, not this parent process
+        info["machine"]["torch_threads"] = threads
     info.update(preset=preset, device=device, image_size=image_size, root=str(root) if root else "embedded synthetic")
     _write_json(out / "machine.json", info)
     write_reports(rows, out, info)

@@ -124,6 +124,7 @@ def test_cells_resume_record_failures_and_time_limits(small_synthetic_root, tmp_
     assert (out / "auroc_vs_fit_time.png").stat().st_size > 0 and (out / "auroc_per_model.png").is_file()
     machine = json.loads((out / "machine.json").read_text())
     assert machine["machine"]["cpu_model"] and machine["image_size"] == 64
+    assert machine["machine"]["torch_threads"] == 1           # the cells' --threads, not the parent's
     assert [part["label"] for part in machine["parts"]] == [f"padim__{category}__seed0", f"dfm__{category}__seed0"]
     text = page.read_text()
     assert text.startswith("# Benchmarks") and "## tiny data" in text and "| dfm |" in text
