@@ -12,6 +12,8 @@ the loop leaves it after the epoch (for STFPM: with the student's batch-norm sta
     .venv/bin/python benchmarks/watch_training.py fastflow --root $ADLEARN_MVTEC_ROOT --category bottle \\
         --set backbone=efficientnet_lite2 --set "layers=('layer2','layer3','layer4')" --set conv3x3_only=True \\
         --set batch_size=8 --set val_fraction=0.2 --set val_anomalies=synthetic --seed 1
+    .venv/bin/python benchmarks/watch_training.py uflow --preset cpu --root $ADLEARN_MVTEC_ROOT --category bottle \
+        --seed 1 --set max_epochs=12 --set patience=None     # what an oracle stopping rule could reach
 
 Without ``--root`` it runs on the embedded synthetic data. One line per epoch; ``--json`` writes the
 curve, the kept epoch and the final test scores.
@@ -47,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("model")
     parser.add_argument("--root", default=None, help="MVTec-layout folder (default: the embedded synthetic data)")
     parser.add_argument("--category", default=None)
-    parser.add_argument("--image-size", type=int, default=256)
+    parser.add_argument("--preset", default=None, help="start from the model's named recipe (e.g. cpu); --set wins")
+    parser.add_argument("--image-size", type=int, default=None, help="default: the preset's, else 256")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a model option")
@@ -55,9 +58,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    options = {"image_size": args.image_size, "device": "cpu", "seed": args.seed, **_parse_set(args.set)}
-    model = create(args.model, **options)
-    root = args.root or synthetic_root(image_size=args.image_size, seed=args.seed)
+    options = {"device": "cpu", "seed": args.seed, **_parse_set(args.set)}
+    if args.image_size or not args.preset:
+        options["image_size"] = args.image_size or 256
+    model = create(args.model, preset=args.preset, **options)
+    size = model.image_size if isinstance(model.image_size, int) else max(model.image_size)
+    root = args.root or synthetic_root(image_size=size, seed=args.seed)
     category = args.category or ("bottle" if args.root else SYNTHETIC_CATEGORIES[0])
     train = MVTecDataset(root, category, "train", transform=model.transform)
     test = MVTecDataset(root, category, "test", transform=model.transform)
@@ -74,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     model.fit(train, callbacks=[watch], progress=False)
     image, pixel = test_scores(model, test)
-    result = {"model": args.model, "category": category, "options": {k: repr(v) for k, v in options.items()},
+    result = {"model": args.model, "category": category, "preset": args.preset,
+              "options": {k: repr(v) for k, v in options.items()},
               "kept_epoch": model.history.best_epoch, "epochs_run": len(model.history.epoch),
               "test_image_auroc": image, "test_pixel_auroc": pixel, "curve": curve,
               "seconds": time.perf_counter() - start}

@@ -53,6 +53,21 @@ def test_learning_curve_driver_watches_the_test_set_without_choosing_on_it(small
     assert result["test_pixel_auroc"] == pytest.approx(kept["test_pixel_auroc"], abs=1e-9)
 
 
+@pytest.mark.usefixtures("one_torch_thread")
+def test_learning_curve_driver_starts_from_a_preset_and_lets_set_win(small_synthetic_root, tmp_path):
+    from adlearn.data import SYNTHETIC_CATEGORIES
+
+    out = tmp_path / "curve.json"
+    status = load_driver("watch_training").main([
+        "stfpm", "--preset", "cpu", "--root", str(small_synthetic_root), "--category", SYNTHETIC_CATEGORIES[0],
+        "--image-size", "64", "--set", "max_epochs=1", "--set", "patience=None", "--set", "batch_size=8",
+        "--json", str(out)])
+    assert status == 0
+    result = json.loads(out.read_text())
+    assert result["preset"] == "cpu" and result["epochs_run"] == 1                  # --set beat the preset's 25
+    assert result["curve"][0]["val"] is not None                                    # the preset's held-out 20 %
+
+
 def test_kcenter_greedy_driver_records_the_machine_the_methods_and_refuses_busy_ratios(tmp_path):
     out = tmp_path / "kcg.json"
     argv = ["--data", "clustered,gaussian", "--n", "3000", "--widths", "64", "--gaussian-n", "2000",
