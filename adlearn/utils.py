@@ -31,6 +31,21 @@ def seed_everything(seed: int) -> None:
 
 
 @contextmanager
+def isolated_seed(seed: int, device: str | torch.device = "cpu") -> Iterator[None]:
+    """Seed torch for the block only: the caller's random state is restored on exit.
+
+    For work a model may or may not do depending on a cache (pretraining a teacher or a VQ model on the
+    first fit, reading the file on later ones): without this, a cache miss would reseed and consume the
+    global generator, and the same seed would give different scores with and without the cache.
+    """
+    device = torch.device(device)
+    cuda = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(seed)
+        yield
+
+
+@contextmanager
 def one_cpu_thread(enabled: bool = True) -> Iterator[None]:
     """Run torch on one CPU thread inside the block, then restore the previous count.
 

@@ -217,6 +217,26 @@ def test_train_vq_model_learns_and_caches(tiny_natural_images, tmp_path, monkeyp
     assert len(codes) > 4                                  # the codebook is used, not collapsed to a code or two
 
 
+def test_train_vq_model_leaves_the_callers_random_state_alone(tiny_natural_images, tmp_path, monkeypatch):
+    """A cache miss (training) and a cache hit (reading) must leave the same global RNG state behind: else
+    the same seed gives other scores on a machine whose cache is empty (a real bottle run did)."""
+    monkeypatch.setenv("ADLEARN_CACHE", str(tmp_path))
+    torch.manual_seed(123)
+    expected = torch.rand(3)                                             # the stream with no VQ work in between
+    torch.manual_seed(123)
+    train_vq_model(32, **VQ_TINY, steps=3, batch_size=2, verbose=False)  # miss: trains and caches
+    assert torch.equal(torch.rand(3), expected)
+    torch.manual_seed(123)
+    train_vq_model(32, **VQ_TINY, steps=3, batch_size=2, verbose=False)  # hit: reads the file
+    assert torch.equal(torch.rand(3), expected)
+    # Still seeded inside: the same weights whatever the caller's state was.
+    torch.manual_seed(7)
+    _, first = train_vq_model(32, **VQ_TINY, steps=3, batch_size=2, verbose=False, return_model=True, cache=False)
+    torch.manual_seed(8)
+    _, second = train_vq_model(32, **VQ_TINY, steps=3, batch_size=2, verbose=False, return_model=True, cache=False)
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values()))
+
+
 # ----------------------------------------------------------------------------- the model
 def test_errors_name_the_fix():
     with pytest.raises(ValueError, match="divisible by 32, got 48x48"):

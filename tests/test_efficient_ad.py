@@ -281,6 +281,13 @@ def test_distillation_learning_rate_schedules_are_cached_apart(tmp_path, monkeyp
     first, second = torch.load(cosine), torch.load(constant)
     # same start, same crops: only the learning rates of steps 2 and 3 differ (cosine: 0.75 and 0.25 of lr)
     assert any(not torch.equal(first[k], second[k]) for k in first)
+    # The caller's random state is the same after distilling (a cache miss) as after reading the file (a hit).
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    for _ in range(2):                                          # miss (a new seed's file), then hit
+        torch.manual_seed(5)
+        distill_teacher(seed=1, **options)
+        assert torch.equal(torch.rand(3), expected)
 
 
 def test_distilled_teacher_is_closer_to_the_backbone_than_a_random_pdn(tmp_path, monkeypatch):

@@ -45,6 +45,7 @@ from torch import nn
 
 from adlearn.components import VectorQuantizerEMA
 from adlearn.models.common import save_cached_weights
+from adlearn.utils import isolated_seed
 
 DEAD_CODE_THRESHOLD = 1.0       # EMA count (vectors per batch) below which a code is restarted (Jukebox's rule)
 
@@ -303,20 +304,20 @@ def train_vq_model(image_size: int | tuple[int, int] = 256, hiddens: int = 128, 
     from adlearn.data.natural_images import NaturalImageCrops
 
     device = torch.device(device)
-    torch.manual_seed(seed)
-    model = GeneralAppearanceModel(hiddens, residual_layers, residual_hiddens, num_embeddings,
-                                   embedding_dim).to(device).train()
-    crops = NaturalImageCrops(size, seed=seed, normalize=False)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    start, log_every = time.perf_counter(), max(1, steps // 10)
-    for step in range(1, steps + 1):
-        losses = model.training_loss(crops.sample(batch_size).to(device))
-        optimizer.zero_grad(set_to_none=True)
-        losses["loss"].backward()
-        optimizer.step()
-        if verbose and (step % log_every == 0 or step == steps):
-            print(f"train_vq_model ({size[0]}x{size[1]} px): step {step}/{steps}, reconstruction "
-                  f"{losses['reconstruction'].item():.4f}, {time.perf_counter() - start:.0f} s", flush=True)
+    with isolated_seed(seed, device):   # the caller's random state untouched, cache or not
+        model = GeneralAppearanceModel(hiddens, residual_layers, residual_hiddens, num_embeddings,
+                                       embedding_dim).to(device).train()
+        crops = NaturalImageCrops(size, seed=seed, normalize=False)
+        optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+        start, log_every = time.perf_counter(), max(1, steps // 10)
+        for step in range(1, steps + 1):
+            losses = model.training_loss(crops.sample(batch_size).to(device))
+            optimizer.zero_grad(set_to_none=True)
+            losses["loss"].backward()
+            optimizer.step()
+            if verbose and (step % log_every == 0 or step == steps):
+                print(f"train_vq_model ({size[0]}x{size[1]} px): step {step}/{steps}, reconstruction "
+                      f"{losses['reconstruction'].item():.4f}, {time.perf_counter() - start:.0f} s", flush=True)
     model.eval()
     if cache:
         save_cached_weights(model, path)

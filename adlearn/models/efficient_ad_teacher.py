@@ -44,6 +44,7 @@ from adlearn.components import TimmFeatureExtractor
 from adlearn.data.natural_images import NaturalImageCrops
 from adlearn.models.common import save_cached_weights
 from adlearn.models.efficient_ad import MAP_PADDING, PatchDescriptionNetwork
+from adlearn.utils import isolated_seed
 
 DISTILLATION_LAYERS = ("layer2", "layer3")     # strides 8 and 16, as PatchCore's features
 
@@ -134,27 +135,27 @@ def distill_teacher(model_size: str = "small", backbone: str = "efficientnet_lit
     if cache and path.is_file() and not return_model:
         return path
     device = torch.device(device)
-    torch.manual_seed(seed)
-    teacher = PatchDescriptionNetwork(out_channels, model_size).to(device)
-    target = distillation_target(backbone, out_channels, crop_size, seed, batch_size, device)
-    crops = NaturalImageCrops(crop_size, seed=seed)
-    crops.sample(max(32, 4 * batch_size))                 # the views the statistics used: train on new ones
-    optimizer = torch.optim.Adam(teacher.parameters(), lr=lr)
-    def decay(step: int) -> float:                       # the learning rate's factor after `step` updates
-        return 0.5 * (1.0 + math.cos(math.pi * step / steps)) if lr_schedule == "cosine" else 1.0
+    with isolated_seed(seed, device):   # the caller's random state untouched, cache or not
+        teacher = PatchDescriptionNetwork(out_channels, model_size).to(device)
+        target = distillation_target(backbone, out_channels, crop_size, seed, batch_size, device)
+        crops = NaturalImageCrops(crop_size, seed=seed)
+        crops.sample(max(32, 4 * batch_size))                 # the views the statistics used: train on new ones
+        optimizer = torch.optim.Adam(teacher.parameters(), lr=lr)
+        def decay(step: int) -> float:                       # the learning rate's factor after `step` updates
+            return 0.5 * (1.0 + math.cos(math.pi * step / steps)) if lr_schedule == "cosine" else 1.0
 
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, decay)
-    start, log_every = time.perf_counter(), max(1, steps // 10)
-    for step in range(1, steps + 1):
-        batch = crops.sample(batch_size).to(device)
-        loss = (teacher(batch) - target(batch)).pow(2).mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        if verbose and (step % log_every == 0 or step == steps):
-            print(f"distill_teacher ({model_size}, {backbone}): step {step}/{steps}, loss {loss.item():.4f}, "
-                  f"{time.perf_counter() - start:.0f} s", flush=True)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, decay)
+        start, log_every = time.perf_counter(), max(1, steps // 10)
+        for step in range(1, steps + 1):
+            batch = crops.sample(batch_size).to(device)
+            loss = (teacher(batch) - target(batch)).pow(2).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            if verbose and (step % log_every == 0 or step == steps):
+                print(f"distill_teacher ({model_size}, {backbone}): step {step}/{steps}, loss {loss.item():.4f}, "
+                      f"{time.perf_counter() - start:.0f} s", flush=True)
     teacher.eval()
     if cache:
         save_cached_weights(teacher, path)
