@@ -12,7 +12,7 @@ the loop leaves it after the epoch (for STFPM: with the student's batch-norm sta
     .venv/bin/python benchmarks/watch_training.py fastflow --root $ADLEARN_MVTEC_ROOT --category bottle \\
         --set backbone=efficientnet_lite2 --set "layers=('layer2','layer3','layer4')" --set conv3x3_only=True \\
         --set batch_size=8 --set val_fraction=0.2 --set val_anomalies=synthetic --seed 1
-    .venv/bin/python benchmarks/watch_training.py uflow --preset cpu --root $ADLEARN_MVTEC_ROOT --category bottle \
+    .venv/bin/python benchmarks/watch_training.py uflow --preset cpu --root $ADLEARN_MVTEC_ROOT --category bottle \\
         --seed 1 --set max_epochs=12 --set patience=None     # what an oracle stopping rule could reach
 
 Without ``--root`` it runs on the embedded synthetic data. One line per epoch; ``--json`` writes the

@@ -323,10 +323,9 @@ class TrainedModel(AnomalyModel):
             from adlearn.data import SyntheticAnomalies, hold_out
 
             data, val_data = hold_out(data, config.val_fraction, seed=self.seed)
-            if config.val_anomalies == "synthetic":
-                val_data = SyntheticAnomalies(val_data, seed=self.seed)
-            elif config.val_anomalies == "paired":
-                val_data = SyntheticAnomalies(val_data, seed=self.seed, defects_per_image=config.val_defects)
+            if config.val_anomalies != "none":      # "synthetic": every second image; "paired": all, k times
+                paired = config.val_defects if config.val_anomalies == "paired" else None
+                val_data = SyntheticAnomalies(val_data, seed=self.seed, defects_per_image=paired)
         self.history = trainer.history          # filled in as training goes (also on Ctrl-C)
         trainer.fit(data, val_data)
         return self
