@@ -34,10 +34,17 @@
   (map quantiles from its validation split, which is the test split by default). AUROC computed by
   adlearn's metrics on both sides' raw outputs. ``--quantiles test`` gives our side anomalib's source
   too (all training images; quantiles of the test split's normal images, which only watch training:
-  they never choose the weights), so that the two sides differ only in their code.
+  they never choose the weights), so that the two sides differ only in their code. ``--penalty reference``
+  gives our side the reference's penalty images too: drawn from the same folder as anomalib's, with its
+  transform (2× resize, grey with p = 0.3, centre crop) — our own stream crops the photographs at random
+  scales instead. ``--sides adlearn`` runs our side alone (anomalib's is deterministic on the CPU: its
+  figures for a seed do not change from run to run). `check_efficient_ad_equivalence.py` shows that the two
+  codes compute the same maps, losses, gradients and Adam steps from the same weights and inputs.
 
     ADLEARN_MVTEC_ROOT=... .venv/bin/python benchmarks/bench_efficient_ad.py --accuracy --json effad_acc.json
     ADLEARN_MVTEC_ROOT=... .venv/bin/python benchmarks/bench_efficient_ad.py --accuracy --quantiles test --seed 1
+    ADLEARN_MVTEC_ROOT=... .venv/bin/python benchmarks/bench_efficient_ad.py --accuracy --quantiles test \
+        --penalty reference --sides adlearn --seed 1
 
 The figures go to docs/benchmarks.md with the command that made them.
 """
@@ -188,6 +195,40 @@ def side_by_side(args) -> dict:
 
 
 # ----------------------------------------------------------------------------- --accuracy
+class ReferencePenaltyViews:
+    """``--penalty reference``: our side's penalty images drawn as the reference draws them, from the folder
+    anomalib's side reads — each file resized to 2 × the image size, grey with probability 0.3, centre-cropped
+    to the image size (anomalib's ``prepare_imagenette_data``), the files in a new random order each pass
+    (its shuffled loader); then ImageNet-normalised, as our networks take their input."""
+
+    def __init__(self, folder: str, size: int, seed: int):
+        self.paths = sorted(Path(folder).rglob("*.png"))
+        if not self.paths:
+            raise FileNotFoundError(f"no PNG views under {folder}")
+        self.size, self.order = size, []
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def view(self) -> torch.Tensor:
+        import torchvision.transforms.v2.functional as TF
+        from PIL import Image
+
+        from adlearn.data.natural_images import to_grayscale
+
+        if not self.order:
+            self.order = torch.randperm(len(self.paths), generator=self.generator).tolist()
+        with Image.open(self.paths[self.order.pop()]) as image:
+            image = TF.resize(image.convert("RGB"), [2 * self.size, 2 * self.size])
+            view = TF.to_dtype(TF.to_image(TF.center_crop(image, [self.size, self.size])), torch.float32, scale=True)
+        if float(torch.rand((), generator=self.generator)) < 0.3:
+            view = to_grayscale(view[None])[0]
+        return view
+
+    def sample(self, batch_size: int = 1) -> torch.Tensor:
+        from adlearn.data.transforms import normalize
+
+        return normalize(torch.stack([self.view() for _ in range(batch_size)]))
+
+
 def accuracy_adlearn_side(spec: dict, out: Path) -> int:
     """Our EfficientAD-S at 256 px for ``steps`` steps (the ``cpu`` preset's other options), scored on the test split."""
     import numpy as np
@@ -202,6 +243,14 @@ def accuracy_adlearn_side(spec: dict, out: Path) -> int:
     options = {"val_fraction": 0.0} if from_test else {}
     model = create("efficient_ad", preset="cpu", image_size=SIDE_BY_SIDE_SIZE, max_steps=spec["steps"],
                    teacher_weights=spec["teacher"], seed=spec["seed"], device="cpu", **options)
+    if spec.get("penalty") == "reference":
+        start = model.on_fit_start
+
+        def on_fit_start(data, trainer):
+            start(data, trainer)
+            model._natural = ReferencePenaltyViews(spec["imagenet_dir"], SIDE_BY_SIDE_SIZE, spec["seed"])
+
+        model.on_fit_start = on_fit_start
     train = MVTecDataset(spec["root"], spec["category"], "train", transform=model.transform)
     test = MVTecDataset(spec["root"], spec["category"], "test", transform=model.transform)
     # from_test: anomalib's default recipe, all training images and the quantiles of the test split's normal
@@ -306,15 +355,16 @@ def accuracy_in(work: Path, args, teacher: Path, root: str) -> dict:
     write_natural_image_folder(work / "imagenette", args.natural_views, 2 * SIDE_BY_SIDE_SIZE)
     spec = {"root": str(root), "category": args.category, "steps": args.steps, "seed": args.seed,
             "threads": args.threads, "teacher": str(teacher), "imagenet_dir": str(work / "imagenette"),
-            "quantiles": args.quantiles}
+            "quantiles": args.quantiles, "penalty": args.penalty}
     (work / "spec.json").write_text(json.dumps(spec))
     sides = {"adlearn": sys.executable, "anomalib": args.anomalib_python}
+    sides = {side: python for side, python in sides.items() if side in args.sides.split(",")}
     running = {side: subprocess.Popen([python, __file__, "--accuracy-side", side, str(work / "spec.json"),
                                        str(work / f"{side}.json")], cwd=BENCH_DIR.parent,
                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
                for side, python in sides.items()}
     result = {"steps": args.steps, "image_size": SIDE_BY_SIDE_SIZE, "seed": args.seed, "teacher": teacher.name,
-              "quantiles": args.quantiles,
+              "quantiles": args.quantiles, "penalty": args.penalty,
               "machine": machine_info()}
     for side, process in running.items():
         log = process.communicate()[0]
@@ -361,6 +411,13 @@ def main(argv=None) -> int:
                         help="--accuracy: where our side takes its map quantiles: held-out training images (the cpu "
                              "preset's recipe, trains on 90 %%) or, as anomalib by default, the test split's normal "
                              "images (trains on all)")
+    parser.add_argument("--penalty", choices=("crops", "reference"), default="crops",
+                        help="--accuracy: our side's penalty images: our natural-image crops (the model's own stream) or "
+                             "the reference's draw from the views written for anomalib (2x resize, grey p=0.3, centre "
+                             "crop), so that both sides see the same penalty images")
+    parser.add_argument("--sides", default="adlearn,anomalib",
+                        help="--accuracy: the sides to run (anomalib's side is deterministic on the CPU: a seed run once "
+                             "need not be run again)")
     parser.add_argument("--natural-views", type=int, default=400,
                         help="--accuracy: natural-image views written for anomalib's penalty stream")
     parser.add_argument("--worker", nargs=2, metavar=("SIDE", "SPEC"), help=argparse.SUPPRESS)

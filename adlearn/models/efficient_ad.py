@@ -57,6 +57,15 @@ Deliberate differences:
     ``padding=False, pad_maps=True`` is implemented.
 (f) The teacher's channel statistics are accumulated in float64 (the reference's float32 sum of
     squares can cancel).
+(g) *Penalty images.* The reference resizes each Imagenette image to 2 × the input size, greys it with
+    probability 0.3 and takes the centre crop; ours are the distillation's random crops of the installed
+    photographs (scale 0.25–1, flips, grey with probability 0.1): a few photographs need crops to vary.
+(h) *The learning-rate decay happens.* The reference builds ``StepLR(step_size = 0.95 · steps)`` but returns
+    it to Lightning without ``interval="step"``, so it is stepped once per *epoch* and never decays within a
+    run; ours multiplies the rate by 0.1 after 95 % of the steps, as that schedule intends.
+
+Apart from (c)–(h) the two codes compute the same function: from the same weights and images, their maps,
+losses, gradients and Adam steps agree to float rounding (`benchmarks/check_efficient_ad_equivalence.py`).
 """
 
 from __future__ import annotations
