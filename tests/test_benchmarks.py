@@ -220,3 +220,62 @@ def test_paper_patchcore_for_the_latency_comparison_has_the_papers_shapes():
     assert model.config["backbone"] == "wide_resnet50_2" and model.memory_bank.shape == (50, 1536)
     prediction = model.predict(torch.randn(2, 3, 256, 256))
     assert prediction.pred_score.shape == (2,) and prediction.anomaly_map.shape[-2:] == (256, 256)
+
+
+def test_efficient_ad_equivalence_check_maps_every_trained_parameter_onto_the_reference_layout():
+    """check_efficient_ad_equivalence.py copies our student and autoencoder into anomalib's networks by name:
+    every parameter must land on a distinct name of the reference's layout (encoder enconv1–6, decoder
+    deconv1–8; the student's names are the reference's already), and the compare step must flag a change."""
+    import torch
+
+    from adlearn.models import create
+
+    check = load_driver("check_efficient_ad_equivalence")
+    model = create("efficient_ad", image_size=64, teacher_weights="none", device="cpu")
+    names = [name for name, _ in model.named_parameters() if name.startswith(("student.", "autoencoder."))]
+    mapped = [check.reference_name(name) for name in names]
+    assert len(set(mapped)) == len(names)
+    reference = {f"ae.encoder.enconv{i}.{leaf}" for i in range(1, 7) for leaf in ("weight", "bias")}
+    reference |= {f"ae.decoder.deconv{i}.{leaf}" for i in range(1, 9) for leaf in ("weight", "bias")}
+    assert {name for name in mapped if name.startswith("ae.")} == reference
+    assert all(name == check.reference_name(name) for name in names if name.startswith("student."))
+
+    ours = {"score": torch.tensor([1.0, 2.0]), "grad/student.conv1.weight": torch.ones(3)}
+    rows = {row["piece"]: row for row in check.compare(
+        {**ours, **{k: torch.ones(1) for k in ("teacher_mean", "teacher_std", "map_st", "map_ae", "quantiles",
+                                               "anomaly_map", "loss_st", "loss_ae", "loss_stae",
+                                               "grad/ae.x", "update/student.x", "update/ae.x")}},
+        {**ours, "score": torch.tensor([1.0, 2.001]),
+         **{k: torch.ones(1) for k in ("teacher_mean", "teacher_std", "map_st", "map_ae", "quantiles", "anomaly_map",
+                                       "loss_st", "loss_ae", "loss_stae", "grad/ae.x", "update/student.x",
+                                       "update/ae.x")}}, rtol=1e-4)}
+    assert not rows["4. image score"]["agrees"] and rows["4. image score"]["max_abs_difference"] == pytest.approx(1e-3, rel=1e-3)
+    assert all(row["agrees"] for piece, row in rows.items() if piece != "4. image score")
+
+
+def test_reference_penalty_views_follow_the_reference_transform(tmp_path):
+    """bench_efficient_ad.py --penalty reference: each view is the centre of the file resized to 2x, grey with
+    probability 0.3, every file once per pass, ImageNet-normalised."""
+    import numpy as np
+    from PIL import Image
+
+    from adlearn.data.transforms import denormalize
+
+    bench = load_driver("bench_efficient_ad")
+    colours = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (200, 200, 30)]
+    for index, colour in enumerate(colours):
+        array = np.zeros((64, 64, 3), np.uint8)
+        array[16:48, 16:48] = colour                           # the centre quarter: what the view keeps
+        Image.fromarray(array).save(tmp_path / f"{index}.png")
+    views = bench.ReferencePenaltyViews(tmp_path, 32, seed=0)
+    first_pass = denormalize(views.sample(4))
+    assert first_pass.shape == (4, 3, 32, 32)
+    centres = {tuple((first_pass[i, :, 16, 16] * 255).round().int().tolist()) for i in range(4)}
+    greys = sum(len(set(c)) == 1 for c in centres)
+    assert len(centres) == 4                                   # each file once per pass
+    colourful = {c for c in centres if len(set(c)) > 1}
+    assert colourful <= set(colours) and len(colourful) + greys == 4
+    assert bool((first_pass[:, :, 1, 1] > 0.1).any(1).all())  # corners inside the square: the centre was kept
+    many = denormalize(views.sample(400))
+    grey_fraction = float(((many.amax(1) - many.amin(1)).amax((1, 2)) < 1e-6).float().mean())
+    assert 0.22 < grey_fraction < 0.38                         # p = 0.3
