@@ -39,9 +39,10 @@ Deliberate differences from the reference:
 * Backbone: the reference's default is "MCaiT" (CaiT-M48 at 448 px + CaiT-S24 at 224 px, timm hub
   weights); here any timm CNN with the reference's CNN layout (``layer1..layer3``), default ``resnet18``,
   and the offline ``efficientnet_lite0/1/2`` in the tests and the ``cpu`` preset.
-* The ``cpu`` preset (``efficientnet_lite2``, 384 px, all-3×3 subnets, ``subnet_kernels=(3,)``) departs
-  from the reference's 3×3 / 1×1 alternation and its 448-px input: each choice was made on the held-out
-  synthetic-defect validation score, 384 against 448 px a tie settled by cost (docs/benchmarks.md, "U-Flow"). FastFlow, on the same backbone, is better off with the deeper stages
+* The ``cpu`` preset (``efficientnet_lite2``, 384 px, all-3×3 subnets, ``subnet_kernels=(3,)``, 8 flow
+  steps per scale) departs from the reference's 3×3 / 1×1 alternation, its 4 steps and its 448-px input:
+  each choice was made on the held-out synthetic-defect validation score, 384 against 448 px a tie settled
+  by cost (docs/benchmarks.md, "U-Flow"). FastFlow, on the same backbone, is better off with the deeper stages
   (its stride-4 scale alone is weak); U-Flow's finest scale is conditioned on the coarser ones and profits
   from the stride-4 detail.
 * The ``cpu`` preset also smooths the map (``blur_sigma=6``: PaDiM's and PatchCore's σ = 4 at 256 px, scaled to
@@ -150,7 +151,7 @@ class Uflow(TrainedModel):
     scheduler_interval = "step"
     # cpu: each choice made on the held-out synthetic-defect validation score (docs/benchmarks.md, "U-Flow").
     presets = {"cpu": {"backbone": "efficientnet_lite2", "subnet_kernels": (3,), "image_size": 384, "blur_sigma": 6.0,
-                       "batch_size": 8, "val_fraction": 0.2, "val_anomalies": "synthetic", "max_epochs": 30,
+                       "flow_steps": 8, "batch_size": 8, "val_fraction": 0.2, "val_anomalies": "synthetic", "max_epochs": 30,
                        "patience": 3}}
 
     def __init__(self, backbone: str = "resnet18", layers: tuple[str, ...] = ("layer1", "layer2", "layer3"),
