@@ -184,9 +184,9 @@ def test_cli(small_synthetic_root, tmp_path, capsys):
 @pytest.mark.slow
 @pytest.mark.mvtec
 def test_real_bottle_after_two_epochs(mvtec_bottle_root):
-    # The cpu preset (offline efficientnet_lite2, strides 4/8/16, all-3x3 subnets, 384 px, map blur σ = 6) stopped
-    # after two epochs: image AUROC 0.966, pixel AUROC 0.884 (seed 0; 139 fit CPU s, shared machine; 0.964 / 0.843
-    # without the blur). Its full training: 0.998 / 0.952 over seeds 0-2 (docs/benchmarks.md, "U-Flow").
+    # The cpu preset (offline efficientnet_lite2, strides 4/8/16, all-3x3 subnets, 8 flow steps, 384 px, map blur
+    # σ = 6) stopped after two epochs: image AUROC 0.998, pixel AUROC 0.948 (seed 0, 2026-12-03, shared machine; the
+    # 4-step preset gave 0.966 / 0.884). Its full training: 0.999 / 0.952 over seeds 0-2 (docs/benchmarks.md, "U-Flow").
     from adlearn.data import MVTecDataset
     from adlearn.evaluate import fit_and_evaluate
 
