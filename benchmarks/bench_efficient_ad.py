@@ -357,8 +357,8 @@ def accuracy_in(work: Path, args, teacher: Path, root: str) -> dict:
             "threads": args.threads, "teacher": str(teacher), "imagenet_dir": str(work / "imagenette"),
             "quantiles": args.quantiles, "penalty": args.penalty}
     (work / "spec.json").write_text(json.dumps(spec))
-    sides = {"adlearn": sys.executable, "anomalib": args.anomalib_python}
-    sides = {side: python for side, python in sides.items() if side in args.sides.split(",")}
+    pythons = {"adlearn": sys.executable, "anomalib": args.anomalib_python}
+    sides = {side: pythons[side] for side in pythons if side in args.sides.split(",")}
     running = {side: subprocess.Popen([python, __file__, "--accuracy-side", side, str(work / "spec.json"),
                                        str(work / f"{side}.json")], cwd=BENCH_DIR.parent,
                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

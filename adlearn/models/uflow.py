@@ -151,8 +151,8 @@ class Uflow(TrainedModel):
     scheduler_interval = "step"
     # cpu: each choice made on the held-out synthetic-defect validation score (docs/benchmarks.md, "U-Flow").
     presets = {"cpu": {"backbone": "efficientnet_lite2", "subnet_kernels": (3,), "image_size": 384, "blur_sigma": 6.0,
-                       "flow_steps": 8, "batch_size": 8, "val_fraction": 0.2, "val_anomalies": "synthetic", "max_epochs": 30,
-                       "patience": 3}}
+                       "flow_steps": 8, "batch_size": 8, "val_fraction": 0.2, "val_anomalies": "synthetic",
+                       "max_epochs": 30, "patience": 3}}
 
     def __init__(self, backbone: str = "resnet18", layers: tuple[str, ...] = ("layer1", "layer2", "layer3"),
                  pretrained: str = "auto", flow_steps: int = 4, affine_clamp: float = 2.0,
