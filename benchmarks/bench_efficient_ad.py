@@ -37,7 +37,8 @@
   they never choose the weights), so that the two sides differ only in their code. ``--penalty reference``
   gives our side the reference's penalty images too: drawn from the same folder as anomalib's, with its
   transform (2× resize, grey with p = 0.3, centre crop) — our own stream crops the photographs at random
-  scales instead. ``--sides adlearn`` runs our side alone (anomalib's is deterministic on the CPU: its
+  scales instead. ``--lr-decay none`` keeps our learning rate constant, as anomalib's is in effect (its
+  StepLR is stepped per epoch, so it never reaches the 95 % milestone; ours decays then). ``--sides adlearn`` runs our side alone (anomalib's is deterministic on the CPU: its
   figures for a seed do not change from run to run). `check_efficient_ad_equivalence.py` shows that the two
   codes compute the same maps, losses, gradients and Adam steps from the same weights and inputs.
 
@@ -45,6 +46,8 @@
     ADLEARN_MVTEC_ROOT=... .venv/bin/python benchmarks/bench_efficient_ad.py --accuracy --quantiles test --seed 1
     ADLEARN_MVTEC_ROOT=... .venv/bin/python benchmarks/bench_efficient_ad.py --accuracy --quantiles test \
         --penalty reference --sides adlearn --seed 1
+    ADLEARN_MVTEC_ROOT=... .venv/bin/python benchmarks/bench_efficient_ad.py --accuracy --quantiles test \
+        --lr-decay none --sides adlearn --seed 1
 
 The figures go to docs/benchmarks.md with the command that made them.
 """
@@ -53,6 +56,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import sys
@@ -229,6 +233,23 @@ class ReferencePenaltyViews:
         return normalize(torch.stack([self.view() for _ in range(batch_size)]))
 
 
+def match_reference_recipe(model, spec: dict) -> None:
+    """Give our model the reference's recipe where ``spec`` asks for it, set once the fit starts (after the
+    model's own ``on_fit_start``): ``penalty="reference"`` draws the penalty images as anomalib does
+    (`ReferencePenaltyViews`); ``lr_decay="none"`` keeps the learning rate constant, as anomalib's StepLR
+    effectively does (stepped once per epoch by Lightning, it never reaches its 95 % milestone)."""
+    start = model.on_fit_start
+
+    def on_fit_start(data, trainer):
+        start(data, trainer)
+        if spec.get("penalty") == "reference":
+            model._natural = ReferencePenaltyViews(spec["imagenet_dir"], SIDE_BY_SIDE_SIZE, spec["seed"])
+        if spec.get("lr_decay") == "none":
+            model._decay_step = math.inf                        # the model's LambdaLR reads it at every step
+
+    model.on_fit_start = on_fit_start
+
+
 def accuracy_adlearn_side(spec: dict, out: Path) -> int:
     """Our EfficientAD-S at 256 px for ``steps`` steps (the ``cpu`` preset's other options), scored on the test split."""
     import numpy as np
@@ -243,14 +264,7 @@ def accuracy_adlearn_side(spec: dict, out: Path) -> int:
     options = {"val_fraction": 0.0} if from_test else {}
     model = create("efficient_ad", preset="cpu", image_size=SIDE_BY_SIDE_SIZE, max_steps=spec["steps"],
                    teacher_weights=spec["teacher"], seed=spec["seed"], device="cpu", **options)
-    if spec.get("penalty") == "reference":
-        start = model.on_fit_start
-
-        def on_fit_start(data, trainer):
-            start(data, trainer)
-            model._natural = ReferencePenaltyViews(spec["imagenet_dir"], SIDE_BY_SIDE_SIZE, spec["seed"])
-
-        model.on_fit_start = on_fit_start
+    match_reference_recipe(model, spec)
     train = MVTecDataset(spec["root"], spec["category"], "train", transform=model.transform)
     test = MVTecDataset(spec["root"], spec["category"], "test", transform=model.transform)
     # from_test: anomalib's default recipe, all training images and the quantiles of the test split's normal
@@ -355,7 +369,7 @@ def accuracy_in(work: Path, args, teacher: Path, root: str) -> dict:
     write_natural_image_folder(work / "imagenette", args.natural_views, 2 * SIDE_BY_SIDE_SIZE)
     spec = {"root": str(root), "category": args.category, "steps": args.steps, "seed": args.seed,
             "threads": args.threads, "teacher": str(teacher), "imagenet_dir": str(work / "imagenette"),
-            "quantiles": args.quantiles, "penalty": args.penalty}
+            "quantiles": args.quantiles, "penalty": args.penalty, "lr_decay": args.lr_decay}
     (work / "spec.json").write_text(json.dumps(spec))
     pythons = {"adlearn": sys.executable, "anomalib": args.anomalib_python}
     sides = {side: pythons[side] for side in pythons if side in args.sides.split(",")}
@@ -364,7 +378,7 @@ def accuracy_in(work: Path, args, teacher: Path, root: str) -> dict:
                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
                for side, python in sides.items()}
     result = {"steps": args.steps, "image_size": SIDE_BY_SIDE_SIZE, "seed": args.seed, "teacher": teacher.name,
-              "quantiles": args.quantiles, "penalty": args.penalty,
+              "quantiles": args.quantiles, "penalty": args.penalty, "lr_decay": args.lr_decay,
               "machine": machine_info()}
     for side, process in running.items():
         log = process.communicate()[0]
@@ -415,6 +429,9 @@ def main(argv=None) -> int:
                         help="--accuracy: our side's penalty images: our natural-image crops (the model's own stream) or "
                              "the reference's draw from the views written for anomalib (2x resize, grey p=0.3, centre "
                              "crop), so that both sides see the same penalty images")
+    parser.add_argument("--lr-decay", choices=("paper", "none"), default="paper",
+                        help="--accuracy: our side's learning rate: x 0.1 after 95 %% of the steps (the paper's, our "
+                             "model's) or constant (what anomalib's per-epoch StepLR amounts to within --steps)")
     parser.add_argument("--sides", default="adlearn,anomalib",
                         help="--accuracy: the sides to run (anomalib's side is deterministic on the CPU: a seed run once "
                              "need not be run again)")

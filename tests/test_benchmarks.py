@@ -276,3 +276,26 @@ def test_reference_penalty_views_follow_the_reference_transform(tmp_path):
     many = denormalize(views.sample(400))
     grey_fraction = float(((many.amax(1) - many.amin(1)).amax((1, 2)) < 1e-6).float().mean())
     assert 0.22 < grey_fraction < 0.38                         # p = 0.3
+
+
+def test_match_reference_recipe_keeps_the_learning_rate_constant():
+    """bench_efficient_ad.py --lr-decay none: after the model's own fit start (which sets the 95 % milestone),
+    the learning rate of the model's own optimiser and schedule stays at lr for every step; --lr-decay paper
+    leaves the decay (x 0.1 from the milestone) alone."""
+    from adlearn.models import create
+
+    bench = load_driver("bench_efficient_ad")
+    for lr_decay, expected in (("none", [1.0] * 20), ("paper", [1.0] * 19 + [0.1])):
+        model = create("efficient_ad", image_size=64, device="cpu")
+        # the model's fit start, less the teacher it would load: the milestone at 95 % of 20 steps
+        model.on_fit_start = lambda data, trainer, model=model: setattr(model, "_decay_step", int(0.95 * 20))
+        bench.match_reference_recipe(model, {"lr_decay": lr_decay, "penalty": "crops", "seed": 0})
+        model.on_fit_start(None, None)
+        optimizer, schedule = model.configure_optimizers()
+        rates = []
+        for _ in range(20):
+            rates.append(optimizer.param_groups[0]["lr"] / model.lr)
+            optimizer.step()
+            schedule.step()
+        assert rates == pytest.approx(expected)
+        assert model._natural is None                          # the penalty stream untouched ("crops")
