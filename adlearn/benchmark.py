@@ -435,10 +435,15 @@ repository's `docs/benchmarks.md`.
 NO_SECTION_YET = "No section has been generated yet: the first idle-machine run adds them here.\n"
 
 
-def write_book_page(out: Path, page: Path, label: str, command: str) -> Path:
-    """Write or update ``page``: the section ``label`` gets this run's table, figures and machine."""
+def write_book_page(out: Path, page: Path, label: str, command: str, rows: list[dict] | None = None) -> Path:
+    """Write or update ``page``: the section ``label`` gets this run's table, figures and machine.
+
+    ``rows``: the cells of the run that ``command`` reproduces (what `run_benchmark` returns, the rows its
+    figures were drawn from); default every cell in ``out`` — a folder shared with other runs would then
+    put their cells in the table too."""
     page, out = Path(page), Path(out)
-    rows = [json.loads(p.read_text()) for p in sorted((out / CELLS).glob("*.json"))]
+    if rows is None:
+        rows = [json.loads(p.read_text()) for p in sorted((out / CELLS).glob("*.json"))]
     info = json.loads((out / "machine.json").read_text()) if (out / "machine.json").is_file() else None
     slug = "".join(ch if ch.isalnum() else "_" for ch in label.lower()).strip("_")
     figures = page.parent / "benchmark_figures"
@@ -508,7 +513,7 @@ def cmd_benchmark(args) -> int:
     print(f"wrote {out}/results.csv, results.md, auroc_vs_fit_time.png, auroc_per_model.png")
     if args.book_page:
         label = args.label or ("embedded synthetic data" if args.root is None else Path(args.root).name)
-        print(f"wrote {write_book_page(out, Path(args.book_page), label, command_line(args))}")
+        print(f"wrote {write_book_page(out, Path(args.book_page), label, command_line(args), rows)}")
     failed = [r for r in rows if r.get("status") != "ok"]
     return 1 if failed else 0
 

@@ -135,6 +135,11 @@ def test_cells_resume_record_failures_and_time_limits(small_synthetic_root, tmp_
     rows = benchmark.run_benchmark(["padim", "dfm"], [category], [0], out, root=str(small_synthetic_root),
                                    image_size=64, threads=1, options={"n_features": 100000}, progress=False)
     assert {p.name: p.stat().st_mtime_ns for p in (out / "cells").glob("*.json")} == stamps and len(rows) == 2
+    # The page shows the cells of the run its command reproduces, not every cell the folder holds.
+    benchmark.write_book_page(out, page, "tiny data", "adlearn benchmark --models dfm ...",
+                              rows=[row for row in rows if row["model"] == "dfm"])
+    section = page.read_text().split("## tiny data")[1]
+    assert "| dfm |" in section and "| padim |" not in section
     # Same --out, other settings: an error naming what differs (never a stale result reused).
     with pytest.raises(ValueError, match=r"settings \(image_size"):
         benchmark.run_benchmark(["dfm"], [category], [0], out, root=str(small_synthetic_root), image_size=32,
