@@ -38,8 +38,9 @@
   gives our side the reference's penalty images too: drawn from the same folder as anomalib's, with its
   transform (2× resize, grey with p = 0.3, centre crop) — our own stream crops the photographs at random
   scales instead. ``--lr-decay none`` keeps our learning rate constant, as anomalib's is in effect (its
-  StepLR is stepped per epoch, so it never reaches the 95 % milestone; ours decays then). ``--sides adlearn`` runs our side alone (anomalib's is deterministic on the CPU: its
-  figures for a seed do not change from run to run). `check_efficient_ad_equivalence.py` shows that the two
+  StepLR is stepped per epoch, so it never reaches the 95 % milestone; ours decays then). ``--sides adlearn``
+  runs our side alone (anomalib's is deterministic on the CPU: its figures for a seed do not change from run
+  to run). `check_efficient_ad_equivalence.py` shows that the two
   codes compute the same maps, losses, gradients and Adam steps from the same weights and inputs.
 
     ADLEARN_MVTEC_ROOT=... .venv/bin/python benchmarks/bench_efficient_ad.py --accuracy --json effad_acc.json
