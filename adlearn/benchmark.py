@@ -7,7 +7,8 @@
 Each cell runs in a fresh Python process (``python -m adlearn.benchmark --cell SPEC``), so its peak
 memory is its own, a crash or a hang cannot take the others down, and ``--time-limit`` can stop it.
 A cell records image/pixel AUROC, AUPRO, F1-max, fit seconds (wall and process CPU), predict images/s, peak memory, the
-number of parameters and the saved model's size, plus the load around it (`adlearn.machine`).
+number of parameters and the saved model's size, the machine it ran on, plus the load around it (`adlearn.machine`).
+A table built from cells of several runs (an interrupted grid resumed elsewhere) lists every machine they came from.
 
 Output (``--out``): ``cells/<model>__<category>__seed<k>.json`` (one per finished cell: a rerun
 skips them, so an interrupted benchmark picks up where it stopped; failed cells are kept with their
@@ -40,7 +41,8 @@ CELLS, LOGS = "cells", "logs"
 # Per-cell columns of results.csv, in order (load columns come from adlearn.machine.LoadGuard).
 COLUMNS = ("model", "category", "seed", "status", "image_auroc", "pixel_auroc", "pixel_aupro", "image_f1max",
            "pixel_f1max", "fit_seconds", "fit_cpu_seconds", "images_per_second", "peak_memory_mb", "parameters", "model_size_mb",
-           "n_train", "n_test", "cell_seconds", "load_before", "load_after", "other_cpus", "busy", "options", "error")
+           "n_train", "n_test", "cell_seconds", "machine", "load_before", "load_after", "other_cpus", "busy", "options",
+           "error")
 METRICS = ("image_auroc", "pixel_auroc", "pixel_aupro", "image_f1max", "pixel_f1max")
 COSTS = ("fit_seconds", "fit_cpu_seconds", "images_per_second", "peak_memory_mb", "parameters", "model_size_mb")
 
@@ -84,6 +86,7 @@ def run_cell(spec: dict) -> dict:
     import adlearn
     from adlearn.data import SYNTHETIC_CATEGORIES, MVTecDataset, synthetic_root
     from adlearn.evaluate import fit_and_evaluate
+    from adlearn.machine import cell_machine
 
     if spec.get("threads"):
         torch.set_num_threads(int(spec["threads"]))
@@ -107,7 +110,7 @@ def run_cell(spec: dict) -> dict:
                                             "n_train", "n_test")}
     row.update(parameters=sum(p.numel() for p in model.parameters()), model_size_mb=size / 2**20,
                options={k: v for k, v in options.items() if k not in ("device", "seed")},
-               device=str(model.device))
+               device=str(model.device), machine=cell_machine(model.device))
     return row
 
 
@@ -251,6 +254,8 @@ def _finished(out: Path, cell: tuple, spec: dict, retry_failed: bool) -> bool:
 
 
 def _run_in_subprocess(spec: dict, out: Path, key: str, time_limit: float | None, guard) -> dict:
+    from adlearn.machine import cell_machine
+
     with tempfile.TemporaryDirectory() as tmp:
         spec_path, result_path = Path(tmp) / "spec.json", Path(tmp) / "result.json"
         spec_path.write_text(json.dumps(spec))
@@ -270,6 +275,7 @@ def _run_in_subprocess(spec: dict, out: Path, key: str, time_limit: float | None
     if row["status"] == "failed":
         tail = (out / LOGS / f"{key}.log").read_text().strip().splitlines()[-6:]
         row["error"] = row.get("error") or "\n".join(tail)
+    row.setdefault("machine", cell_machine(spec.get("device")))   # a failed or stopped cell too: same machine
     row.update(load_before=load.get("load_before"), load_after=load.get("load_after"),
                other_cpus=load.get("other_cpus"), busy=load.get("busy"))
     return row
@@ -346,8 +352,8 @@ def markdown_table(rows: list[dict], info: dict | None = None) -> str:
     if info:
         busy = [r for r in rows if r.get("busy")]
         loads = [r["load_before"][0] for r in rows if r.get("load_before")]
-        text += (f"\nMachine: {describe(info['machine'])}. Preset: {info.get('preset') or 'none'}; device "
-                 f"{info.get('device')}; data: {info.get('root')}.\n"
+        text += (f"\nCells ran on: {cell_machines(rows)}. Table written on: {describe(info['machine'])}. "
+                 f"Preset: {info.get('preset') or 'none'}; device {info.get('device')}; data: {info.get('root')}.\n"
                  f"Load average before the cells: {min(loads):.2f}–{max(loads):.2f}. " if loads else "\n")
         text += (f"**{len(busy)} of {len(rows)} cells ran while other processes used the CPU** (more than "
                  f"{info.get('busy_threshold')} cores): their times are inflated.\n" if busy else
@@ -358,6 +364,17 @@ def markdown_table(rows: list[dict], info: dict | None = None) -> str:
             f"- `{cell_key(r['model'], r['category'], r['seed'])}` ({r['status']}): "
             f"{(r.get('error') or '').strip().splitlines()[-1] if r.get('error') else ''}\n" for r in failed)
     return text
+
+
+def cell_machines(rows: list[dict]) -> str:
+    """``Intel Xeon, 2 CPUs (10 cells); AMD EPYC, 2 CPUs (2 cells)``: the machines the cells ran on, most cells
+    first; cells written before cells recorded their machine count as "not recorded"."""
+    counts: dict[str, int] = {}
+    for row in rows:
+        name = row.get("machine") or "not recorded"
+        counts[name] = counts.get(name, 0) + 1
+    ordered = sorted(counts.items(), key=lambda item: (item[0] == "not recorded", -item[1], item[0]))
+    return "; ".join(f"{name} ({n} cell{'s' if n > 1 else ''})" for name, n in ordered)
 
 
 def fit_time_axis(rows: list[dict]) -> tuple[str, str]:

@@ -99,6 +99,17 @@ def machine_info() -> dict:
     return info
 
 
+def cell_machine(device=None) -> str:
+    """The machine one result came from, short enough to store beside it: ``Intel Xeon, 2 CPUs`` (and the GPU
+    when ``device`` is a CUDA device). A table built from results of several sessions lists these."""
+    text = f"{cpu_model()}, {usable_cpus()} CPUs"
+    if device is not None and str(device).startswith("cuda"):
+        torch = sys.modules.get("torch")
+        if torch is not None and torch.cuda.is_available():
+            text += f", GPU {torch.cuda.get_device_name(device)}"
+    return text
+
+
 def describe(info: dict | None = None) -> str:
     """One line: ``AMD EPYC 7B13, 2 cores / 2 threads, torch 2 threads, load 0.12``."""
     info = info or machine_info()

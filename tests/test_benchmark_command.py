@@ -17,9 +17,10 @@ def rows_for_tables():
     row = {"status": "ok", "pixel_auroc": 0.9, "pixel_aupro": 0.7, "image_f1max": 0.8, "pixel_f1max": 0.3,
            "fit_seconds": 2.0, "images_per_second": 10.0, "peak_memory_mb": 900.0, "parameters": 1000,
            "model_size_mb": 1.5, "load_before": [0.1, 0.1, 0.1], "busy": False}
-    return [{**row, "model": "padim", "category": "weave", "seed": 0, "image_auroc": 0.8},
-            {**row, "model": "padim", "category": "weave", "seed": 1, "image_auroc": 0.9},
-            {**row, "model": "padim", "category": "weave", "seed": 2, "image_auroc": 0.95, "busy": True},
+    return [{**row, "model": "padim", "category": "weave", "seed": 0, "image_auroc": 0.8, "machine": "CPU B, 2 CPUs"},
+            {**row, "model": "padim", "category": "weave", "seed": 1, "image_auroc": 0.9, "machine": "CPU A, 2 CPUs"},
+            {**row, "model": "padim", "category": "weave", "seed": 2, "image_auroc": 0.95, "busy": True,
+             "machine": "CPU B, 2 CPUs"},
             {"model": "dfm", "category": "weave", "seed": 0, "status": "failed", "error": "ValueError: bad\n"}]
 
 
@@ -35,7 +36,9 @@ def test_summary_is_the_mean_and_std_over_seeds_and_failures_are_listed():
     table = benchmark.markdown_table(rows_for_tables(), info)
     assert f"| padim | weave | 3 | {mean:.3f} ± " in table
     assert "| dfm | weave | 0 (1 failed) | — |" in table
-    assert "Test CPU, 2 cores / 4 threads" in table and "Preset: cpu" in table
+    assert "Table written on: Test CPU, 2 cores / 4 threads" in table and "Preset: cpu" in table
+    # every machine the cells came from, most cells first; a cell from before cells recorded it is counted apart
+    assert "Cells ran on: CPU B, 2 CPUs (2 cells); CPU A, 2 CPUs (1 cell); not recorded (1 cell)." in table
     assert "**1 of 4 cells ran while other processes used the CPU**" in table
     assert "`dfm__weave__seed0` (failed): ValueError: bad" in table
 
@@ -118,6 +121,9 @@ def test_cells_resume_record_failures_and_time_limits(small_synthetic_root, tmp_
     assert 0 < ok["fit_cpu_seconds"] < 2 * os.cpu_count() * ok["fit_seconds"] + 1   # process CPU, all threads
     assert ok["parameters"] > 0 and ok["model_size_mb"] > 0 and ok["n_train"] == 12
     assert len(ok["load_before"]) == 3 and isinstance(ok["busy"], bool) and ok["other_cpus"] >= 0
+    from adlearn.machine import cell_machine, cpu_model
+    assert ok["machine"] == cell_machine("cpu") and ok["machine"].startswith(cpu_model())
+    assert failed["machine"] == ok["machine"]                 # a failed cell names its machine too
     with open(out / "results.csv") as f:
         table = list(csv.DictReader(f))
     assert [r["model"] for r in table] == ["padim", "dfm"] and list(table[0]) == list(benchmark.COLUMNS)
