@@ -385,6 +385,15 @@ def fit_time_axis(rows: list[dict]) -> tuple[str, str]:
     return "fit_seconds", "fit time (s, log scale)"
 
 
+def model_styles(models: list[str]) -> tuple[dict, dict]:
+    """(colour, marker) per model, no two models alike: ten colours, then the same colours with a new shape."""
+    import matplotlib
+
+    palette = matplotlib.colormaps["tab10"]
+    return ({m: palette(i % 10) for i, m in enumerate(models)},
+            {m: "o^sDv"[(i // 10) % 5] for i, m in enumerate(models)})
+
+
 def write_figures(rows: list[dict], out: Path) -> list[Path]:
     """AUROC against fit time (log scale), and per-model bars with the spread over seeds."""
     import matplotlib
@@ -394,7 +403,7 @@ def write_figures(rows: list[dict], out: Path) -> list[Path]:
 
     ok = [r for r in rows if r.get("status") == "ok" and _number(r.get("image_auroc")) is not None]
     models = sorted({r["model"] for r in ok})
-    colours = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(models)}
+    colours, markers = model_styles(models)
     paths = [out / "auroc_vs_fit_time.png", out / "auroc_per_model.png"]
 
     x_key, x_label = fit_time_axis(ok)
@@ -402,7 +411,7 @@ def write_figures(rows: list[dict], out: Path) -> list[Path]:
     for model in models:
         mine = [r for r in ok if r["model"] == model]
         ax.scatter([max(float(r[x_key]), 1e-3) for r in mine], [float(r["image_auroc"]) for r in mine],
-                   label=model, color=colours[model], alpha=0.8)
+                   label=model, color=colours[model], marker=markers[model], alpha=0.8)
     ax.set_xscale("log")
     ax.set(xlabel=x_label, ylabel="image AUROC", title="Accuracy against fit time (one dot per cell)")
     if models:

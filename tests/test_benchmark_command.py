@@ -183,3 +183,11 @@ def test_a_cell_from_an_edited_preset_runs_again(tmp_path, capsys):
     assert "changed since this cell ran" in capsys.readouterr().err
     with pytest.raises(ValueError, match=r"settings \(preset_options, seed"):             # anything else: an error
         benchmark._finished(tmp_path, cell, {**edited, "seed": 1}, retry_failed=False)
+
+
+def test_every_model_gets_its_own_colour_and_marker_in_the_figures():
+    models = list(adlearn.available_models())
+    models = [*models, *[f"extra{i}" for i in range(30 - len(models))]]      # 30 names: three rounds of the colours
+    colours, markers = benchmark.model_styles(models)
+    styles = {(tuple(colours[m]), markers[m]) for m in models}
+    assert len(styles) == len(models) == 30
