@@ -33,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 OFFLINE_BACKBONE = "efficientnet_lite0"
@@ -369,10 +370,7 @@ def markdown_table(rows: list[dict], info: dict | None = None) -> str:
 def cell_machines(rows: list[dict]) -> str:
     """``Intel Xeon, 2 CPUs (10 cells); AMD EPYC, 2 CPUs (2 cells)``: the machines the cells ran on, most cells
     first; cells written before cells recorded their machine count as "not recorded"."""
-    counts: dict[str, int] = {}
-    for row in rows:
-        name = row.get("machine") or "not recorded"
-        counts[name] = counts.get(name, 0) + 1
+    counts = Counter(row.get("machine") or "not recorded" for row in rows)
     ordered = sorted(counts.items(), key=lambda item: (item[0] == "not recorded", -item[1], item[0]))
     return "; ".join(f"{name} ({n} cell{'s' if n > 1 else ''})" for name, n in ordered)
 
