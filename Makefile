@@ -14,7 +14,7 @@ ifneq ($(wildcard ../shared/data/mvtec_ad/bottle),)
 export ADLEARN_MVTEC_ROOT ?= $(abspath ../shared/data/mvtec_ad)
 endif
 
-.PHONY: install demo test test-recipes test-fast benchmarks clean notebooks book book-html test-notebooks test-gpu clear-notebooks
+.PHONY: lint format install demo test test-recipes test-fast benchmarks clean notebooks book book-html test-notebooks test-gpu clear-notebooks
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,20 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# Lint first, in seconds: ruff alone in its own small venv (no torch), so CI fails fast on style.
+RUFF := .venv-lint/bin/ruff
+$(RUFF):
+	test -x .venv-lint/bin/python || $(PYTHON) -m venv .venv-lint
+	.venv-lint/bin/python -m pip install -q ruff==0.17.5
+
+lint: $(RUFF)      ## ruff check + format check (config in pyproject.toml)
+	$(RUFF) check .
+	$(RUFF) format --check .
+
+format: $(RUFF)    ## ruff fix + format in place
+	$(RUFF) check --fix .
+	$(RUFF) format .
 
 demo: install      ## the main job: fit on the embedded synthetic data, print metrics, write figures
 	$(BIN)/adlearn demo --models $(shell $(BIN)/python -c "from adlearn.models import available_models as a; print(','.join(m for m in ('padim','patchcore') if m in a()))")

@@ -37,13 +37,36 @@ from collections import Counter
 from pathlib import Path
 
 OFFLINE_BACKBONE = "efficientnet_lite0"
-DEFAULT_IMAGE_SIZE = 256   # without --image-size and without a preset
+DEFAULT_IMAGE_SIZE = 256  # without --image-size and without a preset
 CELLS, LOGS = "cells", "logs"
 # Per-cell columns of results.csv, in order (load columns come from adlearn.machine.LoadGuard).
-COLUMNS = ("model", "category", "seed", "status", "image_auroc", "pixel_auroc", "pixel_aupro", "image_f1max",
-           "pixel_f1max", "fit_seconds", "fit_cpu_seconds", "images_per_second", "peak_memory_mb", "parameters", "model_size_mb",
-           "n_train", "n_test", "cell_seconds", "machine", "load_before", "load_after", "other_cpus", "busy", "options",
-           "error")
+COLUMNS = (
+    "model",
+    "category",
+    "seed",
+    "status",
+    "image_auroc",
+    "pixel_auroc",
+    "pixel_aupro",
+    "image_f1max",
+    "pixel_f1max",
+    "fit_seconds",
+    "fit_cpu_seconds",
+    "images_per_second",
+    "peak_memory_mb",
+    "parameters",
+    "model_size_mb",
+    "n_train",
+    "n_test",
+    "cell_seconds",
+    "machine",
+    "load_before",
+    "load_after",
+    "other_cpus",
+    "busy",
+    "options",
+    "error",
+)
 METRICS = ("image_auroc", "pixel_auroc", "pixel_aupro", "image_f1max", "pixel_f1max")
 COSTS = ("fit_seconds", "fit_cpu_seconds", "images_per_second", "peak_memory_mb", "parameters", "model_size_mb")
 
@@ -95,7 +118,7 @@ def run_cell(spec: dict) -> dict:
     if spec.get("preset"):
         options["preset"] = spec["preset"]
     model = adlearn.create(spec["model"], **options)
-    root = spec.get("root") or synthetic_root(image_size=256, seed=0)   # the same data for every seed
+    root = spec.get("root") or synthetic_root(image_size=256, seed=0)  # the same data for every seed
     category = spec["category"] if spec.get("root") or spec["category"] in SYNTHETIC_CATEGORIES else None
     if category is None:
         raise ValueError(f"{spec['category']!r} is not a synthetic category ({', '.join(SYNTHETIC_CATEGORIES)})")
@@ -107,11 +130,25 @@ def run_cell(spec: dict) -> dict:
     results = fit_and_evaluate(model, train, test)
     with tempfile.TemporaryDirectory() as tmp:
         size = model.save(Path(tmp) / "model.pt").stat().st_size
-    row = {key: results.get(key) for key in (*METRICS, "fit_seconds", "fit_cpu_seconds", "images_per_second", "peak_memory_mb",
-                                            "n_train", "n_test")}
-    row.update(parameters=sum(p.numel() for p in model.parameters()), model_size_mb=size / 2**20,
-               options={k: v for k, v in options.items() if k not in ("device", "seed")},
-               device=str(model.device), machine=cell_machine(model.device))
+    row = {
+        key: results.get(key)
+        for key in (
+            *METRICS,
+            "fit_seconds",
+            "fit_cpu_seconds",
+            "images_per_second",
+            "peak_memory_mb",
+            "n_train",
+            "n_test",
+        )
+    }
+    row.update(
+        parameters=sum(p.numel() for p in model.parameters()),
+        model_size_mb=size / 2**20,
+        options={k: v for k, v in options.items() if k not in ("device", "seed")},
+        device=str(model.device),
+        machine=cell_machine(model.device),
+    )
     return row
 
 
@@ -138,8 +175,10 @@ def check_preset_support(preset: str | None) -> None:
     from adlearn.models import create
 
     if "preset" not in inspect.signature(create).parameters:
-        raise ValueError(f"--preset {preset}: this adlearn's create() does not take preset= yet. Run without "
-                         f"--preset (options can be set with --set KEY=VALUE), or update adlearn")
+        raise ValueError(
+            f"--preset {preset}: this adlearn's create() does not take preset= yet. Run without "
+            f"--preset (options can be set with --set KEY=VALUE), or update adlearn"
+        )
 
 
 def resolve_models(text: str) -> list[str]:
@@ -177,11 +216,26 @@ def _check_set_keys(models: list[str], options: dict) -> None:
             raise ValueError(f"--set {key}=...: none of {', '.join(models)} has an option {key!r}")
 
 
-def run_benchmark(models: list[str], categories: list[str], seeds: list[int], out: Path, *, root: str | None = None,
-                  preset: str | None = None, device: str = "auto", image_size: int | None = None, backbone: str | None = None,
-                  options: dict | None = None, threads: int | None = None, max_train: int | None = None,
-                  time_limit: float | None = None, retry_failed: bool = False, allow_busy: bool = False,
-                  busy_threshold: float | None = None, progress: bool = True) -> list[dict]:
+def run_benchmark(
+    models: list[str],
+    categories: list[str],
+    seeds: list[int],
+    out: Path,
+    *,
+    root: str | None = None,
+    preset: str | None = None,
+    device: str = "auto",
+    image_size: int | None = None,
+    backbone: str | None = None,
+    options: dict | None = None,
+    threads: int | None = None,
+    max_train: int | None = None,
+    time_limit: float | None = None,
+    retry_failed: bool = False,
+    allow_busy: bool = False,
+    busy_threshold: float | None = None,
+    progress: bool = True,
+) -> list[dict]:
     """Run every cell not finished yet (each in its own process); return every cell's row."""
     from adlearn.machine import LoadGuard
 
@@ -193,13 +247,31 @@ def run_benchmark(models: list[str], categories: list[str], seeds: list[int], ou
     (out / LOGS).mkdir(exist_ok=True)
     if root is None:  # generate the embedded data once, before the cells read it
         from adlearn.data import synthetic_root
+
         synthetic_root(image_size=256, seed=0)
     cells = [(m, c, s) for m in models for c in categories for s in seeds]
-    specs = {cell: json.loads(json.dumps({
-        "model": cell[0], "category": cell[1], "seed": cell[2], "root": str(root) if root else None,
-        "preset": preset, "preset_options": preset_options(cell[0], preset), "device": device,
-        "image_size": image_size, "backbone": backbone, "set": options, "threads": threads,
-        "max_train": max_train}, default=str)) for cell in cells}
+    specs = {
+        cell: json.loads(
+            json.dumps(
+                {
+                    "model": cell[0],
+                    "category": cell[1],
+                    "seed": cell[2],
+                    "root": str(root) if root else None,
+                    "preset": preset,
+                    "preset_options": preset_options(cell[0], preset),
+                    "device": device,
+                    "image_size": image_size,
+                    "backbone": backbone,
+                    "set": options,
+                    "threads": threads,
+                    "max_train": max_train,
+                },
+                default=str,
+            )
+        )
+        for cell in cells
+    }
     todo = [cell for cell in cells if not _finished(out, cell, specs[cell], retry_failed)]
     guard = LoadGuard(allow_busy=allow_busy, threshold=busy_threshold)
     bar = _progress(len(cells), len(cells) - len(todo), progress)
@@ -213,10 +285,13 @@ def run_benchmark(models: list[str], categories: list[str], seeds: list[int], ou
         if row["status"] != "ok":
             bar.write(f"{key}: {row['status']}: {row.get('error', '').splitlines()[0] if row.get('error') else ''}")
     bar.close()
-    rows = [json.loads((out / CELLS / f"{cell_key(*cell)}.json").read_text()) for cell in cells
-            if (out / CELLS / f"{cell_key(*cell)}.json").is_file()]
+    rows = [
+        json.loads((out / CELLS / f"{cell_key(*cell)}.json").read_text())
+        for cell in cells
+        if (out / CELLS / f"{cell_key(*cell)}.json").is_file()
+    ]
     info = guard.summary()
-    if threads:                                   # what the cells ran with, not this parent process
+    if threads:  # what the cells ran with, not this parent process
         info["machine"]["torch_threads"] = threads
     info.update(preset=preset, device=device, image_size=image_size, root=str(root) if root else "embedded synthetic")
     _write_json(out / "machine.json", info)
@@ -246,11 +321,16 @@ def _finished(out: Path, cell: tuple, spec: dict, retry_failed: bool) -> bool:
     if row.get("spec") not in (None, spec):
         changed = sorted(k for k in spec if row["spec"].get(k) != spec[k])
         if changed == ["preset_options"]:
-            print(f"{path.name}: the {spec['preset']!r} preset of {spec['model']} changed since this cell ran "
-                  f"(now {spec['preset_options']}): running it again", file=sys.stderr)
+            print(
+                f"{path.name}: the {spec['preset']!r} preset of {spec['model']} changed since this cell ran "
+                f"(now {spec['preset_options']}): running it again",
+                file=sys.stderr,
+            )
             return False
-        raise ValueError(f"{path} was computed with other settings ({', '.join(changed)} differ): use another "
-                         f"--out for this configuration, or delete {out / CELLS} to start over")
+        raise ValueError(
+            f"{path} was computed with other settings ({', '.join(changed)} differ): use another "
+            f"--out for this configuration, or delete {out / CELLS} to start over"
+        )
     return row.get("status") == "ok" or not retry_failed
 
 
@@ -268,24 +348,31 @@ def _run_in_subprocess(spec: dict, out: Path, key: str, time_limit: float | None
             start = time.perf_counter()
             try:
                 subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env, timeout=time_limit)
-                row = (json.loads(result_path.read_text()) if result_path.is_file() else
-                       {"status": "failed", "error": f"the cell process died without a result (see {LOGS}/{key}.log)"})
+                row = (
+                    json.loads(result_path.read_text())
+                    if result_path.is_file()
+                    else {"status": "failed", "error": f"the cell process died without a result (see {LOGS}/{key}.log)"}
+                )
             except subprocess.TimeoutExpired:
                 row = {"status": "timeout", "error": f"stopped after the per-cell time limit of {time_limit:g} s"}
             row["cell_seconds"] = round(time.perf_counter() - start, 2)
     if row["status"] == "failed":
         tail = (out / LOGS / f"{key}.log").read_text().strip().splitlines()[-6:]
         row["error"] = row.get("error") or "\n".join(tail)
-    row.setdefault("machine", cell_machine(spec.get("device")))   # a failed or stopped cell too: same machine
-    row.update(load_before=load.get("load_before"), load_after=load.get("load_after"),
-               other_cpus=load.get("other_cpus"), busy=load.get("busy"))
+    row.setdefault("machine", cell_machine(spec.get("device")))  # a failed or stopped cell too: same machine
+    row.update(
+        load_before=load.get("load_before"),
+        load_after=load.get("load_after"),
+        other_cpus=load.get("other_cpus"),
+        busy=load.get("busy"),
+    )
     return row
 
 
 def _write_json(path: Path, data) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data, indent=1, default=str) + "\n")
-    tmp.replace(path)   # atomic: an interruption never leaves a half-written cell that looks finished
+    tmp.replace(path)  # atomic: an interruption never leaves a half-written cell that looks finished
 
 
 def _progress(total: int, done: int, enabled: bool):
@@ -338,32 +425,68 @@ def markdown_table(rows: list[dict], info: dict | None = None) -> str:
             return "—"
         return format(mean, fmt) + (f" ± {format(std, fmt)}" if spread and std and entry["seeds"] > 1 else "")
 
-    header = ["model", "category", "seeds", "image AUROC", "pixel AUROC", "AUPRO", "image F1-max", "fit s",
-              "fit CPU s", "predict img/s", "peak MB", "parameters", "saved MB"]
+    header = [
+        "model",
+        "category",
+        "seeds",
+        "image AUROC",
+        "pixel AUROC",
+        "AUPRO",
+        "image F1-max",
+        "fit s",
+        "fit CPU s",
+        "predict img/s",
+        "peak MB",
+        "parameters",
+        "saved MB",
+    ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * 2 + "---:|" * (len(header) - 2)]
     for entry in summarize(rows):
-        lines.append("| " + " | ".join([
-            entry["model"], entry["category"], f"{entry['seeds']}" + (f" ({entry['failed']} failed)" if entry["failed"] else ""),
-            cell(entry, "image_auroc", ".3f"), cell(entry, "pixel_auroc", ".3f"), cell(entry, "pixel_aupro", ".3f"),
-            cell(entry, "image_f1max", ".3f"), cell(entry, "fit_seconds", ".1f"), cell(entry, "fit_cpu_seconds", ".1f"),
-            cell(entry, "images_per_second", ".1f"),
-            cell(entry, "peak_memory_mb", ".0f", False), cell(entry, "parameters", ",.0f", False),
-            cell(entry, "model_size_mb", ".1f", False)]) + " |")
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    entry["model"],
+                    entry["category"],
+                    f"{entry['seeds']}" + (f" ({entry['failed']} failed)" if entry["failed"] else ""),
+                    cell(entry, "image_auroc", ".3f"),
+                    cell(entry, "pixel_auroc", ".3f"),
+                    cell(entry, "pixel_aupro", ".3f"),
+                    cell(entry, "image_f1max", ".3f"),
+                    cell(entry, "fit_seconds", ".1f"),
+                    cell(entry, "fit_cpu_seconds", ".1f"),
+                    cell(entry, "images_per_second", ".1f"),
+                    cell(entry, "peak_memory_mb", ".0f", False),
+                    cell(entry, "parameters", ",.0f", False),
+                    cell(entry, "model_size_mb", ".1f", False),
+                ]
+            )
+            + " |"
+        )
     text = "\n".join(lines) + "\n"
     if info:
         busy = [r for r in rows if r.get("busy")]
         loads = [r["load_before"][0] for r in rows if r.get("load_before")]
-        text += (f"\nCells ran on: {cell_machines(rows)}. Table written on: {describe(info['machine'])}. "
-                 f"Preset: {info.get('preset') or 'none'}; device {info.get('device')}; data: {info.get('root')}.\n"
-                 f"Load average before the cells: {min(loads):.2f}–{max(loads):.2f}. " if loads else "\n")
-        text += (f"**{len(busy)} of {len(rows)} cells ran while other processes used the CPU** (more than "
-                 f"{info.get('busy_threshold')} cores): their times are inflated.\n" if busy else
-                 "No cell ran while other processes used the CPU.\n")
+        text += (
+            f"\nCells ran on: {cell_machines(rows)}. Table written on: {describe(info['machine'])}. "
+            f"Preset: {info.get('preset') or 'none'}; device {info.get('device')}; data: {info.get('root')}.\n"
+            f"Load average before the cells: {min(loads):.2f}–{max(loads):.2f}. "
+            if loads
+            else "\n"
+        )
+        text += (
+            f"**{len(busy)} of {len(rows)} cells ran while other processes used the CPU** (more than "
+            f"{info.get('busy_threshold')} cores): their times are inflated.\n"
+            if busy
+            else "No cell ran while other processes used the CPU.\n"
+        )
     failed = [r for r in rows if r.get("status") != "ok"]
     if failed:
         text += "\nFailed cells:\n\n" + "".join(
             f"- `{cell_key(r['model'], r['category'], r['seed'])}` ({r['status']}): "
-            f"{(r.get('error') or '').strip().splitlines()[-1] if r.get('error') else ''}\n" for r in failed)
+            f"{(r.get('error') or '').strip().splitlines()[-1] if r.get('error') else ''}\n"
+            for r in failed
+        )
     return text
 
 
@@ -388,8 +511,10 @@ def model_styles(models: list[str]) -> tuple[dict, dict]:
     import matplotlib
 
     palette = matplotlib.colormaps["tab10"]
-    return ({m: palette(i % 10) for i, m in enumerate(models)},
-            {m: "o^sDv"[(i // 10) % 5] for i, m in enumerate(models)})
+    return (
+        {m: palette(i % 10) for i, m in enumerate(models)},
+        {m: "o^sDv"[(i // 10) % 5] for i, m in enumerate(models)},
+    )
 
 
 def write_figures(rows: list[dict], out: Path) -> list[Path]:
@@ -408,12 +533,18 @@ def write_figures(rows: list[dict], out: Path) -> list[Path]:
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
     for model in models:
         mine = [r for r in ok if r["model"] == model]
-        ax.scatter([max(float(r[x_key]), 1e-3) for r in mine], [float(r["image_auroc"]) for r in mine],
-                   label=model, color=colours[model], marker=markers[model], alpha=0.8)
+        ax.scatter(
+            [max(float(r[x_key]), 1e-3) for r in mine],
+            [float(r["image_auroc"]) for r in mine],
+            label=model,
+            color=colours[model],
+            marker=markers[model],
+            alpha=0.8,
+        )
     ax.set_xscale("log")
     ax.set(xlabel=x_label, ylabel="image AUROC", title="Accuracy against fit time (one dot per cell)")
     if models:
-        ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))   # outside: never hides a dot
+        ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))  # outside: never hides a dot
     fig.tight_layout()
     fig.savefig(paths[0], dpi=110)
     plt.close(fig)
@@ -427,12 +558,30 @@ def write_figures(rows: list[dict], out: Path) -> list[Path]:
         for i, model in enumerate(models):
             entry = next((e for e in summary if e["model"] == model and e["category"] == category), None)
             if entry:
-                ax.bar(i + j * width, entry["image_auroc"], width, yerr=entry["image_auroc_std"] or 0,
-                       color=colours[model], alpha=shade[category], capsize=3, edgecolor="black", linewidth=0.4)
+                ax.bar(
+                    i + j * width,
+                    entry["image_auroc"],
+                    width,
+                    yerr=entry["image_auroc_std"] or 0,
+                    color=colours[model],
+                    alpha=shade[category],
+                    capsize=3,
+                    edgecolor="black",
+                    linewidth=0.4,
+                )
     ax.set_xticks([i + 0.4 - width / 2 for i in range(len(models))], models, rotation=30, ha="right")
-    ax.set(ylabel="image AUROC (mean ± std over seeds)", ylim=(0, 1.05),
-           title="Image AUROC per model" + (" (bars: " + ", ".join(categories) + ", left to right)"
-                                            if len(categories) > 1 else f" ({categories[0]})" if categories else ""))
+    ax.set(
+        ylabel="image AUROC (mean ± std over seeds)",
+        ylim=(0, 1.05),
+        title="Image AUROC per model"
+        + (
+            " (bars: " + ", ".join(categories) + ", left to right)"
+            if len(categories) > 1
+            else f" ({categories[0]})"
+            if categories
+            else ""
+        ),
+    )
     ax.title.set_fontsize(9 if len(categories) > 3 else 11)
     fig.tight_layout()
     fig.savefig(paths[1], dpi=110)
@@ -476,13 +625,15 @@ def write_book_page(out: Path, page: Path, label: str, command: str, rows: list[
         if (out / name).is_file():
             shutil.copyfile(out / name, figures / f"{slug}_{name}")
     begin, end = f"<!-- benchmark:{slug} -->", f"<!-- /benchmark:{slug} -->"
-    section = (f"{begin}\n## {label}\n\n```bash\n{command}\n```\n\n{markdown_table(rows, info)}\n"
-               f"![Image AUROC against fit time](benchmark_figures/{slug}_auroc_vs_fit_time.png)\n\n"
-               f"![Image AUROC per model](benchmark_figures/{slug}_auroc_per_model.png)\n{end}\n")
+    section = (
+        f"{begin}\n## {label}\n\n```bash\n{command}\n```\n\n{markdown_table(rows, info)}\n"
+        f"![Image AUROC against fit time](benchmark_figures/{slug}_auroc_vs_fit_time.png)\n\n"
+        f"![Image AUROC per model](benchmark_figures/{slug}_auroc_per_model.png)\n{end}\n"
+    )
     text = page.read_text() if page.is_file() else PAGE_HEADER
     text = text.replace(NO_SECTION_YET, "")
     if begin in text and end in text:
-        text = text[:text.index(begin)] + section + text[text.index(end) + len(end) + 1:]
+        text = text[: text.index(begin)] + section + text[text.index(end) + len(end) + 1 :]
     else:
         text = text.rstrip("\n") + "\n\n" + section
     page.write_text(text)
@@ -501,17 +652,25 @@ def add_parser(sub) -> None:
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated model seeds (default 0,1,2)")
     parser.add_argument("--preset", help="passed to adlearn.create(name, preset=...), e.g. cpu or paper")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    parser.add_argument("--image-size", type=int, help=f"image side for every model (default: the preset's, "
-                        f"else {DEFAULT_IMAGE_SIZE})")
+    parser.add_argument(
+        "--image-size", type=int, help=f"image side for every model (default: the preset's, else {DEFAULT_IMAGE_SIZE})"
+    )
     parser.add_argument("--backbone", help=f"backbone for every model (default without a preset: {OFFLINE_BACKBONE})")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="a model option for the models that have it, e.g. --set max_epochs=2 (repeatable)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a model option for the models that have it, e.g. --set max_epochs=2 (repeatable)",
+    )
     parser.add_argument("--max-train", type=int, help="use at most this many training images (evenly spaced)")
     parser.add_argument("--threads", type=int, help="torch threads per cell (default: torch's default)")
     parser.add_argument("--time-limit", type=float, default=3600.0, help="seconds per cell; 0 = none (default 3600)")
     parser.add_argument("--retry-failed", action="store_true", help="run failed or timed-out cells again")
     parser.add_argument("--out", default="build/benchmark", help="output folder (default build/benchmark)")
-    parser.add_argument("--book-page", help="also write this section into the book page, e.g. book/chapters/benchmarks.md")
+    parser.add_argument(
+        "--book-page", help="also write this section into the book page, e.g. book/chapters/benchmarks.md"
+    )
     parser.add_argument("--label", help="the book page section's title (default: the data's name)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_arguments(parser)
@@ -528,11 +687,25 @@ def cmd_benchmark(args) -> int:
     except ValueError:
         raise ValueError(f"--seeds expects comma-separated integers, got {args.seeds!r}") from None
     out = Path(args.out)
-    rows = run_benchmark(models, categories, seeds, out, root=args.root, preset=args.preset, device=args.device,
-                         image_size=args.image_size, backbone=args.backbone, options=_parse_set(args.set),
-                         threads=args.threads, max_train=args.max_train, time_limit=args.time_limit or None,
-                         retry_failed=args.retry_failed, allow_busy=args.allow_busy,
-                         busy_threshold=args.busy_threshold, progress=not args.no_progress)
+    rows = run_benchmark(
+        models,
+        categories,
+        seeds,
+        out,
+        root=args.root,
+        preset=args.preset,
+        device=args.device,
+        image_size=args.image_size,
+        backbone=args.backbone,
+        options=_parse_set(args.set),
+        threads=args.threads,
+        max_train=args.max_train,
+        time_limit=args.time_limit or None,
+        retry_failed=args.retry_failed,
+        allow_busy=args.allow_busy,
+        busy_threshold=args.busy_threshold,
+        progress=not args.no_progress,
+    )
     print((out / "results.md").read_text())
     print(f"wrote {out}/results.csv, results.md, auroc_vs_fit_time.png, auroc_per_model.png")
     if args.book_page:
@@ -546,8 +719,12 @@ def command_line(args) -> str:
     """The ``adlearn benchmark`` command that reproduces this run (for the book page)."""
     parts = ["adlearn benchmark", f"--models {args.models}"]
     if args.root:
-        parts.append("--root $ADLEARN_MVTEC_ROOT" if os.environ.get("ADLEARN_MVTEC_ROOT") and
-                     Path(args.root).resolve() == Path(os.environ["ADLEARN_MVTEC_ROOT"]).resolve() else f"--root {args.root}")
+        parts.append(
+            "--root $ADLEARN_MVTEC_ROOT"
+            if os.environ.get("ADLEARN_MVTEC_ROOT")
+            and Path(args.root).resolve() == Path(os.environ["ADLEARN_MVTEC_ROOT"]).resolve()
+            else f"--root {args.root}"
+        )
     parts += [f"--categories {args.categories}", f"--seeds {args.seeds}"]
     for flag in ("preset", "device", "backbone", "max_train", "threads"):
         if getattr(args, flag) not in (None, parser_defaults().get(flag)):
@@ -564,8 +741,13 @@ def parser_defaults() -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m adlearn.benchmark")
-    parser.add_argument("--cell", nargs=2, metavar=("SPEC", "RESULT"), required=True,
-                        help="run one cell (what `adlearn benchmark` starts for each cell)")
+    parser.add_argument(
+        "--cell",
+        nargs=2,
+        metavar=("SPEC", "RESULT"),
+        required=True,
+        help="run one cell (what `adlearn benchmark` starts for each cell)",
+    )
     args = parser.parse_args(argv)
     return _cell_main(*args.cell)
 

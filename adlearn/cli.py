@@ -53,7 +53,9 @@ def _model_options(model_class, args, extra: dict) -> dict:
     options.update(extra)
     unknown = [key for key in options if key not in accepted]
     if unknown:
-        raise SystemExit(f"model {model_class.name!r} has no option {unknown[0]!r}; its options are: {', '.join(accepted)}")
+        raise SystemExit(
+            f"model {model_class.name!r} has no option {unknown[0]!r}; its options are: {', '.join(accepted)}"
+        )
     return options
 
 
@@ -80,15 +82,26 @@ def run_evaluation(model_name: str, args, extra: dict, category: str | None = No
     model = model_class(**_model_options(model_class, args, extra))
     image_size = model.image_size if isinstance(model.image_size, int) else max(model.image_size)
     category, train, test = _datasets(args.root, category or args.category, model.transform, image_size, args.seed)
-    print(f"{model.name}: fitting on {len(train)} '{category}' images, testing on {len(test)} "
-          f"({model.device})", file=sys.stderr)
+    print(
+        f"{model.name}: fitting on {len(train)} '{category}' images, testing on {len(test)} ({model.device})",
+        file=sys.stderr,
+    )
     results = fit_and_evaluate(model, train, test, return_predictions=bool(args.figure))
     predictions = results.pop("predictions", None)
-    results = {"model": model.name, "category": category, **results,
-               "backbone": model.config.get("backbone"), "image_size": model.image_size,
-               "preset": getattr(args, "preset", None),
-               "device": str(model.device), "seed": args.seed, "adlearn_version": adlearn.__version__,
-               "config": {k: v for k, v in model.config.items() if isinstance(v, (int, float, str, bool, type(None), list, tuple))}}
+    results = {
+        "model": model.name,
+        "category": category,
+        **results,
+        "backbone": model.config.get("backbone"),
+        "image_size": model.image_size,
+        "preset": getattr(args, "preset", None),
+        "device": str(model.device),
+        "seed": args.seed,
+        "adlearn_version": adlearn.__version__,
+        "config": {
+            k: v for k, v in model.config.items() if isinstance(v, (int, float, str, bool, type(None), list, tuple))
+        },
+    }
     if args.figure and predictions is not None:
         _write_figure(args.figure, model, test, predictions, category)
     if getattr(args, "save", None):
@@ -104,14 +117,23 @@ def _write_figure(path, model, test, predictions, category) -> None:
 
     labels = predictions["labels"]
     # Show a few normal and mostly anomalous images, in dataset order.
-    chosen = list(np.flatnonzero(labels == 1)[::max(1, (labels == 1).sum() // 6)][:6]) + list(np.flatnonzero(labels == 0)[:2])
+    chosen = list(np.flatnonzero(labels == 1)[:: max(1, (labels == 1).sum() // 6)][:6]) + list(
+        np.flatnonzero(labels == 0)[:2]
+    )
     images = torch.stack([test[i]["image"] for i in chosen])
     if predictions["anomaly_maps"] is None:
         print(f"no figure written to {path}: {model.name} makes no anomaly map (an image-level model)", file=sys.stderr)
         return
     maps = predictions["anomaly_maps"][chosen]
-    anomaly_map_grid(images, maps, masks=predictions["masks"][chosen], scores=predictions["pred_scores"][chosen],
-                     labels=labels[chosen], title=f"{model.name} on {category}", path=path)
+    anomaly_map_grid(
+        images,
+        maps,
+        masks=predictions["masks"][chosen],
+        scores=predictions["pred_scores"][chosen],
+        labels=labels[chosen],
+        title=f"{model.name} on {category}",
+        path=path,
+    )
     print(f"wrote {path}", file=sys.stderr)
 
 
@@ -175,11 +197,19 @@ def cmd_data_synth(args) -> int:
 
 
 def _add_run_options(parser, default_backbone=None, default_pretrained=None) -> None:
-    parser.add_argument("--image-size", type=int, default=None, help="input size (default: the model's or its preset's)")
-    parser.add_argument("--backbone", default=default_backbone,
-                        help=f"timm backbone (model default if omitted; '{OFFLINE_BACKBONE}' has offline weights)")
-    parser.add_argument("--pretrained", default=default_pretrained,
-                        help="auto (offline package, else hub) | hub | none | PATH to a state dict")
+    parser.add_argument(
+        "--image-size", type=int, default=None, help="input size (default: the model's or its preset's)"
+    )
+    parser.add_argument(
+        "--backbone",
+        default=default_backbone,
+        help=f"timm backbone (model default if omitted; '{OFFLINE_BACKBONE}' has offline weights)",
+    )
+    parser.add_argument(
+        "--pretrained",
+        default=default_pretrained,
+        help="auto (offline package, else hub) | hub | none | PATH to a state dict",
+    )
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     parser.add_argument("--seed", type=int, default=0)
 
@@ -194,13 +224,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = sub.add_parser("evaluate", help="fit a model and report its metrics")
     evaluate.add_argument("model")
-    evaluate.add_argument("--preset", help="a named recipe: 'cpu' (a 2-core laptop on a real category) or 'paper'; "
-                          "explicit options override it (adlearn models --presets lists them)")
+    evaluate.add_argument(
+        "--preset",
+        help="a named recipe: 'cpu' (a 2-core laptop on a real category) or 'paper'; "
+        "explicit options override it (adlearn models --presets lists them)",
+    )
     evaluate.add_argument("--root", help="MVTec-layout root (default: the embedded synthetic dataset)")
     evaluate.add_argument("--category")
     _add_run_options(evaluate)
-    evaluate.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                          help="a model option, e.g. --set n_features=100 (repeatable)")
+    evaluate.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a model option, e.g. --set n_features=100 (repeatable)",
+    )
     evaluate.add_argument("--json", help="write the results as one JSON object")
     evaluate.add_argument("--figure", help="write an anomaly-map figure (PNG)")
     evaluate.add_argument("--save", help="save the fitted model")

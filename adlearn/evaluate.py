@@ -70,10 +70,13 @@ def collect_predictions(model, dataset, batch_size: int | None = None) -> dict:
 def evaluate(model, test_dataset, batch_size: int | None = None, return_predictions: bool = False) -> dict:
     """Metrics of a fitted model on ``test_dataset`` (items as in ``adlearn.data``)."""
     predictions = collect_predictions(model, test_dataset, batch_size)
-    metrics = compute_all(predictions["labels"], predictions["pred_scores"],
-                          masks=predictions["masks"] if predictions["anomaly_maps"] is not None else None,
-                          maps=predictions["anomaly_maps"])
-    if predictions["pred_masks"] is not None:       # the model's own segmentation (no threshold chosen with labels)
+    metrics = compute_all(
+        predictions["labels"],
+        predictions["pred_scores"],
+        masks=predictions["masks"] if predictions["anomaly_maps"] is not None else None,
+        maps=predictions["anomaly_maps"],
+    )
+    if predictions["pred_masks"] is not None:  # the model's own segmentation (no threshold chosen with labels)
         metrics["pixel_f1_mask"] = mask_f1(predictions["masks"], predictions["pred_masks"])
     n_images = len(predictions["labels"])
     results = {
@@ -94,8 +97,10 @@ def evaluate(model, test_dataset, batch_size: int | None = None, return_predicti
 
 def no_map_note(model_name: str) -> str:
     """What ``evaluate`` says instead of pixel metrics for a model without anomaly maps."""
-    return (f"{model_name} is an image-level (classification) model: it scores whole images and makes no "
-            "anomaly map, so there are no pixel metrics (pixel AUROC, AUPRO) to report")
+    return (
+        f"{model_name} is an image-level (classification) model: it scores whole images and makes no "
+        "anomaly map, so there are no pixel metrics (pixel AUROC, AUPRO) to report"
+    )
 
 
 def fit_and_evaluate(model, train_dataset, test_dataset, return_predictions: bool = False) -> dict:

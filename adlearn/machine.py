@@ -35,7 +35,7 @@ import time
 import warnings
 from pathlib import Path
 
-DEFAULT_THRESHOLD = 0.5   # cores used by other processes (or 1-min load average) above which we call it busy
+DEFAULT_THRESHOLD = 0.5  # cores used by other processes (or 1-min load average) above which we call it busy
 
 
 class BusyMachineWarning(UserWarning):
@@ -114,9 +114,11 @@ def describe(info: dict | None = None) -> str:
     """One line: ``AMD EPYC 7B13, 2 cores / 2 threads, torch 2 threads, load 0.12``."""
     info = info or machine_info()
     load = info.get("load_average")
-    text = (f"{info['cpu_model']}, {info.get('physical_cores') or '?'} cores / {info['logical_cpus']} threads"
-            + (f", torch {info['torch_threads']} threads" if info.get("torch_threads") else "")
-            + (f", GPU {info['gpu']}" if info.get("gpu") else ""))
+    text = (
+        f"{info['cpu_model']}, {info.get('physical_cores') or '?'} cores / {info['logical_cpus']} threads"
+        + (f", torch {info['torch_threads']} threads" if info.get("torch_threads") else "")
+        + (f", GPU {info['gpu']}" if info.get("gpu") else "")
+    )
     return text + (f", load average {load[0]:.2f}" if load else "")
 
 
@@ -181,8 +183,10 @@ class LoadGuard:
         self._warned: set[str] = set()
         self.start_load = load_average()
         if self.start_load and self.start_load[0] > self.threshold:
-            self._warn(f"the machine is busy before we start: load average {self.start_load[0]:.2f} "
-                       f"> {self.threshold} (other processes use the CPU; timings will be inflated)")
+            self._warn(
+                f"the machine is busy before we start: load average {self.start_load[0]:.2f} "
+                f"> {self.threshold} (other processes use the CPU; timings will be inflated)"
+            )
 
     def _warn(self, message: str) -> None:
         """A printed line for people (``echo``), else a `BusyMachineWarning` for code; each once."""
@@ -243,14 +247,16 @@ class LoadGuard:
         busy = self.busy(*labels)
         if busy and not self.allow_busy:
             names = ", ".join(f"'{r['label']}' ({r['busy_reason']})" for r in busy)
-            self._warn(f"ratio not reported: measured under load: {names}. Rerun on an idle machine, "
-                       f"or pass --allow-busy to report it anyway (marked as measured under load)")
+            self._warn(
+                f"ratio not reported: measured under load: {names}. Rerun on an idle machine, "
+                f"or pass --allow-busy to report it anyway (marked as measured under load)"
+            )
             return None
         if not denominator:
             return None
         return numerator / denominator
 
-    def activate(self) -> "LoadGuard":
+    def activate(self) -> LoadGuard:
         """Make this the guard `guarded_ratio` consults (a driver's helpers need not carry it)."""
         global _ACTIVE
         _ACTIVE = self
@@ -258,8 +264,14 @@ class LoadGuard:
 
     def summary(self) -> dict:
         """Machine, threshold and every record: put it beside the figures."""
-        return {"machine": machine_info(), "busy_threshold": self.threshold, "allow_busy": self.allow_busy,
-                "load_at_start": self.start_load, "any_busy": bool(self.busy()), "parts": self.records}
+        return {
+            "machine": machine_info(),
+            "busy_threshold": self.threshold,
+            "allow_busy": self.allow_busy,
+            "load_at_start": self.start_load,
+            "any_busy": bool(self.busy()),
+            "parts": self.records,
+        }
 
 
 _ACTIVE: LoadGuard | None = None
@@ -274,13 +286,21 @@ def guarded_ratio(numerator: float, denominator: float) -> float | None:
 
 def add_arguments(parser) -> None:
     """``--allow-busy`` and ``--busy-threshold`` for a benchmark's argument parser."""
-    parser.add_argument("--allow-busy", action="store_true",
-                        help="report ratios even when other processes loaded the machine (marked as such)")
-    parser.add_argument("--busy-threshold", type=float, default=None,
-                        help=f"cores used by other processes above which a part is busy "
-                             f"(default ADLEARN_BUSY_THRESHOLD or {DEFAULT_THRESHOLD})")
+    parser.add_argument(
+        "--allow-busy",
+        action="store_true",
+        help="report ratios even when other processes loaded the machine (marked as such)",
+    )
+    parser.add_argument(
+        "--busy-threshold",
+        type=float,
+        default=None,
+        help=f"cores used by other processes above which a part is busy "
+        f"(default ADLEARN_BUSY_THRESHOLD or {DEFAULT_THRESHOLD})",
+    )
 
 
 def guard_from_args(args, echo: bool = True) -> LoadGuard:
-    return LoadGuard(allow_busy=getattr(args, "allow_busy", False),
-                     threshold=getattr(args, "busy_threshold", None), echo=echo)
+    return LoadGuard(
+        allow_busy=getattr(args, "allow_busy", False), threshold=getattr(args, "busy_threshold", None), echo=echo
+    )

@@ -242,9 +242,7 @@ def _auroc_from_counts(tps: np.ndarray, fps: np.ndarray) -> float:
     return float(twice_u) / (2.0 * n_pos * n_neg)
 
 
-def _f1_from_counts(
-    tps: np.ndarray, fps: np.ndarray, thresholds: np.ndarray
-) -> tuple[float, float]:
+def _f1_from_counts(tps: np.ndarray, fps: np.ndarray, thresholds: np.ndarray) -> tuple[float, float]:
     """Best F1 over thresholds (``tps``/``fps`` without the leading zero) and its threshold.
 
     F1 = 2·P·R/(P+R) simplifies to 2·TP / (#predicted positive + #actual positive), a ratio of
@@ -492,8 +490,9 @@ def _aupro_from(
 ) -> float:
     region_ids, n_regions = _label_regions(m, connectivity)
     if n_regions == 0:
-        warnings.warn("AUPRO is undefined without anomalous regions in the masks; returning nan",
-                      RuntimeWarning, stacklevel=3)
+        warnings.warn(
+            "AUPRO is undefined without anomalous regions in the masks; returning nan", RuntimeWarning, stacklevel=3
+        )
         return float("nan")
     fpr, pro, _ = _pro_curve_from(m, a, region_ids, n_regions, num_thresholds, ranking)
     return _area_up_to(fpr, pro, fpr_limit) / fpr_limit
@@ -521,9 +520,7 @@ def _check_span(min_value: float, max_value: float) -> float:
     return span
 
 
-def min_max_normalize(
-    scores: ArrayLike, min_value: float, max_value: float, clip: bool = True
-) -> Any:
+def min_max_normalize(scores: ArrayLike, min_value: float, max_value: float, clip: bool = True) -> Any:
     """``(scores - min) / (max - min)``: ``min -> 0``, ``max -> 1``, clipped to [0, 1] by default.
 
     ``min``/``max`` are usually taken from normal (validation) scores, so unseen test scores can

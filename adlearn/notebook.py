@@ -30,13 +30,16 @@ def setup(seed: int = 0, device: str = "auto") -> torch.device:
     seed_everything(seed)
     resolved = resolve_device(device)
     name = torch.cuda.get_device_name(resolved) if resolved.type == "cuda" else platform.processor() or "cpu"
-    print(f"device: {resolved} ({name}) | adlearn {adlearn.__version__} | torch {torch.__version__} | "
-          f"timm {timm.__version__} | python {platform.python_version()}")
+    print(
+        f"device: {resolved} ({name}) | adlearn {adlearn.__version__} | torch {torch.__version__} | "
+        f"timm {timm.__version__} | python {platform.python_version()}"
+    )
     return resolved
 
 
-def load_datasets(transform, data_root=None, category=None, smoke: bool = True, seed: int = 0,
-                  generate_size: int = 256):
+def load_datasets(
+    transform, data_root=None, category=None, smoke: bool = True, seed: int = 0, generate_size: int = 256
+):
     """(train, test, category): the synthetic data by default, real MVTec when ``data_root`` is set."""
     from adlearn.data import SYNTHETIC_CATEGORIES, MVTecDataset, synthetic_root
 
@@ -56,8 +59,19 @@ def load_datasets(transform, data_root=None, category=None, smoke: bool = True, 
 
 
 # Keys of `adlearn.evaluate`'s result that `report` prints (metrics, then cost); arrays are left out.
-REPORT_KEYS = ("image_auroc", "image_f1max", "pixel_auroc", "pixel_aupro", "pixel_f1max", "fit_seconds",
-               "predict_seconds", "images_per_second", "peak_memory_mb", "n_train", "n_test")
+REPORT_KEYS = (
+    "image_auroc",
+    "image_f1max",
+    "pixel_auroc",
+    "pixel_aupro",
+    "pixel_f1max",
+    "fit_seconds",
+    "predict_seconds",
+    "images_per_second",
+    "peak_memory_mb",
+    "n_train",
+    "n_test",
+)
 
 
 def report(results: dict, **extra) -> None:

@@ -197,8 +197,14 @@ def _plot_roc(ax: Any, fpr: np.ndarray, tpr: np.ndarray, auroc: float, what: str
     fpr, tpr = _thin(fpr, tpr)
     ax.plot(fpr, tpr, lw=2, label=f"AUROC = {auroc:.3f}")
     ax.plot([0, 1], [0, 1], ls="--", lw=1, color="grey", label="chance (0.5)")
-    ax.set(xlim=(0, 1), ylim=(0, 1.01), aspect="equal", title=f"{what} ROC",
-           xlabel="false-positive rate", ylabel="true-positive rate")
+    ax.set(
+        xlim=(0, 1),
+        ylim=(0, 1.01),
+        aspect="equal",
+        title=f"{what} ROC",
+        xlabel="false-positive rate",
+        ylabel="true-positive rate",
+    )
     ax.legend(loc="lower right")
 
 
@@ -297,8 +303,7 @@ def metrics_table(results: Sequence[Mapping[str, Any]] | Mapping[str, Any]) -> s
     text_column = [_COLUMNS[h][1] == "s" for h in headers]
 
     def line(values: list[str]) -> str:
-        padded = [v.ljust(w) if left else v.rjust(w)
-                  for v, w, left in zip(values, widths, text_column)]
+        padded = [v.ljust(w) if left else v.rjust(w) for v, w, left in zip(values, widths, text_column)]
         return "  ".join(padded).rstrip()
 
     separator = "  ".join("-" * w for w in widths)

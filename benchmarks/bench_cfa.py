@@ -55,15 +55,23 @@ ANOMALIB_PYTHON = os.environ.get("ANOMALIB_PYTHON", "/work/venvs/anomalib/bin/py
 DEFAULT_MVTEC_ROOT = os.environ.get("ADLEARN_MVTEC_ROOT", "/work/shared/data/mvtec_ad")
 IMAGE_SIZE = 256
 BACKBONE, ANOMALIB_LAYERS, CHANNELS = "efficientnet_lite0", ["blocks.1", "blocks.2", "blocks.4"], 176
-sys.path.insert(0, str(BENCH_DIR))          # _abba, _anomalib, bench_memory_models
+sys.path.insert(0, str(BENCH_DIR))  # _abba, _anomalib, bench_memory_models
 
 
 # ----------------------------------------------------------------------------- adlearn side
 def adlearn_model(batch_size: int, epochs: int, seed: int):
     from adlearn.models import create
 
-    return create("cfa", backbone=BACKBONE, image_size=IMAGE_SIZE, batch_size=batch_size, max_epochs=epochs,
-                  val_fraction=0.0, device="cpu", seed=seed)
+    return create(
+        "cfa",
+        backbone=BACKBONE,
+        image_size=IMAGE_SIZE,
+        batch_size=batch_size,
+        max_epochs=epochs,
+        val_fraction=0.0,
+        device="cpu",
+        seed=seed,
+    )
 
 
 def adlearn_feature_check(model) -> list[float]:
@@ -74,8 +82,9 @@ def adlearn_feature_check(model) -> list[float]:
         return [float(f.double().sum()) for f in model.feature_extractor(images).values()]
 
 
-def run_adlearn_accuracy(root: str, category: str, epochs: int, batch_size: int, threads: int, seed: int,
-                         max_train: int | None) -> tuple[dict, dict]:
+def run_adlearn_accuracy(
+    root: str, category: str, epochs: int, batch_size: int, threads: int, seed: int, max_train: int | None
+) -> tuple[dict, dict]:
     import numpy as np
     import torch
 
@@ -99,12 +108,26 @@ def run_adlearn_accuracy(root: str, category: str, epochs: int, batch_size: int,
         labels.append(batch["label"].numpy())
         masks.append(batch["mask"].reshape(len(batch["image"]), IMAGE_SIZE, IMAGE_SIZE).numpy() > 0.5)
     predict = (time.perf_counter() - began[0], time.process_time() - began[1])
-    report = {"side": "adlearn", "n_train": len(train), "n_test": len(test), "epochs": epochs,
-              "steps": model.history.steps, "fit_s": fit[0], "fit_cpu_s": fit[1], "predict_s": predict[0],
-              "predict_cpu_s": predict[1], "train_loss_per_epoch": list(model.history.loss),
-              "feature_check": adlearn_feature_check(model), "threads": torch.get_num_threads()}
-    arrays = {"pred_score": np.concatenate(scores), "anomaly_map": np.concatenate(maps),
-              "gt_label": np.concatenate(labels), "gt_mask": np.concatenate(masks)}
+    report = {
+        "side": "adlearn",
+        "n_train": len(train),
+        "n_test": len(test),
+        "epochs": epochs,
+        "steps": model.history.steps,
+        "fit_s": fit[0],
+        "fit_cpu_s": fit[1],
+        "predict_s": predict[0],
+        "predict_cpu_s": predict[1],
+        "train_loss_per_epoch": list(model.history.loss),
+        "feature_check": adlearn_feature_check(model),
+        "threads": torch.get_num_threads(),
+    }
+    arrays = {
+        "pred_score": np.concatenate(scores),
+        "anomaly_map": np.concatenate(maps),
+        "gt_label": np.concatenate(labels),
+        "gt_mask": np.concatenate(masks),
+    }
     return report, arrays
 
 
@@ -129,9 +152,9 @@ def anomalib_cfa(seed: int):
         return TimmFeatureExtractor(BACKBONE, layers=ANOMALIB_LAYERS, pre_trained=True).eval()
 
     torch_model.get_feature_extractor = lite0_extractor
-    torch_model.get_return_nodes = lambda backbone: list(ANOMALIB_LAYERS)   # read by its get_scale
+    torch_model.get_return_nodes = lambda backbone: list(ANOMALIB_LAYERS)  # read by its get_scale
     seed_everything(seed, verbose=False)
-    model = Cfa(backbone="resnet18", visualizer=False)          # a name it accepts; the extractor is lite0
+    model = Cfa(backbone="resnet18", visualizer=False)  # a name it accepts; the extractor is lite0
     model.model.descriptor.layer = torch_model.CoordConv2d(CHANNELS, CHANNELS, kernel_size=1)
     return model, _anomalib
 
@@ -156,9 +179,18 @@ def run_anomalib_accuracy_side(spec_path: str, out_path: str) -> int:
     _, RawOutputs = _anomalib._lightning_callbacks()
     raw = RawOutputs()
     with tempfile.TemporaryDirectory(prefix="anomalib-bench-") as workdir:
-        engine = Engine(callbacks=[raw], accelerator="cpu", devices=1, logger=False, default_root_dir=workdir,
-                        enable_model_summary=False, enable_progress_bar=False, max_epochs=spec["epochs"],
-                        limit_val_batches=0, num_sanity_val_steps=0)
+        engine = Engine(
+            callbacks=[raw],
+            accelerator="cpu",
+            devices=1,
+            logger=False,
+            default_root_dir=workdir,
+            enable_model_summary=False,
+            enable_progress_bar=False,
+            max_epochs=spec["epochs"],
+            limit_val_batches=0,
+            num_sanity_val_steps=0,
+        )
         began = _anomalib.clock()
         engine.fit(model=model, datamodule=datamodule)
         fit = _anomalib.since(began)
@@ -167,25 +199,47 @@ def run_anomalib_accuracy_side(spec_path: str, out_path: str) -> int:
         predict = _anomalib.since(began)
     import anomalib
 
-    report = {"side": "anomalib", "anomalib_version": anomalib.__version__, "n_train": len(datamodule.train_data),
-              "n_test": len(datamodule.test_data), "epochs": spec["epochs"], "fit_s": fit[0], "fit_cpu_s": fit[1],
-              "predict_s": predict[0], "predict_cpu_s": predict[1], "feature_check": check,
-              "injected_weights": list(_anomalib.INJECTED), "threads": torch.get_num_threads()}
+    report = {
+        "side": "anomalib",
+        "anomalib_version": anomalib.__version__,
+        "n_train": len(datamodule.train_data),
+        "n_test": len(datamodule.test_data),
+        "epochs": spec["epochs"],
+        "fit_s": fit[0],
+        "fit_cpu_s": fit[1],
+        "predict_s": predict[0],
+        "predict_cpu_s": predict[1],
+        "feature_check": check,
+        "injected_weights": list(_anomalib.INJECTED),
+        "threads": torch.get_num_threads(),
+    }
     Path(out_path).write_text(json.dumps(report, indent=2))
     np.savez(Path(out_path).with_suffix(".npz"), **raw.arrays())
     return 0
 
 
-def run_anomalib_accuracy(root: str, category: str, epochs: int, batch_size: int, threads: int, seed: int,
-                          python: str) -> tuple[dict, dict]:
+def run_anomalib_accuracy(
+    root: str, category: str, epochs: int, batch_size: int, threads: int, seed: int, python: str
+) -> tuple[dict, dict]:
     import numpy as np
 
     with tempfile.TemporaryDirectory() as tmp:
         spec, out = Path(tmp) / "spec.json", Path(tmp) / "out.json"
-        spec.write_text(json.dumps({"root": str(root), "category": category, "epochs": epochs,
-                                    "batch_size": batch_size, "threads": threads, "seed": seed}))
-        completed = subprocess.run([python, __file__, "--anomalib-side", str(spec), str(out)],
-                                   capture_output=True, text=True, cwd=REPO_ROOT)
+        spec.write_text(
+            json.dumps(
+                {
+                    "root": str(root),
+                    "category": category,
+                    "epochs": epochs,
+                    "batch_size": batch_size,
+                    "threads": threads,
+                    "seed": seed,
+                }
+            )
+        )
+        completed = subprocess.run(
+            [python, __file__, "--anomalib-side", str(spec), str(out)], capture_output=True, text=True, cwd=REPO_ROOT
+        )
         if completed.returncode != 0:
             raise RuntimeError(f"anomalib side failed:\n{completed.stderr[-3000:]}")
         with np.load(out.with_suffix(".npz")) as data:
@@ -197,16 +251,17 @@ def aurocs(arrays: dict) -> dict:
     """Image and pixel AUROC from raw scores and maps, with adlearn's metrics (both sides alike)."""
     from adlearn.metrics import image_auroc, pixel_auroc
 
-    return {"image_auroc": image_auroc(arrays["gt_label"], arrays["pred_score"]),
-            "pixel_auroc": pixel_auroc(arrays["gt_mask"].astype(bool), arrays["anomaly_map"])}
+    return {
+        "image_auroc": image_auroc(arrays["gt_label"], arrays["pred_score"]),
+        "pixel_auroc": pixel_auroc(arrays["gt_mask"].astype(bool), arrays["anomaly_map"]),
+    }
 
 
 # ----------------------------------------------------------------------------- speed (benchmarks/_abba.py)
 def worker(side: str, spec_json: str) -> int:
     """A persistent process holding one side's model and batch; `_abba.serve` answers the driver."""
-    import torch
-
     import _abba
+    import torch
 
     spec = json.loads(spec_json)
     torch.set_num_threads(spec["threads"])
@@ -216,7 +271,7 @@ def worker(side: str, spec_json: str) -> int:
         model = adlearn_model(spec["batch_size"], 1, 0)
         trainer = model.trainer(verbose=False)
         trainer.setup()
-        model.on_fit_start(images, trainer)                        # the bank, from this batch
+        model.on_fit_start(images, trainer)  # the bank, from this batch
 
         def step():
             trainer.training_step({"image": images})
@@ -225,13 +280,13 @@ def worker(side: str, spec_json: str) -> int:
 
         model, _ = anomalib_cfa(0)
         batch = SimpleNamespace(image=images)
-        model.model.initialize_centroid(data_loader=[batch])       # the bank, from this batch
+        model.model.initialize_centroid(data_loader=[batch])  # the bank, from this batch
         model.train()
         optimizer = model.configure_optimizers()
 
         def step():
             loss = model.training_step(batch)["loss"]
-            model.backward(loss)                                    # loss.backward(retain_graph=True)
+            model.backward(loss)  # loss.backward(retain_graph=True)
             optimizer.step()
             optimizer.zero_grad()
 
@@ -242,8 +297,10 @@ def run_speed(args, guard) -> dict:
     import _abba
 
     spec = {"batch_size": args.batch_size, "threads": args.threads, "busy_threshold": guard.threshold}
-    workers = {"adlearn": _abba.Worker(__file__, "adlearn", sys.executable, spec),
-               "anomalib": _abba.Worker(__file__, "anomalib", args.anomalib_python, spec)}
+    workers = {
+        "adlearn": _abba.Worker(__file__, "adlearn", sys.executable, spec),
+        "anomalib": _abba.Worker(__file__, "anomalib", args.anomalib_python, spec),
+    }
     return _abba.interleave(workers, guard, args.warmup, args.rounds, args.steps_per_turn)
 
 
@@ -267,10 +324,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", help="write all results here")
     parser.add_argument("--anomalib-side", nargs=2, metavar=("SPEC", "OUT"), help=argparse.SUPPRESS)
     parser.add_argument("--worker", nargs=2, metavar=("SIDE", "SPEC"), help=argparse.SUPPRESS)
-    parser.add_argument("--allow-busy", action="store_true",
-                        help="report ratios even when other processes loaded the machine (marked as such)")
-    parser.add_argument("--busy-threshold", type=float, default=None,
-                        help="cores used by other processes above which a part is busy (default 0.5)")
+    parser.add_argument(
+        "--allow-busy",
+        action="store_true",
+        help="report ratios even when other processes loaded the machine (marked as such)",
+    )
+    parser.add_argument(
+        "--busy-threshold",
+        type=float,
+        default=None,
+        help="cores used by other processes above which a part is busy (default 0.5)",
+    )
     args = parser.parse_args(argv)
     if args.anomalib_side:
         return run_anomalib_accuracy_side(*args.anomalib_side)
@@ -283,8 +347,13 @@ def main(argv: list[str] | None = None) -> int:
     guard = LoadGuard(allow_busy=args.allow_busy, threshold=args.busy_threshold)
     if not Path(args.anomalib_python).is_file():
         sys.exit(f"anomalib python not found at {args.anomalib_python} (see benchmarks/README.md; ANOMALIB_PYTHON=)")
-    out: dict = {"date": time.strftime("%Y-%m-%d %H:%M"), "image_size": IMAGE_SIZE, "batch_size": args.batch_size,
-                 "threads": args.threads, "backbone": f"{BACKBONE} {ANOMALIB_LAYERS}"}
+    out: dict = {
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "image_size": IMAGE_SIZE,
+        "batch_size": args.batch_size,
+        "threads": args.threads,
+        "backbone": f"{BACKBONE} {ANOMALIB_LAYERS}",
+    }
 
     if not args.speed_only:
         if not (Path(args.root) / args.category / "train" / "good").is_dir():
@@ -296,31 +365,45 @@ def main(argv: list[str] | None = None) -> int:
 
                 root = str(training_subset(Path(args.root), args.category, args.max_train, Path(tmp)))
             with guard.measure("adlearn accuracy"):
-                ours, our_arrays = run_adlearn_accuracy(root, args.category, args.epochs, args.batch_size,
-                                                        args.threads, args.seed, None)
+                ours, our_arrays = run_adlearn_accuracy(
+                    root, args.category, args.epochs, args.batch_size, args.threads, args.seed, None
+                )
             with guard.measure("anomalib accuracy"):
-                theirs, their_arrays = run_anomalib_accuracy(root, args.category, args.epochs, args.batch_size,
-                                                             args.threads, args.seed, args.anomalib_python)
+                theirs, their_arrays = run_anomalib_accuracy(
+                    root, args.category, args.epochs, args.batch_size, args.threads, args.seed, args.anomalib_python
+                )
         ours.update(aurocs(our_arrays))
         theirs.update(aurocs(their_arrays))
-        same_weights = all(abs(a - b) <= 1e-3 * max(1.0, abs(b))
-                           for a, b in zip(ours["feature_check"], theirs["feature_check"]))
-        out["accuracy"] = {"adlearn": ours, "anomalib": theirs, "same_backbone_features": same_weights,
-                           "max_train": args.max_train}
-        print(f"\nCFA, {args.category}, {args.epochs} epoch(s), {ours['n_train']} training images, seed {args.seed}, "
-              f"{args.threads} thread(s); backbone features equal on both sides: {same_weights}")
+        same_weights = all(
+            abs(a - b) <= 1e-3 * max(1.0, abs(b)) for a, b in zip(ours["feature_check"], theirs["feature_check"])
+        )
+        out["accuracy"] = {
+            "adlearn": ours,
+            "anomalib": theirs,
+            "same_backbone_features": same_weights,
+            "max_train": args.max_train,
+        }
+        print(
+            f"\nCFA, {args.category}, {args.epochs} epoch(s), {ours['n_train']} training images, seed {args.seed}, "
+            f"{args.threads} thread(s); backbone features equal on both sides: {same_weights}"
+        )
         print(f"{'side':9s} {'image AUROC':>11s} {'pixel AUROC':>11s} {'fit CPU s':>10s} {'predict CPU s':>13s}")
         for row in (ours, theirs):
-            print(f"{row['side']:9s} {row['image_auroc']:11.4f} {row['pixel_auroc']:11.4f} {row['fit_cpu_s']:10.1f} "
-                  f"{row['predict_cpu_s']:13.1f}")
+            print(
+                f"{row['side']:9s} {row['image_auroc']:11.4f} {row['pixel_auroc']:11.4f} {row['fit_cpu_s']:10.1f} "
+                f"{row['predict_cpu_s']:13.1f}"
+            )
 
     if not args.accuracy_only:
         import _abba
 
         speed = run_speed(args, guard)
         out["speed"] = speed
-        _abba.print_steps(f"CFA training step, batch {args.batch_size}, {IMAGE_SIZE} px, {args.threads} thread(s)",
-                          speed, ("adlearn", "anomalib"))
+        _abba.print_steps(
+            f"CFA training step, batch {args.batch_size}, {IMAGE_SIZE} px, {args.threads} thread(s)",
+            speed,
+            ("adlearn", "anomalib"),
+        )
     print(f"\nmachine: {describe()}")
     out["machine"] = guard.summary()
     if args.json:

@@ -54,18 +54,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", help="write the table here")
     add_arguments(parser)
     args = parser.parse_args(argv)
-    guard = guard_from_args(args)   # AUROC only, no ratio: the machine and load are recorded beside it
+    guard = guard_from_args(args)  # AUROC only, no ratio: the machine and load are recorded beside it
 
     images, labels = digit_images(size=args.size)
-    raw = load_digits().data.astype(np.float64)                        # (1797, 64) raw grey levels
+    raw = load_digits().data.astype(np.float64)  # (1797, 64) raw grey levels
     models = adlearn_models(args.size, args.seed)
     columns = [*models, "pixels + PCA error (scikit-learn)"]
     table = {name: {} for name in columns}
     began = time.perf_counter()
     with guard.measure("all digits"):
         run_digits(models, images, labels, raw, table, columns, args.seed)
-    print(f"\nimage AUROC, train on half of one digit, test on its other half + all other digits "
-          f"({args.size} px, seed {args.seed}, {time.perf_counter() - began:.0f} s)\n")
+    print(
+        f"\nimage AUROC, train on half of one digit, test on its other half + all other digits "
+        f"({args.size} px, seed {args.seed}, {time.perf_counter() - began:.0f} s)\n"
+    )
     print("| normal digit | " + " | ".join(columns) + " |")
     print("|---" * (len(columns) + 1) + "|")
     for digit in range(10):
@@ -73,8 +75,18 @@ def main(argv: list[str] | None = None) -> int:
     print("| **mean** | " + " | ".join(f"**{np.mean(list(table[name].values())):.3f}**" for name in columns) + " |")
     if args.json:
         with open(args.json, "w") as handle:
-            json.dump({"size": args.size, "seed": args.seed, "backbone": BACKBONE, "torch": torch.__version__,
-                       "auroc": table, "machine": guard.summary()}, handle, indent=2)
+            json.dump(
+                {
+                    "size": args.size,
+                    "seed": args.seed,
+                    "backbone": BACKBONE,
+                    "torch": torch.__version__,
+                    "auroc": table,
+                    "machine": guard.summary(),
+                },
+                handle,
+                indent=2,
+            )
     return 0
 
 
@@ -82,7 +94,7 @@ def run_digits(models, images, labels, raw, table, columns, seed) -> None:
     for digit in range(10):
         split = one_class_split(labels, digit, n_others=None, seed=seed)
         for name, model in models.items():
-            model.fit(images[split.train])                            # refitting starts over
+            model.fit(images[split.train])  # refitting starts over
             scores = model.predict(images[split.test]).pred_score.numpy()
             table[name][digit] = float(roc_auc_score(split.is_anomalous, scores))
         scores = pixel_pca_scores(raw[split.train.numpy()], raw[split.test.numpy()], seed)

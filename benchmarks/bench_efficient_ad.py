@@ -68,7 +68,7 @@ from pathlib import Path
 import torch
 
 BENCH_DIR = Path(__file__).resolve().parent
-sys.path.insert(0, str(BENCH_DIR))          # _abba, _anomalib
+sys.path.insert(0, str(BENCH_DIR))  # _abba, _anomalib
 ANOMALIB_PYTHON = os.environ.get("ANOMALIB_PYTHON", "/work/venvs/anomalib/bin/python")
 SIDE_BY_SIDE_SIZE = 256
 
@@ -89,8 +89,11 @@ def latency(model, batch: int, repeats: int, size: int) -> dict:
     images = torch.randn(batch, 3, size, size)
     result = timed(lambda: model.predict(images), repeats)
     row = {"batch": batch, "cpu_s_per_image": result["cpu_s"] / batch, "wall_s_per_image": result["wall_s"] / batch}
-    print(f"predict {model.name:14s} batch {batch:2d}: {row['cpu_s_per_image'] * 1000:8.1f} ms CPU/image "
-          f"({1 / row['cpu_s_per_image']:.1f} img/CPU-s), wall {row['wall_s_per_image'] * 1000:.1f} ms", flush=True)
+    print(
+        f"predict {model.name:14s} batch {batch:2d}: {row['cpu_s_per_image'] * 1000:8.1f} ms CPU/image "
+        f"({1 / row['cpu_s_per_image']:.1f} img/CPU-s), wall {row['wall_s_per_image'] * 1000:.1f} ms",
+        flush=True,
+    )
     return row
 
 
@@ -101,7 +104,7 @@ def paper_patchcore(bank_rows: int):
     from adlearn.models import create
 
     model = create("patchcore", pretrained="none", device="cpu", image_size=256)
-    features = model.extract_features(torch.randn(1, 3, 256, 256))        # (1, E, h, w): the bank's width
+    features = model.extract_features(torch.randn(1, 3, 256, 256))  # (1, E, h, w): the bank's width
     model.memory_bank = torch.randn(bank_rows, features.shape[1])
     model._is_fitted.fill_(True)
     print(f"patchcore (wide_resnet50_2, random) bank {bank_rows} x {features.shape[1]}", flush=True)
@@ -112,7 +115,7 @@ def fitted_efficient_ad(model_size: str, size: int):
     from adlearn.models import create
 
     model = create("efficient_ad", model_size=model_size, teacher_weights="none", image_size=size, device="cpu")
-    model._is_fitted.fill_(True)            # predict's cost does not depend on the weights or statistics
+    model._is_fitted.fill_(True)  # predict's cost does not depend on the weights or statistics
     model.quantiles.copy_(torch.tensor([0.0, 1.0, 0.0, 1.0]))
     return model.eval()
 
@@ -125,7 +128,7 @@ def side_by_side_worker(side: str, spec_json: str) -> int:
     spec = json.loads(spec_json)
     torch.set_num_threads(spec["threads"])
     size, generator = SIDE_BY_SIDE_SIZE, torch.Generator().manual_seed(0)
-    unit = torch.rand(4, 3, size, size, generator=generator)          # [0, 1] images
+    unit = torch.rand(4, 3, size, size, generator=generator)  # [0, 1] images
     teacher_state = torch.load(spec["teacher"], map_location="cpu", weights_only=True)
     if side == "adlearn":
         sys.path.insert(0, str(BENCH_DIR.parent))
@@ -136,7 +139,7 @@ def side_by_side_worker(side: str, spec_json: str) -> int:
         model = create("efficient_ad", teacher_weights=spec["teacher"], image_size=size, device="cpu", max_steps=10)
         trainer = model.trainer(verbose=False)
         trainer.setup()
-        model.on_fit_start(images, trainer)                            # teacher loaded, channel statistics
+        model.on_fit_start(images, trainer)  # teacher loaded, channel statistics
         batch = {"image": images[:1]}
 
         def step():
@@ -149,18 +152,21 @@ def side_by_side_worker(side: str, spec_json: str) -> int:
         model = EfficientAd(model_size="small", visualizer=False)
         model.model.teacher.load_state_dict(teacher_state)
         with torch.no_grad():
-            features = model.model.teacher(unit)                       # its PDN normalises [0, 1] input itself
+            features = model.model.teacher(unit)  # its PDN normalises [0, 1] input itself
             model.model.mean_std["mean"].data.copy_(features.mean((0, 2, 3), keepdim=True))
             model.model.mean_std["std"].data.copy_(features.std((0, 2, 3), keepdim=True))
         natural = torch.rand(1, 3, size, size, generator=generator)
-        model.imagenet_iterator = itertools.repeat((natural, 0))       # in place of ImageNette (offline)
+        model.imagenet_iterator = itertools.repeat((natural, 0))  # in place of ImageNette (offline)
         model.train()
-        optimizer = torch.optim.Adam(list(model.model.student.parameters()) + list(model.model.ae.parameters()),
-                                     lr=model.lr, weight_decay=model.weight_decay)   # its configure_optimizers' Adam
+        optimizer = torch.optim.Adam(
+            list(model.model.student.parameters()) + list(model.model.ae.parameters()),
+            lr=model.lr,
+            weight_decay=model.weight_decay,
+        )  # its configure_optimizers' Adam
         from types import SimpleNamespace
 
         batch = SimpleNamespace(image=unit[:1])
-        model.log = lambda *args, **kwargs: None                       # no Lightning trainer to log to
+        model.log = lambda *args, **kwargs: None  # no Lightning trainer to log to
 
         def step():
             loss = model.training_step(batch)["loss"]
@@ -190,11 +196,16 @@ def side_by_side(args) -> dict:
             torch.save(PatchDescriptionNetwork(384, "small").state_dict(), teacher)
             weights = "random PDN (no distilled teacher cached; the cost does not depend on the weights)"
         spec = {"teacher": str(teacher), "threads": args.threads, "busy_threshold": guard.threshold}
-        workers = {"adlearn": _abba.Worker(__file__, "adlearn", sys.executable, spec),
-                   "anomalib": _abba.Worker(__file__, "anomalib", args.anomalib_python, spec)}
+        workers = {
+            "adlearn": _abba.Worker(__file__, "adlearn", sys.executable, spec),
+            "anomalib": _abba.Worker(__file__, "anomalib", args.anomalib_python, spec),
+        }
         result = _abba.interleave(workers, guard, args.warmup, args.rounds, args.steps_per_turn)
-    _abba.print_steps(f"EfficientAD-S training step, batch 1, {SIDE_BY_SIDE_SIZE} px, {args.threads} thread(s)",
-                      result, ("adlearn", "anomalib"))
+    _abba.print_steps(
+        f"EfficientAD-S training step, batch 1, {SIDE_BY_SIDE_SIZE} px, {args.threads} thread(s)",
+        result,
+        ("adlearn", "anomalib"),
+    )
     result.update(teacher=weights, image_size=SIDE_BY_SIDE_SIZE, machine=guard.summary())
     return result
 
@@ -246,7 +257,7 @@ def match_reference_recipe(model, spec: dict) -> None:
         if spec.get("penalty") == "reference":
             model._natural = ReferencePenaltyViews(spec["imagenet_dir"], SIDE_BY_SIDE_SIZE, spec["seed"])
         if spec.get("lr_decay") == "none":
-            model._decay_step = math.inf                        # the model's LambdaLR reads it at every step
+            model._decay_step = math.inf  # the model's LambdaLR reads it at every step
 
     model.on_fit_start = on_fit_start
 
@@ -263,8 +274,16 @@ def accuracy_adlearn_side(spec: dict, out: Path) -> int:
     torch.set_num_threads(spec["threads"])
     from_test = spec["quantiles"] == "test"
     options = {"val_fraction": 0.0} if from_test else {}
-    model = create("efficient_ad", preset="cpu", image_size=SIDE_BY_SIDE_SIZE, max_steps=spec["steps"],
-                   teacher_weights=spec["teacher"], seed=spec["seed"], device="cpu", **options)
+    model = create(
+        "efficient_ad",
+        preset="cpu",
+        image_size=SIDE_BY_SIDE_SIZE,
+        max_steps=spec["steps"],
+        teacher_weights=spec["teacher"],
+        seed=spec["seed"],
+        device="cpu",
+        **options,
+    )
     match_reference_recipe(model, spec)
     train = MVTecDataset(spec["root"], spec["category"], "train", transform=model.transform)
     test = MVTecDataset(spec["root"], spec["category"], "test", transform=model.transform)
@@ -275,14 +294,27 @@ def accuracy_adlearn_side(spec: dict, out: Path) -> int:
     model.fit(train, progress=False, **validation)
     fit = (time.perf_counter() - began[0], time.process_time() - began[1])
     predictions = collect_predictions(model, test)
-    held_out = int(len(train) * model.train_config.val_fraction)            # as adlearn.data.hold_out
-    report = {"side": "adlearn", "steps": model.history.steps, "n_train": len(train) - held_out,
-              "n_test": len(test), "fit_s": fit[0], "fit_cpu_s": fit[1], "threads": torch.get_num_threads(),
-              "map_normalisation": "quantiles of the test split's normal images (as anomalib)" if from_test else
-              "quantiles of held-out training images (val_fraction 0.1 of the cpu preset)"}
+    held_out = int(len(train) * model.train_config.val_fraction)  # as adlearn.data.hold_out
+    report = {
+        "side": "adlearn",
+        "steps": model.history.steps,
+        "n_train": len(train) - held_out,
+        "n_test": len(test),
+        "fit_s": fit[0],
+        "fit_cpu_s": fit[1],
+        "threads": torch.get_num_threads(),
+        "map_normalisation": "quantiles of the test split's normal images (as anomalib)"
+        if from_test
+        else "quantiles of held-out training images (val_fraction 0.1 of the cpu preset)",
+    }
     out.write_text(json.dumps(report, indent=1))
-    np.savez(out.with_suffix(".npz"), pred_score=predictions["pred_scores"], anomaly_map=predictions["anomaly_maps"],
-             gt_label=predictions["labels"], gt_mask=predictions["masks"] > 0.5)
+    np.savez(
+        out.with_suffix(".npz"),
+        pred_score=predictions["pred_scores"],
+        anomaly_map=predictions["anomaly_maps"],
+        gt_label=predictions["labels"],
+        gt_mask=predictions["masks"] > 0.5,
+    )
     return 0
 
 
@@ -293,9 +325,8 @@ def accuracy_anomalib_side(spec: dict, out: Path) -> int:
     import logging
     import warnings
 
-    import numpy as np
-
     import _anomalib
+    import numpy as np
     from anomalib.engine import Engine
     from anomalib.models import EfficientAd
     from lightning.pytorch import seed_everything
@@ -311,18 +342,34 @@ def accuracy_anomalib_side(spec: dict, out: Path) -> int:
     _, RawOutputs = _anomalib._lightning_callbacks()
     raw = RawOutputs()
     with tempfile.TemporaryDirectory(prefix="anomalib-bench-") as workdir:
-        engine = Engine(callbacks=[raw], accelerator="cpu", devices=1, logger=False, default_root_dir=workdir,
-                        enable_model_summary=False, enable_progress_bar=False, max_steps=spec["steps"], max_epochs=-1)
+        engine = Engine(
+            callbacks=[raw],
+            accelerator="cpu",
+            devices=1,
+            logger=False,
+            default_root_dir=workdir,
+            enable_model_summary=False,
+            enable_progress_bar=False,
+            max_steps=spec["steps"],
+            max_epochs=-1,
+        )
         began = _anomalib.clock()
         engine.fit(model=model, datamodule=datamodule)
         fit = _anomalib.since(began)
         engine.predict(model=model, dataloaders=datamodule.test_dataloader())
     import anomalib
 
-    report = {"side": "anomalib", "anomalib_version": anomalib.__version__, "steps": int(engine.trainer.global_step),
-              "n_train": len(datamodule.train_data), "n_test": len(datamodule.test_data), "fit_s": fit[0],
-              "fit_cpu_s": fit[1], "threads": torch.get_num_threads(),
-              "map_normalisation": "quantiles of its validation split (anomalib's default: the test images)"}
+    report = {
+        "side": "anomalib",
+        "anomalib_version": anomalib.__version__,
+        "steps": int(engine.trainer.global_step),
+        "n_train": len(datamodule.train_data),
+        "n_test": len(datamodule.test_data),
+        "fit_s": fit[0],
+        "fit_cpu_s": fit[1],
+        "threads": torch.get_num_threads(),
+        "map_normalisation": "quantiles of its validation split (anomalib's default: the test images)",
+    }
     out.write_text(json.dumps(report, indent=1))
     np.savez(out.with_suffix(".npz"), **raw.arrays())
     return 0
@@ -354,7 +401,7 @@ def accuracy(args) -> dict:
     root = args.root or os.environ.get("ADLEARN_MVTEC_ROOT")
     if not root:
         raise SystemExit("--accuracy needs --root (or ADLEARN_MVTEC_ROOT): an MVTec-layout folder")
-    with tempfile.TemporaryDirectory(prefix="effad-accuracy-") as tmp:    # the natural views: ≈ 150 MB
+    with tempfile.TemporaryDirectory(prefix="effad-accuracy-") as tmp:  # the natural views: ≈ 150 MB
         return accuracy_in(Path(tmp), args, teacher, root)
 
 
@@ -363,24 +410,46 @@ def accuracy_in(work: Path, args, teacher: Path, root: str) -> dict:
     import subprocess
 
     import numpy as np
-
-    from adlearn.machine import machine_info
     from bench_cfa import aurocs
 
+    from adlearn.machine import machine_info
+
     write_natural_image_folder(work / "imagenette", args.natural_views, 2 * SIDE_BY_SIDE_SIZE)
-    spec = {"root": str(root), "category": args.category, "steps": args.steps, "seed": args.seed,
-            "threads": args.threads, "teacher": str(teacher), "imagenet_dir": str(work / "imagenette"),
-            "quantiles": args.quantiles, "penalty": args.penalty, "lr_decay": args.lr_decay}
+    spec = {
+        "root": str(root),
+        "category": args.category,
+        "steps": args.steps,
+        "seed": args.seed,
+        "threads": args.threads,
+        "teacher": str(teacher),
+        "imagenet_dir": str(work / "imagenette"),
+        "quantiles": args.quantiles,
+        "penalty": args.penalty,
+        "lr_decay": args.lr_decay,
+    }
     (work / "spec.json").write_text(json.dumps(spec))
     pythons = {"adlearn": sys.executable, "anomalib": args.anomalib_python}
     sides = {side: pythons[side] for side in pythons if side in args.sides.split(",")}
-    running = {side: subprocess.Popen([python, __file__, "--accuracy-side", side, str(work / "spec.json"),
-                                       str(work / f"{side}.json")], cwd=BENCH_DIR.parent,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-               for side, python in sides.items()}
-    result = {"steps": args.steps, "image_size": SIDE_BY_SIDE_SIZE, "seed": args.seed, "teacher": teacher.name,
-              "quantiles": args.quantiles, "penalty": args.penalty, "lr_decay": args.lr_decay,
-              "machine": machine_info()}
+    running = {
+        side: subprocess.Popen(
+            [python, __file__, "--accuracy-side", side, str(work / "spec.json"), str(work / f"{side}.json")],
+            cwd=BENCH_DIR.parent,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for side, python in sides.items()
+    }
+    result = {
+        "steps": args.steps,
+        "image_size": SIDE_BY_SIDE_SIZE,
+        "seed": args.seed,
+        "teacher": teacher.name,
+        "quantiles": args.quantiles,
+        "penalty": args.penalty,
+        "lr_decay": args.lr_decay,
+        "machine": machine_info(),
+    }
     for side, process in running.items():
         log = process.communicate()[0]
         if process.returncode:
@@ -390,8 +459,11 @@ def accuracy_in(work: Path, args, teacher: Path, root: str) -> dict:
             arrays = {key: data[key] for key in data.files}
         report.update(aurocs(arrays))
         result[side] = report
-        print(f"{side:9s} steps {report['steps']:5d}  image AUROC {report['image_auroc']:.3f}  pixel AUROC "
-              f"{report['pixel_auroc']:.3f}  fit {report['fit_cpu_s']:.0f} CPU-s", flush=True)
+        print(
+            f"{side:9s} steps {report['steps']:5d}  image AUROC {report['image_auroc']:.3f}  pixel AUROC "
+            f"{report['pixel_auroc']:.3f}  fit {report['fit_cpu_s']:.0f} CPU-s",
+            flush=True,
+        )
     return result
 
 
@@ -401,14 +473,22 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--bank-images", type=int, default=40, help="PatchCore training images (synthetic)")
     parser.add_argument("--medium", action="store_true", help="also time EfficientAD-M")
-    parser.add_argument("--paper-patchcore", action="store_true",
-                        help="also time the paper's PatchCore: wide_resnet50_2 (random weights) with a bank of --bank-rows")
-    parser.add_argument("--bank-rows", type=int, default=21_000,
-                        help="--paper-patchcore's bank (default 21,000 ≈ 10 %% of the bottle's 209 × 32² patches)")
+    parser.add_argument(
+        "--paper-patchcore",
+        action="store_true",
+        help="also time the paper's PatchCore: wide_resnet50_2 (random weights) with a bank of --bank-rows",
+    )
+    parser.add_argument(
+        "--bank-rows",
+        type=int,
+        default=21_000,
+        help="--paper-patchcore's bank (default 21,000 ≈ 10 %% of the bottle's 209 × 32² patches)",
+    )
     parser.add_argument("--skip", default="", help="comma-separated parts to skip: latency,train,distill,cfa")
     parser.add_argument("--json", type=Path)
-    parser.add_argument("--side-by-side", action="store_true",
-                        help="only: one training step here and in anomalib 2.7, interleaved ABBA")
+    parser.add_argument(
+        "--side-by-side", action="store_true", help="only: one training step here and in anomalib 2.7, interleaved ABBA"
+    )
     parser.add_argument("--teacher", help="--side-by-side: PDN weights for both teachers (default: the cached one)")
     parser.add_argument("--warmup", type=int, default=1, help="--side-by-side: steps before measuring")
     parser.add_argument("--rounds", type=int, default=2, help="--side-by-side: ABBA rounds")
@@ -416,28 +496,50 @@ def main(argv=None) -> int:
     parser.add_argument("--anomalib-python", default=ANOMALIB_PYTHON)
     parser.add_argument("--allow-busy", action="store_true", help="--side-by-side: report ratios under load")
     parser.add_argument("--busy-threshold", type=float, default=None)
-    parser.add_argument("--accuracy", action="store_true",
-                        help="image/pixel AUROC of both libraries after --steps steps at 256 px on --root/--category")
+    parser.add_argument(
+        "--accuracy",
+        action="store_true",
+        help="image/pixel AUROC of both libraries after --steps steps at 256 px on --root/--category",
+    )
     parser.add_argument("--steps", type=int, default=209, help="--accuracy: training steps (209 = one bottle epoch)")
     parser.add_argument("--root", help="--accuracy: MVTec-layout root (default: $ADLEARN_MVTEC_ROOT)")
     parser.add_argument("--category", default="bottle")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quantiles", choices=("held-out", "test"), default="held-out",
-                        help="--accuracy: where our side takes its map quantiles: held-out training images (the cpu "
-                             "preset's recipe, trains on 90 %%) or, as anomalib by default, the test split's normal "
-                             "images (trains on all)")
-    parser.add_argument("--penalty", choices=("crops", "reference"), default="crops",
-                        help="--accuracy: our side's penalty images: our natural-image crops (the model's own stream) or "
-                             "the reference's draw from the views written for anomalib (2x resize, grey p=0.3, centre "
-                             "crop), so that both sides see the same penalty images")
-    parser.add_argument("--lr-decay", choices=("paper", "none"), default="paper",
-                        help="--accuracy: our side's learning rate: x 0.1 after 95 %% of the steps (the paper's, our "
-                             "model's) or constant (what anomalib's per-epoch StepLR amounts to within --steps)")
-    parser.add_argument("--sides", default="adlearn,anomalib",
-                        help="--accuracy: the sides to run (anomalib's side is deterministic on the CPU: a seed run once "
-                             "need not be run again)")
-    parser.add_argument("--natural-views", type=int, default=400,
-                        help="--accuracy: natural-image views written for anomalib's penalty stream")
+    parser.add_argument(
+        "--quantiles",
+        choices=("held-out", "test"),
+        default="held-out",
+        help="--accuracy: where our side takes its map quantiles: held-out training images (the cpu "
+        "preset's recipe, trains on 90 %%) or, as anomalib by default, the test split's normal "
+        "images (trains on all)",
+    )
+    parser.add_argument(
+        "--penalty",
+        choices=("crops", "reference"),
+        default="crops",
+        help="--accuracy: our side's penalty images: our natural-image crops (the model's own stream) or "
+        "the reference's draw from the views written for anomalib (2x resize, grey p=0.3, centre "
+        "crop), so that both sides see the same penalty images",
+    )
+    parser.add_argument(
+        "--lr-decay",
+        choices=("paper", "none"),
+        default="paper",
+        help="--accuracy: our side's learning rate: x 0.1 after 95 %% of the steps (the paper's, our "
+        "model's) or constant (what anomalib's per-epoch StepLR amounts to within --steps)",
+    )
+    parser.add_argument(
+        "--sides",
+        default="adlearn,anomalib",
+        help="--accuracy: the sides to run (anomalib's side is deterministic on the CPU: a seed run once "
+        "need not be run again)",
+    )
+    parser.add_argument(
+        "--natural-views",
+        type=int,
+        default=400,
+        help="--accuracy: natural-image views written for anomalib's penalty stream",
+    )
     parser.add_argument("--worker", nargs=2, metavar=("SIDE", "SPEC"), help=argparse.SUPPRESS)
     parser.add_argument("--accuracy-side", nargs=3, metavar=("SIDE", "SPEC", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -460,15 +562,20 @@ def main(argv=None) -> int:
     out: dict = {"threads": args.threads, "torch": torch.__version__}
 
     if "latency" not in skip:
-        from adlearn.data import MVTecDataset, SYNTHETIC_CATEGORIES, synthetic_root
+        from adlearn.data import SYNTHETIC_CATEGORIES, MVTecDataset, synthetic_root
         from adlearn.models import create
 
         patchcore = create("patchcore", preset="cpu", device="cpu")
-        train = MVTecDataset(synthetic_root(image_size=256), SYNTHETIC_CATEGORIES[0], "train", transform=patchcore.transform)
+        train = MVTecDataset(
+            synthetic_root(image_size=256), SYNTHETIC_CATEGORIES[0], "train", transform=patchcore.transform
+        )
         train = torch.utils.data.Subset(train, range(min(args.bank_images, len(train))))
         patchcore.fit(train)
-        print(f"patchcore fitted on {len(train)} images: bank {patchcore.memory_bank.shape[0]} x "
-              f"{patchcore.memory_bank.shape[1]}", flush=True)
+        print(
+            f"patchcore fitted on {len(train)} images: bank {patchcore.memory_bank.shape[0]} x "
+            f"{patchcore.memory_bank.shape[1]}",
+            flush=True,
+        )
         size = patchcore.input_size[0]
         rows = {"patchcore": [latency(patchcore, b, args.repeats, size) for b in (1, 16)]}
         if args.paper_patchcore:
@@ -492,9 +599,12 @@ def main(argv=None) -> int:
             trainer.setup()
             model.on_fit_start(images, trainer)
             batch = {"image": images[:1]}
-            steps[size] = timed(lambda: trainer.training_step(batch), args.repeats)
-            print(f"efficient_ad training step (batch 1, {size} px): {steps[size]['cpu_s']:.2f} CPU-s, wall "
-                  f"{steps[size]['wall_s']:.2f} s", flush=True)
+            steps[size] = timed(lambda: trainer.training_step(batch), args.repeats)  # noqa: B023 (called here, in this iteration)
+            print(
+                f"efficient_ad training step (batch 1, {size} px): {steps[size]['cpu_s']:.2f} CPU-s, wall "
+                f"{steps[size]['wall_s']:.2f} s",
+                flush=True,
+            )
         out["efficient_ad_step"] = steps
 
     if "distill" not in skip:
@@ -515,8 +625,11 @@ def main(argv=None) -> int:
             optimizer.step()
 
         out["distill_step"] = timed(distill_step, args.repeats)
-        print(f"distillation step (batch 8, 128-px crops): {out['distill_step']['cpu_s']:.2f} CPU-s "
-              f"(x 3000 default steps = {out['distill_step']['cpu_s'] * 3000 / 60:.0f} CPU-min)", flush=True)
+        print(
+            f"distillation step (batch 8, 128-px crops): {out['distill_step']['cpu_s']:.2f} CPU-s "
+            f"(x 3000 default steps = {out['distill_step']['cpu_s'] * 3000 / 60:.0f} CPU-min)",
+            flush=True,
+        )
 
     if "cfa" not in skip:
         from adlearn.models import create

@@ -57,7 +57,7 @@ REPO_ROOT = HERE.parent
 DEFAULT_MVTEC_ROOT = os.environ.get("ADLEARN_MVTEC_ROOT", "/work/shared/data/mvtec_ad")
 DEFAULT_ANOMALIB_PYTHON = os.environ.get("ANOMALIB_PYTHON", "/work/venvs/anomalib/bin/python")
 MODELS = ("cflow", "uflow", "csflow")
-REPLY = "@@bench "          # the prefix of a worker's answer on its stdout (libraries may print too)
+REPLY = "@@bench "  # the prefix of a worker's answer on its stdout (libraries may print too)
 
 # adlearn option -> anomalib Lightning-module argument, per model (the shared widths and blocks).
 ANOMALIB_CLASS = {"cflow": "Cflow", "uflow": "Uflow", "csflow": "Csflow"}
@@ -119,8 +119,16 @@ def adlearn_worker(spec: dict) -> int:
     torch.set_num_threads(spec["threads"])
     from adlearn.models import create
 
-    model = create(spec["model"], preset="cpu", device="cpu", seed=spec["seed"], amp=False, val_fraction=0.0,
-                   val_anomalies="none", **spec["options"])
+    model = create(
+        spec["model"],
+        preset="cpu",
+        device="cpu",
+        seed=spec["seed"],
+        amp=False,
+        val_fraction=0.0,
+        val_anomalies="none",
+        **spec["options"],
+    )
     images = _load_batch(spec)
     batch = {"image": images}
     trainer = model.trainer(verbose=False, progress=False)
@@ -132,11 +140,19 @@ def adlearn_worker(spec: dict) -> int:
         check = _feature_sums(extractor(images))
 
     def step():
-        return trainer.training_step(batch)            # the loss as a float
+        return trainer.training_step(batch)  # the loss as a float
 
     trainable = _warm_up(model, step, spec["warmup"])
-    return _serve(step, {"side": "adlearn", "feature_check": check, "trained_parameters": trainable,
-                         "threads": torch.get_num_threads(), "torch": torch.__version__})
+    return _serve(
+        step,
+        {
+            "side": "adlearn",
+            "feature_check": check,
+            "trained_parameters": trainable,
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+        },
+    )
 
 
 def _anomalib_module(spec: dict):
@@ -152,8 +168,11 @@ def _anomalib_module(spec: dict):
     _anomalib.install_offline_weights()
     name, size = spec["model"], spec["image_size"]
     # input_size comes from the pre-processor; it is not run (both sides get the prepared batch).
-    pre = PreProcessor(transform=Compose([Resize((size, size), antialias=True),
-                                          Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])]))
+    pre = PreProcessor(
+        transform=Compose(
+            [Resize((size, size), antialias=True), Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])]
+        )
+    )
     arguments = dict(spec["anomalib"])
     common = {"pre_processor": pre, "post_processor": False, "evaluator": False, "visualizer": False}
     if name == "cflow":
@@ -162,7 +181,7 @@ def _anomalib_module(spec: dict):
         from anomalib.models.image.uflow import torch_model as uflow_torch
         from anomalib.models.image.uflow.feature_extraction import LayerNormFeatureExtractor
 
-        def lite_extractor(backbone, input_size):        # in place of the fixed CaiT/ResNet list
+        def lite_extractor(backbone, input_size):  # in place of the fixed CaiT/ResNet list
             return LayerNormFeatureExtractor(spec["backbone"], input_size, layers=tuple(spec["timm_layers"])).eval()
 
         uflow_torch.get_feature_extractor = lite_extractor
@@ -174,7 +193,7 @@ def _anomalib_module(spec: dict):
         channels = spec["channels"][0]
         original_input_node = csflow_torch.InputNode
 
-        def input_node(c, *args, **kwargs):               # the flow's hard-coded 304 -> the lite stage's width
+        def input_node(c, *args, **kwargs):  # the flow's hard-coded 304 -> the lite stage's width
             return original_input_node(channels if c == 304 else c, *args, **kwargs)
 
         csflow_torch.InputNode = input_node
@@ -182,7 +201,7 @@ def _anomalib_module(spec: dict):
         module = anomalib.models.Csflow(**arguments, **common)
         stage = spec["timm_layers"][0]
 
-        class LiteStage(torch.nn.Module):                 # answers to the B5 node name its loop reads
+        class LiteStage(torch.nn.Module):  # answers to the B5 node name its loop reads
             def __init__(self):
                 super().__init__()
                 self.extractor = TimmFeatureExtractor(spec["backbone"], [stage], pre_trained=True)
@@ -210,20 +229,21 @@ def anomalib_worker(spec: dict) -> int:
     module.train()
     module.log = module.log_dict = lambda *args, **kwargs: None
     configured = module.configure_optimizers()
-    if isinstance(configured, tuple):                   # ([optimizers], [schedulers])
+    if isinstance(configured, tuple):  # ([optimizers], [schedulers])
         optimizer, scheduler = configured[0][0], (configured[1][0] if configured[1] else None)
     else:
         optimizer, scheduler = configured, None
     clip = float(module.trainer_arguments.get("gradient_clip_val", 0) or 0)
     parameters = [p for group in optimizer.param_groups for p in group["params"]]
 
-    if not module.automatic_optimization:              # C-Flow: its steps happen inside training_step
+    if not module.automatic_optimization:  # C-Flow: its steps happen inside training_step
         module.optimizers = lambda: optimizer
         module.manual_backward = lambda loss: loss.backward()
 
         def step():
             return float(module.training_step(batch)["loss"])
     else:
+
         def step():
             optimizer.zero_grad()
             loss = module.training_step(batch)["loss"]
@@ -247,9 +267,18 @@ def anomalib_worker(spec: dict) -> int:
     trainable = _warm_up(module, step, spec["warmup"])
     import anomalib
 
-    return _serve(step, {"side": "anomalib", "feature_check": check, "trained_parameters": trainable,
-                         "threads": torch.get_num_threads(), "anomalib": anomalib.__version__,
-                         "torch": torch.__version__, "gradient_clip_val": clip})
+    return _serve(
+        step,
+        {
+            "side": "anomalib",
+            "feature_check": check,
+            "trained_parameters": trainable,
+            "threads": torch.get_num_threads(),
+            "anomalib": anomalib.__version__,
+            "torch": torch.__version__,
+            "gradient_clip_val": clip,
+        },
+    )
 
 
 # ============================================================================== driver (adlearn's venv)
@@ -259,18 +288,27 @@ class Worker:
     def __init__(self, python: str, side: str, spec_path: Path, log_path: Path, env: dict):
         self.side, self.log_path = side, log_path
         self.log = open(log_path, "w")
-        self.process = subprocess.Popen([python, __file__, "--worker", side, str(spec_path)], stdin=subprocess.PIPE,
-                                        stdout=subprocess.PIPE, stderr=self.log, text=True, env=env, cwd=REPO_ROOT)
+        self.process = subprocess.Popen(
+            [python, __file__, "--worker", side, str(spec_path)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            text=True,
+            env=env,
+            cwd=REPO_ROOT,
+        )
         self.ready = self._answer()
 
     def _answer(self) -> dict:
         for line in self.process.stdout:
             if line.startswith(REPLY):
-                return json.loads(line[len(REPLY):])
+                return json.loads(line[len(REPLY) :])
             self.log.write(line)
         self.log.flush()
-        raise RuntimeError(f"the {self.side} worker stopped (exit {self.process.wait()}); its log: {self.log_path}:\n"
-                           + Path(self.log_path).read_text()[-3000:])
+        raise RuntimeError(
+            f"the {self.side} worker stopped (exit {self.process.wait()}); its log: {self.log_path}:\n"
+            + Path(self.log_path).read_text()[-3000:]
+        )
 
     def steps(self, n: int) -> list[dict]:
         self.process.stdin.write(f"steps {n}\n")
@@ -305,29 +343,51 @@ def prepare_batch(name: str, root: str, category: str, batch_size: int, options:
     np.save(path, images.numpy())
     hp = dict(model.config)
     extractor = getattr(model, "encoder", None) or model.feature_extractor
-    return {"backbone": hp["backbone"], "timm_layers": list(extractor.stage_names), "channels": list(extractor.out_dims),
-            "image_size": int(model.input_size[0]),
-            "anomalib": {key: hp[key] for key in ANOMALIB_ARGUMENTS[name] if key in hp},
-            "adlearn_hparams": {k: (list(v) if isinstance(v, tuple) else v) for k, v in hp.items()
-                                if isinstance(v, (int, float, str, bool, tuple, list, type(None)))}}
+    return {
+        "backbone": hp["backbone"],
+        "timm_layers": list(extractor.stage_names),
+        "channels": list(extractor.out_dims),
+        "image_size": int(model.input_size[0]),
+        "anomalib": {key: hp[key] for key in ANOMALIB_ARGUMENTS[name] if key in hp},
+        "adlearn_hparams": {
+            k: (list(v) if isinstance(v, tuple) else v)
+            for k, v in hp.items()
+            if isinstance(v, (int, float, str, bool, tuple, list, type(None)))
+        },
+    }
 
 
 def run_model(name: str, args, guard, workdir: Path) -> dict:
-    options = {"batch_size": args.batch_size, **FIXED_IN_ANOMALIB.get(name, {}), **args.options.get("", {}),
-               **args.options.get(name, {})}
-    spec = {"model": name, "threads": args.threads, "seed": args.seed, "warmup": args.warmup,
-            "batch": str(workdir / f"{name}_batch.npy"), "options": options}
+    options = {
+        "batch_size": args.batch_size,
+        **FIXED_IN_ANOMALIB.get(name, {}),
+        **args.options.get("", {}),
+        **args.options.get(name, {}),
+    }
+    spec = {
+        "model": name,
+        "threads": args.threads,
+        "seed": args.seed,
+        "warmup": args.warmup,
+        "batch": str(workdir / f"{name}_batch.npy"),
+        "options": options,
+    }
     spec.update(prepare_batch(name, args.root, args.category, args.batch_size, options, Path(spec["batch"])))
     spec_path = workdir / f"{name}_spec.json"
     spec_path.write_text(json.dumps(spec))
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
-    anomalib_env = {k: v for k, v in env.items() if k != "PYTHONPATH"}      # anomalib's venv never imports adlearn
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": str(args.threads),
+        "MKL_NUM_THREADS": str(args.threads),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
+    }
+    anomalib_env = {k: v for k, v in env.items() if k != "PYTHONPATH"}  # anomalib's venv never imports adlearn
     print(f"{name}: starting both workers (model build + {args.warmup} warm-up step(s) each)", flush=True)
     workers = {"adlearn": Worker(sys.executable, "adlearn", spec_path, workdir / f"{name}_adlearn.log", env)}
     try:
-        workers["anomalib"] = Worker(args.anomalib_python, "anomalib", spec_path, workdir / f"{name}_anomalib.log",
-                                     anomalib_env)
+        workers["anomalib"] = Worker(
+            args.anomalib_python, "anomalib", spec_path, workdir / f"{name}_anomalib.log", anomalib_env
+        )
         steps = {"adlearn": [], "anomalib": []}
         labels = {"adlearn": [], "anomalib": []}
         for r in range(args.rounds):
@@ -344,30 +404,43 @@ def run_model(name: str, args, guard, workdir: Path) -> dict:
     median_wall = {side: statistics.median(s["wall_s"] for s in steps[side]) for side in steps}
     checks = [ready[s]["feature_check"] for s in ("adlearn", "anomalib")]
     same_features = len(checks[0]) == len(checks[1]) and all(
-        abs(a - b) <= 1e-3 * max(1.0, abs(a)) for a, b in zip(*checks))
-    return {"model": name, "settings": {k: spec[k] for k in ("backbone", "timm_layers", "channels", "image_size",
-                                                             "anomalib")},
-            "batch_size": args.batch_size, "threads": args.threads, "steps": steps, "workers": ready,
-            "cpu_s_median": median, "wall_s_median": median_wall, "same_backbone_features": same_features,
-            "ratio_adlearn_over_anomalib": guard.ratio(median["adlearn"], median["anomalib"],
-                                                       *labels["adlearn"], *labels["anomalib"])}
+        abs(a - b) <= 1e-3 * max(1.0, abs(a)) for a, b in zip(*checks)
+    )
+    return {
+        "model": name,
+        "settings": {k: spec[k] for k in ("backbone", "timm_layers", "channels", "image_size", "anomalib")},
+        "batch_size": args.batch_size,
+        "threads": args.threads,
+        "steps": steps,
+        "workers": ready,
+        "cpu_s_median": median,
+        "wall_s_median": median_wall,
+        "same_backbone_features": same_features,
+        "ratio_adlearn_over_anomalib": guard.ratio(
+            median["adlearn"], median["anomalib"], *labels["adlearn"], *labels["anomalib"]
+        ),
+    }
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| model | settings | batch | steps per side | adlearn CPU s / step | anomalib CPU s / step | "
-             "adlearn / anomalib | trained parameters (adlearn / anomalib) | same backbone features |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| model | settings | batch | steps per side | adlearn CPU s / step | anomalib CPU s / step | "
+        "adlearn / anomalib | trained parameters (adlearn / anomalib) | same backbone features |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for row in rows:
         s = row["settings"]
         widths = ", ".join(f"{k} {v}" for k, v in s["anomalib"].items() if k != "lr")
         ratio = row["ratio_adlearn_over_anomalib"]
-        lines.append(f"| {row['model']} | {s['backbone']} {'/'.join(s['timm_layers'])}, {widths} | {row['batch_size']} | "
-                     f"{len(row['steps']['adlearn'])} | {row['cpu_s_median']['adlearn']:.3f} | "
-                     f"{row['cpu_s_median']['anomalib']:.3f} | "
-                     f"{'not reported (busy)' if ratio is None else f'{ratio:.2f}'} | "
-                     f"{row['workers']['adlearn']['trained_parameters']:,} / "
-                     f"{row['workers']['anomalib']['trained_parameters']:,} | "
-                     f"{'yes' if row['same_backbone_features'] else 'NO'} |")
+        lines.append(
+            f"| {row['model']} | {s['backbone']} {'/'.join(s['timm_layers'])}, {widths} | {row['batch_size']} | "
+            f"{len(row['steps']['adlearn'])} | {row['cpu_s_median']['adlearn']:.3f} | "
+            f"{row['cpu_s_median']['anomalib']:.3f} | "
+            f"{'not reported (busy)' if ratio is None else f'{ratio:.2f}'} | "
+            f"{row['workers']['adlearn']['trained_parameters']:,} / "
+            f"{row['workers']['anomalib']['trained_parameters']:,} | "
+            f"{'yes' if row['same_backbone_features'] else 'NO'} |"
+        )
     return "\n".join(lines)
 
 
@@ -408,9 +481,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=1, help="repetitions of the A B B A order")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="an adlearn model option, for every model (backbone=efficientnet_lite0) or one "
-                             "(cflow.coupling_blocks=2); the shared widths follow to anomalib")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an adlearn model option, for every model (backbone=efficientnet_lite0) or one "
+        "(cflow.coupling_blocks=2); the shared widths follow to anomalib",
+    )
     parser.add_argument("--anomalib-python", default=DEFAULT_ANOMALIB_PYTHON)
     parser.add_argument("--json", type=Path)
     add_arguments(parser)
@@ -437,14 +515,21 @@ def main(argv: list[str] | None = None) -> int:
         for name in models:
             rows.append(run_model(name, args, guard, Path(tmp)))
             row = rows[-1]
-            print(f"{name}: adlearn {row['cpu_s_median']['adlearn']:.3f} CPU s/step, anomalib "
-                  f"{row['cpu_s_median']['anomalib']:.3f} (medians of {len(row['steps']['adlearn'])})", flush=True)
+            print(
+                f"{name}: adlearn {row['cpu_s_median']['adlearn']:.3f} CPU s/step, anomalib "
+                f"{row['cpu_s_median']['anomalib']:.3f} (medians of {len(row['steps']['adlearn'])})",
+                flush=True,
+            )
     print()
     print(table(rows))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"command": " ".join(["benchmarks/bench_flows.py", *argv]), "rows": rows,
-                                         "machine": guard.summary()}, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {"command": " ".join(["benchmarks/bench_flows.py", *argv]), "rows": rows, "machine": guard.summary()},
+                indent=2,
+            )
+        )
     return 0
 
 

@@ -61,21 +61,28 @@ def run_bottle(args, options: dict) -> dict:
         test = MVTecDataset(root, "bottle", "test", transform=model.transform)
         cpu_start, marks = time.process_time(), [time.process_time()]
 
-        def cpu_mark(trainer, record):       # CPU seconds of each epoch (no validation here)
-            marks.append(time.process_time())
+        def cpu_mark(trainer, record):  # CPU seconds of each epoch (no validation here)
+            marks.append(time.process_time())  # noqa: B023 (called within this iteration)
 
         model.fit = (lambda fit: lambda data, **kw: fit(data, callbacks=[cpu_mark], **kw))(model.fit)
         results = fit_and_evaluate(model, train, test)
         epoch_cpu = list(np.diff(marks))
-        run = {"seed": seed, "image_auroc": results["image_auroc"], "fit_seconds": results["fit_seconds"],
-               "cpu_seconds": time.process_time() - cpu_start, "epochs": len(model.history.epoch),
-               "epoch_seconds": float(np.mean(model.history.seconds)),
-               "epoch_cpu_s": float(np.median(epoch_cpu[1:] or epoch_cpu))}
+        run = {
+            "seed": seed,
+            "image_auroc": results["image_auroc"],
+            "fit_seconds": results["fit_seconds"],
+            "cpu_seconds": time.process_time() - cpu_start,
+            "epochs": len(model.history.epoch),
+            "epoch_seconds": float(np.mean(model.history.seconds)),
+            "epoch_cpu_s": float(np.median(epoch_cpu[1:] or epoch_cpu)),
+        }
         runs.append(run)
         print(json.dumps(run), file=sys.stderr, flush=True)
     aurocs = [r["image_auroc"] for r in runs]
-    print(f"bottle, GANomaly cpu preset {options or ''}: image AUROC {summary(aurocs)}; "
-          f"fit {np.mean([r['fit_seconds'] for r in runs]):.0f} s per seed")
+    print(
+        f"bottle, GANomaly cpu preset {options or ''}: image AUROC {summary(aurocs)}; "
+        f"fit {np.mean([r['fit_seconds'] for r in runs]):.0f} s per seed"
+    )
     return {"options": options, "runs": runs, "mean": float(np.mean(aurocs)), "std": float(np.std(aurocs))}
 
 
@@ -87,7 +94,7 @@ def run_digits(args, options: dict) -> dict:
     from adlearn.models import create
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from bench_digits import pixel_pca_scores   # the scikit-learn baseline, beside this file
+    from bench_digits import pixel_pca_scores  # the scikit-learn baseline, beside this file
 
     images, labels = digit_images(size=32)
     raw = load_digits().data.astype(np.float64)
@@ -97,8 +104,7 @@ def run_digits(args, options: dict) -> dict:
         ganomaly, pca = [], []
         for seed in args.seeds:
             split = one_class_split(labels, digit, n_others=None, seed=seed)
-            model = create("ganomaly", image_size=32, device="cpu", seed=seed, max_epochs=args.epochs,
-                           **options)
+            model = create("ganomaly", image_size=32, device="cpu", seed=seed, max_epochs=args.epochs, **options)
             model.fit(images[split.train], verbose=False)
             scores = model.predict(images[split.test]).pred_score.numpy()
             ganomaly.append(float(roc_auc_score(split.is_anomalous, scores)))
@@ -149,16 +155,33 @@ def run_anomalib_side(spec_path: str, out_path: str) -> int:
 
     timer = EpochTimer()
     with tempfile.TemporaryDirectory(prefix="anomalib-bench-") as workdir:
-        engine = Engine(callbacks=[timer], accelerator="cpu", devices=1, logger=False, default_root_dir=workdir,
-                        enable_model_summary=False, enable_progress_bar=False, max_epochs=spec["epochs"],
-                        limit_val_batches=0, num_sanity_val_steps=0)
+        engine = Engine(
+            callbacks=[timer],
+            accelerator="cpu",
+            devices=1,
+            logger=False,
+            default_root_dir=workdir,
+            enable_model_summary=False,
+            enable_progress_bar=False,
+            max_epochs=spec["epochs"],
+            limit_val_batches=0,
+            num_sanity_val_steps=0,
+        )
         engine.fit(model=model, datamodule=datamodule)
         results = engine.test(model=model, datamodule=datamodule, verbose=False)
     import anomalib
 
-    Path(out_path).write_text(json.dumps({
-        "anomalib_version": anomalib.__version__, "epochs": timer.rows, "n_train": len(datamodule.train_data),
-        "test": {key: float(value) for key, value in (results[0] if results else {}).items()}}, indent=2))
+    Path(out_path).write_text(
+        json.dumps(
+            {
+                "anomalib_version": anomalib.__version__,
+                "epochs": timer.rows,
+                "n_train": len(datamodule.train_data),
+                "test": {key: float(value) for key, value in (results[0] if results else {}).items()},
+            },
+            indent=2,
+        )
+    )
     return 0
 
 
@@ -173,25 +196,51 @@ def run_anomalib(args, options: dict) -> dict:
     root = os.environ.get("ADLEARN_MVTEC_ROOT", "/work/shared/data/mvtec_ad")
     runs = []
     for seed in args.seeds:
-        init = {"n_features": preset["n_features"], "latent_vec_size": preset.get("latent_size", 100),
-                "batch_size": preset.get("batch_size", 32)}
+        init = {
+            "n_features": preset["n_features"],
+            "latent_vec_size": preset.get("latent_size", 100),
+            "batch_size": preset.get("batch_size", 32),
+        }
         with tempfile.TemporaryDirectory() as tmp:
             spec, out = Path(tmp) / "spec.json", Path(tmp) / "out.json"
-            spec.write_text(json.dumps({"init": init, "image_size": preset["image_size"], "epochs": preset["max_epochs"],
-                                        "root": root, "threads": args.threads, "seed": seed}))
-            done = subprocess.run([python, __file__, "--anomalib-side", str(spec), str(out)], capture_output=True,
-                                  text=True)
+            spec.write_text(
+                json.dumps(
+                    {
+                        "init": init,
+                        "image_size": preset["image_size"],
+                        "epochs": preset["max_epochs"],
+                        "root": root,
+                        "threads": args.threads,
+                        "seed": seed,
+                    }
+                )
+            )
+            done = subprocess.run(
+                [python, __file__, "--anomalib-side", str(spec), str(out)], capture_output=True, text=True
+            )
             if done.returncode != 0:
                 raise RuntimeError(f"anomalib side failed:\n{done.stderr[-3000:]}")
             result = json.loads(out.read_text())
         cpu, wall = [row["cpu_s"] for row in result["epochs"]], [row["s"] for row in result["epochs"]]
-        run = {"seed": seed, "image_auroc": result["test"].get("image_AUROC"), "cpu_seconds": float(sum(cpu)),
-               "epoch_cpu_s": float(np.median(cpu[1:] or cpu)), "epoch_s": float(np.median(wall[1:] or wall)), **result}
+        run = {
+            "seed": seed,
+            "image_auroc": result["test"].get("image_AUROC"),
+            "cpu_seconds": float(sum(cpu)),
+            "epoch_cpu_s": float(np.median(cpu[1:] or cpu)),
+            "epoch_s": float(np.median(wall[1:] or wall)),
+            **result,
+        }
         runs.append(run)
-        print(json.dumps({k: run[k] for k in ("seed", "image_auroc", "epoch_cpu_s", "epoch_s")}), file=sys.stderr, flush=True)
-    print(f"bottle, anomalib {runs[0]['anomalib_version']} Ganomaly {init}, {preset['image_size']} px, "
-          f"{preset['max_epochs']} epochs: image AUROC {summary([r['image_auroc'] for r in runs])}; "
-          f"median epoch {np.mean([r['epoch_cpu_s'] for r in runs]):.1f} CPU s")
+        print(
+            json.dumps({k: run[k] for k in ("seed", "image_auroc", "epoch_cpu_s", "epoch_s")}),
+            file=sys.stderr,
+            flush=True,
+        )
+    print(
+        f"bottle, anomalib {runs[0]['anomalib_version']} Ganomaly {init}, {preset['image_size']} px, "
+        f"{preset['max_epochs']} epochs: image AUROC {summary([r['image_auroc'] for r in runs])}; "
+        f"median epoch {np.mean([r['epoch_cpu_s'] for r in runs]):.1f} CPU s"
+    )
     return {"options": init, "runs": runs}
 
 

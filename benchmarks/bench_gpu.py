@@ -60,26 +60,38 @@ def bench_patchcore(args, root: Path) -> dict:
     from adlearn.evaluate import collect_predictions, evaluate
     from adlearn.models import create
 
-    model = create("patchcore", backbone=args.backbone, pretrained=args.pretrained, device=args.device, seed=0,
-                   half_precision_search=args.nn_half)
+    model = create(
+        "patchcore",
+        backbone=args.backbone,
+        pretrained=args.pretrained,
+        device=args.device,
+        seed=0,
+        half_precision_search=args.nn_half,
+    )
     train = subset(MVTecDataset(root, args.category, "train", transform=model.transform), args.max_train)
     test = MVTecDataset(root, args.category, "test", transform=model.transform)
     device = model.device
     warm = create("patchcore", backbone=args.backbone, pretrained=args.pretrained, device=args.device, seed=0)
-    warm.fit(subset(train, 4))                                        # kernels, allocator, cuDNN choices
+    warm.fit(subset(train, 4))  # kernels, allocator, cuDNN choices
     _, fit_s = timed(device, lambda: model.fit(train))
-    collect_predictions(model, subset(test, 8))                        # warm-up of the predict path
+    collect_predictions(model, subset(test, 8))  # warm-up of the predict path
     results, evaluate_s = timed(device, lambda: evaluate(model, test))
     images = torch.stack([test[i]["image"] for i in range(min(len(test), 32))]).to(device)
     model.predict(images)
     repeats = args.repeats
     _, predict_s = timed(device, lambda: [model.predict(images) for _ in range(repeats)])
     return {
-        "model": "patchcore", "n_train": len(train), "n_test": len(test),
-        "memory_bank": list(model.memory_bank.shape), "nn_half": args.nn_half,
-        "fit_s": fit_s, "evaluate_s": evaluate_s, "evaluate_images_per_s": len(test) / evaluate_s,
+        "model": "patchcore",
+        "n_train": len(train),
+        "n_test": len(test),
+        "memory_bank": list(model.memory_bank.shape),
+        "nn_half": args.nn_half,
+        "fit_s": fit_s,
+        "evaluate_s": evaluate_s,
+        "evaluate_images_per_s": len(test) / evaluate_s,
         "predict_images_per_s": repeats * len(images) / predict_s,
-        "image_auroc": results["image_auroc"], "pixel_auroc": results["pixel_auroc"],
+        "image_auroc": results["image_auroc"],
+        "pixel_auroc": results["pixel_auroc"],
     }
 
 
@@ -87,8 +99,9 @@ def bench_trained(name: str, args, root: Path) -> dict:
     from adlearn.data import MVTecDataset
     from adlearn.models import create
 
-    model = create(name, backbone=args.backbone, pretrained=args.pretrained, device=args.device, seed=0,
-                   max_epochs=args.epochs)
+    model = create(
+        name, backbone=args.backbone, pretrained=args.pretrained, device=args.device, seed=0, max_epochs=args.epochs
+    )
     train = subset(MVTecDataset(root, args.category, "train", transform=model.transform), args.max_train)
     epoch_seconds = []
 
@@ -102,8 +115,14 @@ def bench_trained(name: str, args, root: Path) -> dict:
     on_epoch.last = time.perf_counter()
     model.fit(train, callbacks=[on_epoch], progress=False, verbose=False)
     later = epoch_seconds[1:] or epoch_seconds
-    return {"model": name, "n_train": len(train), "epochs": len(epoch_seconds), "epoch_s": epoch_seconds,
-            "epoch_s_after_warmup": sorted(later)[len(later) // 2], "amp": str(model.amp)}
+    return {
+        "model": name,
+        "n_train": len(train),
+        "epochs": len(epoch_seconds),
+        "epoch_s": epoch_seconds,
+        "epoch_s_after_warmup": sorted(later)[len(later) // 2],
+        "amp": str(model.amp),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -135,9 +154,14 @@ def main(argv: list[str] | None = None) -> int:
             row = bench_patchcore(args, root) if name == "patchcore" else bench_trained(name, args, root)
         print(json.dumps(row), flush=True)
         rows.append(row)
-    meta = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu",
-            "torch": torch.__version__, "backbone": args.backbone, "category": args.category,
-            "date": time.strftime("%Y-%m-%d %H:%M"), "machine": guard.summary()}
+    meta = {
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu",
+        "torch": torch.__version__,
+        "backbone": args.backbone,
+        "category": args.category,
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "machine": guard.summary(),
+    }
     if args.json:
         Path(args.json).write_text(json.dumps({"meta": meta, "results": rows}, indent=2))
     return 0

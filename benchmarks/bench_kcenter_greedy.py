@@ -98,18 +98,18 @@ def patchcore_like_embedding(n: int, width: int, seed: int = 0) -> torch.Tensor:
     """
     g = torch.Generator().manual_seed(seed)
     latent_dim, n_clusters = 32, 512
-    sizes = 1.0 / torch.arange(1, n_clusters + 1, dtype=torch.float64)          # Zipf weights
-    labels = torch.multinomial(sizes, n, replacement=True, generator=g)          # (n,)
-    axis_scale = torch.arange(1, latent_dim + 1, dtype=torch.float32) ** -0.9    # (latent,)
+    sizes = 1.0 / torch.arange(1, n_clusters + 1, dtype=torch.float64)  # Zipf weights
+    labels = torch.multinomial(sizes, n, replacement=True, generator=g)  # (n,)
+    axis_scale = torch.arange(1, latent_dim + 1, dtype=torch.float32) ** -0.9  # (latent,)
     centres = torch.randn(n_clusters, latent_dim, generator=g) * 10.0 * axis_scale
-    spreads = torch.exp(torch.randn(n_clusters, generator=g) * 0.5)              # cluster sizes vary
+    spreads = torch.exp(torch.randn(n_clusters, generator=g) * 0.5)  # cluster sizes vary
     mixing = torch.randn(latent_dim, width, generator=g) / math.sqrt(latent_dim)
     out = torch.empty(n, width)
-    for start in range(0, n, 16384):                                             # bounded memory
-        lab = labels[start:start + 16384]
+    for start in range(0, n, 16384):  # bounded memory
+        lab = labels[start : start + 16384]
         noise = torch.randn(len(lab), latent_dim, generator=g) * spreads[lab, None] * axis_scale
-        z = centres[lab] + noise                                                 # (b, latent)
-        out[start:start + 16384] = torch.relu(z @ mixing) + 0.5 * torch.rand(len(lab), width, generator=g)
+        z = centres[lab] + noise  # (b, latent)
+        out[start : start + 16384] = torch.relu(z @ mixing) + 0.5 * torch.rand(len(lab), width, generator=g)
     return out
 
 
@@ -126,11 +126,12 @@ def baseline_projection(embedding: torch.Tensor, eps: float = 0.9, seed: int = 0
         columns = rng.choice(d, size=nnz, replace=False)
         matrix[row, columns] = torch.from_numpy(rng.integers(0, 2, nnz) * 2.0 - 1.0).float()
     matrix *= math.sqrt(1 / density) / math.sqrt(k)
-    return embedding @ matrix.T                                                  # (n, k)
+    return embedding @ matrix.T  # (n, k)
 
 
-def baseline_select(features: torch.Tensor, coreset_size: int, seed: int = 0,
-                    max_steps: int | None = None) -> list[int]:
+def baseline_select(
+    features: torch.Tensor, coreset_size: int, seed: int = 0, max_steps: int | None = None
+) -> list[int]:
     """anomalib 2.7's greedy loop: full (N, d) difference and norm every step."""
     g = torch.Generator().manual_seed(seed)
     idx = torch.randint(features.shape[0], (1,), generator=g).squeeze()
@@ -155,12 +156,17 @@ def time_baseline(embedding: torch.Tensor, ratio: float, steps: int | None) -> d
     idxs = baseline_select(features, coreset_size, max_steps=steps)
     loop_s, loop_cpu = time.perf_counter() - start, time.process_time() - start_cpu
     done = len(idxs) - 1
-    scale = (coreset_size - 1) / max(done, 1)      # extrapolation factor (1 when run to the end)
-    return {"projection_s": projection_s, "steps_run": done,
-            "per_step_ms": loop_s / max(done, 1) * 1e3,
-            "total_s": projection_s + loop_s * scale, "cpu_s": projection_cpu + loop_cpu * scale,
-            "extrapolated": done < coreset_size - 1, "idxs": idxs,
-            "selection_dim": features.shape[1]}
+    scale = (coreset_size - 1) / max(done, 1)  # extrapolation factor (1 when run to the end)
+    return {
+        "projection_s": projection_s,
+        "steps_run": done,
+        "per_step_ms": loop_s / max(done, 1) * 1e3,
+        "total_s": projection_s + loop_s * scale,
+        "cpu_s": projection_cpu + loop_cpu * scale,
+        "extrapolated": done < coreset_size - 1,
+        "idxs": idxs,
+        "selection_dim": features.shape[1],
+    }
 
 
 ANOMALIB_SNIPPET = r"""
@@ -187,13 +193,21 @@ def time_real_anomalib(python: str, embedding: torch.Tensor, steps: int, threads
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "embedding.pt"
         torch.save(embedding, path)
-        run = subprocess.run([python, "-c", ANOMALIB_SNIPPET, str(path), str(steps), str(threads)],
-                             capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
+        run = subprocess.run(
+            [python, "-c", ANOMALIB_SNIPPET, str(path), str(steps), str(threads)],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "TQDM_DISABLE": "1"},
+        )
     for line in run.stdout.splitlines():
         if line.startswith("ANOMALIB_SECONDS"):
             _, seconds, size, projection = line.split()
-            return {"loop_s": float(seconds), "steps": int(size) - 1, "projection_s": float(projection),
-                    "per_step_ms": float(seconds) / max(int(size) - 1, 1) * 1e3}
+            return {
+                "loop_s": float(seconds),
+                "steps": int(size) - 1,
+                "projection_s": float(projection),
+                "per_step_ms": float(seconds) / max(int(size) - 1, 1) * 1e3,
+            }
     print(f"  (anomalib run failed: {run.stderr.strip().splitlines()[-1:]})")
     return None
 
@@ -212,7 +226,7 @@ def real_patch_features(root: Path, category: str, n_images: int) -> torch.Tenso
     images = torch.stack([train[i]["image"] for i in range(n_images)])
     model.to_device().eval()
     with torch.no_grad():
-        return torch.cat([model.collect(batch) for batch in images.split(16)])   # (n_images·1024, 152)
+        return torch.cat([model.collect(batch) for batch in images.split(16)])  # (n_images·1024, 152)
 
 
 def datasets(args) -> list[tuple[str, torch.Tensor]]:
@@ -221,12 +235,18 @@ def datasets(args) -> list[tuple[str, torch.Tensor]]:
     out = []
     for kind in kinds:
         if kind == "clustered":
-            out += [(f"clustered {args.n // 1000}k x {w}", patchcore_like_embedding(args.n, w, seed=w))
-                    for w in (int(w) for w in args.widths.split(","))]
+            out += [
+                (f"clustered {args.n // 1000}k x {w}", patchcore_like_embedding(args.n, w, seed=w))
+                for w in (int(w) for w in args.widths.split(","))
+            ]
         elif kind == "gaussian":
             g = torch.Generator().manual_seed(0)
-            out.append((f"gaussian {args.gaussian_n // 1000}k x {args.gaussian_width}",
-                        torch.randn(args.gaussian_n, args.gaussian_width, generator=g)))
+            out.append(
+                (
+                    f"gaussian {args.gaussian_n // 1000}k x {args.gaussian_width}",
+                    torch.randn(args.gaussian_n, args.gaussian_width, generator=g),
+                )
+            )
         elif kind == "real":
             root = Path(args.mvtec_root) if args.mvtec_root else None
             if root is None or not (root / args.category / "train").is_dir():
@@ -234,8 +254,12 @@ def datasets(args) -> list[tuple[str, torch.Tensor]]:
                 continue
             for n_images in (int(n) for n in args.real_images.split(",")):
                 features = real_patch_features(root, args.category, n_images)
-                out.append((f"real {args.category} {n_images} img = {features.shape[0] // 1000}k x "
-                            f"{features.shape[1]}", features))
+                out.append(
+                    (
+                        f"real {args.category} {n_images} img = {features.shape[0] // 1000}k x {features.shape[1]}",
+                        features,
+                    )
+                )
         else:
             raise SystemExit(f"--data: unknown kind {kind!r} (clustered, gaussian, real)")
     return out
@@ -246,34 +270,51 @@ def time_ours(embedding: torch.Tensor, ratio: float, seed: int = 0, method: str 
     start, start_cpu = time.perf_counter(), time.process_time()
     sampler = KCenterGreedy(embedding, sampling_ratio=ratio, random_state=seed, method=method)
     idxs = sampler.select_coreset_idxs()
-    return {"total_s": time.perf_counter() - start, "cpu_s": time.process_time() - start_cpu,
-            "idxs": idxs, "method": sampler.method, "steps": sampler.steps, "switches": sampler.switches,
-            "selection_dim": sampler.features.shape[1]}
+    return {
+        "total_s": time.perf_counter() - start,
+        "cpu_s": time.process_time() - start_cpu,
+        "idxs": idxs,
+        "method": sampler.method,
+        "steps": sampler.steps,
+        "switches": sampler.switches,
+        "selection_dim": sampler.features.shape[1],
+    }
 
 
 # ----------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", default="clustered,gaussian,real",
-                        help="comma-separated: clustered (PatchCore-like), gaussian (random), real (bottle features)")
+    parser.add_argument(
+        "--data",
+        default="clustered,gaussian,real",
+        help="comma-separated: clustered (PatchCore-like), gaussian (random), real (bottle features)",
+    )
     parser.add_argument("--n", type=int, default=123_000, help="rows of the clustered data")
     parser.add_argument("--widths", default="152,384", help="widths of the clustered data, comma-separated")
     parser.add_argument("--gaussian-n", type=int, default=30_000)
     parser.add_argument("--gaussian-width", type=int, default=384)
     parser.add_argument("--mvtec-root", default=os.environ.get("ADLEARN_MVTEC_ROOT"))
     parser.add_argument("--category", default="bottle")
-    parser.add_argument("--real-images", default="40,120,209",
-                        help="training images for the real features (1,024 rows each: 40k, 122k, 214k rows)")
+    parser.add_argument(
+        "--real-images",
+        default="40,120,209",
+        help="training images for the real features (1,024 rows each: 40k, 122k, 214k rows)",
+    )
     parser.add_argument("--methods", default="adaptive,pruned,dense", help="our methods to time")
     parser.add_argument("--ratio", type=float, default=0.1)
-    parser.add_argument("--baseline-steps", type=int, default=150,
-                        help="baseline steps timed at full size (then extrapolated)")
+    parser.add_argument(
+        "--baseline-steps", type=int, default=150, help="baseline steps timed at full size (then extrapolated)"
+    )
     parser.add_argument("--full-baseline", action="store_true", help="run the baseline to the end")
-    parser.add_argument("--coverage-n", type=int, default=20_000,
-                        help="rows for the coverage comparison on clustered data (0 skips it)")
+    parser.add_argument(
+        "--coverage-n", type=int, default=20_000, help="rows for the coverage comparison on clustered data (0 skips it)"
+    )
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--anomalib-python", default=os.environ.get("ANOMALIB_PYTHON", DEFAULT_ANOMALIB_PYTHON),
-                        help="python of a venv with anomalib 2.7 ('' to skip)")
+    parser.add_argument(
+        "--anomalib-python",
+        default=os.environ.get("ANOMALIB_PYTHON", DEFAULT_ANOMALIB_PYTHON),
+        help="python of a venv with anomalib 2.7 ('' to skip)",
+    )
     parser.add_argument("--json", help="write all figures to this file")
     add_arguments(parser)
     args = parser.parse_args(argv)
@@ -291,29 +332,44 @@ def main(argv: list[str] | None = None) -> int:
         for method in methods:
             with guard.measure(f"{name}: adlearn {method}"):
                 ours = time_ours(embedding, args.ratio, method=method)
-            print(f"  adlearn {method:8s} (selects on d={ours['selection_dim']}): {ours['total_s']:7.1f} s wall, "
-                  f"{ours['cpu_s']:7.1f} s CPU; steps {ours['steps']}"
-                  + (f", switches {ours['switches'][:4]}{' ...' if len(ours['switches']) > 4 else ''}"
-                     if ours["switches"] else ""))
+            print(
+                f"  adlearn {method:8s} (selects on d={ours['selection_dim']}): {ours['total_s']:7.1f} s wall, "
+                f"{ours['cpu_s']:7.1f} s CPU; steps {ours['steps']}"
+                + (
+                    f", switches {ours['switches'][:4]}{' ...' if len(ours['switches']) > 4 else ''}"
+                    if ours["switches"]
+                    else ""
+                )
+            )
             run["ours"][method] = {k: v for k, v in ours.items() if k != "idxs"}
         with guard.measure(f"{name}: baseline"):
             base = time_baseline(embedding, args.ratio, None if args.full_baseline else args.baseline_steps)
         how = f"extrapolated from {base['steps_run']} steps" if base["extrapolated"] else "measured"
-        print(f"  baseline (anomalib 2.7 loop, d={base['selection_dim']}): {base['total_s']:7.1f} s wall, "
-              f"{base['cpu_s']:7.1f} s CPU ({how}; {base['per_step_ms']:.1f} ms/step, projection "
-              f"{base['projection_s']:.1f} s)")
+        print(
+            f"  baseline (anomalib 2.7 loop, d={base['selection_dim']}): {base['total_s']:7.1f} s wall, "
+            f"{base['cpu_s']:7.1f} s CPU ({how}; {base['per_step_ms']:.1f} ms/step, projection "
+            f"{base['projection_s']:.1f} s)"
+        )
         run["baseline"] = {k: v for k, v in base.items() if k != "idxs"}
         for method, ours in run["ours"].items():
             wall = guard.ratio(base["total_s"], ours["total_s"], f"{name}: adlearn {method}", f"{name}: baseline")
             cpu = guard.ratio(base["cpu_s"], ours["cpu_s"], f"{name}: adlearn {method}", f"{name}: baseline")
             ours.update(speedup=wall, speedup_cpu=cpu)
-            print(f"  speed-up {method:8s}: " + (f"{wall:.1f}x wall, {cpu:.1f}x CPU time" if wall else
-                                                  "not reported (measured under load; --allow-busy reports it)"))
+            print(
+                f"  speed-up {method:8s}: "
+                + (
+                    f"{wall:.1f}x wall, {cpu:.1f}x CPU time"
+                    if wall
+                    else "not reported (measured under load; --allow-busy reports it)"
+                )
+            )
         real = time_real_anomalib(args.anomalib_python, embedding, args.baseline_steps, args.threads)
         if real:
             estimate = real["projection_s"] + real["per_step_ms"] / 1e3 * (coreset_size - 1)
-            print(f"  real anomalib: {real['per_step_ms']:.1f} ms/step over {real['steps']} steps "
-                  f"-> ~{estimate:.0f} s for {coreset_size:,} centres")
+            print(
+                f"  real anomalib: {real['per_step_ms']:.1f} ms/step over {real['steps']} steps "
+                f"-> ~{estimate:.0f} s for {coreset_size:,} centres"
+            )
             run["anomalib_per_step_ms"], run["anomalib_estimate_s"] = real["per_step_ms"], estimate
         del embedding
 
@@ -323,12 +379,16 @@ def main(argv: list[str] | None = None) -> int:
             base_small = time_baseline(small, args.ratio, None)
             random_idxs = torch.randperm(args.coverage_n, generator=torch.Generator().manual_seed(0))
             size = len(ours_small["idxs"])
-            radii = {"adlearn": coverage_radius(small, ours_small["idxs"]),
-                     "baseline": coverage_radius(small, base_small["idxs"]),
-                     "random": coverage_radius(small, random_idxs[:size])}
-            print(f"  coverage at N={args.coverage_n:,} ({size:,} centres, both run to the end): "
-                  f"radius adlearn {radii['adlearn']:.3f} | baseline {radii['baseline']:.3f} | "
-                  f"random subset {radii['random']:.3f}")
+            radii = {
+                "adlearn": coverage_radius(small, ours_small["idxs"]),
+                "baseline": coverage_radius(small, base_small["idxs"]),
+                "random": coverage_radius(small, random_idxs[:size]),
+            }
+            print(
+                f"  coverage at N={args.coverage_n:,} ({size:,} centres, both run to the end): "
+                f"radius adlearn {radii['adlearn']:.3f} | baseline {radii['baseline']:.3f} | "
+                f"random subset {radii['random']:.3f}"
+            )
             run["coverage"] = {"n": args.coverage_n, **radii}
         results["runs"].append(run)
 

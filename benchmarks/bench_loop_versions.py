@@ -36,16 +36,16 @@ print("RESULT " + json.dumps(result))
 
 
 def run_one(checkout: Path, model: str, root: str, category: str, epochs: int, threads: int) -> dict:
-    code = CHILD.format(bench=str(BENCH_DIR), model=model, root=root, category=category, epochs=epochs,
-                        threads=threads)
+    code = CHILD.format(bench=str(BENCH_DIR), model=model, root=root, category=category, epochs=epochs, threads=threads)
     env = dict(os.environ, PYTHONPATH=str(checkout), OMP_NUM_THREADS=str(threads))
     # cwd = the checkout: ``python -c`` puts the working directory first on sys.path
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False,
-                          cwd=checkout)
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False, cwd=checkout
+    )
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     if done.returncode or not lines:
         raise RuntimeError(f"{model} in {checkout} failed:\n{done.stderr[-3000:]}")
-    result = json.loads(lines[-1][len("RESULT "):])
+    result = json.loads(lines[-1][len("RESULT ") :])
     if not result["adlearn_file"].startswith(str(checkout)):
         raise RuntimeError(f"imported {result['adlearn_file']}, not the checkout {checkout}")
     return result
@@ -75,12 +75,21 @@ def main(argv=None) -> int:
             cpu[side] += [epoch["cpu_s"] for epoch in later]
             wall[side] += [epoch["s"] for epoch in later]
             print(f"{model} {side}: epoch CPU s {[round(e['cpu_s'], 1) for e in result['epochs']]}", flush=True)
-        row = {side: {"epoch_cpu_s": statistics.median(cpu[side]), "epoch_s": statistics.median(wall[side]),
-                      "n_epochs": len(cpu[side])} for side in cpu}
+        row = {
+            side: {
+                "epoch_cpu_s": statistics.median(cpu[side]),
+                "epoch_s": statistics.median(wall[side]),
+                "n_epochs": len(cpu[side]),
+            }
+            for side in cpu
+        }
         row["ratio_cpu"] = row["after"]["epoch_cpu_s"] / row["before"]["epoch_cpu_s"]
         report["models"][model] = row
-        print(f"{model}: CPU s per epoch before {row['before']['epoch_cpu_s']:.1f}, after "
-              f"{row['after']['epoch_cpu_s']:.1f} (after/before {row['ratio_cpu']:.3f})", flush=True)
+        print(
+            f"{model}: CPU s per epoch before {row['before']['epoch_cpu_s']:.1f}, after "
+            f"{row['after']['epoch_cpu_s']:.1f} (after/before {row['ratio_cpu']:.3f})",
+            flush=True,
+        )
     report["load_after"] = os.getloadavg()
     print(f"load average before {report['load_before']}, after {report['load_after']}")
     if args.json:

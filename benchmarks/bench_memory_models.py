@@ -51,7 +51,6 @@ import torch
 
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
-from adlearn.machine import add_arguments, guard_from_args  # noqa: E402
 from bench_padim import (  # noqa: E402  (shared helpers of the benchmark drivers)
     ANOMALIB_PYTHON,
     BACKBONE,
@@ -61,10 +60,12 @@ from bench_padim import (  # noqa: E402  (shared helpers of the benchmark driver
     feature_check,
     ratio,
     resolve_data,
-    since,
     run_anomalib_process,
+    since,
     time_fit_phases,
 )
+
+from adlearn.machine import add_arguments, guard_from_args  # noqa: E402
 
 TARGET_AUROC_GAP = 0.01
 CROP = 224  # PatchCore's center crop of the 256-px resize
@@ -72,25 +73,39 @@ CROP = 224  # PatchCore's center crop of the 256-px resize
 # For each model: adlearn's create() options, anomalib's class and init, the center crop, the targets.
 MODELS: dict[str, dict] = {
     "patchcore": {
-        "adlearn": {"layers": ("layer2", "layer3"), "coreset_sampling_ratio": 0.1, "num_neighbors": 9,
-                    "center_crop": CROP},
-        "anomalib": {"model": "Patchcore", "init": {"layers": ["blocks.2", "blocks.4"], "coreset_sampling_ratio": 0.1,
-                                                     "num_neighbors": 9}},
+        "adlearn": {
+            "layers": ("layer2", "layer3"),
+            "coreset_sampling_ratio": 0.1,
+            "num_neighbors": 9,
+            "center_crop": CROP,
+        },
+        "anomalib": {
+            "model": "Patchcore",
+            "init": {"layers": ["blocks.2", "blocks.4"], "coreset_sampling_ratio": 0.1, "num_neighbors": 9},
+        },
         "crop": CROP,
         "targets": {"fit_speedup": 10.0, "predict_speedup": 2.0},
     },
     "dfkde": {
-        "adlearn": {"layers": ("layer4",), "n_pca_components": 16, "feature_scaling_method": "scale",
-                    "max_training_points": 40000},
-        "anomalib": {"model": "Dfkde", "init": {"layers": ["blocks.6"], "n_pca_components": 16,
-                                                 "max_training_points": 40000}},
+        "adlearn": {
+            "layers": ("layer4",),
+            "n_pca_components": 16,
+            "feature_scaling_method": "scale",
+            "max_training_points": 40000,
+        },
+        "anomalib": {
+            "model": "Dfkde",
+            "init": {"layers": ["blocks.6"], "n_pca_components": 16, "max_training_points": 40000},
+        },
         "crop": None,
         "targets": {},
     },
     "dfm": {
         "adlearn": {"layer": "layer3", "pooling_kernel_size": 4, "pca_level": 0.97, "score_type": "fre"},
-        "anomalib": {"model": "Dfm", "init": {"layer": "blocks.4", "pooling_kernel_size": 4, "pca_level": 0.97,
-                                               "score_type": "fre"}},
+        "anomalib": {
+            "model": "Dfm",
+            "init": {"layer": "blocks.4", "pooling_kernel_size": 4, "pca_level": 0.97, "score_type": "fre"},
+        },
         "crop": None,
         "targets": {},
     },
@@ -145,8 +160,16 @@ def run_adlearn(name: str, root: Path, category: str, threads: int, batch_size: 
 
     torch.set_num_threads(threads)
     began = clock()
-    model = create(name, backbone=BACKBONE, pretrained="auto", image_size=IMAGE_SIZE, device="cpu", seed=0,
-                   batch_size=batch_size, **MODELS[name]["adlearn"])
+    model = create(
+        name,
+        backbone=BACKBONE,
+        pretrained="auto",
+        image_size=IMAGE_SIZE,
+        device="cpu",
+        seed=0,
+        batch_size=batch_size,
+        **MODELS[name]["adlearn"],
+    )
     setup = since(began)
 
     phases = time_fit_phases(model)
@@ -170,15 +193,25 @@ def run_adlearn(name: str, root: Path, category: str, threads: int, batch_size: 
     predict = since(began)
 
     report = {
-        "setup_s": setup[0], "fit_s": fit[0], "fit_cpu_s": fit[1], "predict_s": predict[0], "predict_cpu_s": predict[1],
+        "setup_s": setup[0],
+        "fit_s": fit[0],
+        "fit_cpu_s": fit[1],
+        "predict_s": predict[0],
+        "predict_cpu_s": predict[1],
         "fit_phases": {phase: {"s": wall, "cpu_s": cpu} for phase, (wall, cpu) in phases.items()},
-        "n_train": len(train), "n_test": len(test), "threads": torch.get_num_threads(),
+        "n_train": len(train),
+        "n_test": len(test),
+        "threads": torch.get_num_threads(),
         "feature_check": feature_check(model.feature_extractor),
     }
     if name == "patchcore":
         report["memory_bank"] = list(model.memory_bank.shape)
-    arrays = {"pred_score": torch.cat(scores).numpy(), "gt_label": torch.cat(labels).numpy(),
-              "gt_mask": torch.cat(masks).numpy() > 0.5, "image_path": np.array(paths)}
+    arrays = {
+        "pred_score": torch.cat(scores).numpy(),
+        "gt_label": torch.cat(labels).numpy(),
+        "gt_mask": torch.cat(masks).numpy() > 0.5,
+        "image_path": np.array(paths),
+    }
     if maps:
         arrays["anomaly_map"] = torch.cat(maps).numpy()
     return report, arrays
@@ -189,9 +222,17 @@ def run_anomalib(name: str, root: Path, category: str, threads: int, batch_size:
     if not Path(python).exists():
         sys.exit(f"anomalib's python {python} not found: create the venv (benchmarks/README.md) or set ANOMALIB_PYTHON")
     config = MODELS[name]["anomalib"]
-    spec = {"model": config["model"], "init": {"backbone": BACKBONE, "pre_trained": True, **config["init"]},
-            "root": str(root), "category": category, "image_size": IMAGE_SIZE, "batch_size": batch_size,
-            "num_workers": 0, "threads": threads, "seed": 0}
+    spec = {
+        "model": config["model"],
+        "init": {"backbone": BACKBONE, "pre_trained": True, **config["init"]},
+        "root": str(root),
+        "category": category,
+        "image_size": IMAGE_SIZE,
+        "batch_size": batch_size,
+        "num_workers": 0,
+        "threads": threads,
+        "seed": 0,
+    }
     wrapper = ANOMALIB_WRAPPER.format(bench_dir=str(BENCH_DIR), crop=MODELS[name]["crop"])
     report, arrays = run_anomalib_process([python, "-c", wrapper, "--no-test"], spec, threads, name)
     phases = report.get("fit_phases", {})
@@ -232,8 +273,11 @@ def aurocs(ours: dict, theirs: dict | None) -> dict:
     if their_maps is not None and their_maps.shape != ours["anomaly_map"].shape:
         sys.exit(f"map sizes differ: adlearn {ours['anomaly_map'].shape}, anomalib {their_maps.shape}")
     result["anomalib"] = side(theirs["pred_score"][order], their_maps)
-    result["score_spearman"] = float(np.corrcoef(np.argsort(np.argsort(ours["pred_score"])),
-                                                 np.argsort(np.argsort(theirs["pred_score"][order])))[0, 1])
+    result["score_spearman"] = float(
+        np.corrcoef(np.argsort(np.argsort(ours["pred_score"])), np.argsort(np.argsort(theirs["pred_score"][order])))[
+            0, 1
+        ]
+    )
     return result
 
 
@@ -244,7 +288,8 @@ def verdict(name: str, ours: dict, theirs: dict | None, metrics: dict) -> dict:
     their_fit = theirs.get("fit_train_bank_s", theirs["fit_s"])
     their_fit_cpu = theirs.get("fit_train_bank_cpu_s", theirs["fit_cpu_s"])
     result = {
-        "fit_speedup_wall": ratio(their_fit, ours["fit_s"]), "fit_speedup_cpu": ratio(their_fit_cpu, ours["fit_cpu_s"]),
+        "fit_speedup_wall": ratio(their_fit, ours["fit_s"]),
+        "fit_speedup_cpu": ratio(their_fit_cpu, ours["fit_cpu_s"]),
         "engine_fit_speedup_wall": ratio(theirs["fit_s"], ours["fit_s"]),
         "predict_speedup_wall": ratio(theirs["predict_s"], ours["predict_s"]),
         "predict_speedup_cpu": ratio(theirs["predict_cpu_s"], ours["predict_cpu_s"]),
@@ -252,50 +297,71 @@ def verdict(name: str, ours: dict, theirs: dict | None, metrics: dict) -> dict:
     }
     targets = MODELS[name]["targets"]
     if result["fit_speedup_cpu"] is None or result["predict_speedup_cpu"] is None:
-        result["met"] = None   # measured under load: not judged
+        result["met"] = None  # measured under load: not judged
         return result
-    result["met"] = bool(result["auroc_max_gap"] <= TARGET_AUROC_GAP
-                         and result["fit_speedup_cpu"] >= targets.get("fit_speedup", 0)
-                         and result["predict_speedup_cpu"] >= targets.get("predict_speedup", 0))
+    result["met"] = bool(
+        result["auroc_max_gap"] <= TARGET_AUROC_GAP
+        and result["fit_speedup_cpu"] >= targets.get("fit_speedup", 0)
+        and result["predict_speedup_cpu"] >= targets.get("predict_speedup", 0)
+    )
     return result
 
 
 def print_table(name: str, result: dict) -> None:
     ours, theirs, metrics = result["adlearn"], result.get("anomalib"), result["auroc"]
-    print(f"\n{name} on {result['data']['kind']}/{result['data']['category']} ({ours['n_train']} train, "
-          f"{ours['n_test']} test), {result['threads']} threads")
+    print(
+        f"\n{name} on {result['data']['kind']}/{result['data']['category']} ({ours['n_train']} train, "
+        f"{ours['n_test']} test), {result['threads']} threads"
+    )
     print(f"{'':34s}{'adlearn':>10s}{'anomalib':>10s}{'speed-up':>10s}")
-    rows = [("fit s (features + bank)", "fit_s", "fit_train_bank_s"), ("fit CPU s", "fit_cpu_s", "fit_train_bank_cpu_s"),
-            ("anomalib Engine.fit s (+ val pass)", None, "fit_s"),
-            ("predict s (test split)", "predict_s", "predict_s"), ("predict CPU s", "predict_cpu_s", "predict_cpu_s")]
+    rows = [
+        ("fit s (features + bank)", "fit_s", "fit_train_bank_s"),
+        ("fit CPU s", "fit_cpu_s", "fit_train_bank_cpu_s"),
+        ("anomalib Engine.fit s (+ val pass)", None, "fit_s"),
+        ("predict s (test split)", "predict_s", "predict_s"),
+        ("predict CPU s", "predict_cpu_s", "predict_cpu_s"),
+    ]
     for label, our_key, their_key in rows:
         a = ours.get(our_key) if our_key else None
         b = theirs.get(their_key) if theirs else None
         speedup = ratio(b, a)
-        print(f"{label:34s}{(f'{a:10.1f}' if a is not None else f'{chr(45):>10s}')}"
-              f"{(f'{b:10.1f}' if b is not None else f'{chr(45):>10s}')}{(f'{speedup:9.1f}x' if speedup else f'{chr(45):>10s}')}")
+        print(
+            f"{label:34s}{(f'{a:10.1f}' if a is not None else f'{chr(45):>10s}')}"
+            f"{(f'{b:10.1f}' if b is not None else f'{chr(45):>10s}')}{(f'{speedup:9.1f}x' if speedup else f'{chr(45):>10s}')}"
+        )
     for key in ("image_auroc", "pixel_auroc"):
         if key in metrics["adlearn"]:
             a, b = metrics["adlearn"][key], (metrics.get("anomalib") or {}).get(key)
             print(f"{key.replace('_', ' '):34s}{a:10.4f}" + (f"{b:10.4f}{a - b:+10.4f}" if b is not None else ""))
     print("adlearn fit phases (wall s): " + ", ".join(f"{k} {v['s']:.1f}" for k, v in ours["fit_phases"].items()))
     if theirs:
-        print("anomalib fit phases (wall s): " + ", ".join(f"{k} {v['s']:.1f}" for k, v in theirs.get("fit_phases", {}).items()))
-        print(f"features check equal: {result['same_features']}; score rank correlation {metrics['score_spearman']:.4f}")
+        print(
+            "anomalib fit phases (wall s): "
+            + ", ".join(f"{k} {v['s']:.1f}" for k, v in theirs.get("fit_phases", {}).items())
+        )
+        print(
+            f"features check equal: {result['same_features']}; score rank correlation {metrics['score_spearman']:.4f}"
+        )
         v = result["verdict"]
         if v["met"] is None:
             print("speed-ups not reported: measured under load (rerun on an idle machine or pass --allow-busy)")
             return
-        print(f"speed-up (CPU): fit {v['fit_speedup_cpu']:.1f}x, predict {v['predict_speedup_cpu']:.1f}x; "
-              f"max AUROC gap {v['auroc_max_gap']:.4f} -> targets {'MET' if v['met'] else 'NOT MET'} "
-              f"{MODELS[name]['targets'] or ''}")
+        print(
+            f"speed-up (CPU): fit {v['fit_speedup_cpu']:.1f}x, predict {v['predict_speedup_cpu']:.1f}x; "
+            f"max AUROC gap {v['auroc_max_gap']:.4f} -> targets {'MET' if v['met'] else 'NOT MET'} "
+            f"{MODELS[name]['targets'] or ''}"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="PatchCore, DFKDE, DFM: adlearn vs anomalib, side by side")
     parser.add_argument("--models", default="patchcore,dfkde,dfm", help="comma-separated subset of " + ",".join(MODELS))
-    parser.add_argument("--data", choices=("auto", "bottle", "synthetic"), default="auto",
-                        help=f"auto: real bottle if ADLEARN_MVTEC_ROOT (or {DEFAULT_MVTEC_ROOT}) has it, else synthetic")
+    parser.add_argument(
+        "--data",
+        choices=("auto", "bottle", "synthetic"),
+        default="auto",
+        help=f"auto: real bottle if ADLEARN_MVTEC_ROOT (or {DEFAULT_MVTEC_ROOT}) has it, else synthetic",
+    )
     parser.add_argument("--root", help="MVTec-layout root (default: ADLEARN_MVTEC_ROOT / the synthetic cache)")
     parser.add_argument("--category", help="category (default: bottle / ring)")
     parser.add_argument("--max-train", type=int, help="keep this many evenly spaced training images (both sides)")
@@ -303,9 +369,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--anomalib-python", default=ANOMALIB_PYTHON)
     parser.add_argument("--no-anomalib", action="store_true", help="adlearn only")
-    parser.add_argument("--patchcore-crop", choices=("224", "none"), default="224",
-                        help="PatchCore's transform: resize 256 + center crop 224 (MODELS.md, 004; default) or "
-                             "'none' (anomalib 2.7's own default pre-processor: resize 256, no crop), both sides")
+    parser.add_argument(
+        "--patchcore-crop",
+        choices=("224", "none"),
+        default="224",
+        help="PatchCore's transform: resize 256 + center crop 224 (MODELS.md, 004; default) or "
+        "'none' (anomalib 2.7's own default pre-processor: resize 256, no crop), both sides",
+    )
     parser.add_argument("--json", help="write the full results here")
     add_arguments(parser)
     args = parser.parse_args(argv)
@@ -331,19 +401,32 @@ def main(argv: list[str] | None = None) -> int:
             theirs = their_arrays = None
             if not args.no_anomalib:
                 with guard.measure(f"anomalib {name}"):
-                    theirs, their_arrays = run_anomalib(name, root, category, args.threads, args.batch_size,
-                                                        args.anomalib_python)
+                    theirs, their_arrays = run_anomalib(
+                        name, root, category, args.threads, args.batch_size, args.anomalib_python
+                    )
                 print(f"anomalib {name}: fit {theirs['fit_s']:.1f} s, predict {theirs['predict_s']:.1f} s", flush=True)
             metrics = aurocs(our_arrays, their_arrays)
             result = {
-                "benchmark": name, "date": datetime.datetime.now().isoformat(timespec="seconds"),
-                "machine": guard.summary(),   # CPU model, cores, threads, load before/after each part
+                "benchmark": name,
+                "date": datetime.datetime.now().isoformat(timespec="seconds"),
+                "machine": guard.summary(),  # CPU model, cores, threads, load before/after each part
                 "data": {"kind": kind, "category": category, "max_train": args.max_train},
-                "config": {"backbone": BACKBONE, "image_size": IMAGE_SIZE, "center_crop": MODELS[name]["crop"],
-                           "adlearn": MODELS[name]["adlearn"], "anomalib": MODELS[name]["anomalib"]},
-                "threads": args.threads, "adlearn": ours, "anomalib": theirs, "auroc": metrics,
-                "same_features": (bool(np.allclose(ours["feature_check"], theirs["feature_check"], rtol=1e-4))
-                                  if theirs and theirs.get("feature_check") else None),
+                "config": {
+                    "backbone": BACKBONE,
+                    "image_size": IMAGE_SIZE,
+                    "center_crop": MODELS[name]["crop"],
+                    "adlearn": MODELS[name]["adlearn"],
+                    "anomalib": MODELS[name]["anomalib"],
+                },
+                "threads": args.threads,
+                "adlearn": ours,
+                "anomalib": theirs,
+                "auroc": metrics,
+                "same_features": (
+                    bool(np.allclose(ours["feature_check"], theirs["feature_check"], rtol=1e-4))
+                    if theirs and theirs.get("feature_check")
+                    else None
+                ),
             }
             result["verdict"] = verdict(name, ours, theirs, metrics)
             print_table(name, result)

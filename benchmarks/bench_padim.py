@@ -47,13 +47,14 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 from adlearn.machine import add_arguments, guard_from_args, guarded_ratio  # noqa: E402  (machine + load)
+
 ANOMALIB_PYTHON = os.environ.get("ANOMALIB_PYTHON", "/work/venvs/anomalib/bin/python")
 DEFAULT_MVTEC_ROOT = "/work/shared/data/mvtec_ad"
 TARGET_TIME_RATIO = 0.5
 TARGET_AUROC_GAP = 0.01
 
 BACKBONE = "efficientnet_lite0"
-ADLEARN_LAYERS = ("layer1", "layer2", "layer3")      # adlearn maps these to blocks.1/2/4 (same stride)
+ADLEARN_LAYERS = ("layer1", "layer2", "layer3")  # adlearn maps these to blocks.1/2/4 (same stride)
 ANOMALIB_LAYERS = ["blocks.1", "blocks.2", "blocks.4"]
 N_FEATURES = 100
 IMAGE_SIZE = 256
@@ -68,8 +69,10 @@ def resolve_data(kind: str, root: str | None, category: str | None) -> tuple[str
     if kind == "bottle":
         category = category or "bottle"
         if not (mvtec_root / category / "train" / "good").is_dir():
-            sys.exit(f"no MVTec category at {mvtec_root / category}: set ADLEARN_MVTEC_ROOT or --root, "
-                     f"or use --data synthetic")
+            sys.exit(
+                f"no MVTec category at {mvtec_root / category}: set ADLEARN_MVTEC_ROOT or --root, "
+                f"or use --data synthetic"
+            )
         return kind, mvtec_root, category
     from adlearn.data import synthetic_root
 
@@ -103,6 +106,7 @@ def time_fit_phases(model) -> dict:
             phases[name][0] += wall
             phases[name][1] += cpu
             return result
+
         return wrapper
 
     model.collect = timed("collect", model.collect)
@@ -118,8 +122,13 @@ def run_anomalib_process(command: list[str], spec: dict, threads: int, label: st
         env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
         env.pop("PYTHONPATH", None)
         with open(log_file, "w") as log:
-            status = subprocess.run(command + ["--spec", str(spec_file), "--out", str(out_file)], stdout=log,
-                                    stderr=subprocess.STDOUT, env=env, cwd=tmp).returncode
+            status = subprocess.run(
+                command + ["--spec", str(spec_file), "--out", str(out_file)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=tmp,
+            ).returncode
         if status != 0:
             sys.exit(f"anomalib {label} run failed (exit {status}):\n" + log_file.read_text()[-4000:])
         report = json.loads(out_file.read_text())
@@ -129,7 +138,9 @@ def run_anomalib_process(command: list[str], spec: dict, threads: int, label: st
 
 
 # ----------------------------------------------------------------------------- adlearn side
-def run_adlearn(root: Path, category: str, threads: int, batch_size: int, num_workers: int) -> tuple[dict, dict, object]:
+def run_adlearn(
+    root: Path, category: str, threads: int, batch_size: int, num_workers: int
+) -> tuple[dict, dict, object]:
     from torch.utils.data import DataLoader
 
     from adlearn.data import MVTecDataset
@@ -137,8 +148,18 @@ def run_adlearn(root: Path, category: str, threads: int, batch_size: int, num_wo
 
     torch.set_num_threads(threads)
     began = clock()
-    model = create("padim", backbone=BACKBONE, layers=ADLEARN_LAYERS, pretrained="auto", n_features=N_FEATURES,
-                   image_size=IMAGE_SIZE, center_crop=None, device="cpu", seed=0, batch_size=batch_size)
+    model = create(
+        "padim",
+        backbone=BACKBONE,
+        layers=ADLEARN_LAYERS,
+        pretrained="auto",
+        n_features=N_FEATURES,
+        image_size=IMAGE_SIZE,
+        center_crop=None,
+        device="cpu",
+        seed=0,
+        batch_size=batch_size,
+    )
     setup = since(began)
 
     phases = time_fit_phases(model)
@@ -164,18 +185,27 @@ def run_adlearn(root: Path, category: str, threads: int, batch_size: int, num_wo
     predict = since(began)
 
     report = {
-        "setup_s": setup[0], "setup_cpu_s": setup[1],
-        "fit_s": fit[0], "fit_cpu_s": fit[1],
-        "predict_s": predict[0], "predict_cpu_s": predict[1],
-        "fit_predict_s": fit[0] + predict[0], "fit_predict_cpu_s": fit[1] + predict[1],
+        "setup_s": setup[0],
+        "setup_cpu_s": setup[1],
+        "fit_s": fit[0],
+        "fit_cpu_s": fit[1],
+        "predict_s": predict[0],
+        "predict_cpu_s": predict[1],
+        "fit_predict_s": fit[0] + predict[0],
+        "fit_predict_cpu_s": fit[1] + predict[1],
         "fit_phases": {name: {"s": wall, "cpu_s": cpu} for name, (wall, cpu) in phases.items()},
         "threads": torch.get_num_threads(),
-        "n_train": len(train), "n_test": len(test),
+        "n_train": len(train),
+        "n_test": len(test),
         "feature_check": feature_check(model.feature_extractor),
     }
-    arrays = {"pred_score": torch.cat(scores).numpy(), "anomaly_map": torch.cat(maps).numpy(),
-              "gt_label": torch.cat(labels).numpy(), "gt_mask": torch.cat(masks).numpy() > 0.5,
-              "image_path": np.array(paths)}
+    arrays = {
+        "pred_score": torch.cat(scores).numpy(),
+        "anomaly_map": torch.cat(maps).numpy(),
+        "gt_label": torch.cat(labels).numpy(),
+        "gt_mask": torch.cat(masks).numpy() > 0.5,
+        "image_path": np.array(paths),
+    }
     return report, arrays, model
 
 
@@ -188,17 +218,29 @@ def feature_check(extractor, image_size: int = IMAGE_SIZE) -> list[float]:
 
 
 # ----------------------------------------------------------------------------- anomalib side
-def run_anomalib(root: Path, category: str, threads: int, batch_size: int, num_workers: int,
-                 channel_index: list[int] | None, python: str, with_test: bool) -> tuple[dict, dict]:
+def run_anomalib(
+    root: Path,
+    category: str,
+    threads: int,
+    batch_size: int,
+    num_workers: int,
+    channel_index: list[int] | None,
+    python: str,
+    with_test: bool,
+) -> tuple[dict, dict]:
     if not Path(python).exists():
-        sys.exit(f"anomalib's python {python} not found: create the venv (benchmarks/README.md) "
-                 f"or set ANOMALIB_PYTHON")
+        sys.exit(f"anomalib's python {python} not found: create the venv (benchmarks/README.md) or set ANOMALIB_PYTHON")
     spec = {
         "model": "Padim",
         "init": {"backbone": BACKBONE, "layers": ANOMALIB_LAYERS, "pre_trained": True, "n_features": N_FEATURES},
         "buffers": {"model.idx": channel_index} if channel_index is not None else {},
-        "root": str(root), "category": category, "image_size": IMAGE_SIZE,
-        "batch_size": batch_size, "num_workers": num_workers, "threads": threads, "seed": 0,
+        "root": str(root),
+        "category": category,
+        "image_size": IMAGE_SIZE,
+        "batch_size": batch_size,
+        "num_workers": num_workers,
+        "threads": threads,
+        "seed": 0,
     }
     command = [python, str(REPO_ROOT / "benchmarks" / "_anomalib.py")] + ([] if with_test else ["--no-test"])
     return run_anomalib_process(command, spec, threads, "padim")
@@ -224,16 +266,21 @@ def auroc_pair(ours: dict, theirs: dict) -> dict:
     their_scores = theirs["pred_score"][order]
     their_maps = theirs["anomaly_map"][order]
     result = {
-        "adlearn": {"image_auroc": float(roc_auc_score(labels, ours["pred_score"])),
-                    "pixel_auroc": float(roc_auc_score(masks.ravel(), ours["anomaly_map"].ravel()))},
-        "anomalib": {"image_auroc": float(roc_auc_score(labels, their_scores)),
-                     "pixel_auroc": float(roc_auc_score(masks.ravel(), their_maps.ravel()))},
+        "adlearn": {
+            "image_auroc": float(roc_auc_score(labels, ours["pred_score"])),
+            "pixel_auroc": float(roc_auc_score(masks.ravel(), ours["anomaly_map"].ravel())),
+        },
+        "anomalib": {
+            "image_auroc": float(roc_auc_score(labels, their_scores)),
+            "pixel_auroc": float(roc_auc_score(masks.ravel(), their_maps.ravel())),
+        },
     }
     # how close the two implementations are, image by image
     result["agreement"] = {
         "labels_equal": bool(np.array_equal(labels, theirs["gt_label"][order].astype(int))),
         "mask_pixels_differing": int((masks != theirs["gt_mask"][order].astype(bool)).sum())
-        if "gt_mask" in theirs else None,
+        if "gt_mask" in theirs
+        else None,
         "score_pearson": float(np.corrcoef(ours["pred_score"], their_scores)[0, 1]),
         "score_max_rel_diff": float(np.max(np.abs(ours["pred_score"] - their_scores) / np.abs(their_scores))),
         "map_max_abs_diff": float(np.max(np.abs(ours["anomaly_map"] - their_maps))),
@@ -257,8 +304,10 @@ def print_table(result: dict) -> None:
         ("fit+predict s", "fit_predict_s"),
         ("fit+predict CPU s", "fit_predict_cpu_s"),
     ]
-    print(f"\nPaDiM on {result['data']['kind']}/{result['data']['category']} "
-          f"({ours['n_train']} train, {ours['n_test']} test, {IMAGE_SIZE} px), {result['threads']} threads")
+    print(
+        f"\nPaDiM on {result['data']['kind']}/{result['data']['category']} "
+        f"({ours['n_train']} train, {ours['n_test']} test, {IMAGE_SIZE} px), {result['threads']} threads"
+    )
     print(f"{'':28s}{'adlearn':>12s}{'anomalib':>12s}{'ratio':>9s}")
     for label, key in rows:
         a, b = ours.get(key), theirs.get(key)
@@ -269,38 +318,51 @@ def print_table(result: dict) -> None:
         print(f"{label:28s}{a:12.4f}{b:12.4f}{a - b:+9.4f}")
     own = theirs.get("metrics") or {}
     if own:
-        print("anomalib's own metrics (Engine.test): "
-              + ", ".join(f"{k} {v:.4f}" for k, v in own.items()))
+        print("anomalib's own metrics (Engine.test): " + ", ".join(f"{k} {v:.4f}" for k, v in own.items()))
     phases = theirs.get("fit_phases", {})
     if phases:
-        print("anomalib fit phases (wall s): " + ", ".join(f"{k} {v['s']:.1f}" for k, v in phases.items())
-              + "  (validation includes the Gaussian fit)")
+        print(
+            "anomalib fit phases (wall s): "
+            + ", ".join(f"{k} {v['s']:.1f}" for k, v in phases.items())
+            + "  (validation includes the Gaussian fit)"
+        )
     print("adlearn fit phases (wall s): " + ", ".join(f"{k} {v['s']:.1f}" for k, v in ours["fit_phases"].items()))
     agree = metrics["agreement"]
-    print(f"agreement: score Pearson {agree['score_pearson']:.5f}, max rel. score diff "
-          f"{agree['score_max_rel_diff']:.2e}, max |map diff| {agree['map_max_abs_diff']:.3g} "
-          f"(mean map {agree['map_mean']:.3g}); features check equal: {result['same_features']}")
+    print(
+        f"agreement: score Pearson {agree['score_pearson']:.5f}, max rel. score diff "
+        f"{agree['score_max_rel_diff']:.2e}, max |map diff| {agree['map_max_abs_diff']:.3g} "
+        f"(mean map {agree['map_mean']:.3g}); features check equal: {result['same_features']}"
+    )
     verdict = result["verdict"]
     if verdict["time_ratio_wall"] is None:
         print("target: time ratio not judged: measured under load (rerun on an idle machine or pass --allow-busy)")
         return
-    print(f"target: time ratio <= {TARGET_TIME_RATIO} (wall {verdict['time_ratio_wall']:.2f}, "
-          f"CPU {verdict['time_ratio_cpu']:.2f}) and |AUROC gap| <= {TARGET_AUROC_GAP} "
-          f"-> {'MET' if verdict['met'] else 'NOT MET'}")
+    print(
+        f"target: time ratio <= {TARGET_TIME_RATIO} (wall {verdict['time_ratio_wall']:.2f}, "
+        f"CPU {verdict['time_ratio_cpu']:.2f}) and |AUROC gap| <= {TARGET_AUROC_GAP} "
+        f"-> {'MET' if verdict['met'] else 'NOT MET'}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="PaDiM: adlearn vs anomalib, side by side")
-    parser.add_argument("--data", choices=("auto", "bottle", "synthetic"), default="auto",
-                        help="auto: real bottle if ADLEARN_MVTEC_ROOT (or %s) has it, else synthetic" % DEFAULT_MVTEC_ROOT)
+    parser.add_argument(
+        "--data",
+        choices=("auto", "bottle", "synthetic"),
+        default="auto",
+        help=f"auto: real bottle if ADLEARN_MVTEC_ROOT (or {DEFAULT_MVTEC_ROOT}) has it, else synthetic",
+    )
     parser.add_argument("--root", help="MVTec-layout root (default: ADLEARN_MVTEC_ROOT / the synthetic cache)")
     parser.add_argument("--category", help="category (default: bottle / ring)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--num-workers", type=int, default=0)
     parser.add_argument("--anomalib-python", default=ANOMALIB_PYTHON)
-    parser.add_argument("--anomalib-own-channels", action="store_true",
-                        help="let anomalib draw its own random channel subset instead of adlearn's")
+    parser.add_argument(
+        "--anomalib-own-channels",
+        action="store_true",
+        help="let anomalib draw its own random channel subset instead of adlearn's",
+    )
     parser.add_argument("--no-anomalib-test", action="store_true", help="skip Engine.test (anomalib's own metrics)")
     parser.add_argument("--json", help="write the full result here")
     add_arguments(parser)
@@ -314,8 +376,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"adlearn: fit {ours['fit_s']:.1f} s, predict {ours['predict_s']:.1f} s", flush=True)
     channels = None if args.anomalib_own_channels else model.channel_index.tolist()
     with guard.measure("anomalib"):
-        theirs, their_arrays = run_anomalib(root, category, args.threads, args.batch_size, args.num_workers,
-                                            channels, args.anomalib_python, not args.no_anomalib_test)
+        theirs, their_arrays = run_anomalib(
+            root,
+            category,
+            args.threads,
+            args.batch_size,
+            args.num_workers,
+            channels,
+            args.anomalib_python,
+            not args.no_anomalib_test,
+        )
     print(f"anomalib: fit {theirs['fit_s']:.1f} s, predict {theirs['predict_s']:.1f} s", flush=True)
 
     metrics = auroc_pair(our_arrays, their_arrays)
@@ -326,17 +396,27 @@ def main(argv: list[str] | None = None) -> int:
         "time_ratio_cpu": ratio(ours["fit_predict_cpu_s"], theirs["fit_predict_cpu_s"]),
         "auroc_max_gap": gap,
     }
-    verdict["met"] = (None if verdict["time_ratio_wall"] is None else
-                      bool(verdict["time_ratio_wall"] <= TARGET_TIME_RATIO and gap <= TARGET_AUROC_GAP))
+    verdict["met"] = (
+        None
+        if verdict["time_ratio_wall"] is None
+        else bool(verdict["time_ratio_wall"] <= TARGET_TIME_RATIO and gap <= TARGET_AUROC_GAP)
+    )
     result = {
         "benchmark": "padim",
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "machine": guard.summary(),   # CPU model, cores, threads, load before/after each side
+        "machine": guard.summary(),  # CPU model, cores, threads, load before/after each side
         "data": {"kind": kind, "root": str(root), "category": category},
-        "config": {"backbone": BACKBONE, "adlearn_layers": ADLEARN_LAYERS, "anomalib_layers": ANOMALIB_LAYERS,
-                   "n_features": N_FEATURES, "image_size": IMAGE_SIZE, "center_crop": None,
-                   "batch_size": args.batch_size, "num_workers": args.num_workers,
-                   "same_channels": channels is not None},
+        "config": {
+            "backbone": BACKBONE,
+            "adlearn_layers": ADLEARN_LAYERS,
+            "anomalib_layers": ANOMALIB_LAYERS,
+            "n_features": N_FEATURES,
+            "image_size": IMAGE_SIZE,
+            "center_crop": None,
+            "batch_size": args.batch_size,
+            "num_workers": args.num_workers,
+            "same_channels": channels is not None,
+        },
         "threads": args.threads,
         "versions": {"torch": torch.__version__, "anomalib": theirs.get("anomalib_version")},
         "adlearn": ours,

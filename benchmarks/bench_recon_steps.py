@@ -60,14 +60,27 @@ REPO_ROOT = BENCH_DIR.parent
 ANOMALIB_PYTHON = os.environ.get("ANOMALIB_PYTHON", "/work/venvs/anomalib/bin/python")
 DEFAULT_MVTEC_ROOT = os.environ.get("ADLEARN_MVTEC_ROOT", "/work/shared/data/mvtec_ad")
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-sys.path.insert(0, str(BENCH_DIR))          # _abba
+sys.path.insert(0, str(BENCH_DIR))  # _abba
 
 #: The network of each comparison (anomalib's DRAEM widths are fixed by its code) and the default protocol.
 MODELS = {
-    "draem": {"batch_size": 8, "reconstruction_width": 128, "discrimination_width": 64,
-              "warmup": 1, "rounds": 2, "steps_per_turn": 1},
-    "ganomaly": {"batch_size": 32, "image_size": 64, "n_features": 32, "latent_size": 100,
-                 "warmup": 2, "rounds": 2, "steps_per_turn": 3},
+    "draem": {
+        "batch_size": 8,
+        "reconstruction_width": 128,
+        "discrimination_width": 64,
+        "warmup": 1,
+        "rounds": 2,
+        "steps_per_turn": 1,
+    },
+    "ganomaly": {
+        "batch_size": 32,
+        "image_size": 64,
+        "n_features": 32,
+        "latent_size": 100,
+        "warmup": 2,
+        "rounds": 2,
+        "steps_per_turn": 3,
+    },
 }
 SIMULATION_CALLS = 9
 
@@ -84,19 +97,34 @@ def adlearn_step(spec: dict):
     from adlearn.data.transforms import normalize
     from adlearn.models import create
 
-    images = normalize(torch.load(spec["images"], weights_only=True))      # (B, 3, S, S), as the data pipeline gives
+    images = normalize(torch.load(spec["images"], weights_only=True))  # (B, 3, S, S), as the data pipeline gives
     size, batch = images.shape[-1], {"image": images}
     if spec["model"] == "draem":
-        model = create("draem", reconstruction_width=spec["reconstruction_width"],
-                       discrimination_width=spec["discrimination_width"], anomaly_source=spec["textures"],
-                       image_size=size, batch_size=len(images), device="cpu", seed=0, max_epochs=700)
+        model = create(
+            "draem",
+            reconstruction_width=spec["reconstruction_width"],
+            discrimination_width=spec["discrimination_width"],
+            anomaly_source=spec["textures"],
+            image_size=size,
+            batch_size=len(images),
+            device="cpu",
+            seed=0,
+            max_epochs=700,
+        )
     else:
-        model = create("ganomaly", n_features=spec["n_features"], latent_size=spec["latent_size"], image_size=size,
-                       batch_size=len(images), device="cpu", seed=0)
+        model = create(
+            "ganomaly",
+            n_features=spec["n_features"],
+            latent_size=spec["latent_size"],
+            image_size=size,
+            batch_size=len(images),
+            device="cpu",
+            seed=0,
+        )
     trainer = model.trainer(verbose=False)
     trainer.setup()
     if hasattr(model, "on_fit_start"):
-        model.on_fit_start(images, trainer)                # DRAEM: its augmenter seeded, as fit does
+        model.on_fit_start(images, trainer)  # DRAEM: its augmenter seeded, as fit does
 
     def step():
         trainer.training_step(batch)
@@ -110,22 +138,22 @@ def anomalib_step(spec: dict):
     """``(step, simulate)`` for anomalib 2.7's model, stepped as Lightning would. Runs in anomalib's venv."""
     import torch
 
-    images = torch.load(spec["images"], weights_only=True)                 # (B, 3, S, S) in [0, 1]
+    images = torch.load(spec["images"], weights_only=True)  # (B, 3, S, S) in [0, 1]
     size = tuple(images.shape[-2:])
     torch.manual_seed(0)
-    no_log = lambda *args, **kwargs: None                                 # noqa: E731  no Lightning trainer to log to
+    no_log = lambda *args, **kwargs: None  # noqa: E731  no Lightning trainer to log to
     if spec["model"] == "draem":
         from anomalib.models import Draem
 
         model = Draem(dtd_dir=spec["textures"], pre_processor=Draem.configure_pre_processor(size), visualizer=False)
         model.log = no_log
         model.train()
-        optimizers, _ = model.configure_optimizers()                      # [Adam(lr 1e-4)], [MultiStepLR] (per epoch)
+        optimizers, _ = model.configure_optimizers()  # [Adam(lr 1e-4)], [MultiStepLR] (per epoch)
         optimizer = optimizers[0]
-        batch = SimpleNamespace(image=images)                              # its pre-processor: resize only
+        batch = SimpleNamespace(image=images)  # its pre-processor: resize only
 
         def step():
-            loss = model.training_step(batch)["loss"]                      # augmenter, DraemModel, DraemLoss
+            loss = model.training_step(batch)["loss"]  # augmenter, DraemModel, DraemLoss
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -135,19 +163,24 @@ def anomalib_step(spec: dict):
     else:
         from anomalib.models import Ganomaly
 
-        model = Ganomaly(batch_size=len(images), n_features=spec["n_features"], latent_vec_size=spec["latent_size"],
-                         pre_processor=Ganomaly.configure_pre_processor(size), visualizer=False)
+        model = Ganomaly(
+            batch_size=len(images),
+            n_features=spec["n_features"],
+            latent_vec_size=spec["latent_size"],
+            pre_processor=Ganomaly.configure_pre_processor(size),
+            visualizer=False,
+        )
         model.log_dict = no_log
         model.train()
         d_opt, g_opt = model.configure_optimizers()
-        model.optimizers = lambda: (d_opt, g_opt)                          # what Lightning hands its manual step
+        model.optimizers = lambda: (d_opt, g_opt)  # what Lightning hands its manual step
         model.manual_backward = lambda loss, *args, **kwargs: loss.backward(*args, **kwargs)
         mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
         std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-        batch = SimpleNamespace(image=(images - mean) / std)              # its pre-processor: resize + normalise
+        batch = SimpleNamespace(image=(images - mean) / std)  # its pre-processor: resize + normalise
 
         def step():
-            model.training_step(batch, 0)                                  # both losses, both Adam steps
+            model.training_step(batch, 0)  # both losses, both Adam steps
 
         simulate = None
     return step, simulate
@@ -158,9 +191,8 @@ def worker(side: str, spec_json: str) -> int:
     """A persistent process holding one side's model and batch; `_abba.serve` answers the driver."""
     import statistics
 
-    import torch
-
     import _abba
+    import torch
 
     spec = json.loads(spec_json)
     torch.set_num_threads(spec["threads"])
@@ -174,11 +206,11 @@ def worker(side: str, spec_json: str) -> int:
         step, simulate = anomalib_step(spec)
         version = f"anomalib {anomalib.__version__}"
     info = {"version": version, "torch": torch.__version__, "threads": torch.get_num_threads()}
-    if simulate is not None:                  # the anomaly simulation alone, timed before the turns start
+    if simulate is not None:  # the anomaly simulation alone, timed before the turns start
         import warnings
 
         machine = _abba.machine_module()
-        warnings.filterwarnings("ignore", category=machine.BusyMachineWarning)   # the driver judges and reports
+        warnings.filterwarnings("ignore", category=machine.BusyMachineWarning)  # the driver judges and reports
         guard = machine.LoadGuard(echo=False, threshold=spec.get("busy_threshold"))
         simulate()
         cpu = []
@@ -202,7 +234,7 @@ def training_images(root: Path, category: str, count: int, size: int, out: Path)
     if len(files) < count:
         sys.exit(f"need {count} training images under {root / category / 'train' / 'good'}, found {len(files)}")
     pixels = [np.asarray(Image.open(f).convert("RGB").resize((size, size), Image.BILINEAR)) for f in files]
-    images = torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2).float() / 255   # (B, 3, S, S)
+    images = torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2).float() / 255  # (B, 3, S, S)
     torch.save(images.contiguous(), out)
     return out
 
@@ -214,69 +246,117 @@ def run_model(name: str, args, guard, tmp: Path) -> dict:
     size = args.draem_size if name == "draem" else config["image_size"]
     protocol = {key: config.pop(key) for key in ("warmup", "rounds", "steps_per_turn")}
     protocol.update({key: getattr(args, key) for key in protocol if getattr(args, key) is not None})
-    spec = {"model": name, **config, "threads": args.threads, "busy_threshold": guard.threshold,
-            "images": str(training_images(Path(args.root), args.category, config["batch_size"], size,
-                                          tmp / f"{name}_images.pt"))}
+    spec = {
+        "model": name,
+        **config,
+        "threads": args.threads,
+        "busy_threshold": guard.threshold,
+        "images": str(
+            training_images(Path(args.root), args.category, config["batch_size"], size, tmp / f"{name}_images.pt")
+        ),
+    }
     if name == "draem":
         from adlearn.data import skimage_textures
 
         spec["textures"] = str(skimage_textures(tmp / "textures"))
-    workers = {"adlearn": _abba.Worker(__file__, "adlearn", sys.executable, spec),
-               "anomalib": _abba.Worker(__file__, "anomalib", args.anomalib_python, spec)}
+    workers = {
+        "adlearn": _abba.Worker(__file__, "adlearn", sys.executable, spec),
+        "anomalib": _abba.Worker(__file__, "anomalib", args.anomalib_python, spec),
+    }
     began, first_record = time.perf_counter(), len(guard.records)
     result = _abba.interleave(workers, guard, protocol["warmup"], protocol["rounds"], protocol["steps_per_turn"])
     result["seconds"] = time.perf_counter() - began
-    result["busy"] = any(record.get("busy") for record in guard.records[first_record:])   # any turn under load
+    result["busy"] = any(record.get("busy") for record in guard.records[first_record:])  # any turn under load
     for side in ("adlearn", "anomalib"):
         simulation = result[side]["info"].get("simulation")
         if simulation:
             guard.judge(simulation["record"])
             guard.records.append(simulation["record"])
-    result.update(image_size=size, network={k: v for k, v in config.items() if k not in ("batch_size", "image_size")},
-                  batch_size=config["batch_size"], images=f"first {config['batch_size']} of {args.category}/train/good",
-                  textures="scikit-image photos (skimage_textures), a temporary folder" if name == "draem" else None)
-    title = (f"{name} training step, batch {config['batch_size']}, {size} px, "
-             f"{', '.join(f'{k} {v}' for k, v in result['network'].items())}, {args.threads} thread(s)")
+    result.update(
+        image_size=size,
+        network={k: v for k, v in config.items() if k not in ("batch_size", "image_size")},
+        batch_size=config["batch_size"],
+        images=f"first {config['batch_size']} of {args.category}/train/good",
+        textures="scikit-image photos (skimage_textures), a temporary folder" if name == "draem" else None,
+    )
+    title = (
+        f"{name} training step, batch {config['batch_size']}, {size} px, "
+        f"{', '.join(f'{k} {v}' for k, v in result['network'].items())}, {args.threads} thread(s)"
+    )
     _abba.print_steps(title, result, ("adlearn", "anomalib"))
     return result
 
 
 def markdown(results: dict) -> str:
     """The table for docs/benchmarks.md."""
-    lines = ["| model | network (both sides) | batch × size | adlearn CPU s/step | anomalib 2.7 CPU s/step | "
-             "adlearn / anomalib | of which anomaly simulation (adlearn / anomalib) |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| model | network (both sides) | batch × size | adlearn CPU s/step | anomalib 2.7 CPU s/step | "
+        "adlearn / anomalib | of which anomaly simulation (adlearn / anomalib) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name, r in results.items():
         network = ", ".join(f"{k} {v}" for k, v in r["network"].items())
-        ratio = (f"**{r['ratio_cpu']:.2f}**" + (" (measured under load)" if r["busy"] else "")
-                 if r["ratio_cpu"] is not None else "(under load: not reported)")
+        ratio = (
+            f"**{r['ratio_cpu']:.2f}**" + (" (measured under load)" if r["busy"] else "")
+            if r["ratio_cpu"] is not None
+            else "(under load: not reported)"
+        )
         sims = [r[side]["info"].get("simulation") for side in ("adlearn", "anomalib")]
         sim = " / ".join(f"{s['median_cpu_s']:.3f}" for s in sims) if all(sims) else "—"
-        lines.append(f"| {name} | {network} | {r['batch_size']} × {r['image_size']} px | "
-                     f"{r['adlearn']['median_cpu_s']:.2f} | {r['anomalib']['median_cpu_s']:.2f} | {ratio} | {sim} |")
+        lines.append(
+            f"| {name} | {network} | {r['batch_size']} × {r['image_size']} px | "
+            f"{r['adlearn']['median_cpu_s']:.2f} | {r['anomalib']['median_cpu_s']:.2f} | {ratio} | {sim} |"
+        )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", default="draem,ganomaly", help="comma-separated: draem, ganomaly")
-    parser.add_argument("--draem-size", type=int, default=64,
-                        help="DRAEM's image side, a multiple of 32 (64: ~12 CPU s a step; 128: ~4x that)")
+    parser.add_argument(
+        "--draem-size",
+        type=int,
+        default=64,
+        help="DRAEM's image side, a multiple of 32 (64: ~12 CPU s a step; 128: ~4x that)",
+    )
     parser.add_argument("--root", default=DEFAULT_MVTEC_ROOT)
     parser.add_argument("--category", default="bottle")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--warmup", type=int, default=None, help="steps before measuring (default per model: "
-                        + ", ".join(f"{k} {v['warmup']}" for k, v in MODELS.items()) + ")")
-    parser.add_argument("--rounds", type=int, default=None, help="ABBA rounds (default per model: "
-                        + ", ".join(f"{k} {v['rounds']}" for k, v in MODELS.items()) + ")")
-    parser.add_argument("--steps-per-turn", type=int, default=None, help="steps per side per turn (default: "
-                        + ", ".join(f"{k} {v['steps_per_turn']}" for k, v in MODELS.items()) + ")")
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=None,
+        help="steps before measuring (default per model: "
+        + ", ".join(f"{k} {v['warmup']}" for k, v in MODELS.items())
+        + ")",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=None,
+        help="ABBA rounds (default per model: " + ", ".join(f"{k} {v['rounds']}" for k, v in MODELS.items()) + ")",
+    )
+    parser.add_argument(
+        "--steps-per-turn",
+        type=int,
+        default=None,
+        help="steps per side per turn (default: "
+        + ", ".join(f"{k} {v['steps_per_turn']}" for k, v in MODELS.items())
+        + ")",
+    )
     parser.add_argument("--anomalib-python", default=ANOMALIB_PYTHON)
     parser.add_argument("--json", help="write all results here")
-    parser.add_argument("--allow-busy", action="store_true",
-                        help="report ratios even when other processes loaded the machine (marked as such)")
-    parser.add_argument("--busy-threshold", type=float, default=None,
-                        help="cores used by other processes above which a turn is busy (default 0.5)")
+    parser.add_argument(
+        "--allow-busy",
+        action="store_true",
+        help="report ratios even when other processes loaded the machine (marked as such)",
+    )
+    parser.add_argument(
+        "--busy-threshold",
+        type=float,
+        default=None,
+        help="cores used by other processes above which a turn is busy (default 0.5)",
+    )
     parser.add_argument("--worker", nargs=2, metavar=("SIDE", "SPEC"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -305,8 +385,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nmachine: {describe()}; {time.perf_counter() - began:.0f} s in all\n")
     print(markdown(results))
     if args.json:
-        out = {"date": time.strftime("%Y-%m-%d %H:%M"), "threads": args.threads, "argv": sys.argv[1:],
-               "seconds": time.perf_counter() - began, **results, "machine": guard.summary()}
+        out = {
+            "date": time.strftime("%Y-%m-%d %H:%M"),
+            "threads": args.threads,
+            "argv": sys.argv[1:],
+            "seconds": time.perf_counter() - began,
+            **results,
+            "machine": guard.summary(),
+        }
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(out, indent=1))
     return 0

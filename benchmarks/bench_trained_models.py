@@ -57,17 +57,20 @@ BATCH_SIZE = 32
 CONFIGS = {
     "stfpm": (
         {"backbone": "efficientnet_lite0", "pretrained": "auto"},
-        "Stfpm", {"backbone": "efficientnet_lite0", "layers": ["blocks.1", "blocks.2", "blocks.4"]},
+        "Stfpm",
+        {"backbone": "efficientnet_lite0", "layers": ["blocks.1", "blocks.2", "blocks.4"]},
         "teacher efficientnet_lite0, packaged ImageNet weights on both sides; student random",
     ),
     "fastflow": (
         {"backbone": "resnet18", "pretrained": "none"},
-        "Fastflow", {"backbone": "resnet18", "pre_trained": False},
+        "Fastflow",
+        {"backbone": "resnet18", "pre_trained": False},
         "resnet18 with random weights on both sides (anomalib's FastFlow takes no efficientnet)",
     ),
     "reverse_distillation": (
         {"backbone": "resnet18", "pretrained": "none"},
-        "ReverseDistillation", {"backbone": "resnet18", "pre_trained": False},
+        "ReverseDistillation",
+        {"backbone": "resnet18", "pre_trained": False},
         "resnet18 encoder with random weights on both sides (anomalib's decoder exists for ResNets only)",
     ),
 }
@@ -76,14 +79,19 @@ CONFIGS = {
 def summarize(epochs: list[dict]) -> dict:
     """First epoch apart; median wall / CPU seconds of the others (all of them if only one)."""
     later = epochs[1:] or epochs
-    return {"first_epoch_s": epochs[0]["s"], "first_epoch_cpu_s": epochs[0]["cpu_s"],
-            "epoch_s": statistics.median(e["s"] for e in later),
-            "epoch_cpu_s": statistics.median(e["cpu_s"] for e in later), "epochs": epochs}
+    return {
+        "first_epoch_s": epochs[0]["s"],
+        "first_epoch_cpu_s": epochs[0]["cpu_s"],
+        "epoch_s": statistics.median(e["s"] for e in later),
+        "epoch_cpu_s": statistics.median(e["cpu_s"] for e in later),
+        "epochs": epochs,
+    }
 
 
 # ----------------------------------------------------------------------------- adlearn side
-def run_adlearn(model_name: str, root: str, category: str, epochs: int, threads: int, seed: int,
-                test: bool = False) -> dict:
+def run_adlearn(
+    model_name: str, root: str, category: str, epochs: int, threads: int, seed: int, test: bool = False
+) -> dict:
     import torch
 
     from adlearn.data import MVTecDataset
@@ -94,29 +102,43 @@ def run_adlearn(model_name: str, root: str, category: str, epochs: int, threads:
     # With --test the batch-norm statistics are scored twice on the same weights: as training leaves them
     # (what anomalib does), then re-estimated (precise_bn, STFPM's default), so precise_bn is off in fit.
     extra = {"precise_bn": False} if test else {}
-    model = create(model_name, image_size=IMAGE_SIZE, batch_size=BATCH_SIZE, max_epochs=epochs, device="cpu",
-                   seed=seed, amp=False, **options, **extra)
+    model = create(
+        model_name,
+        image_size=IMAGE_SIZE,
+        batch_size=BATCH_SIZE,
+        max_epochs=epochs,
+        device="cpu",
+        seed=seed,
+        amp=False,
+        **options,
+        **extra,
+    )
     train = MVTecDataset(root, category, "train", model.transform)
     marks, cpu_per_epoch = [time.process_time()], []
 
-    def cpu_mark(trainer, record):    # CPU seconds between epoch ends (= the epoch: no validation here)
+    def cpu_mark(trainer, record):  # CPU seconds between epoch ends (= the epoch: no validation here)
         marks.append(time.process_time())
         cpu_per_epoch.append(marks[-1] - marks[-2])
 
     model.fit(train, callbacks=[cpu_mark], progress=False)
     rows = [{"s": s, "cpu_s": c} for s, c in zip(model.history.seconds, cpu_per_epoch)]
-    result = {"side": "adlearn", "threads": torch.get_num_threads(), "n_train": len(train),
-              "steps_per_epoch": model.history.steps // len(rows), **summarize(rows)}
+    result = {
+        "side": "adlearn",
+        "threads": torch.get_num_threads(),
+        "n_train": len(train),
+        "steps_per_epoch": model.history.steps // len(rows),
+        **summarize(rows),
+    }
     if test:
         sys.path.insert(0, str(BENCH_DIR))
-        from watch_training import test_scores   # the learning-curve driver beside this file
+        from watch_training import test_scores  # the learning-curve driver beside this file
 
         def scores() -> dict:
             image, pixel = test_scores(model, MVTecDataset(root, category, "test", model.transform))
-            return {"image_AUROC": image, "pixel_AUROC": pixel}     # anomalib's metric names
+            return {"image_AUROC": image, "pixel_AUROC": pixel}  # anomalib's metric names
 
         result["test_bn_as_trained"] = scores()
-        model.trainer(precise_bn=True).run_precise_bn(train)        # same weights, statistics re-estimated
+        model.trainer(precise_bn=True).run_precise_bn(train)  # same weights, statistics re-estimated
         result["test_precise_bn"] = scores()
     return result
 
@@ -157,9 +179,18 @@ def run_anomalib_side(spec_path: str, out_path: str) -> int:
 
     timer = EpochTimer()
     with tempfile.TemporaryDirectory(prefix="anomalib-bench-") as workdir:
-        engine = Engine(callbacks=[timer], accelerator="cpu", devices=1, logger=False, default_root_dir=workdir,
-                        enable_model_summary=False, enable_progress_bar=False, max_epochs=spec["epochs"],
-                        limit_val_batches=0, num_sanity_val_steps=0)
+        engine = Engine(
+            callbacks=[timer],
+            accelerator="cpu",
+            devices=1,
+            logger=False,
+            default_root_dir=workdir,
+            enable_model_summary=False,
+            enable_progress_bar=False,
+            max_epochs=spec["epochs"],
+            limit_val_batches=0,
+            num_sanity_val_steps=0,
+        )
         engine.fit(model=model, datamodule=datamodule)
         metrics = {}
         if spec.get("test"):
@@ -167,24 +198,44 @@ def run_anomalib_side(spec_path: str, out_path: str) -> int:
             metrics = {key: float(value) for key, value in (results[0] if results else {}).items()}
     import anomalib
 
-    result = {"side": "anomalib", "anomalib_version": anomalib.__version__, "threads": torch.get_num_threads(),
-              "n_train": len(datamodule.train_data), "steps_per_epoch": timer.batches,
-              "injected_weights": list(_anomalib.INJECTED), **summarize(timer.rows)}
+    result = {
+        "side": "anomalib",
+        "anomalib_version": anomalib.__version__,
+        "threads": torch.get_num_threads(),
+        "n_train": len(datamodule.train_data),
+        "steps_per_epoch": timer.batches,
+        "injected_weights": list(_anomalib.INJECTED),
+        **summarize(timer.rows),
+    }
     if spec.get("test"):
         result["test"] = metrics
     Path(out_path).write_text(json.dumps(result, indent=2))
     return 0
 
 
-def run_anomalib(model_name: str, root: str, category: str, epochs: int, threads: int, seed: int,
-                 python: str, test: bool = False) -> dict:
+def run_anomalib(
+    model_name: str, root: str, category: str, epochs: int, threads: int, seed: int, python: str, test: bool = False
+) -> dict:
     _, class_name, init, _ = CONFIGS[model_name]
     with tempfile.TemporaryDirectory() as tmp:
         spec, out = Path(tmp) / "spec.json", Path(tmp) / "out.json"
-        spec.write_text(json.dumps({"model": class_name, "init": init, "root": str(root), "category": category,
-                                    "epochs": epochs, "threads": threads, "seed": seed, "test": test}))
-        completed = subprocess.run([python, __file__, "--anomalib-side", str(spec), str(out)],
-                                   capture_output=True, text=True, cwd=REPO_ROOT)
+        spec.write_text(
+            json.dumps(
+                {
+                    "model": class_name,
+                    "init": init,
+                    "root": str(root),
+                    "category": category,
+                    "epochs": epochs,
+                    "threads": threads,
+                    "seed": seed,
+                    "test": test,
+                }
+            )
+        )
+        completed = subprocess.run(
+            [python, __file__, "--anomalib-side", str(spec), str(out)], capture_output=True, text=True, cwd=REPO_ROOT
+        )
         if completed.returncode != 0:
             raise RuntimeError(f"anomalib side failed:\n{completed.stderr[-3000:]}")
         return json.loads(out.read_text())
@@ -192,7 +243,7 @@ def run_anomalib(model_name: str, root: str, category: str, epochs: int, threads
 
 # ----------------------------------------------------------------------------- driver
 def main(argv: list[str] | None = None) -> int:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # adlearn.machine: stdlib only, any venv
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # adlearn.machine: stdlib only, any venv
     from adlearn.machine import add_arguments, guard_from_args
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -203,9 +254,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--anomalib-python", default=ANOMALIB_PYTHON)
-    parser.add_argument("--test", action="store_true",
-                        help="after training, score the test split on both sides (adlearn: batch-norm statistics "
-                             "as trained and re-estimated)")
+    parser.add_argument(
+        "--test",
+        action="store_true",
+        help="after training, score the test split on both sides (adlearn: batch-norm statistics "
+        "as trained and re-estimated)",
+    )
     parser.add_argument("--json", help="write all results here")
     parser.add_argument("--anomalib-side", nargs=2, metavar=("SPEC", "OUT"), help=argparse.SUPPRESS)
     add_arguments(parser)
@@ -218,19 +272,35 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit(f"no MVTec category at {Path(args.root) / args.category}: set --root / ADLEARN_MVTEC_ROOT")
     have_anomalib = Path(args.anomalib_python).is_file()
     if not have_anomalib:
-        print(f"anomalib python not found at {args.anomalib_python}: adlearn side only "
-              "(see benchmarks/README.md to set up the anomalib venv)", file=sys.stderr)
+        print(
+            f"anomalib python not found at {args.anomalib_python}: adlearn side only "
+            "(see benchmarks/README.md to set up the anomalib venv)",
+            file=sys.stderr,
+        )
     results = []
     for model_name in [m for m in args.models.split(",") if m]:
-        row = {"model": model_name, "weights": CONFIGS[model_name][3], "data": f"{args.category} @ {IMAGE_SIZE} px",
-               "epochs": args.epochs}
+        row = {
+            "model": model_name,
+            "weights": CONFIGS[model_name][3],
+            "data": f"{args.category} @ {IMAGE_SIZE} px",
+            "epochs": args.epochs,
+        }
         with guard.measure(f"adlearn {model_name}"):
-            row["adlearn"] = run_adlearn(model_name, args.root, args.category, args.epochs, args.threads,
-                                         args.seed, args.test)
+            row["adlearn"] = run_adlearn(
+                model_name, args.root, args.category, args.epochs, args.threads, args.seed, args.test
+            )
         if have_anomalib:
             with guard.measure(f"anomalib {model_name}"):
-                row["anomalib"] = run_anomalib(model_name, args.root, args.category, args.epochs, args.threads,
-                                               args.seed, args.anomalib_python, args.test)
+                row["anomalib"] = run_anomalib(
+                    model_name,
+                    args.root,
+                    args.category,
+                    args.epochs,
+                    args.threads,
+                    args.seed,
+                    args.anomalib_python,
+                    args.test,
+                )
         results.append(row)
 
     print(f"\nseconds per training epoch ({args.threads} threads, CPU; median of epochs 2..{args.epochs})")
@@ -239,25 +309,37 @@ def main(argv: list[str] | None = None) -> int:
         for side in ("adlearn", "anomalib"):
             if side in row:
                 r = row[side]
-                print(f"{row['model']:9s} {side:9s} {r['steps_per_epoch']:5d} {r['epoch_s']:8.1f} "
-                      f"{r['epoch_cpu_s']:8.1f} {r['first_epoch_s']:9.1f}")
+                print(
+                    f"{row['model']:9s} {side:9s} {r['steps_per_epoch']:5d} {r['epoch_s']:8.1f} "
+                    f"{r['epoch_cpu_s']:8.1f} {r['first_epoch_s']:9.1f}"
+                )
         if "anomalib" in row:
             parts = (f"adlearn {row['model']}", f"anomalib {row['model']}")
             wall = guard.ratio(row["adlearn"]["epoch_s"], row["anomalib"]["epoch_s"], *parts)
             cpu = guard.ratio(row["adlearn"]["epoch_cpu_s"], row["anomalib"]["epoch_cpu_s"], *parts)
             row["ratio_wall"], row["ratio_cpu"] = wall, cpu
-            print(f"{'':9s} ratio adlearn/anomalib: " + (f"wall {wall:.2f}, CPU {cpu:.2f}" if wall is not None else
-                                                         "not reported (measured under load; --allow-busy)"))
+            print(
+                f"{'':9s} ratio adlearn/anomalib: "
+                + (
+                    f"wall {wall:.2f}, CPU {cpu:.2f}"
+                    if wall is not None
+                    else "not reported (measured under load; --allow-busy)"
+                )
+            )
     if args.test:
         print(f"\ntest split after {args.epochs} epochs: image / pixel AUROC")
         for row in results:
-            for label, key, side in (("adlearn, statistics as trained", "test_bn_as_trained", "adlearn"),
-                                     ("adlearn, precise_bn", "test_precise_bn", "adlearn"),
-                                     ("anomalib", "test", "anomalib")):
+            for label, key, side in (
+                ("adlearn, statistics as trained", "test_bn_as_trained", "adlearn"),
+                ("adlearn, precise_bn", "test_precise_bn", "adlearn"),
+                ("anomalib", "test", "anomalib"),
+            ):
                 metrics = row.get(side, {}).get(key)
                 if metrics:
-                    print(f"{row['model']:9s} {label:32s} {metrics.get('image_AUROC', float('nan')):.4f} / "
-                          f"{metrics.get('pixel_AUROC', float('nan')):.4f}")
+                    print(
+                        f"{row['model']:9s} {label:32s} {metrics.get('image_AUROC', float('nan')):.4f} / "
+                        f"{metrics.get('pixel_AUROC', float('nan')):.4f}"
+                    )
     if args.json:
         import torch
 

@@ -50,7 +50,7 @@ import torch
 
 BENCH_DIR = Path(__file__).resolve().parent
 ANOMALIB_PYTHON = os.environ.get("ANOMALIB_PYTHON", "/work/venvs/anomalib/bin/python")
-SIZE = 256                      # the only size anomalib's autoencoder takes
+SIZE = 256  # the only size anomalib's autoencoder takes
 COLOUR_CHANGE = ("saturation", 1.13)
 
 
@@ -67,7 +67,7 @@ def reference_name(name: str) -> str:
     """``student.conv1.weight`` stays; ``autoencoder.head.2.bias`` → ``ae.decoder.deconv8.bias``."""
     if not name.startswith("autoencoder."):
         return name
-    module, _, leaf = name[len("autoencoder."):].rpartition(".")
+    module, _, leaf = name[len("autoencoder.") :].rpartition(".")
     return f"ae.{autoencoder_names()[module]}.{leaf}"
 
 
@@ -112,22 +112,29 @@ def our_side(inputs: dict, teacher: str | None, seed: int) -> tuple[dict, dict]:
     from adlearn.models import create
     from adlearn.models.common import exact_quantile
 
-    model = create("efficient_ad", image_size=SIZE, device="cpu", seed=seed,
-                   teacher_weights=teacher if teacher else "none")
+    model = create(
+        "efficient_ad", image_size=SIZE, device="cpu", seed=seed, teacher_weights=teacher if teacher else "none"
+    )
     model.prepare_teacher()
     train, test, natural = (normalize(inputs[key]) for key in ("train", "test", "natural"))
     out: dict[str, torch.Tensor] = {}
     model.eval()
     with torch.no_grad():
-        model.teacher_channel_statistics(train)                                  # 1
+        model.teacher_channel_statistics(train)  # 1
         out["teacher_mean"], out["teacher_std"] = model.teacher_mean.clone(), model.teacher_std.clone()
-        map_st, map_ae = model.raw_maps(test)                                    # 2, (B, 1, H, W) each
+        map_st, map_ae = model.raw_maps(test)  # 2, (B, 1, H, W) each
         out["map_st"], out["map_ae"] = map_st, map_ae
-        low, high = model.map_quantile_levels                                    # 3
-        out["quantiles"] = torch.stack([exact_quantile(map_st.flatten(), low), exact_quantile(map_st.flatten(), high),
-                                        exact_quantile(map_ae.flatten(), low), exact_quantile(map_ae.flatten(), high)])
+        low, high = model.map_quantile_levels  # 3
+        out["quantiles"] = torch.stack(
+            [
+                exact_quantile(map_st.flatten(), low),
+                exact_quantile(map_st.flatten(), high),
+                exact_quantile(map_ae.flatten(), low),
+                exact_quantile(map_ae.flatten(), high),
+            ]
+        )
         model.quantiles.copy_(out["quantiles"])
-        prediction = model.predict_step(test)                                    # 4 (predict without fit)
+        prediction = model.predict_step(test)  # 4 (predict without fit)
         out["anomaly_map"], out["score"] = prediction.anomaly_map, prediction.pred_score
 
     # 5: the fixed colour change in place of the random one, the fixed natural image in place of the stream
@@ -135,15 +142,20 @@ def our_side(inputs: dict, teacher: str | None, seed: int) -> tuple[dict, dict]:
     mean = torch.tensor(effad.IMAGENET_MEAN)[None, :, None, None]
     std = torch.tensor(effad.IMAGENET_STD)[None, :, None, None]
     original = effad.random_color_change
-    effad.random_color_change = lambda images, generator=None: (effad.adjust_color(images * std + mean, kind, factor)
-                                                                 - mean) / std
-    model._generator = None                                                      # unused by the fixed change
+    effad.random_color_change = lambda images, generator=None: (
+        (effad.adjust_color(images * std + mean, kind, factor) - mean) / std
+    )
+    model._generator = None  # unused by the fixed change
     model._natural = type("Fixed", (), {"sample": staticmethod(lambda n: natural.repeat(n, 1, 1, 1))})()
     try:
-        losses = model.losses(train[:1])                                         # eval: dropout off
+        losses = model.losses(train[:1])  # eval: dropout off
     finally:
         effad.random_color_change = original
-    for key, reference_key in (("student", "loss_st"), ("autoencoder", "loss_ae"), ("student_autoencoder", "loss_stae")):
+    for key, reference_key in (
+        ("student", "loss_st"),
+        ("autoencoder", "loss_ae"),
+        ("student_autoencoder", "loss_stae"),
+    ):
         out[reference_key] = losses[key].detach()
     optimizer, _ = model.configure_optimizers()
     optimizer.zero_grad()
@@ -152,15 +164,20 @@ def our_side(inputs: dict, teacher: str | None, seed: int) -> tuple[dict, dict]:
     for name, parameter in trained:
         out[f"grad/{reference_name(name)}"] = parameter.grad.clone()
     before = {name: parameter.detach().clone() for name, parameter in trained}
-    optimizer.step()                                                             # 6
+    optimizer.step()  # 6
     for name, parameter in trained:
         out[f"update/{reference_name(name)}"] = (parameter.detach() - before[name]) / model.lr
-    given = {"teacher": model.teacher.state_dict(), "grads": {k[len("grad/"):]: v for k, v in out.items()
-                                                              if k.startswith("grad/")},
-             "student": {k: v for k, v in before.items() if k.startswith("student.")},
-             "autoencoder": {reference_name(k)[len("ae."):]: v for k, v in before.items() if k.startswith("autoencoder.")},
-             "teacher_mean": out["teacher_mean"], "teacher_std": out["teacher_std"], "quantiles": out["quantiles"],
-             "lr": model.lr, "weight_decay": model.weight_decay}
+    given = {
+        "teacher": model.teacher.state_dict(),
+        "grads": {k[len("grad/") :]: v for k, v in out.items() if k.startswith("grad/")},
+        "student": {k: v for k, v in before.items() if k.startswith("student.")},
+        "autoencoder": {reference_name(k)[len("ae.") :]: v for k, v in before.items() if k.startswith("autoencoder.")},
+        "teacher_mean": out["teacher_mean"],
+        "teacher_std": out["teacher_std"],
+        "quantiles": out["quantiles"],
+        "lr": model.lr,
+        "weight_decay": model.weight_decay,
+    }
     return out, given
 
 
@@ -181,42 +198,44 @@ def anomalib_side(spec_path: str, out_path: str) -> int:
     module = EfficientAd(model_size="small", visualizer=False)
     model = module.model
     model.teacher.load_state_dict(spec["teacher"])
-    model.student.load_state_dict({k[len("student."):]: v for k, v in spec["student"].items()})
+    model.student.load_state_dict({k[len("student.") :]: v for k, v in spec["student"].items()})
     model.ae.load_state_dict(spec["autoencoder"])
     out: dict[str, torch.Tensor] = {}
     model.eval()
     with torch.no_grad():
         batches = [SimpleNamespace(image=image[None]) for image in spec["train"]]
-        statistics = module.teacher_channel_mean_std(batches)                           # 1
+        statistics = module.teacher_channel_mean_std(batches)  # 1
         out["teacher_mean"], out["teacher_std"] = statistics["mean"], statistics["std"]
-        model.mean_std["mean"].data.copy_(spec["teacher_mean"])                         # ours, for what follows
+        model.mean_std["mean"].data.copy_(spec["teacher_mean"])  # ours, for what follows
         model.mean_std["std"].data.copy_(spec["teacher_std"])
-        map_st, map_ae = model.get_maps(spec["test"], normalize=False)                  # 2
+        map_st, map_ae = model.get_maps(spec["test"], normalize=False)  # 2
         out["map_st"], out["map_ae"] = map_st, map_ae
-        qa_st, qb_st = module._get_quantiles_of_maps([map_st])                          # 3
+        qa_st, qb_st = module._get_quantiles_of_maps([map_st])  # 3
         qa_ae, qb_ae = module._get_quantiles_of_maps([map_ae])
         out["quantiles"] = torch.stack([qa_st, qb_st, qa_ae, qb_ae])
         for key, value in zip(("qa_st", "qb_st", "qa_ae", "qb_ae"), spec["quantiles"]):  # ours, for what follows
             model.quantiles[key].data.copy_(value)
-        prediction = model(spec["test"])                                                # 4
+        prediction = model(spec["test"])  # 4
         out["anomaly_map"], out["score"] = prediction.anomaly_map[:, 0], prediction.pred_score.flatten()
 
-    kind, factor = spec["colour_change"]                                                # 5
+    kind, factor = spec["colour_change"]  # 5
     model.choose_random_aug_image = lambda image: getattr(TF, f"adjust_{kind}")(image, factor)
     image = spec["train"][:1]
     _, distance_st = model.compute_student_teacher_distance(image)
     loss_st, loss_ae, loss_stae = model.compute_losses(image, spec["natural"], distance_st)
     out.update(loss_st=loss_st.detach(), loss_ae=loss_ae.detach(), loss_stae=loss_stae.detach())
     parameters = list(model.student.parameters()) + list(model.ae.parameters())
-    optimizer = torch.optim.Adam(parameters, lr=module.lr, weight_decay=module.weight_decay)  # its configure_optimizers'
+    optimizer = torch.optim.Adam(
+        parameters, lr=module.lr, weight_decay=module.weight_decay
+    )  # its configure_optimizers'
     optimizer.zero_grad()
     (loss_st + loss_ae + loss_stae).backward()
     trained = [(name, p) for name, p in model.named_parameters() if name.startswith(("student.", "ae."))]
     for name, parameter in trained:
         out[f"grad/{name}"] = parameter.grad.clone()
-        parameter.grad.copy_(spec["grads"][name])       # 6 from our gradients: the optimizers alone compared
+        parameter.grad.copy_(spec["grads"][name])  # 6 from our gradients: the optimizers alone compared
     before = {name: parameter.detach().clone() for name, parameter in trained}
-    optimizer.step()                                                                    # 6
+    optimizer.step()  # 6
     for name, parameter in trained:
         out[f"update/{name}"] = (parameter.detach() - before[name]) / module.lr
     out["lr"], out["weight_decay"] = torch.tensor(module.lr), torch.tensor(module.weight_decay)
@@ -225,13 +244,22 @@ def anomalib_side(spec_path: str, out_path: str) -> int:
 
 
 # ----------------------------------------------------------------------------- comparison
-GROUPS = (("1. teacher channel mean", ("teacher_mean",)), ("1. teacher channel std", ("teacher_std",)),
-          ("2. raw map M_ST", ("map_st",)), ("2. raw map M_AE", ("map_ae",)),
-          ("3. map quantiles (4)", ("quantiles",)), ("4. normalised map", ("anomaly_map",)),
-          ("4. image score", ("score",)), ("5. loss L_ST (hard + penalty)", ("loss_st",)),
-          ("5. loss L_AE", ("loss_ae",)), ("5. loss L_STAE", ("loss_stae",)),
-          ("5. gradients, student", ("grad/student.",)), ("5. gradients, autoencoder", ("grad/ae.",)),
-          ("6. Adam update / lr, student", ("update/student.",)), ("6. Adam update / lr, autoencoder", ("update/ae.",)))
+GROUPS = (
+    ("1. teacher channel mean", ("teacher_mean",)),
+    ("1. teacher channel std", ("teacher_std",)),
+    ("2. raw map M_ST", ("map_st",)),
+    ("2. raw map M_AE", ("map_ae",)),
+    ("3. map quantiles (4)", ("quantiles",)),
+    ("4. normalised map", ("anomaly_map",)),
+    ("4. image score", ("score",)),
+    ("5. loss L_ST (hard + penalty)", ("loss_st",)),
+    ("5. loss L_AE", ("loss_ae",)),
+    ("5. loss L_STAE", ("loss_stae",)),
+    ("5. gradients, student", ("grad/student.",)),
+    ("5. gradients, autoencoder", ("grad/ae.",)),
+    ("6. Adam update / lr, student", ("update/student.",)),
+    ("6. Adam update / lr, autoencoder", ("update/ae.",)),
+)
 
 
 def compare(ours: dict, theirs: dict, rtol: float) -> list[dict]:
@@ -241,17 +269,30 @@ def compare(ours: dict, theirs: dict, rtol: float) -> list[dict]:
         missing = [key for key in keys if key not in theirs]
         if not keys or missing:
             raise KeyError(f"{label}: keys missing on anomalib's side: {missing or prefixes}")
-        difference = max(float((ours[k].double() - theirs[k].double().reshape(ours[k].shape)).abs().max()) for k in keys)
+        difference = max(
+            float((ours[k].double() - theirs[k].double().reshape(ours[k].shape)).abs().max()) for k in keys
+        )
         scale = max(float(ours[k].double().abs().max()) for k in keys)
-        rows.append({"piece": label, "tensors": len(keys), "max_abs_difference": difference, "max_magnitude": scale,
-                     "relative": difference / scale if scale else difference, "agrees": difference <= rtol * scale})
+        rows.append(
+            {
+                "piece": label,
+                "tensors": len(keys),
+                "max_abs_difference": difference,
+                "max_magnitude": scale,
+                "relative": difference / scale if scale else difference,
+                "agrees": difference <= rtol * scale,
+            }
+        )
     return rows
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--root", default=os.environ.get("ADLEARN_MVTEC_ROOT"),
-                        help="MVTec-layout root (default $ADLEARN_MVTEC_ROOT; random images without one)")
+    parser.add_argument(
+        "--root",
+        default=os.environ.get("ADLEARN_MVTEC_ROOT"),
+        help="MVTec-layout root (default $ADLEARN_MVTEC_ROOT; random images without one)",
+    )
     parser.add_argument("--category", default="bottle")
     parser.add_argument("--images", type=int, default=4, help="training images and test images (half defective)")
     parser.add_argument("--teacher", help="PDN weights (default: the cached distilled teacher, else a random PDN)")
@@ -273,24 +314,43 @@ def main(argv=None) -> int:
     ours, given = our_side(inputs, teacher, args.seed)
     with tempfile.TemporaryDirectory(prefix="effad-equivalence-") as tmp:
         spec, out = Path(tmp) / "spec.pt", Path(tmp) / "anomalib.pt"
-        torch.save({**given, **{k: inputs[k] for k in ("train", "test", "natural")}, "colour_change": COLOUR_CHANGE}, spec)
-        run = subprocess.run([args.anomalib_python, __file__, "--side", str(spec), str(out)], cwd=BENCH_DIR.parent,
-                             capture_output=True, text=True)
+        torch.save(
+            {**given, **{k: inputs[k] for k in ("train", "test", "natural")}, "colour_change": COLOUR_CHANGE}, spec
+        )
+        run = subprocess.run(
+            [args.anomalib_python, __file__, "--side", str(spec), str(out)],
+            cwd=BENCH_DIR.parent,
+            capture_output=True,
+            text=True,
+        )
         if run.returncode:
             raise SystemExit(f"anomalib's side failed:\n{run.stdout[-2000:]}{run.stderr[-3000:]}")
         theirs = torch.load(out, weights_only=False)
     rows = compare(ours, theirs, args.rtol)
     print(f"inputs: {inputs['source']}; teacher: {Path(teacher).name if teacher else 'random PDN'}")
-    print(f"hyper-parameters: lr {given['lr']} / {float(theirs['lr'])}, weight decay {given['weight_decay']} / "
-          f"{float(theirs['weight_decay'])} (ours / anomalib's)")
+    print(
+        f"hyper-parameters: lr {given['lr']} / {float(theirs['lr'])}, weight decay {given['weight_decay']} / "
+        f"{float(theirs['weight_decay'])} (ours / anomalib's)"
+    )
     print(f"{'piece':34s} {'tensors':>7s} {'max |diff|':>11s} {'max |ours|':>11s} {'relative':>9s}  agrees")
     for row in rows:
-        print(f"{row['piece']:34s} {row['tensors']:7d} {row['max_abs_difference']:11.3e} {row['max_magnitude']:11.3e} "
-              f"{row['relative']:9.1e}  {'yes' if row['agrees'] else 'NO'}")
+        print(
+            f"{row['piece']:34s} {row['tensors']:7d} {row['max_abs_difference']:11.3e} {row['max_magnitude']:11.3e} "
+            f"{row['relative']:9.1e}  {'yes' if row['agrees'] else 'NO'}"
+        )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"inputs": inputs["source"], "teacher": Path(teacher).name if teacher else None,
-                                         "rtol": args.rtol, "rows": rows}, indent=1))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "inputs": inputs["source"],
+                    "teacher": Path(teacher).name if teacher else None,
+                    "rtol": args.rtol,
+                    "rows": rows,
+                },
+                indent=1,
+            )
+        )
     return 0 if all(row["agrees"] for row in rows) else 1
 
 

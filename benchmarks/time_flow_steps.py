@@ -28,8 +28,17 @@ def time_model(name: str, root: str, category: str, batches: int, threads: int, 
     from adlearn.models import create
 
     torch.set_num_threads(threads)
-    model = create(name, preset="cpu", device="cpu", seed=seed, max_steps=batches + 1, val_fraction=0.0,
-                   val_anomalies="none", amp=False, **options)
+    model = create(
+        name,
+        preset="cpu",
+        device="cpu",
+        seed=seed,
+        max_steps=batches + 1,
+        val_fraction=0.0,
+        val_anomalies="none",
+        amp=False,
+        **options,
+    )
     train = MVTecDataset(root, category, "train", model.transform)
     marks = []
 
@@ -46,11 +55,17 @@ def time_model(name: str, root: str, category: str, batches: int, threads: int, 
     trainer.fit(train)
     per_batch = [(marks[i + 1][0] - marks[i][0], marks[i + 1][1] - marks[i][1]) for i in range(0, len(marks), 2)]
     later = per_batch[1:] or per_batch
-    return {"model": name, "preset": model.preset("cpu"), "batch_size": model.batch_size, "threads": threads,
-            "batches": len(per_batch), "first_batch_cpu_s": per_batch[0][1],
-            "cpu_s_per_batch": sum(c for _, c in later) / len(later),
-            "wall_s_per_batch": sum(w for w, _ in later) / len(later),
-            "batches_per_epoch": -(-int(len(train) * 0.8) // model.batch_size)}
+    return {
+        "model": name,
+        "preset": model.preset("cpu"),
+        "batch_size": model.batch_size,
+        "threads": threads,
+        "batches": len(per_batch),
+        "first_batch_cpu_s": per_batch[0][1],
+        "cpu_s_per_batch": sum(c for _, c in later) / len(later),
+        "wall_s_per_batch": sum(w for w, _ in later) / len(later),
+        "batches_per_epoch": -(-int(len(train) * 0.8) // model.batch_size),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,13 +80,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not (Path(args.root) / args.category / "train" / "good").is_dir():
         sys.exit(f"no MVTec category at {Path(args.root) / args.category}: set --root / ADLEARN_MVTEC_ROOT")
-    rows = [time_model(m, args.root, args.category, args.batches, args.threads, args.seed)
-            for m in args.models.split(",") if m]
-    print(f"{'model':7s} {'batch':>5s} {'CPU s/batch':>12s} {'wall s/batch':>13s} {'batches/epoch':>14s} "
-          f"{'CPU s/epoch (est.)':>19s}")
+    rows = [
+        time_model(m, args.root, args.category, args.batches, args.threads, args.seed)
+        for m in args.models.split(",")
+        if m
+    ]
+    print(
+        f"{'model':7s} {'batch':>5s} {'CPU s/batch':>12s} {'wall s/batch':>13s} {'batches/epoch':>14s} "
+        f"{'CPU s/epoch (est.)':>19s}"
+    )
     for r in rows:
-        print(f"{r['model']:7s} {r['batch_size']:5d} {r['cpu_s_per_batch']:12.2f} {r['wall_s_per_batch']:13.2f} "
-              f"{r['batches_per_epoch']:14d} {r['cpu_s_per_batch'] * r['batches_per_epoch']:19.0f}")
+        print(
+            f"{r['model']:7s} {r['batch_size']:5d} {r['cpu_s_per_batch']:12.2f} {r['wall_s_per_batch']:13.2f} "
+            f"{r['batches_per_epoch']:14d} {r['cpu_s_per_batch'] * r['batches_per_epoch']:19.0f}"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps({"load_average": os.getloadavg(), "rows": rows}, indent=2))
     return 0

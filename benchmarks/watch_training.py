@@ -72,21 +72,37 @@ def main(argv: list[str] | None = None) -> int:
 
     def watch(trainer, record):
         image, pixel = test_scores(model, test)
-        curve.append({"epoch": record["epoch"], "loss": record["loss"], "val": record["val"],
-                      "test_image_auroc": image, "test_pixel_auroc": pixel})
+        curve.append(
+            {
+                "epoch": record["epoch"],
+                "loss": record["loss"],
+                "val": record["val"],
+                "test_image_auroc": image,
+                "test_pixel_auroc": pixel,
+            }
+        )
         pixel_text = "—" if pixel is None else f"{pixel:.4f}"
         print(f"  watched: test image AUROC {image:.4f}, pixel AUROC {pixel_text}", flush=True)
 
     start = time.perf_counter()
     model.fit(train, callbacks=[watch], progress=False)
     image, pixel = test_scores(model, test)
-    result = {"model": args.model, "category": category, "preset": args.preset,
-              "options": {k: repr(v) for k, v in options.items()},
-              "kept_epoch": model.history.best_epoch, "epochs_run": len(model.history.epoch),
-              "test_image_auroc": image, "test_pixel_auroc": pixel, "curve": curve,
-              "seconds": time.perf_counter() - start}
-    print(f"kept epoch {result['kept_epoch']} of {result['epochs_run']}: test image AUROC {image:.4f}"
-          + ("" if pixel is None else f", pixel AUROC {pixel:.4f}"))
+    result = {
+        "model": args.model,
+        "category": category,
+        "preset": args.preset,
+        "options": {k: repr(v) for k, v in options.items()},
+        "kept_epoch": model.history.best_epoch,
+        "epochs_run": len(model.history.epoch),
+        "test_image_auroc": image,
+        "test_pixel_auroc": pixel,
+        "curve": curve,
+        "seconds": time.perf_counter() - start,
+    }
+    print(
+        f"kept epoch {result['kept_epoch']} of {result['epochs_run']}: test image AUROC {image:.4f}"
+        + ("" if pixel is None else f", pixel AUROC {pixel:.4f}")
+    )
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(result, handle, indent=1)

@@ -42,8 +42,8 @@ HTML = BOOK / "_build" / "html"
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 WIDGET_NOTE = "[live widget: open the notebook in JupyterLab to move its controls]"
 INJECTED_TAG = "injected-parameters"  # papermill's tag on the cell it adds after the parameters cell
-HIDDEN_TAG = "remove-cell"            # myst-nb leaves a cell with this tag out of the page
-SOLUTION_TAG = "solution"             # the notebooks' worked solutions (notebooks/README.md)
+HIDDEN_TAG = "remove-cell"  # myst-nb leaves a cell with this tag out of the page
+SOLUTION_TAG = "solution"  # the notebooks' worked solutions (notebooks/README.md)
 TIMINGS_RECORD = REPO / "build" / "course-timings.json"
 TIMINGS_PAGE = BOOK / "_generated" / "timings.md"
 
@@ -97,8 +97,9 @@ def without_live_widgets(notebook):
     return notebook
 
 
-def copy_executed(executed_dir: Path = EXECUTED, dest: Path = BOOK / "notebooks",
-                  names: list[str] | None = None) -> list[Path]:
+def copy_executed(
+    executed_dir: Path = EXECUTED, dest: Path = BOOK / "notebooks", names: list[str] | None = None
+) -> list[Path]:
     """Copy the executed notebooks into the book's source tree (``names``: these only; default: every
     notebook of notebooks/, each of which must have an executed copy)."""
     import nbformat
@@ -108,8 +109,10 @@ def copy_executed(executed_dir: Path = EXECUTED, dest: Path = BOOK / "notebooks"
         sources = [p for p in sources if p.name in set(names)]
     missing = [p.name for p in sources if not (executed_dir / p.name).is_file()]
     if missing:
-        raise BookBuildError(f"no executed copy in {executed_dir} of: {', '.join(missing)}. Run the notebooks "
-                             f"first: python book/build.py --execute (or make book)")
+        raise BookBuildError(
+            f"no executed copy in {executed_dir} of: {', '.join(missing)}. Run the notebooks "
+            f"first: python book/build.py --execute (or make book)"
+        )
     stale = [p.name for p in sources if p.stat().st_mtime > (executed_dir / p.name).stat().st_mtime]
     if stale:
         print(f"warning: edited since they were executed (the book shows the older run): {', '.join(stale)}")
@@ -148,9 +151,13 @@ def record_timings(executed_dir: Path = EXECUTED, record: Path = TIMINGS_RECORD)
     for row in run.get("notebooks", []):
         if row.get("status") != "ok":
             continue
-        entries[row["notebook"]] = {"seconds": float(row["seconds"]), "device": str(parameters.get("device")),
-                                    "cpus": os.cpu_count(), "jobs": run.get("jobs"),
-                                    "date": stamp.strftime("%Y-%m-%d")}
+        entries[row["notebook"]] = {
+            "seconds": float(row["seconds"]),
+            "device": str(parameters.get("device")),
+            "cpus": os.cpu_count(),
+            "jobs": run.get("jobs"),
+            "date": stamp.strftime("%Y-%m-%d"),
+        }
     record.parent.mkdir(parents=True, exist_ok=True)
     record.write_text(json.dumps(data, indent=1, sort_keys=True))
     return data
@@ -190,31 +197,45 @@ def timings_table(record: dict, notebooks: list[Path] | None = None) -> str:
         entries = list(record.get(mode, {}).values())
         if not entries:
             command = "make book FULL=1" if mode == "full" else "make book"
-            notes.append(f"- {mode} mode: not measured yet (no `{command}` run has been recorded on the "
-                         f"machine that built this book).")
+            notes.append(
+                f"- {mode} mode: not measured yet (no `{command}` run has been recorded on the "
+                f"machine that built this book)."
+            )
             continue
         cpus = sorted({e["cpus"] for e in entries if e.get("cpus")})
         jobs = sorted({e["jobs"] for e in entries if e.get("jobs")})
         dates = sorted({e["date"] for e in entries})
         devices = sorted({e["device"] for e in entries})
-        notes.append(f"- {mode} mode: measured {dates[0]}{' to ' + dates[-1] if len(dates) > 1 else ''} by the "
-                     f"notebook runner on a machine with {', '.join(map(str, cpus))} CPU cores, "
-                     f"{' or '.join(map(str, jobs))} notebook(s) at a time, device {', '.join(devices)}.")
+        notes.append(
+            f"- {mode} mode: measured {dates[0]}{' to ' + dates[-1] if len(dates) > 1 else ''} by the "
+            f"notebook runner on a machine with {', '.join(map(str, cpus))} CPU cores, "
+            f"{' or '.join(map(str, jobs))} notebook(s) at a time, device {', '.join(devices)}."
+        )
     return "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
 
 
 def write_timings_page(record: dict, path: Path = TIMINGS_PAGE) -> Path:
     """The table the course page includes (``book/course.md``: ``{include} _generated/timings.md``)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("<!-- written by book/build.py from build/course-timings.json: do not edit -->\n\n"
-                    + timings_table(record), encoding="utf-8")
+    path.write_text(
+        "<!-- written by book/build.py from build/course-timings.json: do not edit -->\n\n" + timings_table(record),
+        encoding="utf-8",
+    )
     return path
 
 
 def build_html(quiet: bool = True) -> subprocess.CompletedProcess:
     """Run ``jupyter-book build`` on the book folder with this Python; raise with its log on failure."""
-    command = [sys.executable, "-c", "import sys; from jupyter_book.cli.main import main; sys.exit(main())",
-               "build", str(BOOK), "--builder", "html", "--keep-going"]
+    command = [
+        sys.executable,
+        "-c",
+        "import sys; from jupyter_book.cli.main import main; sys.exit(main())",
+        "build",
+        str(BOOK),
+        "--builder",
+        "html",
+        "--keep-going",
+    ]
     if quiet:
         command.append("--quiet")
     result = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
@@ -233,7 +254,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Build the book's HTML from the executed notebooks.")
     parser.add_argument("--execute", action="store_true", help="run the notebooks first (smoke unless --full)")
     parser.add_argument("--full", action="store_true", help="with --execute: smoke=False (the full experiments)")
-    parser.add_argument("--device", default=None, help="with --execute: device parameter (default cpu; auto with --full)")
+    parser.add_argument(
+        "--device", default=None, help="with --execute: device parameter (default cpu; auto with --full)"
+    )
     parser.add_argument("--jobs", type=int, default=2, help="with --execute: notebooks run at the same time")
     args = parser.parse_args(argv)
     failed: list[str] = []
@@ -243,8 +266,14 @@ def main(argv: list[str] | None = None) -> int:
         from adlearn.tools.run_notebooks import run_all
 
         device = args.device or ("auto" if args.full else "cpu")
-        results = run_all(sorted(SOURCE_NOTEBOOKS.glob("*.ipynb")), out_dir=EXECUTED, smoke=not args.full,
-                          device=device, jobs=args.jobs, cell_timeout=None if args.full else 600)
+        results = run_all(
+            sorted(SOURCE_NOTEBOOKS.glob("*.ipynb")),
+            out_dir=EXECUTED,
+            smoke=not args.full,
+            device=device,
+            jobs=args.jobs,
+            cell_timeout=None if args.full else 600,
+        )
         names = [row["notebook"] for row in results]
         failed = [row["notebook"] for row in results if row["status"] != "ok"]
         if failed:

@@ -41,8 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     sha256 = None if str(args.sha256).lower() == "none" else args.sha256
     try:
-        images = prepare_dtd(args.dest, archive=args.archive, url=args.url, sha256=sha256,
-                             progress=not args.no_progress)
+        images = prepare_dtd(
+            args.dest, archive=args.archive, url=args.url, sha256=sha256, progress=not args.no_progress
+        )
     except (DownloadError, DataError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

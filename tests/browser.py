@@ -17,13 +17,24 @@ from contextlib import contextmanager
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 DRIVER_NAMES = ("chromedriver", "chromium-driver")
-INSTALL_HINT = ("install them (Debian: apt-get install -y chromium chromium-driver; .ci/run does this)")
+INSTALL_HINT = "install them (Debian: apt-get install -y chromium chromium-driver; .ci/run does this)"
 # Everything but 127.0.0.1 goes to a dead proxy (port 9, "discard", closed) and no name resolves:
 # the browser is offline except for our own local servers.
 OFFLINE_FLAGS = ["--proxy-server=http://127.0.0.1:9", "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1"]
-FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--hide-scrollbars",
-         "--mute-audio", "--no-first-run", "--disable-background-networking", "--disable-component-update",
-         "--disable-sync", "--disable-extensions", "--disable-features=Translate,MediaRouter"]
+FLAGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--hide-scrollbars",
+    "--mute-audio",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-extensions",
+    "--disable-features=Translate,MediaRouter",
+]
 
 
 def chromium() -> str | None:
@@ -72,5 +83,8 @@ def chromium_driver(width: int = 1280, height: int = 1600, offline: bool = True)
 
 def console_errors(driver, ignore: tuple[str, ...] = ("chrome://", "devtools://")) -> list[str]:
     """The console's error entries since the last call (the log is emptied by reading it)."""
-    return [entry["message"] for entry in driver.get_log("browser")
-            if entry.get("level") == "SEVERE" and not entry["message"].startswith(ignore)]
+    return [
+        entry["message"]
+        for entry in driver.get_log("browser")
+        if entry.get("level") == "SEVERE" and not entry["message"].startswith(ignore)
+    ]

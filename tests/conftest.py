@@ -20,7 +20,9 @@ def pytest_collection_modifyitems(config, items):
     (CI) runs the cheaper real-data checks beside them, so it stays within its time budget."""
     if os.environ.get(RECIPES_ENV) == "1" or "recipe" in (config.option.markexpr or ""):
         return
-    skip = pytest.mark.skip(reason=f"a full training recipe (minutes of CPU): run with {RECIPES_ENV}=1 or make test-recipes")
+    skip = pytest.mark.skip(
+        reason=f"a full training recipe (minutes of CPU): run with {RECIPES_ENV}=1 or make test-recipes"
+    )
     for item in items:
         if "recipe" in item.keywords:
             item.add_marker(skip)
@@ -81,8 +83,9 @@ def small_synthetic_root(tmp_path_factory) -> Path:
     from adlearn.data import generate_synthetic_dataset
 
     root = tmp_path_factory.mktemp("synthetic")
-    generate_synthetic_dataset(root, categories="all", image_size=64, seed=0, n_train=12, n_test_good=4,
-                               n_test_defect=8)
+    generate_synthetic_dataset(
+        root, categories="all", image_size=64, seed=0, n_train=12, n_test_good=4, n_test_defect=8
+    )
     return root
 
 

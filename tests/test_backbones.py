@@ -10,7 +10,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from adlearn.components import BackboneParams, TimmFeatureExtractor, TorchFXFeatureExtractor, dryrun_find_featuremap_dims
+from adlearn.components import (
+    BackboneParams,
+    TimmFeatureExtractor,
+    TorchFXFeatureExtractor,
+    dryrun_find_featuremap_dims,
+)
 from adlearn.components.feature_extractors import PretrainedWeightsError, load_backbone, resolve_pretrained
 from adlearn.components.feature_extractors.backbones import offline_weights_path
 
@@ -91,9 +96,11 @@ def test_bad_pretrained_values_name_the_alternatives(tmp_path):
 
 def test_failed_hub_download_is_a_clear_error():
     # In a subprocess with the hub forced offline, so it fails at once (no network here anyway).
-    code = ("from adlearn.components.feature_extractors import load_backbone\n"
-            "try:\n    load_backbone('resnet18', 'hub')\n"
-            "except Exception as e:\n    print(type(e).__name__, '|', e)\n")
+    code = (
+        "from adlearn.components.feature_extractors import load_backbone\n"
+        "try:\n    load_backbone('resnet18', 'hub')\n"
+        "except Exception as e:\n    print(type(e).__name__, '|', e)\n"
+    )
     env = {"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120).stdout
     assert out.startswith("PretrainedWeightsError")
@@ -106,7 +113,10 @@ def test_timm_extractor_shapes_and_layer_mapping():
     assert extractor.out_dims == [24, 40, 112]
     features = extractor(torch.rand(2, 3, 128, 128))
     assert {k: tuple(v.shape) for k, v in features.items()} == {
-        "layer1": (2, 24, 32, 32), "layer2": (2, 40, 16, 16), "layer3": (2, 112, 8, 8)}
+        "layer1": (2, 24, 32, 32),
+        "layer2": (2, 40, 16, 16),
+        "layer3": (2, 112, 8, 8),
+    }
     dims = dryrun_find_featuremap_dims(extractor, (128, 128), extractor.layers)
     assert dims["layer3"] == {"num_features": 112, "resolution": (8, 8)}
     assert not any(p.requires_grad for p in extractor.parameters())
@@ -158,13 +168,18 @@ def _randomize_batch_norms(module: torch.nn.Module, seed: int = 0) -> None:
     generator = torch.Generator().manual_seed(seed)
     for norm in module.modules():
         if isinstance(norm, torch.nn.BatchNorm2d):
-            for tensor, low, high in ((norm.running_mean, -1, 1), (norm.running_var, 0.5, 2),
-                                      (norm.weight.data, 0.5, 1.5), (norm.bias.data, -1, 1)):
+            for tensor, low, high in (
+                (norm.running_mean, -1, 1),
+                (norm.running_var, 0.5, 2),
+                (norm.weight.data, 0.5, 1.5),
+                (norm.bias.data, -1, 1),
+            ):
                 tensor.copy_(torch.rand(tensor.shape, generator=generator) * (high - low) + low)
 
 
-@pytest.mark.parametrize("backbone, layers", [("efficientnet_lite0", ["layer2", "layer3"]),
-                                              ("resnet18", ["layer1", "layer2", "layer3"])])
+@pytest.mark.parametrize(
+    "backbone, layers", [("efficientnet_lite0", ["layer2", "layer3"]), ("resnet18", ["layer1", "layer2", "layer3"])]
+)
 def test_folding_batch_norms_keeps_the_features(backbone, layers):
     from adlearn.components import fold_batch_norms
 
@@ -172,7 +187,7 @@ def test_folding_batch_norms_keeps_the_features(backbone, layers):
     _randomize_batch_norms(extractor)
     n_norms = sum(isinstance(m, torch.nn.BatchNorm2d) for m in extractor.modules())
     folded, count = fold_batch_norms(extractor.feature_extractor, torch.rand(2, 3, 64, 64))
-    assert count == n_norms > 0                                            # every conv -> BN pair
+    assert count == n_norms > 0  # every conv -> BN pair
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
     images = torch.randn(4, 3, 96, 96, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
@@ -181,8 +196,9 @@ def test_folding_batch_norms_keeps_the_features(backbone, layers):
             torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-4 * float(before.abs().max()))
     # the activation a timm BatchNormAct2d carries survives the fold (lite0: ReLU6 after each BN)
     if backbone == "efficientnet_lite0":
-        assert sum(isinstance(m, torch.nn.ReLU6) for m in folded.modules()) == \
-            sum(isinstance(m, torch.nn.ReLU6) for m in extractor.modules())
+        assert sum(isinstance(m, torch.nn.ReLU6) for m in folded.modules()) == sum(
+            isinstance(m, torch.nn.ReLU6) for m in extractor.modules()
+        )
 
 
 def test_folding_is_on_for_frozen_extractors_only():
@@ -202,7 +218,7 @@ def test_folding_leaves_a_model_alone_when_a_conv_output_is_used_elsewhere():
 
         def forward(self, x):
             y = self.conv(x)
-            return self.norm(y) + y                                      # y also used outside the BN
+            return self.norm(y) + y  # y also used outside the BN
 
     model = SkipFromConvOutput().eval().requires_grad_(False)
     _randomize_batch_norms(model)

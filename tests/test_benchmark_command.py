@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import math
+import os
 
 import pytest
 
@@ -14,14 +14,34 @@ from adlearn import benchmark
 
 
 def rows_for_tables():
-    row = {"status": "ok", "pixel_auroc": 0.9, "pixel_aupro": 0.7, "image_f1max": 0.8, "pixel_f1max": 0.3,
-           "fit_seconds": 2.0, "images_per_second": 10.0, "peak_memory_mb": 900.0, "parameters": 1000,
-           "model_size_mb": 1.5, "load_before": [0.1, 0.1, 0.1], "busy": False}
-    return [{**row, "model": "padim", "category": "weave", "seed": 0, "image_auroc": 0.8, "machine": "CPU B, 2 CPUs"},
-            {**row, "model": "padim", "category": "weave", "seed": 1, "image_auroc": 0.9, "machine": "CPU A, 2 CPUs"},
-            {**row, "model": "padim", "category": "weave", "seed": 2, "image_auroc": 0.95, "busy": True,
-             "machine": "CPU B, 2 CPUs"},
-            {"model": "dfm", "category": "weave", "seed": 0, "status": "failed", "error": "ValueError: bad\n"}]
+    row = {
+        "status": "ok",
+        "pixel_auroc": 0.9,
+        "pixel_aupro": 0.7,
+        "image_f1max": 0.8,
+        "pixel_f1max": 0.3,
+        "fit_seconds": 2.0,
+        "images_per_second": 10.0,
+        "peak_memory_mb": 900.0,
+        "parameters": 1000,
+        "model_size_mb": 1.5,
+        "load_before": [0.1, 0.1, 0.1],
+        "busy": False,
+    }
+    return [
+        {**row, "model": "padim", "category": "weave", "seed": 0, "image_auroc": 0.8, "machine": "CPU B, 2 CPUs"},
+        {**row, "model": "padim", "category": "weave", "seed": 1, "image_auroc": 0.9, "machine": "CPU A, 2 CPUs"},
+        {
+            **row,
+            "model": "padim",
+            "category": "weave",
+            "seed": 2,
+            "image_auroc": 0.95,
+            "busy": True,
+            "machine": "CPU B, 2 CPUs",
+        },
+        {"model": "dfm", "category": "weave", "seed": 0, "status": "failed", "error": "ValueError: bad\n"},
+    ]
 
 
 def test_summary_is_the_mean_and_std_over_seeds_and_failures_are_listed():
@@ -31,8 +51,13 @@ def test_summary_is_the_mean_and_std_over_seeds_and_failures_are_listed():
     assert summary["padim"]["image_auroc"] == pytest.approx(mean)
     assert summary["padim"]["image_auroc_std"] == pytest.approx(math.sqrt(sum((v - mean) ** 2 for v in values) / 3))
     assert summary["padim"]["seeds"] == 3 and summary["dfm"] == {**summary["dfm"], "seeds": 0, "failed": 1}
-    info = {"machine": {"cpu_model": "Test CPU", "physical_cores": 2, "logical_cpus": 4}, "busy_threshold": 0.5,
-            "preset": "cpu", "device": "cpu", "root": "embedded synthetic"}
+    info = {
+        "machine": {"cpu_model": "Test CPU", "physical_cores": 2, "logical_cpus": 4},
+        "busy_threshold": 0.5,
+        "preset": "cpu",
+        "device": "cpu",
+        "root": "embedded synthetic",
+    }
     table = benchmark.markdown_table(rows_for_tables(), info)
     assert f"| padim | weave | 3 | {mean:.3f} ± " in table
     assert "| dfm | weave | 0 (1 failed) | — |" in table
@@ -53,12 +78,12 @@ def test_preset_is_passed_only_when_given(monkeypatch):
         raise RuntimeError("stop here")
 
     monkeypatch.setattr(adlearn.models, "create", fake_create)
-    benchmark.check_preset_support("cpu")          # the fake takes preset=: accepted
+    benchmark.check_preset_support("cpu")  # the fake takes preset=: accepted
     spec = {"model": "padim", "category": "weave", "seed": 0, "image_size": 64, "device": "cpu", "set": {}}
     for preset in ("cpu", None):
         with pytest.raises(RuntimeError, match="stop here"):
             benchmark.run_cell({**spec, "preset": preset})
-    assert calls[0][1] == "cpu" and "backbone" not in calls[0][2]    # the preset chooses the backbone
+    assert calls[0][1] == "cpu" and "backbone" not in calls[0][2]  # the preset chooses the backbone
     assert calls[1][1] is None and calls[1][2]["backbone"] == benchmark.OFFLINE_BACKBONE
 
     # Without --image-size a preset keeps its own image size (EfficientAD's cpu recipe is 128 px); an
@@ -77,7 +102,7 @@ def test_preset_is_passed_only_when_given(monkeypatch):
     monkeypatch.setattr(adlearn.models, "create", old_create)
     with pytest.raises(ValueError, match="does not take preset= yet"):
         benchmark.check_preset_support("cpu")
-    benchmark.check_preset_support(None)           # no --preset: nothing to check
+    benchmark.check_preset_support(None)  # no --preset: nothing to check
 
 
 def test_bad_arguments_are_named():
@@ -106,11 +131,37 @@ def test_cells_resume_record_failures_and_time_limits(small_synthetic_root, tmp_
 
     category = SYNTHETIC_CATEGORIES[0]
     out, page = tmp_path / "bench", tmp_path / "book" / "benchmarks.md"
-    common = ["--root", str(small_synthetic_root), "--categories", category, "--image-size", "64", "--threads", "1",
-              "--out", str(out), "--no-progress", "--allow-busy"]
+    common = [
+        "--root",
+        str(small_synthetic_root),
+        "--categories",
+        category,
+        "--image-size",
+        "64",
+        "--threads",
+        "1",
+        "--out",
+        str(out),
+        "--no-progress",
+        "--allow-busy",
+    ]
     # padim gets an impossible channel count (dfm has no such option): one failing cell, the other goes on.
-    status = main(["benchmark", "--models", "padim,dfm", "--seeds", "0", "--set", "n_features=100000", *common,
-                   "--book-page", str(page), "--label", "tiny data"])
+    status = main(
+        [
+            "benchmark",
+            "--models",
+            "padim,dfm",
+            "--seeds",
+            "0",
+            "--set",
+            "n_features=100000",
+            *common,
+            "--book-page",
+            str(page),
+            "--label",
+            "tiny data",
+        ]
+    )
     assert status == 1
     cells = {p.stem: json.loads(p.read_text()) for p in (out / "cells").glob("*.json")}
     assert set(cells) == {f"padim__{category}__seed0", f"dfm__{category}__seed0"}
@@ -118,19 +169,20 @@ def test_cells_resume_record_failures_and_time_limits(small_synthetic_root, tmp_
     assert failed["status"] == "failed" and "n_features=100000" in failed["error"]
     assert ok["status"] == "ok" and 0 <= ok["image_auroc"] <= 1 and 0 <= ok["pixel_aupro"] <= 1
     assert ok["fit_seconds"] > 0 and ok["images_per_second"] > 0 and ok["peak_memory_mb"] > 0
-    assert 0 < ok["fit_cpu_seconds"] < 2 * os.cpu_count() * ok["fit_seconds"] + 1   # process CPU, all threads
+    assert 0 < ok["fit_cpu_seconds"] < 2 * os.cpu_count() * ok["fit_seconds"] + 1  # process CPU, all threads
     assert ok["parameters"] > 0 and ok["model_size_mb"] > 0 and ok["n_train"] == 12
     assert len(ok["load_before"]) == 3 and isinstance(ok["busy"], bool) and ok["other_cpus"] >= 0
     from adlearn.machine import cell_machine, cpu_model
+
     assert ok["machine"] == cell_machine("cpu") and ok["machine"].startswith(cpu_model())
-    assert failed["machine"] == ok["machine"]                 # a failed cell names its machine too
+    assert failed["machine"] == ok["machine"]  # a failed cell names its machine too
     with open(out / "results.csv") as f:
         table = list(csv.DictReader(f))
     assert [r["model"] for r in table] == ["padim", "dfm"] and list(table[0]) == list(benchmark.COLUMNS)
     assert (out / "auroc_vs_fit_time.png").stat().st_size > 0 and (out / "auroc_per_model.png").is_file()
     machine = json.loads((out / "machine.json").read_text())
     assert machine["machine"]["cpu_model"] and machine["image_size"] == 64
-    assert machine["machine"]["torch_threads"] == 1           # the cells' --threads, not the parent's
+    assert machine["machine"]["torch_threads"] == 1  # the cells' --threads, not the parent's
     assert [part["label"] for part in machine["parts"]] == [f"padim__{category}__seed0", f"dfm__{category}__seed0"]
     text = page.read_text()
     assert text.startswith("# Benchmarks") and "## tiny data" in text and "| dfm |" in text
@@ -138,21 +190,45 @@ def test_cells_resume_record_failures_and_time_limits(small_synthetic_root, tmp_
 
     # Resume: a finished cell is never recomputed, nor a failed one without --retry-failed.
     stamps = {p.name: p.stat().st_mtime_ns for p in (out / "cells").glob("*.json")}
-    rows = benchmark.run_benchmark(["padim", "dfm"], [category], [0], out, root=str(small_synthetic_root),
-                                   image_size=64, threads=1, options={"n_features": 100000}, progress=False)
+    rows = benchmark.run_benchmark(
+        ["padim", "dfm"],
+        [category],
+        [0],
+        out,
+        root=str(small_synthetic_root),
+        image_size=64,
+        threads=1,
+        options={"n_features": 100000},
+        progress=False,
+    )
     assert {p.name: p.stat().st_mtime_ns for p in (out / "cells").glob("*.json")} == stamps and len(rows) == 2
     # The page shows the cells of the run its command reproduces, not every cell the folder holds.
-    benchmark.write_book_page(out, page, "tiny data", "adlearn benchmark --models dfm ...",
-                              rows=[row for row in rows if row["model"] == "dfm"])
+    benchmark.write_book_page(
+        out,
+        page,
+        "tiny data",
+        "adlearn benchmark --models dfm ...",
+        rows=[row for row in rows if row["model"] == "dfm"],
+    )
     section = page.read_text().split("## tiny data")[1]
     assert "| dfm |" in section and "| padim |" not in section
     # Same --out, other settings: an error naming what differs (never a stale result reused).
     with pytest.raises(ValueError, match=r"settings \(image_size"):
-        benchmark.run_benchmark(["dfm"], [category], [0], out, root=str(small_synthetic_root), image_size=32,
-                                threads=1, progress=False)
+        benchmark.run_benchmark(
+            ["dfm"], [category], [0], out, root=str(small_synthetic_root), image_size=32, threads=1, progress=False
+        )
     # A cell over the time limit is stopped and recorded; the page's section is replaced, not added.
-    rows = benchmark.run_benchmark(["dfm"], [category], [1], out, root=str(small_synthetic_root), image_size=64,
-                                   threads=1, time_limit=0.5, progress=False)
+    rows = benchmark.run_benchmark(
+        ["dfm"],
+        [category],
+        [1],
+        out,
+        root=str(small_synthetic_root),
+        image_size=64,
+        threads=1,
+        time_limit=0.5,
+        progress=False,
+    )
     assert rows[0]["status"] == "timeout" and "0.5 s" in rows[0]["error"]
     benchmark.write_book_page(out, page, "tiny data", "adlearn benchmark ...")
     assert page.read_text().count("## tiny data") == 1
@@ -162,32 +238,40 @@ def test_figure_plots_cpu_time_when_a_cell_ran_on_a_busy_machine():
     idle = [{"fit_seconds": 10.0, "fit_cpu_seconds": 9.0, "busy": False}]
     busy = idle + [{"fit_seconds": 90.0, "fit_cpu_seconds": 20.0, "busy": True}]
     assert benchmark.fit_time_axis(idle)[0] == "fit_seconds"
-    assert benchmark.fit_time_axis(busy) == ("fit_cpu_seconds", "fit CPU time (s, log scale; cells ran on a shared machine)")
-    assert benchmark.fit_time_axis(busy + [{"fit_seconds": 5.0, "busy": True}])[0] == "fit_seconds"   # no CPU column
+    assert benchmark.fit_time_axis(busy) == (
+        "fit_cpu_seconds",
+        "fit CPU time (s, log scale; cells ran on a shared machine)",
+    )
+    assert benchmark.fit_time_axis(busy + [{"fit_seconds": 5.0, "busy": True}])[0] == "fit_seconds"  # no CPU column
 
 
 def test_a_cell_from_an_edited_preset_runs_again(tmp_path, capsys):
     from adlearn.models import get_model_class
 
     cell = ("uflow", "bottle", 0)
-    spec = {"model": "uflow", "category": "bottle", "seed": 0, "preset": "cpu",
-            "preset_options": json.loads(json.dumps(benchmark.preset_options("uflow", "cpu")))}
+    spec = {
+        "model": "uflow",
+        "category": "bottle",
+        "seed": 0,
+        "preset": "cpu",
+        "preset_options": json.loads(json.dumps(benchmark.preset_options("uflow", "cpu"))),
+    }
     assert spec["preset_options"]["image_size"] == get_model_class("uflow").presets["cpu"]["image_size"]
     assert benchmark.preset_options("uflow", None) is None
     (tmp_path / "cells").mkdir()
     path = tmp_path / "cells" / f"{benchmark.cell_key(*cell)}.json"
     path.write_text(json.dumps({"status": "ok", "spec": spec}))
-    assert benchmark._finished(tmp_path, cell, spec, retry_failed=False)                 # same preset: done
+    assert benchmark._finished(tmp_path, cell, spec, retry_failed=False)  # same preset: done
     edited = {**spec, "preset_options": {**spec["preset_options"], "blur_sigma": 99.0}}
-    assert not benchmark._finished(tmp_path, cell, edited, retry_failed=False)          # edited preset: stale
+    assert not benchmark._finished(tmp_path, cell, edited, retry_failed=False)  # edited preset: stale
     assert "changed since this cell ran" in capsys.readouterr().err
-    with pytest.raises(ValueError, match=r"settings \(preset_options, seed"):             # anything else: an error
+    with pytest.raises(ValueError, match=r"settings \(preset_options, seed"):  # anything else: an error
         benchmark._finished(tmp_path, cell, {**edited, "seed": 1}, retry_failed=False)
 
 
 def test_every_model_gets_its_own_colour_and_marker_in_the_figures():
     models = list(adlearn.available_models())
-    models = [*models, *[f"extra{i}" for i in range(30 - len(models))]]      # 30 names: three rounds of the colours
+    models = [*models, *[f"extra{i}" for i in range(30 - len(models))]]  # 30 names: three rounds of the colours
     colours, markers = benchmark.model_styles(models)
     styles = {(tuple(colours[m]), markers[m]) for m in models}
     assert len(styles) == len(models) == 30

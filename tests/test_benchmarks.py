@@ -23,9 +23,25 @@ def test_gpu_driver_runs_on_cpu_and_writes_every_figure(small_synthetic_root, tm
     from adlearn.data import SYNTHETIC_CATEGORIES
 
     out = tmp_path / "gpu.json"
-    status = load_driver("bench_gpu").main([
-        "--device", "cpu", "--root", str(small_synthetic_root), "--category", SYNTHETIC_CATEGORIES[0],
-        "--max-train", "6", "--epochs", "2", "--repeats", "1", "--nn-half", "--json", str(out)])
+    status = load_driver("bench_gpu").main(
+        [
+            "--device",
+            "cpu",
+            "--root",
+            str(small_synthetic_root),
+            "--category",
+            SYNTHETIC_CATEGORIES[0],
+            "--max-train",
+            "6",
+            "--epochs",
+            "2",
+            "--repeats",
+            "1",
+            "--nn-half",
+            "--json",
+            str(out),
+        ]
+    )
     assert status == 0
     results = {row["model"]: row for row in json.loads(out.read_text())["results"]}
     assert set(results) == {"patchcore", "stfpm", "fastflow"}
@@ -41,15 +57,32 @@ def test_learning_curve_driver_watches_the_test_set_without_choosing_on_it(small
     from adlearn.data import SYNTHETIC_CATEGORIES
 
     out = tmp_path / "curve.json"
-    status = load_driver("watch_training").main([
-        "stfpm", "--root", str(small_synthetic_root), "--category", SYNTHETIC_CATEGORIES[0], "--image-size", "64",
-        "--set", "backbone='efficientnet_lite0'", "--set", "max_epochs=2", "--set", "batch_size=8",
-        "--set", "val_fraction=0.25", "--json", str(out)])
+    status = load_driver("watch_training").main(
+        [
+            "stfpm",
+            "--root",
+            str(small_synthetic_root),
+            "--category",
+            SYNTHETIC_CATEGORIES[0],
+            "--image-size",
+            "64",
+            "--set",
+            "backbone='efficientnet_lite0'",
+            "--set",
+            "max_epochs=2",
+            "--set",
+            "batch_size=8",
+            "--set",
+            "val_fraction=0.25",
+            "--json",
+            str(out),
+        ]
+    )
     assert status == 0
     result = json.loads(out.read_text())
     assert [row["epoch"] for row in result["curve"]] == [1, 2] and result["epochs_run"] == 2
     assert all(row["val"] is not None and 0 <= row["test_pixel_auroc"] <= 1 for row in result["curve"])
-    kept = result["curve"][result["kept_epoch"] - 1]   # the kept epoch's weights are the ones scored at the end
+    kept = result["curve"][result["kept_epoch"] - 1]  # the kept epoch's weights are the ones scored at the end
     assert result["test_pixel_auroc"] == pytest.approx(kept["test_pixel_auroc"], abs=1e-9)
 
 
@@ -58,21 +91,59 @@ def test_learning_curve_driver_starts_from_a_preset_and_lets_set_win(small_synth
     from adlearn.data import SYNTHETIC_CATEGORIES
 
     out = tmp_path / "curve.json"
-    status = load_driver("watch_training").main([
-        "stfpm", "--preset", "cpu", "--root", str(small_synthetic_root), "--category", SYNTHETIC_CATEGORIES[0],
-        "--image-size", "64", "--set", "max_epochs=1", "--set", "patience=None", "--set", "batch_size=8",
-        "--json", str(out)])
+    status = load_driver("watch_training").main(
+        [
+            "stfpm",
+            "--preset",
+            "cpu",
+            "--root",
+            str(small_synthetic_root),
+            "--category",
+            SYNTHETIC_CATEGORIES[0],
+            "--image-size",
+            "64",
+            "--set",
+            "max_epochs=1",
+            "--set",
+            "patience=None",
+            "--set",
+            "batch_size=8",
+            "--json",
+            str(out),
+        ]
+    )
     assert status == 0
     result = json.loads(out.read_text())
-    assert result["preset"] == "cpu" and result["epochs_run"] == 1                  # --set beat the preset's 25
-    assert result["curve"][0]["val"] is not None                                    # the preset's held-out 20 %
+    assert result["preset"] == "cpu" and result["epochs_run"] == 1  # --set beat the preset's 25
+    assert result["curve"][0]["val"] is not None  # the preset's held-out 20 %
 
 
 def test_kcenter_greedy_driver_records_the_machine_the_methods_and_refuses_busy_ratios(tmp_path):
     out = tmp_path / "kcg.json"
-    argv = ["--data", "clustered,gaussian", "--n", "3000", "--widths", "64", "--gaussian-n", "2000",
-            "--gaussian-width", "128", "--baseline-steps", "5", "--coverage-n", "0", "--anomalib-python", "",
-            "--threads", "1", "--methods", "adaptive,dense", "--json", str(out)]
+    argv = [
+        "--data",
+        "clustered,gaussian",
+        "--n",
+        "3000",
+        "--widths",
+        "64",
+        "--gaussian-n",
+        "2000",
+        "--gaussian-width",
+        "128",
+        "--baseline-steps",
+        "5",
+        "--coverage-n",
+        "0",
+        "--anomalib-python",
+        "",
+        "--threads",
+        "1",
+        "--methods",
+        "adaptive,dense",
+        "--json",
+        str(out),
+    ]
     driver = load_driver("bench_kcenter_greedy")
     # Threshold 1e9: never busy, ratios reported. Threshold 0 with no --allow-busy: every ratio refused.
     assert driver.main(argv + ["--busy-threshold", "1e9"]) == 0
@@ -81,7 +152,7 @@ def test_kcenter_greedy_driver_records_the_machine_the_methods_and_refuses_busy_
     for run in result["runs"]:
         assert set(run["ours"]) == {"adaptive", "dense"} and run["ours"]["adaptive"]["speedup"] > 0
         assert sum(run["ours"]["adaptive"]["steps"].values()) == int(run["n"] * 0.1) - 1
-    assert result["runs"][1]["ours"]["adaptive"]["switches"] == []       # random data: stays dense
+    assert result["runs"][1]["ours"]["adaptive"]["switches"] == []  # random data: stays dense
     machine = result["machine"]
     assert machine["machine"]["cpu_model"] and len(machine["parts"]) == 6
     assert all(len(part["load_before"]) == 3 and "other_cpus" in part for part in machine["parts"])
@@ -95,21 +166,46 @@ def test_flow_step_timer_runs_on_tiny_data(small_synthetic_root):
     from adlearn.data import SYNTHETIC_CATEGORIES
 
     driver = load_driver("time_flow_steps")
-    row = driver.time_model("uflow", str(small_synthetic_root), SYNTHETIC_CATEGORIES[0], batches=1, threads=1, seed=0,
-                            backbone="efficientnet_lite0", image_size=64, flow_steps=1)
+    row = driver.time_model(
+        "uflow",
+        str(small_synthetic_root),
+        SYNTHETIC_CATEGORIES[0],
+        batches=1,
+        threads=1,
+        seed=0,
+        backbone="efficientnet_lite0",
+        image_size=64,
+        flow_steps=1,
+    )
     assert row["batches"] == 2 and row["cpu_s_per_batch"] > 0 and row["batch_size"] == 8
 
 
 @pytest.mark.usefixtures("one_torch_thread")
 def test_ganomaly_digits_driver_reports_every_seed_beside_the_pca_baseline(tmp_path):
     out = tmp_path / "digits.json"
-    status = load_driver("bench_ganomaly").main(["digits", "--digits", "3", "--seeds", "0", "1", "--epochs", "1",
-                                                 "--set", "n_features=8", "--set", "latent_size=8", "--json", str(out)])
+    status = load_driver("bench_ganomaly").main(
+        [
+            "digits",
+            "--digits",
+            "3",
+            "--seeds",
+            "0",
+            "1",
+            "--epochs",
+            "1",
+            "--set",
+            "n_features=8",
+            "--set",
+            "latent_size=8",
+            "--json",
+            str(out),
+        ]
+    )
     assert status == 0
     result = json.loads(out.read_text())
     ganomaly, pca = result["auroc"]["ganomaly"]["3"], result["auroc"]["pixels + PCA error (scikit-learn)"]["3"]
     assert len(ganomaly) == len(pca) == 2 and all(0 <= v <= 1 for v in ganomaly + pca)
-    assert pca[0] > 0.9          # the pixel-PCA baseline separates 3s from the other digits well
+    assert pca[0] > 0.9  # the pixel-PCA baseline separates 3s from the other digits well
 
 
 @pytest.mark.usefixtures("one_torch_thread")
@@ -123,27 +219,49 @@ def test_flow_side_by_side_driver_prepares_a_batch_and_its_adlearn_worker_answer
 
     driver = load_driver("bench_flows")
     assert driver.parse_set(["backbone=efficientnet_lite0", "uflow.flow_steps=1"]) == {
-        "": {"backbone": "efficientnet_lite0"}, "uflow": {"flow_steps": 1}}
+        "": {"backbone": "efficientnet_lite0"},
+        "uflow": {"flow_steps": 1},
+    }
     with pytest.raises(SystemExit, match="not one of"):
         driver.parse_set(["padim.n_features=3"])
-    options = {"backbone": "efficientnet_lite0", "image_size": 64, "flow_steps": 1, "batch_size": 2,
-               **driver.FIXED_IN_ANOMALIB["uflow"]}          # as run_model sets them: anomalib's 3x3 / 1x1 subnets
-    spec = {"model": "uflow", "threads": 1, "seed": 0, "warmup": 1, "batch": str(tmp_path / "batch.npy"),
-            "options": options}
-    spec.update(driver.prepare_batch("uflow", str(small_synthetic_root), SYNTHETIC_CATEGORIES[0], 2, options,
-                                     tmp_path / "batch.npy"))
+    options = {
+        "backbone": "efficientnet_lite0",
+        "image_size": 64,
+        "flow_steps": 1,
+        "batch_size": 2,
+        **driver.FIXED_IN_ANOMALIB["uflow"],
+    }  # as run_model sets them: anomalib's 3x3 / 1x1 subnets
+    spec = {
+        "model": "uflow",
+        "threads": 1,
+        "seed": 0,
+        "warmup": 1,
+        "batch": str(tmp_path / "batch.npy"),
+        "options": options,
+    }
+    spec.update(
+        driver.prepare_batch(
+            "uflow", str(small_synthetic_root), SYNTHETIC_CATEGORIES[0], 2, options, tmp_path / "batch.npy"
+        )
+    )
     # what anomalib gets: the timm names of the stages adlearn reads, and the shared widths
-    assert spec["timm_layers"] == ["blocks.1", "blocks.2", "blocks.4"] and spec["image_size"] == 64   # strides 4/8/16
-    assert spec["adlearn_hparams"]["subnet_kernels"] == [3, 1]   # the preset's all-3x3 overridden for the comparison
+    assert spec["timm_layers"] == ["blocks.1", "blocks.2", "blocks.4"] and spec["image_size"] == 64  # strides 4/8/16
+    assert spec["adlearn_hparams"]["subnet_kernels"] == [3, 1]  # the preset's all-3x3 overridden for the comparison
     assert spec["anomalib"]["flow_steps"] == 1 and spec["anomalib"]["affine_clamp"] == 2.0
     (tmp_path / "spec.json").write_text(json.dumps(spec))
     env = {**os.environ, "PYTHONPATH": str(BENCHMARKS.parent), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, str(BENCHMARKS / "bench_flows.py"), "--worker", "adlearn",
-                           str(tmp_path / "spec.json")], input="steps 2\nquit\n", capture_output=True, text=True,
-                          env=env, timeout=300)
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "bench_flows.py"), "--worker", "adlearn", str(tmp_path / "spec.json")],
+        input="steps 2\nquit\n",
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
-    answers = [json.loads(line[len(driver.REPLY):]) for line in done.stdout.splitlines()
-               if line.startswith(driver.REPLY)]
+    answers = [
+        json.loads(line[len(driver.REPLY) :]) for line in done.stdout.splitlines() if line.startswith(driver.REPLY)
+    ]
     ready, timed = answers
     assert ready["side"] == "adlearn" and len(ready["feature_check"]) == 3 and ready["trained_parameters"] > 0
     assert len(timed["steps"]) == 2 and all(s["cpu_s"] > 0 and s["loss"] == s["loss"] for s in timed["steps"])
@@ -163,22 +281,30 @@ def test_abba_helper_interleaves_two_worker_processes_and_judges_each_turn(tmp_p
         "work = spec['work'][side]\n"
         "def step():\n"
         "    sum(i * i for i in range(work))\n"
-        "sys.exit(_abba.serve(step, side, spec, {'work': work}))\n")
-    spec = {"work": {"fast": 20_000, "slow": 400_000}, "busy_threshold": 1e9}   # never busy: ratios reported
+        "sys.exit(_abba.serve(step, side, spec, {'work': work}))\n"
+    )
+    spec = {"work": {"fast": 20_000, "slow": 400_000}, "busy_threshold": 1e9}  # never busy: ratios reported
     machine = abba.machine_module()
     guard = machine.LoadGuard(threshold=1e9, echo=False)
     workers = {side: abba.Worker(str(script), side, sys.executable, spec) for side in ("fast", "slow")}
     result = abba.interleave(workers, guard, warmup=1, rounds=2, steps_per_turn=3)
     assert [r["label"] for r in guard.records] == [
-        "fast round0.0", "slow round0.1", "slow round0.2", "fast round0.3",
-        "slow round1.0", "fast round1.1", "fast round1.2", "slow round1.3"]
+        "fast round0.0",
+        "slow round0.1",
+        "slow round0.2",
+        "fast round0.3",
+        "slow round1.0",
+        "fast round1.1",
+        "fast round1.2",
+        "slow round1.3",
+    ]
     assert all("other_cpus" in r and r["busy"] is False for r in guard.records)
     for side in ("fast", "slow"):
         assert result[side]["steps"] == 12 and len(result[side]["cpu_s"]) == 12
         assert result[side]["info"]["work"] == spec["work"][side]
     assert result["ratio_cpu"] == pytest.approx(result["fast"]["median_cpu_s"] / result["slow"]["median_cpu_s"])
-    assert result["ratio_cpu"] < 1                       # 20x less work per step
-    assert all(worker.process.poll() == 0 for worker in workers.values())   # both closed cleanly
+    assert result["ratio_cpu"] < 1  # 20x less work per step
+    assert all(worker.process.poll() == 0 for worker in workers.values())  # both closed cleanly
     # the same turns judged busy (threshold below any load) and no allow_busy: the ratio is refused
     strict = machine.LoadGuard(threshold=-1.0, echo=False)
     for record in guard.records:
@@ -187,9 +313,13 @@ def test_abba_helper_interleaves_two_worker_processes_and_judges_each_turn(tmp_p
 
 
 @pytest.mark.usefixtures("one_torch_thread")
-@pytest.mark.parametrize("model, network, size", [
-    ("draem", {"reconstruction_width": 4, "discrimination_width": 2, "textures": None}, 32),
-    ("ganomaly", {"n_features": 4, "latent_size": 8}, 16)])
+@pytest.mark.parametrize(
+    "model, network, size",
+    [
+        ("draem", {"reconstruction_width": 4, "discrimination_width": 2, "textures": None}, 32),
+        ("ganomaly", {"n_features": 4, "latent_size": 8}, 16),
+    ],
+)
 def test_recon_step_driver_steps_our_model_once_per_call(model, network, size, tmp_path):
     """bench_recon_steps.py's adlearn side: each ``step()`` is one real training step (every optimizer moves)."""
     import torch
@@ -197,7 +327,8 @@ def test_recon_step_driver_steps_our_model_once_per_call(model, network, size, t
     images = tmp_path / "images.pt"
     torch.save(torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0)), images)
     step, simulate, ours, trainer = load_driver("bench_recon_steps").adlearn_step(
-        {"model": model, "images": str(images), **network})
+        {"model": model, "images": str(images), **network}
+    )
     before = {name: p.detach().clone() for name, p in ours.named_parameters()}
     step()
     assert trainer.global_step == 1 and all(torch.isfinite(torch.tensor(v)) for v in trainer.last_losses.values())
@@ -240,8 +371,23 @@ def test_efficient_ad_equivalence_check_maps_every_trained_parameter_onto_the_re
     assert {name for name in mapped if name.startswith("ae.")} == reference
     assert all(name == check.reference_name(name) for name in names if name.startswith("student."))
 
-    same = {k: torch.ones(1) for k in ("teacher_mean", "teacher_std", "map_st", "map_ae", "quantiles", "anomaly_map",
-                                       "loss_st", "loss_ae", "loss_stae", "grad/ae.x", "update/student.x", "update/ae.x")}
+    same = {
+        k: torch.ones(1)
+        for k in (
+            "teacher_mean",
+            "teacher_std",
+            "map_st",
+            "map_ae",
+            "quantiles",
+            "anomaly_map",
+            "loss_st",
+            "loss_ae",
+            "loss_stae",
+            "grad/ae.x",
+            "update/student.x",
+            "update/ae.x",
+        )
+    }
     ours = {**same, "score": torch.tensor([1.0, 2.0]), "grad/student.conv1.weight": torch.ones(3)}
     theirs = {**ours, "score": torch.tensor([1.0, 2.001])}
     rows = {row["piece"]: row for row in check.compare(ours, theirs, rtol=1e-4)}
@@ -262,20 +408,20 @@ def test_reference_penalty_views_follow_the_reference_transform(tmp_path):
     colours = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (200, 200, 30)]
     for index, colour in enumerate(colours):
         array = np.zeros((64, 64, 3), np.uint8)
-        array[16:48, 16:48] = colour                           # the centre quarter: what the view keeps
+        array[16:48, 16:48] = colour  # the centre quarter: what the view keeps
         Image.fromarray(array).save(tmp_path / f"{index}.png")
     views = bench.ReferencePenaltyViews(tmp_path, 32, seed=0)
     first_pass = denormalize(views.sample(4))
     assert first_pass.shape == (4, 3, 32, 32)
     centres = {tuple((first_pass[i, :, 16, 16] * 255).round().int().tolist()) for i in range(4)}
     greys = sum(len(set(c)) == 1 for c in centres)
-    assert len(centres) == 4                                   # each file once per pass
+    assert len(centres) == 4  # each file once per pass
     colourful = {c for c in centres if len(set(c)) > 1}
     assert colourful <= set(colours) and len(colourful) + greys == 4
     assert bool((first_pass[:, :, 1, 1] > 0.1).any(1).all())  # corners inside the square: the centre was kept
     many = denormalize(views.sample(400))
     grey_fraction = float(((many.amax(1) - many.amin(1)).amax((1, 2)) < 1e-6).float().mean())
-    assert 0.22 < grey_fraction < 0.38                         # p = 0.3
+    assert 0.22 < grey_fraction < 0.38  # p = 0.3
 
 
 def test_match_reference_recipe_keeps_the_learning_rate_constant():
@@ -298,4 +444,4 @@ def test_match_reference_recipe_keeps_the_learning_rate_constant():
             optimizer.step()
             schedule.step()
         assert rates == pytest.approx(expected)
-        assert model._natural is None                          # the penalty stream untouched ("crops")
+        assert model._natural is None  # the penalty stream untouched ("crops")

@@ -27,8 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
-from test_notebooks import NOTEBOOKS, execute_notebooks_once, _terminal_echo
+from test_notebooks import NOTEBOOKS, _terminal_echo, execute_notebooks_once
 
 REPO = Path(__file__).resolve().parents[1]
 BOOK = REPO / "book"
@@ -108,7 +107,8 @@ def test_book_hides_papermills_injected_parameters_cell(built_book):
         assert injected, f"{source.name}: papermill injected no parameters cell (nothing to hide?)"
         page = (built_book.html / "notebooks" / f"{source.stem}.html").read_text(encoding="utf-8")
         assert "tag_injected-parameters" not in page and "# Parameters</span>" not in page, (
-            f"{source.stem}.html shows papermill's injected parameters cell")
+            f"{source.stem}.html shows papermill's injected parameters cell"
+        )
         assert "tag_parameters" in page, f"{source.stem}.html lost the notebook's own parameters cell"
 
 
@@ -326,8 +326,10 @@ def check_page(driver, base_url: str, page: str, title: str, needs_figure: bool)
         if typeset != "typeset":
             problems.append(f"{page}: {state['math']} equations but {typeset}")
         if state["unrendered"]:
-            problems.append(f"{page}: {len(state['unrendered'])} of {state['math']} equations not typeset, "
-                            f"e.g. {state['unrendered'][:3]}")
+            problems.append(
+                f"{page}: {len(state['unrendered'])} of {state['math']} equations not typeset, "
+                f"e.g. {state['unrendered'][:3]}"
+            )
         if not state["rendered"]:
             problems.append(f"{page}: no rendered math element (mjx-container) on a page with math")
     if state["raw"]:
@@ -365,9 +367,11 @@ def test_every_page_renders_offline_in_chromium(offline_browser, served_book, bu
         problems += found
         equations += rendered
         with_math += bool(rendered)
-    _terminal_echo(request)(f"browser check: {len(pages)} pages opened offline in headless Chromium in "
-                            f"{time.perf_counter() - start:.1f} s; {equations} equations typeset on {with_math} "
-                            f"pages; {len(problems)} problem(s)")
+    _terminal_echo(request)(
+        f"browser check: {len(pages)} pages opened offline in headless Chromium in "
+        f"{time.perf_counter() - start:.1f} s; {equations} equations typeset on {with_math} "
+        f"pages; {len(problems)} problem(s)"
+    )
     assert with_math, "no page typeset any equation: is the math check looking at the right elements?"
     assert not problems, "\n".join(problems)
 
@@ -377,11 +381,15 @@ def _screenshot(driver, url: str, path: Path, selectors: tuple[str, ...], offset
     top (less ``offset`` px), save a PNG."""
     driver.get(url)
     driver.execute_async_script(WAIT_FOR_MATH, url)
-    driver.execute_script("""
+    driver.execute_script(
+        """
         for (const selector of arguments[0]) {
           const element = document.querySelector(selector);
           if (element) { element.scrollIntoView({block: "start"}); window.scrollBy(0, -arguments[1]); return; }
-        }""", list(selectors), offset)
+        }""",
+        list(selectors),
+        offset,
+    )
     time.sleep(0.5)  # let the scroll paint
     path.parent.mkdir(parents=True, exist_ok=True)
     path.unlink(missing_ok=True)
@@ -394,8 +402,12 @@ def test_screenshot_of_a_model_page(offline_browser, served_book, built_book):
     build/book-screenshot.png."""
     model_pages = [p for p in built_book.notebooks if int(p.name[:2]) >= 10]
     page = f"notebooks/{(model_pages or built_book.notebooks)[0].stem}.html"
-    _screenshot(offline_browser, urllib.parse.urljoin(served_book, page), SCREENSHOT,
-                ("#anomaly-maps img", "article img", ".bd-article img"))
+    _screenshot(
+        offline_browser,
+        urllib.parse.urljoin(served_book, page),
+        SCREENSHOT,
+        ("#anomaly-maps img", "article img", ".bd-article img"),
+    )
 
 
 def test_patchcore_math_offline_screenshot(offline_browser, served_book, built_book, request):

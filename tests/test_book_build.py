@@ -26,9 +26,17 @@ extension = _load("adlearn_book_extension", REPO / "book" / "_ext" / "adlearn_bo
 
 def _run(directory: Path, smoke: bool, rows: list[tuple[str, str, float]], device: str = "cpu") -> Path:
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "timings.json").write_text(json.dumps({
-        "parameters": {"smoke": smoke, "device": device}, "jobs": 2,
-        "notebooks": [{"notebook": name, "status": status, "seconds": seconds} for name, status, seconds in rows]}))
+    (directory / "timings.json").write_text(
+        json.dumps(
+            {
+                "parameters": {"smoke": smoke, "device": device},
+                "jobs": 2,
+                "notebooks": [
+                    {"notebook": name, "status": status, "seconds": seconds} for name, status, seconds in rows
+                ],
+            }
+        )
+    )
     return directory
 
 
@@ -36,7 +44,7 @@ def test_timings_are_recorded_per_mode_and_merged(tmp_path):
     record = tmp_path / "record.json"
     run = tmp_path / "run"
     build.record_timings(_run(run, True, [("00_a.ipynb", "ok", 30.0), ("01_b.ipynb", "failed", 5.0)]), record)
-    build.record_timings(_run(run, True, [("01_b.ipynb", "ok", 40.0)]), record)   # a run of one notebook
+    build.record_timings(_run(run, True, [("01_b.ipynb", "ok", 40.0)]), record)  # a run of one notebook
     data = build.record_timings(_run(run, False, [("00_a.ipynb", "ok", 900.0)], device="cuda"), record)
     assert {name: entry["seconds"] for name, entry in data["smoke"].items()} == {"00_a.ipynb": 30.0, "01_b.ipynb": 40.0}
     assert data["full"]["00_a.ipynb"]["seconds"] == 900.0 and data["full"]["00_a.ipynb"]["device"] == "cuda"
@@ -53,33 +61,45 @@ def _notebook(path: Path, title: str) -> Path:
 
 def test_timings_table_says_what_was_not_measured(tmp_path):
     notebooks = [_notebook(tmp_path / "00_a.ipynb", "Alpha"), _notebook(tmp_path / "01_b.ipynb", "Beta")]
-    record = {"smoke": {"00_a.ipynb": {"seconds": 30.4, "device": "cpu", "cpus": 2, "jobs": 2, "date": "2026-01-02"},
-                        "01_b.ipynb": {"seconds": 150.0, "device": "cpu", "cpus": 2, "jobs": 2, "date": "2026-01-03"}},
-              "full": {"00_a.ipynb": {"seconds": 3600.0, "device": "cuda", "cpus": 16, "jobs": 1, "date": "2026-01-04"}}}
+    record = {
+        "smoke": {
+            "00_a.ipynb": {"seconds": 30.4, "device": "cpu", "cpus": 2, "jobs": 2, "date": "2026-01-02"},
+            "01_b.ipynb": {"seconds": 150.0, "device": "cpu", "cpus": 2, "jobs": 2, "date": "2026-01-03"},
+        },
+        "full": {"00_a.ipynb": {"seconds": 3600.0, "device": "cuda", "cpus": 16, "jobs": 1, "date": "2026-01-04"}},
+    }
     table = build.timings_table(record, notebooks)
     rows = table.splitlines()
     assert rows[2] == "| 00 {doc}`Alpha </notebooks/00_a>` | 30 s | 60 min (cuda) |"
     assert rows[3] == "| 01 {doc}`Beta </notebooks/01_b>` | 2 min | not measured yet |"
-    assert rows[4] == "| **all notebooks, one after the other** | 3 min | — |"   # full mode incomplete
+    assert rows[4] == "| **all notebooks, one after the other** | 3 min | — |"  # full mode incomplete
     assert "smoke mode: measured 2026-01-02 to 2026-01-03" in table and "2 CPU cores" in table
     empty = build.timings_table({}, notebooks)
-    assert empty.count("not measured yet") == 4 + 2      # every cell, and a note per mode
+    assert empty.count("not measured yet") == 4 + 2  # every cell, and a note per mode
 
 
 def test_injected_parameters_cell_is_hidden_and_widgets_replaced():
-    notebook = nbformat.v4.new_notebook(cells=[
-        nbformat.v4.new_code_cell("smoke = True", metadata={"tags": ["parameters"]}),
-        nbformat.v4.new_code_cell("# Parameters\nsmoke = True\n", metadata={"tags": ["injected-parameters"]}),
-        nbformat.v4.new_code_cell("view", outputs=[nbformat.v4.new_output(
-            "display_data", data={build.WIDGET_MIME: {"model_id": "x"}, "text/plain": "VBox()"})]),
-    ])
+    notebook = nbformat.v4.new_notebook(
+        cells=[
+            nbformat.v4.new_code_cell("smoke = True", metadata={"tags": ["parameters"]}),
+            nbformat.v4.new_code_cell("# Parameters\nsmoke = True\n", metadata={"tags": ["injected-parameters"]}),
+            nbformat.v4.new_code_cell(
+                "view",
+                outputs=[
+                    nbformat.v4.new_output(
+                        "display_data", data={build.WIDGET_MIME: {"model_id": "x"}, "text/plain": "VBox()"}
+                    )
+                ],
+            ),
+        ]
+    )
     notebook.metadata["widgets"] = {"state": {}}
     result = build.without_live_widgets(notebook)
     assert result.cells[0].metadata["tags"] == ["parameters"]
     assert result.cells[1].metadata["tags"] == ["injected-parameters", "remove-cell"]
     assert result.cells[2].outputs[0]["data"] == {"text/plain": build.WIDGET_NOTE}
     assert "widgets" not in result.metadata
-    build.without_live_widgets(result)            # idempotent: the tag is not added twice
+    build.without_live_widgets(result)  # idempotent: the tag is not added twice
     assert result.cells[1].metadata["tags"].count("remove-cell") == 1
 
 
@@ -87,26 +107,38 @@ def test_repeated_scripts_are_dropped_once_per_page():
     sphinx_assets = pytest.importorskip("sphinx.builders.html._assets")
     script = sphinx_assets._JavaScript
     thebe = 'const THEBE_JS_URL = "x"'
-    scripts = [script("_static/a.js"), script(None, body=thebe), script("_static/a.js"),
-               script(None, body=thebe), script(None, body="other"), script("_static/a.js", **{"async": "async"})]
+    scripts = [
+        script("_static/a.js"),
+        script(None, body=thebe),
+        script("_static/a.js"),
+        script(None, body=thebe),
+        script(None, body="other"),
+        script("_static/a.js", **{"async": "async"}),
+    ]
     context = {"script_files": scripts}
     extension.drop_repeated_scripts(SimpleNamespace(), "page", "page.html", context, None)
     kept = [(s.filename, s.attributes.get("body"), s.attributes.get("async")) for s in context["script_files"]]
-    assert kept == [("_static/a.js", None, None), (None, thebe, None), (None, "other", None),
-                    ("_static/a.js", None, "async")]
-    assert context["script_files"] is scripts          # the page's own list, edited in place
+    assert kept == [
+        ("_static/a.js", None, None),
+        (None, thebe, None),
+        (None, "other", None),
+        ("_static/a.js", None, "async"),
+    ]
+    assert context["script_files"] is scripts  # the page's own list, edited in place
 
 
 def test_solutions_are_collapsed_and_the_heading_stays():
-    cells = [nbformat.v4.new_markdown_cell("### Solutions", metadata={"tags": ["solution"]}),
-             nbformat.v4.new_markdown_cell("**Solution 1.** Use ``` fences ``` sparingly.", metadata={"tags": ["solution"]}),
-             nbformat.v4.new_code_cell("print(1)", metadata={"tags": ["solution", "hide-input"]}),
-             nbformat.v4.new_markdown_cell("## Not a solution"),
-             nbformat.v4.new_code_cell("x = 1")]
+    cells = [
+        nbformat.v4.new_markdown_cell("### Solutions", metadata={"tags": ["solution"]}),
+        nbformat.v4.new_markdown_cell("**Solution 1.** Use ``` fences ``` sparingly.", metadata={"tags": ["solution"]}),
+        nbformat.v4.new_code_cell("print(1)", metadata={"tags": ["solution", "hide-input"]}),
+        nbformat.v4.new_markdown_cell("## Not a solution"),
+        nbformat.v4.new_code_cell("x = 1"),
+    ]
     notebook = build.collapse_solutions(nbformat.v4.new_notebook(cells=cells))
     heading, explanation, code, other_markdown, other_code = notebook.cells
     assert heading.source == "### Solutions"
     assert explanation.source.startswith("````{dropdown} Solution 1.\n**Solution 1.**")
-    assert explanation.source.endswith("\n````")                  # longer than the ``` inside it
+    assert explanation.source.endswith("\n````")  # longer than the ``` inside it
     assert code.metadata["tags"] == ["solution", "hide-cell"]
     assert other_markdown.source == "## Not a solution" and "tags" not in other_code.metadata

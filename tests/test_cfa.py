@@ -50,8 +50,8 @@ def test_with_the_reference_radius_only_the_attraction_trains():
 
 
 def test_patch_score_is_the_softmin_weighted_nearest_distance():
-    d = torch.tensor([[[2.0, 0.5, 1.0, 9.0]]])                       # one patch, four centres
-    nearest = np.array([0.5, 1.0, 2.0])                               # K = 3 nearest, ascending
+    d = torch.tensor([[[2.0, 0.5, 1.0, 9.0]]])  # one patch, four centres
+    nearest = np.array([0.5, 1.0, 2.0])  # K = 3 nearest, ascending
     weight = np.exp(-nearest[0]) / np.exp(-nearest).sum()
     assert float(cfa_patch_scores(d, 3)) == pytest.approx(weight * 0.5, rel=1e-6)
     # K = 1: the weight is 1, the score is the nearest distance itself
@@ -75,15 +75,21 @@ def test_defaults_follow_the_reference_and_bad_options_are_named():
     defaults = {k: p.default for k, p in inspect.signature(Cfa.__init__).parameters.items() if k != "self"}
     training = TrainingConfig(**Cfa.training_defaults).to_dict()
     assert defaults["backbone"] == "wide_resnet50_2" and (defaults["gamma_c"], defaults["gamma_d"]) == (1, 1)
-    assert (defaults["num_nearest_neighbors"], defaults["num_hard_negative_features"], defaults["radius"]) == (3, 3, 1e-5)
+    assert (defaults["num_nearest_neighbors"], defaults["num_hard_negative_features"], defaults["radius"]) == (
+        3,
+        3,
+        1e-5,
+    )
     assert (defaults["lr"], defaults["weight_decay"], defaults["blur_sigma"]) == (1e-3, 5e-4, 4.0)
     assert (training["max_epochs"], training["patience"]) == (30, 5)
-    for options, message in [({"gamma_c": 0}, "gamma_c must be an integer >= 1"),
-                             ({"gamma_d": 1.5}, "gamma_d must be an integer >= 1"),
-                             ({"num_hard_negative_features": -1}, "num_hard_negative_features"),
-                             ({"radius": -1.0}, "radius must be >= 0"),
-                             ({"pool_layers": "none"}, "pool_layers must be one of"),
-                             ({"gamma_d": 1000}, "leaves no channel")]:
+    for options, message in [
+        ({"gamma_c": 0}, "gamma_c must be an integer >= 1"),
+        ({"gamma_d": 1.5}, "gamma_d must be an integer >= 1"),
+        ({"num_hard_negative_features": -1}, "num_hard_negative_features"),
+        ({"radius": -1.0}, "radius must be >= 0"),
+        ({"pool_layers": "none"}, "pool_layers must be one of"),
+        ({"gamma_d": 1000}, "leaves no channel"),
+    ]:
         with pytest.raises(ValueError, match=message):
             create("cfa", backbone=BACKBONE, device="cpu", **options)
 
@@ -99,9 +105,11 @@ def test_descriptor_shapes_and_pooling_choices():
     assert sum(p.numel() for p in model.descriptor.parameters()) == (176 + 2) * 88 + 88
     # "first" (anomalib 1.x) resizes the deeper maps without pooling them: the same first 24 channels
     first = create("cfa", backbone=BACKBONE, image_size=64, pool_layers="first", device="cpu")
-    first.descriptor.load_state_dict(create("cfa", backbone=BACKBONE, image_size=64, device="cpu").descriptor.state_dict())
+    first.descriptor.load_state_dict(
+        create("cfa", backbone=BACKBONE, image_size=64, device="cpu").descriptor.state_dict()
+    )
     weight = torch.zeros_like(first.descriptor.projection.weight)
-    weight[:24, :24, 0, 0] = torch.eye(24)                                 # read the first layer back
+    weight[:24, :24, 0, 0] = torch.eye(24)  # read the first layer back
     first.descriptor.projection.weight.data.copy_(weight)
     first.descriptor.projection.bias.data.zero_()
     with torch.no_grad():
@@ -112,15 +120,15 @@ def test_descriptor_shapes_and_pooling_choices():
 def test_memory_bank_is_the_mean_descriptor_map_or_its_kmeans_centres(datasets_64):
     model = create("cfa", backbone=BACKBONE, image_size=64, batch_size=5, device="cpu")
     images = torch.stack([datasets_64[0][i]["image"] for i in range(len(datasets_64[0]))])
-    bank = model.build_memory_bank(images)                             # batches of 5, 5, 2: a plain mean
+    bank = model.build_memory_bank(images)  # batches of 5, 5, 2: a plain mean
     with torch.no_grad():
         expected = model.extract_features(images).mean(0).flatten(1).T  # (h·w, D)
     assert bank.shape == (256, 176) and torch.allclose(bank, expected, atol=1e-5)
-    assert not bank.requires_grad and bank.grad_fn is None                # (a): no graph kept alive
+    assert not bank.requires_grad and bank.grad_fn is None  # (a): no graph kept alive
     compressed = create("cfa", backbone=BACKBONE, image_size=64, gamma_c=4, device="cpu", seed=3)
     centres = compressed.build_memory_bank(images)
     assert centres.shape == (64, 176)
-    with torch.no_grad():                                                 # its own (seed 3) descriptor
+    with torch.no_grad():  # its own (seed 3) descriptor
         expected = compressed.extract_features(images).mean(0).flatten(1).T
     # k-means centres: every centre is the mean of the positions nearest to it
     labels = torch.cdist(expected, centres).argmin(1)
@@ -137,9 +145,12 @@ def test_nearest_distances_give_the_full_matrix_loss_and_gradient():
     features = torch.randn(2, 176, 4, 4, requires_grad=True)
     ours = cfa_loss(model.distances_to_nearest(features, 6), 3, 3, 0.3)
     (ours_grad,) = torch.autograd.grad(ours, features)
-    patches = features.flatten(2).transpose(1, 2)                                   # (B, N, D)
-    full = (patches.pow(2).sum(-1, keepdim=True) + model.memory_bank.pow(2).sum(-1)  # the reference's expansion
-            - 2 * patches @ model.memory_bank.T)                                    # (B, N, M)
+    patches = features.flatten(2).transpose(1, 2)  # (B, N, D)
+    full = (
+        patches.pow(2).sum(-1, keepdim=True)
+        + model.memory_bank.pow(2).sum(-1)  # the reference's expansion
+        - 2 * patches @ model.memory_bank.T
+    )  # (B, N, M)
     reference = cfa_loss(full, 3, 3, 0.3)
     (reference_grad,) = torch.autograd.grad(reference, features)
     assert float(ours.detach()) == pytest.approx(float(reference.detach()), rel=1e-5)
@@ -159,7 +170,9 @@ def test_only_the_descriptor_learns_and_the_loss_falls(trained):
     assert all(torch.equal(v, backbone_before[k]) for k, v in model.feature_extractor.state_dict().items())
     optimizer, _ = model.configure_optimizers()
     assert isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults["amsgrad"]
-    assert {id(p) for g in optimizer.param_groups for p in g["params"]} == {id(p) for p in model.descriptor.parameters()}
+    assert {id(p) for g in optimizer.param_groups for p in g["params"]} == {
+        id(p) for p in model.descriptor.parameters()
+    }
     assert model.history.loss[-1] < model.history.loss[0] and model.history.steps == 9
     assert model.memory_bank.shape == (256, 176)
 
@@ -172,9 +185,9 @@ def test_predicts_blurred_maps_of_softmin_scores(trained, datasets_64):
     assert torch.allclose(prediction.pred_score, prediction.anomaly_map.flatten(1).amax(1))
     # rebuild the map from brute-force Euclidean distances to every centre, blurred with SciPy
     with torch.no_grad():
-        features = model.extract_features(images)                               # (4, D, 16, 16)
-        patches = features.flatten(2).transpose(1, 2).double()                  # float64, no expansion
-        distances = (patches[:, :, None, :] - model.memory_bank.double()).pow(2).sum(-1).sqrt()   # (4, N, M)
+        features = model.extract_features(images)  # (4, D, 16, 16)
+        patches = features.flatten(2).transpose(1, 2).double()  # float64, no expansion
+        distances = (patches[:, :, None, :] - model.memory_bank.double()).pow(2).sum(-1).sqrt()  # (4, N, M)
         raw = cfa_anomaly_map(distances, 3, (16, 16), (64, 64))[:, 0].numpy()
     blurred = np.stack([gaussian_filter(m, sigma=4, mode="mirror", truncate=4.0) for m in raw])
     np.testing.assert_allclose(prediction.anomaly_map.numpy(), blurred, rtol=1e-5)
@@ -207,7 +220,7 @@ def test_predict_before_fit_and_too_many_neighbours_are_clear_errors():
         model.predict(torch.randn(1, 3, 64, 64))
     with pytest.raises(RuntimeError, match="memory bank is empty"):
         model.nearest_centres(torch.randn(1, 176, 2, 2), 3)
-    model = create("cfa", backbone=BACKBONE, image_size=32, gamma_c=16, device="cpu")   # 8x8 positions -> 4 centres
+    model = create("cfa", backbone=BACKBONE, image_size=32, gamma_c=16, device="cpu")  # 8x8 positions -> 4 centres
     with pytest.raises(ValueError, match="fewer than num_nearest_neighbors"):
         model.build_memory_bank(torch.randn(2, 3, 32, 32))
 
@@ -216,9 +229,28 @@ def test_cli_max_steps(small_synthetic_root, tmp_path, capsys):
     from adlearn.cli import main
     from adlearn.data import SYNTHETIC_CATEGORIES
 
-    code = main(["evaluate", "cfa", "--root", str(small_synthetic_root), "--category", SYNTHETIC_CATEGORIES[1],
-                 "--image-size", "64", "--backbone", BACKBONE, "--device", "cpu", "--set", "max_steps=2",
-                 "--set", "batch_size=4", "--save", str(tmp_path / "m.pt")])
+    code = main(
+        [
+            "evaluate",
+            "cfa",
+            "--root",
+            str(small_synthetic_root),
+            "--category",
+            SYNTHETIC_CATEGORIES[1],
+            "--image-size",
+            "64",
+            "--backbone",
+            BACKBONE,
+            "--device",
+            "cpu",
+            "--set",
+            "max_steps=2",
+            "--set",
+            "batch_size=4",
+            "--save",
+            str(tmp_path / "m.pt"),
+        ]
+    )
     assert code == 0
     assert "cfa epoch 1/30 (step 2/2)" in capsys.readouterr().out
     assert load(tmp_path / "m.pt").history.steps == 2
@@ -236,7 +268,7 @@ def test_real_bottle_short_fit(short_bottle_fit):
 
 @pytest.mark.slow
 @pytest.mark.mvtec
-@pytest.mark.recipe   # ~270 CPU s: make test-recipes
+@pytest.mark.recipe  # ~270 CPU s: make test-recipes
 def test_real_bottle_cpu_preset(mvtec_bottle_root):
     # docs/benchmarks.md: the cpu preset (efficientnet_lite0, 256 px, batches of 8, 20 % of the training
     # images held out, 3 epochs), seed 0, one thread: image AUROC 1.000, pixel AUROC 0.977.

@@ -12,8 +12,7 @@ import torch.nn.functional as F
 
 from adlearn.components.positional_encoding import positional_encoding_2d
 from adlearn.models import create, load
-from adlearn.models.cflow import (Cflow, build_decoder, cflow_anomaly_map, cflow_loss, fiber_log_likelihood,
-                                  to_fibers)
+from adlearn.models.cflow import Cflow, build_decoder, cflow_anomaly_map, cflow_loss, fiber_log_likelihood, to_fibers
 from adlearn.train import TrainingConfig
 
 BACKBONE = "efficientnet_lite0"
@@ -23,14 +22,21 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def test_defaults_follow_the_reference():
     defaults = {k: p.default for k, p in inspect.signature(Cflow.__init__).parameters.items() if k != "self"}
     training = TrainingConfig(**Cflow.training_defaults).to_dict()
-    assert (defaults["backbone"], defaults["layers"], defaults["fiber_batch_size"], defaults["condition_vector"],
-            defaults["coupling_blocks"], defaults["clamp_alpha"], defaults["permute_soft"], defaults["lr"]) == \
-        ("wide_resnet50_2", ("layer2", "layer3", "layer4"), 64, 128, 8, 1.9, False, 1e-4)
+    assert (
+        defaults["backbone"],
+        defaults["layers"],
+        defaults["fiber_batch_size"],
+        defaults["condition_vector"],
+        defaults["coupling_blocks"],
+        defaults["clamp_alpha"],
+        defaults["permute_soft"],
+        defaults["lr"],
+    ) == ("wide_resnet50_2", ("layer2", "layer3", "layer4"), 64, 128, 8, 1.9, False, 1e-4)
     assert (training["max_epochs"], training["patience"]) == (50, 2) and not Cflow.automatic_optimization
 
 
 def test_fibers_and_their_codes():
-    feature = torch.arange(2 * 3 * 2 * 4, dtype=torch.float32).reshape(2, 3, 2, 4)      # (B, C, h, w)
+    feature = torch.arange(2 * 3 * 2 * 4, dtype=torch.float32).reshape(2, 3, 2, 4)  # (B, C, h, w)
     fibers, codes = to_fibers(feature, 8)
     assert fibers.shape == (16, 3) and codes.shape == (16, 8)
     code = positional_encoding_2d(8, 2, 4)
@@ -48,7 +54,7 @@ def test_log_likelihood_is_the_change_of_variables_with_an_autograd_jacobian():
     fibers, codes = to_fibers(torch.randn(1, 4, 2, 2, dtype=torch.float64), 8)
     log_p = fiber_log_likelihood(decoder, fibers, codes)
     for i in range(4):
-        z_of = lambda u: decoder(u[None], c=[codes[i:i + 1]])[0][0]                  # noqa: E731
+        z_of = lambda u: decoder(u[None], c=[codes[i : i + 1]])[0][0]  # noqa: E731, B023
         jacobian = torch.autograd.functional.jacobian(z_of, fibers[i])
         z = z_of(fibers[i])
         gaussian = -0.5 * 4 * math.log(2 * math.pi) - 0.5 * float(z.pow(2).sum().detach())
@@ -61,16 +67,26 @@ def test_anomaly_map_formula():
     log_ps = [torch.tensor([[[-1.0, -2.0], [-3.0, -1.5]]]), torch.tensor([[[-0.5]]])]
     maxima = torch.tensor([-1.0, -0.25])
     anomaly_map = cflow_anomaly_map(log_ps, maxima, (4, 4))
-    expected = (1 - F.interpolate(torch.exp(log_ps[0] + 1.0)[:, None], size=(4, 4), mode="bilinear",
-                                  align_corners=True)[:, 0]) + (1 - math.exp(-0.25))
+    expected = (
+        1 - F.interpolate(torch.exp(log_ps[0] + 1.0)[:, None], size=(4, 4), mode="bilinear", align_corners=True)[:, 0]
+    ) + (1 - math.exp(-0.25))
     torch.testing.assert_close(anomaly_map, expected)
-    assert float(anomaly_map[0, 0, 0]) == pytest.approx(1 - math.exp(-0.25))          # p̃ = 1 at the maximum
+    assert float(anomaly_map[0, 0, 0]) == pytest.approx(1 - math.exp(-0.25))  # p̃ = 1 at the maximum
 
 
 @pytest.fixture(scope="module")
 def trained(datasets_64, tmp_path_factory):
-    model = create("cflow", backbone=BACKBONE, image_size=64, coupling_blocks=2, fiber_batch_size=64, max_epochs=2,
-                   batch_size=6, device="cpu", seed=0)
+    model = create(
+        "cflow",
+        backbone=BACKBONE,
+        image_size=64,
+        coupling_blocks=2,
+        fiber_batch_size=64,
+        max_epochs=2,
+        batch_size=6,
+        device="cpu",
+        seed=0,
+    )
     checkpoint = tmp_path_factory.mktemp("cflow") / "best.pt"
     model.fit(datasets_64[0], val_data=datasets_64[1], checkpoint_path=checkpoint, verbose=False)
     return model, checkpoint
@@ -83,13 +99,22 @@ def test_architecture_and_many_steps_per_batch(trained):
     assert model.decoders[0][0].subnet[0].in_features == 20 + 128 and model.decoders[0][0].subnet[0].out_features == 296
     trainable = {name.split(".")[0] for name, p in model.named_parameters() if p.requires_grad}
     assert trainable == {"decoders"}
-    assert model.history.steps == 4              # image batches: 2 epochs of 2
+    assert model.history.steps == 4  # image batches: 2 epochs of 2
     assert model.history.loss[-1] < model.history.loss[0]
 
 
 def test_one_optimizer_step_per_chunk_of_fibers(datasets_64):
-    model = create("cflow", backbone=BACKBONE, image_size=64, coupling_blocks=1, fiber_batch_size=64, max_steps=1,
-                   batch_size=6, device="cpu", seed=0)
+    model = create(
+        "cflow",
+        backbone=BACKBONE,
+        image_size=64,
+        coupling_blocks=1,
+        fiber_batch_size=64,
+        max_steps=1,
+        batch_size=6,
+        device="cpu",
+        seed=0,
+    )
     trainer = model.trainer(verbose=False)
     calls, step = [], trainer.optimizer_step
     trainer.optimizer_step = lambda loss, name=None: (calls.append(float(loss.detach())), step(loss, name))
@@ -103,7 +128,7 @@ def test_score_does_not_depend_on_the_batch(trained, datasets_64):
     images = torch.stack([datasets_64[1][i]["image"] for i in range(5)])
     together = model.predict(images)
     for i in range(5):
-        alone = model.predict(images[i:i + 1])                       # batch size 1 works and agrees
+        alone = model.predict(images[i : i + 1])  # batch size 1 works and agrees
         torch.testing.assert_close(alone.anomaly_map[0], together.anomaly_map[i], atol=1e-5, rtol=1e-5)
     mixed = model.predict(torch.cat([images[:2], torch.zeros(3, 3, 64, 64)]))
     torch.testing.assert_close(mixed.pred_score[:2], together.pred_score[:2], atol=1e-5, rtol=1e-5)
@@ -140,9 +165,30 @@ def test_cli(small_synthetic_root, tmp_path, capsys):
     from adlearn.cli import main
     from adlearn.data import SYNTHETIC_CATEGORIES
 
-    code = main(["evaluate", "cflow", "--root", str(small_synthetic_root), "--category", SYNTHETIC_CATEGORIES[1],
-                 "--image-size", "64", "--backbone", BACKBONE, "--device", "cpu", "--set", "max_steps=1",
-                 "--set", "coupling_blocks=2", "--set", "batch_size=4", "--save", str(tmp_path / "m.pt")])
+    code = main(
+        [
+            "evaluate",
+            "cflow",
+            "--root",
+            str(small_synthetic_root),
+            "--category",
+            SYNTHETIC_CATEGORIES[1],
+            "--image-size",
+            "64",
+            "--backbone",
+            BACKBONE,
+            "--device",
+            "cpu",
+            "--set",
+            "max_steps=1",
+            "--set",
+            "coupling_blocks=2",
+            "--set",
+            "batch_size=4",
+            "--save",
+            str(tmp_path / "m.pt"),
+        ]
+    )
     assert code == 0
     assert "cflow epoch 1/50 (step 1/1)" in capsys.readouterr().out
     assert load(tmp_path / "m.pt").history.steps == 1
@@ -159,7 +205,7 @@ def test_real_bottle_short_fit(short_bottle_fit):
 
 @pytest.mark.slow
 @pytest.mark.mvtec
-@pytest.mark.recipe   # ~180 CPU s: make test-recipes
+@pytest.mark.recipe  # ~180 CPU s: make test-recipes
 def test_real_bottle_after_one_epoch(mvtec_bottle_root):
     # docs/benchmarks.md: the cpu preset (offline efficientnet_lite2, strides 8/16/32) stopped after one epoch
     # (about 3,500 optimizer steps) gave image AUROC 0.996 and pixel AUROC 0.916 (seed 0). The targets

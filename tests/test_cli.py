@@ -8,8 +8,18 @@ import pytest
 
 from adlearn.cli import main
 
-REQUIRED_KEYS = {"model", "category", "image_auroc", "pixel_auroc", "pixel_aupro", "image_f1max", "fit_seconds",
-                 "predict_seconds", "images_per_second", "peak_memory_mb"}
+REQUIRED_KEYS = {
+    "model",
+    "category",
+    "image_auroc",
+    "pixel_auroc",
+    "pixel_aupro",
+    "image_f1max",
+    "fit_seconds",
+    "predict_seconds",
+    "images_per_second",
+    "peak_memory_mb",
+}
 
 
 def test_models_prints_one_name_per_line(capsys):
@@ -23,10 +33,32 @@ def test_evaluate_writes_the_json_contract(small_synthetic_root, tmp_path, capsy
     from adlearn.data import SYNTHETIC_CATEGORIES
 
     out = tmp_path / "r.json"
-    code = main(["evaluate", "padim", "--root", str(small_synthetic_root), "--category", SYNTHETIC_CATEGORIES[1],
-                 "--image-size", "64", "--backbone", "efficientnet_lite0", "--pretrained", "auto",
-                 "--set", "n_features=20", "--device", "cpu", "--seed", "0", "--json", str(out),
-                 "--figure", str(tmp_path / "map.png")])
+    code = main(
+        [
+            "evaluate",
+            "padim",
+            "--root",
+            str(small_synthetic_root),
+            "--category",
+            SYNTHETIC_CATEGORIES[1],
+            "--image-size",
+            "64",
+            "--backbone",
+            "efficientnet_lite0",
+            "--pretrained",
+            "auto",
+            "--set",
+            "n_features=20",
+            "--device",
+            "cpu",
+            "--seed",
+            "0",
+            "--json",
+            str(out),
+            "--figure",
+            str(tmp_path / "map.png"),
+        ]
+    )
     assert code == 0
     results = json.loads(out.read_text())
     assert REQUIRED_KEYS <= set(results)
@@ -38,8 +70,23 @@ def test_evaluate_writes_the_json_contract(small_synthetic_root, tmp_path, capsy
 
 
 def test_evaluate_errors_are_messages_not_tracebacks(small_synthetic_root, capsys):
-    assert main(["evaluate", "padim", "--root", str(small_synthetic_root), "--category", "nope",
-                 "--backbone", "efficientnet_lite0", "--device", "cpu"]) == 2
+    assert (
+        main(
+            [
+                "evaluate",
+                "padim",
+                "--root",
+                str(small_synthetic_root),
+                "--category",
+                "nope",
+                "--backbone",
+                "efficientnet_lite0",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 2
+    )
     assert "adlearn: error:" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="no option 'bogus'"):
         main(["evaluate", "padim", "--set", "bogus=1", "--backbone", "efficientnet_lite0"])
@@ -60,21 +107,40 @@ def test_models_lists_the_presets(capsys):
     assert main(["models", "--presets"]) == 0
     out = capsys.readouterr().out
     assert "stfpm:\n" in out and "cpu    backbone='efficientnet_lite0', val_fraction=0.2, max_epochs=25" in out
-    assert "paper  the defaults" in out and "paper  center_crop='auto'" in out       # PatchCore's paper crop
+    assert "paper  the defaults" in out and "paper  center_crop='auto'" in out  # PatchCore's paper crop
 
 
 def test_evaluate_with_a_preset_and_explicit_options_over_it(small_synthetic_root, tmp_path):
     from adlearn.data import SYNTHETIC_CATEGORIES
 
     out = tmp_path / "r.json"
-    code = main(["evaluate", "stfpm", "--preset", "cpu", "--root", str(small_synthetic_root), "--category",
-                 SYNTHETIC_CATEGORIES[0], "--image-size", "64", "--set", "max_epochs=1", "--set", "batch_size=4",
-                 "--device", "cpu", "--json", str(out)])
+    code = main(
+        [
+            "evaluate",
+            "stfpm",
+            "--preset",
+            "cpu",
+            "--root",
+            str(small_synthetic_root),
+            "--category",
+            SYNTHETIC_CATEGORIES[0],
+            "--image-size",
+            "64",
+            "--set",
+            "max_epochs=1",
+            "--set",
+            "batch_size=4",
+            "--device",
+            "cpu",
+            "--json",
+            str(out),
+        ]
+    )
     assert code == 0
     results = json.loads(out.read_text())
-    assert results["preset"] == "cpu" and results["backbone"] == "efficientnet_lite0"   # from the preset
+    assert results["preset"] == "cpu" and results["backbone"] == "efficientnet_lite0"  # from the preset
     assert results["config"]["max_epochs"] == 1 and results["config"]["val_fraction"] == 0.2
-    assert results["image_size"] == 64                                                 # explicit wins
+    assert results["image_size"] == 64  # explicit wins
     with pytest.raises(SystemExit, match="no option 'max_epoch'"):
         main(["evaluate", "stfpm", "--preset", "cpu", "--set", "max_epoch=1"])
-    assert main(["evaluate", "stfpm", "--preset", "gpu"]) == 2                         # a clear error message
+    assert main(["evaluate", "stfpm", "--preset", "gpu"]) == 2  # a clear error message

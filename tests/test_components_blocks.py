@@ -19,13 +19,14 @@ def zero_residual_branch(block: BasicBlock) -> None:
         last_norm.bias.zero_()
 
 
-@pytest.mark.parametrize("stride, kernel_size, size, expected",
-                         [(1, 3, 9, 9), (2, 3, 9, 5), (2, 3, 8, 4), (1, 1, 7, 7)])
+@pytest.mark.parametrize(
+    "stride, kernel_size, size, expected", [(1, 3, 9, 9), (2, 3, 9, 5), (2, 3, 8, 4), (1, 1, 7, 7)]
+)
 def test_conv_bn_relu_shapes(stride, kernel_size, size, expected):
     block = conv_bn_relu(3, 5, stride=stride, kernel_size=kernel_size)
     out = block(torch.randn(2, 3, size, size))
     assert out.shape == (2, 5, expected, expected)
-    assert float(out.detach().min()) >= 0.0                                     # ends with a ReLU
+    assert float(out.detach().min()) >= 0.0  # ends with a ReLU
 
 
 def test_conv_bn_relu_is_a_conv_a_batch_norm_and_a_relu_by_hand():
@@ -42,7 +43,7 @@ def test_conv_bn_relu_is_a_conv_a_batch_norm_and_a_relu_by_hand():
     y = (y - norm.running_mean[:, None, None]) / torch.sqrt(norm.running_var[:, None, None] + norm.eps)
     expected = torch.relu(y * norm.weight[:, None, None] + norm.bias[:, None, None])
     torch.testing.assert_close(block(x), expected)
-    assert conv.bias is None                                           # the batch norm carries the bias
+    assert conv.bias is None  # the batch norm carries the bias
 
 
 def test_conv_bn_relu_without_batch_norm_and_bad_options():
@@ -53,13 +54,16 @@ def test_conv_bn_relu_without_batch_norm_and_bad_options():
         conv_bn_relu(3, 4, stride=0)
 
 
-@pytest.mark.parametrize("resample, in_channels, out_channels, size, expected_size, projects", [
-    (None, 6, 6, 8, 8, False),
-    (None, 6, 10, 8, 8, True),
-    ("down", 6, 10, 8, 4, True),
-    ("down", 6, 10, 7, 4, True),
-    ("up", 10, 6, 4, 8, True),
-])
+@pytest.mark.parametrize(
+    "resample, in_channels, out_channels, size, expected_size, projects",
+    [
+        (None, 6, 6, 8, 8, False),
+        (None, 6, 10, 8, 8, True),
+        ("down", 6, 10, 8, 4, True),
+        ("down", 6, 10, 7, 4, True),
+        ("up", 10, 6, 4, 8, True),
+    ],
+)
 def test_basic_block_shapes_and_shortcut(resample, in_channels, out_channels, size, expected_size, projects):
     block = BasicBlock(in_channels, out_channels, resample)
     out = block(torch.randn(2, in_channels, size, size))
@@ -73,9 +77,9 @@ def test_zeroed_residual_branch_leaves_the_identity():
     block = BasicBlock(6, 6).eval()
     zero_residual_branch(block)
     x = torch.randn(2, 6, 5, 5)
-    torch.testing.assert_close(block(x), torch.relu(x))                 # ReLU(0 + x)
+    torch.testing.assert_close(block(x), torch.relu(x))  # ReLU(0 + x)
     positive = x.abs()
-    torch.testing.assert_close(block(positive), positive)               # non-negative inputs pass unchanged
+    torch.testing.assert_close(block(positive), positive)  # non-negative inputs pass unchanged
 
 
 def test_zeroed_residual_branch_leaves_the_resampled_shortcut():
@@ -93,9 +97,9 @@ def test_zeroed_residual_branch_leaves_the_resampled_shortcut():
     up = BasicBlock(4, 3, "up").eval()
     zero_residual_branch(up)
     conv, norm = up.shortcut
-    weight = conv.weight                                                # (C_in, C_out, 2, 2)
+    weight = conv.weight  # (C_in, C_out, 2, 2)
     by_hand = torch.zeros(1, 3, 12, 12)
-    for di in range(2):                                                 # every input pixel paints a 2×2 patch
+    for di in range(2):  # every input pixel paints a 2×2 patch
         for dj in range(2):
             by_hand[:, :, di::2, dj::2] = torch.einsum("bchw,co->bohw", x, weight[:, :, di, dj])
     torch.testing.assert_close(up(x), torch.relu(norm(by_hand)))
@@ -120,8 +124,14 @@ def test_bad_resample_and_block_count_are_named():
 def test_parameter_names_are_stable():
     """Saved Reverse Distillation models store these keys: the block layout must not move."""
     keys = list(residual_stage(4, 8, "down", blocks=2).state_dict())
-    assert keys[:6] == ["0.residual.0.weight", "0.residual.1.weight", "0.residual.1.bias",
-                        "0.residual.1.running_mean", "0.residual.1.running_var", "0.residual.1.num_batches_tracked"]
+    assert keys[:6] == [
+        "0.residual.0.weight",
+        "0.residual.1.weight",
+        "0.residual.1.bias",
+        "0.residual.1.running_mean",
+        "0.residual.1.running_var",
+        "0.residual.1.num_batches_tracked",
+    ]
     assert "0.shortcut.0.weight" in keys and "0.shortcut.1.weight" in keys
     assert "1.residual.3.weight" in keys and not any(key.startswith("1.shortcut") for key in keys)
     assert list(conv_bn_relu(3, 4).state_dict())[:2] == ["0.weight", "1.weight"]

@@ -39,7 +39,7 @@ def correlated_data(n: int, d: int, seed: int = 0, rank: int | None = None) -> t
     rank = rank or d
     latent = torch.randn(n, rank, generator=g, dtype=torch.float64) * torch.logspace(1, -1, rank, dtype=torch.float64)
     mixing = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))[0][:rank]
-    return latent @ mixing + 3.0                                          # (n, d), non-zero mean
+    return latent @ mixing + 3.0  # (n, d), non-zero mean
 
 
 def clustered_data(n: int, d: int, clusters: int = 8, seed: int = 0) -> torch.Tensor:
@@ -74,8 +74,9 @@ class TestPCA:
         np.testing.assert_allclose(z_ours, z_ref * signs, atol=1e-8)
 
         # Reconstruction (with the mean added back, as sklearn does): atol 1e-8.
-        np.testing.assert_allclose(ours.inverse_transform(ours.transform(x)).numpy(),
-                                   ref.inverse_transform(z_ref), atol=1e-8)
+        np.testing.assert_allclose(
+            ours.inverse_transform(ours.transform(x)).numpy(), ref.inverse_transform(z_ref), atol=1e-8
+        )
 
     @pytest.mark.parametrize("ratio", [0.5, 0.9, 0.99])
     def test_ratio_mode_k_matches_sklearn(self, ratio):
@@ -96,7 +97,7 @@ class TestPCA:
         pca = PCA(0.9)
         z = pca.fit_transform(x)
         assert z.shape == (100, int(pca.num_components))
-        assert torch.equal(x, before)                       # fit/transform never mutate
+        assert torch.equal(x, before)  # fit/transform never mutate
         pca.transform(x)
         assert torch.equal(x, before)
 
@@ -158,9 +159,9 @@ class TestSparseRandomProjection:
         srp = SparseRandomProjection(eps=eps, random_state=0).fit(torch.zeros(n, 2))
         assert srp.num_components == expected
         if (n, eps) == (1000, 0.1):
-            assert expected == 5920                      # the documented example
+            assert expected == 5920  # the documented example
         if (n, eps) == (219_520, 0.9):
-            assert expected == 303                       # KCenterGreedy's width in MODELS.md
+            assert expected == 303  # KCenterGreedy's width in MODELS.md
 
     def test_documented_example(self):
         srp = SparseRandomProjection(eps=0.1, random_state=0).fit(torch.rand(1000, 5))
@@ -189,7 +190,7 @@ class TestSparseRandomProjection:
         scale = math.sqrt(math.sqrt(d)) / math.sqrt(k)
         torch.testing.assert_close(matrix[matrix != 0].abs(), torch.full_like(matrix[matrix != 0], scale))
         positive = (matrix > 0).double().sum() / (matrix != 0).double().sum()
-        assert abs(positive - 0.5) < 0.02                                # signs are balanced
+        assert abs(positive - 0.5) < 0.02  # signs are balanced
 
     def test_override_seed_and_errors(self):
         x = torch.rand(30, 40)
@@ -247,13 +248,13 @@ class TestKCenterGreedy:
         runs = {}
         for name, x in (("gaussian", gaussian), ("clustered", clustered)):
             sampler = KCenterGreedy(x, 0.1, project=False, random_state=0, switch_fraction=0.2)
-            assert sampler.method == "adaptive"                  # the CPU default
+            assert sampler.method == "adaptive"  # the CPU default
             idxs = sampler.select_coreset_idxs()
             assert idxs == brute_force_greedy(x, start=idxs[0], size=300)
             assert sum(sampler.steps.values()) == 299 and torch.get_num_threads() == threads
             runs[name] = sampler
-        assert runs["gaussian"].switches == []                  # never left dense
-        assert runs["gaussian"].steps["dense"] > 0.9 * 299      # pruned steps are only the probes
+        assert runs["gaussian"].switches == []  # never left dense
+        assert runs["gaussian"].steps["dense"] > 0.9 * 299  # pruned steps are only the probes
         first_switch = runs["clustered"].switches[0]
         assert first_switch[1] == "pruned" and first_switch[2] < 0.15 and first_switch[0] < 100
         assert runs["clustered"].steps["pruned"] > 0.8 * 299
@@ -276,16 +277,16 @@ class TestKCenterGreedy:
         with switch:
             assert switch.mode == "dense" and torch.get_num_threads() == 2
             wants = [switch.wants_candidates(p) for p in range(1, 17)]
-            assert wants == [False] * 15 + [True]                 # one probe per 16 steps
-            switch.pruned_step(16, 100)                           # 10 %: one probe is not enough
+            assert wants == [False] * 15 + [True]  # one probe per 16 steps
+            switch.pruned_step(16, 100)  # 10 %: one probe is not enough
             assert switch.mode == "dense"
             [switch.wants_candidates(p) for p in range(17, 33)]
-            switch.pruned_step(32, 120)                           # mean 11 % < 0.75 · 20 %
+            switch.pruned_step(32, 120)  # mean 11 % < 0.75 · 20 %
             assert switch.mode == "pruned" and torch.get_num_threads() == 1
             for position in range(33, 40):
-                switch.pruned_step(position, 900)                 # 7 of the 8-step window
+                switch.pruned_step(position, 900)  # 7 of the 8-step window
             assert switch.mode == "pruned"
-            switch.pruned_step(40, 900)                           # window mean 90 % > 20 %
+            switch.pruned_step(40, 900)  # window mean 90 % > 20 %
             assert switch.mode == "dense" and torch.get_num_threads() == 2
             assert switch.switches == [(32, "pruned", 0.11), (40, "dense", 0.9)]
 
@@ -307,7 +308,7 @@ class TestKCenterGreedy:
         idxs = KCenterGreedy(x, sampling_ratio=0.05, project=False, random_state=0).select_coreset_idxs()
         greedy_radius = coverage_radius(x, idxs)
         g = torch.Generator().manual_seed(0)
-        random_radii = [coverage_radius(x, torch.randperm(600, generator=g)[:len(idxs)]) for _ in range(20)]
+        random_radii = [coverage_radius(x, torch.randperm(600, generator=g)[: len(idxs)]) for _ in range(20)]
         assert greedy_radius <= min(random_radii)
         # coverage_radius itself vs a direct cdist: atol 1e-4.
         direct = torch.cdist(x.double(), x[idxs].double()).min(dim=1).values.max().item()
@@ -321,12 +322,12 @@ class TestKCenterGreedy:
         assert sampler.sample_coreset().shape == (int(n * ratio), 6)
 
     def test_projection_selects_on_projected_and_returns_original_rows(self):
-        x = clustered_data(500, 1000, seed=7)       # JL width for N=500, eps=0.9 is 153 < 1000
+        x = clustered_data(500, 1000, seed=7)  # JL width for N=500, eps=0.9 is 153 < 1000
         sampler = KCenterGreedy(x, sampling_ratio=0.04, random_state=0)
         assert sampler.projection is not None and sampler.features.shape == (500, 153)
         idxs = sampler.select_coreset_idxs()
         assert idxs[0] == sampler.start_idx
-        assert torch.equal(sampler.sample_coreset(), x[idxs])      # original rows, same selection
+        assert torch.equal(sampler.sample_coreset(), x[idxs])  # original rows, same selection
         assert idxs == brute_force_greedy(sampler.features, start=idxs[0], size=20)
         # Narrow features: the JL width (≥ D) would widen them, so no projection.
         narrow = KCenterGreedy(torch.randn(500, 32), sampling_ratio=0.1)
@@ -375,7 +376,7 @@ class TestNearestNeighbors:
             pytest.skip("faiss not installed")
         g = torch.Generator().manual_seed(0)
         bank, queries = torch.randn(500, 24, generator=g) + 10, torch.randn(120, 24, generator=g) + 10
-        ours = NearestNeighbors(backend, max_block_elements=4096).fit(bank)   # forces many blocks
+        ours = NearestNeighbors(backend, max_block_elements=4096).fit(bank)  # forces many blocks
         distances, indices = ours.search(queries, k=k)
         ref = sklearn.neighbors.NearestNeighbors(n_neighbors=k, algorithm="brute").fit(bank.double().numpy())
         ref_dist, ref_idx = ref.kneighbors(queries.double().numpy())
@@ -398,9 +399,9 @@ class TestNearestNeighbors:
         bank, queries = torch.randn(2000, 16, generator=g), torch.randn(200, 16, generator=g)
         exact = NearestNeighbors("torch").fit(bank).search(queries)[1]
         ivf_all = NearestNeighbors("faiss", index="ivf", nlist=16, nprobe=16).fit(bank).search(queries)[1]
-        assert torch.equal(ivf_all, exact)                     # probing every cell is exact
+        assert torch.equal(ivf_all, exact)  # probing every cell is exact
         hnsw = NearestNeighbors("faiss", index="hnsw").fit(bank).search(queries)[1]
-        assert (hnsw == exact).double().mean() >= 0.9          # recall note: approximate
+        assert (hnsw == exact).double().mean() >= 0.9  # recall note: approximate
 
     def test_auto_backend_and_fallback(self, monkeypatch):
         bank = torch.randn(50, 4)
@@ -438,19 +439,20 @@ class TestGaussianBlur2d:
         blur = GaussianBlur2d(sigma, channels=3, border_type=border_type, method=method).double()
         sy, sx = sigma if isinstance(sigma, tuple) else (sigma, sigma)
         # scipy's radius int(truncate·σ + 0.5) with truncate=4 equals our default kernel radius.
-        expected = scipy.ndimage.gaussian_filter(x.numpy(), sigma=(0, 0, sy, sx),
-                                                 mode=self.MODE_MAP[border_type], truncate=4.0)
-        np.testing.assert_allclose(blur(x).numpy(), expected, atol=1e-6)   # float32 kernel
+        expected = scipy.ndimage.gaussian_filter(
+            x.numpy(), sigma=(0, 0, sy, sx), mode=self.MODE_MAP[border_type], truncate=4.0
+        )
+        np.testing.assert_allclose(blur(x).numpy(), expected, atol=1e-6)  # float32 kernel
 
     def test_matrix_form_equals_the_convolutions_and_follows_the_input_size(self):
         blur, conv = GaussianBlur2d(4.0), GaussianBlur2d(4.0, method="conv")
-        for shape in [(5, 1, 224, 224), (2, 1, 64, 48), (5, 1, 224, 224)]:         # sizes change, come back
+        for shape in [(5, 1, 224, 224), (2, 1, 64, 48), (5, 1, 224, 224)]:  # sizes change, come back
             x = torch.rand(*shape, generator=torch.Generator().manual_seed(1))
             torch.testing.assert_close(blur(x), conv(x), atol=1e-5, rtol=1e-5)
         blur_y, blur_x = blur.blur_matrices(224, 224, torch.device("cpu"), torch.float32)
-        torch.testing.assert_close(blur_y.sum(dim=1), torch.ones(224))      # each output row: weights sum to 1
+        torch.testing.assert_close(blur_y.sum(dim=1), torch.ones(224))  # each output row: weights sum to 1
         assert blur_y.shape == blur_x.shape == (224, 224)
-        assert list(blur.state_dict()) == ["kernel_y", "kernel_x"]             # the cache is never saved
+        assert list(blur.state_dict()) == ["kernel_y", "kernel_x"]  # the cache is never saved
         with pytest.raises(ValueError, match="method"):
             GaussianBlur2d(1.0, method="fft")
 
@@ -468,8 +470,9 @@ class TestGaussianBlur2d:
         assert blur(x).shape == x.shape
         valid = GaussianBlur2d(1.0, channels=2, kernel_size=(5, 3), padding="valid")
         assert valid(x).shape == (3, 2, 60, 46)
-        torch.testing.assert_close(GaussianBlur2d(1.0)(torch.full((1, 1, 16, 16), 7.0)),
-                                   torch.full((1, 1, 16, 16), 7.0))        # normalised: flat stays flat
+        torch.testing.assert_close(
+            GaussianBlur2d(1.0)(torch.full((1, 1, 16, 16), 7.0)), torch.full((1, 1, 16, 16), 7.0)
+        )  # normalised: flat stays flat
         raw = GaussianBlur2d(1.0, normalize=False)
         assert raw.kernel.max() == 1.0
         fresh = state_dict_round_trip(blur, GaussianBlur2d(4.0, channels=2))
@@ -492,7 +495,7 @@ class TestMultiVariateGaussian:
         g = torch.Generator().manual_seed(seed)
         mixing = torch.randn(4, 4, generator=g)
         x = torch.einsum("cd,bdhw->bchw", mixing, torch.randn(batch, 4, 3, 2, generator=g)) + 2.0
-        return x                                                           # (B, C=4, h=3, w=2)
+        return x  # (B, C=4, h=3, w=2)
 
     def test_matches_numpy_and_scipy(self):
         x = self.embeddings()
@@ -501,7 +504,7 @@ class TestMultiVariateGaussian:
         assert mean.shape == (4, 6) and inv_cov.shape == (6, 4, 4)
         flat = x.double().numpy().reshape(30, 4, 6)
         for p in range(6):
-            samples = flat[:, :, p]                                        # (B, C)
+            samples = flat[:, :, p]  # (B, C)
             np.testing.assert_allclose(mean[:, p].numpy(), samples.mean(axis=0), rtol=1e-6)
             expected_inv = np.linalg.inv(np.cov(samples, rowvar=False) + 0.01 * np.eye(4))
             np.testing.assert_allclose(inv_cov[p].numpy(), expected_inv, rtol=1e-4, atol=1e-5)
@@ -513,8 +516,10 @@ class TestMultiVariateGaussian:
         for b in range(3):
             for p in range(6):
                 expected = scipy.spatial.distance.mahalanobis(
-                    test_flat[b, :, p], flat[:, :, p].mean(axis=0),
-                    np.linalg.inv(np.cov(flat[:, :, p], rowvar=False) + 0.01 * np.eye(4)))
+                    test_flat[b, :, p],
+                    flat[:, :, p].mean(axis=0),
+                    np.linalg.inv(np.cov(flat[:, :, p], rowvar=False) + 0.01 * np.eye(4)),
+                )
                 assert abs(distances[b].flatten()[p].item() - expected) < 1e-4 * max(1.0, expected)
 
     def test_streaming_equals_tensor(self):
@@ -523,7 +528,7 @@ class TestMultiVariateGaussian:
         streamed = MultiVariateGaussian().fit(iter(x.split(7)))
         for a, b in zip(whole, streamed):
             torch.testing.assert_close(a, b)
-        chunked = MultiVariateGaussian(batch_chunk=4)(x)                   # forward == fit
+        chunked = MultiVariateGaussian(batch_chunk=4)(x)  # forward == fit
         torch.testing.assert_close(chunked[1], whole[1])
 
     def test_state_dict_round_trip(self):
@@ -555,16 +560,15 @@ class TestMultiVariateGaussian:
 # ============================================================================ SingleClassGaussian
 class TestSingleClassGaussian:
     def test_matches_numpy(self):
-        samples = correlated_data(60, 5, seed=9).float()                   # (N, D), full rank
+        samples = correlated_data(60, 5, seed=9).float()  # (N, D), full rank
         scg = SingleClassGaussian()
-        scg.fit(samples.T)                                                 # transposed layout (D, N)
+        scg.fit(samples.T)  # transposed layout (D, N)
         x = samples.double().numpy()
         mean = x.mean(axis=0)
-        covariance = np.cov(x, rowvar=False, bias=True)                    # divided by N
+        covariance = np.cov(x, rowvar=False, bias=True)  # divided by N
         queries = correlated_data(7, 5, seed=10).double().numpy()
         delta = queries - mean
-        expected = (np.einsum("nd,de,ne->n", delta, np.linalg.pinv(covariance), delta)
-                    + np.linalg.slogdet(covariance)[1])
+        expected = np.einsum("nd,de,ne->n", delta, np.linalg.pinv(covariance), delta) + np.linalg.slogdet(covariance)[1]
         ours = scg.score_samples(torch.from_numpy(queries).float()).double().numpy()
         np.testing.assert_allclose(ours, expected, rtol=1e-4, atol=1e-3)
         np.testing.assert_allclose(scg.mean_vec.numpy(), mean, rtol=1e-5)
@@ -575,7 +579,7 @@ class TestSingleClassGaussian:
         assert torch.equal(fresh.score_samples(samples), scg.score_samples(samples))
 
     def test_rank_deficient_is_finite(self):
-        samples = torch.randn(3, 6)                                        # N < D
+        samples = torch.randn(3, 6)  # N < D
         scores = SingleClassGaussian().fit_samples(samples).score_samples(torch.randn(4, 6))
         assert torch.isfinite(scores).all()
 
@@ -599,9 +603,10 @@ def test_channel_statistics_streamed_equal_numpy_over_all_maps():
     from adlearn.components import ChannelStatistics
 
     generator = torch.Generator().manual_seed(0)
-    batches = [torch.randn(b, 5, 3, 4, generator=generator) * torch.arange(1, 6).view(1, 5, 1, 1) + 7
-               for b in (2, 3, 1)]
-    batches[0][:, 4] = batches[1][:, 4] = batches[2][:, 4] = 2.0              # a dead channel
+    batches = [
+        torch.randn(b, 5, 3, 4, generator=generator) * torch.arange(1, 6).view(1, 5, 1, 1) + 7 for b in (2, 3, 1)
+    ]
+    batches[0][:, 4] = batches[1][:, 4] = batches[2][:, 4] = 2.0  # a dead channel
     statistics = ChannelStatistics()
     for maps in batches:
         statistics.update(maps)

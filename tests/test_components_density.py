@@ -56,8 +56,7 @@ def _make_block(shape, config, seed=0):
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     try:
-        block = AllInOneBlock([shape], dims_c=dims_c, subnet_constructor=_subnet_for(len(shape) - 1),
-                              **config)
+        block = AllInOneBlock([shape], dims_c=dims_c, subnet_constructor=_subnet_for(len(shape) - 1), **config)
     finally:
         torch.set_default_dtype(previous)
     with torch.no_grad():
@@ -87,7 +86,7 @@ def test_all_in_one_block_inverts_and_log_det_matches_jacobian(shape_name, confi
 
     # log|det J| of one sample, from autograd (flattened per sample), vs the block's log-det.
     for i in range(x.shape[0]):
-        cond_i = [conditions[0][i:i + 1]] if conditions else None
+        cond_i = [conditions[0][i : i + 1]] if conditions else None
 
         def one_sample(flat, i=i, cond_i=cond_i):
             (out,), _ = block((flat.reshape(1, *shape),), c=cond_i)
@@ -111,8 +110,7 @@ def test_all_in_one_block_accepts_bare_tensors_and_default_init_is_near_identity
     torch.testing.assert_close(log_det_tuple, log_det_bare)
     # Psi(gamma) starts at global_affine_init = 1 for every activation type.
     for kind, init in [("SOFTPLUS", 1.0), ("SIGMOID", 2.0), ("EXP", 0.5)]:
-        b = AllInOneBlock([(4,)], subnet_constructor=subnet_fc(8), global_affine_type=kind,
-                          global_affine_init=init)
+        b = AllInOneBlock([(4,)], subnet_constructor=subnet_fc(8), global_affine_type=kind, global_affine_init=init)
         torch.testing.assert_close(b.global_scale_activation(), torch.full((1, 4), init))
     assert block.output_dims([(6, 4, 4)]) == [(6, 4, 4)]
     # Odd channel count: C1 = C - C//2 conditions, C2 = C//2 transformed.
@@ -157,8 +155,10 @@ def test_all_in_one_block_errors():
 
 def test_sequence_flow_chains_blocks_and_inverts():
     torch.manual_seed(0)
-    blocks = [AllInOneBlock([(6,)], dims_c=[(4,)], subnet_constructor=subnet_fc(hidden_ratio=2.0),
-                            affine_clamping=1.9) for _ in range(4)]
+    blocks = [
+        AllInOneBlock([(6,)], dims_c=[(4,)], subnet_constructor=subnet_fc(hidden_ratio=2.0), affine_clamping=1.9)
+        for _ in range(4)
+    ]
     flow = SequenceFlow(blocks).double()
     assert FlowSequence is SequenceFlow and len(flow) == 4
     x = torch.randn(8, 6, dtype=torch.float64)
@@ -189,8 +189,9 @@ def test_subnet_constructors_shapes():
 @pytest.mark.parametrize("device", DEVICES)
 def test_flow_on_device(device):
     torch.manual_seed(0)
-    flow = SequenceFlow([AllInOneBlock([(8, 6, 6)], subnet_constructor=subnet_conv(3 if i % 2 == 0 else 1))
-                         for i in range(2)]).to(device)
+    flow = SequenceFlow(
+        [AllInOneBlock([(8, 6, 6)], subnet_constructor=subnet_conv(3 if i % 2 == 0 else 1)) for i in range(2)]
+    ).to(device)
     x = torch.randn(2, 8, 6, 6, device=device)
     z, log_det = flow(x)
     assert z.device.type == device and log_det.shape == (2,)
@@ -201,8 +202,9 @@ def test_flow_on_device(device):
 # =============================================================================== Gaussian KDE
 def _correlated_data(n=300, d=3, seed=0, dtype=torch.float64):
     generator = torch.Generator().manual_seed(seed)
-    mixing = torch.tensor([[1.0, 0.5, 0.0, 0.2], [0.0, 1.0, 0.3, 0.0], [0.0, 0.0, 2.0, 0.1],
-                           [0.0, 0.0, 0.0, 0.5]], dtype=dtype)[:d, :d]
+    mixing = torch.tensor(
+        [[1.0, 0.5, 0.0, 0.2], [0.0, 1.0, 0.3, 0.0], [0.0, 0.0, 2.0, 0.1], [0.0, 0.0, 0.0, 0.5]], dtype=dtype
+    )[:d, :d]
     return torch.randn(n, d, generator=generator, dtype=dtype) @ mixing
 
 
@@ -214,8 +216,9 @@ def test_gaussian_kde_matches_scipy():
 
     kde = GaussianKDE(data)  # fitted at construction
     np.testing.assert_allclose(kde(queries).numpy(), reference(queries.numpy().T), rtol=1e-4)
-    np.testing.assert_allclose(kde.log_density(queries).numpy(), reference.logpdf(queries.numpy().T),
-                               rtol=1e-4, atol=1e-8)
+    np.testing.assert_allclose(
+        kde.log_density(queries).numpy(), reference.logpdf(queries.numpy().T), rtol=1e-4, atol=1e-8
+    )
     # Chunking changes nothing.
     small_chunks = GaussianKDE(data, chunk_elements=700)
     torch.testing.assert_close(small_chunks(queries), kde(queries))
@@ -371,9 +374,9 @@ def test_gaussian_mixture_doc_example(seed):
     means = sorted(tuple(round(v, 4) for v in row) for row in gmm.means.tolist())
     assert means == [(2.0, 2.0), (8.0, 5.0)]
     # Exact values from the anomalib documentation (biased covariances + 1e-6 jitter).
-    torch.testing.assert_close(gmm.score_samples(data),
-                               torch.tensor([3.8295, 4.5795, 3.8295, 3.8295, 4.5795, 3.8295]),
-                               atol=1e-4, rtol=0)
+    torch.testing.assert_close(
+        gmm.score_samples(data), torch.tensor([3.8295, 4.5795, 3.8295, 3.8295, 4.5795, 3.8295]), atol=1e-4, rtol=0
+    )
     labels = gmm.predict(data).tolist()  # doc: [1, 1, 1, 0, 0, 0], up to permutation
     assert labels[:3] == [labels[0]] * 3 and labels[3:] == [1 - labels[0]] * 3
     torch.testing.assert_close(gmm.weights, torch.tensor([0.5, 0.5]))
@@ -428,8 +431,7 @@ def test_gaussian_mixture_state_dict_warning_and_errors():
 # =============================================================================== KMeans
 def _blobs(seed=0):
     datasets = pytest.importorskip("sklearn.datasets")
-    data, _ = datasets.make_blobs(n_samples=1000, centers=5, n_features=4, cluster_std=1.0,
-                                  random_state=seed)
+    data, _ = datasets.make_blobs(n_samples=1000, centers=5, n_features=4, cluster_std=1.0, random_state=seed)
     return data
 
 
@@ -488,8 +490,9 @@ def test_kmeans_errors():
 @pytest.mark.parametrize("device", DEVICES)
 def test_density_components_follow_device(device):
     generator = torch.Generator().manual_seed(0)
-    data = torch.cat([torch.randn(100, 3, generator=generator),
-                      torch.randn(100, 3, generator=generator) + 5]).to(device)
+    data = torch.cat([torch.randn(100, 3, generator=generator), torch.randn(100, 3, generator=generator) + 5]).to(
+        device
+    )
     labels, centers = KMeans(2, init="k-means++", seed=0).fit(data)
     assert labels.device.type == device and centers.device.type == device
     gmm = GaussianMixture(2, seed=0)
@@ -497,5 +500,6 @@ def test_density_components_follow_device(device):
     assert gmm.means.device.type == device and gmm.score_samples(data).device.type == device
     kde = GaussianKDE(data)
     assert kde(data).device.type == device
-    torch.testing.assert_close(kde.log_density(data).cpu(), GaussianKDE(data.cpu()).log_density(data.cpu()),
-                               atol=1e-3, rtol=1e-4)
+    torch.testing.assert_close(
+        kde.log_density(data).cpu(), GaussianKDE(data.cpu()).log_density(data.cpu()), atol=1e-3, rtol=1e-4
+    )

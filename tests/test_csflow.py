@@ -21,22 +21,33 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def test_defaults_follow_the_reference():
     defaults = {k: p.default for k, p in inspect.signature(Csflow.__init__).parameters.items() if k != "self"}
     training = TrainingConfig(**Csflow.training_defaults).to_dict()
-    assert (defaults["cross_conv_hidden_channels"], defaults["n_coupling_blocks"], defaults["clamp"],
-            defaults["map_mode"], defaults["lr"], defaults["weight_decay"]) == (1024, 4, 3.0, "all", 2e-4, 1e-5)
+    assert (
+        defaults["cross_conv_hidden_channels"],
+        defaults["n_coupling_blocks"],
+        defaults["clamp"],
+        defaults["map_mode"],
+        defaults["lr"],
+        defaults["weight_decay"],
+    ) == (1024, 4, 3.0, "all", 2e-4, 1e-5)
     assert (training["max_epochs"], training["patience"], training["gradient_clip_val"]) == (240, 3, 1.0)
 
 
 def test_formulas():
     generator = torch.Generator().manual_seed(0)
-    zs = [torch.randn(2, 3, 4, 4, generator=generator), torch.randn(2, 3, 2, 2, generator=generator),
-          torch.randn(2, 3, 1, 1, generator=generator)]
+    zs = [
+        torch.randn(2, 3, 4, 4, generator=generator),
+        torch.randn(2, 3, 2, 2, generator=generator),
+        torch.randn(2, 3, 1, 1, generator=generator),
+    ]
     log_det = torch.tensor([1.5, -2.0])
-    flat = torch.cat([z.flatten(1) for z in zs], 1).numpy()                       # (2, 63)
-    expected_loss = np.mean(0.5 * (flat ** 2).sum(1) - log_det.numpy()) / 63
+    flat = torch.cat([z.flatten(1) for z in zs], 1).numpy()  # (2, 63)
+    expected_loss = np.mean(0.5 * (flat**2).sum(1) - log_det.numpy()) / 63
     assert float(csflow_loss(zs, log_det)) == pytest.approx(expected_loss, rel=1e-6)
-    assert csflow_image_score(zs).numpy() == pytest.approx((flat ** 2).mean(1) / 2, rel=1e-6)
-    upsampled = [F.interpolate(z.pow(2).mean(1, keepdim=True), size=(8, 8), mode="bilinear", align_corners=False)[:, 0]
-                 for z in zs]
+    assert csflow_image_score(zs).numpy() == pytest.approx((flat**2).mean(1) / 2, rel=1e-6)
+    upsampled = [
+        F.interpolate(z.pow(2).mean(1, keepdim=True), size=(8, 8), mode="bilinear", align_corners=False)[:, 0]
+        for z in zs
+    ]
     torch.testing.assert_close(csflow_anomaly_map(zs, (8, 8), "all"), upsampled[0] * upsampled[1] * upsampled[2])
     torch.testing.assert_close(csflow_anomaly_map(zs, (8, 8), "max"), upsampled[0])
     with pytest.raises(ValueError, match="map_mode"):
@@ -70,8 +81,17 @@ def datasets_128(synthetic_split):
 
 @pytest.fixture(scope="module")
 def trained(datasets_128, tmp_path_factory):
-    model = create("csflow", backbone=BACKBONE, image_size=128, cross_conv_hidden_channels=16, n_coupling_blocks=2,
-                   max_epochs=2, batch_size=6, device="cpu", seed=0)
+    model = create(
+        "csflow",
+        backbone=BACKBONE,
+        image_size=128,
+        cross_conv_hidden_channels=16,
+        n_coupling_blocks=2,
+        max_epochs=2,
+        batch_size=6,
+        device="cpu",
+        seed=0,
+    )
     checkpoint = tmp_path_factory.mktemp("csflow") / "best.pt"
     model.fit(datasets_128[0], val_data=datasets_128[1], checkpoint_path=checkpoint, verbose=False)
     return model, checkpoint
@@ -79,7 +99,7 @@ def trained(datasets_128, tmp_path_factory):
 
 def test_architecture_training_and_prediction(trained, datasets_128):
     model = trained[0]
-    assert model.feature_shapes == [(320, 4, 4), (320, 2, 2), (320, 1, 1)]       # lite0 stride 32, 3 scales
+    assert model.feature_shapes == [(320, 4, 4), (320, 2, 2), (320, 1, 1)]  # lite0 stride 32, 3 scales
     assert len(model.flow.couplings) == 2 and model.flow.couplings[0].subnet1.hidden[0].out_channels == 16
     trainable = {name.split(".")[0] for name, p in model.named_parameters() if p.requires_grad}
     assert trainable == {"flow"}
@@ -97,17 +117,28 @@ def test_architecture_training_and_prediction(trained, datasets_128):
 
 def test_standardized_features_have_zero_mean_and_unit_std_on_the_training_images(datasets_128, tmp_path):
     train = torch.utils.data.Subset(datasets_128[0], range(6))
-    model = create("csflow", backbone=BACKBONE, image_size=128, cross_conv_hidden_channels=8, n_coupling_blocks=1,
-                   standardize_features=True, max_steps=1, batch_size=4, device="cpu", seed=0)
+    model = create(
+        "csflow",
+        backbone=BACKBONE,
+        image_size=128,
+        cross_conv_hidden_channels=8,
+        n_coupling_blocks=1,
+        standardize_features=True,
+        max_steps=1,
+        batch_size=4,
+        device="cpu",
+        seed=0,
+    )
     model.fit(train, verbose=False)
     images = torch.stack([train[i]["image"] for i in range(len(train))])
     with torch.no_grad():
         raw, standardized = model.raw_features(images), model.extract_features(images)
     for s, (x, z) in enumerate(zip(raw, standardized)):
-        per_channel = x.transpose(0, 1).flatten(1).double()                 # (C, N·h·w), brute force
+        per_channel = x.transpose(0, 1).flatten(1).double()  # (C, N·h·w), brute force
         torch.testing.assert_close(model.feature_mean[s].double(), per_channel.mean(1), rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(model.feature_std[s].double(), per_channel.std(1, correction=0).clamp_min(1e-6),
-                                   rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(
+            model.feature_std[s].double(), per_channel.std(1, correction=0).clamp_min(1e-6), rtol=1e-4, atol=1e-5
+        )
         alive = per_channel.std(1) > 1e-3
         z = z.transpose(0, 1).flatten(1).double()[alive]
         torch.testing.assert_close(z.mean(1), torch.zeros_like(z[:, 0]), atol=1e-4, rtol=0)
@@ -117,8 +148,17 @@ def test_standardized_features_have_zero_mean_and_unit_std_on_the_training_image
     assert torch.equal(restored.feature_std, model.feature_std) and restored.standardize_features
     assert torch.equal(restored.predict(images[:2]).anomaly_map, model.predict(images[:2]).anomaly_map)
     # off (the reference's behaviour): the statistics stay the identity
-    plain = create("csflow", backbone=BACKBONE, image_size=128, cross_conv_hidden_channels=8, n_coupling_blocks=1,
-                   max_steps=1, batch_size=4, device="cpu", seed=0).fit(train, verbose=False)
+    plain = create(
+        "csflow",
+        backbone=BACKBONE,
+        image_size=128,
+        cross_conv_hidden_channels=8,
+        n_coupling_blocks=1,
+        max_steps=1,
+        batch_size=4,
+        device="cpu",
+        seed=0,
+    ).fit(train, verbose=False)
     assert not plain.feature_mean.any() and bool((plain.feature_std == 1).all())
 
 
@@ -127,7 +167,9 @@ def test_save_load_identical(trained, datasets_128, tmp_path):
     images = torch.stack([datasets_128[1][i]["image"] for i in range(3)])
     expected = model.predict(images)
     restored = load(model.save(tmp_path / "csflow.pt")).predict(images)
-    assert torch.equal(restored.anomaly_map, expected.anomaly_map) and torch.equal(restored.pred_score, expected.pred_score)
+    assert torch.equal(restored.anomaly_map, expected.anomaly_map) and torch.equal(
+        restored.pred_score, expected.pred_score
+    )
     assert load(checkpoint).history.steps >= 2
 
 
@@ -135,9 +177,30 @@ def test_cli(small_synthetic_root, tmp_path, capsys):
     from adlearn.cli import main
     from adlearn.data import SYNTHETIC_CATEGORIES
 
-    code = main(["evaluate", "csflow", "--root", str(small_synthetic_root), "--category", SYNTHETIC_CATEGORIES[1],
-                 "--image-size", "128", "--backbone", BACKBONE, "--device", "cpu", "--set", "max_steps=1",
-                 "--set", "cross_conv_hidden_channels=8", "--set", "n_coupling_blocks=1", "--set", "batch_size=4"])
+    code = main(
+        [
+            "evaluate",
+            "csflow",
+            "--root",
+            str(small_synthetic_root),
+            "--category",
+            SYNTHETIC_CATEGORIES[1],
+            "--image-size",
+            "128",
+            "--backbone",
+            BACKBONE,
+            "--device",
+            "cpu",
+            "--set",
+            "max_steps=1",
+            "--set",
+            "cross_conv_hidden_channels=8",
+            "--set",
+            "n_coupling_blocks=1",
+            "--set",
+            "batch_size=4",
+        ]
+    )
     assert code == 0
     assert "csflow epoch 1/240 (step 1/1)" in capsys.readouterr().out
 
@@ -153,7 +216,7 @@ def test_real_bottle_short_fit(short_bottle_fit):
 
 @pytest.mark.slow
 @pytest.mark.mvtec
-@pytest.mark.recipe   # ~200 CPU s: make test-recipes
+@pytest.mark.recipe  # ~200 CPU s: make test-recipes
 def test_real_bottle_after_three_epochs(mvtec_bottle_root):
     # docs/benchmarks.md: the cpu preset (offline efficientnet_lite0 at stride 32, hidden 128, standardised features,
     # lr 1e-3) stopped after three epochs (best validation: epoch 2) gave image AUROC 0.988 and pixel AUROC 0.890

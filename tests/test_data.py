@@ -13,10 +13,21 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from adlearn.data import (IMAGENET_MEAN, IMAGENET_STD, SYNTHETIC_CATEGORIES, DataError,
-                          FolderDataset, ImageTransform, MVTecDataset, PerlinAnomalyGenerator,
-                          generate_synthetic_dataset, make_synthetic_dataset, random_2d_perlin,
-                          synth_command, synthetic_root)
+from adlearn.data import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    SYNTHETIC_CATEGORIES,
+    DataError,
+    FolderDataset,
+    ImageTransform,
+    MVTecDataset,
+    PerlinAnomalyGenerator,
+    generate_synthetic_dataset,
+    make_synthetic_dataset,
+    random_2d_perlin,
+    synth_command,
+    synthetic_root,
+)
 from adlearn.data import synthetic as synth
 
 SIZE = 64  # small images keep the whole file fast
@@ -40,8 +51,11 @@ def synthetic_dir(tmp_path_factory) -> Path:
 
 
 def digest_tree(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 # =========================================================================== transforms
@@ -110,8 +124,7 @@ def test_transform_rejects_bad_sizes():
 
 
 # =========================================================================== Perlin noise
-@pytest.mark.parametrize("shape,res", [((64, 64), (4, 4)), ((50, 70), (3, 8)), ((33, 17), 5),
-                                       ((8, 8), (1, 1))])
+@pytest.mark.parametrize("shape,res", [((64, 64), (4, 4)), ((50, 70), (3, 8)), ((33, 17), 5), ((8, 8), (1, 1))])
 def test_perlin_shape_and_range(shape, res):
     noise = random_2d_perlin(shape, res, rng=0)
     assert noise.shape == shape and noise.dtype == np.float32
@@ -213,9 +226,14 @@ def test_generator_is_seeded_and_checks_input(tmp_path):
 def test_make_synthetic_dataset_labels_masks_and_untouched_pixels(tmp_path):
     rng = np.random.default_rng(0)
     sources = [save_rgb(tmp_path / "normal" / f"{i}.png", random_rgb(rng)) for i in range(6)]
-    dataset = make_synthetic_dataset(sources, tmp_path / "images", tmp_path / "masks",
-                                     anomalous_ratio=0.5, seed=0,
-                                     transform=ImageTransform(32, normalize=False))
+    dataset = make_synthetic_dataset(
+        sources,
+        tmp_path / "images",
+        tmp_path / "masks",
+        anomalous_ratio=0.5,
+        seed=0,
+        transform=ImageTransform(32, normalize=False),
+    )
     assert dataset.labels == [0, 0, 0, 1, 1, 1]
     normal_paths = {s.image_path for s in dataset.samples if s.label == 0}
     assert normal_paths <= set(sources)  # normal images are kept where they are
@@ -265,8 +283,9 @@ def test_synthetic_masks_are_exactly_the_changed_pixels(synthetic_dir):
         for defect in synth.DEFECT_TYPES[category]:
             for path in sorted((synthetic_dir / category / "test" / defect).glob("*.png")):
                 image = np.asarray(Image.open(path))
-                mask = np.asarray(Image.open(
-                    synthetic_dir / category / "ground_truth" / defect / f"{path.stem}_mask.png"))
+                mask = np.asarray(
+                    Image.open(synthetic_dir / category / "ground_truth" / defect / f"{path.stem}_mask.png")
+                )
                 drawn = synth.render_sample(category, int(path.stem), "test", defect, SIZE, seed=3)
                 assert np.array_equal(image, drawn.image)
                 changed = np.any(image != drawn.clean, axis=-1)  # vs. the defect-free drawing
@@ -281,8 +300,7 @@ def test_object_defects_sit_on_the_object():
             for index in range(3):
                 drawn = synth.render_sample(category, index, "test", defect, SIZE, seed=0)
                 scene_seed = synth.sample_seed(0, category, "test", defect, index).spawn(3)[0]
-                scene = synth.SCENES[category](synth.make_canvas(SIZE),
-                                               np.random.default_rng(scene_seed))
+                scene = synth.SCENES[category](synth.make_canvas(SIZE), np.random.default_rng(scene_seed))
                 assert (scene.support[drawn.mask] > 0).all(), (category, defect, index)
 
 
@@ -297,19 +315,24 @@ def test_synthetic_good_images_are_the_clean_drawings(synthetic_dir):
 
 def test_normal_images_vary(synthetic_dir):
     for category in SYNTHETIC_CATEGORIES:
-        images = [np.asarray(Image.open(p)).astype(float)
-                  for p in sorted((synthetic_dir / category / "train" / "good").glob("*.png"))]
+        images = [
+            np.asarray(Image.open(p)).astype(float)
+            for p in sorted((synthetic_dir / category / "train" / "good").glob("*.png"))
+        ]
         differences = [np.abs(images[0] - other).mean() for other in images[1:]]
         assert min(differences) > 2.0, category  # not copies of one picture plus noise
 
 
 def test_synthetic_generation_is_byte_identical_and_stable(tmp_path):
-    first = generate_synthetic_dataset(tmp_path / "a", "ring", image_size=48, seed=1, n_train=3,
-                                       n_test_good=1, n_test_defect=3)
-    second = generate_synthetic_dataset(tmp_path / "b", ["ring"], image_size=48, seed=1,
-                                        n_train=4, n_test_good=1, n_test_defect=3)
-    other = generate_synthetic_dataset(tmp_path / "c", "ring", image_size=48, seed=2, n_train=3,
-                                       n_test_good=1, n_test_defect=3)
+    first = generate_synthetic_dataset(
+        tmp_path / "a", "ring", image_size=48, seed=1, n_train=3, n_test_good=1, n_test_defect=3
+    )
+    second = generate_synthetic_dataset(
+        tmp_path / "b", ["ring"], image_size=48, seed=1, n_train=4, n_test_good=1, n_test_defect=3
+    )
+    other = generate_synthetic_dataset(
+        tmp_path / "c", "ring", image_size=48, seed=2, n_train=3, n_test_good=1, n_test_defect=3
+    )
     a, b, c = digest_tree(first), digest_tree(second), digest_tree(other)
     png = [k for k in a if k.endswith(".png")]
     assert all(a[k] == b[k] for k in png)  # asking for more images keeps the first ones
@@ -331,8 +354,7 @@ def test_synthetic_dataset_loads_with_mvtec_dataset(synthetic_dir):
 def test_generate_refuses_to_overwrite_foreign_folders(tmp_path):
     save_rgb(tmp_path / "ring" / "mine.png", np.zeros((4, 4, 3)))
     with pytest.raises(DataError, match="not made by generate_synthetic_dataset"):
-        generate_synthetic_dataset(tmp_path, "ring", image_size=32, n_train=1, n_test_good=0,
-                                   n_test_defect=0)
+        generate_synthetic_dataset(tmp_path, "ring", image_size=32, n_train=1, n_test_good=0, n_test_defect=0)
     with pytest.raises(DataError, match="weave"):
         generate_synthetic_dataset(tmp_path, "nope", image_size=32)
     with pytest.raises(DataError, match="at least 32"):
@@ -372,8 +394,7 @@ def test_synthetic_root_removes_builds_of_dead_processes(tmp_path, monkeypatch):
 
 
 def test_synth_command_prints_what_it_wrote(tmp_path, capsys):
-    synth_command(tmp_path, category="marble", image_size=32, seed=0, n_train=2, n_test_good=1,
-                  n_test_defect=3)
+    synth_command(tmp_path, category="marble", image_size=32, seed=0, n_train=2, n_test_good=1, n_test_defect=3)
     out = capsys.readouterr().out
     assert "marble" in out and "2 train" in out and "crack 1" in out and str(tmp_path) in out
     assert len(list((tmp_path / "marble" / "train" / "good").glob("*.png"))) == 2
@@ -457,13 +478,17 @@ def folders(tmp_path) -> dict[str, Path]:
         mask = np.zeros((32, 32), np.uint8)
         mask[4:9, 4:12] = 255
         Image.fromarray(mask).save(save_rgb(tmp_path / "masks" / mask_name, np.zeros((1, 1, 3))))
-    return {"normal": tmp_path / "good", "abnormal": tmp_path / "scratch",
-            "masks": tmp_path / "masks"}
+    return {"normal": tmp_path / "good", "abnormal": tmp_path / "scratch", "masks": tmp_path / "masks"}
 
 
 def test_folder_dataset_splits_and_masks(folders):
-    kwargs = dict(normal_dir=folders["normal"], abnormal_dir=folders["abnormal"],
-                  mask_dir=folders["masks"], transform=ImageTransform(16), test_split_ratio=0.2)
+    kwargs = dict(
+        normal_dir=folders["normal"],
+        abnormal_dir=folders["abnormal"],
+        mask_dir=folders["masks"],
+        transform=ImageTransform(16),
+        test_split_ratio=0.2,
+    )
     train = FolderDataset(split="train", **kwargs)
     test = FolderDataset(split="test", **kwargs)
     train_paths = {s.image_path for s in train.samples}
@@ -495,8 +520,10 @@ def test_folder_dataset_errors(folders, tmp_path):
 def real_mvtec_root() -> Path:
     root = os.environ.get("ADLEARN_MVTEC_ROOT")
     if not root or not (Path(root) / "bottle").is_dir():
-        pytest.skip("real MVTec AD not available: set ADLEARN_MVTEC_ROOT to a folder holding "
-                    "bottle/ (e.g. after python data_scripts/download_mvtec.py)")
+        pytest.skip(
+            "real MVTec AD not available: set ADLEARN_MVTEC_ROOT to a folder holding "
+            "bottle/ (e.g. after python data_scripts/download_mvtec.py)"
+        )
     return Path(root)
 
 
@@ -526,10 +553,10 @@ def test_digit_images_are_sklearn_digits_upsampled_and_normalized():
 
     from adlearn.data import IMAGENET_MEAN, IMAGENET_STD, digit_images
 
-    images, labels = digit_images(size=8)                       # no resampling at the native size
+    images, labels = digit_images(size=8)  # no resampling at the native size
     bunch = load_digits()
     assert images.shape == (1797, 3, 8, 8) and labels.tolist() == bunch.target.tolist()
-    for channel in range(3):                                    # undo the normalization by hand
+    for channel in range(3):  # undo the normalization by hand
         grey = images[:, channel] * IMAGENET_STD[channel] + IMAGENET_MEAN[channel]
         np.testing.assert_allclose(grey.numpy(), bunch.images / 16.0, atol=1e-5)
     assert digit_images(size=32)[0].shape == (1797, 3, 32, 32)

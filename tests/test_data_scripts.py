@@ -23,9 +23,16 @@ import pytest
 from PIL import Image
 
 from adlearn.data import MVTecDataset
-from adlearn.data.download import (ChecksumError, DownloadError, UnsafeArchiveError,
-                                   convert_visa_to_mvtec, download_file, safe_extract,
-                                   sha256_file, verify_checksum)
+from adlearn.data.download import (
+    ChecksumError,
+    DownloadError,
+    UnsafeArchiveError,
+    convert_visa_to_mvtec,
+    download_file,
+    safe_extract,
+    sha256_file,
+    verify_checksum,
+)
 from adlearn.data.errors import DataError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -88,15 +95,13 @@ class FileHandler(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def server(monkeypatch):
-    for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy",
-                 "ALL_PROXY"):
+    for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), FileHandler)  # port 0: a free random port
     httpd.files, httpd.interrupt_once, httpd.ignore_range, httpd.log = {}, set(), False, []
     httpd.url = f"http://127.0.0.1:{httpd.server_address[1]}"
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                              daemon=True)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     yield httpd
     httpd.shutdown()
@@ -130,8 +135,7 @@ def test_verify_checksum(tmp_path):
 # =========================================================================== downloads
 def test_download_complete_file(server, tmp_path):
     server.files["/data.bin"] = PAYLOAD
-    dest = download_file(f"{server.url}/data.bin", tmp_path / "data.bin", sha256_bytes(PAYLOAD),
-                         progress=False)
+    dest = download_file(f"{server.url}/data.bin", tmp_path / "data.bin", sha256_bytes(PAYLOAD), progress=False)
     assert dest.read_bytes() == PAYLOAD and not (tmp_path / "data.bin.part").exists()
     download_file(f"{server.url}/data.bin", dest, sha256_bytes(PAYLOAD), progress=False)
     assert len(server.log) == 1  # already there with the right checksum: not fetched again
@@ -140,8 +144,7 @@ def test_download_complete_file(server, tmp_path):
 def test_download_from_a_local_file_url(tmp_path):
     source = tmp_path / "archive.bin"
     source.write_bytes(PAYLOAD)
-    dest = download_file(source.as_uri(), tmp_path / "out" / "archive.bin", sha256_bytes(PAYLOAD),
-                         progress=False)
+    dest = download_file(source.as_uri(), tmp_path / "out" / "archive.bin", sha256_bytes(PAYLOAD), progress=False)
     assert dest.read_bytes() == PAYLOAD
 
 
@@ -157,8 +160,7 @@ def test_interrupted_download_resumes_with_a_range_request(server, tmp_path):
     server.interrupt_once.add("/data.bin")
     url, dest = f"{server.url}/data.bin", tmp_path / "data.bin"
     with pytest.raises(DownloadError, match="(?i)run the same command again to resume"):
-        download_file(url, dest, sha256_bytes(PAYLOAD), retries=0, chunk_size=8192,
-                      progress=False)
+        download_file(url, dest, sha256_bytes(PAYLOAD), retries=0, chunk_size=8192, progress=False)
     part = tmp_path / "data.bin.part"
     received = part.stat().st_size
     assert 0 < received < len(PAYLOAD) and part.read_bytes() == PAYLOAD[:received]
@@ -170,8 +172,14 @@ def test_interrupted_download_resumes_with_a_range_request(server, tmp_path):
 def test_interruption_is_retried_within_one_call(server, tmp_path):
     server.files["/data.bin"] = PAYLOAD
     server.interrupt_once.add("/data.bin")
-    dest = download_file(f"{server.url}/data.bin", tmp_path / "data.bin", sha256_bytes(PAYLOAD),
-                         retries=1, chunk_size=8192, progress=False)
+    dest = download_file(
+        f"{server.url}/data.bin",
+        tmp_path / "data.bin",
+        sha256_bytes(PAYLOAD),
+        retries=1,
+        chunk_size=8192,
+        progress=False,
+    )
     assert dest.read_bytes() == PAYLOAD
     assert [entry["range"] is not None for entry in server.log] == [False, True]
 
@@ -180,8 +188,7 @@ def test_server_ignoring_range_restarts_cleanly(server, tmp_path):
     server.files["/data.bin"] = PAYLOAD
     server.ignore_range = True
     (tmp_path / "data.bin.part").write_bytes(PAYLOAD[:1000])
-    dest = download_file(f"{server.url}/data.bin", tmp_path / "data.bin", sha256_bytes(PAYLOAD),
-                         progress=False)
+    dest = download_file(f"{server.url}/data.bin", tmp_path / "data.bin", sha256_bytes(PAYLOAD), progress=False)
     assert dest.read_bytes() == PAYLOAD  # not the first 1000 bytes twice
 
 
@@ -245,9 +252,9 @@ def zip_with(path: Path, names: list[str], symlink: str | None = None) -> Path:
     return path
 
 
-@pytest.mark.parametrize("names,symlink", [(["ok.txt", "../evil.txt"], None),
-                                           (["/abs/evil.txt"], None),
-                                           (["ok.txt"], "link")])
+@pytest.mark.parametrize(
+    "names,symlink", [(["ok.txt", "../evil.txt"], None), (["/abs/evil.txt"], None), (["ok.txt"], "link")]
+)
 def test_unsafe_zip_is_rejected(tmp_path, names, symlink):
     archive = zip_with(tmp_path / "bad.zip", names, symlink)
     dest = tmp_path / "out"
@@ -257,8 +264,10 @@ def test_unsafe_zip_is_rejected(tmp_path, names, symlink):
 
 
 def test_safe_archives_extract(tmp_path):
-    tar = tar_with(tmp_path / "good.tar", [file_member("data/file.txt", b"hello"),
-                                           link_member("alias", "data/file.txt", tarfile.SYMTYPE)])
+    tar = tar_with(
+        tmp_path / "good.tar",
+        [file_member("data/file.txt", b"hello"), link_member("alias", "data/file.txt", tarfile.SYMTYPE)],
+    )
     safe_extract(tar, tmp_path / "t")
     assert (tmp_path / "t" / "alias").read_bytes() == b"hello"  # a link inside is fine
     safe_extract(zip_with(tmp_path / "good.zip", ["a/b.txt"]), tmp_path / "z")
@@ -272,8 +281,7 @@ def test_safe_archives_extract(tmp_path):
 def make_mvtec_tree(root: Path, category: str = "widget") -> Path:
     rng = np.random.default_rng(0)
     base = root / category
-    for rel in ("train/good/000.png", "train/good/001.png", "test/good/000.png",
-                "test/dent/000.png"):
+    for rel in ("train/good/000.png", "train/good/001.png", "test/good/000.png", "test/dent/000.png"):
         write_png(base / rel, rng.integers(0, 256, (16, 16, 3)))
     mask = np.zeros((16, 16), np.uint8)
     mask[3:7, 3:7] = 255
@@ -295,8 +303,9 @@ def mvtec_archive(tmp_path) -> Path:
 def test_mvtec_script_with_a_local_archive(tmp_path, mvtec_archive, capsys):
     script = load_script("download_mvtec")
     dest = tmp_path / "mvtec"
-    code = script.main(["--archive", str(mvtec_archive), "--dest", str(dest), "--sha256",
-                        sha256_file(mvtec_archive), "--no-progress"])
+    code = script.main(
+        ["--archive", str(mvtec_archive), "--dest", str(dest), "--sha256", sha256_file(mvtec_archive), "--no-progress"]
+    )
     assert code == 0, capsys.readouterr().err
     test = MVTecDataset(dest, "widget", "test")
     assert test.labels == [1, 0] and test[0]["mask"].sum() > 0
@@ -307,8 +316,16 @@ def test_mvtec_script_downloads_over_http(server, tmp_path, mvtec_archive):
     server.files["/mvtec.tar.xz"] = mvtec_archive.read_bytes()
     dest = tmp_path / "mvtec"
     code = load_script("download_mvtec").main(
-        ["--url", f"{server.url}/mvtec.tar.xz", "--dest", str(dest), "--sha256",
-         sha256_file(mvtec_archive), "--no-progress"])
+        [
+            "--url",
+            f"{server.url}/mvtec.tar.xz",
+            "--dest",
+            str(dest),
+            "--sha256",
+            sha256_file(mvtec_archive),
+            "--no-progress",
+        ]
+    )
     assert code == 0
     assert (dest / "mvtec_anomaly_detection.tar.xz").is_file()
     assert len(MVTecDataset(dest, "widget", "train")) == 2
@@ -316,22 +333,30 @@ def test_mvtec_script_downloads_over_http(server, tmp_path, mvtec_archive):
 
 def test_mvtec_script_errors_are_messages(tmp_path, mvtec_archive, closed_port_url, capsys):
     script = load_script("download_mvtec")
-    assert script.main(["--archive", str(mvtec_archive), "--dest", str(tmp_path / "a"),
-                        "--no-progress"]) == 1  # the real published checksum cannot match
+    assert (
+        script.main(["--archive", str(mvtec_archive), "--dest", str(tmp_path / "a"), "--no-progress"]) == 1
+    )  # the real published checksum cannot match
     assert "sha256" in capsys.readouterr().err
-    assert script.main(["--url", closed_port_url, "--dest", str(tmp_path / "b"),
-                        "--no-progress"]) == 1
+    assert script.main(["--url", closed_port_url, "--dest", str(tmp_path / "b"), "--no-progress"]) == 1
     err = capsys.readouterr().err
     assert closed_port_url in err and "--archive" in err
     with pytest.warns(UserWarning, match="no published checksum"):
-        assert script.main(["--archive", str(mvtec_archive), "--dest", str(tmp_path / "c"),
-                            "--sha256", "none", "--no-progress"]) == 0
+        assert (
+            script.main(
+                ["--archive", str(mvtec_archive), "--dest", str(tmp_path / "c"), "--sha256", "none", "--no-progress"]
+            )
+            == 0
+        )
 
 
 def test_scripts_run_as_programs():
     for name in ("download_mvtec", "download_visa", "download_dtd"):
-        result = subprocess.run([sys.executable, str(REPO / "data_scripts" / f"{name}.py"),
-                                 "--help"], capture_output=True, text=True, timeout=60)
+        result = subprocess.run(
+            [sys.executable, str(REPO / "data_scripts" / f"{name}.py"), "--help"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert result.returncode == 0 and "--archive" in result.stdout
 
 
@@ -350,8 +375,15 @@ def make_visa_tree(root: Path) -> Path:
         mask = np.zeros((20, 24), np.uint8)
         mask[2:6, 5:9] = 1 + i  # VisA stores defect indices, not 0/255
         write_png(root / "candle" / "Data" / "Masks" / "Anomaly" / f"{i:03d}.png", mask)
-        rows.append(["candle", "test", "anomaly", f"candle/Data/Images/Anomaly/{i:03d}.JPG",
-                     f"candle/Data/Masks/Anomaly/{i:03d}.png"])
+        rows.append(
+            [
+                "candle",
+                "test",
+                "anomaly",
+                f"candle/Data/Images/Anomaly/{i:03d}.JPG",
+                f"candle/Data/Masks/Anomaly/{i:03d}.png",
+            ]
+        )
     (root / "split_csv").mkdir(parents=True)
     with open(root / "split_csv" / "1cls.csv", "w", newline="") as file:
         writer = csv.writer(file)
@@ -366,12 +398,12 @@ def test_visa_script_converts_to_mvtec_layout(tmp_path):
     with tarfile.open(archive, "w") as tar:
         tar.add(tree, arcname="VisA_20220922")  # a wrapping folder is found too
     dest = tmp_path / "datasets"
-    code = load_script("download_visa").main(["--archive", str(archive), "--dest", str(dest),
-                                              "--sha256", sha256_file(archive), "--no-progress"])
+    code = load_script("download_visa").main(
+        ["--archive", str(archive), "--dest", str(dest), "--sha256", sha256_file(archive), "--no-progress"]
+    )
     assert code == 0
     out = dest / "visa" / "candle"
-    assert sorted(p.name for p in (out / "train" / "good").iterdir()) == [
-        "0000.JPG", "0001.JPG", "0002.JPG"]
+    assert sorted(p.name for p in (out / "train" / "good").iterdir()) == ["0000.JPG", "0001.JPG", "0002.JPG"]
     assert sorted(p.name for p in (out / "test" / "good").iterdir()) == ["0003.JPG", "0004.JPG"]
     assert sorted(p.name for p in (out / "test" / "bad").iterdir()) == ["000.JPG", "001.JPG"]
     for name in ("000_mask.png", "001_mask.png"):
@@ -415,22 +447,25 @@ def test_dtd_script_extracts_a_texture_folder_draem_can_use(tmp_path, capsys):
 
     archive = make_dtd_archive(tmp_path)
     dest = tmp_path / "datasets"
-    code = load_script("download_dtd").main(["--archive", str(archive), "--dest", str(dest),
-                                             "--sha256", sha256_file(archive), "--no-progress"])
+    code = load_script("download_dtd").main(
+        ["--archive", str(archive), "--dest", str(dest), "--sha256", sha256_file(archive), "--no-progress"]
+    )
     assert code == 0
     images = dest / "dtd" / "images"
     assert f"anomaly_source={str(images)!r}" in capsys.readouterr().out
     generator = PerlinAnomalyGenerator(images, seed=0)
     assert len(generator.texture_paths) == 4 and generator.generate_texture(8, 8).shape == (3, 8, 8)
     # a wrong checksum stops before extracting anything
-    code = load_script("download_dtd").main(["--archive", str(archive), "--dest", str(tmp_path / "other"),
-                                             "--sha256", "0" * 64, "--no-progress"])
+    code = load_script("download_dtd").main(
+        ["--archive", str(archive), "--dest", str(tmp_path / "other"), "--sha256", "0" * 64, "--no-progress"]
+    )
     assert code == 1 and not (tmp_path / "other" / "dtd").exists()
 
 
 def test_dtd_archive_escaping_its_folder_is_rejected(tmp_path):
     archive = make_dtd_archive(tmp_path, evil=True)
-    code = load_script("download_dtd").main(["--archive", str(archive), "--dest", str(tmp_path / "d"),
-                                             "--sha256", sha256_file(archive), "--no-progress"])
+    code = load_script("download_dtd").main(
+        ["--archive", str(archive), "--dest", str(tmp_path / "d"), "--sha256", sha256_file(archive), "--no-progress"]
+    )
     assert code == 1
     assert not (tmp_path / "escaped.txt").exists() and not (tmp_path / "d" / "dtd").exists()

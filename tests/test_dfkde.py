@@ -25,7 +25,7 @@ def make(**options):
 @pytest.fixture(scope="module")
 def data(synthetic_split):
     transform = make().transform
-    return synthetic_split(transform, "train")[1], synthetic_split(transform, "test")[1]   # images, queries
+    return synthetic_split(transform, "train")[1], synthetic_split(transform, "test")[1]  # images, queries
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +43,7 @@ def test_defaults_follow_anomalib_v1():
 
 def test_features_are_globally_averaged_layer4(fitted, data):
     images = data[0][:3]
-    layer4 = fitted.feature_extractor(images)["layer4"]                  # lite0 blocks.6: (3, 320, 2, 2)
+    layer4 = fitted.feature_extractor(images)["layer4"]  # lite0 blocks.6: (3, 320, 2, 2)
     expected = layer4.mean(dim=(2, 3))
     assert expected.shape == (3, 320)
     torch.testing.assert_close(fitted.extract_features(images), expected)
@@ -56,13 +56,13 @@ def test_older_docs_resnet50_gives_the_2048_d_pooled_vector():
 
 def test_probabilities_match_scipy_kde_through_the_same_pca(fitted, data):
     images, queries = data
-    train = fitted.extract_features(images).double().numpy()                  # (N, D)
-    query = fitted.extract_features(queries).double().numpy()                # (M, D)
+    train = fitted.extract_features(images).double().numpy()  # (N, D)
+    query = fitted.extract_features(queries).double().numpy()  # (M, D)
     # An independent PCA (sklearn) and KDE (scipy, Scott's bandwidth); the KDE does not care about
     # the signs of the principal axes, so both fits describe the same density.
     pca = SklearnPCA(n_components=N_COMPONENTS).fit(train)
     projected_train, projected_query = pca.transform(train), pca.transform(query)
-    max_length = np.linalg.norm(projected_train, axis=1).max()            # "scale": training max norm
+    max_length = np.linalg.norm(projected_train, axis=1).max()  # "scale": training max norm
     kde = gaussian_kde((projected_train / max_length).T)
     log_density = kde.logpdf((projected_query / max_length).T)
     expected = 1 / (1 + np.exp(0.05 * (log_density - 12)))
@@ -78,7 +78,7 @@ def test_digits_one_class_auroc():
     model, aurocs = make(image_size=32, n_pca_components=16), {}
     for digit in (0, 4, 6):
         train, test, is_anomalous = one_class_split(labels, digit)
-        model.fit(images[train])                                          # ~90 images; refitting starts over
+        model.fit(images[train])  # ~90 images; refitting starts over
         aurocs[digit] = image_auroc(is_anomalous, model.predict(images[test]).pred_score.numpy())
     # Measured here (seed 0, lite0 at 32 px): 0.98, 0.98, 0.98 — digits are easy to tell apart.
     assert min(aurocs.values()) > 0.85, aurocs

@@ -26,7 +26,7 @@ def make(**options):
 @pytest.fixture(scope="module")
 def data(synthetic_split):
     transform = make().transform
-    return synthetic_split(transform, "train")[1], synthetic_split(transform, "test")[1]   # images, queries
+    return synthetic_split(transform, "train")[1], synthetic_split(transform, "test")[1]  # images, queries
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +49,7 @@ def test_defaults_follow_anomalib_v1():
 
 def test_features_are_pooled_and_flattened_layer3(fre_model, data):
     images = data[0][:2]
-    layer3 = fre_model.feature_extractor(images)["layer3"]              # lite0 blocks.4: (2, 112, 4, 4)
+    layer3 = fre_model.feature_extractor(images)["layer3"]  # lite0 blocks.4: (2, 112, 4, 4)
     expected = F.avg_pool2d(layer3, kernel_size=2, stride=2).flatten(1)
     assert expected.shape == (2, 112 * 2 * 2)
     torch.testing.assert_close(fre_model.collect(images), expected)
@@ -69,7 +69,7 @@ def test_pca_keeps_the_fewest_components_reaching_97_percent(fre_model, data):
 def test_fre_score_and_map_equal_sklearn_reconstruction_error(fre_model, data):
     images, queries = data
     pca = sklearn_pca(fre_model, images)
-    features = fre_model.collect(queries).double().numpy()               # (M, C·h·w)
+    features = fre_model.collect(queries).double().numpy()  # (M, C·h·w)
     error = (features - pca.inverse_transform(pca.transform(features))) ** 2
     prediction = fre_model.predict(queries)
     np.testing.assert_allclose(prediction.pred_score.numpy(), error.sum(1), rtol=2e-3, atol=1e-3)
@@ -82,13 +82,13 @@ def test_fre_score_and_map_equal_sklearn_reconstruction_error(fre_model, data):
 def test_nll_equals_mahalanobis_plus_log_determinant(nll_model, data):
     images, queries = data
     pca = sklearn_pca(nll_model, images)
-    train = pca.transform(nll_model.collect(images).double().numpy())    # (N, k)
-    query = pca.transform(nll_model.collect(queries).double().numpy())   # (M, k)
+    train = pca.transform(nll_model.collect(images).double().numpy())  # (N, k)
+    query = pca.transform(nll_model.collect(queries).double().numpy())  # (M, k)
     mean = train.mean(0)
-    covariance = np.cov(train, rowvar=False, bias=True)                  # maximum-likelihood estimate
+    covariance = np.cov(train, rowvar=False, bias=True)  # maximum-likelihood estimate
     centred = query - mean
     mahalanobis_sq = np.einsum("ij,jk,ik->i", centred, np.linalg.inv(covariance), centred)
-    expected = mahalanobis_sq + np.linalg.slogdet(covariance)[1]         # 2·NLL up to a constant
+    expected = mahalanobis_sq + np.linalg.slogdet(covariance)[1]  # 2·NLL up to a constant
     prediction = nll_model.predict(queries)
     assert prediction.anomaly_map is None and nll_model.task == "classification"
     scores = prediction.pred_score.double().numpy()
@@ -104,7 +104,7 @@ def test_digits_one_class_auroc(score_type):
     model, aurocs = make(image_size=32, pooling_kernel_size=1, score_type=score_type), {}
     for digit in (0, 4, 6):
         train, test, is_anomalous = one_class_split(labels, digit)
-        model.fit(images[train])                                          # ~90 images; refitting starts over
+        model.fit(images[train])  # ~90 images; refitting starts over
         aurocs[digit] = image_auroc(is_anomalous, model.predict(images[test]).pred_score.numpy())
     assert min(aurocs.values()) > 0.85, aurocs
 
@@ -169,5 +169,5 @@ def test_a_map_not_divisible_by_the_pooling_keeps_its_last_row_and_column():
         base = model.extract_features(images)
         assert base.shape[-2:] == (3, 3)
         changed = images.clone()
-        changed[..., 72:, 72:] += 5.0                       # only the last 8x8 pixels: the map's last cell
+        changed[..., 72:, 72:] += 5.0  # only the last 8x8 pixels: the map's last cell
         assert not torch.equal(model.extract_features(changed)[..., 2, 2], base[..., 2, 2])

@@ -30,26 +30,38 @@ def test_ssim_matches_scikit_image(data_range):
     x = rng.random((2, 3, 40, 36)) * data_range
     y = np.clip(x + rng.normal(scale=0.1 * data_range, size=x.shape), 0, data_range)
     ours = ssim(torch.tensor(x), torch.tensor(y), data_range=data_range, padding="valid")
-    reference = np.mean([structural_similarity(x[b], y[b], channel_axis=0, gaussian_weights=True, sigma=1.5,
-                                               use_sample_covariance=False, data_range=data_range)
-                         for b in range(2)])
+    reference = np.mean(
+        [
+            structural_similarity(
+                x[b],
+                y[b],
+                channel_axis=0,
+                gaussian_weights=True,
+                sigma=1.5,
+                use_sample_covariance=False,
+                data_range=data_range,
+            )
+            for b in range(2)
+        ]
+    )
     assert float(ours) == pytest.approx(reference, abs=1e-6)
     same = torch.tensor(x)
     assert float(ssim(same, same, data_range=data_range)) == pytest.approx(1.0, abs=1e-9)
-    assert ssim_map(same, same).shape == same.shape        # "reflect" keeps the size
+    assert ssim_map(same, same).shape == same.shape  # "reflect" keeps the size
 
 
 def test_focal_loss_by_hand():
-    logits = torch.tensor([[[[2.0]], [[0.0]]], [[[0.5]], [[1.5]]]])     # (2, 2, 1, 1)
-    target = torch.tensor([[[[1.0]]], [[[1.0]]]])                        # both pixels anomalous
+    logits = torch.tensor([[[[2.0]], [[0.0]]], [[[0.5]], [[1.5]]]])  # (2, 2, 1, 1)
+    target = torch.tensor([[[[1.0]]], [[[1.0]]]])  # both pixels anomalous
     expected = []
     for z0, z1 in ((2.0, 0.0), (0.5, 1.5)):
         p = math.exp(z1) / (math.exp(z0) + math.exp(z1))
-        expected.append(-(1 - p) ** 2 * math.log(p))
+        expected.append(-((1 - p) ** 2) * math.log(p))
     assert float(focal_loss(logits, target)) == pytest.approx(np.mean(expected), rel=1e-6)
     # gamma = 0 is the cross-entropy
     assert float(focal_loss(logits, target, gamma=0.0)) == pytest.approx(
-        float(torch.nn.functional.cross_entropy(logits, target[:, 0].long())), rel=1e-6)
+        float(torch.nn.functional.cross_entropy(logits, target[:, 0].long())), rel=1e-6
+    )
 
 
 def test_unet_shapes_skips_and_size_error():
@@ -102,7 +114,7 @@ def test_anomalies_are_simulated_in_unit_space():
     assert torch.allclose(original, pixels, atol=1e-6)
     assert augmented.min() >= 0 and augmented.max() <= 1 and mask.sum() > 0
     outside = mask.expand_as(pixels) == 0
-    assert torch.allclose(augmented[outside], pixels[outside], atol=1e-6)   # nothing changes outside the mask
+    assert torch.allclose(augmented[outside], pixels[outside], atol=1e-6)  # nothing changes outside the mask
     assert torch.allclose(to_unit_range(normalize(pixels)), pixels, atol=1e-6)
 
 
@@ -114,7 +126,7 @@ def test_defaults_follow_the_reference_and_bad_options_are_named(tmp_path):
     training = TrainingConfig(**Draem.training_defaults)
     assert (training.max_epochs, training.patience) == (700, 20)
     optimizer, scheduler = create("draem", **SMALL).configure_optimizers()
-    assert sorted(scheduler.milestones) == [400, 600]                         # the reference's, at 700 epochs
+    assert sorted(scheduler.milestones) == [400, 600]  # the reference's, at 700 epochs
     # The fused Adam makes the same update as the default one, up to rounding.
     assert optimizer.defaults["fused"] and optimizer.defaults["lr"] == 1e-4
     torch.manual_seed(0)
@@ -174,10 +186,29 @@ def test_adlearn_evaluate_draem(small_synthetic_root, tmp_path):
     from adlearn.data import SYNTHETIC_CATEGORIES
 
     out = tmp_path / "r.json"
-    code = main(["evaluate", "draem", "--root", str(small_synthetic_root), "--category", SYNTHETIC_CATEGORIES[0],
-                 "--image-size", "64", "--set", "reconstruction_width=4", "--set", "discrimination_width=2",
-                 "--set", "max_epochs=1", "--device", "cpu", "--json", str(out)])
+    code = main(
+        [
+            "evaluate",
+            "draem",
+            "--root",
+            str(small_synthetic_root),
+            "--category",
+            SYNTHETIC_CATEGORIES[0],
+            "--image-size",
+            "64",
+            "--set",
+            "reconstruction_width=4",
+            "--set",
+            "discrimination_width=2",
+            "--set",
+            "max_epochs=1",
+            "--device",
+            "cpu",
+            "--json",
+            str(out),
+        ]
+    )
     assert code == 0
     results = json.loads(out.read_text())
     assert results["task"] == "segmentation" and 0 <= results["pixel_auroc"] <= 1 and "note" not in results
-    assert main(["evaluate", "draem", "--image-size", "48", "--device", "cpu"]) == 2      # a clear error, no traceback
+    assert main(["evaluate", "draem", "--image-size", "48", "--device", "cpu"]) == 2  # a clear error, no traceback

@@ -9,14 +9,33 @@ import torch
 import torch.nn.functional as F
 
 from adlearn.models import create, load
-from adlearn.models.dsr import (DsrAnomalyGenerator, dsr_anomaly_map, dsr_image_score, dsr_loss, latent_mask,
-                                quantized_anomalies, replacement_codes, swap_codes)
+from adlearn.models.dsr import (
+    DsrAnomalyGenerator,
+    dsr_anomaly_map,
+    dsr_image_score,
+    dsr_loss,
+    latent_mask,
+    quantized_anomalies,
+    replacement_codes,
+    swap_codes,
+)
 from adlearn.models.dsr_vq import GeneralAppearanceModel, Residual, load_vq_weights, train_vq_model, vq_cache_path
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.py
 
-TINY = dict(image_size=64, num_hiddens=16, num_residual_hiddens=8, num_embeddings=32, embedding_dim=8,
-            detection_width=4, upsampling_width=4, vq_weights="none", device="cpu", seed=0, batch_size=4)
+TINY = dict(
+    image_size=64,
+    num_hiddens=16,
+    num_residual_hiddens=8,
+    num_embeddings=32,
+    embedding_dim=8,
+    detection_width=4,
+    upsampling_width=4,
+    vq_weights="none",
+    device="cpu",
+    seed=0,
+    batch_size=4,
+)
 VQ_TINY = dict(hiddens=16, residual_layers=2, residual_hiddens=8, num_embeddings=32, embedding_dim=8)
 
 
@@ -35,8 +54,8 @@ def tiny_natural_images(monkeypatch):
 def test_vq_model_and_networks_shapes():
     vq = GeneralAppearanceModel(**VQ_TINY).eval()
     features = vq.encode(torch.rand(2, 3, 64, 64))
-    assert features["quantized_lo"].shape == features["z_lo"].shape == (2, 8, 8, 8)          # 1/8
-    assert features["quantized_hi"].shape == features["z_hi"].shape == (2, 8, 16, 16)        # 1/4
+    assert features["quantized_lo"].shape == features["z_lo"].shape == (2, 8, 8, 8)  # 1/8
+    assert features["quantized_hi"].shape == features["z_hi"].shape == (2, 8, 16, 16)  # 1/4
     assert features["codes_hi"].shape == (2, 16, 16) and features["encoded_hi"].shape == (2, 16, 16, 16)
     # quantised vectors are codebook rows: the nearest ones
     flat = features["z_lo"].permute(0, 2, 3, 1).reshape(-1, 8)
@@ -63,14 +82,16 @@ def test_loss_map_and_score_formulas():
     logits, mask = torch.randn(2, 2, 32, 32, generator=g), (torch.rand(2, 1, 32, 32, generator=g) > 0.5).float()
     losses = dsr_loss(a, b, c, d, image, other, logits, mask)
     p = torch.softmax(logits, 1).gather(1, mask.long())
-    focal = float((-(1 - p) ** 2 * p.log()).mean())
+    focal = float((-((1 - p) ** 2) * p.log()).mean())
     expected = float(((a - c) ** 2).mean() + ((b - d) ** 2).mean() + 10 * ((image - other) ** 2).mean()) + focal
     assert float(losses["loss"]) == pytest.approx(expected, rel=1e-5)
     probability = dsr_anomaly_map(logits)
     assert torch.allclose(probability, torch.sigmoid(logits[:, 1] - logits[:, 0]), atol=1e-6)
     # image score: the maximum of the 5x5 box-averaged map (zero padding counted), by brute force
     padded = F.pad(probability, (2, 2, 2, 2))
-    brute = torch.stack([torch.stack([padded[:, i:i + 5, j:j + 5].mean((1, 2)) for j in range(32)]) for i in range(32)])
+    brute = torch.stack(
+        [torch.stack([padded[:, i : i + 5, j : j + 5].mean((1, 2)) for j in range(32)]) for i in range(32)]
+    )
     assert torch.allclose(dsr_image_score(logits, 5), brute.flatten(0, 1).amax(0), atol=1e-6)
 
 
@@ -83,9 +104,14 @@ def test_perlin_masks_and_their_latent_grid():
     assert DsrAnomalyGenerator(p_anomalous=0.0).augment_batch(torch.zeros(3, 3, 32, 32)).sum() == 0
     half = DsrAnomalyGenerator(p_anomalous=0.5, seed=1).augment_batch(torch.zeros(200, 3, 8, 8))
     assert 70 < int((half.flatten(1).sum(1) > 0).sum()) < 130
-    small = latent_mask(masks, (4, 4))                    # a latent cell is anomalous if any pixel it covers is
-    brute = np.array([[[masks[b, 0, 8 * i:8 * i + 8, 8 * j:8 * j + 8].any() for j in range(4)] for i in range(4)]
-                      for b in range(6)], dtype=np.float32)
+    small = latent_mask(masks, (4, 4))  # a latent cell is anomalous if any pixel it covers is
+    brute = np.array(
+        [
+            [[masks[b, 0, 8 * i : 8 * i + 8, 8 * j : 8 * j + 8].any() for j in range(4)] for i in range(4)]
+            for b in range(6)
+        ],
+        dtype=np.float32,
+    )
     assert np.array_equal(small[:, 0].numpy(), brute)
 
 
@@ -93,11 +119,11 @@ def test_replacement_codes_are_near_but_not_nearest_neighbours():
     g = torch.Generator().manual_seed(0)
     z, codebook = torch.randn(400, 4, generator=g), torch.randn(40, 4, generator=g)
     picked = replacement_codes(z, codebook, strength=0.3, generator=g).numpy()
-    distances = ((z.numpy()[:, None, :] - codebook.numpy()[None]) ** 2).sum(-1)            # (N, K) by brute force
+    distances = ((z.numpy()[:, None, :] - codebook.numpy()[None]) ** 2).sum(-1)  # (N, K) by brute force
     ranks = np.array([np.argsort(distances[n], kind="stable").tolist().index(picked[n]) for n in range(400)])
-    skip, nearest = int(40 * 0.05), int(0.3 * 40) + 1                                          # 2 and 13
+    skip, nearest = int(40 * 0.05), int(0.3 * 40) + 1  # 2 and 13
     assert ranks.min() >= skip and ranks.max() < nearest
-    assert set(ranks.tolist()) == set(range(skip, nearest))             # every candidate can be drawn
+    assert set(ranks.tolist()) == set(range(skip, nearest))  # every candidate can be drawn
 
 
 def test_swapped_codes_and_modes_against_brute_force():
@@ -112,12 +138,12 @@ def test_swapped_codes_and_modes_against_brute_force():
     codebook_lo = vq.quantizer_lo.embedding
     for b, mode in enumerate(out["mode"].tolist()):
         lo, hi = out["quantized_lo"][b], out["quantized_hi"][b]
-        if mode == 2:                                                    # only hi: lo keeps its codes
+        if mode == 2:  # only hi: lo keeps its codes
             assert torch.equal(lo, features["quantized_lo"][b])
-        else:                                                            # lo swapped inside the mask only
+        else:  # lo swapped inside the mask only
             inside = mask_lo[b, 0].bool()
             assert torch.equal(lo[:, ~inside], features["quantized_lo"][b][:, ~inside])
-            rows = lo[:, inside].t()                                     # each one a codebook row, not the own code
+            rows = lo[:, inside].t()  # each one a codebook row, not the own code
             matches = (rows[:, None, :] == codebook_lo[None]).all(-1)
             assert bool(matches.any(1).all())
             own = features["codes_lo"][b][inside]
@@ -129,16 +155,17 @@ def test_swapped_codes_and_modes_against_brute_force():
             assert torch.equal(hi[:, ~inside], features["quantized_hi"][b][:, ~inside])
             assert not torch.equal(hi[:, inside], features["quantized_hi"][b][:, inside])
         grid, cell = (mask_hi[b, 0], 4) if mode == 2 else (mask_lo[b, 0], 8)
-        expected = np.kron(grid.numpy(), np.ones((cell, cell)))            # block mask at image size
+        expected = np.kron(grid.numpy(), np.ones((cell, cell)))  # block mask at image size
         assert np.array_equal(out["mask"][b, 0].numpy(), expected)
     assert set(out["mode"].tolist()) == {0, 1, 2}
-    vq.train()                                       # generating anomalies never moves the codebooks
+    vq.train()  # generating anomalies never moves the codebooks
     codebooks = [vq.quantizer_lo.embedding.clone(), vq.quantizer_hi.embedding.clone()]
     quantized_anomalies(vq, features, mask, 0.2, g)
     assert torch.equal(codebooks[0], vq.quantizer_lo.embedding) and torch.equal(codebooks[1], vq.quantizer_hi.embedding)
     # swap_codes with an empty mask changes nothing
-    same = swap_codes(features["z_lo"], features["quantized_lo"], codebook_lo, torch.zeros(8, 1, 8, 8),
-                      torch.full((8,), 0.5), g)
+    same = swap_codes(
+        features["z_lo"], features["quantized_lo"], codebook_lo, torch.zeros(8, 1, 8, 8), torch.full((8,), 0.5), g
+    )
     assert torch.equal(same, features["quantized_lo"])
 
 
@@ -150,8 +177,11 @@ def test_each_phase_trains_only_its_modules(tiny_natural_images):
     trainer.setup()
     model.on_fit_start(None, trainer)
     batch = {"image": torch.randn(4, 3, 64, 64)}
-    owners = {"vq": {"vq"}, "restriction": {"restriction_hi", "restriction_lo", "object_decoder", "detection"},
-              "upsampling": {"upsampling"}}
+    owners = {
+        "vq": {"vq"},
+        "restriction": {"restriction_hi", "restriction_lo", "object_decoder", "detection"},
+        "upsampling": {"upsampling"},
+    }
     for index, phase in enumerate(trainer.phases):
         if index:
             trainer.end_phase()
@@ -159,8 +189,11 @@ def test_each_phase_trains_only_its_modules(tiny_natural_images):
         model.on_epoch_start(trainer)
         before = {k: v.clone() for k, v in model.state_dict().items() if torch.is_tensor(v)}
         trainer.training_step(batch)
-        changed = {k.split(".")[0] for k, v in model.state_dict().items()
-                   if torch.is_tensor(v) and not torch.equal(v, before[k])}
+        changed = {
+            k.split(".")[0]
+            for k, v in model.state_dict().items()
+            if torch.is_tensor(v) and not torch.equal(v, before[k])
+        }
         assert changed == owners[phase.name], (phase.name, changed)
         optimized = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
         assert optimized == {id(p) for name in owners[phase.name] for p in getattr(model, name).parameters()}
@@ -173,14 +206,30 @@ def test_vq_weights_reference_layout_and_clear_errors(tmp_path):
     torch.manual_seed(0)
     source = GeneralAppearanceModel(**VQ_TINY)
     # the reference's names (anomalib's DiscreteLatentModel), written out segment by segment
-    names = {"encoder_hi": "_encoder_b", "encoder_lo": "_encoder_t", "decoder": "_decoder_b",
-             "pre_quantize_lo": "_pre_vq_conv_top", "pre_quantize_hi": "_pre_vq_conv_bot", "upsample_lo": "upsample_t",
-             "quantizer_lo": "_vq_vae_top", "quantizer_hi": "_vq_vae_bot", "residual": "_residual_stack",
-             "layers": "_layers", "block": "_block", "deconv1": "_conv_trans_1", "deconv2": "_conv_trans_2",
-             "conv1": "_conv_1", "conv2": "_conv_2", "conv3": "_conv_3", "embedding": "_embedding.weight",
-             "cluster_size": "_ema_cluster_size", "embedding_sum": "_ema_w"}
-    reference = {".".join(names.get(part, part) for part in key.split(".")): value
-                 for key, value in source.state_dict().items()}
+    names = {
+        "encoder_hi": "_encoder_b",
+        "encoder_lo": "_encoder_t",
+        "decoder": "_decoder_b",
+        "pre_quantize_lo": "_pre_vq_conv_top",
+        "pre_quantize_hi": "_pre_vq_conv_bot",
+        "upsample_lo": "upsample_t",
+        "quantizer_lo": "_vq_vae_top",
+        "quantizer_hi": "_vq_vae_bot",
+        "residual": "_residual_stack",
+        "layers": "_layers",
+        "block": "_block",
+        "deconv1": "_conv_trans_1",
+        "deconv2": "_conv_trans_2",
+        "conv1": "_conv_1",
+        "conv2": "_conv_2",
+        "conv3": "_conv_3",
+        "embedding": "_embedding.weight",
+        "cluster_size": "_ema_cluster_size",
+        "embedding_sum": "_ema_w",
+    }
+    reference = {
+        ".".join(names.get(part, part) for part in key.split(".")): value for key, value in source.state_dict().items()
+    }
     assert "_encoder_b._residual_stack._layers.0._block.1.weight" in reference
     assert "_vq_vae_top._embedding.weight" in reference and "_vq_vae_bot._ema_w" in reference
     torch.save(reference, tmp_path / "official.pckl")
@@ -205,7 +254,7 @@ def test_train_vq_model_learns_and_caches(tiny_natural_images, tmp_path, monkeyp
     path, model = train_vq_model(32, **VQ_TINY, steps=40, batch_size=4, verbose=False, return_model=True)
     assert path == vq_cache_path((32, 32), 16, 2, 8, 32, 8, 40, 0) and path.is_file()
     assert str(path).startswith(str(tmp_path / "dsr"))
-    assert train_vq_model(32, **VQ_TINY, steps=40, batch_size=4, verbose=False) == path       # cached
+    assert train_vq_model(32, **VQ_TINY, steps=40, batch_size=4, verbose=False) == path  # cached
     from adlearn.data.natural_images import NaturalImageCrops
 
     crops = NaturalImageCrops(32, seed=9, normalize=False).sample(8)
@@ -214,7 +263,7 @@ def test_train_vq_model_learns_and_caches(tiny_natural_images, tmp_path, monkeyp
         error = F.mse_loss(model(crops), crops)
         assert error < 0.5 * F.mse_loss(untrained(crops), crops)
     codes = model.encode(crops)["codes_hi"].unique()
-    assert len(codes) > 4                                  # the codebook is used, not collapsed to a code or two
+    assert len(codes) > 4  # the codebook is used, not collapsed to a code or two
 
 
 def test_train_vq_model_leaves_the_callers_random_state_alone(tiny_natural_images, tmp_path, monkeypatch):
@@ -222,7 +271,7 @@ def test_train_vq_model_leaves_the_callers_random_state_alone(tiny_natural_image
     the same seed gives other scores on a machine whose cache is empty (a real bottle run did)."""
     monkeypatch.setenv("ADLEARN_CACHE", str(tmp_path))
     torch.manual_seed(123)
-    expected = torch.rand(3)                                             # the stream with no VQ work in between
+    expected = torch.rand(3)  # the stream with no VQ work in between
     torch.manual_seed(123)
     train_vq_model(32, **VQ_TINY, steps=3, batch_size=2, verbose=False)  # miss: trains and caches
     assert torch.equal(torch.rand(3), expected)
@@ -256,7 +305,11 @@ def test_defaults_are_the_reference(monkeypatch):
 
     defaults = {k: p.default for k, p in inspect.signature(Dsr.__init__).parameters.items() if k != "self"}
     assert (defaults["num_hiddens"], defaults["num_residual_layers"], defaults["num_residual_hiddens"]) == (128, 2, 64)
-    assert (defaults["num_embeddings"], defaults["embedding_dim"], defaults["latent_anomaly_strength"]) == (4096, 128, 0.2)
+    assert (defaults["num_embeddings"], defaults["embedding_dim"], defaults["latent_anomaly_strength"]) == (
+        4096,
+        128,
+        0.2,
+    )
     assert (defaults["upsampling_train_ratio"], defaults["lr"], defaults["batch_size"]) == (0.7, 2e-4, 8)
     assert Dsr.training_defaults["max_epochs"] == 700
     model = Dsr(image_size=64, device="cpu", vq_weights="none", vq_epochs=0)
@@ -280,11 +333,13 @@ def test_tiny_fit_predict_same_seed_and_save_load(datasets_64, tmp_path):
     assert torch.equal(second.predict(images).anomaly_map, prediction.anomaly_map)
     loaded = load(first.save(tmp_path / "dsr.pt"))
     again = loaded.predict(images)
-    assert torch.equal(again.anomaly_map, prediction.anomaly_map) and torch.equal(again.pred_score, prediction.pred_score)
+    assert torch.equal(again.anomaly_map, prediction.anomaly_map) and torch.equal(
+        again.pred_score, prediction.pred_score
+    )
     assert loaded.history.phase == first.history.phase
 
 
 def test_adlearn_evaluate_dsr_rejects_bad_sizes():
     from adlearn.cli import main
 
-    assert main(["evaluate", "dsr", "--image-size", "48", "--device", "cpu"]) == 2     # a clear error, no traceback
+    assert main(["evaluate", "dsr", "--image-size", "48", "--device", "cpu"]) == 2  # a clear error, no traceback

@@ -49,7 +49,7 @@ def test_training_losses_and_gradients_equal_those_of_full_student_outputs():
     """losses() computes only the student halves it reads: same losses and gradients as slicing full outputs."""
     torch.manual_seed(0)
     model = EfficientAd(teacher_weights="none", image_size=64, teacher_out_channels=8, penalty=False, device="cpu")
-    model.eval()                                     # no dropout: both passes see the same network
+    model.eval()  # no dropout: both passes see the same network
     images, c = torch.randn(1, 3, 64, 64), 8
     ours = model.losses(images, augment=False)
     ours["loss"].backward()
@@ -75,12 +75,19 @@ def test_autoencoder_at_256_px_follows_the_reference_schedule():
 def test_pdn_small_has_the_reference_parameters_and_a_33_pixel_receptive_field():
     teacher = PatchDescriptionNetwork(384, "small")
     assert {k: tuple(v.shape) for k, v in teacher.state_dict().items()} == {
-        "conv1.weight": (128, 3, 4, 4), "conv1.bias": (128,), "conv2.weight": (256, 128, 4, 4), "conv2.bias": (256,),
-        "conv3.weight": (256, 256, 3, 3), "conv3.bias": (256,), "conv4.weight": (384, 256, 4, 4), "conv4.bias": (384,)}
+        "conv1.weight": (128, 3, 4, 4),
+        "conv1.bias": (128,),
+        "conv2.weight": (256, 128, 4, 4),
+        "conv2.bias": (256,),
+        "conv3.weight": (256, 256, 3, 3),
+        "conv3.bias": (256,),
+        "conv4.weight": (384, 256, 4, 4),
+        "conv4.bias": (384,),
+    }
     images = torch.randn(1, 3, 64, 64, requires_grad=True)
-    teacher(images)[0, :, 3, 3].sum().backward()                 # one output position
+    teacher(images)[0, :, 3, 3].sum().backward()  # one output position
     rows, cols = images.grad[0].abs().sum(0).nonzero(as_tuple=True)
-    assert (rows.min(), rows.max(), cols.min(), cols.max()) == (12, 44, 12, 44)   # 33 × 33 pixels at 4·3
+    assert (rows.min(), rows.max(), cols.min(), cols.max()) == (12, 44, 12, 44)  # 33 × 33 pixels at 4·3
     assert sum(p.numel() for p in teacher.parameters()) == 2_694_144
 
 
@@ -89,7 +96,7 @@ def test_exact_quantile_matches_torch_and_numpy():
     values = torch.randn(1001, generator=torch.Generator().manual_seed(0))
     for q in (0.0, 0.1, 0.5, 0.9, 0.995, 0.999, 1.0):
         assert float(exact_quantile(values, q)) == pytest.approx(float(torch.quantile(values, q)), rel=1e-6, abs=1e-6)
-    big = torch.rand(2**24 + 3, generator=torch.Generator().manual_seed(1))    # older torch.quantile refused this
+    big = torch.rand(2**24 + 3, generator=torch.Generator().manual_seed(1))  # older torch.quantile refused this
     assert float(exact_quantile(big, 0.9)) == pytest.approx(float(np.quantile(big.numpy(), 0.9)), abs=1e-7)
 
 
@@ -102,7 +109,7 @@ def test_hard_feature_loss_is_per_image_mean_above_the_quantile():
         expected.append(d[d >= np.quantile(d, 0.9)].mean())
     assert float(hard_feature_loss(teacher, student, 0.9)) == pytest.approx(np.mean(expected), rel=1e-5)
     # a batch of two is the mean of two batches of one (the reference pools the batch: pitfall (c))
-    singles = [float(hard_feature_loss(teacher[b:b + 1], student[b:b + 1], 0.9)) for b in range(2)]
+    singles = [float(hard_feature_loss(teacher[b : b + 1], student[b : b + 1], 0.9)) for b in range(2)]
     assert float(hard_feature_loss(teacher, student, 0.9)) == pytest.approx(np.mean(singles), rel=1e-6)
 
 
@@ -111,12 +118,14 @@ def test_total_loss_adds_the_student_penalty_and_autoencoder_terms():
     t, s, n, ta, a, sa = (torch.randn(1, c, 4, 4, generator=g) for c in (6, 12, 12, 6, 6, 12))
     losses = efficient_ad_loss(t, s[:, :6], n[:, :6], ta, a, sa[:, 6:], quantile=0.999)
     hard = ((t - s[:, :6]) ** 2).flatten()
-    assert float(losses["student"]) == pytest.approx(float(hard[hard >= torch.quantile(hard, 0.999)].mean()
-                                                           + (n[:, :6] ** 2).mean()), rel=1e-6)
+    assert float(losses["student"]) == pytest.approx(
+        float(hard[hard >= torch.quantile(hard, 0.999)].mean() + (n[:, :6] ** 2).mean()), rel=1e-6
+    )
     assert float(losses["autoencoder"]) == pytest.approx(float(((ta - a) ** 2).mean()), rel=1e-6)
     assert float(losses["student_autoencoder"]) == pytest.approx(float(((a - sa[:, 6:]) ** 2).mean()), rel=1e-6)
-    assert float(losses["loss"]) == pytest.approx(sum(float(losses[k]) for k in ("student", "autoencoder",
-                                                                               "student_autoencoder")), rel=1e-6)
+    assert float(losses["loss"]) == pytest.approx(
+        sum(float(losses[k]) for k in ("student", "autoencoder", "student_autoencoder")), rel=1e-6
+    )
 
 
 @pytest.mark.parametrize("kind", ["brightness", "contrast", "saturation"])
@@ -167,16 +176,18 @@ def test_defaults_follow_the_reference_and_bad_options_are_named(tmp_path):
 def test_teacher_weights_in_the_reference_layout_load(tmp_path):
     source = PatchDescriptionNetwork(384, "small")
     torch.save(source.state_dict(), tmp_path / "pretrained_teacher_small.pth")
-    model = create("efficient_ad", image_size=64, teacher_weights=str(tmp_path / "pretrained_teacher_small.pth"),
-                   device="cpu")
+    model = create(
+        "efficient_ad", image_size=64, teacher_weights=str(tmp_path / "pretrained_teacher_small.pth"), device="cpu"
+    )
     model.prepare_teacher()
     assert all(torch.equal(v, source.state_dict()[k]) for k, v in model.teacher.state_dict().items())
 
 
 @pytest.fixture(scope="module")
 def trained(datasets_64):
-    model = create("efficient_ad", teacher_weights="none", image_size=64, max_steps=6, val_fraction=0.25,
-                   device="cpu", seed=0)
+    model = create(
+        "efficient_ad", teacher_weights="none", image_size=64, max_steps=6, val_fraction=0.25, device="cpu", seed=0
+    )
     teacher_before = {k: v.clone() for k, v in model.teacher.state_dict().items()}
     model.fit(datasets_64[0], verbose=False)
     return model, teacher_before
@@ -187,7 +198,7 @@ def test_teacher_is_frozen_and_normalised_by_its_training_statistics(trained, da
     assert all(torch.equal(v, teacher_before[k]) for k, v in model.teacher.state_dict().items())
     from adlearn.data import hold_out
 
-    train, _ = hold_out(datasets_64[0], 0.25, seed=0)                 # what fit trained on
+    train, _ = hold_out(datasets_64[0], 0.25, seed=0)  # what fit trained on
     images = torch.stack([train[i]["image"] for i in range(len(train))])
     with torch.no_grad():
         outputs = model.teacher(images).double()
@@ -195,8 +206,9 @@ def test_teacher_is_frozen_and_normalised_by_its_training_statistics(trained, da
     assert torch.allclose(model.teacher_mean.flatten().double(), mean, atol=1e-5)
     assert torch.allclose(model.teacher_std.flatten().double(), std, rtol=1e-4)
     optimizer, _ = model.configure_optimizers()
-    assert {id(p) for g in optimizer.param_groups for p in g["params"]} == \
-        {id(p) for p in [*model.student.parameters(), *model.autoencoder.parameters()]}
+    assert {id(p) for g in optimizer.param_groups for p in g["params"]} == {
+        id(p) for p in [*model.student.parameters(), *model.autoencoder.parameters()]
+    }
     assert set(model.history.losses) == {"loss", "student", "autoencoder", "student_autoencoder"}
     assert model.history.steps == 6
 
@@ -253,7 +265,7 @@ def test_natural_image_crops_are_seeded_normalised_views():
     from adlearn.data import NaturalImageCrops, natural_image_names
     from adlearn.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
-    assert len(natural_image_names()) >= 10                       # photographs from three wheels
+    assert len(natural_image_names()) >= 10  # photographs from three wheels
     a, b = NaturalImageCrops(64, seed=1).sample(3), NaturalImageCrops(64, seed=1).sample(3)
     assert a.shape == (3, 3, 64, 64) and torch.equal(a, b)
     raw = NaturalImageCrops((32, 48), seed=1, normalize=False).sample(2)
@@ -273,7 +285,7 @@ def test_distillation_learning_rate_schedules_are_cached_apart(tmp_path, monkeyp
         distill_teacher(lr_schedule="step")
     options = {"steps": 3, "batch_size": 2, "crop_size": 64, "lr": 1e-3, "verbose": False}
     cosine, constant = distill_teacher(**options), distill_teacher(lr_schedule="constant", **options)
-    assert "cosine" in cosine.name and "cosine" not in constant.name          # the default: cosine
+    assert "cosine" in cosine.name and "cosine" not in constant.name  # the default: cosine
     # the benchmarks find the teacher "auto" uses: a file at default_teacher_path is what distill_teacher returns
     default = default_teacher_path("small")
     default.write_bytes(b"")
@@ -284,7 +296,7 @@ def test_distillation_learning_rate_schedules_are_cached_apart(tmp_path, monkeyp
     # The caller's random state is the same after distilling (a cache miss) as after reading the file (a hit).
     torch.manual_seed(5)
     expected = torch.rand(3)
-    for _ in range(2):                                          # miss (a new seed's file), then hit
+    for _ in range(2):  # miss (a new seed's file), then hit
         torch.manual_seed(5)
         distill_teacher(seed=1, **options)
         assert torch.equal(torch.rand(3), expected)
@@ -296,16 +308,23 @@ def test_distilled_teacher_is_closer_to_the_backbone_than_a_random_pdn(tmp_path,
 
     monkeypatch.setenv("ADLEARN_CACHE", str(tmp_path))
     # a short run at a constant learning rate (the default cosine decay spends half of 30 steps below lr / 2)
-    path, teacher, target = distill_teacher(steps=30, batch_size=4, crop_size=64, lr=1e-3, lr_schedule="constant",
-                                            return_model=True, verbose=False)
-    held_out = NaturalImageCrops(64, seed=123).sample(12)          # crops the distillation never saw
+    path, teacher, target = distill_teacher(
+        steps=30, batch_size=4, crop_size=64, lr=1e-3, lr_schedule="constant", return_model=True, verbose=False
+    )
+    held_out = NaturalImageCrops(64, seed=123).sample(12)  # crops the distillation never saw
     torch.manual_seed(0)
     random_pdn = PatchDescriptionNetwork(384, "small").eval()
-    distilled, random_error = distillation_error(teacher, target, held_out), distillation_error(random_pdn, target, held_out)
-    predict_zero = float(target(held_out).pow(2).mean())            # the targets' own spread
+    distilled, random_error = (
+        distillation_error(teacher, target, held_out),
+        distillation_error(random_pdn, target, held_out),
+    )
+    predict_zero = float(target(held_out).pow(2).mean())  # the targets' own spread
     assert distilled < 0.95 * predict_zero and distilled < 0.9 * random_error, (distilled, random_error, predict_zero)
     # cached: the second call trains nothing and returns the same file, which loads into a model
-    assert path.is_file() and distill_teacher(steps=30, batch_size=4, crop_size=64, lr=1e-3, lr_schedule="constant") == path
+    assert (
+        path.is_file()
+        and distill_teacher(steps=30, batch_size=4, crop_size=64, lr=1e-3, lr_schedule="constant") == path
+    )
     model = create("efficient_ad", image_size=64, teacher_weights=str(path), device="cpu")
     model.prepare_teacher()
     assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in model.teacher.state_dict().items())
@@ -315,9 +334,26 @@ def test_cli_max_steps(small_synthetic_root, tmp_path, capsys):
     from adlearn.cli import main
     from adlearn.data import SYNTHETIC_CATEGORIES
 
-    code = main(["evaluate", "efficient_ad", "--root", str(small_synthetic_root), "--category", SYNTHETIC_CATEGORIES[1],
-                 "--image-size", "64", "--device", "cpu", "--set", "max_steps=2", "--set", "teacher_weights=none",
-                 "--save", str(tmp_path / "m.pt")])
+    code = main(
+        [
+            "evaluate",
+            "efficient_ad",
+            "--root",
+            str(small_synthetic_root),
+            "--category",
+            SYNTHETIC_CATEGORIES[1],
+            "--image-size",
+            "64",
+            "--device",
+            "cpu",
+            "--set",
+            "max_steps=2",
+            "--set",
+            "teacher_weights=none",
+            "--save",
+            str(tmp_path / "m.pt"),
+        ]
+    )
     assert code == 0
     assert "efficient_ad epoch 1/200 (step 2/2)" in capsys.readouterr().out
     assert load(tmp_path / "m.pt").history.steps == 2

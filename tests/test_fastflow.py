@@ -6,13 +6,12 @@ import inspect
 
 import numpy as np
 import pytest
-
-from adlearn.train import TrainingConfig
 import torch
 import torch.nn.functional as F
 
 from adlearn.models import create, load
 from adlearn.models.fastflow import Fastflow, build_flow, fastflow_anomaly_map, fastflow_loss
+from adlearn.train import TrainingConfig
 
 BACKBONE = "efficientnet_lite0"
 
@@ -23,46 +22,59 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.py
 def test_loss_is_the_negative_log_likelihood_with_an_autograd_jacobian():
     torch.manual_seed(0)
     flow = build_flow(channels=4, height=3, width=2, flow_steps=3, conv3x3_only=False, hidden_ratio=1.0).double()
-    for parameter in flow.parameters():          # move away from the near-identity initialisation
+    for parameter in flow.parameters():  # move away from the near-identity initialisation
         parameter.data += 0.3 * torch.randn_like(parameter)
     x = torch.randn(2, 4, 3, 2, dtype=torch.float64)
     z, log_jac_det = flow(x)
     expected = []
-    for sample in x:                             # log|det ∂z/∂x| of the flattened 24 -> 24 map, by autograd
+    for sample in x:  # log|det ∂z/∂x| of the flattened 24 -> 24 map, by autograd
+
         def f(flat):
             return flow(flat.reshape(1, 4, 3, 2))[0].reshape(-1)
-        jacobian = torch.autograd.functional.jacobian(f, sample.reshape(-1))   # (24, 24)
+
+        jacobian = torch.autograd.functional.jacobian(f, sample.reshape(-1))  # (24, 24)
         z_sample = f(sample.reshape(-1))
-        expected.append(0.5 * (z_sample ** 2).sum() - torch.linalg.slogdet(jacobian).logabsdet)
+        expected.append(0.5 * (z_sample**2).sum() - torch.linalg.slogdet(jacobian).logabsdet)
     expected = torch.stack(expected).mean()
     assert float(fastflow_loss([z], [log_jac_det]).detach()) == pytest.approx(float(expected.detach()), rel=1e-9)
     # two scales add up
-    assert float(fastflow_loss([z, z], [log_jac_det, log_jac_det]).detach()) == pytest.approx(2 * float(expected.detach()))
+    assert float(fastflow_loss([z, z], [log_jac_det, log_jac_det]).detach()) == pytest.approx(
+        2 * float(expected.detach())
+    )
 
 
 def test_anomaly_map_formula():
     generator = torch.Generator().manual_seed(0)
     zs = [torch.randn(2, 3, 4, 4, generator=generator), torch.randn(2, 5, 2, 2, generator=generator)]
     expected = 0
-    for z in zs:                                 # −exp(−½ mean_c z²) per position, upsampled, averaged
+    for z in zs:  # −exp(−½ mean_c z²) per position, upsampled, averaged
         numbers = z.numpy()
-        likelihood = np.exp(-0.5 * (numbers ** 2).mean(axis=1, keepdims=True))
-        expected = expected + F.interpolate(torch.from_numpy(-likelihood), size=(8, 8), mode="bilinear",
-                                            align_corners=False) / len(zs)
+        likelihood = np.exp(-0.5 * (numbers**2).mean(axis=1, keepdims=True))
+        expected = expected + F.interpolate(
+            torch.from_numpy(-likelihood), size=(8, 8), mode="bilinear", align_corners=False
+        ) / len(zs)
     anomaly_map = fastflow_anomaly_map(zs, (8, 8))
     assert anomaly_map.shape == (2, 8, 8)
     assert torch.allclose(anomaly_map, expected[:, 0], atol=1e-6)
     assert (anomaly_map <= 0).all() and (anomaly_map >= -1).all()
-    assert float(fastflow_anomaly_map([torch.zeros(1, 3, 2, 2)], (4, 4)).max()) == -1.0   # z = 0: most normal
+    assert float(fastflow_anomaly_map([torch.zeros(1, 3, 2, 2)], (4, 4)).max()) == -1.0  # z = 0: most normal
 
 
 def test_defaults_follow_the_reference():
     defaults = {k: p.default for k, p in inspect.signature(Fastflow.__init__).parameters.items() if k != "self"}
-    training = TrainingConfig(**Fastflow.training_defaults).to_dict()   # declared once, in the loop
-    assert (defaults["backbone"], defaults["flow_steps"], defaults["conv3x3_only"], defaults["hidden_ratio"]) == \
-        ("resnet18", 8, False, 1.0)
-    assert (defaults["lr"], defaults["weight_decay"], training["max_epochs"], training["patience"]) == \
-        (1e-3, 1e-5, 500, 3)
+    training = TrainingConfig(**Fastflow.training_defaults).to_dict()  # declared once, in the loop
+    assert (defaults["backbone"], defaults["flow_steps"], defaults["conv3x3_only"], defaults["hidden_ratio"]) == (
+        "resnet18",
+        8,
+        False,
+        1.0,
+    )
+    assert (defaults["lr"], defaults["weight_decay"], training["max_epochs"], training["patience"]) == (
+        1e-3,
+        1e-5,
+        500,
+        3,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -77,12 +89,13 @@ def test_architecture(model):
     assert [len(flow) for flow in model.flows] == [8, 8, 8]
     kernels = [block.subnet[0].kernel_size[0] for block in model.flows[0]]
     assert kernels == [3, 1, 3, 1, 3, 1, 3, 1]
-    assert model.flows[0][0].subnet[0].out_channels == 12          # hidden = int(C1 · 1.0), C1 = 24 − 12
+    assert model.flows[0][0].subnet[0].out_channels == 12  # hidden = int(C1 · 1.0), C1 = 24 − 12
     assert all(block.clamp == 2.0 for flow in model.flows for block in flow)
     trainable = {name.split(".")[0] for name, p in model.named_parameters() if p.requires_grad}
-    assert trainable == {"norms", "flows"}                          # the backbone is frozen
-    only_3x3 = create("fastflow", backbone=BACKBONE, image_size=64, conv3x3_only=True, flow_steps=2,
-                      hidden_ratio=0.5, device="cpu")
+    assert trainable == {"norms", "flows"}  # the backbone is frozen
+    only_3x3 = create(
+        "fastflow", backbone=BACKBONE, image_size=64, conv3x3_only=True, flow_steps=2, hidden_ratio=0.5, device="cpu"
+    )
     assert [b.subnet[0].kernel_size[0] for b in only_3x3.flows[0]] == [3, 3]
     assert only_3x3.flows[0][0].subnet[0].out_channels == 6
 
@@ -109,7 +122,7 @@ def test_best_checkpoint_and_save_load_give_identical_predictions(trained, datas
     model, checkpoint = trained
     images = torch.stack([datasets_64[1][i]["image"] for i in range(3)])
     expected = model.predict(images).anomaly_map
-    assert torch.equal(load(checkpoint).predict(images).anomaly_map, expected)   # best epoch, restored
+    assert torch.equal(load(checkpoint).predict(images).anomaly_map, expected)  # best epoch, restored
     model.save(tmp_path / "fastflow.pt")
     restored = load(tmp_path / "fastflow.pt")
     assert torch.equal(restored.predict(images).anomaly_map, expected)
@@ -117,8 +130,14 @@ def test_best_checkpoint_and_save_load_give_identical_predictions(trained, datas
 
 
 def test_transformer_backbone():
-    model = create("fastflow", backbone="deit_tiny_distilled_patch16_224", pretrained="none", image_size=224,
-                   flow_steps=2, device="cpu")
+    model = create(
+        "fastflow",
+        backbone="deit_tiny_distilled_patch16_224",
+        pretrained="none",
+        image_size=224,
+        flow_steps=2,
+        device="cpu",
+    )
     assert model.feature_shapes == [(192, 14, 14)] and model.feature_extractor.n_blocks == 8
     z, log_jac_det = model.flow_forward(model.extract_features(torch.randn(1, 3, 224, 224)))
     assert z[0].shape == (1, 192, 14, 14) and log_jac_det[0].isfinite().all()
@@ -130,9 +149,28 @@ def test_cli_max_steps(small_synthetic_root, tmp_path, capsys):
     from adlearn.cli import main
     from adlearn.data import SYNTHETIC_CATEGORIES
 
-    code = main(["evaluate", "fastflow", "--root", str(small_synthetic_root), "--category", SYNTHETIC_CATEGORIES[1],
-                 "--image-size", "64", "--backbone", BACKBONE, "--device", "cpu", "--set", "max_steps=2",
-                 "--set", "batch_size=4", "--save", str(tmp_path / "m.pt")])
+    code = main(
+        [
+            "evaluate",
+            "fastflow",
+            "--root",
+            str(small_synthetic_root),
+            "--category",
+            SYNTHETIC_CATEGORIES[1],
+            "--image-size",
+            "64",
+            "--backbone",
+            BACKBONE,
+            "--device",
+            "cpu",
+            "--set",
+            "max_steps=2",
+            "--set",
+            "batch_size=4",
+            "--save",
+            str(tmp_path / "m.pt"),
+        ]
+    )
     assert code == 0
     assert "fastflow epoch 1/500 (step 2/2)" in capsys.readouterr().out
     assert load(tmp_path / "m.pt").history.steps == 2
@@ -140,7 +178,7 @@ def test_cli_max_steps(small_synthetic_root, tmp_path, capsys):
 
 @pytest.mark.slow
 @pytest.mark.mvtec
-@pytest.mark.recipe   # ~330 CPU s: make test-recipes
+@pytest.mark.recipe  # ~330 CPU s: make test-recipes
 def test_real_bottle_with_label_free_early_stopping(mvtec_bottle_root):
     # The recipe docs/benchmarks.md reports: the offline efficientnet_lite2, its stages of strides 8/16/32, 3x3
     # subnets, early stopping on synthetic defects pasted into held-out training images (the test set is never
@@ -150,9 +188,17 @@ def test_real_bottle_with_label_free_early_stopping(mvtec_bottle_root):
     from adlearn.data import MVTecDataset
     from adlearn.evaluate import fit_and_evaluate
 
-    model = create("fastflow", backbone="efficientnet_lite2", layers=("layer2", "layer3", "layer4"),
-                   conv3x3_only=True, batch_size=8, val_fraction=0.2, val_anomalies="synthetic", device="cpu",
-                   seed=0)
+    model = create(
+        "fastflow",
+        backbone="efficientnet_lite2",
+        layers=("layer2", "layer3", "layer4"),
+        conv3x3_only=True,
+        batch_size=8,
+        val_fraction=0.2,
+        val_anomalies="synthetic",
+        device="cpu",
+        seed=0,
+    )
     train = MVTecDataset(mvtec_bottle_root, "bottle", "train", transform=model.transform)
     test = MVTecDataset(mvtec_bottle_root, "bottle", "test", transform=model.transform)
     results = fit_and_evaluate(model, train, test)

@@ -34,10 +34,10 @@ def test_generator_loss_is_the_weighted_sum_of_the_three_means():
     x, fake = rng.normal(size=(2, 3, 4, 4)), rng.normal(size=(2, 3, 4, 4))
     z, z_hat = rng.normal(size=(2, 5, 1, 1)), rng.normal(size=(2, 5, 1, 1))
     f_real, f_fake = rng.normal(size=(2, 6, 4, 4)), rng.normal(size=(2, 6, 4, 4))
-    adversarial = ((f_real - f_fake) ** 2).mean()         # Eq. 1, feature matching
-    contextual = np.abs(x - fake).mean()                  # Eq. 2, L1
-    encoder = ((z - z_hat) ** 2).mean()                   # Eq. 3, L2
-    t = lambda a: torch.tensor(a, dtype=torch.float64)   # noqa: E731
+    adversarial = ((f_real - f_fake) ** 2).mean()  # Eq. 1, feature matching
+    contextual = np.abs(x - fake).mean()  # Eq. 2, L1
+    encoder = ((z - z_hat) ** 2).mean()  # Eq. 3, L2
+    t = lambda a: torch.tensor(a, dtype=torch.float64)  # noqa: E731
     losses = ganomaly_loss(t(x), t(fake), t(z), t(z_hat), t(f_real), t(f_fake), w_adv=2.0, w_con=50.0, w_enc=3.0)
     assert float(losses["adversarial"]) == pytest.approx(adversarial)
     assert float(losses["contextual"]) == pytest.approx(contextual)
@@ -47,9 +47,11 @@ def test_generator_loss_is_the_weighted_sum_of_the_three_means():
 
 def test_discriminator_loss_and_score_by_hand():
     real, fake = torch.tensor([2.0, -1.0]), torch.tensor([0.5, -3.0])
-    sigmoid = lambda v: 1 / (1 + math.exp(-v))           # noqa: E731
-    expected = 0.5 * (np.mean([-math.log(sigmoid(2.0)), -math.log(sigmoid(-1.0))])
-                      + np.mean([-math.log(1 - sigmoid(0.5)), -math.log(1 - sigmoid(-3.0))]))
+    sigmoid = lambda v: 1 / (1 + math.exp(-v))  # noqa: E731
+    expected = 0.5 * (
+        np.mean([-math.log(sigmoid(2.0)), -math.log(sigmoid(-1.0))])
+        + np.mean([-math.log(1 - sigmoid(0.5)), -math.log(1 - sigmoid(-3.0))])
+    )
     assert float(discriminator_loss(real, fake)) == pytest.approx(expected, rel=1e-6)
     z, z_hat = torch.tensor([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]])[..., None, None], torch.zeros(2, 3, 1, 1)
     assert latent_distance(z, z_hat).tolist() == pytest.approx([14 / 3, 0.0])
@@ -63,7 +65,7 @@ def test_dcgan_shapes(side, widths):
     assert encoder.features(x).shape == (2, widths, 4, 4) and encoder.width == widths
     assert encoder(x).shape == (2, 10, 1, 1)
     out = decoder(torch.randn(2, 10, 1, 1))
-    assert out.shape == (2, 3, side, side) and out.abs().max() <= 1.0     # tanh
+    assert out.shape == (2, 3, side, side) and out.abs().max() <= 1.0  # tanh
     logit, features = Discriminator(side, 3, 4)(x)
     assert logit.shape == (2,) and features.shape == (2, widths, 4, 4)
 
@@ -101,7 +103,9 @@ def test_dcgan_initialisation():
     assert abs(float(conv.mean())) < 0.005 and float(conv.std()) == pytest.approx(0.02, rel=0.1)
     norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     scales = torch.cat([m.weight.detach() for m in norms])
-    assert float(scales.mean()) == pytest.approx(1.0, abs=0.01) and all(float(m.bias.detach().abs().max()) == 0 for m in norms)
+    assert float(scales.mean()) == pytest.approx(1.0, abs=0.01) and all(
+        float(m.bias.detach().abs().max()) == 0 for m in norms
+    )
 
 
 def test_each_batch_steps_the_generator_then_the_discriminator(datasets_64):
@@ -117,7 +121,7 @@ def test_each_batch_steps_the_generator_then_the_discriminator(datasets_64):
         steps.append(name)
         if name == "generator":
             generator_grads.append([p.grad.clone() for p in model.generator.parameters()])
-        else:   # after the discriminator's step the generator's gradients are still the generator loss's own
+        else:  # after the discriminator's step the generator's gradients are still the generator loss's own
             for grad, p in zip(generator_grads[-1], model.generator.parameters()):
                 assert torch.equal(grad, p.grad)
 
@@ -126,8 +130,11 @@ def test_each_batch_steps_the_generator_then_the_discriminator(datasets_64):
     batches = math.ceil(len(datasets_64[0]) / SMALL["batch_size"])
     assert steps == ["generator", "discriminator"] * batches
     for prefix in ("generator.encoder.", "generator.decoder.", "generator.encoder_2.", "discriminator."):
-        changed = [k for k, v in model.state_dict().items() if k.startswith(prefix) and k.endswith("weight")
-                   and not torch.equal(v, before[k])]
+        changed = [
+            k
+            for k, v in model.state_dict().items()
+            if k.startswith(prefix) and k.endswith("weight") and not torch.equal(v, before[k])
+        ]
         assert changed, prefix
     assert set(trainer.history.losses) == {"generator", "discriminator"}
 
@@ -145,7 +152,7 @@ def test_training_reduces_the_reconstruction_error(datasets_64):
 
     start = contextual()
     model.fit(train, verbose=False)
-    assert contextual() < 0.85 * start            # measured 0.227 -> 0.170
+    assert contextual() < 0.85 * start  # measured 0.227 -> 0.170
     assert len(model.history.loss) == 6
 
 
@@ -175,9 +182,30 @@ def test_evaluate_says_there_is_no_pixel_metric(small_synthetic_root, tmp_path, 
     from adlearn.data import SYNTHETIC_CATEGORIES
 
     out = tmp_path / "r.json"
-    code = main(["evaluate", "ganomaly", "--root", str(small_synthetic_root), "--category", SYNTHETIC_CATEGORIES[0],
-                 "--image-size", "64", "--set", "n_features=8", "--set", "latent_size=16", "--set", "max_epochs=1",
-                 "--device", "cpu", "--json", str(out), "--figure", str(tmp_path / "f.png")])
+    code = main(
+        [
+            "evaluate",
+            "ganomaly",
+            "--root",
+            str(small_synthetic_root),
+            "--category",
+            SYNTHETIC_CATEGORIES[0],
+            "--image-size",
+            "64",
+            "--set",
+            "n_features=8",
+            "--set",
+            "latent_size=16",
+            "--set",
+            "max_epochs=1",
+            "--device",
+            "cpu",
+            "--json",
+            str(out),
+            "--figure",
+            str(tmp_path / "f.png"),
+        ]
+    )
     assert code == 0
     results = json.loads(out.read_text())
     assert results["task"] == "classification" and results["pixel_auroc"] is None

@@ -25,29 +25,32 @@ import time
 import urllib.request
 from pathlib import Path
 
-import pytest
-
 import browser
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "notebooks" / "06_coresets.ipynb"
 SCREENSHOT = REPO / "build" / "jupyterlab-coreset.png"
-FAILURE = REPO / "build" / "jupyterlab-failure"   # .png and .html of the page when a wait times out
-RUN_ALL_TIMEOUT_S = 480   # about 40 s in smoke mode on 2 idle cores; 270 s seen with the cores shared 6 ways
+FAILURE = REPO / "build" / "jupyterlab-failure"  # .png and .html of the page when a wait times out
+RUN_ALL_TIMEOUT_S = 480  # about 40 s in smoke mode on 2 idle cores; 270 s seen with the cores shared 6 ways
 
 pytestmark = pytest.mark.slow
 
 # User settings for this JupyterLab only: no news fetched from the internet, every cell kept in the
 # page (a windowed notebook detaches the cells scrolled out of view).
 LAB_SETTINGS = {
-    "@jupyterlab/apputils-extension/notification.jupyterlab-settings": {"fetchNews": "false",
-                                                                         "checkForUpdates": False},
+    "@jupyterlab/apputils-extension/notification.jupyterlab-settings": {"fetchNews": "false", "checkForUpdates": False},
     "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"windowingMode": "none"},
 }
 # No news, no update checks, no extension manager asking PyPI: nothing leaves the machine.
-SERVER_CONFIG = {"LabApp": {"news_url": None, "check_for_updates_class": "jupyterlab.NeverCheckForUpdate",
-                            "extension_manager": "readonly"},
-                 "ServerApp": {"terminals_enabled": False}}
+SERVER_CONFIG = {
+    "LabApp": {
+        "news_url": None,
+        "check_for_updates_class": "jupyterlab.NeverCheckForUpdate",
+        "extension_manager": "readonly",
+    },
+    "ServerApp": {"terminals_enabled": False},
+}
 
 
 def _free_port() -> int:
@@ -80,28 +83,52 @@ def jupyterlab(tmp_path_factory):
         path.write_text(json.dumps(values))
     (home / "config").mkdir(parents=True)
     (home / "config" / "jupyter_server_config.json").write_text(json.dumps(SERVER_CONFIG))
-    env = dict(os.environ, JUPYTER_CONFIG_DIR=str(home / "config"), JUPYTER_RUNTIME_DIR=str(home / "runtime"),
-               JUPYTERLAB_SETTINGS_DIR=str(settings), JUPYTERLAB_WORKSPACES_DIR=str(home / "workspaces"),
-               OMP_NUM_THREADS="2", MKL_NUM_THREADS="2", PYTHONPATH=os.pathsep.join(
-                   filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    env = dict(
+        os.environ,
+        JUPYTER_CONFIG_DIR=str(home / "config"),
+        JUPYTER_RUNTIME_DIR=str(home / "runtime"),
+        JUPYTERLAB_SETTINGS_DIR=str(settings),
+        JUPYTERLAB_WORKSPACES_DIR=str(home / "workspaces"),
+        OMP_NUM_THREADS="2",
+        MKL_NUM_THREADS="2",
+        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    )
     port, token = _free_port(), secrets.token_hex(16)
     log = open(root / "jupyterlab.log", "w")
     server = subprocess.Popen(
-        [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
-         "--ServerApp.port_retries=0", "--allow-root", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={work}"],
-        cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
+        [
+            sys.executable,
+            "-m",
+            "jupyterlab",
+            "--no-browser",
+            "--ip=127.0.0.1",
+            f"--port={port}",
+            "--ServerApp.port_retries=0",
+            "--allow-root",
+            f"--IdentityProvider.token={token}",
+            f"--ServerApp.root_dir={work}",
+        ],
+        cwd=work,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 90
         while True:
             if server.poll() is not None:
-                pytest.fail(f"JupyterLab exited ({server.returncode}):\n{(root / 'jupyterlab.log').read_text()[-3000:]}")
+                pytest.fail(
+                    f"JupyterLab exited ({server.returncode}):\n{(root / 'jupyterlab.log').read_text()[-3000:]}"
+                )
             try:
                 _api(base, "/api/status", token)
                 break
             except OSError:
                 if time.monotonic() > deadline:
-                    pytest.fail(f"JupyterLab did not answer within 90 s:\n{(root / 'jupyterlab.log').read_text()[-3000:]}")
+                    pytest.fail(
+                        f"JupyterLab did not answer within 90 s:\n{(root / 'jupyterlab.log').read_text()[-3000:]}"
+                    )
                 time.sleep(0.5)
         yield base, token, root / "jupyterlab.log"
     finally:
@@ -128,8 +155,10 @@ def _wait(driver, condition, timeout: float, what: str, poll: float = 0.5):
             FAILURE.parent.mkdir(parents=True, exist_ok=True)
             driver.save_screenshot(str(FAILURE.with_suffix(".png")))
             FAILURE.with_suffix(".html").write_text(driver.page_source, encoding="utf-8")
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what} (the page as it was: "
-                        f"{FAILURE.with_suffix('.png')}, {FAILURE.with_suffix('.html')})")
+            pytest.fail(
+                f"timed out after {timeout:.0f} s waiting for {what} (the page as it was: "
+                f"{FAILURE.with_suffix('.png')}, {FAILURE.with_suffix('.html')})"
+            )
         time.sleep(poll)
 
 
@@ -179,32 +208,48 @@ def test_coreset_widget_moves_with_the_keyboard_in_jupyterlab(jupyterlab, reques
     start = time.perf_counter()
     with browser.chromium_driver(width=1400, height=1000, offline=True) as driver:
         driver.get(f"{base}/lab/tree/{NOTEBOOK.name}?token={token}")
-        _wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, ".jp-Notebook .jp-CodeCell"), 90,
-              "the notebook to open in JupyterLab")
+        _wait(
+            driver,
+            lambda d: d.find_elements(By.CSS_SELECTOR, ".jp-Notebook .jp-CodeCell"),
+            90,
+            "the notebook to open in JupyterLab",
+        )
 
         def kernel_idle(_):
             sessions = _api(base, "/api/sessions", token)
-            return any(s["kernel"]["execution_state"] == "idle" for s in sessions
-                       if s.get("path", "").endswith(NOTEBOOK.name))
+            return any(
+                s["kernel"]["execution_state"] == "idle" for s in sessions if s.get("path", "").endswith(NOTEBOOK.name)
+            )
 
         _wait(driver, kernel_idle, 90, "the notebook's kernel to start")
 
         # Run → Run All Cells, as a participant does.
         driver.find_element(By.CSS_SELECTOR, ".jp-Notebook").click()
-        menu = next(item for item in driver.find_elements(By.CSS_SELECTOR, ".lm-MenuBar-item")
-                    if item.text.strip() == "Run")
+        menu = next(
+            item for item in driver.find_elements(By.CSS_SELECTOR, ".lm-MenuBar-item") if item.text.strip() == "Run"
+        )
         menu.click()
 
         def run_all_item(d):
-            return next((item for item in d.find_elements(By.CSS_SELECTOR, ".lm-Menu .lm-Menu-item")
-                         if item.text.strip().startswith("Run All Cells")), None)
+            return next(
+                (
+                    item
+                    for item in d.find_elements(By.CSS_SELECTOR, ".lm-Menu .lm-Menu-item")
+                    if item.text.strip().startswith("Run All Cells")
+                ),
+                None,
+            )
 
         _wait(driver, run_all_item, 10, "Run All Cells in the Run menu").click()
         state = _wait(driver, _all_cells_ran, RUN_ALL_TIMEOUT_S, "Run All Cells to finish (every prompt [n])")
         ran = time.perf_counter() - start
         assert not state["errors"], "cells show errors after Run All:\n" + "\n".join(state["errors"])
-        before = _wait(driver, lambda d: (_state(d)["widget"] or {}).get("image") and _state(d)["widget"], 60,
-                       "the coreset widget and its figure")
+        before = _wait(
+            driver,
+            lambda d: (_state(d)["widget"] or {}).get("image") and _state(d)["widget"],
+            60,
+            "the coreset widget and its figure",
+        )
 
         # Move the ratio slider with the keyboard: focus its handle, press the right arrow twice.
         handle = driver.execute_script("""
@@ -218,15 +263,28 @@ def test_coreset_widget_moves_with_the_keyboard_in_jupyterlab(jupyterlab, reques
             return handle;""")
         assert driver.switch_to.active_element == handle, "the slider handle did not take the keyboard focus"
         handle.send_keys(Keys.ARROW_RIGHT, Keys.ARROW_RIGHT)
-        after = _wait(driver, lambda d: (w := _state(d)["widget"]) and w["image"] and w["image"] != before["image"]
-                      and w["readout"] != before["readout"] and w, 90,
-                      f"the widget to redraw after the slider moved (readout was {before['readout']})")
-        assert float(after["readout"]) == pytest.approx(float(before["readout"]) + 2 * 0.005), (before["readout"],
-                                                                                               after["readout"])
+        after = _wait(
+            driver,
+            lambda d: (
+                (w := _state(d)["widget"])
+                and w["image"]
+                and w["image"] != before["image"]
+                and w["readout"] != before["readout"]
+                and w
+            ),
+            90,
+            f"the widget to redraw after the slider moved (readout was {before['readout']})",
+        )
+        assert float(after["readout"]) == pytest.approx(float(before["readout"]) + 2 * 0.005), (
+            before["readout"],
+            after["readout"],
+        )
         assert not _state(driver)["errors"]
         SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
         driver.save_screenshot(str(SCREENSHOT))
-    message = (f"JupyterLab: 06_coresets ran all cells in {ran:.0f} s; ratio {before['readout']} -> "
-               f"{after['readout']} redrew the figure; screenshot {SCREENSHOT}")
+    message = (
+        f"JupyterLab: 06_coresets ran all cells in {ran:.0f} s; ratio {before['readout']} -> "
+        f"{after['readout']} redrew the figure; screenshot {SCREENSHOT}"
+    )
     if echo is not None:
         echo.write_line(message)

@@ -44,7 +44,7 @@ def test_a_ratio_measured_under_load_is_refused_unless_allowed():
                 guard.records.append(guard.judge(dict(record)))
     with pytest.warns(BusyMachineWarning, match="ratio not reported.*theirs.*--allow-busy"):
         assert strict.ratio(10.0, 2.0, "ours", "theirs") is None
-    assert strict.ratio(10.0, 2.0, "ours") == 5.0          # only idle parts involved
+    assert strict.ratio(10.0, 2.0, "ours") == 5.0  # only idle parts involved
     assert lenient.ratio(10.0, 2.0, "ours", "theirs") == 5.0
     summary = strict.summary()
     assert summary["any_busy"] and [p["label"] for p in summary["parts"]] == ["ours", "theirs"]
@@ -53,7 +53,7 @@ def test_a_ratio_measured_under_load_is_refused_unless_allowed():
 
 @pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="needs Linux /proc/stat")
 def test_other_processes_cpu_is_measured_and_ours_is_not_counted():
-    guard = LoadGuard(threshold=1e9, echo=False)   # never busy: we only check the accounting
+    guard = LoadGuard(threshold=1e9, echo=False)  # never busy: we only check the accounting
     spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
         with guard.measure("with a spinner") as record:
@@ -61,7 +61,7 @@ def test_other_processes_cpu_is_measured_and_ours_is_not_counted():
         ticks = os.sysconf("SC_CLK_TCK")
         with open(f"/proc/{spinner.pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
-        spinner_cpu = (int(fields[11]) + int(fields[12])) / ticks   # utime + stime of the spinner
+        spinner_cpu = (int(fields[11]) + int(fields[12])) / ticks  # utime + stime of the spinner
     finally:
         spinner.kill()
         spinner.wait()
@@ -92,7 +92,7 @@ def test_a_worker_process_named_in_pids_counts_as_ours():
     guard = LoadGuard(threshold=1e9, echo=False)
     worker = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
-        time.sleep(0.3)                                    # past the interpreter's start
+        time.sleep(0.3)  # past the interpreter's start
         before = machine.process_cpu_seconds(worker.pid)
         with guard.measure("worker counted as ours", pids=(worker.pid,)) as mine:
             time.sleep(1.5)
@@ -102,7 +102,7 @@ def test_a_worker_process_named_in_pids_counts_as_ours():
     finally:
         worker.kill()
         worker.wait()
-    assert spent > 1.0                                     # the worker did spin (about 1 core)
+    assert spent > 1.0  # the worker did spin (about 1 core)
     # The same spinning worker: about one core more among "other processes" when it is not named.
     assert theirs["other_cpus"] - mine["other_cpus"] > 0.5
-    assert machine.process_cpu_seconds(worker.pid) is None      # reaped: no /proc entry
+    assert machine.process_cpu_seconds(worker.pid) is None  # reaped: no /proc entry

@@ -91,7 +91,6 @@ def test_roc_curve_matches_sklearn(seed):
     np.testing.assert_array_equal(thresholds[1:], sk_thresholds[1:])
 
 
-
 # --------------------------------------------------------------------------------------------
 # F1-max
 # --------------------------------------------------------------------------------------------
@@ -132,21 +131,18 @@ def test_f1_max_simple_values():
 # One 4x4 image. Region A (4 pixels, top-left 2x2 block) and region B (2 pixels, bottom row).
 # The other 10 pixels are normal, so each normal pixel above the threshold adds 0.1 to the FPR;
 # each A pixel adds 1/(2*4) = 0.125 to the PRO and each B pixel 1/(2*2) = 0.25.
-MASK_4X4 = np.array(
-    [[1, 1, 0, 0],
-     [1, 1, 0, 0],
-     [0, 0, 0, 0],
-     [0, 0, 1, 1]]
-)
+MASK_4X4 = np.array([[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 0, 0], [0, 0, 1, 1]])
 REGION_A = np.zeros((4, 4), bool)
 REGION_A[:2, :2] = True
 REGION_B = np.zeros((4, 4), bool)
 REGION_B[3, 2:] = True
 MAP_4X4 = np.array(
-    [[0.90, 0.80, 0.85, 0.60],   # A: 0.9, 0.8 | normal: 0.85, 0.6
-     [0.30, 0.20, 0.50, 0.45],   # A: 0.3, 0.2 | normal: 0.5, 0.45
-     [0.40, 0.35, 0.25, 0.15],   # normal
-     [0.05, 0.00, 0.70, 0.10]]   # normal: 0.05, 0.0 | B: 0.7, 0.1
+    [
+        [0.90, 0.80, 0.85, 0.60],  # A: 0.9, 0.8 | normal: 0.85, 0.6
+        [0.30, 0.20, 0.50, 0.45],  # A: 0.3, 0.2 | normal: 0.5, 0.45
+        [0.40, 0.35, 0.25, 0.15],  # normal
+        [0.05, 0.00, 0.70, 0.10],
+    ]  # normal: 0.05, 0.0 | B: 0.7, 0.1
 )
 
 
@@ -239,13 +235,16 @@ def test_aupro_perfect_and_inverted_maps():
 def test_aupro_matches_brute_force_on_random_data(seed):
     rng = np.random.default_rng(seed)
     masks = np.zeros((2, 12, 12), int)
-    masks[0, 1:4, 1:5] = 1       # 12 pixels
-    masks[0, 8:10, 8:9] = 1      # 2 pixels
-    masks[1, 5:11, 2:4] = 1      # 12 pixels
+    masks[0, 1:4, 1:5] = 1  # 12 pixels
+    masks[0, 8:10, 8:9] = 1  # 2 pixels
+    masks[1, 5:11, 2:4] = 1  # 12 pixels
     maps = np.round(rng.random(masks.shape) + 0.4 * masks, 1)  # coarse: many ties
     regions = []
-    for image, (rows, cols) in [(0, (slice(1, 4), slice(1, 5))), (0, (slice(8, 10), slice(8, 9))),
-                                (1, (slice(5, 11), slice(2, 4)))]:
+    for image, (rows, cols) in [
+        (0, (slice(1, 4), slice(1, 5))),
+        (0, (slice(8, 10), slice(8, 9))),
+        (1, (slice(5, 11), slice(2, 4))),
+    ]:
         r = np.zeros(masks.shape, bool)
         r[image, rows, cols] = True
         regions.append(r)
@@ -271,7 +270,6 @@ def test_aupro_without_regions_warns_and_returns_nan():
     assert np.isnan(value)
 
 
-
 # --------------------------------------------------------------------------------------------
 # Normalisation
 # --------------------------------------------------------------------------------------------
@@ -280,8 +278,7 @@ def test_aupro_without_regions_warns_and_returns_nan():
 def test_min_max_normalize_numpy_and_torch():
     scores = np.array([-1.0, 0.0, 2.0, 4.0, 5.0])
     np.testing.assert_allclose(min_max_normalize(scores, 0.0, 4.0), [0.0, 0.0, 0.5, 1.0, 1.0])
-    np.testing.assert_allclose(min_max_normalize(scores, 0.0, 4.0, clip=False),
-                               [-0.25, 0.0, 0.5, 1.0, 1.25])
+    np.testing.assert_allclose(min_max_normalize(scores, 0.0, 4.0, clip=False), [-0.25, 0.0, 0.5, 1.0, 1.25])
     out = min_max_normalize(torch.tensor([0.0, 1.0, 3.0]), 1.0, 3.0)
     assert isinstance(out, torch.Tensor)
     torch.testing.assert_close(out, torch.tensor([0.0, 0.0, 1.0]))
@@ -322,8 +319,14 @@ def test_normalizer_errors():
 def test_compute_all_image_only():
     labels, scores = _tied_data(0)
     results = compute_all(labels, scores)
-    assert set(results) == {"image_auroc", "image_f1max", "image_f1max_threshold",
-                            "pixel_auroc", "pixel_aupro", "pixel_f1max"}
+    assert set(results) == {
+        "image_auroc",
+        "image_f1max",
+        "image_f1max_threshold",
+        "pixel_auroc",
+        "pixel_aupro",
+        "pixel_f1max",
+    }
     assert results["image_auroc"] == image_auroc(labels, scores)
     assert (results["image_f1max"], results["image_f1max_threshold"]) == f1_max(labels, scores)
     assert results["pixel_auroc"] is results["pixel_aupro"] is results["pixel_f1max"] is None
@@ -396,7 +399,9 @@ def test_non_binary_labels_and_bad_arguments():
 
 
 def test_importing_metrics_is_light():
-    code = ("import sys, adlearn.metrics; "
-            "heavy = [m for m in ('torch', 'matplotlib', 'sklearn', 'scipy') if m in sys.modules]; "
-            "assert not heavy, heavy")
+    code = (
+        "import sys, adlearn.metrics; "
+        "heavy = [m for m in ('torch', 'matplotlib', 'sklearn', 'scipy') if m in sys.modules]; "
+        "assert not heavy, heavy"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -38,11 +38,14 @@ def test_predict_before_fit_is_a_clear_error():
         model.predict(torch.zeros(1, 3, 64, 64))
 
 
-@pytest.mark.parametrize("shape, message", [
-    ((3, 64, 64), "unsqueeze"),
-    ((1, 1, 64, 64), "3 channels"),
-    ((1, 3, 32, 32), "configured for 64x64"),
-])
+@pytest.mark.parametrize(
+    "shape, message",
+    [
+        ((3, 64, 64), "unsqueeze"),
+        ((1, 1, 64, 64), "3 channels"),
+        ((1, 3, 32, 32), "configured for 64x64"),
+    ],
+)
 def test_wrong_input_shapes_name_the_fix(fitted_padim, shape, message):
     with pytest.raises(ValueError, match=message):
         fitted_padim.predict(torch.zeros(shape))
@@ -115,9 +118,9 @@ def test_one_name_per_step_across_models():
         assert callable(cls.extract_features) and callable(cls.predict_step), name
         assert not any(hasattr(cls, old) for old in old_names), name
         module = importlib.import_module(cls.__module__)
-        if issubclass(cls, TrainedModel):                              # the formulas, as module functions
+        if issubclass(cls, TrainedModel):  # the formulas, as module functions
             assert callable(getattr(module, f"{name}_loss")), name
-            if cls.task == "segmentation":                             # image-level models have no map
+            if cls.task == "segmentation":  # image-level models have no map
                 assert callable(getattr(module, f"{name}_anomaly_map")), name
 
 

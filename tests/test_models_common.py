@@ -9,7 +9,8 @@ import torch.nn.functional as F
 
 def _old_layer_map_formulas():
     """The three loops the models wrote before `combine_layer_maps` existed, copied out by hand."""
-    def stfpm(maps, size):                       # multiply, align_corners=False
+
+    def stfpm(maps, size):  # multiply, align_corners=False
         out = None
         for m in maps:
             m = F.interpolate(m, size=size, mode="bilinear", align_corners=False)
@@ -23,7 +24,7 @@ def _old_layer_map_formulas():
             out = m if out is None else (out + m if mode == "add" else out * m)
         return out
 
-    def fastflow(maps, size):                    # mean of the stacked maps
+    def fastflow(maps, size):  # mean of the stacked maps
         ups = [F.interpolate(m, size=size, mode="bilinear", align_corners=False) for m in maps]
         return torch.cat(ups, dim=1).mean(dim=1)
 
@@ -38,18 +39,20 @@ def test_combine_layer_maps_is_bit_identical_to_the_models_old_loops():
     stfpm, reverse_distillation, fastflow = _old_layer_map_formulas()
     size = (64, 64)
     assert torch.equal(combine_layer_maps(maps, size, "multiply"), stfpm(maps, size))
-    assert torch.equal(combine_layer_maps(maps, size, "add", align_corners=True),
-                       reverse_distillation(maps, size, "add"))
-    assert torch.equal(combine_layer_maps(maps, size, "multiply", align_corners=True),
-                       reverse_distillation(maps, size, "multiply"))
+    assert torch.equal(
+        combine_layer_maps(maps, size, "add", align_corners=True), reverse_distillation(maps, size, "add")
+    )
+    assert torch.equal(
+        combine_layer_maps(maps, size, "multiply", align_corners=True), reverse_distillation(maps, size, "multiply")
+    )
     assert torch.equal(combine_layer_maps([-m for m in maps], size, "mean")[:, 0], fastflow([-m for m in maps], size))
 
 
 def test_combine_layer_maps_by_hand():
     from adlearn.models.common import combine_layer_maps
 
-    a = torch.tensor([[1.0, 2.0], [3.0, 4.0]])[None, None]        # (1, 1, 2, 2)
-    b = torch.full((1, 1, 1, 1), 2.0)                                # one value: upsampled to a constant
+    a = torch.tensor([[1.0, 2.0], [3.0, 4.0]])[None, None]  # (1, 1, 2, 2)
+    b = torch.full((1, 1, 1, 1), 2.0)  # one value: upsampled to a constant
     assert torch.equal(combine_layer_maps([a, b], (2, 2), "add"), a + 2)
     assert torch.equal(combine_layer_maps([a, b], (2, 2), "multiply"), a * 2)
     assert torch.equal(combine_layer_maps([a, b], (2, 2), "mean"), (a + 2) / 2)

@@ -42,7 +42,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = REPO / "notebooks"
 EXECUTED_DIR = REPO / "build" / "notebooks"
-NBVAL_DIR = REPO / "build" / "nbval"          # the executed copies, cut after their last checked cell
+NBVAL_DIR = REPO / "build" / "nbval"  # the executed copies, cut after their last checked cell
 SANITIZE = NOTEBOOK_DIR / "nbval_sanitize.cfg"
 TOC = REPO / "book" / "_toc.yml"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
@@ -70,21 +70,26 @@ def code_of(notebook) -> str:
     lines = []
     for cell in notebook.cells:
         if cell.cell_type == "code":
-            lines += [("# " + line) if line.lstrip().startswith(("%", "!")) else line
-                      for line in cell.source.splitlines()]
+            lines += [
+                ("# " + line) if line.lstrip().startswith(("%", "!")) else line for line in cell.source.splitlines()
+            ]
             lines.append("")
     return "\n".join(lines)
 
 
 def parameters_cell(notebook):
-    return next((cell for cell in notebook.cells
-                 if cell.cell_type == "code" and "parameters" in cell.metadata.get("tags", [])), None)
+    return next(
+        (cell for cell in notebook.cells if cell.cell_type == "code" and "parameters" in cell.metadata.get("tags", [])),
+        None,
+    )
 
 
 def assigned_names(source: str) -> set[str]:
     names = set()
     for node in ast.parse(source).body:
-        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+        targets = (
+            node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+        )
         for target in targets:
             names |= {n.id for n in ast.walk(target) if isinstance(n, ast.Name)}
     return names
@@ -98,7 +103,9 @@ def adlearn_public_names() -> dict[str, str]:
             continue
         tree = ast.parse(path.read_text(encoding="utf-8"))
         for node in tree.body:
-            if isinstance(node, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and not node.name.startswith("_"):
+            if isinstance(node, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and not node.name.startswith(
+                "_"
+            ):
                 names.setdefault(node.name, str(path.relative_to(REPO)))
     return names
 
@@ -142,36 +149,47 @@ def test_every_registered_model_has_exactly_one_notebook():
     for path in model_notebooks:
         by_model.setdefault(path.stem[3:], []).append(path.name)
     missing = sorted(models - set(by_model))
-    assert not missing, (f"registered models without a notebook: {missing}. Add notebooks/NN_<model>.ipynb "
-                         f"(NN 10-19 memory-bank/density models, 20-39 trained models; see notebooks/README.md)")
+    assert not missing, (
+        f"registered models without a notebook: {missing}. Add notebooks/NN_<model>.ipynb "
+        f"(NN 10-19 memory-bank/density models, 20-39 trained models; see notebooks/README.md)"
+    )
     twice = {model: names for model, names in by_model.items() if len(names) > 1}
     assert not twice, f"one notebook per model, but: {twice}"
     orphans = sorted(set(by_model) - models)
-    assert not orphans, (f"model notebooks whose name after the number is not a registered model: {orphans} "
-                         f"(registered: {sorted(models)})")
+    assert not orphans, (
+        f"model notebooks whose name after the number is not a registered model: {orphans} "
+        f"(registered: {sorted(models)})"
+    )
 
 
 @pytest.mark.parametrize("path", [p for p in NOTEBOOKS if number(p) in MODEL_NUMBERS], ids=lambda p: p.name)
 def test_model_notebook_gets_its_model_from_adlearn(path):
     model = path.stem[3:]
     source = code_of(read(path))
-    uses = [rf"""create\(\s*["']{model}["']""", rf"get_model_class\(\s*[\"']{model}[\"']",
-            rf"from\s+adlearn\.models\.{model}\s+import", rf"import\s+adlearn\.models\.{model}\b"]
+    uses = [
+        rf"""create\(\s*["']{model}["']""",
+        rf"get_model_class\(\s*[\"']{model}[\"']",
+        rf"from\s+adlearn\.models\.{model}\s+import",
+        rf"import\s+adlearn\.models\.{model}\b",
+    ]
     assert any(re.search(pattern, source) for pattern in uses), (
         f"{path.name} must build its model from the package: adlearn.create({model!r}, ...) or "
-        f"`from adlearn.models.{model} import ...`")
+        f"`from adlearn.models.{model} import ...`"
+    )
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_redefines_nothing_from_adlearn(path):
     tree = ast.parse(code_of(read(path)))
     package = adlearn_public_names()
-    clashes = sorted({f"{'class' if isinstance(node, ast.ClassDef) else 'def'} {node.name} (in {package[node.name]})"
-                      for node in ast.walk(tree)
-                      if isinstance(node, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
-                      and node.name in package})
-    assert not clashes, (f"{path.name} redefines what adlearn holds — import and call it instead: "
-                         f"{'; '.join(clashes)}")
+    clashes = sorted(
+        {
+            f"{'class' if isinstance(node, ast.ClassDef) else 'def'} {node.name} (in {package[node.name]})"
+            for node in ast.walk(tree)
+            if isinstance(node, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.name in package
+        }
+    )
+    assert not clashes, f"{path.name} redefines what adlearn holds — import and call it instead: {'; '.join(clashes)}"
 
 
 def test_every_notebook_is_in_the_book_in_course_order():
@@ -209,16 +227,19 @@ def test_notebook_is_stored_without_outputs(path):
     from adlearn.tools.clear_notebooks import problems
 
     found = problems(read(path))
-    assert not found, (f"{path.name} is not stored clean ({'; '.join(found[:3])}). "
-                       f"Run: python -m adlearn.tools.clear_notebooks notebooks/")
+    assert not found, (
+        f"{path.name} is not stored clean ({'; '.join(found[:3])}). "
+        f"Run: python -m adlearn.tools.clear_notebooks notebooks/"
+    )
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_starts_with_title_and_parameters(path):
     notebook = read(path)
     first = notebook.cells[0] if notebook.cells else None
-    assert first is not None and first.cell_type == "markdown" and first.source.lstrip().startswith("# "), \
+    assert first is not None and first.cell_type == "markdown" and first.source.lstrip().startswith("# "), (
         f"{path.name}: the first cell must be a markdown title ('# ...'); the book shows it as the page title"
+    )
     cell = parameters_cell(notebook)
     assert cell is not None, f"{path.name}: no code cell tagged 'parameters' (papermill needs one)"
     first_code = next(c for c in notebook.cells if c.cell_type == "code")
@@ -254,18 +275,34 @@ def test_report_prints_one_json_line_the_runner_collects(capsys):
     from adlearn.notebook import report
     from adlearn.tools.run_notebooks import find_report, results_table
 
-    report({"model": "padim", "image_auroc": 0.91234567, "pixel_aupro": float("nan"), "predictions": [1, 2],
-            "n_test": 18.0}, category="weave", smoke=True)
+    report(
+        {
+            "model": "padim",
+            "image_auroc": 0.91234567,
+            "pixel_aupro": float("nan"),
+            "predictions": [1, 2],
+            "n_test": 18.0,
+        },
+        category="weave",
+        smoke=True,
+    )
     printed = capsys.readouterr().out
     assert printed.count("\n") == 1
     line = json.loads(printed)
-    assert line == {"model": "padim", "category": "weave", "smoke": True, "image_auroc": 0.9123,
-                    "pixel_aupro": None, "n_test": 18}
+    assert line == {
+        "model": "padim",
+        "category": "weave",
+        "smoke": True,
+        "image_auroc": 0.9123,
+        "pixel_aupro": None,
+        "n_test": 18,
+    }
     executed = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("report(...)")])
     executed.cells[0].outputs = [nbformat.v4.new_output("stream", name="stdout", text="data: ok\n" + printed)]
     assert find_report(executed) == line
-    table = results_table([{"notebook": "10_padim.ipynb", "status": "ok", "seconds": 12.3, "report": line}], 12.3,
-                          {"smoke": True})
+    table = results_table(
+        [{"notebook": "10_padim.ipynb", "status": "ok", "seconds": 12.3, "report": line}], 12.3, {"smoke": True}
+    )
     assert "| 10_padim.ipynb | ok | 12.3 | padim | weave | 0.912 |" in table
 
 
@@ -312,8 +349,10 @@ def execute_notebooks_once(echo=print) -> dict[str, dict]:
         results = run_all(paths, EXECUTED_DIR, smoke=True, device="cpu", jobs=jobs, cell_timeout=600, echo=False)
         total = time.perf_counter() - start
         _EXECUTION.update({row["notebook"]: row for row in results})
-        echo(f"\nnotebooks in smoke mode on CPU, {jobs} at a time -> {EXECUTED_DIR} (timings.json)\n"
-             + timings_table(results, total))
+        echo(
+            f"\nnotebooks in smoke mode on CPU, {jobs} at a time -> {EXECUTED_DIR} (timings.json)\n"
+            + timings_table(results, total)
+        )
     return _EXECUTION
 
 
@@ -342,11 +381,15 @@ def test_notebook_runs_in_smoke_mode(path, executed_notebooks):
     if path.name not in executed_notebooks:
         pytest.skip(f"{path.name} not selected by ADLEARN_NOTEBOOKS")
     row = executed_notebooks[path.name]
-    assert row["status"] == "ok", (f"{path.name} failed after {row['seconds']:.0f} s (executed copy with the "
-                                   f"error: {EXECUTED_DIR / path.name}):\n{row['error']}")
-    message = (f"{path.name} took {row['seconds']:.0f} s in smoke mode; aim for under 60 s on 2 CPU cores "
-               "(shrink what is slow when smoke=True)")
-    if os.environ.get("ADLEARN_NOTEBOOK_MAX_S"):                        # opt-in: a hard budget
+    assert row["status"] == "ok", (
+        f"{path.name} failed after {row['seconds']:.0f} s (executed copy with the "
+        f"error: {EXECUTED_DIR / path.name}):\n{row['error']}"
+    )
+    message = (
+        f"{path.name} took {row['seconds']:.0f} s in smoke mode; aim for under 60 s on 2 CPU cores "
+        "(shrink what is slow when smoke=True)"
+    )
+    if os.environ.get("ADLEARN_NOTEBOOK_MAX_S"):  # opt-in: a hard budget
         assert row["seconds"] <= float(os.environ["ADLEARN_NOTEBOOK_MAX_S"]), message
     elif row["seconds"] > 60:
         warnings.warn(message, stacklevel=1)
@@ -354,10 +397,15 @@ def test_notebook_runs_in_smoke_mode(path, executed_notebooks):
 
 @pytest.mark.slow
 def test_model_notebooks_report_their_metrics(executed_notebooks):
-    missing = [name for name, row in executed_notebooks.items()
-               if number(Path(name)) in MODEL_NUMBERS and row["status"] == "ok" and not row.get("report")]
-    assert not missing, ("model notebooks must end with `report(results, ...)` from adlearn.notebook "
-                         f"(one line of JSON with the metrics): {missing}")
+    missing = [
+        name
+        for name, row in executed_notebooks.items()
+        if number(Path(name)) in MODEL_NUMBERS and row["status"] == "ok" and not row.get("report")
+    ]
+    assert not missing, (
+        "model notebooks must end with `report(results, ...)` from adlearn.notebook "
+        f"(one line of JSON with the metrics): {missing}"
+    )
 
 
 def checked_prefix(notebook):
@@ -366,17 +414,24 @@ def checked_prefix(notebook):
     The cells after it check nothing (the smoke run above already executed them), so re-running them
     would only cost time — in the model notebooks that is most of it (the training and the figures)."""
     cells = notebook.cells
-    last = max((i for i, cell in enumerate(cells) if cell.cell_type == "code" and "NBVAL_CHECK_OUTPUT" in cell.source),
-               default=-1)
+    last = max(
+        (i for i, cell in enumerate(cells) if cell.cell_type == "code" and "NBVAL_CHECK_OUTPUT" in cell.source),
+        default=-1,
+    )
     copy = nbformat.from_dict(notebook)
-    copy.cells = cells[:last + 1]
+    copy.cells = cells[: last + 1]
     return copy
 
 
 def test_checked_prefix_keeps_every_checked_cell_and_drops_the_rest():
-    cells = [nbformat.v4.new_markdown_cell("# t"), nbformat.v4.new_code_cell("# NBVAL_CHECK_OUTPUT\nprint(1)"),
-             nbformat.v4.new_code_cell("x = 2"), nbformat.v4.new_code_cell("# NBVAL_CHECK_OUTPUT\nprint(x)"),
-             nbformat.v4.new_code_cell("train()"), nbformat.v4.new_markdown_cell("done")]
+    cells = [
+        nbformat.v4.new_markdown_cell("# t"),
+        nbformat.v4.new_code_cell("# NBVAL_CHECK_OUTPUT\nprint(1)"),
+        nbformat.v4.new_code_cell("x = 2"),
+        nbformat.v4.new_code_cell("# NBVAL_CHECK_OUTPUT\nprint(x)"),
+        nbformat.v4.new_code_cell("train()"),
+        nbformat.v4.new_markdown_cell("done"),
+    ]
     cut = checked_prefix(nbformat.v4.new_notebook(cells=cells))
     assert [c.source for c in cut.cells] == [c.source for c in cells[:4]]
     assert checked_prefix(nbformat.v4.new_notebook(cells=cells[4:])).cells == []
@@ -407,28 +462,52 @@ def test_nbval_reproduces_checked_outputs(executed_notebooks, request):
     env = dict(os.environ)
     threads = str(max(1, (os.cpu_count() or 1) // jobs))
     env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, PYTHONHASHSEED="0")
-    NBVAL_DIR.mkdir(parents=True, exist_ok=True)   # a sibling of EXECUTED_DIR: relative paths resolve alike
+    NBVAL_DIR.mkdir(parents=True, exist_ok=True)  # a sibling of EXECUTED_DIR: relative paths resolve alike
     for name in with_checks:
         nbformat.write(checked_prefix(read(EXECUTED_DIR / name)), NBVAL_DIR / name)
     processes = []
     for group in _split(with_checks, timings, jobs):
-        command = [sys.executable, "-m", "pytest", "--nbval-lax", "--nbval-current-env",
-                   "--nbval-sanitize-with", str(SANITIZE), "--nbval-cell-timeout", "600",
-                   "-p", "no:cacheprovider", "-o", "addopts=", "-q", "--no-header", "-rf",
-                   *[str(NBVAL_DIR / name) for name in group]]
-        processes.append((group, subprocess.Popen(command, cwd=NBVAL_DIR, env=env, text=True,
-                                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT)))
+        command = [
+            sys.executable,
+            "-m",
+            "pytest",
+            "--nbval-lax",
+            "--nbval-current-env",
+            "--nbval-sanitize-with",
+            str(SANITIZE),
+            "--nbval-cell-timeout",
+            "600",
+            "-p",
+            "no:cacheprovider",
+            "-o",
+            "addopts=",
+            "-q",
+            "--no-header",
+            "-rf",
+            *[str(NBVAL_DIR / name) for name in group],
+        ]
+        processes.append(
+            (
+                group,
+                subprocess.Popen(
+                    command, cwd=NBVAL_DIR, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+                ),
+            )
+        )
     failures = []
     for group, process in processes:
         output, _ = process.communicate()
         if process.returncode != 0:
             failures.append(f"nbval over {group} (exit {process.returncode}):\n{output[-8000:]}")
-    _terminal_echo(request)(f"nbval (--nbval-lax) re-ran {len(with_checks)} executed notebook(s), up to their last "
-                            f"checked cell, in {len(processes)} "
-                            f"process(es): {'ok' if not failures else 'FAILED'}")
-    assert not failures, ("cells marked # NBVAL_CHECK_OUTPUT printed something else on a second run (not "
-                          "deterministic, or a path/time leaked into them; see notebooks/nbval_sanitize.cfg):\n"
-                          + "\n\n".join(failures))
+    _terminal_echo(request)(
+        f"nbval (--nbval-lax) re-ran {len(with_checks)} executed notebook(s), up to their last "
+        f"checked cell, in {len(processes)} "
+        f"process(es): {'ok' if not failures else 'FAILED'}"
+    )
+    assert not failures, (
+        "cells marked # NBVAL_CHECK_OUTPUT printed something else on a second run (not "
+        "deterministic, or a path/time leaked into them; see notebooks/nbval_sanitize.cfg):\n" + "\n\n".join(failures)
+    )
 
 
 @pytest.mark.slow

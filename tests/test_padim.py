@@ -35,7 +35,7 @@ def test_embedding_is_concatenated_upsampled_layers_with_random_channels(model_a
 
 def test_map_is_blurred_upsampled_mahalanobis_distance(model_and_data):
     model, images, test = model_and_data
-    train_embeddings = model.extract_features(images).double().numpy()   # (N, C, h, w)
+    train_embeddings = model.extract_features(images).double().numpy()  # (N, C, h, w)
     query = test[len(test) - 1]["image"][None]
     query_embedding = model.extract_features(query).double().numpy()[0]  # (C, h, w)
     n, c, h, w = train_embeddings.shape
@@ -45,8 +45,9 @@ def test_map_is_blurred_upsampled_mahalanobis_distance(model_and_data):
             samples = train_embeddings[:, :, i, j]
             covariance = np.cov(samples, rowvar=False) + 0.01 * np.eye(c)
             distances[i, j] = mahalanobis(query_embedding[:, i, j], samples.mean(0), np.linalg.inv(covariance))
-    upsampled = F.interpolate(torch.from_numpy(distances)[None, None], size=(64, 64), mode="bilinear",
-                              align_corners=False)[0, 0].numpy()
+    upsampled = F.interpolate(
+        torch.from_numpy(distances)[None, None], size=(64, 64), mode="bilinear", align_corners=False
+    )[0, 0].numpy()
     # PaDiM's blur: sigma 4, kernel radius int(4*sigma+0.5), reflect border == scipy's "mirror".
     expected = gaussian_filter(upsampled, sigma=4, mode="mirror", truncate=4.0)
     prediction = model.predict(query)

@@ -26,7 +26,7 @@ def make(**options):
 @pytest.fixture(scope="module")
 def data(synthetic_split):
     transform = make().transform
-    return synthetic_split(transform, "train")[1], synthetic_split(transform, "test")[0]   # images, test set
+    return synthetic_split(transform, "train")[1], synthetic_split(transform, "test")[0]  # images, test set
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +47,10 @@ def test_paper_transform_is_resize_then_center_crop_seven_eighths_and_the_defaul
     assert fitted.input_size == (CROP, CROP) and fitted.config["center_crop"] == "auto"
     assert resolve_center_crop(256, "auto") == 224 and resolve_center_crop(64, None) is None
     assert create("patchcore", backbone=BACKBONE, pretrained="none", image_size=SIZE).input_size == (SIZE, SIZE)
-    assert create("patchcore", preset="paper", backbone=BACKBONE, pretrained="none", image_size=SIZE).input_size == (CROP, CROP)
+    assert create("patchcore", preset="paper", backbone=BACKBONE, pretrained="none", image_size=SIZE).input_size == (
+        CROP,
+        CROP,
+    )
 
 
 def test_embedding_is_locally_averaged_layer2_with_upsampled_layer3(fitted, data):
@@ -55,15 +58,16 @@ def test_embedding_is_locally_averaged_layer2_with_upsampled_layer3(fitted, data
     features = fitted.feature_extractor(images[:2])
     layer2 = F.avg_pool2d(features["layer2"], 3, stride=1, padding=1)
     layer3 = F.avg_pool2d(features["layer3"], 3, stride=1, padding=1)
-    expected = torch.cat([layer2, F.interpolate(layer3, size=layer2.shape[-2:], mode="bilinear",
-                                                align_corners=False)], dim=1)
+    expected = torch.cat(
+        [layer2, F.interpolate(layer3, size=layer2.shape[-2:], mode="bilinear", align_corners=False)], dim=1
+    )
     assert expected.shape == (2, 40 + 112, CROP // 8, CROP // 8)  # blocks.2 + blocks.4 of lite0
     torch.testing.assert_close(fitted.extract_features(images[:2]), expected)
 
 
 def test_coreset_ratio_one_keeps_every_training_patch(full_bank, data):
     images, _ = data
-    embedding = full_bank.extract_features(images)                      # (N, E, h, w)
+    embedding = full_bank.extract_features(images)  # (N, E, h, w)
     rows = embedding.permute(0, 2, 3, 1).reshape(-1, embedding.shape[1])  # one row per patch
     torch.testing.assert_close(full_bank.memory_bank, rows)
 
@@ -72,17 +76,20 @@ def test_coreset_keeps_the_ratio_of_training_patches(fitted, full_bank):
     n_patches = full_bank.memory_bank.shape[0]
     assert fitted.memory_bank.shape == (int(n_patches * 0.25), full_bank.memory_bank.shape[1])
     # Every coreset row is one of the training patches (the coreset selects, it does not average).
-    distances = torch.cdist(fitted.memory_bank, full_bank.memory_bank,
-                            compute_mode="donot_use_mm_for_euclid_dist").min(dim=1).values
+    distances = (
+        torch.cdist(fitted.memory_bank, full_bank.memory_bank, compute_mode="donot_use_mm_for_euclid_dist")
+        .min(dim=1)
+        .values
+    )
     assert distances.max() < 1e-4
 
 
 def test_patch_scores_are_brute_force_nearest_bank_distances(fitted, data):
     _, test = data
     query = torch.stack([test[i]["image"] for i in (0, len(test) - 1)])
-    embedding = fitted.extract_features(query)                          # (2, E, h, w)
+    embedding = fitted.extract_features(query)  # (2, E, h, w)
     rows = embedding.permute(0, 2, 3, 1).reshape(-1, embedding.shape[1])
-    distances = torch.cdist(rows.double(), fitted.memory_bank.double())   # (2·h·w, M)
+    distances = torch.cdist(rows.double(), fitted.memory_bank.double())  # (2·h·w, M)
     scores, locations = fitted.patch_scores(embedding)
     expected = distances.min(dim=1).values.reshape(scores.shape)
     torch.testing.assert_close(scores.double(), expected, rtol=1e-4, atol=1e-4)
@@ -97,19 +104,19 @@ def test_half_precision_search_ranks_in_bfloat16_but_scores_exactly(fitted, data
     embedding = fitted.extract_features(query)
     exact_scores, _ = fitted.patch_scores(embedding)
     fitted.half_precision_search = True
-    fitted._search = None                                                  # rebuilt with the option
+    fitted._search = None  # rebuilt with the option
     try:
         half_scores, _ = fitted.patch_scores(embedding)
         assert fitted.nearest_neighbors().half_precision and fitted.nearest_neighbors().backend_ == "torch"
     finally:
         fitted.half_precision_search, fitted._search = False, None
-    torch.testing.assert_close(half_scores, exact_scores, rtol=1e-4, atol=1e-4)   # re-ranked in float32
+    torch.testing.assert_close(half_scores, exact_scores, rtol=1e-4, atol=1e-4)  # re-ranked in float32
 
 
 def test_anomaly_map_is_nearest_upsampled_and_blurred_patch_scores(fitted, data):
     _, test = data
     query = test[len(test) - 1]["image"][None]
-    scores, _ = fitted.patch_scores(fitted.extract_features(query))     # (1, 14, 14)
+    scores, _ = fitted.patch_scores(fitted.extract_features(query))  # (1, 14, 14)
     factor = CROP // scores.shape[-1]
     upsampled = np.kron(scores[0].double().numpy(), np.ones((factor, factor)))  # nearest upsampling
     # sigma 4, kernel radius int(4*sigma+0.5), reflect border == scipy's "mirror".
@@ -122,7 +129,7 @@ def test_image_score_reweighting_matches_a_hand_computation():
     model.fit_bank(torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0], [5.0, 5.0]]))  # a tiny 2-D bank
     # Four test patches on a 2x2 grid; (3, 0) is farthest from the bank: s* = 2, its nearest m* = (1, 0).
     patches = torch.tensor([[0.1, 0.0], [3.0, 0.0], [0.0, 2.5], [1.0, 1.0]])
-    embedding = patches.T.reshape(1, 2, 2, 2)                              # (B=1, E=2, h=2, w=2)
+    embedding = patches.T.reshape(1, 2, 2, 2)  # (B=1, E=2, h=2, w=2)
     scores, locations = model.patch_scores(embedding)
     torch.testing.assert_close(scores.flatten(), torch.tensor([0.1, 2.0, 0.5, 1.0]))
     # The 3 nearest bank entries of m* = (1, 0) are (1, 0), (0, 0), (0, 2); p* = (3, 0) lies at 2, 3, √13.

@@ -41,13 +41,20 @@ def batch():
 def _heat_images(fig, n_rows, n_cols):
     """The heatmap (last image drawn) of each axes in the last row of the grid."""
     grid_axes = fig.axes[: n_rows * n_cols]  # the colour bar's axes comes last
-    return [ax.images[-1] for ax in grid_axes[(n_rows - 1) * n_cols:]]
+    return [ax.images[-1] for ax in grid_axes[(n_rows - 1) * n_cols :]]
 
 
 def test_anomaly_map_grid_layout_data_and_file(batch, tmp_path):
     path = tmp_path / "out" / "grid.png"
-    fig = anomaly_map_grid(batch["images"], torch.tensor(batch["maps"]), masks=batch["masks"],
-                           scores=batch["scores"], labels=batch["labels"], title="demo", path=path)
+    fig = anomaly_map_grid(
+        batch["images"],
+        torch.tensor(batch["maps"]),
+        masks=batch["masks"],
+        scores=batch["scores"],
+        labels=batch["labels"],
+        title="demo",
+        path=path,
+    )
     assert len(fig.axes) == 3 * 4 + 1  # image / ground truth / anomaly map rows, plus colour bar
     heat = _heat_images(fig, 3, 4)
     for i, image in enumerate(heat):
@@ -84,8 +91,7 @@ def test_anomaly_map_grid_rejects_mismatched_maps(batch):
 
 
 def test_denormalize_detects_the_value_range(batch):
-    np.testing.assert_allclose(denormalize(batch["images"]), batch["raw"].transpose(0, 2, 3, 1),
-                               atol=1e-6)
+    np.testing.assert_allclose(denormalize(batch["images"]), batch["raw"].transpose(0, 2, 3, 1), atol=1e-6)
     np.testing.assert_allclose(denormalize(batch["raw"]), batch["raw"].transpose(0, 2, 3, 1))
     # an explicit flag wins over the guess
     forced = denormalize(np.zeros((1, 3, 2, 2)), normalized=True)
@@ -118,48 +124,75 @@ def test_roc_figure_thins_long_curves():
     rng = np.random.default_rng(2)
     masks = rng.random((4, 64, 64)) < 0.05
     maps = rng.random((4, 64, 64)) + masks
-    fig = roc_figure(masks.reshape(4, -1).max(1) * [0, 1, 1, 1], maps.reshape(4, -1).max(1),
-                     masks, maps)
+    fig = roc_figure(masks.reshape(4, -1).max(1) * [0, 1, 1, 1], maps.reshape(4, -1).max(1), masks, maps)
     x, y = fig.axes[1].lines[0].get_data()
     assert len(x) <= 2000 and (x[0], y[0]) == (0, 0) and (x[-1], y[-1]) == (1, 1)
 
 
 def test_metrics_table_alignment_and_missing_values():
     results = [
-        {"model": "padim", "category": "bottle", "image_auroc": 0.99512, "pixel_auroc": 0.981,
-         "pixel_aupro": 0.93, "image_f1max": 0.97, "fit_seconds": 12.34, "predict_seconds": 3.2,
-         "images_per_second": 25.0, "peak_memory_mb": 812.4},
-        {"model": "patchcore", "category": "bottle", "image_auroc": 1.0, "pixel_auroc": None,
-         "pixel_aupro": float("nan")},
+        {
+            "model": "padim",
+            "category": "bottle",
+            "image_auroc": 0.99512,
+            "pixel_auroc": 0.981,
+            "pixel_aupro": 0.93,
+            "image_f1max": 0.97,
+            "fit_seconds": 12.34,
+            "predict_seconds": 3.2,
+            "images_per_second": 25.0,
+            "peak_memory_mb": 812.4,
+        },
+        {
+            "model": "patchcore",
+            "category": "bottle",
+            "image_auroc": 1.0,
+            "pixel_auroc": None,
+            "pixel_aupro": float("nan"),
+        },
     ]
     table = metrics_table(results)
     lines = table.splitlines()
     assert len(lines) == 4
     header = lines[0]
-    for column in ["model", "category", "image AUROC", "pixel AUROC", "AUPRO", "F1", "fit s",
-                   "predict s", "img/s", "peak MB"]:
+    for column in [
+        "model",
+        "category",
+        "image AUROC",
+        "pixel AUROC",
+        "AUPRO",
+        "F1",
+        "fit s",
+        "predict s",
+        "img/s",
+        "peak MB",
+    ]:
         assert column in header
     assert set(lines[1]) <= {"-", " "}
     assert "0.995" in lines[2] and "812" in lines[2] and "12.3" in lines[2]
     assert lines[3].count("—") == 7  # pixel AUROC, AUPRO (nan), F1, fit, predict, img/s, MB
     # numbers are right-aligned: each column ends where its header ends
     end = header.index("image AUROC") + len("image AUROC")
-    assert lines[2][end - 5:end] == "0.995" and lines[3][end - 5:end] == "1.000"
+    assert lines[2][end - 5 : end] == "0.995" and lines[3][end - 5 : end] == "1.000"
     # text columns are left-aligned
     assert lines[2].index("bottle") == lines[3].index("bottle") == header.index("category")
 
 
 def test_metrics_table_single_and_nested_dict():
-    table = metrics_table({"model": "dfm", "category": "x",
-                           "metrics": {"image_auroc": 0.5, "pixel_aupro": 0.25},
-                           "timing": {"fit_seconds": 1.0}})
+    table = metrics_table(
+        {
+            "model": "dfm",
+            "category": "x",
+            "metrics": {"image_auroc": 0.5, "pixel_aupro": 0.25},
+            "timing": {"fit_seconds": 1.0},
+        }
+    )
     row = table.splitlines()[2]
     assert row.startswith("dfm") and "0.500" in row and "0.250" in row and "1.0" in row
 
 
 def test_plotting_imports_matplotlib_lazily_and_runs_headless(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY",
-                                                             "MPLBACKEND")}
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY", "MPLBACKEND")}
     code = (
         "import sys, numpy as np\n"
         "import adlearn.plotting as p\n"

@@ -7,8 +7,6 @@ import inspect
 
 import numpy as np
 import pytest
-
-from adlearn.train import TrainingConfig
 import torch
 import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
@@ -16,9 +14,10 @@ from scipy.ndimage import gaussian_filter
 from adlearn.models import create, load
 from adlearn.models.reverse_distillation import (
     ReverseDistillation,
-    reverse_distillation_loss,
     reverse_distillation_anomaly_map,
+    reverse_distillation_loss,
 )
+from adlearn.train import TrainingConfig
 
 BACKBONE = "efficientnet_lite0"
 
@@ -32,7 +31,7 @@ def test_loss_is_one_minus_the_cosine_of_whole_flattened_maps():
     encoded = [torch.randn(s, generator=generator) for s in shapes]
     decoded = [torch.randn(s, generator=generator) for s in shapes]
     expected = 0.0
-    for e, d in zip(encoded, decoded):                 # Σ_l mean_b (1 − cos(vec e_l[b], vec d_l[b]))
+    for e, d in zip(encoded, decoded):  # Σ_l mean_b (1 − cos(vec e_l[b], vec d_l[b]))
         for b in range(e.shape[0]):
             u, v = e[b].numpy().ravel(), d[b].numpy().ravel()
             expected += (1 - u @ v / (np.linalg.norm(u) * np.linalg.norm(v))) / e.shape[0]
@@ -50,8 +49,10 @@ def test_map_combines_upsampled_cosine_distances(mode):
     generator = torch.Generator().manual_seed(1)
     encoded = [torch.randn(2, 4, 4, 4, generator=generator), torch.randn(2, 6, 2, 2, generator=generator)]
     decoded = [torch.randn(2, 4, 4, 4, generator=generator), torch.randn(2, 6, 2, 2, generator=generator)]
-    layer_maps = [F.interpolate(1 - F.cosine_similarity(e, d, dim=1)[:, None], size=(8, 8), mode="bilinear",
-                                align_corners=True) for e, d in zip(encoded, decoded)]
+    layer_maps = [
+        F.interpolate(1 - F.cosine_similarity(e, d, dim=1)[:, None], size=(8, 8), mode="bilinear", align_corners=True)
+        for e, d in zip(encoded, decoded)
+    ]
     expected = layer_maps[0] + layer_maps[1] if mode == "add" else layer_maps[0] * layer_maps[1]
     assert torch.allclose(reverse_distillation_anomaly_map(encoded, decoded, (8, 8), mode), expected, atol=1e-6)
     # align_corners=True: the corners of the upsampled map are the corners of the small one
@@ -60,9 +61,10 @@ def test_map_combines_upsampled_cosine_distances(mode):
 
 
 def test_defaults_follow_the_reference_and_bad_options_are_named():
-    defaults = {k: p.default for k, p in inspect.signature(ReverseDistillation.__init__).parameters.items()
-                if k != "self"}
-    training = TrainingConfig(**ReverseDistillation.training_defaults).to_dict()   # declared once, in the loop
+    defaults = {
+        k: p.default for k, p in inspect.signature(ReverseDistillation.__init__).parameters.items() if k != "self"
+    }
+    training = TrainingConfig(**ReverseDistillation.training_defaults).to_dict()  # declared once, in the loop
     assert defaults["backbone"] == "wide_resnet50_2" and defaults["layers"] == ("layer1", "layer2", "layer3")
     assert defaults["anomaly_map_mode"] == "add" and defaults["blur_sigma"] == 4.0
     assert (defaults["lr"], defaults["betas"]) == (0.005, (0.5, 0.99))
@@ -75,10 +77,13 @@ def test_defaults_follow_the_reference_and_bad_options_are_named():
         create("reverse_distillation", backbone=BACKBONE, image_size=100, device="cpu")
 
 
-@pytest.mark.parametrize("backbone, pretrained, channels", [
-    ("efficientnet_lite0", "auto", [24, 40, 112]),
-    ("resnet18", "none", [64, 128, 256]),
-])
+@pytest.mark.parametrize(
+    "backbone, pretrained, channels",
+    [
+        ("efficientnet_lite0", "auto", [24, 40, 112]),
+        ("resnet18", "none", [64, 128, 256]),
+    ],
+)
 def test_the_decoder_rebuilds_the_encoders_shapes_from_a_coarser_embedding(backbone, pretrained, channels):
     model = create("reverse_distillation", backbone=backbone, pretrained=pretrained, image_size=64, device="cpu")
     images = torch.randn(2, 3, 64, 64)
@@ -87,7 +92,7 @@ def test_the_decoder_rebuilds_the_encoders_shapes_from_a_coarser_embedding(backb
         embedding = model.bottleneck(encoded)
         decoded = model.decoder(embedding)
     assert [e.shape[1] for e in encoded] == channels
-    assert embedding.shape == (2, 2 * channels[2], 2, 2)                  # stride 32: one step coarser than e_3
+    assert embedding.shape == (2, 2 * channels[2], 2, 2)  # stride 32: one step coarser than e_3
     assert [d.shape for d in decoded] == [e.shape for e in encoded]
 
 
@@ -112,8 +117,9 @@ def test_only_the_bottleneck_and_decoder_learn(trained):
     assert all(torch.equal(v, encoder_before[k]) for k, v in model.encoder.state_dict().items())
     optimizer, _ = model.configure_optimizers()
     assert isinstance(optimizer, torch.optim.Adam) and optimizer.defaults["betas"] == (0.5, 0.99)
-    assert {id(p) for g in optimizer.param_groups for p in g["params"]} == \
-        {id(p) for p in [*model.bottleneck.parameters(), *model.decoder.parameters()]}
+    assert {id(p) for g in optimizer.param_groups for p in g["params"]} == {
+        id(p) for p in [*model.bottleneck.parameters(), *model.decoder.parameters()]
+    }
 
 
 def test_trains_and_predicts_blurred_maps(trained, datasets_64):
@@ -145,9 +151,28 @@ def test_cli_max_steps(small_synthetic_root, tmp_path, capsys):
     from adlearn.cli import main
     from adlearn.data import SYNTHETIC_CATEGORIES
 
-    code = main(["evaluate", "reverse_distillation", "--root", str(small_synthetic_root), "--category",
-                 SYNTHETIC_CATEGORIES[1], "--image-size", "64", "--backbone", BACKBONE, "--device", "cpu",
-                 "--set", "max_steps=2", "--set", "batch_size=4", "--save", str(tmp_path / "m.pt")])
+    code = main(
+        [
+            "evaluate",
+            "reverse_distillation",
+            "--root",
+            str(small_synthetic_root),
+            "--category",
+            SYNTHETIC_CATEGORIES[1],
+            "--image-size",
+            "64",
+            "--backbone",
+            BACKBONE,
+            "--device",
+            "cpu",
+            "--set",
+            "max_steps=2",
+            "--set",
+            "batch_size=4",
+            "--save",
+            str(tmp_path / "m.pt"),
+        ]
+    )
     assert code == 0
     assert "reverse_distillation epoch 1/200 (step 2/2)" in capsys.readouterr().out
     assert load(tmp_path / "m.pt").history.steps == 2
@@ -165,7 +190,7 @@ def test_real_bottle_short_fit(short_bottle_fit):
 
 @pytest.mark.slow
 @pytest.mark.mvtec
-@pytest.mark.recipe   # ~130 CPU s: make test-recipes
+@pytest.mark.recipe  # ~130 CPU s: make test-recipes
 def test_real_bottle_with_held_out_normal_images(mvtec_bottle_root):
     # docs/benchmarks.md: offline efficientnet_lite0 teacher, 20 % of the training images held out (their
     # loss), seed 0, 8 epochs (the CI budget). Watched on the test set, never used to choose: every epoch

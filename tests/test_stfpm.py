@@ -6,13 +6,12 @@ import inspect
 
 import numpy as np
 import pytest
-
-from adlearn.train import TrainingConfig
 import torch
 import torch.nn.functional as F
 
 from adlearn.models import create, load
 from adlearn.models.stfpm import Stfpm, normalized_difference, stfpm_anomaly_map, stfpm_loss
+from adlearn.train import TrainingConfig
 
 BACKBONE = "efficientnet_lite0"
 
@@ -21,7 +20,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.py
 
 
 def _hand_unit(vector: np.ndarray) -> np.ndarray:
-    return vector / np.sqrt((vector ** 2).sum())
+    return vector / np.sqrt((vector**2).sum())
 
 
 def test_loss_equals_a_hand_computation():
@@ -30,13 +29,13 @@ def test_loss_equals_a_hand_computation():
     teachers = [torch.randn(s, generator=generator) for s in shapes]
     students = [torch.randn(s, generator=generator) for s in shapes]
     expected = 0.0
-    for t, s in zip(teachers, students):                     # Σ_l 1/(2 h w) Σ_{b,i,j} ‖t̂ − ŝ‖²
+    for t, s in zip(teachers, students):  # Σ_l 1/(2 h w) Σ_{b,i,j} ‖t̂ − ŝ‖²
         batch, _, height, width = t.shape
         for b in range(batch):
             for i in range(height):
                 for j in range(width):
                     difference = _hand_unit(t[b, :, i, j].numpy()) - _hand_unit(s[b, :, i, j].numpy())
-                    expected += (difference ** 2).sum() / (2 * height * width)
+                    expected += (difference**2).sum() / (2 * height * width)
     assert float(stfpm_loss(teachers, students)) == pytest.approx(expected, rel=1e-5)
     assert float(stfpm_loss(teachers, teachers)) == pytest.approx(0.0, abs=1e-6)
 
@@ -47,7 +46,7 @@ def test_anomaly_map_is_the_product_of_upsampled_cosine_distances():
     students = [torch.randn(2, 4, 4, 4, generator=generator), torch.randn(2, 6, 2, 2, generator=generator)]
     expected = torch.ones(2, 1, 8, 8)
     for t, s in zip(teachers, students):
-        one_minus_cosine = 1 - F.cosine_similarity(t, s, dim=1)[:, None]        # ½‖t̂ − ŝ‖² = 1 − cos
+        one_minus_cosine = 1 - F.cosine_similarity(t, s, dim=1)[:, None]  # ½‖t̂ − ŝ‖² = 1 − cos
         assert torch.allclose(normalized_difference(t, s), one_minus_cosine, atol=1e-6)
         expected = expected * F.interpolate(one_minus_cosine, size=(8, 8), mode="bilinear", align_corners=False)
     assert torch.allclose(stfpm_anomaly_map(teachers, students, (8, 8)), expected[:, 0], atol=1e-6)
@@ -58,11 +57,11 @@ def test_anomaly_map_is_the_product_of_upsampled_cosine_distances():
 
 def test_defaults_follow_the_reference():
     defaults = {k: p.default for k, p in inspect.signature(Stfpm.__init__).parameters.items() if k != "self"}
-    training = TrainingConfig(**Stfpm.training_defaults).to_dict()   # declared once, in the loop
+    training = TrainingConfig(**Stfpm.training_defaults).to_dict()  # declared once, in the loop
     assert defaults["backbone"] == "resnet18" and defaults["layers"] == ("layer1", "layer2", "layer3")
     assert (defaults["lr"], defaults["momentum"], defaults["weight_decay"]) == (0.4, 0.9, 1e-3)
     assert (training["max_epochs"], training["patience"], training["gradient_clip_val"]) == (100, 5, 0.0)
-    assert training["precise_bn"] is True      # our deviation: the student's statistics match its final weights
+    assert training["precise_bn"] is True  # our deviation: the student's statistics match its final weights
 
 
 @pytest.fixture(scope="module")
@@ -79,8 +78,9 @@ def test_only_the_student_learns(trained):
     assert all(torch.equal(v, teacher_before[k]) for k, v in model.teacher.state_dict().items())
     assert not all(torch.equal(v, student_before[k]) for k, v in model.student.state_dict().items())
     assert not any(p.requires_grad for p in model.teacher.parameters())
-    assert {id(p) for g in model.configure_optimizers()[0].param_groups for p in g["params"]} == \
-        {id(p) for p in model.student.parameters()}
+    assert {id(p) for g in model.configure_optimizers()[0].param_groups for p in g["params"]} == {
+        id(p) for p in model.student.parameters()
+    }
 
 
 def test_the_students_batch_norm_statistics_belong_to_its_final_weights(trained, datasets_64):
@@ -98,10 +98,10 @@ def test_the_students_batch_norm_statistics_belong_to_its_final_weights(trained,
     for layer, before in zip(layers, kept):
         torch.testing.assert_close(layer.running_mean, before)
 
-    stale = create("stfpm", backbone=BACKBONE, image_size=64, max_epochs=3, batch_size=6, device="cpu",
-                   precise_bn=False).fit(datasets_64[0], verbose=False)
-    differences = [(a.running_mean - b.running_mean).abs().max() for a, b in
-                   zip(trainable_batch_norms(stale), layers)]
+    stale = create(
+        "stfpm", backbone=BACKBONE, image_size=64, max_epochs=3, batch_size=6, device="cpu", precise_bn=False
+    ).fit(datasets_64[0], verbose=False)
+    differences = [(a.running_mean - b.running_mean).abs().max() for a, b in zip(trainable_batch_norms(stale), layers)]
     assert max(differences) > 1e-3
 
 
@@ -111,7 +111,7 @@ def test_trains_and_predicts_finite_maps(trained, datasets_64):
     images = torch.stack([datasets_64[1][i]["image"] for i in range(4)])
     prediction = model.predict(images)
     assert prediction.anomaly_map.shape == (4, 64, 64) and prediction.anomaly_map.isfinite().all()
-    assert (prediction.anomaly_map >= 0).all()                       # a product of values in [0, 2]
+    assert (prediction.anomaly_map >= 0).all()  # a product of values in [0, 2]
     assert torch.allclose(prediction.pred_score, prediction.anomaly_map.flatten(1).amax(1))
 
 
@@ -129,9 +129,30 @@ def test_cli_max_epochs(small_synthetic_root, tmp_path, capsys):
     from adlearn.data import SYNTHETIC_CATEGORIES
 
     out = tmp_path / "result.json"
-    code = main(["evaluate", "stfpm", "--root", str(small_synthetic_root), "--category", SYNTHETIC_CATEGORIES[1],
-                 "--image-size", "64", "--backbone", BACKBONE, "--device", "cpu", "--set", "max_epochs=1",
-                 "--set", "batch_size=12", "--json", str(out), "--save", str(tmp_path / "m.pt")])
+    code = main(
+        [
+            "evaluate",
+            "stfpm",
+            "--root",
+            str(small_synthetic_root),
+            "--category",
+            SYNTHETIC_CATEGORIES[1],
+            "--image-size",
+            "64",
+            "--backbone",
+            BACKBONE,
+            "--device",
+            "cpu",
+            "--set",
+            "max_epochs=1",
+            "--set",
+            "batch_size=12",
+            "--json",
+            str(out),
+            "--save",
+            str(tmp_path / "m.pt"),
+        ]
+    )
     assert code == 0
     assert "stfpm epoch 1/1" in capsys.readouterr().out
     assert load(tmp_path / "m.pt").history.epoch == [1]
@@ -150,7 +171,7 @@ def test_real_bottle_short_fit(short_bottle_fit):
 
 @pytest.mark.slow
 @pytest.mark.mvtec
-@pytest.mark.recipe   # ~250 CPU s: make test-recipes
+@pytest.mark.recipe  # ~250 CPU s: make test-recipes
 def test_real_bottle_with_held_out_normal_images(mvtec_bottle_root):
     # docs/benchmarks.md: with the student's batch-norm statistics re-estimated (precise_bn, the default) the
     # held-out normal images' loss and the test pixel AUROC improve together, epoch after epoch. Seed 0, 10
@@ -166,5 +187,5 @@ def test_real_bottle_with_held_out_normal_images(mvtec_bottle_root):
     test = MVTecDataset(mvtec_bottle_root, "bottle", "test", transform=model.transform)
     results = fit_and_evaluate(model, train, test)
     assert model.history.val_metric == "loss" and model.precise_bn
-    assert model.history.val[-1] < model.history.val[0] / 2          # the held-out loss keeps falling
+    assert model.history.val[-1] < model.history.val[0] / 2  # the held-out loss keeps falling
     assert results["image_auroc"] >= 0.99 and results["pixel_auroc"] >= 0.95, results

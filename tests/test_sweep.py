@@ -36,8 +36,12 @@ def test_grid_names_and_values(tmp_path):
     notebook = tmp_path / "a.ipynb"
     nbformat.write(nbformat.v4.new_notebook(), notebook)
     runs = combinations([notebook], {"category": ["x", "y"], "seed": [0, 1]})
-    assert [r["name"] for r in runs] == ["a/category=x_seed=0", "a/category=x_seed=1", "a/category=y_seed=0",
-                                         "a/category=y_seed=1"]
+    assert [r["name"] for r in runs] == [
+        "a/category=x_seed=0",
+        "a/category=x_seed=1",
+        "a/category=y_seed=0",
+        "a/category=y_seed=1",
+    ]
     with pytest.raises(FileNotFoundError, match="no notebook"):
         combinations([tmp_path / "missing.ipynb"], {})
 
@@ -49,16 +53,23 @@ def test_report_writes_the_recorded_result_when_asked(tmp_path, monkeypatch, cap
     monkeypatch.setenv("ADLEARN_REPORT_FILE", str(target))
     report({"model": "dfm", "image_auroc": 0.75, "fit_seconds": 1.23456}, category="weave", seed=1)
     printed = json.loads(capsys.readouterr().out)
-    assert json.loads(target.read_text()) == printed == {"model": "dfm", "category": "weave", "seed": 1,
-                                                          "image_auroc": 0.75, "fit_seconds": 1.2346}
+    assert (
+        json.loads(target.read_text())
+        == printed
+        == {"model": "dfm", "category": "weave", "seed": 1, "image_auroc": 0.75, "fit_seconds": 1.2346}
+    )
 
 
 def failing_notebook(path: Path) -> Path:
     """A tiny notebook with the sweep's parameters that fails for seed 1 and reports otherwise."""
-    cells = [nbformat.v4.new_code_cell("smoke = True\ndevice = 'cpu'\ncategory = None\nseed = 0"),
-             nbformat.v4.new_code_cell("if seed == 1:\n    raise RuntimeError(f'planted failure for seed {seed}')"),
-             nbformat.v4.new_code_cell("from adlearn.notebook import report\n"
-                                       "report({'model': 'toy', 'image_auroc': 0.5 + seed}, category=category, seed=seed)")]
+    cells = [
+        nbformat.v4.new_code_cell("smoke = True\ndevice = 'cpu'\ncategory = None\nseed = 0"),
+        nbformat.v4.new_code_cell("if seed == 1:\n    raise RuntimeError(f'planted failure for seed {seed}')"),
+        nbformat.v4.new_code_cell(
+            "from adlearn.notebook import report\n"
+            "report({'model': 'toy', 'image_auroc': 0.5 + seed}, category=category, seed=seed)"
+        ),
+    ]
     cells[0].metadata["tags"] = ["parameters"]
     notebook = nbformat.v4.new_notebook(cells=cells)
     notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
@@ -71,17 +82,36 @@ def test_sweep_on_a_local_cluster_resumes_records_failures_and_matches_sequentia
     from adlearn.data import SYNTHETIC_CATEGORIES
     from adlearn.sweep import RESULT_FILE, run_sweep
 
-    notebooks = [str(REPO / "notebooks" / "10_padim.ipynb"), str(REPO / "notebooks" / "13_dfm.ipynb"),
-                 str(failing_notebook(tmp_path / "toy.ipynb"))]
+    notebooks = [
+        str(REPO / "notebooks" / "10_padim.ipynb"),
+        str(REPO / "notebooks" / "13_dfm.ipynb"),
+        str(failing_notebook(tmp_path / "toy.ipynb")),
+    ]
     categories = list(SYNTHETIC_CATEGORIES[:2])
     out = tmp_path / "sweep"
-    command = [sys.executable, "-m", "adlearn", "sweep", *notebooks, "-p", "category", ",".join(categories),
-               "-p", "seed", "0,1", "--jobs", "2", "--out", str(out)]
+    command = [
+        sys.executable,
+        "-m",
+        "adlearn",
+        "sweep",
+        *notebooks,
+        "-p",
+        "category",
+        ",".join(categories),
+        "-p",
+        "seed",
+        "0,1",
+        "--jobs",
+        "2",
+        "--out",
+        str(out),
+    ]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
 
     # 1. Start, and interrupt once the first runs have finished (or fail the test after 10 min).
-    first = subprocess.Popen(command, env=env, start_new_session=True, stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True)
+    first = subprocess.Popen(
+        command, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     deadline = time.monotonic() + 600
     while len(list(out.glob(f"*/*/{RESULT_FILE}"))) < 2 and first.poll() is None and time.monotonic() < deadline:
         time.sleep(0.5)
@@ -92,7 +122,7 @@ def test_sweep_on_a_local_cluster_resumes_records_failures_and_matches_sequentia
 
     # 2. Resume: the finished runs are skipped, the rest run; the failing notebook does not stop it.
     second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=3600)
-    assert second.returncode == 1, second.stdout + second.stderr          # 1: some run failed (planted)
+    assert second.returncode == 1, second.stdout + second.stderr  # 1: some run failed (planted)
     assert f"{len(finished_before)} already finished" in second.stdout
     assert all(p.stat().st_mtime_ns == mtime for p, mtime in finished_before.items())
     results = {p.parent.relative_to(out).as_posix(): json.loads(p.read_text()) for p in out.glob(f"*/*/{RESULT_FILE}")}
@@ -104,15 +134,16 @@ def test_sweep_on_a_local_cluster_resumes_records_failures_and_matches_sequentia
         if row["status"] == "ok":
             report = row["report"]
             assert report["category"] == row["parameters"]["category"]
-            assert (out / name / Path(row["notebook"]).name).is_file()    # the executed notebook is kept
+            assert (out / name / Path(row["notebook"]).name).is_file()  # the executed notebook is kept
             if not name.startswith("toy/"):
                 assert report["model"] in ("padim", "dfm") and 0.0 <= report["image_auroc"] <= 1.0
     table = (out / "results.md").read_text()
     assert table.count("| ok |") == 10 and "planted failure" in table
 
     # 3. The cluster's recorded results equal sequential runs' (one combination per model notebook).
-    sequential = run_sweep(notebooks[:2], {"category": categories[:1], "seed": [1]}, tmp_path / "sequential",
-                           sequential=True, echo=False)
+    sequential = run_sweep(
+        notebooks[:2], {"category": categories[:1], "seed": [1]}, tmp_path / "sequential", sequential=True, echo=False
+    )
     for row in sequential:
         assert row["status"] == "ok"
         clustered = results[row["name"]]["report"]

@@ -25,8 +25,15 @@ class MeanImage(TrainedModel):
 
     training_defaults = {"max_epochs": 5}
 
-    def __init__(self, lr: float = 0.2, image_size: int = SIZE, device: str = "cpu", seed: int = 0,
-                 batch_size: int = 4, **training):
+    def __init__(
+        self,
+        lr: float = 0.2,
+        image_size: int = SIZE,
+        device: str = "cpu",
+        seed: int = 0,
+        batch_size: int = 4,
+        **training,
+    ):
         super().__init__(image_size=image_size, device=device, seed=seed, batch_size=batch_size, **training)
         self.save_hyperparameters()
         self.lr = lr
@@ -36,7 +43,7 @@ class MeanImage(TrainedModel):
         return torch.optim.SGD([self.center], lr=self.lr), None
 
     def training_step(self, batch, trainer=None):
-        return 0.5 * (batch["image"] - self.center).pow(2).sum(dim=(1, 2, 3)).mean()   # gradient: center - mean
+        return 0.5 * (batch["image"] - self.center).pow(2).sum(dim=(1, 2, 3)).mean()  # gradient: center - mean
 
     def predict_step(self, images):
         return prediction_from_map((images - self.center).pow(2).mean(1))
@@ -54,8 +61,14 @@ class ToyData(Dataset):
             if index >= n_normal:
                 mask[2:5, 2:5] = 1
                 image = image + 3 * mask
-            self.items.append({"image": image, "mask": mask, "label": int(index >= n_normal),
-                               "defect_type": "square" if index >= n_normal else "good"})
+            self.items.append(
+                {
+                    "image": image,
+                    "mask": mask,
+                    "label": int(index >= n_normal),
+                    "defect_type": "square" if index >= n_normal else "good",
+                }
+            )
 
     def __len__(self):
         return len(self.items)
@@ -79,18 +92,21 @@ def test_loss_decreases_and_history_is_recorded():
     history = model.history
     assert history.epoch == [1, 2, 3, 4, 5, 6]
     assert history.loss[-1] < 0.2 * history.loss[0]
-    assert len(history.step_loss) == history.steps == 18            # 12 images / batch 4 = 3 steps per epoch
+    assert len(history.step_loss) == history.steps == 18  # 12 images / batch 4 = 3 steps per epoch
     assert history.val == [None] * 6 and history.stopped == "max_epochs"
     assert history.lr == [0.2] * 6 and len(history.seconds) == 6
     assert model.is_fitted and torch.allclose(model.center, torch.ones(3, SIZE, SIZE), atol=0.15)
 
 
-@pytest.mark.parametrize("max_epochs, max_steps, steps, epochs, stopped", [
-    (None, 5, 5, 2, "max_steps"),      # the second epoch ends after 2 of its 3 batches
-    (2, None, 6, 2, "max_epochs"),
-    (10, 4, 4, 2, "max_steps"),        # whichever ends first
-    (1, 100, 3, 1, "max_epochs"),
-])
+@pytest.mark.parametrize(
+    "max_epochs, max_steps, steps, epochs, stopped",
+    [
+        (None, 5, 5, 2, "max_steps"),  # the second epoch ends after 2 of its 3 batches
+        (2, None, 6, 2, "max_epochs"),
+        (10, 4, 4, 2, "max_steps"),  # whichever ends first
+        (1, 100, 3, 1, "max_epochs"),
+    ],
+)
 def test_max_steps_and_max_epochs_bound_training(max_epochs, max_steps, steps, epochs, stopped):
     model = MeanImage(max_epochs=max_epochs, max_steps=max_steps).fit(ToyData(12), verbose=False)
     assert (model.history.steps, len(model.history.epoch), model.history.stopped) == (steps, epochs, stopped)
@@ -105,10 +121,15 @@ def test_a_training_end_is_required():
 
 def test_early_stopping_after_patience_epochs_restores_the_best_weights(capsys):
     centers = []
-    values = [0.5, 0.7, 0.6, 0.65, 0.69, 0.9, 0.9, 0.9]          # best at epoch 2, then 3 worse epochs
+    values = [0.5, 0.7, 0.6, 0.65, 0.69, 0.9, 0.9, 0.9]  # best at epoch 2, then 3 worse epochs
     model = MeanImage(max_epochs=8, patience=3)
-    model.fit(ToyData(12), ToyData(4, 4, seed=1), val_metric_fn=scripted_metric(values),
-              val_metric="my_score", callbacks=[center_per_epoch(centers)])
+    model.fit(
+        ToyData(12),
+        ToyData(4, 4, seed=1),
+        val_metric_fn=scripted_metric(values),
+        val_metric="my_score",
+        callbacks=[center_per_epoch(centers)],
+    )
     history = model.history
     assert history.epoch == [1, 2, 3, 4, 5] and history.stopped == "early_stopping"
     assert history.val == values[:5] and history.val_metric == "my_score"
@@ -116,14 +137,20 @@ def test_early_stopping_after_patience_epochs_restores_the_best_weights(capsys):
     assert torch.equal(model.center, centers[1]) and not torch.equal(model.center, centers[-1])
     out = capsys.readouterr().out
     assert "stopping early" in out and "restored the best weights, epoch 2" in out
-    assert out.count("epoch ") >= 5                                 # one line per epoch
+    assert out.count("epoch ") >= 5  # one line per epoch
 
 
 def test_watching_without_restoring_keeps_the_last_epoch():
     centers = []
     model = MeanImage(max_epochs=3)
-    model.fit(ToyData(12), ToyData(4, 4, seed=1), val_metric_fn=scripted_metric([0.9, 0.5, 0.4]),
-              restore_best=False, callbacks=[center_per_epoch(centers)], verbose=False)
+    model.fit(
+        ToyData(12),
+        ToyData(4, 4, seed=1),
+        val_metric_fn=scripted_metric([0.9, 0.5, 0.4]),
+        restore_best=False,
+        callbacks=[center_per_epoch(centers)],
+        verbose=False,
+    )
     assert model.history.best_epoch == 1 and torch.equal(model.center, centers[-1])
 
 
@@ -139,7 +166,7 @@ def test_auto_val_metric(n_anomalous, expected):
     model = MeanImage(max_epochs=2).fit(ToyData(12), ToyData(4, n_anomalous, seed=1), verbose=False)
     assert model.history.val_metric == expected
     if expected == "pixel_auroc":
-        assert model.history.val[-1] > 0.95                         # the bright square is found
+        assert model.history.val[-1] > 0.95  # the bright square is found
 
 
 class Interrupting(MeanImage):
@@ -156,11 +183,15 @@ class Interrupting(MeanImage):
 
 def test_keyboard_interrupt_keeps_the_best_weights_so_far(capsys):
     centers = []
-    model = Interrupting(max_epochs=10)                             # 3 steps per epoch: step 8 is in epoch 3
-    model.fit(ToyData(12), ToyData(4, 4, seed=1), val_metric_fn=scripted_metric([0.9, 0.8, 0.7]),
-              callbacks=[center_per_epoch(centers)])
+    model = Interrupting(max_epochs=10)  # 3 steps per epoch: step 8 is in epoch 3
+    model.fit(
+        ToyData(12),
+        ToyData(4, 4, seed=1),
+        val_metric_fn=scripted_metric([0.9, 0.8, 0.7]),
+        callbacks=[center_per_epoch(centers)],
+    )
     assert model.history.stopped == "interrupted" and model.history.epoch == [1, 2]
-    assert torch.equal(model.center, centers[0])                     # epoch 1 was the best
+    assert torch.equal(model.center, centers[0])  # epoch 1 was the best
     assert model.is_fitted and model.predict(torch.ones(1, 3, SIZE, SIZE)).pred_score.isfinite().all()
     assert "interrupted during epoch 3 — keeping the weights of epoch 1" in capsys.readouterr().out
 
@@ -204,12 +235,11 @@ def test_gradient_clipping_bounds_the_gradient_norm(clip):
         assert max(norms) <= clip * (1 + 1e-5)
         assert model.history.steps == len(norms)
     else:
-        assert max(norms) > 10                                       # the same run unclipped is steeper
+        assert max(norms) > 10  # the same run unclipped is steeper
 
 
 def test_same_seed_same_run_and_shuffling_depends_on_the_seed():
-    runs = [MeanImage(max_epochs=2, seed=seed).fit(ToyData(12), verbose=False).history.step_loss
-            for seed in (0, 0, 1)]
+    runs = [MeanImage(max_epochs=2, seed=seed).fit(ToyData(12), verbose=False).history.step_loss for seed in (0, 0, 1)]
     assert runs[0] == runs[1] and runs[0] != runs[2]
 
 
@@ -219,9 +249,9 @@ def test_training_by_hand_matches_fit():
     model = MeanImage(max_epochs=2)
     trainer = model.trainer(verbose=False).setup()
     loader = trainer.make_loader(data)
-    first = trainer.training_step(next(iter(loader)))                  # one optimizer step
+    first = trainer.training_step(next(iter(loader)))  # one optimizer step
     assert first == automatic.history.step_loss[0]
-    model = MeanImage(max_epochs=2)                                     # start again: two whole epochs
+    model = MeanImage(max_epochs=2)  # start again: two whole epochs
     trainer = model.trainer(verbose=False).setup()
     loader = trainer.make_loader(data)
     losses = [trainer.train_one_epoch(loader) for _ in range(2)]
@@ -232,7 +262,7 @@ def test_training_by_hand_matches_fit():
 def test_tensor_and_dataloader_inputs():
     images = 1.0 + 0.1 * torch.randn(10, 3, SIZE, SIZE)
     model = MeanImage(max_epochs=3).fit(images, verbose=False)
-    assert model.history.steps == 9                                  # 10 images, batch 4: 3 steps per epoch
+    assert model.history.steps == 9  # 10 images, batch 4: 3 steps per epoch
     model = MeanImage(max_epochs=1).fit(DataLoader(ToyData(12), batch_size=6), verbose=False)
     assert model.history.steps == 2
     with pytest.raises(ValueError, match="configured for 8x8"):
@@ -261,7 +291,7 @@ def test_amp_is_cuda_only_unless_asked():
         resolve_amp("fp16", cpu)
     with pytest.raises(ValueError):
         resolve_amp("fp8", cpu)
-    model = MeanImage(max_epochs=3, amp="bf16").fit(ToyData(12), verbose=False)   # bf16 autocast on CPU works
+    model = MeanImage(max_epochs=3, amp="bf16").fit(ToyData(12), verbose=False)  # bf16 autocast on CPU works
     assert model.history.loss[-1] < model.history.loss[0]
 
 
@@ -270,7 +300,7 @@ def test_rank_auroc_matches_the_metrics_module_with_ties():
 
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 2, 300)
-    scores = np.round(rng.normal(size=300) + labels, 1)              # many ties
+    scores = np.round(rng.normal(size=300) + labels, 1)  # many ties
     assert rank_auroc(labels, scores) == pytest.approx(image_auroc(labels, scores), abs=1e-12)
     assert rank_auroc([0, 0, 1, 1], [0.1, 0.2, 0.3, 0.4]) == 1.0
     assert rank_auroc([0, 1], [0.5, 0.5]) == 0.5
@@ -281,8 +311,13 @@ def test_rank_auroc_matches_the_metrics_module_with_ties():
 def test_checkpoint_holds_the_best_weights(tmp_path):
     path = tmp_path / "best.pt"
     model = MeanImage(max_epochs=4)
-    model.fit(ToyData(12), ToyData(4, 4, seed=1), val_metric_fn=scripted_metric([0.5, 0.8, 0.6, 0.7]),
-              checkpoint_path=path, verbose=False)
+    model.fit(
+        ToyData(12),
+        ToyData(4, 4, seed=1),
+        val_metric_fn=scripted_metric([0.5, 0.8, 0.6, 0.7]),
+        checkpoint_path=path,
+        verbose=False,
+    )
     checkpoint = torch.load(path, weights_only=False)
     restored = MeanImage(**checkpoint["config"])
     restored.load_state_dict(checkpoint["state_dict"])
@@ -295,7 +330,7 @@ def test_val_fraction_holds_out_normal_training_images_for_early_stopping(capsys
     model = MeanImage(max_epochs=3, val_fraction=0.25, patience=2).fit(ToyData(12))
     history = model.history
     assert history.val_metric == "loss" and all(v is not None for v in history.val)
-    assert history.steps == 3 * 3                                     # 9 images left: 3 batches of <= 4
+    assert history.steps == 3 * 3  # 9 images left: 3 batches of <= 4
     assert "all one class; validating on the loss" in capsys.readouterr().out
     train_part, val_part = hold_out(ToyData(12), 0.25, seed=0)
     assert len(train_part) == 9 and len(val_part) == 3
@@ -316,13 +351,13 @@ def test_synthetic_anomalies_make_held_out_normal_images_a_labelled_pixel_level_
     for index, item in enumerate(val):
         original, mask = normal[index]["image"], item["mask"]
         assert mask.shape == (SIZE, SIZE) and set(mask.unique().tolist()) <= {0.0, 1.0}
-        changed = (item["image"] != original).any(dim=0)                  # (H, W): pixels the generator touched
+        changed = (item["image"] != original).any(dim=0)  # (H, W): pixels the generator touched
         if item["label"]:
-            assert mask.any() and not changed[mask == 0].any()            # changes only inside the mask
+            assert mask.any() and not changed[mask == 0].any()  # changes only inside the mask
         else:
-            assert not mask.any() and not changed.any()                   # normal images untouched
+            assert not mask.any() and not changed.any()  # normal images untouched
     again = SyntheticAnomalies(normal, seed=0)
-    assert all(torch.equal(a["image"], b["image"]) for a, b in zip(val, again))   # seeded: same set every time
+    assert all(torch.equal(a["image"], b["image"]) for a, b in zip(val, again))  # seeded: same set every time
 
     model = MeanImage(max_epochs=2, val_fraction=0.5, val_anomalies="synthetic", patience=3).fit(ToyData(8))
     assert model.history.val_metric == "pixel_auroc" and all(0 <= v <= 1 for v in model.history.val)
@@ -339,14 +374,14 @@ def test_paired_synthetic_anomalies_keep_every_image_clean_and_add_k_different_d
 
     normal = ToyData(3)
     paired = SyntheticAnomalies(normal, seed=0, defects_per_image=2)
-    assert [item["label"] for item in paired] == [0, 1, 1] * 3                  # clean, defect 1, defect 2 per image
+    assert [item["label"] for item in paired] == [0, 1, 1] * 3  # clean, defect 1, defect 2 per image
     for index in range(3):
         clean, first, second = paired[3 * index], paired[3 * index + 1], paired[3 * index + 2]
         assert torch.equal(clean["image"], normal[index]["image"]) and not clean["mask"].any()
-        for defect in (first, second):                                        # each a defect on the same image
+        for defect in (first, second):  # each a defect on the same image
             changed = (defect["image"] != normal[index]["image"]).any(dim=0)
             assert defect["mask"].any() and not changed[defect["mask"] == 0].any()
-        assert not torch.equal(first["mask"], second["mask"])                 # two different defects
+        assert not torch.equal(first["mask"], second["mask"])  # two different defects
     # The default mode is unchanged by the new option: every second image, same generator stream.
     half = SyntheticAnomalies(normal, seed=0)
     assert [item["label"] for item in half] == [0, 1, 0]
@@ -404,8 +439,9 @@ def test_recalibrate_batch_norm_averages_the_batch_statistics_of_the_current_wei
         model.norm.running_mean.fill_(-7.0)
     frozen_before = model.frozen.running_mean.clone(), model.frozen.running_var.clone()
     assert trainable_batch_norms(model) == [model.norm]
-    count = recalibrate_batch_norm(model, DataLoader(data, batch_size=4),
-                                   lambda batch: model.norm(model.scale * batch["image"]))
+    count = recalibrate_batch_norm(
+        model, DataLoader(data, batch_size=4), lambda batch: model.norm(model.scale * batch["image"])
+    )
     means, variances = _statistics_for_current_weights(model, data)
     assert count == 1 and model.norm.momentum == 0.1 and not model.training
     torch.testing.assert_close(model.norm.running_mean, means)
@@ -418,7 +454,7 @@ def test_precise_bn_leaves_statistics_that_match_the_final_weights():
     data = ToyData(12)
     stale = ScaledBatchNorm(precise_bn=False).fit(data)
     precise = ScaledBatchNorm(precise_bn=True).fit(data)
-    torch.testing.assert_close(precise.scale, stale.scale)           # same training, same weights
+    torch.testing.assert_close(precise.scale, stale.scale)  # same training, same weights
     means, _ = _statistics_for_current_weights(precise, data)
     torch.testing.assert_close(precise.norm.running_mean, means)
     # without it, the exponential averages lag behind the growing scale (the test above can fail)
@@ -428,9 +464,11 @@ def test_precise_bn_leaves_statistics_that_match_the_final_weights():
 def test_precise_bn_runs_before_each_validation_so_the_kept_epoch_has_its_own_statistics():
     model = ScaledBatchNorm(precise_bn=True, max_epochs=3, val_fraction=0.25)
     calls = []
-    model.batch_norm_forward = lambda batch: calls.append(len(batch["image"])) or model.norm(model.scale * batch["image"])
+    model.batch_norm_forward = lambda batch: (
+        calls.append(len(batch["image"])) or model.norm(model.scale * batch["image"])
+    )
     model.fit(ToyData(16))
-    assert sum(calls) == 3 * 12       # one pass over the 12 training images per epoch, none at the end
+    assert sum(calls) == 3 * 12  # one pass over the 12 training images per epoch, none at the end
     train, _ = hold_out(ToyData(16), 0.25, seed=0)
     means, _ = _statistics_for_current_weights(model, train)
     torch.testing.assert_close(model.norm.running_mean, means)

@@ -40,8 +40,10 @@ class ToyGan(TrainedModel):
 
     def configure_optimizers(self):
         discriminator = torch.optim.SGD(self.discriminator.parameters(), lr=1e-2)
-        return {"generator": torch.optim.Adam(self.generator.parameters(), lr=1e-3),
-                "discriminator": (discriminator, torch.optim.lr_scheduler.StepLR(discriminator, 1, gamma=0.5))}
+        return {
+            "generator": torch.optim.Adam(self.generator.parameters(), lr=1e-3),
+            "discriminator": (discriminator, torch.optim.lr_scheduler.StepLR(discriminator, 1, gamma=0.5)),
+        }
 
     def losses(self, images):
         fake = self.generator(torch.randn(len(images), 4))
@@ -55,7 +57,7 @@ class ToyGan(TrainedModel):
         g_loss, d_loss = self.losses(batch["image"])
         trainer.optimizer_step(d_loss, "discriminator")
         self.calls.append("discriminator")
-        g_loss, _ = self.losses(batch["image"])               # with the discriminator just updated
+        g_loss, _ = self.losses(batch["image"])  # with the discriminator just updated
         trainer.optimizer_step(g_loss, "generator")
         self.calls.append("generator")
         return {"generator": g_loss, "discriminator": d_loss}
@@ -76,11 +78,12 @@ def test_two_optimizers_step_alternately_and_both_losses_are_recorded(amp):
     history = model.history
     assert set(history.losses) == {"generator", "discriminator"}
     assert len(history.losses["generator"]) == len(history.losses["discriminator"]) == 3
-    assert history.loss == pytest.approx([g + d for g, d in zip(history.losses["generator"],
-                                                                 history.losses["discriminator"])])
-    assert model.calls == ["discriminator", "generator"] * 9            # 3 epochs x 3 batches, alternating
-    assert history.lr == [1e-3] * 3                                     # the first optimizer's (generator) rate
-    for name, value in model.state_dict().items():                      # both networks learned
+    assert history.loss == pytest.approx(
+        [g + d for g, d in zip(history.losses["generator"], history.losses["discriminator"])]
+    )
+    assert model.calls == ["discriminator", "generator"] * 9  # 3 epochs x 3 batches, alternating
+    assert history.lr == [1e-3] * 3  # the first optimizer's (generator) rate
+    for name, value in model.state_dict().items():  # both networks learned
         if name.startswith(("generator", "discriminator")):
             assert not torch.equal(value, before[name]), name
 
@@ -120,7 +123,7 @@ class ThreePhases(TrainedModel):
     def __init__(self, **options):
         super().__init__(image_size=SIZE, device="cpu", seed=0, batch_size=4, **options)
         self.parts = nn.ModuleList([nn.Conv2d(3, 3, 1) for _ in range(3)])
-        self.norm = nn.BatchNorm2d(3)                 # belongs to the second phase
+        self.norm = nn.BatchNorm2d(3)  # belongs to the second phase
         self.seen: list[tuple[str, int]] = []
 
     def training_phases(self):
@@ -128,9 +131,11 @@ class ThreePhases(TrainedModel):
             return lambda: torch.optim.Adam(module.parameters(), lr=0.05)
 
         second = nn.ModuleList([self.parts[1], self.norm])
-        return [Phase("first", adam(self.parts[0]), [self.parts[0]], max_epochs=2),
-                Phase("second", adam(second), [second], max_epochs=1),
-                Phase("third", adam(self.parts[2]), [self.parts[2]], max_steps=2)]
+        return [
+            Phase("first", adam(self.parts[0]), [self.parts[0]], max_epochs=2),
+            Phase("second", adam(second), [second], max_epochs=1),
+            Phase("third", adam(self.parts[2]), [self.parts[2]], max_steps=2),
+        ]
 
     def forward(self, images):
         return self.parts[2](self.norm(self.parts[1](self.parts[0](images))))
@@ -165,9 +170,9 @@ def test_each_phase_changes_only_its_own_parameters():
         previous = state
     assert [phase for phase, _ in states] == ["first", "first", "second", "third"]
     assert model.history.phase == ["first", "first", "second", "third"]
-    assert model.history.steps == 3 + 3 + 3 + 2                       # 12 images, batches of 4
+    assert model.history.steps == 3 + 3 + 3 + 2  # 12 images, batches of 4
     assert model.seen == [("first", 1), ("first", 2), ("second", 3), ("third", 4)]
-    assert all(p.requires_grad for p in model.parameters())           # unfrozen again afterwards
+    assert all(p.requires_grad for p in model.parameters())  # unfrozen again afterwards
 
 
 def test_hooks_run_in_order():
@@ -210,12 +215,12 @@ def test_validation_leaves_every_parameter_buffer_and_optimizer_state_untouched(
     trainer = model.trainer(verbose=False, val_metric=metric)
     trainer.setup()
     loader = trainer.make_loader(normal_images())
-    trainer.train_one_epoch(loader)                 # optimizers now have state (Adam moments...)
+    trainer.train_one_epoch(loader)  # optimizers now have state (Adam moments...)
     model._is_fitted.fill_(True)
     weights, optimizers = copy.deepcopy(model.state_dict()), optimizer_state(trainer)
     validation = [{"image": image, "label": int(i % 2)} for i, image in enumerate(normal_images(6, seed=3))]
     value = trainer.validate(validation)
-    assert value == value                           # a number, not NaN
+    assert value == value  # a number, not NaN
     assert_same(model.state_dict(), weights)
     assert_same(optimizer_state(trainer), optimizers)
 
@@ -223,11 +228,14 @@ def test_validation_leaves_every_parameter_buffer_and_optimizer_state_untouched(
 # ---------------------------------------------------------------------------- one configuration
 def test_training_config_is_checked_once_with_clear_errors():
     assert TrainingConfig(max_epochs=3).replace(patience=2).patience == 2
-    for options, message in [({"max_epochs": 0}, "max_epochs=0"), ({"max_epochs": 2, "patience": -1}, "patience=-1"),
-                             ({"max_epochs": 2, "val_fraction": 1.5}, r"val_fraction=1.5: must be in \[0, 1\)"),
-                             ({"max_epochs": 2, "val_metric": "f1"}, "val_metric='f1'"),
-                             ({"max_epochs": 2, "amp": "fp8"}, "amp='fp8'"),
-                             ({}, "give max_epochs or max_steps")]:
+    for options, message in [
+        ({"max_epochs": 0}, "max_epochs=0"),
+        ({"max_epochs": 2, "patience": -1}, "patience=-1"),
+        ({"max_epochs": 2, "val_fraction": 1.5}, r"val_fraction=1.5: must be in \[0, 1\)"),
+        ({"max_epochs": 2, "val_metric": "f1"}, "val_metric='f1'"),
+        ({"max_epochs": 2, "amp": "fp8"}, "amp='fp8'"),
+        ({}, "give max_epochs or max_steps"),
+    ]:
         with pytest.raises(ValueError, match=message):
             TrainingConfig(**options)
     with pytest.raises(ValueError, match="unknown training option 'max_epoch'"):
@@ -235,10 +243,11 @@ def test_training_config_is_checked_once_with_clear_errors():
 
 
 def test_trained_models_take_training_options_from_the_config_only():
-    model = adlearn.create("stfpm", backbone="efficientnet_lite0", pretrained="none", max_epochs=7,
-                           image_size=64, device="cpu")
+    model = adlearn.create(
+        "stfpm", backbone="efficientnet_lite0", pretrained="none", max_epochs=7, image_size=64, device="cpu"
+    )
     assert model.train_config.max_epochs == model.max_epochs == 7
-    assert model.train_config.precise_bn and model.patience == 5      # STFPM's paper defaults
+    assert model.train_config.precise_bn and model.patience == 5  # STFPM's paper defaults
     assert Trainer(model, model.train_config).config.max_epochs == 7
     with pytest.raises(TypeError, match="unknown option 'max_epoch'.*Training options: max_epochs"):
         adlearn.create("stfpm", backbone="efficientnet_lite0", pretrained="none", max_epoch=7, device="cpu")
@@ -273,8 +282,16 @@ def test_every_model_has_a_cpu_preset_and_explicit_options_win():
 
 
 def test_saved_preset_model_loads_back_identically(tmp_path):
-    model = adlearn.create("stfpm", preset="cpu", pretrained="none", device="cpu", max_epochs=1, image_size=64,
-                           val_fraction=0.0, batch_size=4)
+    model = adlearn.create(
+        "stfpm",
+        preset="cpu",
+        pretrained="none",
+        device="cpu",
+        max_epochs=1,
+        image_size=64,
+        val_fraction=0.0,
+        batch_size=4,
+    )
     model.fit(normal_images(8).repeat_interleave(8, -1).repeat_interleave(8, -2), verbose=False)
     images = normal_images(2, seed=5).repeat_interleave(8, -1).repeat_interleave(8, -2)
     loaded = adlearn.load(model.save(tmp_path / "stfpm.pt"))
@@ -292,5 +309,7 @@ def test_a_corrupt_checkpoint_is_a_clear_error_naming_the_file(tmp_path, damage)
     AnomalyModel.save(model, path)
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2] if damage == "truncate" else b"not a checkpoint" * 10)
-    with pytest.raises(ValueError, match=rf"{path.name} could not be read as an adlearn checkpoint.*corrupt or truncated"):
+    with pytest.raises(
+        ValueError, match=rf"{path.name} could not be read as an adlearn checkpoint.*corrupt or truncated"
+    ):
         adlearn.load(path)

@@ -25,11 +25,12 @@ def test_blocks_match_timms_forward_intermediates(backbone, images):
     torch.manual_seed(0)
     extractor = TransformerFeatureExtractor(backbone, layers=["blocks.5", "blocks.2"], pre_trained="none")
     features = extractor(images)
-    assert list(features) == ["blocks.5", "blocks.2"]                 # the order asked for, like TimmFeatureExtractor
+    assert list(features) == ["blocks.5", "blocks.2"]  # the order asked for, like TimmFeatureExtractor
     assert extractor.n_blocks == 6 and extractor.out_dims == [192, 192] and extractor.strides == [16, 16]
     with torch.no_grad():
-        expected = extractor.model.forward_intermediates(images, indices=[2, 5], norm=True, output_fmt="NCHW",
-                                                         intermediates_only=True)
+        expected = extractor.model.forward_intermediates(
+            images, indices=[2, 5], norm=True, output_fmt="NCHW", intermediates_only=True
+        )
     for layer, reference in zip(["blocks.2", "blocks.5"], expected):
         assert features[layer].shape == (2, 192, 14, 14)
         torch.testing.assert_close(features[layer], reference, rtol=1e-5, atol=1e-5)
@@ -39,12 +40,13 @@ def test_blocks_match_timms_forward_intermediates(backbone, images):
 def test_last_block_is_timms_normalised_patch_tokens(backbone, images):
     """After every block, the map is ``forward_features`` without the class (and distillation) tokens:
     CaiT's class-attention blocks change only its class token."""
-    extractor = TransformerFeatureExtractor(backbone, layers="blocks.11" if "deit" in backbone else "blocks.23",
-                                            pre_trained="none")
+    extractor = TransformerFeatureExtractor(
+        backbone, layers="blocks.11" if "deit" in backbone else "blocks.23", pre_trained="none"
+    )
     (feature,) = extractor(images[:1]).values()
     with torch.no_grad():
-        tokens = extractor.model.forward_features(images[:1])          # (1, n_prefix + 196, 192)
-    patches = tokens[:, tokens.shape[1] - 196:]
+        tokens = extractor.model.forward_features(images[:1])  # (1, n_prefix + 196, 192)
+    patches = tokens[:, tokens.shape[1] - 196 :]
     torch.testing.assert_close(feature, patches.transpose(1, 2).reshape(1, 192, 14, 14), rtol=1e-5, atol=1e-5)
     # position (i, j) of the map is patch i·14 + j: row-major, like the image
     torch.testing.assert_close(feature[0, :, 3, 5], patches[0, 3 * 14 + 5], rtol=1e-5, atol=1e-5)
@@ -53,7 +55,7 @@ def test_last_block_is_timms_normalised_patch_tokens(backbone, images):
 def test_default_block_is_fastflows_choice():
     assert default_transformer_layer("cait_m48_448", 48) == "blocks.40"
     assert default_transformer_layer("deit_base_distilled_patch16_384", 12) == "blocks.7"
-    assert default_transformer_layer("deit_tiny_patch16_224", 12) == "blocks.7"     # 8/12 of the depth
+    assert default_transformer_layer("deit_tiny_patch16_224", 12) == "blocks.7"  # 8/12 of the depth
     assert default_transformer_layer("cait_xxs24_224", 24) == f"blocks.{round(24 * 41 / 48) - 1}"
     extractor = TransformerFeatureExtractor("deit_tiny_patch16_224", pre_trained="none")
     assert extractor.layers == ["blocks.7"] and extractor.n_blocks == 8 and extractor.image_size == (224, 224)
@@ -66,7 +68,7 @@ def test_frozen_and_always_in_eval_mode(images):
     assert not extractor.model.training and not any(m.training for m in extractor.model.modules())
     first = extractor(images)["blocks.1"]
     assert not first.requires_grad
-    torch.testing.assert_close(extractor(images)["blocks.1"], first, rtol=0, atol=0)   # no dropout
+    torch.testing.assert_close(extractor(images)["blocks.1"], first, rtol=0, atol=0)  # no dropout
 
 
 def test_same_dict_as_the_cnn_extractor(images):

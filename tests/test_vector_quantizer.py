@@ -25,7 +25,7 @@ def test_ema_update_by_hand():
     quantizer.embedding.copy_(torch.tensor([[0.0], [10.0]]))
     quantizer.embedding_sum.copy_(torch.tensor([[0.0], [10.0]]))
     quantizer.cluster_size.copy_(torch.tensor([1.0, 1.0]))
-    z = torch.tensor([1.0, 2.0, 9.0]).view(1, 1, 1, 3)              # two vectors go to code 0, one to code 1
+    z = torch.tensor([1.0, 2.0, 9.0]).view(1, 1, 1, 3)  # two vectors go to code 0, one to code 1
     quantizer.train()(z)
     # N = 0.5·[1, 1] + 0.5·[2, 1] = [1.5, 1];  m = 0.5·[0, 10] + 0.5·[3, 9] = [1.5, 9.5];  e = m / N
     assert quantizer.cluster_size.tolist() == pytest.approx([1.5, 1.0])
@@ -40,9 +40,9 @@ def test_straight_through_gradient_commitment_loss_and_eval_mode():
     quantized, loss, _ = quantizer.eval()(z)
     assert float(loss.detach()) == pytest.approx(0.25 * float(((z - quantized) ** 2).mean().detach()), rel=1e-6)
     (quantized * torch.arange(12.0).view(1, 3, 2, 2)).sum().backward()
-    assert torch.equal(z.grad, torch.arange(12.0).view(1, 3, 2, 2))       # the decoder's gradient, unchanged
+    assert torch.equal(z.grad, torch.arange(12.0).view(1, 3, 2, 2))  # the decoder's gradient, unchanged
     before = quantizer.embedding.clone()
     quantizer(torch.randn(1, 3, 2, 2))
-    assert torch.equal(quantizer.embedding, before)                         # eval: the codebook stays
+    assert torch.equal(quantizer.embedding, before)  # eval: the codebook stays
     with pytest.raises(ValueError, match=r"expected \(B, 3, H, W\)"):
         quantizer(torch.randn(1, 4, 2, 2))

@@ -58,8 +58,10 @@ def axis_titles(figure) -> list[str]:
 
 # ------------------------------------------------------------------------------------ packaging
 def test_import_does_not_load_ipywidgets_or_matplotlib():
-    code = ("import sys, adlearn.widgets as w; from adlearn.widgets import pca, kde, coreset, flow; "
-            "w.pca_explore; print('matplotlib' in sys.modules, 'ipywidgets' in sys.modules)")
+    code = (
+        "import sys, adlearn.widgets as w; from adlearn.widgets import pca, kde, coreset, flow; "
+        "w.pca_explore; print('matplotlib' in sys.modules, 'ipywidgets' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
 
@@ -76,7 +78,7 @@ def test_histogram_bins_go_logarithmic_for_wide_positive_ranges():
 
     edges, log_scale = histogram_bins([1.0, 2.0], [500.0], bins=10)
     assert log_scale and edges[0] == 1.0 and edges[-1] == 500.0
-    np.testing.assert_allclose(np.diff(np.log(edges)), np.log(500) / 10)     # evenly spaced in log
+    np.testing.assert_allclose(np.diff(np.log(edges)), np.log(500) / 10)  # evenly spaced in log
     edges, log_scale = histogram_bins([-1.0, 2.0], [5.0], bins=10)
     assert not log_scale and len(edges) == 11
 
@@ -98,7 +100,7 @@ def test_pca_ratio_mode_reconstruction_and_separation(subspace_features):
     cumulative = result["cumulative_ratio"]
     # The minimal k whose cumulative share reaches 95 %.
     assert result["k"] == int(np.argmax(cumulative >= 0.95)) + 1 == 3
-    assert result["auroc"] > 0.95                       # anomalies leave the 3-D subspace
+    assert result["auroc"] > 0.95  # anomalies leave the 3-D subspace
     # Keeping every direction reconstructs the training data exactly.
     full = widgets.pca_explore(train, normal, anomalous, n_components=12)
     assert full["error_train"].max() < 1e-8
@@ -156,7 +158,7 @@ def test_kde_density_integrates_to_one(dims, bandwidth):
     result = widgets.kde_explore(train, train[:10], train[:10] + 8, bandwidth=bandwidth)
     assert result["integral"] == pytest.approx(1.0, abs=0.01)
     assert result["density"].shape == ((400,) if dims == 1 else (80, 80))
-    assert result["auroc"] == 1.0                        # anomalies 8 std-devs away
+    assert result["auroc"] == 1.0  # anomalies 8 std-devs away
 
 
 def test_kde_explore_needs_projected_features():
@@ -171,11 +173,11 @@ def test_kde_widget_follows_its_controls(subspace_features):
     assert view.last_result["bandwidth"] == 4.0
     assert view.last_result["factor"] == pytest.approx(4 * 150 ** (-1 / 5))
     wider = view.figure.axes[0].lines[0].get_ydata()
-    assert wider.max() < curve.max()                     # wider bumps: a flatter curve
+    assert wider.max() < curve.max()  # wider bumps: a flatter curve
     assert view.figure.axes[0].get_title().startswith("bandwidth 4× Scott")
     assert view.figure.axes[1].get_xlabel() == "log p(x)"
     assert view.figure.axes[1].get_title().startswith("log p(x); AUROC of the score −log p(x):")
-    view.controls["bandwidth"].value = 2 ** 0.75          # a stop of the log slider: 1.68179…
+    view.controls["bandwidth"].value = 2**0.75  # a stop of the log slider: 1.68179…
     assert view.figure.axes[0].get_title().startswith("bandwidth 1.68× Scott (h = ")
 
     view.controls["dims"].value = 2
@@ -212,7 +214,7 @@ def test_coverage_curve_prefixes_match_direct_runs(bank):
     np.testing.assert_array_equal(curve["sizes"], [15, 75, 300])
     for size, radius in zip(curve["sizes"], curve["kcenter_radius"]):
         assert coverage_radius(bank, kcenter_indices(bank, int(size), seed=3)) == pytest.approx(radius)
-    assert np.all(np.diff(curve["kcenter_radius"]) <= 0)   # nested subsets: never worse
+    assert np.all(np.diff(curve["kcenter_radius"]) <= 0)  # nested subsets: never worse
     assert np.all(curve["kcenter_radius"] <= curve["random_radius"])
 
 
@@ -232,7 +234,7 @@ def test_coreset_widget_follows_its_controls(bank):
     assert view.figure.axes[2].lines[-1].get_xdata()[0] == pytest.approx(0.1)  # the marker moved
     old_start = view.last_result["kcenter_idxs"][0]
     view.controls["seed"].value = 5
-    assert view.last_result["kcenter_idxs"][0] != old_start                  # another start point
+    assert view.last_result["kcenter_idxs"][0] != old_start  # another start point
 
 
 def test_coreset_static_figure(bank):
@@ -258,13 +260,13 @@ def test_flow_is_invertible_and_layer_zero_is_the_standard_normal():
     z, _ = flow(x)
     x_back, _ = flow(z, rev=True)
     torch.testing.assert_close(x_back, x, atol=1e-5, rtol=1e-5)
-    expected = -0.5 * x.pow(2).sum(1) - np.log(2 * np.pi)           # log N(x; 0, I) in 2-D
+    expected = -0.5 * x.pow(2).sum(1) - np.log(2 * np.pi)  # log N(x; 0, I) in 2-D
     torch.testing.assert_close(widgets.flow_log_likelihood(flow, x, n_layers=0), expected)
 
 
 def test_training_is_seeded_and_prefers_inliers(trained_flow):
     flow, losses, inliers, outliers = trained_flow
-    assert losses[-20:].mean() < losses[:20].mean() - 0.5          # it learnt something
+    assert losses[-20:].mean() < losses[:20].mean() - 0.5  # it learnt something
     result = widgets.flow_explore(flow, inliers, outliers)
     assert result["mean_log_likelihood_inliers"] > result["mean_log_likelihood_outliers"]
     assert result["median_log_likelihood_inliers"] > result["median_log_likelihood_outliers"] + 2

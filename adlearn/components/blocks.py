@@ -29,8 +29,15 @@ RESAMPLE_MODES = (None, "down", "up")
 NORMS = ("batch", "instance")
 
 
-def conv_bn_relu(in_channels: int, out_channels: int, stride: int = 1, kernel_size: int = 3,
-                 bias: bool = False, batch_norm: bool = True, norm: str = "batch") -> nn.Sequential:
+def conv_bn_relu(
+    in_channels: int,
+    out_channels: int,
+    stride: int = 1,
+    kernel_size: int = 3,
+    bias: bool = False,
+    batch_norm: bool = True,
+    norm: str = "batch",
+) -> nn.Sequential:
     """Convolution ("same" padding for odd kernels, stride ``stride``), batch norm, ReLU.
 
     The convolution has no bias by default (the batch norm that follows has one); with
@@ -43,8 +50,9 @@ def conv_bn_relu(in_channels: int, out_channels: int, stride: int = 1, kernel_si
         raise ValueError(f"conv_bn_relu needs kernel_size >= 1 and stride >= 1, got {kernel_size} and {stride}")
     if norm not in NORMS:
         raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
-    layers: list[nn.Module] = [nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride,
-                                         padding=kernel_size // 2, bias=bias)]
+    layers: list[nn.Module] = [
+        nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=kernel_size // 2, bias=bias)
+    ]
     if batch_norm:
         layers.append(nn.BatchNorm2d(out_channels) if norm == "batch" else nn.InstanceNorm2d(out_channels))
     layers.append(nn.ReLU(inplace=True))
@@ -73,9 +81,13 @@ class BasicBlock(nn.Module):
             stride = 2 if resample == "down" else 1
             first = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
             shortcut = nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False)
-        self.residual = nn.Sequential(first, nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True),
-                                      nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
-                                      nn.BatchNorm2d(out_channels))
+        self.residual = nn.Sequential(
+            first,
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(out_channels),
+        )
         needs_projection = resample is not None or in_channels != out_channels
         self.shortcut = nn.Sequential(shortcut, nn.BatchNorm2d(out_channels)) if needs_projection else nn.Identity()
 
@@ -93,19 +105,24 @@ def residual_stage(in_channels: int, out_channels: int, resample: str | None, bl
 
 
 # ----------------------------------------------------------------------------- U-Net units
-def double_conv(in_channels: int, out_channels: int, mid_channels: int | None = None,
-                norm: str = "batch") -> nn.Sequential:
+def double_conv(
+    in_channels: int, out_channels: int, mid_channels: int | None = None, norm: str = "batch"
+) -> nn.Sequential:
     """Two `conv_bn_relu` in a row (in -> mid -> out): one level of a U-Net (Ronneberger et al., 2015).
     (B, C_in, H, W) -> (B, C_out, H, W)"""
     mid_channels = mid_channels or out_channels
-    return nn.Sequential(conv_bn_relu(in_channels, mid_channels, bias=True, norm=norm),
-                         conv_bn_relu(mid_channels, out_channels, bias=True, norm=norm))
+    return nn.Sequential(
+        conv_bn_relu(in_channels, mid_channels, bias=True, norm=norm),
+        conv_bn_relu(mid_channels, out_channels, bias=True, norm=norm),
+    )
 
 
 def up_conv(in_channels: int, out_channels: int, norm: str = "batch") -> nn.Sequential:
     """Bilinear ×2 upsampling (align_corners=True), then `conv_bn_relu`. (B, C_in, h, w) -> (B, C_out, 2h, 2w)"""
-    return nn.Sequential(nn.Upsample(scale_factor=2, mode="bilinear", align_corners=True),
-                         conv_bn_relu(in_channels, out_channels, bias=True, norm=norm))
+    return nn.Sequential(
+        nn.Upsample(scale_factor=2, mode="bilinear", align_corners=True),
+        conv_bn_relu(in_channels, out_channels, bias=True, norm=norm),
+    )
 
 
 class UNet(nn.Module):
@@ -130,7 +147,7 @@ class UNet(nn.Module):
         for width in widths:
             self.encoder.append(double_conv(previous, width, norm=norm))
             previous = width
-        out_widths = [widths[max(level - 1, 0)] for level in range(len(widths) - 1)]   # decoder level outputs
+        out_widths = [widths[max(level - 1, 0)] for level in range(len(widths) - 1)]  # decoder level outputs
         self.up = nn.ModuleList()
         self.decoder = nn.ModuleList()
         for level in reversed(range(len(widths) - 1)):
@@ -145,12 +162,14 @@ class UNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-2] % self.divisor or x.shape[-1] % self.divisor:
-            raise ValueError(f"this U-Net halves its input {len(self.widths) - 1} times: the image side must be "
-                             f"divisible by {self.divisor}, got {tuple(x.shape[-2:])}")
+            raise ValueError(
+                f"this U-Net halves its input {len(self.widths) - 1} times: the image side must be "
+                f"divisible by {self.divisor}, got {tuple(x.shape[-2:])}"
+            )
         skips = []
         for level, block in enumerate(self.encoder):
             x = block(x if level == 0 else F.max_pool2d(x, 2))
-            skips.append(x)                                    # (B, widths[level], H/2^level, W/2^level)
+            skips.append(x)  # (B, widths[level], H/2^level, W/2^level)
         for up, block, skip in zip(self.up, self.decoder, reversed(skips[:-1])):
             x = block(torch.cat([up(x), skip], dim=1))
         return self.head(x)

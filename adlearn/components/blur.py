@@ -1,4 +1,4 @@
-"""`GaussianBlur2d`: a fixed Gaussian smoothing filter for anomaly maps 
+"""`GaussianBlur2d`: a fixed Gaussian smoothing filter for anomaly maps
 (reference: ``anomalib.models.components.filters.GaussianBlur2d``).
 
 PaDiM, PatchCore and CFA smooth their upsampled anomaly maps with σ = 4. The kernel is a sampled
@@ -54,8 +54,8 @@ _BORDER_TYPES = ("reflect", "replicate", "circular", "constant")
 def gaussian_kernel1d(sigma: float, kernel_size: int, normalize: bool = True) -> torch.Tensor:
     """Sampled 1-D Gaussian ``(kernel_size,)`` centred on the middle tap."""
     radius = kernel_size // 2
-    positions = torch.arange(-radius, radius + 1, dtype=torch.float64)               # (k,)
-    kernel = torch.exp(-positions**2 / (2.0 * sigma**2))
+    positions = torch.arange(-radius, radius + 1, dtype=torch.float64)  # (k,)
+    kernel = torch.exp(-(positions**2) / (2.0 * sigma**2))
     if normalize:
         kernel = kernel / kernel.sum()
     return kernel.to(torch.float32)
@@ -75,9 +75,16 @@ class GaussianBlur2d(nn.Module):
             docstring) or ``"conv"`` (two depthwise convolutions). Same numbers up to rounding.
     """
 
-    def __init__(self, sigma: float | tuple[float, float], channels: int = 1,
-                 kernel_size: int | tuple[int, int] | None = None, normalize: bool = True,
-                 border_type: str = "reflect", padding: str = "same", method: str = "matmul") -> None:
+    def __init__(
+        self,
+        sigma: float | tuple[float, float],
+        channels: int = 1,
+        kernel_size: int | tuple[int, int] | None = None,
+        normalize: bool = True,
+        border_type: str = "reflect",
+        padding: str = "same",
+        method: str = "matmul",
+    ) -> None:
         super().__init__()
         sigma_y, sigma_x = _pair(sigma, "sigma", float)
         if sigma_y <= 0 or sigma_x <= 0:
@@ -86,11 +93,12 @@ class GaussianBlur2d(nn.Module):
             kernel_size = (2 * int(4.0 * sigma_y + 0.5) + 1, 2 * int(4.0 * sigma_x + 0.5) + 1)
         kernel_h, kernel_w = _pair(kernel_size, "kernel_size", int)
         if kernel_h < 1 or kernel_w < 1 or kernel_h % 2 == 0 or kernel_w % 2 == 0:
-            raise ValueError(f"kernel_size must be odd and positive (a centred kernel), got "
-                             f"{kernel_size}")
+            raise ValueError(f"kernel_size must be odd and positive (a centred kernel), got {kernel_size}")
         if border_type not in _BORDER_TYPES:
-            raise ValueError(f"border_type must be one of {_BORDER_TYPES}, got {border_type!r}. "
-                             f"(scipy's 'mirror' is torch's 'reflect', 'nearest' is 'replicate'.)")
+            raise ValueError(
+                f"border_type must be one of {_BORDER_TYPES}, got {border_type!r}. "
+                f"(scipy's 'mirror' is torch's 'reflect', 'nearest' is 'replicate'.)"
+            )
         if channels < 1:
             raise ValueError(f"channels must be >= 1, got {channels}")
         if method not in ("matmul", "conv"):
@@ -103,11 +111,11 @@ class GaussianBlur2d(nn.Module):
         self.border_type = border_type
         self.padding = padding
         self.method = method
-        self._matrices: dict = {}      # (H, W, device, dtype) -> (A_y, A_x); a cache, never saved
+        self._matrices: dict = {}  # (H, W, device, dtype) -> (A_y, A_x); a cache, never saved
 
         # One 1-D kernel per axis, repeated per channel for a depthwise (groups=channels) conv.
-        ky = gaussian_kernel1d(sigma_y, kernel_h, normalize)                            # (kh,)
-        kx = gaussian_kernel1d(sigma_x, kernel_w, normalize)                            # (kw,)
+        ky = gaussian_kernel1d(sigma_y, kernel_h, normalize)  # (kh,)
+        kx = gaussian_kernel1d(sigma_x, kernel_w, normalize)  # (kw,)
         self.register_buffer("kernel_y", ky.view(1, 1, kernel_h, 1).repeat(channels, 1, 1, 1))
         self.register_buffer("kernel_x", kx.view(1, 1, 1, kernel_w).repeat(channels, 1, 1, 1))
 
@@ -119,9 +127,11 @@ class GaussianBlur2d(nn.Module):
     def forward(self, input_tensor: torch.Tensor) -> torch.Tensor:
         """Blur ``(B, channels, H, W)``; 'same' keeps the shape, otherwise ``(H−kh+1, W−kw+1)``."""
         if input_tensor.dim() != 4 or input_tensor.shape[1] != self.channels:
-            raise ValueError(f"expected input of shape (B, {self.channels}, H, W), got "
-                             f"{tuple(input_tensor.shape)}; this filter was built for "
-                             f"channels={self.channels}")
+            raise ValueError(
+                f"expected input of shape (B, {self.channels}, H, W), got "
+                f"{tuple(input_tensor.shape)}; this filter was built for "
+                f"channels={self.channels}"
+            )
         kernel_h, kernel_w = self.kernel_size
         height, width = input_tensor.shape[-2:]
         x = input_tensor if input_tensor.is_floating_point() else input_tensor.float()
@@ -129,16 +139,19 @@ class GaussianBlur2d(nn.Module):
         if self.padding == "same":
             pad_h, pad_w = kernel_h // 2, kernel_w // 2
             if self.border_type == "reflect" and (pad_h >= height or pad_w >= width):
-                raise ValueError(f"'reflect' padding of {pad_h}×{pad_w} needs an input larger "
-                                 f"than that, got {height}×{width}; use a smaller sigma/kernel or "
-                                 f"border_type='replicate'")
+                raise ValueError(
+                    f"'reflect' padding of {pad_h}×{pad_w} needs an input larger "
+                    f"than that, got {height}×{width}; use a smaller sigma/kernel or "
+                    f"border_type='replicate'"
+                )
             if self.method == "matmul":
                 blur_y, blur_x = self.blur_matrices(height, width, x.device, x.dtype)  # (H, H), (W, W)
-                return blur_y @ x @ blur_x.T                                # (B, C, H, W)
+                return blur_y @ x @ blur_x.T  # (B, C, H, W)
             x = F.pad(x, (pad_w, pad_w, pad_h, pad_h), mode=self.border_type)
         elif height < kernel_h or width < kernel_w:
-            raise ValueError(f"a valid convolution needs an input of at least {kernel_h}×{kernel_w}, "
-                             f"got {height}×{width}")
+            raise ValueError(
+                f"a valid convolution needs an input of at least {kernel_h}×{kernel_w}, got {height}×{width}"
+            )
         return self._convolve(x)
 
     def _convolve(self, x: torch.Tensor) -> torch.Tensor:
@@ -153,8 +166,8 @@ class GaussianBlur2d(nn.Module):
         key = (height, width, str(device), dtype)
         if key not in self._matrices:
             pad_h, pad_w = self.kernel_size[0] // 2, self.kernel_size[1] // 2
-            ky = self.kernel_y[:1].to(device, torch.float64)                 # (1, 1, kh, 1)
-            kx = self.kernel_x[:1].to(device, torch.float64)                 # (1, 1, 1, kw)
+            ky = self.kernel_y[:1].to(device, torch.float64)  # (1, 1, kh, 1)
+            kx = self.kernel_x[:1].to(device, torch.float64)  # (1, 1, 1, kw)
             eye_h = torch.eye(height, device=device, dtype=torch.float64)[None, None]
             eye_w = torch.eye(width, device=device, dtype=torch.float64)[None, None]
             # Blurring the identity down its columns gives A_y; across its rows gives A_xᵀ.
@@ -164,8 +177,10 @@ class GaussianBlur2d(nn.Module):
         return self._matrices[key]
 
     def extra_repr(self) -> str:
-        return (f"sigma={self.sigma}, channels={self.channels}, kernel_size={self.kernel_size}, "
-                f"border_type={self.border_type!r}, padding={self.padding!r}")
+        return (
+            f"sigma={self.sigma}, channels={self.channels}, kernel_size={self.kernel_size}, "
+            f"border_type={self.border_type!r}, padding={self.padding!r}"
+        )
 
 
 def _pair(value, name: str, cast):

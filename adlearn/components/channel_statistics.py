@@ -23,8 +23,8 @@ class ChannelStatistics:
         self.count = 0
 
     @torch.no_grad()
-    def update(self, maps: torch.Tensor) -> "ChannelStatistics":
-        x = maps.double().transpose(0, 1).flatten(1)                          # (C, B·h·w)
+    def update(self, maps: torch.Tensor) -> ChannelStatistics:
+        x = maps.double().transpose(0, 1).flatten(1)  # (C, B·h·w)
         if self.sum is None:
             self.sum, self.sum_sq = x.sum(1), x.pow(2).sum(1)
         else:

@@ -62,8 +62,9 @@ def _check_scales(xs, channels: int, what: str) -> None:
 class CrossConvolutions(nn.Module):
     """The coupling subnet of step 3: three maps (B, in, h_i, w_i) -> three maps (B, out, h_i, w_i)."""
 
-    def __init__(self, in_channels: int, out_channels: int, hidden_channels: int, kernel_size: int = 3,
-                 leaky_slope: float = 0.1) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, hidden_channels: int, kernel_size: int = 3, leaky_slope: float = 0.1
+    ) -> None:
         super().__init__()
         if kernel_size % 2 != 1:
             raise ValueError(f"kernel_size must be odd ('same' padding), got {kernel_size}")
@@ -76,18 +77,19 @@ class CrossConvolutions(nn.Module):
         self.hidden = nn.ModuleList([conv(in_channels, hidden_channels) for _ in range(N_SCALES)])
         self.output = nn.ModuleList([conv(hidden_channels, out_channels) for _ in range(N_SCALES)])
         self.up = nn.ModuleList([conv(hidden_channels, out_channels) for _ in range(N_SCALES - 1)])  # i+1 -> i
-        self.down = nn.ModuleList([conv(hidden_channels, out_channels, stride=2)
-                                   for _ in range(N_SCALES - 1)])                                   # i -> i+1
+        self.down = nn.ModuleList(
+            [conv(hidden_channels, out_channels, stride=2) for _ in range(N_SCALES - 1)]
+        )  # i -> i+1
         self.gamma = nn.Parameter(torch.zeros(N_SCALES))
         self.activation = nn.LeakyReLU(leaky_slope)
 
     def forward(self, xs: list[torch.Tensor]) -> list[torch.Tensor]:
-        hidden = [self.activation(conv(x)) for conv, x in zip(self.hidden, xs)]     # (B, hidden, h_i, w_i)
-        outputs = [conv(h) for conv, h in zip(self.output, hidden)]                 # own scale
+        hidden = [self.activation(conv(x)) for conv, x in zip(self.hidden, xs)]  # (B, hidden, h_i, w_i)
+        outputs = [conv(h) for conv, h in zip(self.output, hidden)]  # own scale
         for i in range(N_SCALES - 1):
             coarser = F.interpolate(hidden[i + 1], size=hidden[i].shape[-2:], mode="bilinear", align_corners=False)
-            outputs[i] = outputs[i] + self.up[i](coarser)                           # coarser -> finer
-            finer = self.down[i](hidden[i])                                         # finer -> coarser (stride 2)
+            outputs[i] = outputs[i] + self.up[i](coarser)  # coarser -> finer
+            finer = self.down[i](hidden[i])  # finer -> coarser (stride 2)
             if finer.shape[-2:] != outputs[i + 1].shape[-2:]:
                 finer = F.interpolate(finer, size=outputs[i + 1].shape[-2:], mode="bilinear", align_corners=False)
             outputs[i + 1] = outputs[i + 1] + finer
@@ -101,7 +103,7 @@ class ParallelPermute(nn.Module):
         super().__init__()
         generator = torch.Generator().manual_seed(int(seed))
         orders = torch.stack([torch.randperm(channels, generator=generator) for _ in range(N_SCALES)])
-        self.register_buffer("orders", orders)                   # (3, C)
+        self.register_buffer("orders", orders)  # (3, C)
         self.register_buffer("inverse_orders", torch.argsort(orders, dim=1))
 
     def forward(self, xs: list[torch.Tensor], rev: bool = False) -> list[torch.Tensor]:
@@ -119,7 +121,9 @@ class CrossScaleCoupling(nn.Module):
         self.channels, self.clamp = channels, float(clamp)
         self.split1, self.split2 = channels - channels // 2, channels // 2
         self.subnet2 = CrossConvolutions(self.split2, 2 * self.split1, hidden_channels, kernel_size)  # b -> (s, t) of a
-        self.subnet1 = CrossConvolutions(self.split1, 2 * self.split2, hidden_channels, kernel_size)  # a' -> (s', t') of b
+        self.subnet1 = CrossConvolutions(
+            self.split1, 2 * self.split2, hidden_channels, kernel_size
+        )  # a' -> (s', t') of b
 
     def _scale_shift(self, subnet: CrossConvolutions, conditions: list[torch.Tensor], width: int):
         raw = subnet(conditions)
@@ -165,9 +169,12 @@ class CrossScaleFlow(nn.Module):
             raise ValueError(f"n_blocks must be >= 1, got {n_blocks}")
         self.channels = channels
         self.permutations = nn.ModuleList([ParallelPermute(channels, seed=k) for k in range(n_blocks)])
-        self.couplings = nn.ModuleList([
-            CrossScaleCoupling(channels, hidden_channels, clamp, kernel_size=5 if k == n_blocks - 1 else 3)
-            for k in range(n_blocks)])
+        self.couplings = nn.ModuleList(
+            [
+                CrossScaleCoupling(channels, hidden_channels, clamp, kernel_size=5 if k == n_blocks - 1 else 3)
+                for k in range(n_blocks)
+            ]
+        )
 
     def forward(self, xs: list[torch.Tensor], rev: bool = False) -> tuple[list[torch.Tensor], torch.Tensor]:
         _check_scales(xs, self.channels, "CrossScaleFlow")

@@ -1,4 +1,4 @@
-"""`DynamicBufferMixin`: buffers whose size is only known after fitting 
+"""`DynamicBufferMixin`: buffers whose size is only known after fitting
 (reference: ``anomalib.models.components.base.DynamicBufferMixin``).
 
 A memory bank or a fitted statistic starts as an empty tensor. When a checkpoint is loaded, each
@@ -28,14 +28,16 @@ def check_fitted_rows(fitted: bool, inputs: torch.Tensor, n_features: int, who: 
 class DynamicBufferMixin(nn.Module):
     """Resize registered buffers to the checkpoint's shapes before loading them."""
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
-                              unexpected_keys, error_msgs):
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
         for name, buffer in self._buffers.items():
             key = prefix + name
             if key in state_dict and buffer is not None and buffer.shape != state_dict[key].shape:
                 self._buffers[name] = torch.empty_like(state_dict[key], device=buffer.device)
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
-                                      unexpected_keys, error_msgs)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
     def get_tensor_attribute(self, name: str) -> torch.Tensor:
         value = getattr(self, name)

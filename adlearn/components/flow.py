@@ -88,8 +88,7 @@ def _as_shape_list(dims, name: str) -> list[tuple[int, ...]]:
     try:
         return [tuple(int(v) for v in shape) for shape in dims]
     except TypeError as error:
-        raise ValueError(f"{name} must be a list of shape tuples such as [(C, H, W)], "
-                         f"got {dims!r}") from error
+        raise ValueError(f"{name} must be a list of shape tuples such as [(C, H, W)], got {dims!r}") from error
 
 
 def _apply_channel_matrix(x: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
@@ -145,28 +144,38 @@ class AllInOneBlock(nn.Module):
         (torch.Size([2, 8, 4, 4]), torch.Size([2]))
     """
 
-    def __init__(self, dims_in, dims_c=None, subnet_constructor: SubnetConstructor | None = None,
-                 affine_clamping: float = 2.0, gin_block: bool = False,
-                 global_affine_init: float = 1.0, global_affine_type: str = "SOFTPLUS",
-                 permute_soft: bool = False, learned_householder_permutation: int = 0,
-                 reverse_permutation: bool = False) -> None:
+    def __init__(
+        self,
+        dims_in,
+        dims_c=None,
+        subnet_constructor: SubnetConstructor | None = None,
+        affine_clamping: float = 2.0,
+        gin_block: bool = False,
+        global_affine_init: float = 1.0,
+        global_affine_type: str = "SOFTPLUS",
+        permute_soft: bool = False,
+        learned_householder_permutation: int = 0,
+        reverse_permutation: bool = False,
+    ) -> None:
         super().__init__()
         dims_in = _as_shape_list(dims_in, "dims_in")
         dims_c = _as_shape_list(dims_c, "dims_c")
         if len(dims_in) != 1:
             raise ValueError(f"AllInOneBlock takes exactly one input, got dims_in={dims_in}")
         if subnet_constructor is None:
-            raise ValueError("AllInOneBlock needs a subnet_constructor f(c_in, c_out) -> nn.Module "
-                             "(e.g. subnet_fc(...) or subnet_conv(...))")
+            raise ValueError(
+                "AllInOneBlock needs a subnet_constructor f(c_in, c_out) -> nn.Module "
+                "(e.g. subnet_fc(...) or subnet_conv(...))"
+            )
         shape = dims_in[0]
         for cond_shape in dims_c:
             if tuple(cond_shape[1:]) != tuple(shape[1:]):
-                raise ValueError(f"condition shape {cond_shape} must have the same non-channel "
-                                 f"dims as the input {shape}")
+                raise ValueError(
+                    f"condition shape {cond_shape} must have the same non-channel dims as the input {shape}"
+                )
         global_affine_type = str(global_affine_type).upper()
         if global_affine_type not in GLOBAL_AFFINE_TYPES:
-            raise ValueError(f"global_affine_type must be one of {GLOBAL_AFFINE_TYPES}, "
-                             f"got {global_affine_type!r}")
+            raise ValueError(f"global_affine_type must be one of {GLOBAL_AFFINE_TYPES}, got {global_affine_type!r}")
 
         self.dims_in = dims_in
         self.dims_c = dims_c
@@ -185,8 +194,7 @@ class AllInOneBlock(nn.Module):
         self.reverse_pre_permute = bool(reverse_permutation)
 
         # Subnet: sees x1 (+ conditions), predicts log-scale and shift for x2.
-        self.subnet = subnet_constructor(self.split_len1 + self.condition_channels,
-                                         2 * self.split_len2)
+        self.subnet = subnet_constructor(self.split_len1 + self.condition_channels, 2 * self.split_len2)
 
         # Global affine: gamma such that Psi(gamma) = global_affine_init, beta = 0.
         broadcast = (1, self.channels) + (1,) * self.n_spatial
@@ -195,8 +203,7 @@ class AllInOneBlock(nn.Module):
         self.global_offset = nn.Parameter(torch.zeros(broadcast))
 
         # Orthogonal channel mixing W0 (fixed), optionally times learned reflections.
-        base = _random_rotation(self.channels) if permute_soft else \
-            _random_permutation_matrix(self.channels)
+        base = _random_rotation(self.channels) if permute_soft else _random_permutation_matrix(self.channels)
         self.register_buffer("permutation", base.to(torch.get_default_dtype()))  # (C, C)
         n_reflections = int(learned_householder_permutation)
         if n_reflections > 0:
@@ -245,7 +252,7 @@ class AllInOneBlock(nn.Module):
     def _mix_channels(self, x: torch.Tensor, weight: torch.Tensor, transpose: bool = False) -> torch.Tensor:
         """W x (or Wᵀ x) at every position; a plain reordering when W is a hard permutation."""
         if self.hard_permutation:
-            order = weight.argmax(dim=1)                         # (W x)_i = x_order[i]
+            order = weight.argmax(dim=1)  # (W x)_i = x_order[i]
             return x.index_select(1, torch.argsort(order) if transpose else order)
         return _apply_channel_matrix(x, weight.T if transpose else weight)
 
@@ -253,12 +260,14 @@ class AllInOneBlock(nn.Module):
         """Log-scale s and shift t for x2, from x1 and the conditions."""
         a = 0.1 * self.subnet(torch.cat([x1, *conditions], dim=1))  # (B, 2*C2, ...)
         if a.shape[1] != 2 * self.split_len2 or a.shape[2:] != x1.shape[2:]:
-            raise ValueError(f"the subnet must return (B, {2 * self.split_len2}, "
-                             f"{', '.join(map(str, x1.shape[2:]))}) here, got {tuple(a.shape)}")
+            raise ValueError(
+                f"the subnet must return (B, {2 * self.split_len2}, "
+                f"{', '.join(map(str, x1.shape[2:]))}) here, got {tuple(a.shape)}"
+            )
         s = self.clamp * torch.tanh(a[:, : self.split_len2])  # soft clamp, |s| < alpha
         if self.gin:  # volume preserving: the log-scales sum to zero per sample
             s = s - s.mean(dim=tuple(range(1, s.dim())), keepdim=True)
-        t = a[:, self.split_len2:]
+        t = a[:, self.split_len2 :]
         return s, t
 
     def _check_inputs(self, x, c):
@@ -268,21 +277,22 @@ class AllInOneBlock(nn.Module):
             x = x[0]
         expected = (self.channels,) + ("*",) * self.n_spatial
         if x.dim() != self.n_spatial + 2 or x.shape[1] != self.channels:
-            raise ValueError(f"AllInOneBlock expects input of shape (B, {', '.join(map(str, expected))})"
-                             f", got {tuple(x.shape)}")
+            raise ValueError(
+                f"AllInOneBlock expects input of shape (B, {', '.join(map(str, expected))}), got {tuple(x.shape)}"
+            )
         if c is None:
             c = []
         elif isinstance(c, torch.Tensor):
             c = [c]
         c = list(c)
         if len(c) != len(self.dims_c):
-            raise ValueError(f"AllInOneBlock was built with {len(self.dims_c)} condition(s), "
-                             f"got {len(c)}")
+            raise ValueError(f"AllInOneBlock was built with {len(self.dims_c)} condition(s), got {len(c)}")
         for cond, shape in zip(c, self.dims_c):
-            if cond.shape[0] != x.shape[0] or cond.shape[1] != shape[0] or \
-                    cond.shape[2:] != x.shape[2:]:
-                raise ValueError(f"condition must have shape (B={x.shape[0]}, {shape[0]}, "
-                                 f"{', '.join(map(str, x.shape[2:]))}), got {tuple(cond.shape)}")
+            if cond.shape[0] != x.shape[0] or cond.shape[1] != shape[0] or cond.shape[2:] != x.shape[2:]:
+                raise ValueError(
+                    f"condition must have shape (B={x.shape[0]}, {shape[0]}, "
+                    f"{', '.join(map(str, x.shape[2:]))}), got {tuple(cond.shape)}"
+                )
         return x, c
 
     # -------------------------------------------------------------- forward / reverse
@@ -339,9 +349,11 @@ class AllInOneBlock(nn.Module):
         return input_dims
 
     def extra_repr(self) -> str:
-        return (f"dims_in={self.dims_in}, dims_c={self.dims_c}, affine_clamping={self.clamp}, "
-                f"gin_block={self.gin}, global_affine_type={self.global_affine_type!r}, "
-                f"reverse_permutation={self.reverse_pre_permute}")
+        return (
+            f"dims_in={self.dims_in}, dims_c={self.dims_c}, affine_clamping={self.clamp}, "
+            f"gin_block={self.gin}, global_affine_type={self.global_affine_type!r}, "
+            f"reverse_permutation={self.reverse_pre_permute}"
+        )
 
 
 # ---------------------------------------------------------------------- chaining blocks
@@ -401,8 +413,7 @@ def subnet_fc(hidden: int | None = None, *, hidden_ratio: float = 2.0) -> Subnet
     return build
 
 
-def subnet_conv(kernel_size: int = 3, hidden_ratio: float = 1.0, *,
-                spatial_dims: int = 2) -> SubnetConstructor:
+def subnet_conv(kernel_size: int = 3, hidden_ratio: float = 1.0, *, spatial_dims: int = 2) -> SubnetConstructor:
     """Constructor for a convolutional subnet ``Conv(k) -> ReLU -> Conv(k)`` with "same" zero
     padding and ``int(c_in * hidden_ratio)`` hidden channels (FastFlow: k = 3 or 1; U-Flow).
     ``spatial_dims=1`` builds Conv1d layers for (B, C, L) inputs."""

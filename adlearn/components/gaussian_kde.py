@@ -1,4 +1,4 @@
-"""`GaussianKDE`: Gaussian kernel density estimation 
+"""`GaussianKDE`: Gaussian kernel density estimation
 (reference: ``anomalib.models.components.stats.GaussianKDE``).
 
 Idea
@@ -66,7 +66,7 @@ class GaussianKDE(DynamicBufferMixin):
         torch.Size([3])
     """
 
-    def __init__(self, dataset: torch.Tensor | None = None, *, chunk_elements: int = 2 ** 22) -> None:
+    def __init__(self, dataset: torch.Tensor | None = None, *, chunk_elements: int = 2**22) -> None:
         super().__init__()
         self.chunk_elements = int(chunk_elements)
         # Buffers first, so fitting at construction works (and checkpoints can resize them).
@@ -93,8 +93,7 @@ class GaussianKDE(DynamicBufferMixin):
         check_2d_finite(dataset, "GaussianKDE.fit")
         n_points, n_features = dataset.shape
         if n_points < 2:
-            raise ValueError(f"GaussianKDE.fit needs at least 2 points to estimate a covariance, "
-                             f"got N={n_points}")
+            raise ValueError(f"GaussianKDE.fit needs at least 2 points to estimate a covariance, got N={n_points}")
         out_dtype = dataset.dtype if dataset.is_floating_point() else torch.get_default_dtype()
         data = dataset.to(torch.float64)  # (N, D)
 
@@ -103,13 +102,14 @@ class GaussianKDE(DynamicBufferMixin):
         singular = ValueError(
             f"GaussianKDE.fit: the covariance of the data is singular (N={n_points} points, "
             f"D={n_features} dims); it needs more points than dimensions and no constant or "
-            "linearly dependent features")
+            "linearly dependent features"
+        )
         # Rank check first: a rank-deficient covariance can still slip through inv + Cholesky
         # with rounding noise and give a meaningless, nearly flat kernel in some direction.
         eigenvalues = torch.linalg.eigvalsh(covariance)  # ascending, (D,)
         if eigenvalues[-1] <= 0 or eigenvalues[0] <= SINGULAR_RATIO * eigenvalues[-1]:
             raise singular
-        kernel_covariance = covariance * factor ** 2  # H = h^2 Sigma
+        kernel_covariance = covariance * factor**2  # H = h^2 Sigma
         try:
             precision = torch.linalg.inv(kernel_covariance)  # P = H^-1
             bw_transform = torch.linalg.cholesky(precision)  # (D, D), P = L L^T
@@ -124,18 +124,18 @@ class GaussianKDE(DynamicBufferMixin):
     # ------------------------------------------------------------------ evaluation
     def log_density(self, features: torch.Tensor) -> torch.Tensor:
         """log p(q) for each row of ``features`` (M, D) -> (M,), stable far from the data."""
-        check_fitted_rows(self.is_fitted, features, self.bw_transform.shape[0], "GaussianKDE.log_density",
-                          "fit(dataset)")
+        check_fitted_rows(
+            self.is_fitted, features, self.bw_transform.shape[0], "GaussianKDE.log_density", "fit(dataset)"
+        )
         n_points = self.dataset.shape[0]
         whitened = features.to(self.bw_transform.dtype) @ self.bw_transform  # (M, D)
         chunk = max(1, self.chunk_elements // n_points)  # queries per chunk
         log_norm = torch.log(self.norm) - math.log(n_points)  # log(norm / N)
         pieces = []
         for start in range(0, whitened.shape[0], chunk):
-            queries = whitened[start:start + chunk]  # (m, D)
+            queries = whitened[start : start + chunk]  # (m, D)
             # Exact pairwise distances (not the |a|^2+|b|^2-2ab shortcut, which loses precision).
-            dist_sq = torch.cdist(queries, self.dataset,
-                                  compute_mode="donot_use_mm_for_euclid_dist").pow(2)  # (m, N)
+            dist_sq = torch.cdist(queries, self.dataset, compute_mode="donot_use_mm_for_euclid_dist").pow(2)  # (m, N)
             pieces.append(torch.logsumexp(-0.5 * dist_sq, dim=1) + log_norm)  # (m,)
         if not pieces:  # no queries
             return whitened.new_empty(0)

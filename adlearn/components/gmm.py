@@ -1,4 +1,4 @@
-"""`GaussianMixture`: a mixture of full-covariance Gaussians fitted by EM 
+"""`GaussianMixture`: a mixture of full-covariance Gaussians fitted by EM
 (reference: ``anomalib.models.components.cluster.GaussianMixture``).
 
 Idea
@@ -69,8 +69,15 @@ class GaussianMixture(DynamicBufferMixin):
         tensor([3.8295, 4.5795, 3.8295, 3.8295, 4.5795, 3.8295])
     """
 
-    def __init__(self, n_components: int, n_iter: int = 100, tol: float = 1e-3, *,
-                 seed: int | torch.Generator | None = None, reg_covar: float = 1e-6) -> None:
+    def __init__(
+        self,
+        n_components: int,
+        n_iter: int = 100,
+        tol: float = 1e-3,
+        *,
+        seed: int | torch.Generator | None = None,
+        reg_covar: float = 1e-6,
+    ) -> None:
         super().__init__()
         if not _is_int(n_components) or n_components <= 0:
             raise ValueError(f"n_components must be a positive int, got {n_components!r}")
@@ -102,8 +109,7 @@ class GaussianMixture(DynamicBufferMixin):
         check_fitted_rows(self.is_fitted, data, n_features, f"GaussianMixture.{who}", "fit(data)")
 
     @staticmethod
-    def _log_gaussians(x: torch.Tensor, means: torch.Tensor,
-                       covariances: torch.Tensor) -> torch.Tensor:
+    def _log_gaussians(x: torch.Tensor, means: torch.Tensor, covariances: torch.Tensor) -> torch.Tensor:
         """log N(x_i | mu_k, Sigma_k) for every point and component -> (N, K)."""
         n_features = x.shape[1]
         chol = torch.linalg.cholesky(covariances)  # (K, D, D), Sigma_k = L_k L_k^T
@@ -115,8 +121,9 @@ class GaussianMixture(DynamicBufferMixin):
         log_prob = -0.5 * (n_features * math.log(2 * math.pi) + log_det[:, None] + mahalanobis_sq)
         return log_prob.T  # (N, K)
 
-    def _weighted_log_probs(self, x: torch.Tensor, means: torch.Tensor, covariances: torch.Tensor,
-                            weights: torch.Tensor) -> torch.Tensor:
+    def _weighted_log_probs(
+        self, x: torch.Tensor, means: torch.Tensor, covariances: torch.Tensor, weights: torch.Tensor
+    ) -> torch.Tensor:
         """log pi_k + log N(x_i | mu_k, Sigma_k) -> (N, K)."""
         return self._log_gaussians(x, means, covariances) + torch.log(weights)[None, :]
 
@@ -140,8 +147,7 @@ class GaussianMixture(DynamicBufferMixin):
         check_2d_finite(data, "GaussianMixture.fit")
         n_points = data.shape[0]
         if self.n_components > n_points:
-            raise ValueError(f"n_components={self.n_components} is larger than the number of "
-                             f"points N={n_points}")
+            raise ValueError(f"n_components={self.n_components} is larger than the number of points N={n_points}")
         out_dtype = data.dtype if data.is_floating_point() else torch.get_default_dtype()
         x = data.to(torch.float64)  # (N, D)
 
@@ -170,9 +176,13 @@ class GaussianMixture(DynamicBufferMixin):
                 break
 
         if not self.converged_:
-            warnings.warn(f"GaussianMixture did not converge in n_iter={self.n_iter} iterations "
-                          f"(last change of the mean log-likelihood {change:.3g} >= tol={self.tol}); "
-                          "raise n_iter or tol", RuntimeWarning, stacklevel=2)
+            warnings.warn(
+                f"GaussianMixture did not converge in n_iter={self.n_iter} iterations "
+                f"(last change of the mean log-likelihood {change:.3g} >= tol={self.tol}); "
+                "raise n_iter or tol",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         self.mean_log_likelihood_ = previous
         self.means = means.to(out_dtype)
         self.covariances = covariances.to(out_dtype)
@@ -180,8 +190,9 @@ class GaussianMixture(DynamicBufferMixin):
 
     def _fitted_log_probs(self, data: torch.Tensor) -> torch.Tensor:
         x = data.to(device=self.means.device, dtype=torch.float64)
-        return self._weighted_log_probs(x, self.means.double(), self.covariances.double(),
-                                        self.weights.double())  # (N, K)
+        return self._weighted_log_probs(
+            x, self.means.double(), self.covariances.double(), self.weights.double()
+        )  # (N, K)
 
     def score_samples(self, data: torch.Tensor) -> torch.Tensor:
         """Log-likelihood log p(x_i) of each row of ``data`` (N, D) -> (N,)."""

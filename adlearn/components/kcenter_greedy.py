@@ -90,15 +90,24 @@ class KCenterGreedy:
         >>> coreset = sampler.sample_coreset()          # (1000, 152): rows of the embedding
     """
 
-    def __init__(self, embedding: torch.Tensor, sampling_ratio: float, *, project: bool = True,
-                 eps: float = 0.9, projection_dim: int | None = None,
-                 random_state: int | None = None, method: str = "auto",
-                 chunk_rows: int = 65536, switch_fraction: float | None = None) -> None:
+    def __init__(
+        self,
+        embedding: torch.Tensor,
+        sampling_ratio: float,
+        *,
+        project: bool = True,
+        eps: float = 0.9,
+        projection_dim: int | None = None,
+        random_state: int | None = None,
+        method: str = "auto",
+        chunk_rows: int = 65536,
+        switch_fraction: float | None = None,
+    ) -> None:
         if not isinstance(embedding, torch.Tensor) or embedding.dim() != 2:
-            shape = (tuple(embedding.shape) if isinstance(embedding, torch.Tensor)
-                     else type(embedding).__name__)
-            raise ValueError(f"embedding must be a 2-D tensor (N, D); reshape (B, D, h, w) maps "
-                             f"to (B·h·w, D) first. Got {shape}")
+            shape = tuple(embedding.shape) if isinstance(embedding, torch.Tensor) else type(embedding).__name__
+            raise ValueError(
+                f"embedding must be a 2-D tensor (N, D); reshape (B, D, h, w) maps to (B·h·w, D) first. Got {shape}"
+            )
         if embedding.shape[0] == 0 or embedding.shape[1] == 0:
             raise ValueError(f"embedding is empty (shape {tuple(embedding.shape)})")
         if not 0.0 < sampling_ratio <= 1.0:
@@ -110,8 +119,10 @@ class KCenterGreedy:
         num_samples = embedding.shape[0]
         self.coreset_size = int(num_samples * sampling_ratio)
         if self.coreset_size < 1:
-            raise ValueError(f"sampling_ratio={sampling_ratio} of N={num_samples} rows gives an "
-                             f"empty coreset; use sampling_ratio >= {1 / num_samples:.3g}")
+            raise ValueError(
+                f"sampling_ratio={sampling_ratio} of N={num_samples} rows gives an "
+                f"empty coreset; use sampling_ratio >= {1 / num_samples:.3g}"
+            )
         if not torch.isfinite(embedding).all():
             raise ValueError("embedding contains NaN or inf values")
 
@@ -123,20 +134,21 @@ class KCenterGreedy:
             method = "adaptive" if embedding.device.type == "cpu" else "dense"
         self.method = method
         self.switch_fraction = switch_fraction
-        self.steps: dict[str, int] = {}                       # steps of each kind in the last selection
-        self.switches: list[tuple[int, str, float]] = []      # (step, new mode, candidate fraction)
+        self.steps: dict[str, int] = {}  # steps of each kind in the last selection
+        self.switches: list[tuple[int, str, float]] = []  # (step, new mode, candidate fraction)
         self._generator = torch.Generator()
-        self._generator.manual_seed(random_state if random_state is not None
-                                    else int(torch.randint(0, 2**62, (1,)).item()))
+        self._generator.manual_seed(
+            random_state if random_state is not None else int(torch.randint(0, 2**62, (1,)).item())
+        )
 
         # Step 1: the features the selection runs on (maybe projected), centred, float32.
         self.features = self._selection_features(embedding, project, eps, projection_dim)  # (N, d)
-        self.sq_norms = (self.features * self.features).sum(dim=1)                          # (N,)
-        self._columns: torch.Tensor | None = None   # the same (N, d) stored column by column, on first use
+        self.sq_norms = (self.features * self.features).sum(dim=1)  # (N,)
+        self._columns: torch.Tensor | None = None  # the same (N, d) stored column by column, on first use
         # Rounding noise of ‖x‖² − 2x·c + ‖c‖²: anything below this is "the same point" (it keeps
         # exact duplicates of a centre from looking uncovered). Tiny next to real distances.
         self._noise_floor = 16 * torch.finfo(self.features.dtype).eps * float(self.sq_norms.max())
-        self.min_distances: torch.Tensor | None = None   # (N,) squared distance to nearest centre
+        self.min_distances: torch.Tensor | None = None  # (N,) squared distance to nearest centre
         # The random start point, drawn once so repeated selections give the same coreset.
         self.start_idx = int(torch.randint(0, num_samples, (1,), generator=self._generator).item())
 
@@ -146,11 +158,10 @@ class KCenterGreedy:
         self.projection: SparseRandomProjection | None = None
         if project:
             target = projection_dim or johnson_lindenstrauss_min_dim(max(num_samples, 2), eps)
-            if target < width:   # only project when it narrows the features (see module doc)
+            if target < width:  # only project when it narrows the features (see module doc)
                 seed = int(torch.randint(0, 2**62, (1,), generator=self._generator).item())
-                self.projection = SparseRandomProjection(eps=eps, random_state=seed,
-                                                         n_components=target).fit(features)
-                features = self.projection.transform(features)                 # (N, d)
+                self.projection = SparseRandomProjection(eps=eps, random_state=seed, n_components=target).fit(features)
+                features = self.projection.transform(features)  # (N, d)
         # Centring changes no distance but shrinks ‖x‖², so ‖x‖² − 2x·c + ‖c‖² loses less precision.
         return features - features.mean(dim=0)
 
@@ -165,7 +176,7 @@ class KCenterGreedy:
             self.min_distances = torch.full_like(self.sq_norms, float("inf"))
         for center in cluster_centers:
             self.min_distances = torch.minimum(self.min_distances, self._squared_distances_to(center))
-            self.min_distances[center] = 0.0   # a centre covers itself exactly
+            self.min_distances[center] = 0.0  # a centre covers itself exactly
 
     def get_new_idx(self) -> int:
         """Index of the point farthest from its nearest centre (the next greedy centre)."""
@@ -177,10 +188,10 @@ class KCenterGreedy:
         """Squared distances of all points to one centre (an int or a 1-element device tensor)."""
         # ‖x − c‖² = ‖x‖² − 2·x·c + ‖c‖²: one matrix-vector product, no (N, d) temporary.
         index = torch.as_tensor(center, device=self.features.device).view(1)
-        point = self.features.index_select(0, index).squeeze(0)                   # (d,)
-        squared = torch.addmv(self.sq_norms, self._matvec_features(), point, alpha=-2.0)   # (N,)
+        point = self.features.index_select(0, index).squeeze(0)  # (d,)
+        squared = torch.addmv(self.sq_norms, self._matvec_features(), point, alpha=-2.0)  # (N,)
         squared.add_(self.sq_norms.index_select(0, index))
-        return squared.masked_fill_(squared < self._noise_floor, 0.0)             # also clamps < 0
+        return squared.masked_fill_(squared < self._noise_floor, 0.0)  # also clamps < 0
 
     # ------------------------------------------------------------------ selection
     def select_coreset_idxs(self, selected_idxs: list[int] | None = None) -> list[int]:
@@ -203,9 +214,12 @@ class KCenterGreedy:
             idxs = self._select_dense(first, preselected)
             self.steps, self.switches = {"dense": len(idxs), "pruned": 0}, []
         if len(idxs) < self.coreset_size:
-            warnings.warn(f"the embedding has fewer distinct rows than coreset_size="
-                          f"{self.coreset_size}: every row is covered after {len(idxs)} centres, "
-                          f"so only those are returned (coverage radius 0).", stacklevel=2)
+            warnings.warn(
+                f"the embedding has fewer distinct rows than coreset_size="
+                f"{self.coreset_size}: every row is covered after {len(idxs)} centres, "
+                f"so only those are returned (coverage radius 0).",
+                stacklevel=2,
+            )
         return idxs
 
     def sample_coreset(self, selected_idxs: list[int] | None = None) -> torch.Tensor:
@@ -222,26 +236,26 @@ class KCenterGreedy:
     def _select_dense(self, first: int, preselected: list[int]) -> list[int]:
         """One matvec per step; everything stays on the device until the final ``.tolist()``."""
         device = self.features.device
-        min_sq = torch.full_like(self.sq_norms, float("inf"))                      # (N,)
+        min_sq = torch.full_like(self.sq_norms, float("inf"))  # (N,)
         for center in preselected:
             torch.minimum(min_sq, self._squared_distances_to(center), out=min_sq)
             min_sq[center] = 0.0
         selected = torch.empty(self.coreset_size, dtype=torch.long, device=device)  # (m,)
         # farthest[s]: distance² of the point picked at step s + 1 (0 = everything already covered)
         farthest = torch.empty(self.coreset_size, dtype=min_sq.dtype, device=device)
-        index = torch.tensor([first], device=device)                                # (1,) on device
+        index = torch.tensor([first], device=device)  # (1,) on device
         for step in range(self.coreset_size):
-            selected[step:step + 1] = index
-            torch.minimum(min_sq, self._squared_distances_to(index), out=min_sq)   # (N,)
-            min_sq.index_fill_(0, index, 0.0)          # the centre covers itself exactly
-            value, index = torch.max(min_sq, dim=0)    # stays on the device: no host sync
-            farthest[step:step + 1] = value
+            selected[step : step + 1] = index
+            torch.minimum(min_sq, self._squared_distances_to(index), out=min_sq)  # (N,)
+            min_sq.index_fill_(0, index, 0.0)  # the centre covers itself exactly
+            value, index = torch.max(min_sq, dim=0)  # stays on the device: no host sync
+            farthest[step : step + 1] = value
             index = index.view(1)
         self.min_distances = min_sq
         # The single device -> host transfer. Cut where every point was already covered.
         idxs, farthest = selected.tolist(), farthest.tolist()
         covered_at = next((s for s, value in enumerate(farthest) if value == 0.0), None)
-        return idxs if covered_at is None else idxs[:covered_at + 1]
+        return idxs if covered_at is None else idxs[: covered_at + 1]
 
     def _select_pruned(self, first: int, preselected: list[int], adaptive: bool = False) -> list[int]:
         """Same greedy selection, skipping points the triangle inequality proves unaffected.
@@ -255,13 +269,12 @@ class KCenterGreedy:
         num_centers = len(preselected) + self.coreset_size
         like = {"dtype": features.dtype, "device": features.device}
         # Centres stored column by column, (d, K): the gap matvec below reads centers_t[:, :k].T (k, d).
-        centers_t = torch.empty(width, num_centers, **like)                         # (d, K)
-        center_sq = torch.empty(num_centers, **like)                                 # (K,)
-        min_sq = torch.full((num_samples,), float("inf"), **like)                   # (N,) squared
+        centers_t = torch.empty(width, num_centers, **like)  # (d, K)
+        center_sq = torch.empty(num_centers, **like)  # (K,)
+        min_sq = torch.full((num_samples,), float("inf"), **like)  # (N,) squared
         # Position (in selection order) of each point's nearest centre.
         owner = torch.zeros(num_samples, dtype=torch.long, device=features.device)  # (N,)
-        switch = _Switch(num_samples, torch.get_num_threads(), adaptive, self.switch_fraction,
-                         features.device)
+        switch = _Switch(num_samples, torch.get_num_threads(), adaptive, self.switch_fraction, features.device)
 
         selected: list[int] = []
         queue = preselected + [first]
@@ -271,18 +284,18 @@ class KCenterGreedy:
                     index = queue[position]
                 else:
                     value, index = torch.max(min_sq, dim=0)
-                    if value == 0.0:           # every point already coincides with a centre
+                    if value == 0.0:  # every point already coincides with a centre
                         break
                     index = int(index)
                 if position >= len(preselected):
                     selected.append(index)
-                center = features[index]                                            # (d,)
+                center = features[index]  # (d,)
                 centers_t[:, position] = center
                 center_sq[position] = self.sq_norms[index]
 
                 if position == 0 or not switch.wants_candidates(position):
                     # Dense step: every point's distance, one matvec (all threads in adaptive mode).
-                    new_sq = self._candidate_squared(None, center)                   # (N,)
+                    new_sq = self._candidate_squared(None, center)  # (N,)
                     closer = new_sq < min_sq
                     torch.where(closer, new_sq, min_sq, out=min_sq)
                     owner.masked_fill_(closer, position)
@@ -291,18 +304,18 @@ class KCenterGreedy:
                 else:
                     # ‖a − c‖² for every earlier centre a: one matvec over the centres.
                     gap_sq = torch.addmv(center_sq[:position], centers_t[:, :position].T, center, alpha=-2.0)
-                    gap_sq = gap_sq.add_(center_sq[position]).clamp_min_(0.0)     # (position,)
+                    gap_sq = gap_sq.add_(center_sq[position]).clamp_min_(0.0)  # (position,)
                     # x can only move closer if ‖owner(x) − c‖ < 2·min_dist(x) (triangle ineq.),
                     # i.e. ‖owner(x) − c‖² < 4·min_dist(x)²: squares throughout, no square root.
-                    may_improve = gap_sq.index_select(0, owner) < 4.0 * min_sq     # (N,) bool
-                    candidates = torch.nonzero(may_improve).squeeze(1)              # (n_c,)
-                    new_sq = self._candidate_squared(candidates, center)            # (n_c,)
+                    may_improve = gap_sq.index_select(0, owner) < 4.0 * min_sq  # (N,) bool
+                    candidates = torch.nonzero(may_improve).squeeze(1)  # (n_c,)
+                    new_sq = self._candidate_squared(candidates, center)  # (n_c,)
                     closer = new_sq < min_sq.index_select(0, candidates)
                     moved = candidates[closer]
                     min_sq.index_copy_(0, moved, new_sq[closer])
                     owner.index_fill_(0, moved, position)
                     switch.pruned_step(position, candidates.numel())
-                min_sq[index] = 0.0            # the centre covers itself exactly
+                min_sq[index] = 0.0  # the centre covers itself exactly
         self.min_distances = min_sq
         self.steps = dict(switch.steps)
         self.switches = list(switch.switches)
@@ -318,25 +331,34 @@ class KCenterGreedy:
         if self.features.device.type != "cpu":
             return self.features
         if self._columns is None:
-            self._columns = self.features.T.contiguous().T                                  # (N, d), strides (1, N)
+            self._columns = self.features.T.contiguous().T  # (N, d), strides (1, N)
         return self._columns
 
     def _candidate_squared(self, rows: torch.Tensor | None, center: torch.Tensor) -> torch.Tensor:
         """‖x − c‖² for the candidate rows (None: all rows), via ‖x‖² − 2·x·c + ‖c‖² (as "dense")."""
         center_sq = center @ center
         if rows is None:
-            squared = torch.addmv(self.sq_norms, self._matvec_features(), center, alpha=-2.0)   # (N,)
+            squared = torch.addmv(self.sq_norms, self._matvec_features(), center, alpha=-2.0)  # (N,)
         elif rows.numel() > self.features.shape[0] // 4:
             # Early steps: most points are candidates; one matvec over all rows beats gathering.
-            squared = torch.addmv(self.sq_norms, self._matvec_features(), center,
-                                  alpha=-2.0).index_select(0, rows)
+            squared = torch.addmv(self.sq_norms, self._matvec_features(), center, alpha=-2.0).index_select(0, rows)
         else:
             # Later steps: gather the few candidate rows, in chunks to bound the (rows, d) block.
-            squared = torch.cat([
-                torch.addmv(self.sq_norms.index_select(0, chunk),
-                            self.features.index_select(0, chunk), center, alpha=-2.0)
-                for chunk in rows.split(self.chunk_rows)
-            ]) if rows.numel() else rows.new_empty(0, dtype=self.features.dtype)
+            squared = (
+                torch.cat(
+                    [
+                        torch.addmv(
+                            self.sq_norms.index_select(0, chunk),
+                            self.features.index_select(0, chunk),
+                            center,
+                            alpha=-2.0,
+                        )
+                        for chunk in rows.split(self.chunk_rows)
+                    ]
+                )
+                if rows.numel()
+                else rows.new_empty(0, dtype=self.features.dtype)
+            )
         squared.add_(center_sq)
         return squared.masked_fill_(squared < self._noise_floor, 0.0)
 
@@ -365,8 +387,14 @@ class _Switch:
     WINDOW = 8
     PROBE_EVERY = 16
 
-    def __init__(self, num_samples: int, threads: int, adaptive: bool, switch_fraction: float | None,
-                 device: torch.device | None = None):
+    def __init__(
+        self,
+        num_samples: int,
+        threads: int,
+        adaptive: bool,
+        switch_fraction: float | None,
+        device: torch.device | None = None,
+    ):
         self.num_samples, self.threads, self.adaptive = num_samples, max(1, threads), adaptive
         self.on_cpu = device is None or device.type == "cpu"
         self.dense_above = switch_fraction if switch_fraction is not None else 0.4 / self.threads
@@ -416,7 +444,7 @@ class _Switch:
             if len(probes) == 2 and sum(probes) / 2 < self.pruned_below:
                 self._switch(position, "pruned", sum(probes) / 2)
         else:
-            window = self.recent[-self.WINDOW:]
+            window = self.recent[-self.WINDOW :]
             if len(window) == self.WINDOW and sum(window) / self.WINDOW > self.dense_above:
                 self._switch(position, "dense", sum(window) / self.WINDOW)
 
@@ -434,10 +462,11 @@ def coverage_radius(embedding: torch.Tensor, idxs, chunk_rows: int = 4096) -> fl
     """
     from adlearn.components.nearest_neighbors import NearestNeighbors
 
-    index = torch.as_tensor(list(idxs) if not isinstance(idxs, torch.Tensor) else idxs,
-                            dtype=torch.long, device=embedding.device)
+    index = torch.as_tensor(
+        list(idxs) if not isinstance(idxs, torch.Tensor) else idxs, dtype=torch.long, device=embedding.device
+    )
     centers = embedding.index_select(0, index)
     searcher = NearestNeighbors(backend="torch", max_block_elements=chunk_rows * centers.shape[0])
     searcher.fit(centers)
-    distances, _ = searcher.search(embedding, k=1)                                  # (N, 1)
+    distances, _ = searcher.search(embedding, k=1)  # (N, 1)
     return float(distances.max())

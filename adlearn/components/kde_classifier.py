@@ -1,4 +1,4 @@
-"""`KDEClassifier`: PCA + feature scaling + Gaussian KDE -> anomaly probability 
+"""`KDEClassifier`: PCA + feature scaling + Gaussian KDE -> anomaly probability
 (reference: ``anomalib.models.components.classification.KDEClassifier``).
 
 Idea (DFKDE's classifier)
@@ -85,9 +85,14 @@ class KDEClassifier(nn.Module):
         torch.Size([5])
     """
 
-    def __init__(self, n_pca_components: int = 16,
-                 feature_scaling_method: FeatureScalingMethod | str = FeatureScalingMethod.SCALE,
-                 max_training_points: int = 40000, *, seed: int = 0) -> None:
+    def __init__(
+        self,
+        n_pca_components: int = 16,
+        feature_scaling_method: FeatureScalingMethod | str = FeatureScalingMethod.SCALE,
+        max_training_points: int = 40000,
+        *,
+        seed: int = 0,
+    ) -> None:
         super().__init__()
         if int(n_pca_components) < 1:
             raise ValueError(f"n_pca_components must be >= 1, got {n_pca_components}")
@@ -96,9 +101,11 @@ class KDEClassifier(nn.Module):
         try:
             self.feature_scaling_method = FeatureScalingMethod(feature_scaling_method)
         except ValueError as error:
-            raise ValueError(f"feature_scaling_method must be one of "
-                             f"{[m.value for m in FeatureScalingMethod]}, "
-                             f"got {feature_scaling_method!r}") from error
+            raise ValueError(
+                f"feature_scaling_method must be one of "
+                f"{[m.value for m in FeatureScalingMethod]}, "
+                f"got {feature_scaling_method!r}"
+            ) from error
         self.n_pca_components = int(n_pca_components)
         self.max_training_points = int(max_training_points)
         self.seed = seed
@@ -112,8 +119,9 @@ class KDEClassifier(nn.Module):
         return self.kde_model.is_fitted
 
     # ------------------------------------------------------------------ scaling
-    def pre_process(self, feature_stack: torch.Tensor,
-                    max_length: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def pre_process(
+        self, feature_stack: torch.Tensor, max_length: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Scale ``feature_stack`` (N, k). ``max_length`` defaults to the largest row norm of the
         stack (as in training). Returns ``(scaled features (N, k), max_length)``."""
         row_norms = torch.linalg.vector_norm(feature_stack, ord=2, dim=1)  # (N,)
@@ -143,8 +151,10 @@ class KDEClassifier(nn.Module):
         check_2d_finite(embeddings, "KDEClassifier.fit")
         n_points = embeddings.shape[0]
         if n_points < self.n_pca_components:
-            return self._not_fitted(f"not enough feature vectors: got N={n_points}, need at least "
-                                    f"n_pca_components={self.n_pca_components}", strict)
+            return self._not_fitted(
+                f"not enough feature vectors: got N={n_points}, need at least n_pca_components={self.n_pca_components}",
+                strict,
+            )
 
         # A random subset keeps the KDE (which compares every query with every point) affordable.
         if n_points > self.max_training_points:
@@ -159,18 +169,19 @@ class KDEClassifier(nn.Module):
         features, max_length = self.pre_process(projected)
         try:
             kde_model.fit(features)
-        except ValueError as error:  # singular covariance: not enough distinct vectors
+        except ValueError:  # singular covariance: not enough distinct vectors
             return self._not_fitted(
                 f"the {features.shape[1]}-d projected features have a singular covariance "
                 f"(N={features.shape[0]} vectors, n_pca_components={self.n_pca_components}; "
-                "more than n_pca_components linearly independent vectors are needed)", strict)
+                "more than n_pca_components linearly independent vectors are needed)",
+                strict,
+            )
         self.pca_model, self.kde_model = pca_model, kde_model
         self.max_length = max_length.detach().clone().reshape(())
         return True
 
     # ------------------------------------------------------------------ scoring
-    def compute_kde_scores(self, features: torch.Tensor,
-                           as_log_likelihood: bool = False) -> torch.Tensor:
+    def compute_kde_scores(self, features: torch.Tensor, as_log_likelihood: bool = False) -> torch.Tensor:
         """KDE density (or log-density if ``as_log_likelihood``) of ``features`` (N, D) -> (N,)."""
         if not self.is_fitted:
             raise NotFittedError("KDEClassifier is not fitted yet: call fit(embeddings) first")

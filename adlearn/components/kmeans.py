@@ -1,4 +1,4 @@
-"""`KMeans`: Lloyd's algorithm in plain torch 
+"""`KMeans`: Lloyd's algorithm in plain torch
 (reference: ``anomalib.models.components.cluster.KMeans``).
 
 Idea
@@ -97,8 +97,9 @@ class KMeans:
 
     INITS = ("random", "k-means++")
 
-    def __init__(self, n_clusters: int, max_iter: int = 10, init: str = "random",
-                 seed: int | torch.Generator | None = None) -> None:
+    def __init__(
+        self, n_clusters: int, max_iter: int = 10, init: str = "random", seed: int | torch.Generator | None = None
+    ) -> None:
         if init not in self.INITS:
             raise ValueError(f"init must be one of {self.INITS}, got {init!r}")
         if int(max_iter) < 1:
@@ -164,8 +165,7 @@ class KMeans:
         if self.n_clusters <= 0:
             raise ValueError(f"n_clusters must be > 0, got {self.n_clusters}")
         if self.n_clusters > n_points:
-            raise ValueError(f"n_clusters={self.n_clusters} is larger than the number of points "
-                             f"N={n_points}")
+            raise ValueError(f"n_clusters={self.n_clusters} is larger than the number of points N={n_points}")
         inputs = inputs.float() if not inputs.is_floating_point() else inputs
 
         if self.init == "random":
@@ -194,7 +194,8 @@ class KMeans:
         if self.cluster_centers_ is None:
             raise KMeansNotFittedError("KMeans is not fitted yet: call fit(inputs) first")
         if inputs.dim() != 2 or inputs.shape[1] != self.cluster_centers_.shape[1]:
-            raise ValueError(f"KMeans.predict expects shape (N, {self.cluster_centers_.shape[1]}), "
-                             f"got {tuple(inputs.shape)}")
+            raise ValueError(
+                f"KMeans.predict expects shape (N, {self.cluster_centers_.shape[1]}), got {tuple(inputs.shape)}"
+            )
         centers = self.cluster_centers_.to(device=inputs.device)
         return self._assign(inputs.to(centers.dtype), centers)

@@ -33,23 +33,31 @@ def gaussian_window(window_size: int = 11, sigma: float = 1.5) -> torch.Tensor:
     if window_size < 1 or window_size % 2 == 0:
         raise ValueError(f"window_size must be a positive odd integer, got {window_size}")
     offsets = torch.arange(window_size, dtype=torch.float64) - window_size // 2
-    taps = torch.exp(-offsets.pow(2) / (2 * sigma ** 2))
+    taps = torch.exp(-offsets.pow(2) / (2 * sigma**2))
     return taps / taps.sum()
 
 
-def ssim_map(x: torch.Tensor, y: torch.Tensor, window_size: int = 11, sigma: float = 1.5, data_range: float = 1.0,
-             padding: str = "reflect") -> torch.Tensor:
+def ssim_map(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    window_size: int = 11,
+    sigma: float = 1.5,
+    data_range: float = 1.0,
+    padding: str = "reflect",
+) -> torch.Tensor:
     """SSIM at every pixel, per channel: (B, C, H, W) × 2 -> (B, C, H', W') (H' = H − window_size + 1 for
     ``padding="valid"``, H for ``"reflect"``)."""
     if x.shape != y.shape or x.ndim != 4:
-        raise ValueError(f"ssim needs two (B, C, H, W) tensors of the same shape, got {tuple(x.shape)} and {tuple(y.shape)}")
+        raise ValueError(
+            f"ssim needs two (B, C, H, W) tensors of the same shape, got {tuple(x.shape)} and {tuple(y.shape)}"
+        )
     if padding not in SSIM_PADDINGS:
         raise ValueError(f"padding must be one of {SSIM_PADDINGS}, got {padding!r}")
     channels = x.shape[1]
     taps = gaussian_window(window_size, sigma).to(x)
-    kernel = (taps[:, None] * taps[None, :]).expand(channels, 1, window_size, window_size)   # separable Gaussian
+    kernel = (taps[:, None] * taps[None, :]).expand(channels, 1, window_size, window_size)  # separable Gaussian
 
-    def blur(image: torch.Tensor) -> torch.Tensor:     # the window-weighted local mean, channel by channel
+    def blur(image: torch.Tensor) -> torch.Tensor:  # the window-weighted local mean, channel by channel
         if padding == "reflect":
             half = window_size // 2
             image = F.pad(image, (half, half, half, half), mode="reflect")
@@ -57,14 +65,20 @@ def ssim_map(x: torch.Tensor, y: torch.Tensor, window_size: int = 11, sigma: flo
 
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
     mu_x, mu_y = blur(x), blur(y)
-    var_x = blur(x * x) - mu_x ** 2
-    var_y = blur(y * y) - mu_y ** 2
+    var_x = blur(x * x) - mu_x**2
+    var_y = blur(y * y) - mu_y**2
     cov = blur(x * y) - mu_x * mu_y
-    return ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x ** 2 + mu_y ** 2 + c1) * (var_x + var_y + c2))
+    return ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
 
 
-def ssim(x: torch.Tensor, y: torch.Tensor, window_size: int = 11, sigma: float = 1.5, data_range: float = 1.0,
-         padding: str = "reflect") -> torch.Tensor:
+def ssim(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    window_size: int = 11,
+    sigma: float = 1.5,
+    data_range: float = 1.0,
+    padding: str = "reflect",
+) -> torch.Tensor:
     """Mean SSIM over pixels, channels and the batch (a scalar)."""
     return ssim_map(x, y, window_size, sigma, data_range, padding).mean()
 
@@ -82,8 +96,8 @@ def focal_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float = 1.0, g
     """
     if target.ndim == logits.ndim:
         target = target[:, 0]
-    log_p = F.log_softmax(logits.float(), dim=1)                                  # (B, K, H, W)
-    log_p_true = log_p.gather(1, target.long()[:, None]).squeeze(1)              # (B, H, W)
+    log_p = F.log_softmax(logits.float(), dim=1)  # (B, K, H, W)
+    log_p_true = log_p.gather(1, target.long()[:, None]).squeeze(1)  # (B, H, W)
     p_true = log_p_true.exp()
     return (-alpha * (1 - p_true).pow(gamma) * log_p_true).mean()
 

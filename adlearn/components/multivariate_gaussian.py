@@ -57,7 +57,7 @@ class MultiVariateGaussian(DynamicBufferMixin):
         """
         if isinstance(embedding, torch.Tensor):
             _check_embedding(embedding)
-            batches = embedding.split(self.batch_chunk)       # views, no copy
+            batches = embedding.split(self.batch_chunk)  # views, no copy
         else:
             batches = embedding
 
@@ -68,29 +68,27 @@ class MultiVariateGaussian(DynamicBufferMixin):
             if shape is None:
                 shape = tuple(batch.shape[1:])
             elif tuple(batch.shape[1:]) != shape:
-                raise ValueError(f"all batches must have the same (C, h, w) = {shape}, got "
-                                 f"{tuple(batch.shape[1:])}")
-            x = batch.detach().to(torch.float64).flatten(2)                # (b, C, hw)
-            per_position = x.permute(2, 0, 1).contiguous()                 # (hw, b, C) contiguous for a fast bmm
+                raise ValueError(f"all batches must have the same (C, h, w) = {shape}, got {tuple(batch.shape[1:])}")
+            x = batch.detach().to(torch.float64).flatten(2)  # (b, C, hw)
+            per_position = x.permute(2, 0, 1).contiguous()  # (hw, b, C) contiguous for a fast bmm
             batch_xxt = torch.bmm(per_position.transpose(1, 2), per_position)  # (hw, C, C)
             count += x.shape[0]
-            sum_x = x.sum(dim=0) if sum_x is None else sum_x + x.sum(dim=0)    # (C, hw)
+            sum_x = x.sum(dim=0) if sum_x is None else sum_x + x.sum(dim=0)  # (C, hw)
             sum_xxt = batch_xxt if sum_xxt is None else sum_xxt.add_(batch_xxt)
         if count < 2:
-            raise ValueError(f"MultiVariateGaussian needs at least 2 samples to estimate a "
-                             f"covariance, got {count}")
+            raise ValueError(f"MultiVariateGaussian needs at least 2 samples to estimate a covariance, got {count}")
 
         # Step 2: mean and unbiased covariance, Σ = (Σxxᵀ − n·μμᵀ) / (n − 1), plus ε·I.
-        mean = sum_x / count                                               # (C, hw)
-        mean_t = mean.T                                                    # (hw, C)
-        outer = mean_t[:, :, None] * mean_t[:, None, :]                    # (hw, C, C)
+        mean = sum_x / count  # (C, hw)
+        mean_t = mean.T  # (hw, C)
+        outer = mean_t[:, :, None] * mean_t[:, None, :]  # (hw, C, C)
         covariance = (sum_xxt - count * outer) / (count - 1)
         channels = mean.shape[0]
         identity = torch.eye(channels, dtype=torch.float64, device=mean.device)
         covariance += self.regularization * identity
 
         # Step 3: invert all h·w matrices in one batched call.
-        inv_covariance = torch.linalg.inv(covariance)                      # (hw, C, C)
+        inv_covariance = torch.linalg.inv(covariance)  # (hw, C, C)
 
         self.mean = mean.to(torch.float32)
         self.inv_covariance = inv_covariance.to(torch.float32)
@@ -104,21 +102,24 @@ class MultiVariateGaussian(DynamicBufferMixin):
     def mahalanobis(self, embedding: torch.Tensor) -> torch.Tensor:
         """Mahalanobis distance of every patch: ``(B, C, h, w)`` -> ``(B, h, w)``."""
         if self.mean.numel() == 0:
-            raise NotFittedError("MultiVariateGaussian is not fitted yet: call .fit(embeddings) "
-                                 "or load a fitted state dict first")
+            raise NotFittedError(
+                "MultiVariateGaussian is not fitted yet: call .fit(embeddings) or load a fitted state dict first"
+            )
         _check_embedding(embedding, min_batch=1)
         batch, channels, height, width = embedding.shape
         if channels != self.mean.shape[0] or height * width != self.mean.shape[1]:
-            raise ValueError(f"embedding has C={channels}, h·w={height * width} but the Gaussian "
-                             f"was fitted for C={self.mean.shape[0]}, h·w={self.mean.shape[1]}")
-        mean = self.mean.to(embedding.device)                              # (C, hw)
-        inv_cov = self.inv_covariance.to(embedding.device)                 # (hw, C, C)
+            raise ValueError(
+                f"embedding has C={channels}, h·w={height * width} but the Gaussian "
+                f"was fitted for C={self.mean.shape[0]}, h·w={self.mean.shape[1]}"
+            )
+        mean = self.mean.to(embedding.device)  # (C, hw)
+        inv_cov = self.inv_covariance.to(embedding.device)  # (hw, C, C)
 
         # (.contiguous(): on CPU, bmm on a permuted view is ~50x slower than on a packed tensor.)
         delta = (embedding.float().flatten(2) - mean).permute(2, 0, 1).contiguous()  # (hw, B, C)
         # dᵀ Σ⁻¹ d for every position and image: one batched matmul over positions.
-        squared = (torch.bmm(delta, inv_cov) * delta).sum(dim=2)           # (hw, B)
-        distance = squared.clamp_min(0.0).sqrt()                           # rounding can dip < 0
+        squared = (torch.bmm(delta, inv_cov) * delta).sum(dim=2)  # (hw, B)
+        distance = squared.clamp_min(0.0).sqrt()  # rounding can dip < 0
         return distance.T.reshape(batch, height, width)
 
     def extra_repr(self) -> str:

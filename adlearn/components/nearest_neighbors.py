@@ -64,27 +64,37 @@ class NearestNeighbors:
         max_block_elements: size of one (queries × bank) distance block for the torch backend.
     """
 
-    def __init__(self, backend: str = "auto", *, index: str = "flat", nlist: int | None = None,
-                 nprobe: int = 16, hnsw_m: int = 32, ef_search: int = 64,
-                 half_precision: bool = False, rerank: int = 32,
-                 max_block_elements: int = 2**24) -> None:
+    def __init__(
+        self,
+        backend: str = "auto",
+        *,
+        index: str = "flat",
+        nlist: int | None = None,
+        nprobe: int = 16,
+        hnsw_m: int = 32,
+        ef_search: int = 64,
+        half_precision: bool = False,
+        rerank: int = 32,
+        max_block_elements: int = 2**24,
+    ) -> None:
         if backend not in ("auto", "torch", "faiss"):
             raise ValueError(f"backend must be 'auto', 'torch' or 'faiss', got {backend!r}")
         if index not in ("flat", "ivf", "hnsw"):
             raise ValueError(f"index must be 'flat', 'ivf' or 'hnsw', got {index!r}")
         if backend == "faiss" and not faiss_available():
-            raise ImportError("backend='faiss' needs the faiss package: pip install faiss-cpu "
-                              "(or use backend='torch').")
+            raise ImportError(
+                "backend='faiss' needs the faiss package: pip install faiss-cpu (or use backend='torch')."
+            )
         self.backend = backend
         self.index_type = index
         self.nlist, self.nprobe, self.hnsw_m, self.ef_search = nlist, nprobe, hnsw_m, ef_search
         self.half_precision = half_precision
         self.rerank = rerank
         self.max_block_elements = max_block_elements
-        self.backend_: str | None = None          # the engine actually used, set by fit
-        self.bank: torch.Tensor | None = None     # (M, D) float32, centred (torch backend)
+        self.backend_: str | None = None  # the engine actually used, set by fit
+        self.bank: torch.Tensor | None = None  # (M, D) float32, centred (torch backend)
         self._offset: torch.Tensor | None = None  # (D,) bank mean
-        self._bank_sq_norms: torch.Tensor | None = None   # (M,)
+        self._bank_sq_norms: torch.Tensor | None = None  # (M,)
         self._faiss_index = None
 
     @property
@@ -93,7 +103,7 @@ class NearestNeighbors:
         return getattr(self, "_device", None)
 
     # ------------------------------------------------------------------ fit
-    def fit(self, bank: torch.Tensor) -> "NearestNeighbors":
+    def fit(self, bank: torch.Tensor) -> NearestNeighbors:
         """Index ``bank (M, D)``; returns ``self``."""
         bank = _check_matrix(bank, "bank")
         self.backend_ = self._resolve_backend(bank.device)
@@ -102,11 +112,11 @@ class NearestNeighbors:
         self._size = bank.shape[0]
 
         # Centre on the bank mean: Euclidean distances are unchanged, rounding error shrinks.
-        self._offset = bank.mean(dim=0)                                   # (D,)
-        centred = bank - self._offset                                     # (M, D)
-        self.bank = centred                                               # (M, D), for exact distances
+        self._offset = bank.mean(dim=0)  # (D,)
+        centred = bank - self._offset  # (M, D)
+        self.bank = centred  # (M, D), for exact distances
         if self.backend_ == "torch":
-            self._bank_sq_norms = (centred * centred).sum(dim=1)          # (M,)
+            self._bank_sq_norms = (centred * centred).sum(dim=1)  # (M,)
             self._faiss_index = None
         else:
             self._faiss_index = self._build_faiss_index(centred.cpu().contiguous().numpy())
@@ -120,9 +130,11 @@ class NearestNeighbors:
             return "torch"
         if self.index_type == "flat" and not faiss_available():
             if not _FAISS_NOTICE_SHOWN:
-                warnings.warn("faiss is not installed; NearestNeighbors uses the (slower on CPU) "
-                              "torch backend. `pip install faiss-cpu` for faster CPU search.",
-                              stacklevel=3)
+                warnings.warn(
+                    "faiss is not installed; NearestNeighbors uses the (slower on CPU) "
+                    "torch backend. `pip install faiss-cpu` for faster CPU search.",
+                    stacklevel=3,
+                )
                 _FAISS_NOTICE_SHOWN = True
             return "torch"
         if not faiss_available():
@@ -172,42 +184,48 @@ class NearestNeighbors:
     def _search_faiss(self, queries: torch.Tensor, k: int):
         import faiss
 
-        faiss.omp_set_num_threads(torch.get_num_threads())   # same CPU budget as torch
+        faiss.omp_set_num_threads(torch.get_num_threads())  # same CPU budget as torch
         centred = (queries.to("cpu", torch.float32) - self._offset.cpu()).contiguous()
-        _, indices = self._faiss_index.search(centred.numpy(), k)         # (N, k)
+        _, indices = self._faiss_index.search(centred.numpy(), k)  # (N, k)
         indices = torch.from_numpy(indices)
-        if (indices < 0).any():   # only approximate indexes can come back short
-            raise RuntimeError(f"the faiss {self.index_type!r} index found fewer than k={k} "
-                               f"neighbours for some queries; raise nprobe / ef_search")
+        if (indices < 0).any():  # only approximate indexes can come back short
+            raise RuntimeError(
+                f"the faiss {self.index_type!r} index found fewer than k={k} "
+                f"neighbours for some queries; raise nprobe / ef_search"
+            )
         # faiss ranks with ‖q‖² + ‖b‖² − 2q·b too; report exact distances like the torch path
         # (in blocks, to bound the (b, k, D) gather).
         block = max(1, self.max_block_elements // (k * self._dim))
-        parts = [self._exact_top_k(centred[s:s + block], indices[s:s + block], k)
-                 for s in range(0, centred.shape[0], block)]
+        parts = [
+            self._exact_top_k(centred[s : s + block], indices[s : s + block], k)
+            for s in range(0, centred.shape[0], block)
+        ]
         return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
     def _search_torch(self, queries: torch.Tensor, k: int):
         bank = self.bank
-        queries = queries.to(bank.device, torch.float32) - self._offset   # (N, D)
+        queries = queries.to(bank.device, torch.float32) - self._offset  # (N, D)
         num_candidates = min(self._size, k + self.rerank) if self.half_precision else k
         # Rows per block: bound both the (b, M) score block and the (b, c, D) re-ranking gather.
-        block = max(1, min(self.max_block_elements // self._size,
-                           self.max_block_elements // (num_candidates * self._dim)))
+        block = max(
+            1, min(self.max_block_elements // self._size, self.max_block_elements // (num_candidates * self._dim))
+        )
         if self.half_precision:
             bank_low = bank.to(torch.bfloat16)
             norms_low = self._bank_sq_norms.to(torch.bfloat16)
 
         all_distances, all_indices = [], []
         for start in range(0, queries.shape[0], block):
-            chunk = queries[start:start + block]                          # (b, D)
+            chunk = queries[start : start + block]  # (b, D)
             # Ranking score ‖b‖² − 2·q·bᵀ (‖q‖² is constant per row and does not change ranks).
             if self.half_precision:
-                scores = torch.addmm(norms_low, chunk.to(torch.bfloat16), bank_low.T,
-                                     beta=1, alpha=-2).float()            # (b, M)
+                scores = torch.addmm(
+                    norms_low, chunk.to(torch.bfloat16), bank_low.T, beta=1, alpha=-2
+                ).float()  # (b, M)
             else:
                 scores = torch.addmm(self._bank_sq_norms, chunk, bank.T, beta=1, alpha=-2)
             if num_candidates == 1:
-                candidates = scores.argmin(dim=1, keepdim=True)           # (b, 1)
+                candidates = scores.argmin(dim=1, keepdim=True)  # (b, 1)
             else:
                 candidates = scores.topk(num_candidates, dim=1, largest=False).indices  # (b, c)
             del scores
@@ -220,7 +238,7 @@ class NearestNeighbors:
         """Exact float32 ‖q − b‖ for each query's candidates ``(b, c)``; keep the k closest, sorted."""
         bank = self.bank.to(queries.device)
         exact = torch.linalg.vector_norm(bank[candidates] - queries[:, None, :], dim=2)  # (b, c)
-        distances, order = exact.topk(k, dim=1, largest=False)            # ascending
+        distances, order = exact.topk(k, dim=1, largest=False)  # ascending
         return distances, candidates.gather(1, order)
 
     def __repr__(self) -> str:
@@ -235,8 +253,9 @@ def _check_matrix(x, name: str, expected_dim: int | None = None) -> torch.Tensor
     if x.shape[0] == 0 or x.shape[1] == 0:
         raise ValueError(f"{name} is empty (shape {tuple(x.shape)})")
     if expected_dim is not None and x.shape[1] != expected_dim:
-        raise ValueError(f"{name} has {x.shape[1]} features but the bank has {expected_dim} "
-                         f"(expected shape (N, {expected_dim}))")
+        raise ValueError(
+            f"{name} has {x.shape[1]} features but the bank has {expected_dim} (expected shape (N, {expected_dim}))"
+        )
     if not torch.isfinite(x).all():
         raise ValueError(f"{name} contains NaN or inf values")
     return x.to(torch.float32)

@@ -43,8 +43,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["binomial_log10_tail", "candidate_counts", "log10_probability_of_window", "log_nfa",
-           "nfa_segmentation", "window_for_scale"]
+__all__ = [
+    "binomial_log10_tail",
+    "candidate_counts",
+    "log10_probability_of_window",
+    "log_nfa",
+    "nfa_segmentation",
+    "window_for_scale",
+]
 
 CHANNEL_MODES = ("mean", "sum")
 
@@ -57,12 +63,12 @@ def binomial_log10_tail(k, n, p: float) -> np.ndarray:
     n = np.asarray(n, dtype=np.float64)
     if not 0.0 < p < 1.0:
         raise ValueError(f"the candidate probability p must be in (0, 1), got {p}")
-    return binom.logsf(k - 1, n, p) / math.log(10.0)               # sf(k − 1) = P(K > k − 1) = P(K ≥ k)
+    return binom.logsf(k - 1, n, p) / math.log(10.0)  # sf(k − 1) = P(K > k − 1) = P(K ≥ k)
 
 
 def window_for_scale(window_size: int, scale: int) -> int:
     """Odd window side at pyramid level ``scale`` (0 = finest): 2·⌊(window_size / 2^scale) / 2⌋ + 1, at least 3."""
-    half = max(int((window_size / 2 ** scale) // 2), 1)
+    half = max(int((window_size / 2**scale) // 2), 1)
     return 2 * half + 1
 
 
@@ -73,18 +79,20 @@ def candidate_counts(z: torch.Tensor, window: int, probability_thr: float = 0.5)
 
     if window < 1 or window % 2 == 0:
         raise ValueError(f"the window side must be odd and >= 1, got {window}")
-    tau = float(chi2.ppf(probability_thr, df=1))                    # P(z² ≥ τ) = 1 − probability_thr under H0
-    candidates = (z.detach().double() ** 2 >= tau).double()        # (B, C, h, w)
+    tau = float(chi2.ppf(probability_thr, df=1))  # P(z² ≥ τ) = 1 − probability_thr under H0
+    candidates = (z.detach().double() ** 2 >= tau).double()  # (B, C, h, w)
     channels = candidates.shape[1]
     ones = torch.ones(channels, 1, window, window, dtype=torch.float64, device=z.device)
-    counts = F.conv2d(candidates, ones, padding=window // 2, groups=channels)      # (B, C, h, w)
-    area = F.conv2d(torch.ones(1, 1, *z.shape[-2:], dtype=torch.float64, device=z.device),
-                    ones[:1], padding=window // 2)                                 # (1, 1, h, w)
+    counts = F.conv2d(candidates, ones, padding=window // 2, groups=channels)  # (B, C, h, w)
+    area = F.conv2d(
+        torch.ones(1, 1, *z.shape[-2:], dtype=torch.float64, device=z.device), ones[:1], padding=window // 2
+    )  # (1, 1, h, w)
     return counts.round(), area.round()
 
 
-def log10_probability_of_window(z: torch.Tensor, window: int, probability_thr: float = 0.5,
-                                channels: str = "mean") -> torch.Tensor:
+def log10_probability_of_window(
+    z: torch.Tensor, window: int, probability_thr: float = 0.5, channels: str = "mean"
+) -> torch.Tensor:
     """Step 3: log10 P_H0(K ≥ k) of the window around every latent position. (B, C, h, w) -> (B, 1, h, w)"""
     if channels not in CHANNEL_MODES:
         raise ValueError(f"channels must be one of {CHANNEL_MODES}, got {channels!r}")
@@ -99,8 +107,9 @@ def log10_probability_of_window(z: torch.Tensor, window: int, probability_thr: f
     return torch.from_numpy(log_prob).to(device=z.device, dtype=torch.float32)
 
 
-def log_nfa(latents: list[torch.Tensor], window_size: int = 7, probability_thr: float = 0.5,
-            channels: str = "mean") -> list[torch.Tensor]:
+def log_nfa(
+    latents: list[torch.Tensor], window_size: int = 7, probability_thr: float = 0.5, channels: str = "mean"
+) -> list[torch.Tensor]:
     """Step 4, per scale: log10 NFA = log10 N_tests + log10 P_H0 of every region, at latent resolution.
 
     ``latents``: [(B, C_s, h_s, w_s)], finest first. N_tests = Σ_s h_s·w_s. -> [(B, 1, h_s, w_s)]
@@ -108,14 +117,21 @@ def log_nfa(latents: list[torch.Tensor], window_size: int = 7, probability_thr: 
     if not latents:
         raise ValueError("log_nfa needs at least one latent map")
     n_tests = sum(z.shape[-2] * z.shape[-1] for z in latents)
-    return [math.log10(n_tests) + log10_probability_of_window(z, window_for_scale(window_size, scale),
-                                                                probability_thr, channels)
-            for scale, z in enumerate(latents)]
+    return [
+        math.log10(n_tests)
+        + log10_probability_of_window(z, window_for_scale(window_size, scale), probability_thr, channels)
+        for scale, z in enumerate(latents)
+    ]
 
 
-def nfa_segmentation(latents: list[torch.Tensor], image_size: tuple[int, int], window_size: int = 7,
-                     probability_thr: float = 0.5, epsilon: float = 1.0,
-                     channels: str = "mean") -> tuple[torch.Tensor, torch.Tensor]:
+def nfa_segmentation(
+    latents: list[torch.Tensor],
+    image_size: tuple[int, int],
+    window_size: int = 7,
+    probability_thr: float = 0.5,
+    epsilon: float = 1.0,
+    channels: str = "mean",
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(log10 NFA map (B, H, W), anomaly mask (B, H, W) bool = log-NFA < log10 ε) at image resolution.
 
     Each scale's log-NFA is upsampled bilinearly; a pixel takes the smallest (the most meaningful)
@@ -124,7 +140,8 @@ def nfa_segmentation(latents: list[torch.Tensor], image_size: tuple[int, int], w
     if epsilon <= 0:
         raise ValueError(f"epsilon (the allowed mean number of false alarms per image) must be > 0, got {epsilon}")
     per_scale = log_nfa(latents, window_size, probability_thr, channels)
-    upsampled = [F.interpolate(values, size=tuple(image_size), mode="bilinear", align_corners=False)
-                 for values in per_scale]                                    # [(B, 1, H, W)]
-    log_nfa_map = torch.cat(upsampled, dim=1).amin(dim=1)                    # (B, H, W)
+    upsampled = [
+        F.interpolate(values, size=tuple(image_size), mode="bilinear", align_corners=False) for values in per_scale
+    ]  # [(B, 1, H, W)]
+    log_nfa_map = torch.cat(upsampled, dim=1).amin(dim=1)  # (B, H, W)
     return log_nfa_map, log_nfa_map < math.log10(epsilon)

@@ -1,4 +1,4 @@
-"""`PCA`: principal component analysis in plain torch 
+"""`PCA`: principal component analysis in plain torch
 (reference: ``anomalib.models.components.dimensionality_reduction.PCA``).
 
 PCA finds the orthogonal directions along which centred data varies most. With the thin SVD of
@@ -64,7 +64,7 @@ class PCA(DynamicBufferMixin):
         self.register_buffer("num_components", torch.tensor(0, dtype=torch.int64))
 
     # ------------------------------------------------------------------ fitting
-    def fit(self, dataset: torch.Tensor) -> "PCA":
+    def fit(self, dataset: torch.Tensor) -> PCA:
         """Fit the principal directions of ``dataset (N, D)``; returns ``self``."""
         data = _check_matrix(dataset, "dataset")
         num_samples, num_features = data.shape
@@ -72,8 +72,8 @@ class PCA(DynamicBufferMixin):
 
         # Step 1: centre the data (float64 so the SVD is accurate even for float32 features).
         data64 = data.to(torch.float64)
-        mean = data64.mean(dim=0)                                         # (D,)
-        centred = data64 - mean                                           # (N, D)
+        mean = data64.mean(dim=0)  # (D,)
+        centred = data64 - mean  # (N, D)
 
         # Step 2: thin SVD. Rows of vh are the principal directions, sorted by singular value.
         _, singular_values, vh = torch.linalg.svd(centred, full_matrices=False)  # S: (r,), vh: (r, D)
@@ -83,11 +83,11 @@ class PCA(DynamicBufferMixin):
 
         # Step 4: fix each direction's sign (largest-magnitude entry positive): SVD signs are
         # arbitrary, and a fixed convention makes fits reproducible across devices and runs.
-        vectors = vh[:k].T                                                # (D, k)
-        pivot = vectors.abs().argmax(dim=0)                               # (k,)
+        vectors = vh[:k].T  # (D, k)
+        pivot = vectors.abs().argmax(dim=0)  # (k,)
         signs = torch.sign(vectors[pivot, torch.arange(k, device=vectors.device)])
         signs[signs == 0] = 1.0
-        vectors = vectors * signs                                         # (D, k)
+        vectors = vectors * signs  # (D, k)
 
         self.singular_vectors = vectors.to(store_dtype)
         self.singular_values = singular_values[:k].to(store_dtype)
@@ -108,14 +108,14 @@ class PCA(DynamicBufferMixin):
             return self.n_components
 
         # Ratio mode: the minimal k whose cumulative explained-variance ratio reaches the target.
-        variance = singular_values**2                                     # (r,)
+        variance = singular_values**2  # (r,)
         total = variance.sum()
         if total <= 0:
             raise ValueError(
                 "PCA with a variance ratio needs data that varies, but every sample is identical "
                 "(total variance 0). Pass an int n_components or use more varied data."
             )
-        cumulative_ratio = torch.cumsum(variance, dim=0) / total          # (r,)
+        cumulative_ratio = torch.cumsum(variance, dim=0) / total  # (r,)
         # Number of positions still below the target, plus one = first position reaching it.
         # (The reference returns that position's 0-based index, one component too few.)
         k = int((cumulative_ratio < self.n_components).sum().item()) + 1
@@ -127,7 +127,7 @@ class PCA(DynamicBufferMixin):
         self._check_fitted()
         features = _check_matrix(features, "features", expected_dim=self.mean.numel())
         mean, vectors = self._buffers_like(features)
-        return (features - mean) @ vectors                                # (N, k), a new tensor
+        return (features - mean) @ vectors  # (N, k), a new tensor
 
     def fit_transform(self, dataset: torch.Tensor) -> torch.Tensor:
         """``fit(dataset)`` then ``transform(dataset)``; honours ratio mode -> ``(N, k)``."""
@@ -139,7 +139,7 @@ class PCA(DynamicBufferMixin):
         k = int(self.num_components)
         features = _check_matrix(features, "features", expected_dim=k)
         mean, vectors = self._buffers_like(features)
-        return features @ vectors.T + mean                                # (N, D)
+        return features @ vectors.T + mean  # (N, D)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """Same as :meth:`transform`."""
@@ -152,14 +152,14 @@ class PCA(DynamicBufferMixin):
 
     def _check_fitted(self) -> None:
         if not self.is_fitted:
-            raise NotFittedError("This PCA is not fitted yet: call pca.fit(data) (data: (N, D)) "
-                                 "or load a fitted state dict first.")
+            raise NotFittedError(
+                "This PCA is not fitted yet: call pca.fit(data) (data: (N, D)) or load a fitted state dict first."
+            )
 
     def _buffers_like(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # Device and dtype follow the input, so a CPU-fitted PCA works on CUDA tensors and back.
         dtype = features.dtype if features.is_floating_point() else self.mean.dtype
-        return (self.mean.to(features.device, dtype),
-                self.singular_vectors.to(features.device, dtype))
+        return (self.mean.to(features.device, dtype), self.singular_vectors.to(features.device, dtype))
 
     def extra_repr(self) -> str:
         fitted = f", fitted: D={self.mean.numel()} -> k={int(self.num_components)}" if self.is_fitted else ""
@@ -168,12 +168,16 @@ class PCA(DynamicBufferMixin):
 
 def _check_n_components(n_components) -> int | float:
     if isinstance(n_components, bool) or not isinstance(n_components, (int, float)):
-        raise TypeError(f"n_components must be an int (number of components) or a float in (0, 1] "
-                        f"(share of variance), got {n_components!r}")
+        raise TypeError(
+            f"n_components must be an int (number of components) or a float in (0, 1] "
+            f"(share of variance), got {n_components!r}"
+        )
     if isinstance(n_components, float):
         if not 0.0 < n_components <= 1.0:
-            raise ValueError(f"a float n_components is a share of explained variance and must lie in "
-                             f"(0, 1], got {n_components}. For a fixed count pass an int.")
+            raise ValueError(
+                f"a float n_components is a share of explained variance and must lie in "
+                f"(0, 1], got {n_components}. For a fixed count pass an int."
+            )
         return float(n_components)
     if n_components < 1:
         raise ValueError(f"n_components must be >= 1, got {n_components}")
@@ -187,11 +191,11 @@ def _check_matrix(x, name: str, expected_dim: int | None = None) -> torch.Tensor
     if x.dim() != 2:
         raise ValueError(f"{name} must be 2-D (N samples, D features), got shape {tuple(x.shape)}")
     if x.shape[0] == 0 or x.shape[1] == 0:
-        raise ValueError(f"{name} is empty (shape {tuple(x.shape)}): need at least one sample "
-                         f"and one feature")
+        raise ValueError(f"{name} is empty (shape {tuple(x.shape)}): need at least one sample and one feature")
     if expected_dim is not None and x.shape[1] != expected_dim:
-        raise ValueError(f"{name} has {x.shape[1]} columns but this PCA expects {expected_dim} "
-                         f"(shape (N, {expected_dim}))")
+        raise ValueError(
+            f"{name} has {x.shape[1]} columns but this PCA expects {expected_dim} (shape (N, {expected_dim}))"
+        )
     if not x.is_floating_point():
         x = x.to(torch.float32)
     if not torch.isfinite(x).all():

@@ -23,21 +23,24 @@ import torch
 __all__ = ["positional_encoding_2d"]
 
 
-def positional_encoding_2d(channels: int, height: int, width: int, *, device=None,
-                           dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def positional_encoding_2d(
+    channels: int, height: int, width: int, *, device=None, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
     """The (channels, height, width) sinusoidal code of every grid position (see the module docstring)."""
     if channels <= 0 or channels % 4 != 0:
-        raise ValueError(f"positional encoding: channels must be a positive multiple of 4 (sin and cos for x "
-                         f"and for y), got {channels}; e.g. condition_vector=128")
+        raise ValueError(
+            f"positional encoding: channels must be a positive multiple of 4 (sin and cos for x "
+            f"and for y), got {channels}; e.g. condition_vector=128"
+        )
     if height < 1 or width < 1:
         raise ValueError(f"positional encoding: height and width must be >= 1, got {height}x{width}")
-    half = channels // 2                                                  # channels per axis
+    half = channels // 2  # channels per axis
     frequencies = torch.exp(torch.arange(0, half, 2, dtype=torch.float64) * (-math.log(10000.0) / half))  # (D/4,)
     x = torch.arange(width, dtype=torch.float64)[:, None] * frequencies  # (W, D/4)
     y = torch.arange(height, dtype=torch.float64)[:, None] * frequencies  # (H, D/4)
     code = torch.zeros(channels, height, width, dtype=torch.float64)
-    code[0:half:2] = torch.sin(x).T[:, None, :]                           # (D/4, 1, W) broadcast over rows
+    code[0:half:2] = torch.sin(x).T[:, None, :]  # (D/4, 1, W) broadcast over rows
     code[1:half:2] = torch.cos(x).T[:, None, :]
-    code[half::2] = torch.sin(y).T[:, :, None]                            # (D/4, H, 1) broadcast over columns
-    code[half + 1::2] = torch.cos(y).T[:, :, None]
+    code[half::2] = torch.sin(y).T[:, :, None]  # (D/4, H, 1) broadcast over columns
+    code[half + 1 :: 2] = torch.cos(y).T[:, :, None]
     return code.to(device=device, dtype=dtype)

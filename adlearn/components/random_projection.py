@@ -1,4 +1,4 @@
-"""`SparseRandomProjection`: distance-preserving random projection 
+"""`SparseRandomProjection`: distance-preserving random projection
 (reference: ``anomalib.models.components.dimensionality_reduction.SparseRandomProjection``).
 
 The Johnson–Lindenstrauss (JL) lemma says N points can be mapped to
@@ -57,8 +57,7 @@ class SparseRandomProjection:
     After ``fit``: ``components (k, D)`` (the matrix R), ``num_components``, ``density``.
     """
 
-    def __init__(self, eps: float = 0.1, random_state: int | None = None,
-                 n_components: int | None = None) -> None:
+    def __init__(self, eps: float = 0.1, random_state: int | None = None, n_components: int | None = None) -> None:
         if not 0.0 < eps < 1.0:
             raise ValueError(f"eps must lie in (0, 1), got {eps}")
         if n_components is not None and (isinstance(n_components, bool) or int(n_components) < 1):
@@ -66,15 +65,14 @@ class SparseRandomProjection:
         self.eps = eps
         self.random_state = random_state
         self.n_components = None if n_components is None else int(n_components)
-        self.components: torch.Tensor | None = None      # (k, D) after fit
+        self.components: torch.Tensor | None = None  # (k, D) after fit
         self.num_components: int | None = None
         self.density: float | None = None
 
-    def fit(self, embedding: torch.Tensor) -> "SparseRandomProjection":
+    def fit(self, embedding: torch.Tensor) -> SparseRandomProjection:
         """Build the random matrix for ``embedding (N, D)`` (only its shape is used); returns self."""
         if not isinstance(embedding, torch.Tensor) or embedding.dim() != 2 or embedding.numel() == 0:
-            shape = (tuple(embedding.shape) if isinstance(embedding, torch.Tensor)
-                     else type(embedding).__name__)
+            shape = tuple(embedding.shape) if isinstance(embedding, torch.Tensor) else type(embedding).__name__
             raise ValueError(f"embedding must be a non-empty 2-D tensor (N, D), got {shape}")
         num_samples, num_features = embedding.shape
 
@@ -86,11 +84,10 @@ class SparseRandomProjection:
 
         # Step 3: every entry is non-zero with probability `density`, with a random sign.
         generator = torch.Generator()
-        seed = (self.random_state if self.random_state is not None
-                else int(torch.randint(0, 2**62, (1,)).item()))
+        seed = self.random_state if self.random_state is not None else int(torch.randint(0, 2**62, (1,)).item())
         generator.manual_seed(seed)
-        nonzero = torch.rand(k, num_features, generator=generator) < density          # (k, D)
-        signs = torch.randint(0, 2, (k, num_features), generator=generator) * 2 - 1   # (k, D) ±1
+        nonzero = torch.rand(k, num_features, generator=generator) < density  # (k, D)
+        signs = torch.randint(0, 2, (k, num_features), generator=generator) * 2 - 1  # (k, D) ±1
 
         # Step 4: scale so that E[RᵀR] = I (squared lengths preserved on average).
         scale = math.sqrt(1.0 / density) / math.sqrt(k)
@@ -104,22 +101,24 @@ class SparseRandomProjection:
     def transform(self, embedding: torch.Tensor) -> torch.Tensor:
         """Project ``embedding (N, D)`` -> ``(N, k)``."""
         if self.components is None:
-            raise NotFittedError("SparseRandomProjection is not fitted yet: call .fit(embedding) "
-                                 "before .transform(...)")
+            raise NotFittedError(
+                "SparseRandomProjection is not fitted yet: call .fit(embedding) before .transform(...)"
+            )
         if not isinstance(embedding, torch.Tensor) or embedding.dim() != 2:
             raise ValueError("embedding must be a 2-D tensor (N, D)")
         if embedding.shape[1] != self.components.shape[1]:
-            raise ValueError(f"embedding has {embedding.shape[1]} features but the projection was "
-                             f"fitted for {self.components.shape[1]} (expected shape (N, "
-                             f"{self.components.shape[1]}))")
+            raise ValueError(
+                f"embedding has {embedding.shape[1]} features but the projection was "
+                f"fitted for {self.components.shape[1]} (expected shape (N, "
+                f"{self.components.shape[1]}))"
+            )
         dtype = embedding.dtype if embedding.is_floating_point() else torch.float32
-        matrix = self.components.to(embedding.device, dtype)              # (k, D)
-        return embedding.to(dtype) @ matrix.T                             # (N, k)
+        matrix = self.components.to(embedding.device, dtype)  # (k, D)
+        return embedding.to(dtype) @ matrix.T  # (N, k)
 
     def fit_transform(self, embedding: torch.Tensor) -> torch.Tensor:
         return self.fit(embedding).transform(embedding)
 
     def __repr__(self) -> str:
-        fitted = (f", fitted: {self.components.shape[1]} -> {self.num_components}"
-                  if self.components is not None else "")
+        fitted = f", fitted: {self.components.shape[1]} -> {self.num_components}" if self.components is not None else ""
         return f"SparseRandomProjection(eps={self.eps}, random_state={self.random_state}{fitted})"

@@ -23,8 +23,8 @@ class SSPCAB(nn.Module):
         super().__init__()
         if channels < reduction_ratio:
             raise ValueError(f"SSPCAB needs at least reduction_ratio={reduction_ratio} channels, got {channels}")
-        self.pad = kernel_size + dilation                 # how far the corners sit from the centre
-        self.crop = kernel_size + 2 * dilation + 1        # what each corner's view cuts off the padded map
+        self.pad = kernel_size + dilation  # how far the corners sit from the centre
+        self.crop = kernel_size + 2 * dilation + 1  # what each corner's view cuts off the padded map
         self.corners = nn.ModuleList(nn.Conv2d(channels, channels, kernel_size) for _ in range(4))
         self.squeeze = nn.Linear(channels, channels // reduction_ratio)
         self.excite = nn.Linear(channels // reduction_ratio, channels)
@@ -33,10 +33,10 @@ class SSPCAB(nn.Module):
         """Sum of the four corner convolutions; the centre and the cross between them are never seen."""
         p, c = self.pad, self.crop
         x = F.pad(x, (p, p, p, p))
-        views = (x[..., :-c, :-c], x[..., :-c, c:], x[..., c:, :-c], x[..., c:, c:])   # top-left ... bottom-right
+        views = (x[..., :-c, :-c], x[..., :-c, c:], x[..., c:, :-c], x[..., c:, c:])  # top-left ... bottom-right
         return sum(conv(view) for conv, view in zip(self.corners, views))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        features = F.relu(self.masked_convolution(x))                     # (B, C, H, W)
-        weights = torch.sigmoid(self.excite(F.relu(self.squeeze(features.mean(dim=(2, 3))))))   # (B, C)
+        features = F.relu(self.masked_convolution(x))  # (B, C, H, W)
+        weights = torch.sigmoid(self.excite(F.relu(self.squeeze(features.mean(dim=(2, 3))))))  # (B, C)
         return features * weights[:, :, None, None]

@@ -26,8 +26,8 @@ set of normal images into a labelled test set with masks.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable, Union
 
 import numpy as np
 import torch
@@ -37,7 +37,7 @@ from adlearn.data.errors import DataError
 from adlearn.data.perlin import fractal_perlin, perlin_at, random_gradients
 from adlearn.data.transforms import IMAGENET_MEAN, IMAGENET_STD, ImageTransform
 
-Beta = Union[float, tuple[float, float]]
+Beta = float | tuple[float, float]
 
 
 # --------------------------------------------------------------------------- texture augmentations
@@ -87,8 +87,7 @@ TEXTURE_AUGMENTATIONS: dict[str, Callable[[torch.Tensor, np.random.Generator], t
 def _check_beta(beta: Beta) -> tuple[float, float]:
     low, high = (beta, beta) if isinstance(beta, (int, float)) else tuple(beta)
     if not 0.0 <= low <= high <= 1.0:
-        raise DataError(f"beta must be a float in [0, 1] or a (low, high) range inside [0, 1], "
-                        f"got {beta!r}")
+        raise DataError(f"beta must be a float in [0, 1] or a (low, high) range inside [0, 1], got {beta!r}")
     return float(low), float(high)
 
 
@@ -111,8 +110,14 @@ class PerlinAnomalyGenerator:
 
     max_scale_exponent = 5  # noise scales 2**0 .. 2**5 lattice cells per axis
 
-    def __init__(self, anomaly_source_path: PathLike | None = None, p_anomalous: float = 0.5,
-                 beta: Beta = (0.2, 1.0), seed: int | None = None, threshold: float = 0.5) -> None:
+    def __init__(
+        self,
+        anomaly_source_path: PathLike | None = None,
+        p_anomalous: float = 0.5,
+        beta: Beta = (0.2, 1.0),
+        seed: int | None = None,
+        threshold: float = 0.5,
+    ) -> None:
         if not 0.0 <= p_anomalous <= 1.0:
             raise DataError(f"p_anomalous must be in [0, 1], got {p_anomalous}")
         self.p_anomalous = float(p_anomalous)
@@ -123,12 +128,16 @@ class PerlinAnomalyGenerator:
         if anomaly_source_path is not None:
             root = Path(anomaly_source_path).expanduser()
             if not root.is_dir():
-                raise DataError(f"anomaly_source_path {root} is not a folder; pass a folder of "
-                                f"texture images (e.g. DTD) or None for Perlin textures")
+                raise DataError(
+                    f"anomaly_source_path {root} is not a folder; pass a folder of "
+                    f"texture images (e.g. DTD) or None for Perlin textures"
+                )
             # DTD keeps its images in one folder per texture class, so search recursively
-            self.texture_paths = sorted(p for p in root.rglob("*")
-                                        if p.is_file() and p.suffix.lower() in
-                                        (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"))
+            self.texture_paths = sorted(
+                p
+                for p in root.rglob("*")
+                if p.is_file() and p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+            )
             if not self.texture_paths:
                 raise DataError(f"no images found under anomaly_source_path {root}")
 
@@ -141,8 +150,7 @@ class PerlinAnomalyGenerator:
                 return mask
         # a tiny chance remains that every try was empty; fall back to a central blob
         yy, xx = np.mgrid[0:height, 0:width]
-        return (((yy - height / 2) / (height / 8)) ** 2 + ((xx - width / 2) / (width / 8)) ** 2
-                <= 1).astype(np.float32)
+        return (((yy - height / 2) / (height / 8)) ** 2 + ((xx - width / 2) / (width / 8)) ** 2 <= 1).astype(np.float32)
 
     def _perlin_mask(self, height: int, width: int) -> np.ndarray:
         res_y = 2 ** int(self.rng.integers(0, self.max_scale_exponent + 1))
@@ -168,8 +176,7 @@ class PerlinAnomalyGenerator:
             texture = texture.permute(2, 0, 1).contiguous()  # (3, H, W)
         else:
             res = 2 ** int(self.rng.integers(1, 5))
-            channels = [0.5 + 0.5 * fractal_perlin((height, width), res, 3, rng=self.rng)
-                        for _ in range(3)]
+            channels = [0.5 + 0.5 * fractal_perlin((height, width), res, 3, rng=self.rng) for _ in range(3)]
             texture = torch.from_numpy(np.stack(channels))  # (3, H, W)
         names = list(TEXTURE_AUGMENTATIONS)
         for index in self.rng.choice(len(names), size=3, replace=False):
@@ -181,8 +188,7 @@ class PerlinAnomalyGenerator:
         return low if low == high else float(self.rng.uniform(low, high))
 
     # ------------------------------------------------------------------ batch
-    def __call__(self, batch: torch.Tensor,
-                 normalized: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, batch: torch.Tensor, normalized: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Add anomalies to some images of ``batch`` (B, 3, H, W).
 
         ``normalized`` says whether the batch is ImageNet-normalized (the dataset default) or in
@@ -217,16 +223,20 @@ class PerlinAnomalyGenerator:
 
     def __repr__(self) -> str:
         source = f"{len(self.texture_paths)} texture images" if self.texture_paths else "Perlin"
-        return (f"PerlinAnomalyGenerator(textures={source}, p_anomalous={self.p_anomalous}, "
-                f"beta={self.beta})")
+        return f"PerlinAnomalyGenerator(textures={source}, p_anomalous={self.p_anomalous}, beta={self.beta})"
 
 
 # --------------------------------------------------------------------------- labelled test set
-def make_synthetic_dataset(source_samples: ImageDataset | Iterable[Sample | PathLike],
-                           image_dir: PathLike, mask_dir: PathLike, anomalous_ratio: float = 0.5,
-                           seed: int = 0, anomaly_source_path: PathLike | None = None,
-                           beta: Beta = (0.01, 0.2),
-                           transform: ImageTransform | None = None) -> ImageDataset:
+def make_synthetic_dataset(
+    source_samples: ImageDataset | Iterable[Sample | PathLike],
+    image_dir: PathLike,
+    mask_dir: PathLike,
+    anomalous_ratio: float = 0.5,
+    seed: int = 0,
+    anomaly_source_path: PathLike | None = None,
+    beta: Beta = (0.01, 0.2),
+    transform: ImageTransform | None = None,
+) -> ImageDataset:
     """Turn normal images into a labelled test set: some stay normal, some get synthetic defects.
 
     ``int(anomalous_ratio * n)`` of the ``n`` source images (chosen with ``seed``) are copied
@@ -252,8 +262,10 @@ def make_synthetic_dataset(source_samples: ImageDataset | Iterable[Sample | Path
         raise DataError("source_samples is empty; pass at least one normal image")
     anomalous = [s.image_path for s in samples if s.label != 0]
     if anomalous:
-        raise DataError(f"make_synthetic_dataset needs normal images only, but {len(anomalous)} "
-                        f"source samples are anomalous, e.g. {anomalous[0]}; use the train split")
+        raise DataError(
+            f"make_synthetic_dataset needs normal images only, but {len(anomalous)} "
+            f"source samples are anomalous, e.g. {anomalous[0]}; use the train split"
+        )
     image_dir, mask_dir = Path(image_dir).expanduser(), Path(mask_dir).expanduser()
     image_dir.mkdir(parents=True, exist_ok=True)
     mask_dir.mkdir(parents=True, exist_ok=True)
@@ -261,20 +273,23 @@ def make_synthetic_dataset(source_samples: ImageDataset | Iterable[Sample | Path
     rng = np.random.default_rng(seed)
     n_anomalous = int(anomalous_ratio * len(samples))
     picked = sorted(rng.choice(len(samples), size=n_anomalous, replace=False).tolist())
-    generator = PerlinAnomalyGenerator(anomaly_source_path, p_anomalous=1.0, beta=beta,
-                                       seed=int(rng.integers(2 ** 31)))
+    generator = PerlinAnomalyGenerator(anomaly_source_path, p_anomalous=1.0, beta=beta, seed=int(rng.integers(2**31)))
     digits = max(3, len(str(max(n_anomalous - 1, 0))))
     picked_set = set(picked)
     result = [s for i, s in enumerate(samples) if i not in picked_set]
     for number, index in enumerate(picked):
-        result.append(_write_anomalous_copy(samples[index].image_path, generator,
-                                            image_dir / f"{number:0{digits}d}.png",
-                                            mask_dir / f"{number:0{digits}d}_mask.png"))
+        result.append(
+            _write_anomalous_copy(
+                samples[index].image_path,
+                generator,
+                image_dir / f"{number:0{digits}d}.png",
+                mask_dir / f"{number:0{digits}d}_mask.png",
+            )
+        )
     return ImageDataset(result, transform)
 
 
-def _write_anomalous_copy(source: Path, generator: PerlinAnomalyGenerator, image_path: Path,
-                          mask_path: Path) -> Sample:
+def _write_anomalous_copy(source: Path, generator: PerlinAnomalyGenerator, image_path: Path, mask_path: Path) -> Sample:
     """Paint one synthetic anomaly onto ``source`` and write the image and its 0/255 mask."""
     from PIL import Image
 
@@ -291,9 +306,26 @@ def _write_anomalous_copy(source: Path, generator: PerlinAnomalyGenerator, image
 # The photographs scikit-image ships in its wheel (no download): its three texture images, then other
 # photos whose surfaces make varied "foreign" patches. DRÆM's paper uses the DTD texture dataset
 # (`data_scripts/download_dtd.py` fetches it for users who are online).
-SKIMAGE_TEXTURES = ("brick", "grass", "gravel", "camera", "coins", "moon", "astronaut", "coffee", "chelsea",
-                    "rocket", "hubble_deep_field", "immunohistochemistry", "retina", "cell", "colorwheel", "clock",
-                    "page", "text")
+SKIMAGE_TEXTURES = (
+    "brick",
+    "grass",
+    "gravel",
+    "camera",
+    "coins",
+    "moon",
+    "astronaut",
+    "coffee",
+    "chelsea",
+    "rocket",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "retina",
+    "cell",
+    "colorwheel",
+    "clock",
+    "page",
+    "text",
+)
 
 
 def skimage_textures(folder: PathLike | None = None) -> Path:
@@ -317,7 +349,7 @@ def skimage_textures(folder: PathLike | None = None) -> Path:
         if pixels.dtype == bool:
             pixels = pixels.astype(np.uint8) * 255
         image = Image.fromarray(pixels).convert("RGB")
-        partial = path.with_name(path.name + ".part")    # not an image suffix: never read as a texture
+        partial = path.with_name(path.name + ".part")  # not an image suffix: never read as a texture
         image.save(partial, format="PNG")
-        partial.replace(path)                       # never a half-written texture
+        partial.replace(path)  # never a half-written texture
     return folder

@@ -34,9 +34,9 @@ from __future__ import annotations
 
 import warnings
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence, Union
 
 import numpy as np
 import torch
@@ -47,7 +47,7 @@ from adlearn.data.errors import DataError
 from adlearn.data.layout import find_mask, list_images, mvtec_categories
 from adlearn.data.transforms import ImageTransform
 
-PathLike = Union[str, Path]
+PathLike = str | Path
 
 SPLITS: tuple[str, ...] = ("train", "test")
 
@@ -72,8 +72,10 @@ def load_image(path: PathLike) -> Image.Image:
     except FileNotFoundError as error:
         raise DataError(f"image file {path} does not exist (was it moved or deleted?)") from error
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        raise DataError(f"cannot read image file {path}: {error}. The file is corrupt or not an "
-                        f"image; re-download the dataset or delete this file.") from error
+        raise DataError(
+            f"cannot read image file {path}: {error}. The file is corrupt or not an "
+            f"image; re-download the dataset or delete this file."
+        ) from error
 
 
 def load_mask(path: PathLike) -> Image.Image:
@@ -86,8 +88,10 @@ def load_mask(path: PathLike) -> Image.Image:
     except FileNotFoundError as error:
         raise DataError(f"mask file {path} does not exist (was it moved or deleted?)") from error
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        raise DataError(f"cannot read mask file {path}: {error}. The file is corrupt or not an "
-                        f"image; re-download the dataset or delete this file.") from error
+        raise DataError(
+            f"cannot read mask file {path}: {error}. The file is corrupt or not an "
+            f"image; re-download the dataset or delete this file."
+        ) from error
 
 
 def _check_split(split: str) -> str:
@@ -119,14 +123,21 @@ class ImageDataset(Dataset):
         if sample.mask_path is not None:
             pil_mask = load_mask(sample.mask_path)
             if pil_mask.size != pil_image.size:  # a mask of another size belongs to another image
-                raise DataError(f"mask {sample.mask_path} is {pil_mask.size[0]}x{pil_mask.size[1]} "
-                                f"but image {sample.image_path} is {pil_image.size[0]}x"
-                                f"{pil_image.size[1]}; check that they belong together")
+                raise DataError(
+                    f"mask {sample.mask_path} is {pil_mask.size[0]}x{pil_mask.size[1]} "
+                    f"but image {sample.image_path} is {pil_image.size[0]}x"
+                    f"{pil_image.size[1]}; check that they belong together"
+                )
             mask = self.transform.mask(pil_mask)  # (H, W)
         else:
             mask = torch.zeros(image.shape[-2:], dtype=torch.float32)  # (H, W)
-        return {"image": image, "mask": mask, "label": int(sample.label),
-                "defect_type": sample.defect_type, "image_path": str(sample.image_path)}
+        return {
+            "image": image,
+            "mask": mask,
+            "label": int(sample.label),
+            "defect_type": sample.defect_type,
+            "image_path": str(sample.image_path),
+        }
 
     @property
     def labels(self) -> list[int]:
@@ -163,14 +174,14 @@ class MVTecDataset(ImageDataset):
         >>> item = ds[0]; item["image"].shape, item["mask"].shape, item["label"]
     """
 
-    def __init__(self, root: PathLike, category: str, split: str = "train",
-                 transform: ImageTransform | None = None) -> None:
+    def __init__(
+        self, root: PathLike, category: str, split: str = "train", transform: ImageTransform | None = None
+    ) -> None:
         self.root = Path(root).expanduser()
         self.category = category
         self.split = _check_split(split)
         category_dir = self._category_dir()
-        samples = (_mvtec_train_samples(category_dir) if split == "train"
-                   else _mvtec_test_samples(category_dir))
+        samples = _mvtec_train_samples(category_dir) if split == "train" else _mvtec_test_samples(category_dir)
         super().__init__(samples, transform)
 
     def _category_dir(self) -> Path:
@@ -178,39 +189,38 @@ class MVTecDataset(ImageDataset):
             raise DataError(
                 f"dataset root {self.root} does not exist. Download MVTec AD with "
                 f"`python data_scripts/download_mvtec.py --dest DIR` and pass DIR, or use the "
-                f"embedded dataset: adlearn.data.synthetic_root()")
+                f"embedded dataset: adlearn.data.synthetic_root()"
+            )
         category_dir = self.root / self.category
         if not category_dir.is_dir():
             found = mvtec_categories(self.root)
             listing = ", ".join(found) if found else "none (is this the right folder?)"
-            raise DataError(f"category {self.category!r} not found in {self.root}. "
-                            f"Categories found there: {listing}")
+            raise DataError(f"category {self.category!r} not found in {self.root}. Categories found there: {listing}")
         return category_dir
 
     def __repr__(self) -> str:
-        return (f"MVTecDataset(category={self.category!r}, split={self.split!r}, "
-                f"{len(self)} images: {self.counts()})")
+        return f"MVTecDataset(category={self.category!r}, split={self.split!r}, {len(self)} images: {self.counts()})"
 
 
 def _mvtec_train_samples(category_dir: Path) -> list[Sample]:
     train_dir = category_dir / "train"
     good_dir = train_dir / "good"
     if not good_dir.is_dir():
-        raise DataError(f"{good_dir} does not exist: an MVTec category needs its normal training "
-                        f"images in train/good/")
+        raise DataError(f"{good_dir} does not exist: an MVTec category needs its normal training images in train/good/")
     others = sorted(p.name for p in train_dir.iterdir() if p.is_dir() and p.name != "good")
     if others:
         # MVTec trains on normal images only; say so rather than pretend the folders are not there
-        warnings.warn(f"{train_dir} has folders {others} besides good/; only good/ is used for "
-                      f"training", stacklevel=3)
+        warnings.warn(f"{train_dir} has folders {others} besides good/; only good/ is used for training", stacklevel=3)
     return [Sample(path, 0, "good") for path in list_images(good_dir, "MVTec train folder")]
 
 
 def _mvtec_test_samples(category_dir: Path) -> list[Sample]:
     test_dir = category_dir / "test"
     if not test_dir.is_dir():
-        raise DataError(f"{test_dir} does not exist: an MVTec category needs a test/ folder with "
-                        f"one subfolder per defect type (and good/)")
+        raise DataError(
+            f"{test_dir} does not exist: an MVTec category needs a test/ folder with "
+            f"one subfolder per defect type (and good/)"
+        )
     defect_dirs = sorted(p for p in test_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not defect_dirs:
         raise DataError(f"{test_dir} has no subfolders; expected test/good/ and test/<defect>/")
@@ -229,9 +239,12 @@ def _mvtec_test_samples(category_dir: Path) -> list[Sample]:
                 missing_masks.append(f"{path} (expected {mask_dir / (path.stem + '_mask.png')})")
             samples.append(Sample(path, 1, defect, mask))
     if missing_masks:
-        raise DataError(f"{len(missing_masks)} anomalous test images have no mask: "
-                        + "; ".join(missing_masks[:3]) + (" ..." if len(missing_masks) > 3 else "")
-                        + ". Restore ground_truth/<defect>/<stem>_mask.png or remove the images.")
+        raise DataError(
+            f"{len(missing_masks)} anomalous test images have no mask: "
+            + "; ".join(missing_masks[:3])
+            + (" ..." if len(missing_masks) > 3 else "")
+            + ". Restore ground_truth/<defect>/<stem>_mask.png or remove the images."
+        )
     return samples
 
 
@@ -256,10 +269,17 @@ class FolderDataset(ImageDataset):
         seed: seed of the hold-out choice.
     """
 
-    def __init__(self, normal_dir: PathLike, abnormal_dir: PathLike | None = None,
-                 mask_dir: PathLike | None = None, split: str = "train",
-                 transform: ImageTransform | None = None, normal_test_dir: PathLike | None = None,
-                 test_split_ratio: float = 0.2, seed: int = 0) -> None:
+    def __init__(
+        self,
+        normal_dir: PathLike,
+        abnormal_dir: PathLike | None = None,
+        mask_dir: PathLike | None = None,
+        split: str = "train",
+        transform: ImageTransform | None = None,
+        normal_test_dir: PathLike | None = None,
+        test_split_ratio: float = 0.2,
+        seed: int = 0,
+    ) -> None:
         self.split = _check_split(split)
         if not 0.0 <= test_split_ratio < 1.0:
             raise DataError(f"test_split_ratio must be in [0, 1), got {test_split_ratio}")
@@ -283,8 +303,9 @@ class FolderDataset(ImageDataset):
             samples = [Sample(path, 0, "good") for path in test_normal]
             samples += self._abnormal_samples()
             if not samples:
-                raise DataError("the test split is empty: pass abnormal_dir and/or "
-                                "normal_test_dir, or a test_split_ratio > 0")
+                raise DataError(
+                    "the test split is empty: pass abnormal_dir and/or normal_test_dir, or a test_split_ratio > 0"
+                )
         super().__init__(samples, transform)
 
     def _abnormal_samples(self) -> list[Sample]:
@@ -298,9 +319,11 @@ class FolderDataset(ImageDataset):
                 missing.append(path.name)
             samples.append(Sample(path, 1, defect, mask))
         if missing:
-            raise DataError(f"{len(missing)} anomalous images have no mask in {self.mask_dir} "
-                            f"(looked for <stem>.png and <stem>_mask.png): {missing[:5]}. Add the "
-                            f"masks, or pass mask_dir=None for image-level labels only.")
+            raise DataError(
+                f"{len(missing)} anomalous images have no mask in {self.mask_dir} "
+                f"(looked for <stem>.png and <stem>_mask.png): {missing[:5]}. Add the "
+                f"masks, or pass mask_dir=None for image-level labels only."
+            )
         return samples
 
 

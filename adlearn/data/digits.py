@@ -34,15 +34,15 @@ def digit_images(size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
     if size < 8:
         raise ValueError(f"size must be at least the digits' own 8 pixels, got {size}")
     bunch = load_digits()
-    pixels = torch.tensor(bunch.images, dtype=torch.float32)[:, None] / 16.0    # (N, 1, 8, 8) in [0, 1]
+    pixels = torch.tensor(bunch.images, dtype=torch.float32)[:, None] / 16.0  # (N, 1, 8, 8) in [0, 1]
     pixels = F.interpolate(pixels, size=size, mode="bilinear", align_corners=False)
     return normalize(pixels.expand(-1, 3, -1, -1).contiguous()), torch.tensor(bunch.target)
 
 
 class OneClassSplit(NamedTuple):
-    train: torch.Tensor            # indices of training images: all of one class
-    test: torch.Tensor             # indices of test images: the class's other half, then the others
-    is_anomalous: np.ndarray       # (len(test),) 0/1 labels for the test images
+    train: torch.Tensor  # indices of training images: all of one class
+    test: torch.Tensor  # indices of test images: the class's other half, then the others
+    is_anomalous: np.ndarray  # (len(test),) 0/1 labels for the test images
 
 
 def one_class_split(labels: torch.Tensor, digit: int, n_others: int | None = 150, seed: int = 0) -> OneClassSplit:
@@ -56,7 +56,7 @@ def one_class_split(labels: torch.Tensor, digit: int, n_others: int | None = 150
     own = own[torch.randperm(len(own), generator=generator)]
     others = torch.nonzero(labels != digit).squeeze(1)
     others = others[torch.randperm(len(others), generator=generator)[:n_others]]
-    train, test = own[: len(own) // 2], torch.cat([own[len(own) // 2:], others])
+    train, test = own[: len(own) // 2], torch.cat([own[len(own) // 2 :], others])
     return OneClassSplit(train, test, (labels[test] != digit).int().numpy())
 
 

@@ -26,7 +26,6 @@ import http.client
 import os
 import re
 import shutil
-import socket
 import stat
 import tarfile
 import urllib.error
@@ -34,18 +33,19 @@ import urllib.request
 import warnings
 import zipfile
 from pathlib import Path, PurePosixPath
-from typing import Union
 
 import numpy as np
 from PIL import Image
 
-from adlearn.data.layout import mvtec_categories
 from adlearn.data.errors import DataError
+from adlearn.data.layout import mvtec_categories
 
-PathLike = Union[str, Path]
+PathLike = str | Path
 
-MVTEC_URL = ("https://www.mydrive.ch/shares/38536/3830184030e49fe74747669442f0f282/download/"
-             "420938113-1629952094/mvtec_anomaly_detection.tar.xz")
+MVTEC_URL = (
+    "https://www.mydrive.ch/shares/38536/3830184030e49fe74747669442f0f282/download/"
+    "420938113-1629952094/mvtec_anomaly_detection.tar.xz"
+)
 #: SHA-256 of mvtec_anomaly_detection.tar.xz (5,264,982,680 bytes), as published by anomalib.
 MVTEC_SHA256: str | None = "cf4313b13603bec67abb49ca959488f7eedce2a9f7795ec54446c649ac98cd3d"
 
@@ -85,12 +85,16 @@ def verify_checksum(path: PathLike, expected: str | None) -> str:
     """Compare ``path``'s SHA-256 with ``expected``; with ``None``, warn and report the hash."""
     actual = sha256_file(path)
     if expected is None:
-        warnings.warn(f"no published checksum to compare {path} with; its sha256 is {actual}. "
-                      f"Compare it with a trusted source before relying on the data.",
-                      stacklevel=2)
+        warnings.warn(
+            f"no published checksum to compare {path} with; its sha256 is {actual}. "
+            f"Compare it with a trusted source before relying on the data.",
+            stacklevel=2,
+        )
     elif actual != expected.lower():
-        raise ChecksumError(f"{path} has sha256 {actual}, expected {expected.lower()}: the file is "
-                            f"corrupt or not the published one. Delete it and download it again.")
+        raise ChecksumError(
+            f"{path} has sha256 {actual}, expected {expected.lower()}: the file is "
+            f"corrupt or not the published one. Delete it and download it again."
+        )
     return actual
 
 
@@ -100,11 +104,11 @@ class _Interrupted(Exception):
 
 
 def _offline_message(url: str, reason: object, part: Path) -> str:
-    resume = (f" The {part.stat().st_size} bytes already in {part} will be reused next time."
-              if part.exists() else "")
-    return (f"could not download {url} ({reason}). Are you offline? Download the file by hand "
-            f"(e.g. in a browser) and pass it with --archive PATH (archive=PATH in Python)."
-            + resume)
+    resume = f" The {part.stat().st_size} bytes already in {part} will be reused next time." if part.exists() else ""
+    return (
+        f"could not download {url} ({reason}). Are you offline? Download the file by hand "
+        f"(e.g. in a browser) and pass it with --archive PATH (archive=PATH in Python)." + resume
+    )
 
 
 def _progress_bar(total: int | None, initial: int, name: str, enabled: bool):
@@ -124,16 +128,13 @@ def _fetch(url: str, part: Path, timeout: float, chunk_size: int, progress: bool
     if start:
         headers["Range"] = f"bytes={start}-"
     try:
-        response = urllib.request.urlopen(urllib.request.Request(url, headers=headers),
-                                          timeout=timeout)
+        response = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
     except urllib.error.HTTPError as error:
         if error.code == 416 and start:  # "range not satisfiable": we already have every byte
             return
-        raise DownloadError(f"the server answered HTTP {error.code} ({error.reason}) for {url}"
-                            ) from error
-    except (urllib.error.URLError, socket.timeout, ConnectionError) as error:
-        raise DownloadError(_offline_message(url, getattr(error, "reason", error), part)
-                            ) from error
+        raise DownloadError(f"the server answered HTTP {error.code} ({error.reason}) for {url}") from error
+    except (TimeoutError, urllib.error.URLError, ConnectionError) as error:
+        raise DownloadError(_offline_message(url, getattr(error, "reason", error), part)) from error
     with response:
         resumed = start > 0 and response.status == 206 and _range_start(response) == start
         if not resumed:
@@ -147,7 +148,7 @@ def _fetch(url: str, part: Path, timeout: float, chunk_size: int, progress: bool
                 while True:
                     try:
                         block = response.read(chunk_size)
-                    except (http.client.IncompleteRead, ConnectionError, socket.timeout) as error:
+                    except (TimeoutError, http.client.IncompleteRead, ConnectionError) as error:
                         raise _Interrupted(error) from error
                     if not block:
                         break
@@ -168,9 +169,16 @@ def _range_start(response) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def download_file(url: str, dest: PathLike, sha256: str | None = None, *, retries: int = 3,
-                  timeout: float = 60.0, chunk_size: int = 1 << 20,
-                  progress: bool = True) -> Path:
+def download_file(
+    url: str,
+    dest: PathLike,
+    sha256: str | None = None,
+    *,
+    retries: int = 3,
+    timeout: float = 60.0,
+    chunk_size: int = 1 << 20,
+    progress: bool = True,
+) -> Path:
     """Download ``url`` to ``dest`` (resuming a previous ``dest.part``) and check its SHA-256.
 
     A file already at ``dest`` with the right checksum is not downloaded again. After an
@@ -197,7 +205,8 @@ def download_file(url: str, dest: PathLike, sha256: str | None = None, *, retrie
                     f"the download of {url} was interrupted ({error}; {attempt} "
                     f"attempt{'s' if attempt > 1 else ''}). "
                     f"Run the same command again to resume from {part} "
-                    f"({part.stat().st_size if part.exists() else 0} bytes so far).") from error
+                    f"({part.stat().st_size if part.exists() else 0} bytes so far)."
+                ) from error
     try:
         verify_checksum(part, sha256)
     except ChecksumError:
@@ -216,11 +225,15 @@ def _member_target(name: str, root: Path, archive: Path) -> Path:
     """Where member ``name`` would land; an error if that is outside ``root``."""
     clean = name.replace("\\", "/")
     if clean.startswith("/") or re.match(r"^[A-Za-z]:", clean):
-        raise UnsafeArchiveError(f"{archive} contains an absolute path {name!r}; refusing to "
-                                 f"extract an archive that writes outside its folder")
+        raise UnsafeArchiveError(
+            f"{archive} contains an absolute path {name!r}; refusing to "
+            f"extract an archive that writes outside its folder"
+        )
     if ".." in PurePosixPath(clean).parts:
-        raise UnsafeArchiveError(f"{archive} contains a path with '..' ({name!r}) that could "
-                                 f"escape the target folder; refusing to extract it")
+        raise UnsafeArchiveError(
+            f"{archive} contains a path with '..' ({name!r}) that could "
+            f"escape the target folder; refusing to extract it"
+        )
     target = Path(os.path.normpath(root / clean))
     if not _inside(target, root):
         raise UnsafeArchiveError(f"{archive} member {name!r} would land outside {root}")
@@ -234,18 +247,21 @@ def _check_tar(tar: tarfile.TarFile, root: Path, archive: Path) -> None:
             link = member.linkname.replace("\\", "/")
             pointed = Path(os.path.normpath(target.parent / link))
             if link.startswith("/") or not _inside(pointed, root):
-                raise UnsafeArchiveError(f"{archive} contains a symbolic link {member.name!r} -> "
-                                         f"{member.linkname!r} pointing outside the target folder")
+                raise UnsafeArchiveError(
+                    f"{archive} contains a symbolic link {member.name!r} -> "
+                    f"{member.linkname!r} pointing outside the target folder"
+                )
         elif member.islnk():
             try:
                 _member_target(member.linkname, root, archive)
             except UnsafeArchiveError as error:
-                raise UnsafeArchiveError(f"{archive} contains a hard link {member.name!r} -> "
-                                         f"{member.linkname!r} pointing outside the target "
-                                         f"folder") from error
+                raise UnsafeArchiveError(
+                    f"{archive} contains a hard link {member.name!r} -> "
+                    f"{member.linkname!r} pointing outside the target "
+                    f"folder"
+                ) from error
         elif not (member.isfile() or member.isdir()):
-            raise UnsafeArchiveError(f"{archive} contains a device or pipe {member.name!r}; "
-                                     f"refusing to extract it")
+            raise UnsafeArchiveError(f"{archive} contains a device or pipe {member.name!r}; refusing to extract it")
 
 
 def _check_zip(archive_zip: zipfile.ZipFile, root: Path, archive: Path) -> None:
@@ -253,8 +269,9 @@ def _check_zip(archive_zip: zipfile.ZipFile, root: Path, archive: Path) -> None:
         _member_target(info.filename, root, archive)
         if stat.S_ISLNK(info.external_attr >> 16):
             # zipfile would write a link as a small text file; neither is what the author meant
-            raise UnsafeArchiveError(f"{archive} contains a symbolic link {info.filename!r}; "
-                                     f"links in zip files are not extracted")
+            raise UnsafeArchiveError(
+                f"{archive} contains a symbolic link {info.filename!r}; links in zip files are not extracted"
+            )
 
 
 def safe_extract(archive: PathLike, dest: PathLike) -> Path:
@@ -292,12 +309,15 @@ def _find_mvtec_root(folder: Path) -> Path:
     for child in sorted(p for p in folder.iterdir() if p.is_dir()):
         if mvtec_categories(child):
             return child
-    raise DataError(f"no MVTec-style category (a folder with train/ and test/) found in {folder} "
-                    f"after extraction; is this the right archive?")
+    raise DataError(
+        f"no MVTec-style category (a folder with train/ and test/) found in {folder} "
+        f"after extraction; is this the right archive?"
+    )
 
 
-def _obtain_archive(url: str, dest: Path, name: str, archive: PathLike | None,
-                    sha256: str | None, progress: bool) -> Path:
+def _obtain_archive(
+    url: str, dest: Path, name: str, archive: PathLike | None, sha256: str | None, progress: bool
+) -> Path:
     if archive is None:
         return download_file(url, dest / name, sha256, progress=progress)
     archive = Path(archive).expanduser()
@@ -307,8 +327,13 @@ def _obtain_archive(url: str, dest: Path, name: str, archive: PathLike | None,
     return archive
 
 
-def prepare_mvtec(dest: PathLike, archive: PathLike | None = None, url: str = MVTEC_URL,
-                  sha256: str | None = MVTEC_SHA256, progress: bool = True) -> Path:
+def prepare_mvtec(
+    dest: PathLike,
+    archive: PathLike | None = None,
+    url: str = MVTEC_URL,
+    sha256: str | None = MVTEC_SHA256,
+    progress: bool = True,
+) -> Path:
     """Download (or take ``archive``), verify and extract MVTec AD into ``dest``; return root."""
     dest = Path(dest).expanduser()
     dest.mkdir(parents=True, exist_ok=True)
@@ -325,8 +350,9 @@ def _find_visa_root(folder: Path) -> Path:
     for candidate in (folder, *sorted(p for p in folder.iterdir() if p.is_dir())):
         if (candidate / "split_csv" / "1cls.csv").is_file():
             return candidate
-    raise DataError(f"split_csv/1cls.csv not found in {folder} or its subfolders; is this the "
-                    f"VisA archive (VisA_20220922.tar)?")
+    raise DataError(
+        f"split_csv/1cls.csv not found in {folder} or its subfolders; is this the VisA archive (VisA_20220922.tar)?"
+    )
 
 
 def _binarize_mask(source: Path, target: Path) -> None:
@@ -355,8 +381,10 @@ def convert_visa_to_mvtec(visa_root: PathLike, dest: PathLike) -> Path:
     visa_root, dest = Path(visa_root).expanduser(), Path(dest).expanduser()
     csv_path = visa_root / "split_csv" / "1cls.csv"
     if not csv_path.is_file():
-        raise DataError(f"{csv_path} not found; pass the folder that holds split_csv/ and the "
-                        f"category folders of the extracted VisA archive")
+        raise DataError(
+            f"{csv_path} not found; pass the folder that holds split_csv/ and the "
+            f"category folders of the extracted VisA archive"
+        )
     with open(csv_path, newline="") as file:
         rows = list(csv.DictReader(file))
     required = {"object", "split", "label", "image", "mask"}
@@ -377,15 +405,15 @@ def convert_visa_to_mvtec(visa_root: PathLike, dest: PathLike) -> Path:
         elif label in _ANOMALY_LABELS:
             folder = "bad"
         else:
-            raise DataError(f"{csv_path}: unknown label {row['label']!r} (expected normal or "
-                            f"anomaly)")
+            raise DataError(f"{csv_path}: unknown label {row['label']!r} (expected normal or anomaly)")
         if split not in ("train", "test") or (split == "train" and folder == "bad"):
-            raise DataError(f"{csv_path}: unexpected split {row['split']!r} for {source}; the "
-                            f"1-class split has normal train images and normal/anomalous test ones")
+            raise DataError(
+                f"{csv_path}: unexpected split {row['split']!r} for {source}; the "
+                f"1-class split has normal train images and normal/anomalous test ones"
+            )
         target = dest / category / split / folder / source.name
         if target in planned:
-            raise DataError(f"two VisA images would both become {target}: {planned[target]} and "
-                            f"{source}")
+            raise DataError(f"two VisA images would both become {target}: {planned[target]} and {source}")
         planned[target] = source
         if folder == "bad":
             mask = visa_root / row["mask"].strip() if row["mask"].strip() else None
@@ -395,8 +423,10 @@ def convert_visa_to_mvtec(visa_root: PathLike, dest: PathLike) -> Path:
             mask_target = dest / category / "ground_truth" / "bad" / f"{source.stem}_mask.png"
             masks.append((mask, mask_target))
     if missing:
-        raise DataError(f"{len(missing)} files listed in {csv_path} are missing, e.g. "
-                        f"{missing[:3]}; the VisA extraction is incomplete, extract it again")
+        raise DataError(
+            f"{len(missing)} files listed in {csv_path} are missing, e.g. "
+            f"{missing[:3]}; the VisA extraction is incomplete, extract it again"
+        )
     for target, source in planned.items():
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, target)
@@ -406,9 +436,14 @@ def convert_visa_to_mvtec(visa_root: PathLike, dest: PathLike) -> Path:
     return dest
 
 
-def prepare_visa(dest: PathLike, archive: PathLike | None = None, url: str = VISA_URL,
-                 sha256: str | None = VISA_SHA256, keep_raw: bool = False,
-                 progress: bool = True) -> Path:
+def prepare_visa(
+    dest: PathLike,
+    archive: PathLike | None = None,
+    url: str = VISA_URL,
+    sha256: str | None = VISA_SHA256,
+    keep_raw: bool = False,
+    progress: bool = True,
+) -> Path:
     """Download (or take ``archive``), verify, extract and convert VisA; returns ``<dest>/visa``."""
     dest = Path(dest).expanduser()
     dest.mkdir(parents=True, exist_ok=True)
@@ -429,12 +464,19 @@ def _find_dtd_images(folder: Path) -> Path:
     for candidate in (folder / "dtd" / "images", folder / "images", *sorted(folder.glob("*/dtd/images"))):
         if candidate.is_dir() and any(candidate.rglob("*.jpg")):
             return candidate
-    raise DataError(f"no dtd/images folder with .jpg textures found in {folder} after extraction; "
-                    "is this the right archive (dtd-r1.0.1.tar.gz)?")
+    raise DataError(
+        f"no dtd/images folder with .jpg textures found in {folder} after extraction; "
+        "is this the right archive (dtd-r1.0.1.tar.gz)?"
+    )
 
 
-def prepare_dtd(dest: PathLike, archive: PathLike | None = None, url: str = DTD_URL,
-                sha256: str | None = DTD_SHA256, progress: bool = True) -> Path:
+def prepare_dtd(
+    dest: PathLike,
+    archive: PathLike | None = None,
+    url: str = DTD_URL,
+    sha256: str | None = DTD_SHA256,
+    progress: bool = True,
+) -> Path:
     """Download (or take ``archive``), verify and extract DTD into ``dest``; returns the images folder,
     ready for DRÆM's ``anomaly_source=`` (or `PerlinAnomalyGenerator`'s ``anomaly_source_path``)."""
     dest = Path(dest).expanduser()

@@ -7,11 +7,10 @@ should start quickly.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Union
 
 from adlearn.data.errors import DataError
 
-PathLike = Union[str, Path]
+PathLike = str | Path
 
 #: File suffixes read as images (compared case-insensitively, so VisA's ``.JPG`` works).
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -39,16 +38,15 @@ def list_images(folder: PathLike, what: str = "image folder") -> list[Path]:
         if others:
             hint += f" It holds other files: {others[:5]}."
         if subfolders:
-            hint += (f" It has subfolders {subfolders[:5]}: pass one of them "
-                     f"(e.g. {folder / subfolders[0]}) instead.")
-        raise DataError(f"{what} {folder} contains no images "
-                        f"(looked for {', '.join(IMAGE_EXTENSIONS)}).{hint}")
+            hint += f" It has subfolders {subfolders[:5]}: pass one of them (e.g. {folder / subfolders[0]}) instead."
+        raise DataError(f"{what} {folder} contains no images (looked for {', '.join(IMAGE_EXTENSIONS)}).{hint}")
     if others or subfolders:
         unexpected = others + [name + "/" for name in subfolders]
         raise DataError(
             f"{what} {folder} contains {len(unexpected)} entries that are not images: "
             f"{unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}. Move them out of the folder "
-            f"(subfolders are not searched) or convert them to one of {IMAGE_EXTENSIONS}.")
+            f"(subfolders are not searched) or convert them to one of {IMAGE_EXTENSIONS}."
+        )
     return images
 
 
@@ -67,5 +65,4 @@ def mvtec_categories(root: PathLike) -> list[str]:
     root = Path(root).expanduser()
     if not root.is_dir():
         return []
-    return sorted(p.name for p in root.iterdir()
-                  if p.is_dir() and ((p / "train").is_dir() or (p / "test").is_dir()))
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and ((p / "train").is_dir() or (p / "test").is_dir()))

@@ -29,9 +29,22 @@ from adlearn.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 # (package, path inside it): colour and grey photographs and natural textures (no drawings, text,
 # microscopy or charts).
-_SKIMAGE = ("astronaut.png", "coffee.png", "chelsea.png", "motorcycle_left.png", "motorcycle_right.png",
-            "rocket.jpg", "hubble_deep_field.jpg", "camera.png", "moon.png", "coins.png", "gravel.png",
-            "brick.png", "grass.png", "retina.jpg")
+_SKIMAGE = (
+    "astronaut.png",
+    "coffee.png",
+    "chelsea.png",
+    "motorcycle_left.png",
+    "motorcycle_right.png",
+    "rocket.jpg",
+    "hubble_deep_field.jpg",
+    "camera.png",
+    "moon.png",
+    "coins.png",
+    "gravel.png",
+    "brick.png",
+    "grass.png",
+    "retina.jpg",
+)
 _SKLEARN = ("china.jpg", "flower.jpg")
 _MATPLOTLIB = ("grace_hopper.jpg", "Minduka_Present_Blue_Pack.png")
 
@@ -75,8 +88,10 @@ def load_natural_images() -> tuple[torch.Tensor, ...]:
             array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
         images.append(torch.from_numpy(array).permute(2, 0, 1).contiguous())
     if not images:
-        raise RuntimeError("no natural images found: they come with scikit-image, scikit-learn and matplotlib "
-                           "(pip install scikit-image scikit-learn matplotlib)")
+        raise RuntimeError(
+            "no natural images found: they come with scikit-image, scikit-learn and matplotlib "
+            "(pip install scikit-image scikit-learn matplotlib)"
+        )
     return tuple(images)
 
 
@@ -96,8 +111,14 @@ class NaturalImageCrops:
         grayscale: probability of a grey view. normalize: ImageNet-normalise (like `ImageTransform`).
     """
 
-    def __init__(self, size: int | tuple[int, int], seed: int = 0, min_scale: float = 0.25,
-                 grayscale: float = 0.1, normalize: bool = True):
+    def __init__(
+        self,
+        size: int | tuple[int, int],
+        seed: int = 0,
+        min_scale: float = 0.25,
+        grayscale: float = 0.1,
+        normalize: bool = True,
+    ):
         self.size = (size, size) if isinstance(size, int) else tuple(size)
         if not 0 < min_scale <= 1:
             raise ValueError(f"min_scale must be in (0, 1], got {min_scale}")
@@ -118,7 +139,7 @@ class NaturalImageCrops:
         crop_w = max(8, min(width, int(crop_h * aspect)))
         top = int(self._uniform() * (height - crop_h + 1))
         left = int(self._uniform() * (width - crop_w + 1))
-        crop = image[None, :, top:top + crop_h, left:left + crop_w]
+        crop = image[None, :, top : top + crop_h, left : left + crop_w]
         crop = F.interpolate(crop, size=self.size, mode="bilinear", align_corners=False, antialias=True)
         if self._uniform() < 0.5:
             crop = crop.flip(-1)

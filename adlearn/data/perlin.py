@@ -23,13 +23,13 @@ The raw result lies in ``[-sqrt(2)/2, sqrt(2)/2]``; we scale it by ``sqrt(2)`` s
 from __future__ import annotations
 
 import math
-from typing import Callable, Union
+from collections.abc import Callable
 
 import numpy as np
 
 from adlearn.data.errors import DataError
 
-RNGLike = Union[np.random.Generator, int, None]
+RNGLike = np.random.Generator | int | None
 Fade = Callable[[np.ndarray], np.ndarray]
 
 
@@ -56,8 +56,9 @@ def random_gradients(res: tuple[int, int], rng: np.random.Generator) -> np.ndarr
     return np.stack([np.cos(angles), np.sin(angles)], axis=-1)  # (..., 2) as (gy, gx)
 
 
-def perlin_at(gradients: np.ndarray, y: np.ndarray, x: np.ndarray,
-              fade: Fade = fade_quintic, outside: float = 0.0) -> np.ndarray:
+def perlin_at(
+    gradients: np.ndarray, y: np.ndarray, x: np.ndarray, fade: Fade = fade_quintic, outside: float = 0.0
+) -> np.ndarray:
     """Perlin noise at lattice coordinates ``(y, x)`` (arrays of any equal shape), in [-1, 1].
 
     Coordinates are in lattice units: ``y`` in ``[0, res_y]``. Points outside the lattice get
@@ -82,8 +83,9 @@ def perlin_at(gradients: np.ndarray, y: np.ndarray, x: np.ndarray,
     return np.where(inside, np.clip(noise, -1.0, 1.0), outside)
 
 
-def random_2d_perlin(shape: int | tuple[int, int], res: int | tuple[int, int],
-                     fade: Fade = fade_quintic, rng: RNGLike = None) -> np.ndarray:
+def random_2d_perlin(
+    shape: int | tuple[int, int], res: int | tuple[int, int], fade: Fade = fade_quintic, rng: RNGLike = None
+) -> np.ndarray:
     """A ``shape``-sized float32 array of 2-D Perlin noise in [-1, 1] with ``res`` cells per axis.
 
     When ``shape`` is not a multiple of ``res``, the noise is made on the next multiple and
@@ -116,15 +118,20 @@ def random_2d_perlin(shape: int | tuple[int, int], res: int | tuple[int, int],
     return np.clip(noise, -1.0, 1.0).astype(np.float32)  # (H, W)
 
 
-def fractal_perlin(shape: int | tuple[int, int], res: int | tuple[int, int], octaves: int = 4,
-                   persistence: float = 0.5, rng: RNGLike = None) -> np.ndarray:
+def fractal_perlin(
+    shape: int | tuple[int, int],
+    res: int | tuple[int, int],
+    octaves: int = 4,
+    persistence: float = 0.5,
+    rng: RNGLike = None,
+) -> np.ndarray:
     """Sum of Perlin octaves (each twice as fine, ``persistence`` times as strong), in [-1, 1]."""
     rng = as_rng(rng)
     res_y, res_x = _as_pair(res, "res")
     total = np.zeros(_as_pair(shape, "shape"), dtype=np.float32)
     amplitude, norm = 1.0, 0.0
     for octave in range(octaves):
-        scale = 2 ** octave
+        scale = 2**octave
         total += amplitude * random_2d_perlin(shape, (res_y * scale, res_x * scale), rng=rng)
         norm += amplitude
         amplitude *= persistence

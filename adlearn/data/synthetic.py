@@ -39,10 +39,10 @@ import shutil
 import time
 import uuid
 import zlib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Iterable
 
 import numpy as np
 from PIL import Image
@@ -59,8 +59,7 @@ DEFECT_TYPES: dict[str, tuple[str, ...]] = {
     "pill": ("color", "crack", "spot"),
     "ring": ("crack", "missing", "scratch"),
 }
-CATEGORY_KIND: dict[str, str] = {"weave": "texture", "marble": "texture",
-                                 "pill": "object", "ring": "object"}
+CATEGORY_KIND: dict[str, str] = {"weave": "texture", "marble": "texture", "pill": "object", "ring": "object"}
 SYNTHETIC_CATEGORIES: tuple[str, ...] = tuple(DEFECT_TYPES)
 
 MARKER_NAME = ".adlearn_synthetic.json"  # inside each category folder we wrote
@@ -84,7 +83,7 @@ class Canvas:
 
 @lru_cache(maxsize=8)
 def make_canvas(size: int) -> Canvas:
-    centres = ((np.arange(size, dtype=np.float32) + 0.5) / size)
+    centres = (np.arange(size, dtype=np.float32) + 0.5) / size
     yy, xx = np.meshgrid(centres, centres, indexing="ij")
     yy.flags.writeable = False  # shared through the cache: never modify in place
     xx.flags.writeable = False
@@ -97,14 +96,14 @@ def coverage(sdf: np.ndarray, px: float, softness: float = 1.0) -> np.ndarray:
     return np.clip(0.5 - sdf / (px * softness), 0.0, 1.0).astype(np.float32)
 
 
-def blob_sdf(c: Canvas, cy: float, cx: float, radius: float, rng: np.random.Generator,
-             wobble: float = 0.3) -> np.ndarray:
+def blob_sdf(
+    c: Canvas, cy: float, cx: float, radius: float, rng: np.random.Generator, wobble: float = 0.3
+) -> np.ndarray:
     """Approximate signed distance to an irregular blob: a circle with a wobbling radius."""
     dy, dx = c.yy - cy, c.xx - cx
     theta = np.arctan2(dy, dx)
     harmonics = range(2, 6)
-    amplitudes = [float(a) / math.sqrt(n - 1) for a, n in
-                  zip(rng.uniform(0, wobble, size=4), harmonics)]
+    amplitudes = [float(a) / math.sqrt(n - 1) for a, n in zip(rng.uniform(0, wobble, size=4), harmonics)]
     phases = [float(p) for p in rng.uniform(0, 2 * math.pi, size=4)]
     wobbly = 1 + sum(a * np.cos(n * theta + p) for a, n, p in zip(amplitudes, harmonics, phases))
     return np.hypot(dy, dx) - radius * np.maximum(wobbly, 0.3)
@@ -135,8 +134,14 @@ def polyline_sdf(c: Canvas, points: np.ndarray, half_widths: np.ndarray) -> np.n
     return far
 
 
-def random_walk(rng: np.random.Generator, start: tuple[float, float], angle: float,
-                length: float, steps: int = 14, wiggle: float = 0.35) -> np.ndarray:
+def random_walk(
+    rng: np.random.Generator,
+    start: tuple[float, float],
+    angle: float,
+    length: float,
+    steps: int = 14,
+    wiggle: float = 0.35,
+) -> np.ndarray:
     """A jagged path (cracks): equal steps whose direction drifts randomly; ``(steps + 1, 2)``."""
     points = [np.asarray(start, dtype=np.float64)]
     for _ in range(steps):
@@ -145,8 +150,9 @@ def random_walk(rng: np.random.Generator, start: tuple[float, float], angle: flo
     return np.stack(points)
 
 
-def bent_line(rng: np.random.Generator, start: tuple[float, float], angle: float, length: float,
-              bend: float, n: int = 20) -> np.ndarray:
+def bent_line(
+    rng: np.random.Generator, start: tuple[float, float], angle: float, length: float, bend: float, n: int = 20
+) -> np.ndarray:
     """A smooth curve (scratches, loose threads): a quadratic Bézier bent sideways by ``bend``."""
     p0 = np.asarray(start, dtype=np.float64)
     direction = np.array([math.sin(angle), math.cos(angle)])
@@ -154,13 +160,13 @@ def bent_line(rng: np.random.Generator, start: tuple[float, float], angle: float
     p2 = p0 + length * direction
     p1 = (p0 + p2) / 2 + bend * length * normal
     t = np.linspace(0, 1, n)[:, None]
-    return (1 - t) ** 2 * p0 + 2 * (1 - t) * t * p1 + t ** 2 * p2
+    return (1 - t) ** 2 * p0 + 2 * (1 - t) * t * p1 + t**2 * p2
 
 
 def taper(n: int, wide: float, narrow: float) -> np.ndarray:
     """Half-widths along a line: ``wide`` in the middle, ``narrow`` at both ends."""
     t = np.linspace(-1, 1, n)
-    return (narrow + (wide - narrow) * (1 - t ** 2)).astype(np.float64)
+    return (narrow + (wide - narrow) * (1 - t**2)).astype(np.float64)
 
 
 def luminance(image: np.ndarray) -> np.ndarray:
@@ -193,8 +199,7 @@ class Scene:
 
 
 def jitter_colour(rng: np.random.Generator, colour: Iterable[float], amount: float = 0.03):
-    return (np.asarray(colour, dtype=np.float32)
-            * rng.uniform(1 - amount, 1 + amount, size=3)).astype(np.float32)
+    return (np.asarray(colour, dtype=np.float32) * rng.uniform(1 - amount, 1 + amount, size=3)).astype(np.float32)
 
 
 def texture_point(rng: np.random.Generator) -> tuple[float, float]:
@@ -226,8 +231,7 @@ def draw_weave(c: Canvas, rng: np.random.Generator) -> Scene:
     light = lighting(c, rng) * (1 + 0.05 * random_2d_perlin(c.size, 2, rng=rng))
     brightness = (0.35 + 0.65 * shade) * (1 + variation) * light
     image = colour * brightness[..., None].astype(np.float32)
-    return Scene(image.astype(np.float32), np.ones((c.size, c.size), np.float32),
-                 {"period": period})
+    return Scene(image.astype(np.float32), np.ones((c.size, c.size), np.float32), {"period": period})
 
 
 def weave_hole(c: Canvas, s: Scene, rng: np.random.Generator) -> np.ndarray:
@@ -251,8 +255,9 @@ def weave_stain(c: Canvas, s: Scene, rng: np.random.Generator) -> np.ndarray:
 def weave_thread(c: Canvas, s: Scene, rng: np.random.Generator) -> np.ndarray:
     """Extra part: a loose dark fibre lying across the fabric."""
     half_width = 0.3 * s.info["period"]
-    points = bent_line(rng, texture_point(rng), rng.uniform(0, 2 * math.pi),
-                       rng.uniform(0.25, 0.45), rng.uniform(-0.3, 0.3))
+    points = bent_line(
+        rng, texture_point(rng), rng.uniform(0, 2 * math.pi), rng.uniform(0.25, 0.45), rng.uniform(-0.3, 0.3)
+    )
     sdf = polyline_sdf(c, points, np.full(len(points), half_width))
     alpha = coverage(sdf, c.px)
     # rounded fibre: bright along its middle, darker towards its edges
@@ -262,13 +267,11 @@ def weave_thread(c: Canvas, s: Scene, rng: np.random.Generator) -> np.ndarray:
     return blend(s.image, fibre, alpha)
 
 
-def recolour(c: Canvas, s: Scene, rng: np.random.Generator, cy: float, cx: float,
-             radius: float) -> np.ndarray:
+def recolour(c: Canvas, s: Scene, rng: np.random.Generator, cy: float, cx: float, radius: float) -> np.ndarray:
     """Colour change: inside a blob, keep the shading but swap the hue."""
     alpha = coverage(blob_sdf(c, cy, cx, radius, rng), c.px) * s.support
     alpha = alpha * rng.uniform(0.6, 0.85)
-    palette = np.array([[0.95, 0.35, 0.30], [0.35, 0.50, 0.95], [0.40, 0.80, 0.35],
-                        [0.95, 0.85, 0.30]], np.float32)
+    palette = np.array([[0.95, 0.35, 0.30], [0.35, 0.50, 0.95], [0.40, 0.80, 0.35], [0.95, 0.85, 0.30]], np.float32)
     tint = palette[int(rng.integers(len(palette)))]
     shaded = luminance(s.image)[..., None] * tint * 1.4
     return blend(s.image, np.clip(shaded, 0, 1), alpha)
@@ -285,36 +288,34 @@ def draw_marble(c: Canvas, rng: np.random.Generator) -> Scene:
     frequency = rng.uniform(2.0, 3.5)  # vein bands across the image
     turbulence = fractal_perlin(c.size, 3, octaves=4, rng=rng)
     u = c.xx * math.cos(angle) + c.yy * math.sin(angle)
-    wave = np.sin(2 * math.pi * (frequency * u + rng.uniform(0, 1))
-                  + rng.uniform(1.5, 2.5) * math.pi * turbulence)
+    wave = np.sin(2 * math.pi * (frequency * u + rng.uniform(0, 1)) + rng.uniform(1.5, 2.5) * math.pi * turbulence)
     veins = (1 - np.abs(wave)) ** rng.uniform(4, 8)  # thin where the wave crosses zero
     clouds = 0.04 * fractal_perlin(c.size, 4, octaves=2, rng=rng)
     grain = 0.015 * random_2d_perlin(c.size, 48, rng=rng)
     base = jitter_colour(rng, (0.80, 0.79, 0.76))
     vein_colour = jitter_colour(rng, (0.42, 0.44, 0.47))
-    image = blend(np.broadcast_to(base, (c.size, c.size, 3)), vein_colour,
-                  (0.75 * veins).astype(np.float32))
+    image = blend(np.broadcast_to(base, (c.size, c.size, 3)), vein_colour, (0.75 * veins).astype(np.float32))
     image = image * ((1 + clouds + grain) * lighting(c, rng))[..., None]
     return Scene(image.astype(np.float32), np.ones((c.size, c.size), np.float32), {})
 
 
-def draw_crack(c: Canvas, s: Scene, rng: np.random.Generator, start: tuple[float, float],
-               angle: float, length: float, width: float) -> np.ndarray:
+def draw_crack(
+    c: Canvas, s: Scene, rng: np.random.Generator, start: tuple[float, float], angle: float, length: float, width: float
+) -> np.ndarray:
     """A dark jagged line (with an occasional side branch), only on the support."""
     path = random_walk(rng, start, angle, length)
     sdf = polyline_sdf(c, path, taper(len(path), width, 0.3 * width))
     if rng.random() < 0.5:  # a branch leaving from the middle of the crack
         middle = len(path) // 2
-        branch = random_walk(rng, tuple(path[middle]), angle + rng.choice([-1, 1]) * 0.8,
-                             0.4 * length, steps=7)
-        sdf = np.minimum(sdf, polyline_sdf(c, branch, taper(len(branch), 0.7 * width,
-                                                             0.3 * width)))
+        branch = random_walk(rng, tuple(path[middle]), angle + rng.choice([-1, 1]) * 0.8, 0.4 * length, steps=7)
+        sdf = np.minimum(sdf, polyline_sdf(c, branch, taper(len(branch), 0.7 * width, 0.3 * width)))
     alpha = coverage(sdf, c.px) * s.support * 0.92
     return blend(s.image, jitter_colour(rng, (0.10, 0.09, 0.09), 0.1), alpha)
 
 
-def draw_scratch(c: Canvas, s: Scene, rng: np.random.Generator, start: tuple[float, float],
-                 angle: float, length: float, width: float) -> np.ndarray:
+def draw_scratch(
+    c: Canvas, s: Scene, rng: np.random.Generator, start: tuple[float, float], angle: float, length: float, width: float
+) -> np.ndarray:
     """A thin, nearly straight bright line (light caught by the scratch's walls)."""
     line = bent_line(rng, start, angle, length, rng.uniform(-0.08, 0.08))
     alpha = coverage(polyline_sdf(c, line, taper(len(line), width, 0.4 * width)), c.px)
@@ -323,13 +324,11 @@ def draw_scratch(c: Canvas, s: Scene, rng: np.random.Generator, start: tuple[flo
 
 
 def marble_crack(c: Canvas, s: Scene, rng: np.random.Generator) -> np.ndarray:
-    return draw_crack(c, s, rng, texture_point(rng), rng.uniform(0, 2 * math.pi),
-                      rng.uniform(0.25, 0.45), 0.0045)
+    return draw_crack(c, s, rng, texture_point(rng), rng.uniform(0, 2 * math.pi), rng.uniform(0.25, 0.45), 0.0045)
 
 
 def marble_scratch(c: Canvas, s: Scene, rng: np.random.Generator) -> np.ndarray:
-    return draw_scratch(c, s, rng, texture_point(rng), rng.uniform(0, 2 * math.pi),
-                        rng.uniform(0.2, 0.4), 0.0035)
+    return draw_scratch(c, s, rng, texture_point(rng), rng.uniform(0, 2 * math.pi), rng.uniform(0.2, 0.4), 0.0035)
 
 
 def marble_stain(c: Canvas, s: Scene, rng: np.random.Generator) -> np.ndarray:
@@ -354,15 +353,16 @@ def draw_pill(c: Canvas, rng: np.random.Generator) -> Scene:
     body = coverage(distance - radius, c.px)
     # shading: treat the pill as a tube with round ends; its normal tilts with the distance
     nu, nv = np.sign(u) * du / radius, v / radius
-    nz = np.sqrt(np.clip(1 - nu ** 2 - nv ** 2, 0, 1))
+    nz = np.sqrt(np.clip(1 - nu**2 - nv**2, 0, 1))
     light = math.radians(225 + rng.uniform(-20, 20)) - angle  # light direction in pill frame
     lu, lv, lz = 0.55 * math.cos(light), 0.55 * math.sin(light), 0.83
     diffuse = np.clip(nu * lu + nv * lv + nz * lz, 0, 1)
     half_vector = np.clip(nu * lu / 2 + nv * lv / 2 + nz * (lz + 1) / 2, 0, 1)
-    specular = 0.3 * (half_vector ** 5) ** 8  # a tight highlight (power 40)
+    specular = 0.3 * (half_vector**5) ** 8  # a tight highlight (power 40)
     seam = rng.uniform(-0.01, 0.01)
-    cap = np.where((u < seam)[..., None], jitter_colour(rng, (0.93, 0.91, 0.86)),
-                   jitter_colour(rng, (0.80, 0.26, 0.18)))
+    cap = np.where(
+        (u < seam)[..., None], jitter_colour(rng, (0.93, 0.91, 0.86)), jitter_colour(rng, (0.80, 0.26, 0.18))
+    )
     speckle = 1 + 0.02 * random_2d_perlin(c.size, 24, rng=rng)
     seam_line = 1 - 0.25 * coverage(np.abs(u - seam) - 0.003, c.px)
     pill = cap * ((0.3 + 0.7 * diffuse) * speckle * seam_line)[..., None] + specular[..., None]
@@ -380,8 +380,7 @@ def draw_pill(c: Canvas, rng: np.random.Generator) -> Scene:
 def pill_point(s: Scene, rng: np.random.Generator, spread: float = 0.6) -> tuple[float, float]:
     """A random point on the pill's visible face (not on its rim)."""
     info = s.info
-    along = rng.uniform(-info["half_length"] - 0.3 * info["radius"],
-                        info["half_length"] + 0.3 * info["radius"])
+    along = rng.uniform(-info["half_length"] - 0.3 * info["radius"], info["half_length"] + 0.3 * info["radius"])
     across = rng.uniform(-spread, spread) * info["radius"]
     cos, sin = math.cos(info["angle"]), math.sin(info["angle"])
     cy, cx = info["center"]
@@ -393,16 +392,14 @@ def pill_spot(c: Canvas, s: Scene, rng: np.random.Generator) -> np.ndarray:
     alpha = np.zeros((c.size, c.size), np.float32)
     for _ in range(int(rng.integers(1, 4))):
         cy, cx = pill_point(s, rng)
-        alpha = np.maximum(alpha, coverage(blob_sdf(c, cy, cx, rng.uniform(0.012, 0.025), rng),
-                                           c.px))
+        alpha = np.maximum(alpha, coverage(blob_sdf(c, cy, cx, rng.uniform(0.012, 0.025), rng), c.px))
     alpha = alpha * s.support * rng.uniform(0.75, 0.95)
     return blend(s.image, jitter_colour(rng, (0.25, 0.18, 0.12), 0.1), alpha)
 
 
 def pill_crack(c: Canvas, s: Scene, rng: np.random.Generator) -> np.ndarray:
     across = s.info["angle"] + math.pi / 2 + rng.uniform(-0.7, 0.7) + rng.choice([0, math.pi])
-    return draw_crack(c, s, rng, pill_point(s, rng, 0.3), across, rng.uniform(0.12, 0.22),
-                      0.004)
+    return draw_crack(c, s, rng, pill_point(s, rng, 0.3), across, rng.uniform(0.12, 0.22), 0.004)
 
 
 def pill_color(c: Canvas, s: Scene, rng: np.random.Generator) -> np.ndarray:
@@ -422,8 +419,7 @@ def draw_ring(c: Canvas, rng: np.random.Generator) -> Scene:
     holes = np.full(r.shape, np.inf, np.float32)
     for k in range(3):  # three bolt holes, 120 degrees apart
         a = rotation + k * 2 * math.pi / 3
-        holes = np.minimum(holes, np.hypot(dy - middle * math.sin(a), dx - middle * math.cos(a))
-                           - 0.035)
+        holes = np.minimum(holes, np.hypot(dy - middle * math.sin(a), dx - middle * math.cos(a)) - 0.035)
     metal_sdf = np.maximum(np.maximum(r - outer, inner - r), -holes)
     metal = coverage(metal_sdf, c.px)
     light = math.radians(225 + rng.uniform(-20, 20))
@@ -431,7 +427,7 @@ def draw_ring(c: Canvas, rng: np.random.Generator) -> Scene:
     facing = (dx * math.cos(light) + dy * math.sin(light)) / np.maximum(r, 1e-6)
     # brushed metal: brighter where the surface faces the light, bevelled edges catch it more
     bevel = 0.012
-    rims = (np.clip(1 - (outer - r) / bevel, 0, 1) - np.clip(1 - (r - inner) / bevel, 0, 1))
+    rims = np.clip(1 - (outer - r) / bevel, 0, 1) - np.clip(1 - (r - inner) / bevel, 0, 1)
     brightness = 0.55 + (0.2 + 0.25 * rims) * facing
     period = max(0.012, 3 * c.px)  # concentric machining marks, never finer than 3 pixels
     brightness += 0.03 * np.sin(2 * math.pi * r / period)
@@ -444,8 +440,7 @@ def draw_ring(c: Canvas, rng: np.random.Generator) -> Scene:
     shadow = coverage(np.maximum(sr - outer, inner - sr), c.px, 10)
     background = background * (1 - 0.5 * shadow)[..., None]
     image = blend(background, surface, metal)
-    info = {"center": (cy, cx), "inner": inner, "outer": outer, "background": background,
-            "surface": surface}
+    info = {"center": (cy, cx), "inner": inner, "outer": outer, "background": background, "surface": surface}
     return Scene(image.astype(np.float32), metal, info)
 
 
@@ -458,8 +453,7 @@ def ring_point(s: Scene, rng: np.random.Generator, margin: float = 0.02):
 
 def ring_scratch(c: Canvas, s: Scene, rng: np.random.Generator) -> np.ndarray:
     y, x, _ = ring_point(s, rng)
-    return draw_scratch(c, s, rng, (y, x), rng.uniform(0, 2 * math.pi), rng.uniform(0.1, 0.2),
-                        0.004)
+    return draw_scratch(c, s, rng, (y, x), rng.uniform(0, 2 * math.pi), rng.uniform(0.1, 0.2), 0.004)
 
 
 def ring_crack(c: Canvas, s: Scene, rng: np.random.Generator) -> np.ndarray:
@@ -485,11 +479,9 @@ def ring_missing(c: Canvas, s: Scene, rng: np.random.Generator) -> np.ndarray:
 Drawer = Callable[[Canvas, np.random.Generator], Scene]
 DefectDrawer = Callable[[Canvas, Scene, np.random.Generator], np.ndarray]
 
-SCENES: dict[str, Drawer] = {"weave": draw_weave, "marble": draw_marble, "pill": draw_pill,
-                             "ring": draw_ring}
+SCENES: dict[str, Drawer] = {"weave": draw_weave, "marble": draw_marble, "pill": draw_pill, "ring": draw_ring}
 DEFECTS: dict[str, dict[str, DefectDrawer]] = {
-    "weave": {"color": weave_color, "hole": weave_hole, "stain": weave_stain,
-              "thread": weave_thread},
+    "weave": {"color": weave_color, "hole": weave_hole, "stain": weave_stain, "thread": weave_thread},
     "marble": {"crack": marble_crack, "scratch": marble_scratch, "stain": marble_stain},
     "pill": {"color": pill_color, "crack": pill_crack, "spot": pill_spot},
     "ring": {"crack": ring_crack, "missing": ring_missing, "scratch": ring_scratch},
@@ -512,16 +504,16 @@ def _stable_id(name: str) -> int:
 
 
 def sample_seed(seed: int, category: str, split: str, defect: str, index: int):
-    return np.random.SeedSequence([seed, _stable_id(category), _stable_id(split),
-                                   _stable_id(defect), index])
+    return np.random.SeedSequence([seed, _stable_id(category), _stable_id(split), _stable_id(defect), index])
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:
     return np.clip(np.round(image * 255.0), 0, 255).astype(np.uint8)
 
 
-def render_sample(category: str, index: int, split: str = "train", defect: str = "good",
-                  image_size: int = 256, seed: int = 0) -> RenderedSample:
+def render_sample(
+    category: str, index: int, split: str = "train", defect: str = "good", image_size: int = 256, seed: int = 0
+) -> RenderedSample:
     """Draw sample ``index`` of ``<category>/<split>/<defect>/`` exactly as the dataset holds it.
 
     The scene, the defect and the sensor noise each get their own random stream, so the clean
@@ -529,14 +521,11 @@ def render_sample(category: str, index: int, split: str = "train", defect: str =
     """
     _check_category(category)
     if defect != "good" and defect not in DEFECTS[category]:
-        raise DataError(f"unknown defect {defect!r} for {category!r}; use one of "
-                        f"{DEFECT_TYPES[category]} or 'good'")
+        raise DataError(f"unknown defect {defect!r} for {category!r}; use one of {DEFECT_TYPES[category]} or 'good'")
     canvas = make_canvas(int(image_size))
-    scene_seed, defect_seed, noise_seed = sample_seed(seed, category, split, defect,
-                                                      index).spawn(3)
+    scene_seed, defect_seed, noise_seed = sample_seed(seed, category, split, defect, index).spawn(3)
     scene = SCENES[category](canvas, np.random.default_rng(scene_seed))
-    noise = SENSOR_NOISE * np.random.default_rng(noise_seed).standard_normal(scene.image.shape,
-                                                                             np.float32)
+    noise = SENSOR_NOISE * np.random.default_rng(noise_seed).standard_normal(scene.image.shape, np.float32)
     clean = to_uint8(scene.image + noise)
     if defect == "good":
         return RenderedSample(clean, clean, np.zeros(clean.shape[:2], dtype=bool))
@@ -546,15 +535,13 @@ def render_sample(category: str, index: int, split: str = "train", defect: str =
         mask = np.any(image != clean, axis=-1)
         if mask.any():
             return RenderedSample(image, clean, mask)
-    raise DataError(f"could not draw a visible {defect!r} defect at image_size={image_size}; "
-                    f"use a larger image_size")
+    raise DataError(f"could not draw a visible {defect!r} defect at image_size={image_size}; use a larger image_size")
 
 
 # =========================================================================== whole dataset
 def _check_category(category: str) -> None:
     if category not in DEFECT_TYPES:
-        raise DataError(f"unknown synthetic category {category!r}; use one of "
-                        f"{SYNTHETIC_CATEGORIES} or 'all'")
+        raise DataError(f"unknown synthetic category {category!r}; use one of {SYNTHETIC_CATEGORIES} or 'all'")
 
 
 def _resolve_categories(categories: str | Iterable[str]) -> list[str]:
@@ -578,8 +565,7 @@ def defect_counts(category: str, n_test_defect: int) -> dict[str, int]:
 def _save_png(path: Path, array: np.ndarray) -> None:
     # PIL writes no timestamps, so equal arrays give byte-identical files. Noisy images barely
     # compress, so fast Huffman-only zlib gives about the same size in a fraction of the time.
-    Image.fromarray(array).save(path, format="PNG", compress_level=1,
-                                compress_type=zlib.Z_HUFFMAN_ONLY)
+    Image.fromarray(array).save(path, format="PNG", compress_level=1, compress_type=zlib.Z_HUFFMAN_ONLY)
 
 
 def _file_name(index: int, count: int) -> str:
@@ -590,14 +576,17 @@ def _prepare_category_dir(folder: Path) -> None:
     """Empty a folder we generated before; refuse to touch a folder holding someone's data."""
     if folder.exists():
         if not (folder / MARKER_NAME).is_file() and any(folder.iterdir()):
-            raise DataError(f"{folder} exists and was not made by generate_synthetic_dataset; "
-                            f"choose another root or delete it yourself")
+            raise DataError(
+                f"{folder} exists and was not made by generate_synthetic_dataset; "
+                f"choose another root or delete it yourself"
+            )
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
 
 
-def _generate_category(root: Path, category: str, image_size: int, seed: int, n_train: int,
-                       n_test_good: int, n_test_defect: int) -> dict[str, int]:
+def _generate_category(
+    root: Path, category: str, image_size: int, seed: int, n_train: int, n_test_good: int, n_test_defect: int
+) -> dict[str, int]:
     folder = root / category
     _prepare_category_dir(folder)
     plan = [("train", "good", n_train), ("test", "good", n_test_good)]
@@ -617,9 +606,15 @@ def _generate_category(root: Path, category: str, image_size: int, seed: int, n_
                 _save_png(mask_dir / f"{name}_mask.png", sample.mask.astype(np.uint8) * 255)
         written[f"{split}/{defect}"] = count
     # the marker says "adlearn made this" (so a rerun may replace it) and records the arguments
-    arguments = {"generator_version": GENERATOR_VERSION, "category": category,
-                 "image_size": image_size, "seed": seed, "n_train": n_train,
-                 "n_test_good": n_test_good, "n_test_defect": n_test_defect}
+    arguments = {
+        "generator_version": GENERATOR_VERSION,
+        "category": category,
+        "image_size": image_size,
+        "seed": seed,
+        "n_train": n_train,
+        "n_test_good": n_test_good,
+        "n_test_defect": n_test_defect,
+    }
     (folder / MARKER_NAME).write_text(json.dumps(arguments, indent=2, sort_keys=True))
     return written
 
@@ -628,13 +623,21 @@ def _check_counts(image_size: int, n_train: int, n_test_good: int, n_test_defect
     if int(image_size) < 32:
         raise DataError(f"image_size must be at least 32 pixels, got {image_size}")
     if n_train < 1 or n_test_good < 0 or n_test_defect < 0:
-        raise DataError(f"need n_train >= 1 and non-negative test counts, got n_train={n_train}, "
-                        f"n_test_good={n_test_good}, n_test_defect={n_test_defect}")
+        raise DataError(
+            f"need n_train >= 1 and non-negative test counts, got n_train={n_train}, "
+            f"n_test_good={n_test_good}, n_test_defect={n_test_defect}"
+        )
 
 
-def generate_synthetic_dataset(root: str | Path, categories: str | Iterable[str] = "all",
-                               image_size: int = 256, seed: int = 0, n_train: int = 100,
-                               n_test_good: int = 20, n_test_defect: int = 40) -> Path:
+def generate_synthetic_dataset(
+    root: str | Path,
+    categories: str | Iterable[str] = "all",
+    image_size: int = 256,
+    seed: int = 0,
+    n_train: int = 100,
+    n_test_good: int = 20,
+    n_test_defect: int = 40,
+) -> Path:
     """Write the synthetic dataset in the MVTec layout under ``root`` and return ``root``.
 
     For each category: ``train/good/`` (``n_train`` images), ``test/good/`` (``n_test_good``),
@@ -646,8 +649,9 @@ def generate_synthetic_dataset(root: str | Path, categories: str | Iterable[str]
     root = Path(root).expanduser()
     root.mkdir(parents=True, exist_ok=True)
     for category in _resolve_categories(categories):
-        _generate_category(root, category, int(image_size), int(seed), int(n_train),
-                           int(n_test_good), int(n_test_defect))
+        _generate_category(
+            root, category, int(image_size), int(seed), int(n_train), int(n_test_good), int(n_test_defect)
+        )
     return root
 
 
@@ -669,8 +673,9 @@ def _remove_abandoned_builds(final: Path) -> None:
             continue  # not ours to judge: leave it
 
 
-def synthetic_root(image_size: int = 256, seed: int = 0, n_train: int = 100,
-                   n_test_good: int = 20, n_test_defect: int = 40) -> Path:
+def synthetic_root(
+    image_size: int = 256, seed: int = 0, n_train: int = 100, n_test_good: int = 20, n_test_defect: int = 40
+) -> Path:
     """Generate the synthetic dataset once (all categories) into the cache and return its root.
 
     The cached copy is keyed by the arguments and the generator version. It is built in a
@@ -679,8 +684,10 @@ def synthetic_root(image_size: int = 256, seed: int = 0, n_train: int = 100,
     two processes asking at once do not trip over each other.
     """
     _check_counts(image_size, n_train, n_test_good, n_test_defect)
-    key = (f"synthetic-v{GENERATOR_VERSION}-size{int(image_size)}-seed{int(seed)}"
-           f"-train{int(n_train)}-good{int(n_test_good)}-defect{int(n_test_defect)}")
+    key = (
+        f"synthetic-v{GENERATOR_VERSION}-size{int(image_size)}-seed{int(seed)}"
+        f"-train{int(n_train)}-good{int(n_test_good)}-defect{int(n_test_defect)}"
+    )
     final = cache_dir() / key
     if (final / COMPLETE_NAME).is_file():
         return final
@@ -689,12 +696,16 @@ def synthetic_root(image_size: int = 256, seed: int = 0, n_train: int = 100,
     _remove_abandoned_builds(final)
     building = final.with_name(f"{key}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
-        generate_synthetic_dataset(building, "all", image_size, seed, n_train, n_test_good,
-                                   n_test_defect)
-        arguments = {"generator_version": GENERATOR_VERSION, "image_size": int(image_size),
-                     "seed": int(seed), "n_train": int(n_train), "n_test_good": int(n_test_good),
-                     "n_test_defect": int(n_test_defect),
-                     "categories": list(SYNTHETIC_CATEGORIES)}
+        generate_synthetic_dataset(building, "all", image_size, seed, n_train, n_test_good, n_test_defect)
+        arguments = {
+            "generator_version": GENERATOR_VERSION,
+            "image_size": int(image_size),
+            "seed": int(seed),
+            "n_train": int(n_train),
+            "n_test_good": int(n_test_good),
+            "n_test_defect": int(n_test_defect),
+            "categories": list(SYNTHETIC_CATEGORIES),
+        }
         (building / COMPLETE_NAME).write_text(json.dumps(arguments, indent=2, sort_keys=True))
         try:
             os.rename(building, final)
@@ -707,21 +718,31 @@ def synthetic_root(image_size: int = 256, seed: int = 0, n_train: int = 100,
 
 
 # =========================================================================== CLI entry point
-def synth_command(root: str | Path, category: str = "all", image_size: int = 256, seed: int = 0,
-                  n_train: int = 100, n_test_good: int = 20, n_test_defect: int = 40) -> Path:
+def synth_command(
+    root: str | Path,
+    category: str = "all",
+    image_size: int = 256,
+    seed: int = 0,
+    n_train: int = 100,
+    n_test_good: int = 20,
+    n_test_defect: int = 40,
+) -> Path:
     """``adlearn data synth``: generate the dataset under ``root`` and print what was written."""
     categories = _resolve_categories(category)
     start = time.perf_counter()
     root = Path(root).expanduser()
     for name in categories:
         began = time.perf_counter()
-        generate_synthetic_dataset(root, name, image_size, seed, n_train, n_test_good,
-                                   n_test_defect)
+        generate_synthetic_dataset(root, name, image_size, seed, n_train, n_test_good, n_test_defect)
         defects = ", ".join(f"{d} {n}" for d, n in defect_counts(name, n_test_defect).items())
-        print(f"{name} ({CATEGORY_KIND[name]}): {n_train} train, {n_test_good} test good, "
-              f"{n_test_defect} defective ({defects}) -> {root / name} "
-              f"[{time.perf_counter() - began:.1f} s]")
-    print(f"wrote {len(categories)} categor{'y' if len(categories) == 1 else 'ies'} at "
-          f"{image_size}x{image_size} px, seed {seed}, in {time.perf_counter() - start:.1f} s. "
-          f"Load one with MVTecDataset({str(root)!r}, {categories[0]!r}, split='test')")
+        print(
+            f"{name} ({CATEGORY_KIND[name]}): {n_train} train, {n_test_good} test good, "
+            f"{n_test_defect} defective ({defects}) -> {root / name} "
+            f"[{time.perf_counter() - began:.1f} s]"
+        )
+    print(
+        f"wrote {len(categories)} categor{'y' if len(categories) == 1 else 'ies'} at "
+        f"{image_size}x{image_size} px, seed {seed}, in {time.perf_counter() - start:.1f} s. "
+        f"Load one with MVTecDataset({str(root)!r}, {categories[0]!r}, split='test')"
+    )
     return root

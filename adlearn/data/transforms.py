@@ -14,8 +14,6 @@ Only PIL, numpy and torch are used, so importing this module stays cheap (no tor
 
 from __future__ import annotations
 
-from typing import Union
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -27,8 +25,8 @@ from adlearn.data.errors import DataError
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
-ImageLike = Union[Image.Image, np.ndarray, torch.Tensor]
-Size = Union[int, tuple[int, int]]
+ImageLike = Image.Image | np.ndarray | torch.Tensor
+Size = int | tuple[int, int]
 
 
 def _as_hw(size: Size, name: str) -> tuple[int, int]:
@@ -85,14 +83,16 @@ class ImageTransform:
     float mask) is a defect, so masks stored as 0/255, 0/1 or as defect indices all work.
     """
 
-    def __init__(self, image_size: Size = 256, center_crop: Size | None = None,
-                 normalize: bool = True) -> None:
+    def __init__(self, image_size: Size = 256, center_crop: Size | None = None, normalize: bool = True) -> None:
         self.image_size = _as_hw(image_size, "image_size")
         self.center_crop = None if center_crop is None else _as_hw(center_crop, "center_crop")
-        if self.center_crop is not None and (self.center_crop[0] > self.image_size[0]
-                                             or self.center_crop[1] > self.image_size[1]):
-            raise DataError(f"center_crop {self.center_crop} does not fit inside image_size "
-                            f"{self.image_size}; use a crop no larger than the resized image")
+        if self.center_crop is not None and (
+            self.center_crop[0] > self.image_size[0] or self.center_crop[1] > self.image_size[1]
+        ):
+            raise DataError(
+                f"center_crop {self.center_crop} does not fit inside image_size "
+                f"{self.image_size}; use a crop no larger than the resized image"
+            )
         self.normalize = bool(normalize)
 
     @property
@@ -111,12 +111,12 @@ class ImageTransform:
         if isinstance(image, torch.Tensor):
             tensor = image.float() / 255.0 if image.dtype == torch.uint8 else image.float()
             if tensor.ndim != 3 or tensor.shape[0] not in (1, 3):
-                raise DataError(f"expected an image tensor of shape (3, H, W), got "
-                                f"{tuple(image.shape)}")
+                raise DataError(f"expected an image tensor of shape (3, H, W), got {tuple(image.shape)}")
             tensor = tensor.expand(3, -1, -1)
             # antialias=True makes downscaling average like PIL's resize instead of skipping pixels
-            return F.interpolate(tensor[None], size=(height, width), mode="bilinear",
-                                 align_corners=False, antialias=True)[0].clamp(0.0, 1.0)
+            return F.interpolate(
+                tensor[None], size=(height, width), mode="bilinear", align_corners=False, antialias=True
+            )[0].clamp(0.0, 1.0)
         pil = _to_pil(image).convert("RGB")
         pil = pil.resize((width, height), Image.BILINEAR)  # PIL takes (width, height)
         array = np.asarray(pil, dtype=np.float32) / 255.0  # (H, W, 3)
@@ -131,8 +131,7 @@ class ImageTransform:
             if values.ndim != 2:
                 raise DataError(f"expected a mask of shape (H, W), got {tuple(mask.shape)}")
             binary = (values > 0.5) if mask.is_floating_point() else (values > 0)
-            resized = F.interpolate(binary.float()[None, None], size=(height, width),
-                                    mode="nearest")[0, 0]
+            resized = F.interpolate(binary.float()[None, None], size=(height, width), mode="nearest")[0, 0]
         else:
             pil = _to_pil(mask)
             if pil.mode not in ("L", "1", "I", "I;16", "F"):
@@ -152,7 +151,7 @@ class ImageTransform:
         if self.center_crop is None:
             return tensor
         top, left = _center_crop_box(tensor.shape[-2], tensor.shape[-1], self.center_crop)
-        return tensor[..., top:top + self.center_crop[0], left:left + self.center_crop[1]]
+        return tensor[..., top : top + self.center_crop[0], left : left + self.center_crop[1]]
 
     @staticmethod
     def denormalize(tensor: torch.Tensor) -> torch.Tensor:
@@ -160,12 +159,17 @@ class ImageTransform:
         return denormalize(tensor)
 
     def __repr__(self) -> str:
-        return (f"ImageTransform(image_size={self.image_size}, center_crop={self.center_crop}, "
-                f"normalize={self.normalize})")
+        return (
+            f"ImageTransform(image_size={self.image_size}, center_crop={self.center_crop}, normalize={self.normalize})"
+        )
 
     def __eq__(self, other: object) -> bool:
-        return (isinstance(other, ImageTransform) and self.image_size == other.image_size
-                and self.center_crop == other.center_crop and self.normalize == other.normalize)
+        return (
+            isinstance(other, ImageTransform)
+            and self.image_size == other.image_size
+            and self.center_crop == other.center_crop
+            and self.normalize == other.normalize
+        )
 
 
 def _to_pil(image: Image.Image | np.ndarray) -> Image.Image:

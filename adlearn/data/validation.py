@@ -32,8 +32,7 @@ def hold_out(data, fraction: float, seed: int = 0):
         raise ValueError("cannot hold out part of a DataLoader: pass val_data=... to fit, or a Dataset")
     n_val = int(len(data) * fraction)
     if not 0 < n_val < len(data):
-        raise ValueError(f"holding out {fraction:.0%} of {len(data)} images leaves no validation or no "
-                         "training images")
+        raise ValueError(f"holding out {fraction:.0%} of {len(data)} images leaves no validation or no training images")
     order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed)).tolist()
     val_index, train_index = order[:n_val], order[n_val:]
     if isinstance(data, torch.Tensor):
@@ -55,23 +54,27 @@ class SyntheticAnomalies(Dataset):
     def __init__(self, data, seed: int = 0, defects_per_image: int | None = None):
         from adlearn.data.augmenter import PerlinAnomalyGenerator
 
-        if defects_per_image is not None and (isinstance(defects_per_image, bool)
-                                              or not isinstance(defects_per_image, int) or defects_per_image < 1):
-            raise ValueError(f"defects_per_image must be a positive integer (or None: every second image), "
-                             f"got {defects_per_image!r}")
+        if defects_per_image is not None and (
+            isinstance(defects_per_image, bool) or not isinstance(defects_per_image, int) or defects_per_image < 1
+        ):
+            raise ValueError(
+                f"defects_per_image must be a positive integer (or None: every second image), got {defects_per_image!r}"
+            )
         generator = PerlinAnomalyGenerator(p_anomalous=1.0, seed=seed)
         self.items = []
         for index in range(len(data)):
             item = data[index]
-            image = item["image"] if isinstance(item, dict) else item                 # (3, H, W) normalized
+            image = item["image"] if isinstance(item, dict) else item  # (3, H, W) normalized
             if defects_per_image is None:
                 self.items.append(self._defective(generator, image) if index % 2 else self._clean(image))
             else:
                 self.items.append(self._clean(image))
                 self.items += [self._defective(generator, image) for _ in range(defects_per_image)]
         if len(self.items) < 2:
-            raise ValueError(f"synthetic validation needs at least 2 held-out images, got {len(self.items)}; "
-                             "hold out a larger val_fraction")
+            raise ValueError(
+                f"synthetic validation needs at least 2 held-out images, got {len(self.items)}; "
+                "hold out a larger val_fraction"
+            )
 
     @staticmethod
     def _clean(image: torch.Tensor) -> dict:
@@ -79,7 +82,7 @@ class SyntheticAnomalies(Dataset):
 
     @staticmethod
     def _defective(generator, image: torch.Tensor) -> dict:
-        augmented, mask = generator(image[None], normalized=True)                    # (1, 3, H, W), (1, 1, H, W)
+        augmented, mask = generator(image[None], normalized=True)  # (1, 3, H, W), (1, 1, H, W)
         return {"image": augmented[0], "mask": mask[0, 0], "label": 1}
 
     def __len__(self) -> int:

@@ -8,12 +8,12 @@ from __future__ import annotations
 import importlib
 
 from adlearn.models.base import (
+    _REGISTRY,
     AnomalyModel,
     MemoryBankModel,
     NotFittedError,
     Prediction,
     TrainedModel,
-    _REGISTRY,
     load,
     register,
 )

@@ -19,8 +19,8 @@ from __future__ import annotations
 import inspect
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import ClassVar
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 from adlearn.components.dynamic_buffer import DynamicBufferMixin, NotFittedError
 from adlearn.utils import resolve_device, seed_everything
 
-_REGISTRY: dict[str, type["AnomalyModel"]] = {}
+_REGISTRY: dict[str, type[AnomalyModel]] = {}
 CHECKPOINT_FORMAT = 1
 
 
@@ -46,11 +46,11 @@ def register(name: str):
 
 @dataclass
 class Prediction:
-    pred_score: torch.Tensor                  # (B,)
-    anomaly_map: torch.Tensor | None = None   # (B, H, W)
-    pred_mask: torch.Tensor | None = None     # (B, H, W) bool: a segmentation the model decides itself (U-Flow's NFA)
+    pred_score: torch.Tensor  # (B,)
+    anomaly_map: torch.Tensor | None = None  # (B, H, W)
+    pred_mask: torch.Tensor | None = None  # (B, H, W) bool: a segmentation the model decides itself (U-Flow's NFA)
 
-    def cpu(self) -> "Prediction":
+    def cpu(self) -> Prediction:
         def moved(tensor):
             return None if tensor is None else tensor.detach().cpu()
 
@@ -61,7 +61,7 @@ class AnomalyModel(DynamicBufferMixin, nn.Module):
     """Base class. Subclasses call ``super().__init__(...)`` then ``self.save_hyperparameters()``."""
 
     name: str = "anomaly_model"
-    task: str = "segmentation"         # or "classification" (no anomaly map)
+    task: str = "segmentation"  # or "classification" (no anomaly map)
     learning_type: str = "one_class"
     # Named sets of options: "paper" (the paper's settings; the defaults unless a measured setting
     # beats them, see the model's docstring) and "cpu" (the recipe for a 2-core laptop on a real
@@ -78,8 +78,15 @@ class AnomalyModel(DynamicBufferMixin, nn.Module):
             raise ValueError(f"{cls.name} has no preset {name!r}; presets: {', '.join(available)}")
         return dict(cls.presets.get(name, {}))
 
-    def __init__(self, *, image_size: int | tuple[int, int] = 256, center_crop: int | None = None,
-                 device: str = "auto", seed: int = 0, batch_size: int = 32):
+    def __init__(
+        self,
+        *,
+        image_size: int | tuple[int, int] = 256,
+        center_crop: int | None = None,
+        device: str = "auto",
+        seed: int = 0,
+        batch_size: int = 32,
+    ):
         super().__init__()
         self.image_size = image_size
         self.center_crop = center_crop
@@ -125,15 +132,21 @@ class AnomalyModel(DynamicBufferMixin, nn.Module):
         if not isinstance(images, torch.Tensor):
             raise TypeError(f"{self.name}.predict expects a tensor of images, got {type(images).__name__}")
         if images.ndim == 3:
-            raise ValueError(f"{self.name} expects a batch (B, 3, H, W); got one image {tuple(images.shape)}: "
-                             "use images.unsqueeze(0)")
+            raise ValueError(
+                f"{self.name} expects a batch (B, 3, H, W); got one image {tuple(images.shape)}: "
+                "use images.unsqueeze(0)"
+            )
         if images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"{self.name} expects images of shape (B, 3, H, W); got {tuple(images.shape)}. "
-                             "Grayscale images need 3 channels: images.expand(-1, 3, -1, -1)")
+            raise ValueError(
+                f"{self.name} expects images of shape (B, 3, H, W); got {tuple(images.shape)}. "
+                "Grayscale images need 3 channels: images.expand(-1, 3, -1, -1)"
+            )
         if tuple(images.shape[2:]) != self.input_size:
-            raise ValueError(f"{self.name} was configured for {self.input_size[0]}x{self.input_size[1]} images; "
-                             f"got {images.shape[2]}x{images.shape[3]}. Resize them with model.transform, "
-                             f"or create the model with image_size={images.shape[2]}")
+            raise ValueError(
+                f"{self.name} was configured for {self.input_size[0]}x{self.input_size[1]} images; "
+                f"got {images.shape[2]}x{images.shape[3]}. Resize them with model.transform, "
+                f"or create the model with image_size={images.shape[2]}"
+            )
 
     def batches(self, data, desc: str | None = None) -> Iterator[torch.Tensor]:
         """Yield image batches ``(B, 3, H, W)`` on the model's device from a tensor, Dataset or DataLoader."""
@@ -154,12 +167,14 @@ class AnomalyModel(DynamicBufferMixin, nn.Module):
 
             iterable = tqdm(iterable, desc=desc, total=total, leave=False)
         for batch in iterable:
-            images = batch["image"] if isinstance(batch, dict) else batch[0] if isinstance(batch, (list, tuple)) else batch
+            images = (
+                batch["image"] if isinstance(batch, dict) else batch[0] if isinstance(batch, (list, tuple)) else batch
+            )
             self.check_images(images)
             yield images.to(self._device, non_blocking=True)
 
     # ----------------------------------------------------------------- the contract
-    def fit(self, data) -> "AnomalyModel":
+    def fit(self, data) -> AnomalyModel:
         raise NotImplementedError
 
     def predict_step(self, images: torch.Tensor) -> Prediction:
@@ -173,19 +188,21 @@ class AnomalyModel(DynamicBufferMixin, nn.Module):
         self.eval()
         return self.predict_step(images.to(self._device))
 
-    def to_device(self) -> "AnomalyModel":
+    def to_device(self) -> AnomalyModel:
         return self.to(self._device)
 
     # ----------------------------------------------------------------- persistence
     def save(self, path: str | Path) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"format": CHECKPOINT_FORMAT, "model": self.name, "config": self.config,
-                    "state_dict": self.state_dict()}, path)
+        torch.save(
+            {"format": CHECKPOINT_FORMAT, "model": self.name, "config": self.config, "state_dict": self.state_dict()},
+            path,
+        )
         return path
 
     @classmethod
-    def load(cls, path: str | Path, device: str | None = None) -> "AnomalyModel":
+    def load(cls, path: str | Path, device: str | None = None) -> AnomalyModel:
         return load(path, device=device)
 
 
@@ -198,9 +215,11 @@ def load(path: str | Path, device: str | None = None) -> AnomalyModel:
         raise FileNotFoundError(f"no saved model at {path}")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as error:   # a truncated zip, a text file, random bytes...
-        raise ValueError(f"{path} could not be read as an adlearn checkpoint — the file is corrupt or truncated "
-                         f"(was it still being written?); save the model again. ({type(error).__name__}: {error})") from error
+    except Exception as error:  # a truncated zip, a text file, random bytes...
+        raise ValueError(
+            f"{path} could not be read as an adlearn checkpoint — the file is corrupt or truncated "
+            f"(was it still being written?); save the model again. ({type(error).__name__}: {error})"
+        ) from error
     if not isinstance(checkpoint, dict) or "model" not in checkpoint:
         raise ValueError(f"{path} is not an adlearn checkpoint (saved with model.save)")
     config = dict(checkpoint["config"])
@@ -225,7 +244,7 @@ class MemoryBankModel(AnomalyModel):
         raise NotImplementedError
 
     @torch.no_grad()
-    def fit(self, data) -> "MemoryBankModel":
+    def fit(self, data) -> MemoryBankModel:
         seed_everything(self.seed)
         self.to_device().eval()
         collected = [self.collect(images) for images in self.batches(data, desc=f"{self.name}: features")]
@@ -261,7 +280,7 @@ class TrainedModel(AnomalyModel):
 
     training_defaults: ClassVar[dict] = {"max_epochs": 100}
     automatic_optimization: ClassVar[bool] = True
-    scheduler_interval: ClassVar[str] = "epoch"   # or "step": when the loop steps the schedulers
+    scheduler_interval: ClassVar[str] = "epoch"  # or "step": when the loop steps the schedulers
 
     def __init__(self, **options):
         from adlearn.train import History, TrainingConfig
@@ -270,8 +289,10 @@ class TrainedModel(AnomalyModel):
         accepted = set(inspect.signature(AnomalyModel.__init__).parameters) - {"self"}
         unknown = sorted(set(rest) - accepted)
         if unknown:
-            raise TypeError(f"{type(self).__name__}: unknown option {unknown[0]!r}. Training options: "
-                            f"{', '.join(TrainingConfig.keys())}; common options: {', '.join(sorted(accepted))}")
+            raise TypeError(
+                f"{type(self).__name__}: unknown option {unknown[0]!r}. Training options: "
+                f"{', '.join(TrainingConfig.keys())}; common options: {', '.join(sorted(accepted))}"
+            )
         super().__init__(**rest)
         self.train_config = TrainingConfig(**{**self.training_defaults, **training})
         self.history = History()
@@ -293,8 +314,10 @@ class TrainedModel(AnomalyModel):
         """The loss on validation images, no optimizer step. Default (one optimizer): the training
         loss. A model that steps its own optimizers must define it."""
         if not self.automatic_optimization:
-            raise NotImplementedError(f"{self.name} steps its own optimizers (automatic_optimization=False): "
-                                      "define validation_step(batch) returning its loss(es) without stepping")
+            raise NotImplementedError(
+                f"{self.name} steps its own optimizers (automatic_optimization=False): "
+                "define validation_step(batch) returning its loss(es) without stepping"
+            )
         return self.training_step(batch, None)
 
     def training_phases(self) -> list | None:
@@ -311,7 +334,7 @@ class TrainedModel(AnomalyModel):
         options.setdefault("batch_size", self.batch_size)
         return Trainer(self, self.train_config, **options)
 
-    def fit(self, data, val_data=None, **options) -> "TrainedModel":
+    def fit(self, data, val_data=None, **options) -> TrainedModel:
         """Train on ``data`` (Dataset of dict items, DataLoader or (N,3,H,W) tensor); returns self.
 
         ``val_data`` (optional; or ``val_fraction`` of ``data`` held out) enables validation after
@@ -323,10 +346,10 @@ class TrainedModel(AnomalyModel):
             from adlearn.data import SyntheticAnomalies, hold_out
 
             data, val_data = hold_out(data, config.val_fraction, seed=self.seed)
-            if config.val_anomalies != "none":      # "synthetic": every second image; "paired": all, k times
+            if config.val_anomalies != "none":  # "synthetic": every second image; "paired": all, k times
                 paired = config.val_defects if config.val_anomalies == "paired" else None
                 val_data = SyntheticAnomalies(val_data, seed=self.seed, defects_per_image=paired)
-        self.history = trainer.history          # filled in as training goes (also on Ctrl-C)
+        self.history = trainer.history  # filled in as training goes (also on Ctrl-C)
         trainer.fit(data, val_data)
         return self
 
@@ -340,5 +363,4 @@ class TrainedModel(AnomalyModel):
         self.history = History.from_dict(state.get("history", {}))
 
 
-__all__ = ["AnomalyModel", "MemoryBankModel", "NotFittedError", "Prediction", "TrainedModel", "load",
-           "register"]
+__all__ = ["AnomalyModel", "MemoryBankModel", "NotFittedError", "Prediction", "TrainedModel", "load", "register"]

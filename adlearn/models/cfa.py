@@ -74,8 +74,8 @@ from adlearn.models.base import Prediction, TrainedModel, register
 from adlearn.models.common import prediction_from_map, upsample_map
 
 POOL_LAYERS = ("all", "first")
-REPULSION_MARGIN = 0.1          # α of Eq. 4 (the reference's fixed 0.1)
-LOSS_SCALE = 1000.0             # the reference multiplies the loss by 1000
+REPULSION_MARGIN = 0.1  # α of Eq. 4 (the reference's fixed 0.1)
+LOSS_SCALE = 1000.0  # the reference multiplies the loss by 1000
 
 
 # ----------------------------------------------------------------------------- step 2: descriptor
@@ -89,7 +89,7 @@ def add_coordinates(features: torch.Tensor) -> torch.Tensor:
     cols = torch.linspace(-1.0, 1.0, width, device=features.device, dtype=features.dtype)
     grid_rows = rows[:, None].expand(height, width)
     grid_cols = cols[None, :].expand(height, width)
-    coordinates = torch.stack([grid_rows, grid_cols])[None].expand(batch, -1, -1, -1)   # (B, 2, h, w)
+    coordinates = torch.stack([grid_rows, grid_cols])[None].expand(batch, -1, -1, -1)  # (B, 2, h, w)
     return torch.cat([features, coordinates], dim=1)
 
 
@@ -99,47 +99,53 @@ class PatchDescriptor(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, pool_layers: str = "all"):
         super().__init__()
         self.pool_layers = pool_layers
-        self.projection = nn.Conv2d(in_channels + 2, out_channels, kernel_size=1)   # CoordConv, 1×1
+        self.projection = nn.Conv2d(in_channels + 2, out_channels, kernel_size=1)  # CoordConv, 1×1
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
         size = features[0].shape[-2:]
         maps = []
-        for index, feature in enumerate(features):                        # (B, C_l, h_l, w_l)
+        for index, feature in enumerate(features):  # (B, C_l, h_l, w_l)
             if self.pool_layers == "all" or index == 0:
                 feature = F.avg_pool2d(feature, kernel_size=3, stride=1, padding=1)
             if index > 0:
                 feature = F.interpolate(feature, size=size, mode="bilinear", align_corners=False)
             maps.append(feature)
-        patches = torch.cat(maps, dim=1)                                   # (B, C, h, w)
-        return self.projection(add_coordinates(patches))                   # (B, D, h, w)
+        patches = torch.cat(maps, dim=1)  # (B, C, h, w)
+        return self.projection(add_coordinates(patches))  # (B, D, h, w)
 
 
 # ----------------------------------------------------------------------------- step 4: loss
-def cfa_loss(distances: torch.Tensor, num_nearest_neighbors: int, num_hard_negative_features: int,
-             radius: float, margin: float = REPULSION_MARGIN) -> torch.Tensor:
+def cfa_loss(
+    distances: torch.Tensor,
+    num_nearest_neighbors: int,
+    num_hard_negative_features: int,
+    radius: float,
+    margin: float = REPULSION_MARGIN,
+) -> torch.Tensor:
     """Eq. 3–5: 1000 · (attraction + repulsion) from squared distances to centres.
 
     ``distances``: (B, N, M) squared distances of N patch features to M ≥ K + J centres (all of
     them, or only the nearest ones); only the K + J smallest per patch are used.
     """
     k, j = num_nearest_neighbors, num_hard_negative_features
-    nearest = distances.topk(k + j, dim=-1, largest=False).values      # (B, N, K + J), ascending
-    attraction = F.relu(nearest[..., :k] - radius**2).mean()           # the K nearest: inside r
-    repulsion = F.relu(radius**2 - nearest[..., j:] - margin).mean()   # the next ones: outside r + α
+    nearest = distances.topk(k + j, dim=-1, largest=False).values  # (B, N, K + J), ascending
+    attraction = F.relu(nearest[..., :k] - radius**2).mean()  # the K nearest: inside r
+    repulsion = F.relu(radius**2 - nearest[..., j:] - margin).mean()  # the next ones: outside r + α
     return LOSS_SCALE * (attraction + repulsion)
 
 
 # ----------------------------------------------------------------------------- step 5: map
 def cfa_patch_scores(distances: torch.Tensor, num_nearest_neighbors: int) -> torch.Tensor:
     """Step 5: softmin(d_1..d_K)_1 · d_1 from Euclidean distances (B, N, ≥K) -> (B, N)."""
-    nearest = distances.topk(num_nearest_neighbors, dim=-1, largest=False).values   # (B, N, K)
+    nearest = distances.topk(num_nearest_neighbors, dim=-1, largest=False).values  # (B, N, K)
     return F.softmin(nearest, dim=-1)[..., 0] * nearest[..., 0]
 
 
-def cfa_anomaly_map(distances: torch.Tensor, num_nearest_neighbors: int, feature_size: tuple[int, int],
-                    image_size: tuple[int, int]) -> torch.Tensor:
+def cfa_anomaly_map(
+    distances: torch.Tensor, num_nearest_neighbors: int, feature_size: tuple[int, int], image_size: tuple[int, int]
+) -> torch.Tensor:
     """Step 5 before the blur: patch scores on the (h, w) grid, upsampled. (B, h·w, ≥K) -> (B, 1, H, W)."""
-    scores = cfa_patch_scores(distances, num_nearest_neighbors)                     # (B, h·w)
+    scores = cfa_patch_scores(distances, num_nearest_neighbors)  # (B, h·w)
     return upsample_map(scores.reshape(-1, 1, *feature_size), image_size)
 
 
@@ -151,24 +157,49 @@ class Cfa(TrainedModel):
     # cpu: measured on the real bottle (docs/benchmarks.md): 3 epochs already give image AUROC 1.000, pixel 0.977.
     presets = {"cpu": {"backbone": "efficientnet_lite0", "val_fraction": 0.2, "max_epochs": 3, "batch_size": 8}}
 
-    def __init__(self, backbone: str = "wide_resnet50_2", layers: tuple[str, ...] = ("layer1", "layer2", "layer3"),
-                 pretrained: str = "auto", gamma_c: int = 1, gamma_d: int = 1, num_nearest_neighbors: int = 3,
-                 num_hard_negative_features: int = 3, radius: float = 1e-5, pool_layers: str = "all",
-                 blur_sigma: float = 4.0, lr: float = 1e-3, weight_decay: float = 5e-4, image_size: int = 256,
-                 center_crop: int | None = None, device: str = "auto", seed: int = 0, batch_size: int = 32,
-                 **training):
-        for name, value in (("gamma_c", gamma_c), ("gamma_d", gamma_d), ("num_nearest_neighbors", num_nearest_neighbors)):
+    def __init__(
+        self,
+        backbone: str = "wide_resnet50_2",
+        layers: tuple[str, ...] = ("layer1", "layer2", "layer3"),
+        pretrained: str = "auto",
+        gamma_c: int = 1,
+        gamma_d: int = 1,
+        num_nearest_neighbors: int = 3,
+        num_hard_negative_features: int = 3,
+        radius: float = 1e-5,
+        pool_layers: str = "all",
+        blur_sigma: float = 4.0,
+        lr: float = 1e-3,
+        weight_decay: float = 5e-4,
+        image_size: int = 256,
+        center_crop: int | None = None,
+        device: str = "auto",
+        seed: int = 0,
+        batch_size: int = 32,
+        **training,
+    ):
+        for name, value in (
+            ("gamma_c", gamma_c),
+            ("gamma_d", gamma_d),
+            ("num_nearest_neighbors", num_nearest_neighbors),
+        ):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"CFA: {name} must be an integer >= 1, got {value!r}")
-        if isinstance(num_hard_negative_features, bool) or not isinstance(num_hard_negative_features, int) \
-                or num_hard_negative_features < 0:
-            raise ValueError(f"CFA: num_hard_negative_features must be an integer >= 0, got {num_hard_negative_features!r}")
+        if (
+            isinstance(num_hard_negative_features, bool)
+            or not isinstance(num_hard_negative_features, int)
+            or num_hard_negative_features < 0
+        ):
+            raise ValueError(
+                f"CFA: num_hard_negative_features must be an integer >= 0, got {num_hard_negative_features!r}"
+            )
         if not radius >= 0:
             raise ValueError(f"CFA: radius must be >= 0, got {radius!r}")
         if pool_layers not in POOL_LAYERS:
             raise ValueError(f"CFA: pool_layers must be one of {POOL_LAYERS}, got {pool_layers!r}")
-        super().__init__(image_size=image_size, center_crop=center_crop, device=device, seed=seed,
-                         batch_size=batch_size, **training)
+        super().__init__(
+            image_size=image_size, center_crop=center_crop, device=device, seed=seed, batch_size=batch_size, **training
+        )
         self.save_hyperparameters()
         self.gamma_c, self.gamma_d, self.radius = gamma_c, gamma_d, float(radius)
         self.num_nearest_neighbors, self.num_hard_negative_features = num_nearest_neighbors, num_hard_negative_features
@@ -188,7 +219,7 @@ class Cfa(TrainedModel):
     # Steps 1-2
     def extract_features(self, images: torch.Tensor) -> torch.Tensor:
         """Target-oriented features φ(p): (B, 3, H, W) -> (B, D, h, w) at the first layer's stride."""
-        features = list(self.feature_extractor(images).values())         # frozen: no gradient
+        features = list(self.feature_extractor(images).values())  # frozen: no gradient
         return self.descriptor(features)
 
     # Step 3
@@ -199,20 +230,22 @@ class Cfa(TrainedModel):
         self.eval()
         total, count = None, 0
         for images in self.batches(data, desc="cfa: memory bank"):
-            features = self.extract_features(images).float()              # (B, D, h, w)
+            features = self.extract_features(images).float()  # (B, D, h, w)
             total = features.sum(0) if total is None else total + features.sum(0)
             count += len(features)
         if total is None:
             raise ValueError("CFA: no training images were given")
-        bank = (total / count).flatten(1).T.contiguous()                   # (h·w, D): one centre per position
+        bank = (total / count).flatten(1).T.contiguous()  # (h·w, D): one centre per position
         if self.gamma_c > 1:
             n_clusters = bank.shape[0] // self.gamma_c
             if n_clusters < self.num_nearest_neighbors + self.num_hard_negative_features:
-                raise ValueError(f"CFA: gamma_c={self.gamma_c} leaves {n_clusters} centres of {bank.shape[0]} "
-                                 f"positions, fewer than num_nearest_neighbors + num_hard_negative_features: "
-                                 f"lower gamma_c or use larger images")
+                raise ValueError(
+                    f"CFA: gamma_c={self.gamma_c} leaves {n_clusters} centres of {bank.shape[0]} "
+                    f"positions, fewer than num_nearest_neighbors + num_hard_negative_features: "
+                    f"lower gamma_c or use larger images"
+                )
             kmeans = KMeans(n_clusters, max_iter=3000, init="k-means++", seed=self.seed)
-            bank = kmeans.fit(bank)[1].contiguous()                        # (h·w / γ_c, D)
+            bank = kmeans.fit(bank)[1].contiguous()  # (h·w / γ_c, D)
         self.memory_bank = bank
         self._search = None
         self.train(was_training)
@@ -229,37 +262,38 @@ class Cfa(TrainedModel):
             raise ValueError(f"CFA: {k} nearest centres asked of a memory bank of {self.memory_bank.shape[0]}")
         if self._search is None or self._search.device != self.memory_bank.device:
             self._search = NearestNeighbors("torch").fit(self.memory_bank)
-        queries = features.detach().float().flatten(2).transpose(1, 2)    # (B, h·w, D)
+        queries = features.detach().float().flatten(2).transpose(1, 2)  # (B, h·w, D)
         _, indices = self._search.search(queries.reshape(-1, queries.shape[-1]), k=k)
         return indices.reshape(features.shape[0], -1, k)
 
     def distances_to_nearest(self, features: torch.Tensor, k: int) -> torch.Tensor:
         """Squared distances ‖t − c‖² to the k nearest centres, with gradients. (B, D, h, w) -> (B, h·w, k)"""
-        indices = self.nearest_centres(features, k)                       # (B, h·w, k)
-        patches = features.flatten(2).transpose(1, 2)                      # (B, h·w, D)
-        centres = self.memory_bank[indices]                                # (B, h·w, k, D)
-        return (patches[:, :, None, :] - centres).pow(2).sum(-1)           # (B, h·w, k)
+        indices = self.nearest_centres(features, k)  # (B, h·w, k)
+        patches = features.flatten(2).transpose(1, 2)  # (B, h·w, D)
+        centres = self.memory_bank[indices]  # (B, h·w, k, D)
+        return (patches[:, :, None, :] - centres).pow(2).sum(-1)  # (B, h·w, k)
 
     # Training (the loop calls these)
     def on_fit_start(self, data, trainer) -> None:
         self.build_memory_bank(data)
 
     def configure_optimizers(self):
-        return torch.optim.AdamW(self.descriptor.parameters(), lr=self.lr, weight_decay=self.weight_decay,
-                                 amsgrad=True), None
+        return torch.optim.AdamW(
+            self.descriptor.parameters(), lr=self.lr, weight_decay=self.weight_decay, amsgrad=True
+        ), None
 
     def training_step(self, batch: dict, trainer=None) -> torch.Tensor:
         features = self.extract_features(batch["image"])
         k, j = self.num_nearest_neighbors, self.num_hard_negative_features
-        distances = self.distances_to_nearest(features, k + j)             # (B, h·w, K + J)
+        distances = self.distances_to_nearest(features, k + j)  # (B, h·w, K + J)
         return cfa_loss(distances, k, j, self.radius)
 
     # Step 5
     def anomaly_map(self, images: torch.Tensor) -> torch.Tensor:
-        features = self.extract_features(images).float()                   # (B, D, h, w)
+        features = self.extract_features(images).float()  # (B, D, h, w)
         distances = self.distances_to_nearest(features, self.num_nearest_neighbors).sqrt()
         anomaly_map = cfa_anomaly_map(distances, self.num_nearest_neighbors, features.shape[-2:], images.shape[-2:])
-        return self.blur(anomaly_map).squeeze(1)                          # (B, H, W)
+        return self.blur(anomaly_map).squeeze(1)  # (B, H, W)
 
     def predict_step(self, images: torch.Tensor) -> Prediction:
-        return prediction_from_map(self.anomaly_map(images))              # image score = max
+        return prediction_from_map(self.anomaly_map(images))  # image score = max

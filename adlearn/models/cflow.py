@@ -62,22 +62,32 @@ from adlearn.models.common import combine_layer_maps, prediction_from_map
 LOG_2PI = math.log(2 * math.pi)
 
 
-def build_decoder(channels: int, condition_vector: int, coupling_blocks: int, clamp_alpha: float,
-                  permute_soft: bool) -> SequenceFlow:
+def build_decoder(
+    channels: int, condition_vector: int, coupling_blocks: int, clamp_alpha: float, permute_soft: bool
+) -> SequenceFlow:
     """Step 3: ``coupling_blocks`` conditional AllInOneBlocks on (C,) fibers with (P,) conditions."""
-    return SequenceFlow([AllInOneBlock([(channels,)], dims_c=[(condition_vector,)],
-                                       subnet_constructor=subnet_fc(hidden_ratio=2.0), affine_clamping=clamp_alpha,
-                                       global_affine_type="SOFTPLUS", permute_soft=permute_soft)
-                         for _ in range(coupling_blocks)])
+    return SequenceFlow(
+        [
+            AllInOneBlock(
+                [(channels,)],
+                dims_c=[(condition_vector,)],
+                subnet_constructor=subnet_fc(hidden_ratio=2.0),
+                affine_clamping=clamp_alpha,
+                global_affine_type="SOFTPLUS",
+                permute_soft=permute_soft,
+            )
+            for _ in range(coupling_blocks)
+        ]
+    )
 
 
 def to_fibers(feature: torch.Tensor, condition_vector: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Step 2: (B, C, h, w) map -> (B·h·w, C) fibers and their (B·h·w, P) positional codes, row-major."""
     batch, channels, height, width = feature.shape
-    fibers = feature.permute(0, 2, 3, 1).reshape(-1, channels)                        # (B·h·w, C)
+    fibers = feature.permute(0, 2, 3, 1).reshape(-1, channels)  # (B·h·w, C)
     code = positional_encoding_2d(condition_vector, height, width, device=feature.device, dtype=feature.dtype)
-    codes = code.permute(1, 2, 0).reshape(1, height * width, condition_vector)        # (1, h·w, P)
-    return fibers, codes.expand(batch, -1, -1).reshape(-1, condition_vector)          # (B·h·w, P)
+    codes = code.permute(1, 2, 0).reshape(1, height * width, condition_vector)  # (1, h·w, P)
+    return fibers, codes.expand(batch, -1, -1).reshape(-1, condition_vector)  # (B·h·w, P)
 
 
 def fiber_log_likelihood(decoder: SequenceFlow, fibers: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
@@ -92,11 +102,14 @@ def cflow_loss(log_likelihood: torch.Tensor) -> torch.Tensor:
     return -F.logsigmoid(log_likelihood).mean()
 
 
-def cflow_anomaly_map(log_likelihoods: list[torch.Tensor], log_likelihood_max: torch.Tensor,
-                      image_size: tuple[int, int]) -> torch.Tensor:
+def cflow_anomaly_map(
+    log_likelihoods: list[torch.Tensor], log_likelihood_max: torch.Tensor, image_size: tuple[int, int]
+) -> torch.Tensor:
     """Step 5: Σ_k upsampled (1 − exp(log p_k − M_k)). [(B, h_k, w_k)], (K,) -> (B, H, W)"""
-    maps = [1.0 - torch.exp(log_p - log_likelihood_max[k])[:, None]                  # (B, 1, h_k, w_k)
-            for k, log_p in enumerate(log_likelihoods)]
+    maps = [
+        1.0 - torch.exp(log_p - log_likelihood_max[k])[:, None]  # (B, 1, h_k, w_k)
+        for k, log_p in enumerate(log_likelihoods)
+    ]
     return combine_layer_maps(maps, tuple(image_size), "add", align_corners=True)[:, 0]
 
 
@@ -104,33 +117,62 @@ def cflow_anomaly_map(log_likelihoods: list[torch.Tensor], log_likelihood_max: t
 class Cflow(TrainedModel):
     # The reference's training (anomalib's Cflow config: 50 epochs, early stopping patience 2).
     training_defaults = {"max_epochs": 50, "patience": 2}
-    automatic_optimization = False          # one optimizer step per chunk of fibers, many per image batch
-    presets = {"cpu": {"backbone": "efficientnet_lite2", "layers": ("layer2", "layer3", "layer4"), "batch_size": 8,
-                       "val_fraction": 0.2, "val_anomalies": "synthetic", "max_epochs": 10, "patience": 2}}
+    automatic_optimization = False  # one optimizer step per chunk of fibers, many per image batch
+    presets = {
+        "cpu": {
+            "backbone": "efficientnet_lite2",
+            "layers": ("layer2", "layer3", "layer4"),
+            "batch_size": 8,
+            "val_fraction": 0.2,
+            "val_anomalies": "synthetic",
+            "max_epochs": 10,
+            "patience": 2,
+        }
+    }
 
-    def __init__(self, backbone: str = "wide_resnet50_2", layers: tuple[str, ...] = ("layer2", "layer3", "layer4"),
-                 pretrained: str = "auto", fiber_batch_size: int = 64, condition_vector: int = 128,
-                 coupling_blocks: int = 8, clamp_alpha: float = 1.9, permute_soft: bool = False, lr: float = 1e-4,
-                 image_size: int = 256, center_crop: int | None = None, device: str = "auto", seed: int = 0,
-                 batch_size: int = 32, **training):
-        super().__init__(image_size=image_size, center_crop=center_crop, device=device, seed=seed,
-                         batch_size=batch_size, **training)
+    def __init__(
+        self,
+        backbone: str = "wide_resnet50_2",
+        layers: tuple[str, ...] = ("layer2", "layer3", "layer4"),
+        pretrained: str = "auto",
+        fiber_batch_size: int = 64,
+        condition_vector: int = 128,
+        coupling_blocks: int = 8,
+        clamp_alpha: float = 1.9,
+        permute_soft: bool = False,
+        lr: float = 1e-4,
+        image_size: int = 256,
+        center_crop: int | None = None,
+        device: str = "auto",
+        seed: int = 0,
+        batch_size: int = 32,
+        **training,
+    ):
+        super().__init__(
+            image_size=image_size, center_crop=center_crop, device=device, seed=seed, batch_size=batch_size, **training
+        )
         self.save_hyperparameters()
         if fiber_batch_size < 1:
             raise ValueError(f"fiber_batch_size must be >= 1, got {fiber_batch_size}")
         if coupling_blocks < 1:
             raise ValueError(f"coupling_blocks must be >= 1, got {coupling_blocks}")
         if condition_vector < 4 or condition_vector % 4:
-            raise ValueError(f"condition_vector must be a positive multiple of 4 (sin/cos codes of x and y), "
-                             f"got {condition_vector}; the reference uses 128")
+            raise ValueError(
+                f"condition_vector must be a positive multiple of 4 (sin/cos codes of x and y), "
+                f"got {condition_vector}; the reference uses 128"
+            )
         self.fiber_batch_size, self.condition_vector, self.lr = fiber_batch_size, condition_vector, lr
         # Step 1: the frozen encoder.
         self.encoder = TimmFeatureExtractor(backbone, list(layers), pre_trained=pretrained)
         dims = dryrun_find_featuremap_dims(self.encoder, self.input_size, list(layers))
         self.feature_shapes = [(dims[layer]["num_features"], *dims[layer]["resolution"]) for layer in layers]
         # Step 3: one conditional decoder per layer.
-        self.decoders = nn.ModuleList([build_decoder(c, condition_vector, coupling_blocks, clamp_alpha, permute_soft)
-                                       for c, _, _ in self.feature_shapes])
+        self.decoders = nn.ModuleList(
+            [
+                build_decoder(c, condition_vector, coupling_blocks, clamp_alpha, permute_soft)
+                for c, _, _ in self.feature_shapes
+            ]
+        )
         # Step 5's M_k, a constant of the trained model (see the docstring).
         self.register_buffer("log_likelihood_max", torch.zeros(len(layers)))
 
@@ -149,7 +191,7 @@ class Cflow(TrainedModel):
         with torch.autocast(features[0].device.type, enabled=False):
             for k, (decoder, feature) in enumerate(zip(self.decoders, features)):
                 fibers, codes = to_fibers(feature, self.condition_vector)
-                order = torch.randperm(len(fibers), device=fibers.device)             # shuffled fibers
+                order = torch.randperm(len(fibers), device=fibers.device)  # shuffled fibers
                 for chunk in order.split(self.fiber_batch_size):
                     log_p = fiber_log_likelihood(decoder, fibers[chunk], codes[chunk])
                     loss = cflow_loss(log_p)
@@ -157,7 +199,7 @@ class Cflow(TrainedModel):
                     self._track_max(k, log_p.detach())
                     losses.append(loss.detach() * len(chunk))
                     counts.append(len(chunk))
-        return torch.stack(losses).sum() / sum(counts)          # mean loss per fiber, for the history
+        return torch.stack(losses).sum() / sum(counts)  # mean loss per fiber, for the history
 
     def validation_step(self, batch: dict) -> torch.Tensor:
         """The same loss on every fiber, no step."""
@@ -170,7 +212,7 @@ class Cflow(TrainedModel):
 
     def _track_max(self, k: int, log_p: torch.Tensor) -> None:
         self._epoch_max[k] = torch.maximum(self._epoch_max[k], log_p.max())
-        self.log_likelihood_max[k] = self._epoch_max[k]          # validation after this epoch uses it
+        self.log_likelihood_max[k] = self._epoch_max[k]  # validation after this epoch uses it
 
     @torch.no_grad()
     def on_fit_end(self, data, trainer) -> None:

@@ -29,8 +29,9 @@ def cosine_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return 0.5 * (a_hat - b_hat).pow(2).sum(dim=1, keepdim=True)
 
 
-def upsample_map(patch_scores: torch.Tensor, size: tuple[int, int], mode: str = "bilinear",
-                 align_corners: bool = False) -> torch.Tensor:
+def upsample_map(
+    patch_scores: torch.Tensor, size: tuple[int, int], mode: str = "bilinear", align_corners: bool = False
+) -> torch.Tensor:
     """(B, 1, h, w) patch scores -> (B, 1, H, W) at image resolution."""
     kwargs = {} if mode == "nearest" else {"align_corners": align_corners}
     return F.interpolate(patch_scores, size=size, mode=mode, **kwargs)
@@ -39,8 +40,9 @@ def upsample_map(patch_scores: torch.Tensor, size: tuple[int, int], mode: str = 
 LAYER_MAP_MODES = ("add", "multiply", "mean")
 
 
-def combine_layer_maps(maps: list[torch.Tensor], size: tuple[int, int], mode: str,
-                       align_corners: bool = False) -> torch.Tensor:
+def combine_layer_maps(
+    maps: list[torch.Tensor], size: tuple[int, int], mode: str, align_corners: bool = False
+) -> torch.Tensor:
     """Bilinearly upsample per-layer maps to ``size`` and combine them into one anomaly map.
 
     ``"add"`` sums them (Reverse Distillation), ``"multiply"`` takes their product — a pixel scores high
@@ -65,7 +67,9 @@ def combine_layer_maps(maps: list[torch.Tensor], size: tuple[int, int], mode: st
 CROP_FRACTION = 224 / 256
 
 
-def resolve_center_crop(image_size: int | tuple[int, int], center_crop: int | str | None) -> int | tuple[int, int] | None:
+def resolve_center_crop(
+    image_size: int | tuple[int, int], center_crop: int | str | None
+) -> int | tuple[int, int] | None:
     """``"auto"`` -> 7/8 of ``image_size`` (256 -> 224, 64 -> 56), so the crop follows any resize."""
     if center_crop != "auto":
         return center_crop

@@ -68,13 +68,17 @@ MAP_MODES = ("all", "max")
 def image_pyramid(images: torch.Tensor) -> list[torch.Tensor]:
     """Step 1: [(B, 3, H, W), (B, 3, H/2, W/2), (B, 3, H/4, W/4)]."""
     height, width = images.shape[-2:]
-    return [images] + [F.interpolate(images, size=(height // 2 ** s, width // 2 ** s), mode="bilinear",
-                                     align_corners=False, antialias=True) for s in range(1, N_SCALES)]
+    return [images] + [
+        F.interpolate(
+            images, size=(height // 2**s, width // 2**s), mode="bilinear", align_corners=False, antialias=True
+        )
+        for s in range(1, N_SCALES)
+    ]
 
 
 def csflow_loss(latents: list[torch.Tensor], log_jac_det: torch.Tensor) -> torch.Tensor:
     """Step 4: mean_b [½‖z‖² − log|det J|] / D, z = the three latents flattened together (a scalar)."""
-    z = torch.cat([latent.flatten(1) for latent in latents], dim=1)                # (B, D)
+    z = torch.cat([latent.flatten(1) for latent in latents], dim=1)  # (B, D)
     return torch.mean(0.5 * z.pow(2).sum(dim=1) - log_jac_det) / z.shape[1]
 
 
@@ -83,7 +87,7 @@ def csflow_anomaly_map(latents: list[torch.Tensor], image_size: tuple[int, int],
     -> (B, H, W)"""
     if mode not in MAP_MODES:
         raise ValueError(f"map_mode must be one of {MAP_MODES}, got {mode!r}")
-    maps = [latent.pow(2).mean(dim=1, keepdim=True) for latent in latents]         # [(B, 1, h_s, w_s)]
+    maps = [latent.pow(2).mean(dim=1, keepdim=True) for latent in latents]  # [(B, 1, h_s, w_s)]
     return combine_layer_maps(maps if mode == "all" else maps[:1], tuple(image_size), "multiply")[:, 0]
 
 
@@ -97,22 +101,48 @@ class Csflow(TrainedModel):
     # The reference's training (anomalib's Csflow: 240 epochs, patience 3, gradient clipping 1).
     training_defaults = {"max_epochs": 240, "patience": 3, "gradient_clip_val": 1.0}
     # cpu: standardised features and lr 1e-3 so the flow learns within the budget (docs/benchmarks.md).
-    presets = {"cpu": {"backbone": "efficientnet_lite0", "cross_conv_hidden_channels": 128, "batch_size": 8,
-                       "standardize_features": True, "lr": 1e-3,
-                       "val_fraction": 0.2, "val_anomalies": "synthetic", "max_epochs": 30, "patience": 3}}
+    presets = {
+        "cpu": {
+            "backbone": "efficientnet_lite0",
+            "cross_conv_hidden_channels": 128,
+            "batch_size": 8,
+            "standardize_features": True,
+            "lr": 1e-3,
+            "val_fraction": 0.2,
+            "val_anomalies": "synthetic",
+            "max_epochs": 30,
+            "patience": 3,
+        }
+    }
 
-    def __init__(self, backbone: str = "efficientnet_b5", layer: str = "layer4", pretrained: str = "auto",
-                 cross_conv_hidden_channels: int = 1024, n_coupling_blocks: int = 4, clamp: float = 3.0,
-                 map_mode: str = "all", lr: float = 2e-4, weight_decay: float = 1e-5,
-                 standardize_features: bool = False, image_size: int = 256,
-                 center_crop: int | None = None, device: str = "auto", seed: int = 0, batch_size: int = 32,
-                 **training):
-        super().__init__(image_size=image_size, center_crop=center_crop, device=device, seed=seed,
-                         batch_size=batch_size, **training)
+    def __init__(
+        self,
+        backbone: str = "efficientnet_b5",
+        layer: str = "layer4",
+        pretrained: str = "auto",
+        cross_conv_hidden_channels: int = 1024,
+        n_coupling_blocks: int = 4,
+        clamp: float = 3.0,
+        map_mode: str = "all",
+        lr: float = 2e-4,
+        weight_decay: float = 1e-5,
+        standardize_features: bool = False,
+        image_size: int = 256,
+        center_crop: int | None = None,
+        device: str = "auto",
+        seed: int = 0,
+        batch_size: int = 32,
+        **training,
+    ):
+        super().__init__(
+            image_size=image_size, center_crop=center_crop, device=device, seed=seed, batch_size=batch_size, **training
+        )
         self.save_hyperparameters()
         if map_mode not in MAP_MODES:
-            raise ValueError(f"map_mode must be one of {MAP_MODES} (ALL: product of the three scales; MAX: the "
-                             f"finest scale only), got {map_mode!r}")
+            raise ValueError(
+                f"map_mode must be one of {MAP_MODES} (ALL: product of the three scales; MAX: the "
+                f"finest scale only), got {map_mode!r}"
+            )
         self.map_mode, self.lr, self.weight_decay = map_mode, lr, weight_decay
         # Step 2: the frozen extractor, shared by the three scales.
         self.feature_extractor = TimmFeatureExtractor(backbone, [layer], pre_trained=pretrained)
@@ -121,14 +151,16 @@ class Csflow(TrainedModel):
         multiple = stride * 2 ** (N_SCALES - 1)
         if any(side % multiple for side in self.input_size):
             smaller = max(multiple, self.input_size[0] // multiple * multiple)
-            raise ValueError(f"CS-Flow needs an image size divisible by {multiple} (three scales 1, 1/2, 1/4 of a "
-                             f"stride-{stride} backbone, each feature map half the previous one); got "
-                             f"{self.input_size[0]}x{self.input_size[1]}. Use e.g. image_size={smaller} or "
-                             f"{smaller + multiple}")
+            raise ValueError(
+                f"CS-Flow needs an image size divisible by {multiple} (three scales 1, 1/2, 1/4 of a "
+                f"stride-{stride} backbone, each feature map half the previous one); got "
+                f"{self.input_size[0]}x{self.input_size[1]}. Use e.g. image_size={smaller} or "
+                f"{smaller + multiple}"
+            )
         height, width = self.input_size
         self.feature_shapes = []
         for s in range(N_SCALES):
-            dims = dryrun_find_featuremap_dims(self.feature_extractor, (height // 2 ** s, width // 2 ** s), [layer])
+            dims = dryrun_find_featuremap_dims(self.feature_extractor, (height // 2**s, width // 2**s), [layer])
             self.feature_shapes.append((dims[layer]["num_features"], *dims[layer]["resolution"]))
         # Step 2's optional standardisation: per scale and channel, filled by on_fit_start.
         channels = self.feature_shapes[0][0]
@@ -147,8 +179,10 @@ class Csflow(TrainedModel):
         features = self.raw_features(images)
         if not self.standardize_features:
             return features
-        return [(x - mean[:, None, None]) / std[:, None, None]
-                for x, mean, std in zip(features, self.feature_mean, self.feature_std)]
+        return [
+            (x - mean[:, None, None]) / std[:, None, None]
+            for x, mean, std in zip(features, self.feature_mean, self.feature_std)
+        ]
 
     @torch.no_grad()
     def on_fit_start(self, data, trainer) -> None:
@@ -161,7 +195,7 @@ class Csflow(TrainedModel):
             for s, x in enumerate(self.raw_features(images)):
                 statistics[s].update(x)
         for s, scale in enumerate(statistics):
-            self.feature_mean[s], self.feature_std[s] = scale.mean_std()       # a dead channel stays finite
+            self.feature_mean[s], self.feature_std[s] = scale.mean_std()  # a dead channel stays finite
 
     def encode(self, images: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Step 3: ([z⁰, z¹, z²], log|det J| (B,)), the flow in float32 even under autocast."""
@@ -170,13 +204,16 @@ class Csflow(TrainedModel):
             return self.flow(features)
 
     def configure_optimizers(self):
-        return torch.optim.Adam(self.flow.parameters(), lr=self.lr, betas=(0.5, 0.9), eps=1e-4,
-                                weight_decay=self.weight_decay), None
+        return torch.optim.Adam(
+            self.flow.parameters(), lr=self.lr, betas=(0.5, 0.9), eps=1e-4, weight_decay=self.weight_decay
+        ), None
 
     def training_step(self, batch: dict, trainer=None) -> torch.Tensor:
         return csflow_loss(*self.encode(batch["image"]))
 
     def predict_step(self, images: torch.Tensor) -> Prediction:
         latents, _ = self.encode(images)
-        return Prediction(pred_score=csflow_image_score(latents),
-                          anomaly_map=csflow_anomaly_map(latents, images.shape[-2:], self.map_mode))
+        return Prediction(
+            pred_score=csflow_image_score(latents),
+            anomaly_map=csflow_anomaly_map(latents, images.shape[-2:], self.map_mode),
+        )

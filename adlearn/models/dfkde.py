@@ -46,45 +46,59 @@ from adlearn.models.base import MemoryBankModel, Prediction, register
 
 @register("dfkde")
 class Dfkde(MemoryBankModel):
-    presets = {"cpu": {"backbone": "efficientnet_lite0"}}   # offline ImageNet weights, 256 px
+    presets = {"cpu": {"backbone": "efficientnet_lite0"}}  # offline ImageNet weights, 256 px
 
     task = "classification"
 
-    def __init__(self, backbone: str = "resnet18", layers: tuple[str, ...] = ("layer4",), pretrained: str = "auto",
-                 n_pca_components: int = 16, feature_scaling_method: str = "scale",
-                 max_training_points: int = 40000, image_size: int = 256, center_crop: int | None = None,
-                 device: str = "auto", seed: int = 0, batch_size: int = 32):
-        super().__init__(image_size=image_size, center_crop=center_crop, device=device, seed=seed,
-                         batch_size=batch_size)
+    def __init__(
+        self,
+        backbone: str = "resnet18",
+        layers: tuple[str, ...] = ("layer4",),
+        pretrained: str = "auto",
+        n_pca_components: int = 16,
+        feature_scaling_method: str = "scale",
+        max_training_points: int = 40000,
+        image_size: int = 256,
+        center_crop: int | None = None,
+        device: str = "auto",
+        seed: int = 0,
+        batch_size: int = 32,
+    ):
+        super().__init__(
+            image_size=image_size, center_crop=center_crop, device=device, seed=seed, batch_size=batch_size
+        )
         self.save_hyperparameters()
         if isinstance(layers, str):
             layers = (layers,)
         self.feature_extractor = TimmFeatureExtractor(backbone, list(layers), pre_trained=pretrained)
-        self.classifier = KDEClassifier(n_pca_components=n_pca_components,
-                                        feature_scaling_method=feature_scaling_method,
-                                        max_training_points=max_training_points, seed=seed)
+        self.classifier = KDEClassifier(
+            n_pca_components=n_pca_components,
+            feature_scaling_method=feature_scaling_method,
+            max_training_points=max_training_points,
+            seed=seed,
+        )
 
     # Steps 1–2: one pooled feature vector per image.
     def extract_features(self, images: torch.Tensor) -> torch.Tensor:
-        features = self.feature_extractor(images)                         # {layer: (B, C_l, h_l, w_l)}
+        features = self.feature_extractor(images)  # {layer: (B, C_l, h_l, w_l)}
         pooled = [F.adaptive_avg_pool2d(f, 1).flatten(1) for f in features.values()]  # [(B, C_l)]
-        return torch.cat(pooled, dim=1)                                   # (B, ΣC_l)
+        return torch.cat(pooled, dim=1)  # (B, ΣC_l)
 
     def collect(self, images: torch.Tensor) -> torch.Tensor:
         return self.extract_features(images)
 
     # Step 3: PCA + scaling + KDE on the training vectors.
-    def fit_bank(self, features: torch.Tensor) -> None:                  # (N, D)
+    def fit_bank(self, features: torch.Tensor) -> None:  # (N, D)
         n_components = self.classifier.n_pca_components
         if features.shape[0] <= n_components:
             raise ValueError(
                 f"DFKDE got {features.shape[0]} training images but n_pca_components={n_components}: the "
                 f"KDE needs more training images than PCA components. Train on at least "
                 f"{n_components + 1} images, or lower n_pca_components (e.g. n_pca_components="
-                f"{max(1, features.shape[0] // 2)})")
+                f"{max(1, features.shape[0] // 2)})"
+            )
         self.classifier.fit(features, strict=True)
 
     # Step 4: probability of being anomalous.
     def predict_step(self, images: torch.Tensor) -> Prediction:
         return Prediction(pred_score=self.classifier.predict(self.extract_features(images)), anomaly_map=None)
-

@@ -59,22 +59,36 @@ SCORE_TYPES = ("fre", "nll")
 
 @register("dfm")
 class Dfm(MemoryBankModel):
-    presets = {"cpu": {"backbone": "efficientnet_lite0"}}   # offline ImageNet weights, 256 px
+    presets = {"cpu": {"backbone": "efficientnet_lite0"}}  # offline ImageNet weights, 256 px
 
-    def __init__(self, backbone: str = "resnet50", layer: str = "layer3", pretrained: str = "auto",
-                 pooling_kernel_size: int = 4, pca_level: float = 0.97, score_type: str = "fre",
-                 image_size: int = 256, center_crop: int | None = None, device: str = "auto", seed: int = 0,
-                 batch_size: int = 32):
+    def __init__(
+        self,
+        backbone: str = "resnet50",
+        layer: str = "layer3",
+        pretrained: str = "auto",
+        pooling_kernel_size: int = 4,
+        pca_level: float = 0.97,
+        score_type: str = "fre",
+        image_size: int = 256,
+        center_crop: int | None = None,
+        device: str = "auto",
+        seed: int = 0,
+        batch_size: int = 32,
+    ):
         if score_type not in SCORE_TYPES:
-            raise ValueError(f"score_type={score_type!r}: use 'fre' (feature reconstruction error, gives an "
-                             "anomaly map) or 'nll' (Gaussian negative log-likelihood, image score only)")
+            raise ValueError(
+                f"score_type={score_type!r}: use 'fre' (feature reconstruction error, gives an "
+                "anomaly map) or 'nll' (Gaussian negative log-likelihood, image score only)"
+            )
         if int(pooling_kernel_size) < 1:
             raise ValueError(f"pooling_kernel_size={pooling_kernel_size} must be >= 1 (1 = no pooling)")
         if not 0 < pca_level:
-            raise ValueError(f"pca_level={pca_level} must be > 0: a share of variance in (0, 1] or a "
-                             "number of components >= 1")
-        super().__init__(image_size=image_size, center_crop=center_crop, device=device, seed=seed,
-                         batch_size=batch_size)
+            raise ValueError(
+                f"pca_level={pca_level} must be > 0: a share of variance in (0, 1] or a number of components >= 1"
+            )
+        super().__init__(
+            image_size=image_size, center_crop=center_crop, device=device, seed=seed, batch_size=batch_size
+        )
         self.save_hyperparameters()
         self.score_type = score_type
         self.task = "segmentation" if score_type == "fre" else "classification"
@@ -82,15 +96,17 @@ class Dfm(MemoryBankModel):
         self.feature_extractor = TimmFeatureExtractor(backbone, [layer], pre_trained=pretrained)
         grid = min(self.input_size) // self.feature_extractor.strides[0]  # side of the layer's map
         if grid < self.pooling_kernel_size:
-            raise ValueError(f"at {min(self.input_size)} px, {layer} of {backbone} is a {grid}x{grid} map, smaller "
-                             f"than pooling_kernel_size={self.pooling_kernel_size}: use pooling_kernel_size <= "
-                             f"{max(grid, 1)} or a larger image_size")
+            raise ValueError(
+                f"at {min(self.input_size)} px, {layer} of {backbone} is a {grid}x{grid} map, smaller "
+                f"than pooling_kernel_size={self.pooling_kernel_size}: use pooling_kernel_size <= "
+                f"{max(grid, 1)} or a larger image_size"
+            )
         self.pca = PCA(n_components=pca_level)
         self.gaussian = SingleClassGaussian()
 
     # Steps 1–2: one pooled feature map per image.
     def extract_features(self, images: torch.Tensor) -> torch.Tensor:
-        features = next(iter(self.feature_extractor(images).values()))   # (B, C, h, w)
+        features = next(iter(self.feature_extractor(images).values()))  # (B, C, h, w)
         if self.pooling_kernel_size > 1:
             # ceil_mode: when h is not a multiple of k (224 px: 14x14 pooled by 4) the last row and
             # column of cells average what they have instead of being dropped from the map
@@ -99,19 +115,19 @@ class Dfm(MemoryBankModel):
 
     # Step 3: flattened to one vector per image.
     def collect(self, images: torch.Tensor) -> torch.Tensor:
-        return self.extract_features(images).flatten(1)                   # (B, C·h'·w')
+        return self.extract_features(images).flatten(1)  # (B, C·h'·w')
 
     # Step 4: PCA subspace (and, for nll, a Gaussian in it).
-    def fit_bank(self, features: torch.Tensor) -> None:                  # (N, D)
+    def fit_bank(self, features: torch.Tensor) -> None:  # (N, D)
         if features.shape[0] < 2:
             raise ValueError(f"DFM needs at least 2 training images to fit a PCA subspace; got {features.shape[0]}")
         self.pca.fit(features)
         if self.score_type == "nll":
-            self.gaussian.fit(self.pca.transform(features).T)             # SingleClassGaussian takes (k, N)
+            self.gaussian.fit(self.pca.transform(features).T)  # SingleClassGaussian takes (k, N)
 
     # Step 5a: feature reconstruction error, per channel and position.
     def reconstruction_error(self, feature_map: torch.Tensor) -> torch.Tensor:
-        features = feature_map.flatten(1)                                 # (B, D)
+        features = feature_map.flatten(1)  # (B, D)
         reconstruction = self.pca.inverse_transform(self.pca.transform(features))  # x̂ (B, D)
         return (features - reconstruction).pow(2).reshape(feature_map.shape)  # (B, C, h', w')
 
@@ -121,13 +137,12 @@ class Dfm(MemoryBankModel):
 
     # Step 5a's map: the error summed over channels at each pooled position, at image size.
     def anomaly_map(self, error: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        score_map = error.sum(dim=1, keepdim=True)                        # (B, 1, h', w')
-        return upsample_map(score_map, size).squeeze(1)                   # (B, H, W)
+        score_map = error.sum(dim=1, keepdim=True)  # (B, 1, h', w')
+        return upsample_map(score_map, size).squeeze(1)  # (B, H, W)
 
     def predict_step(self, images: torch.Tensor) -> Prediction:
-        feature_map = self.extract_features(images)                       # (B, C, h', w')
+        feature_map = self.extract_features(images)  # (B, C, h', w')
         if self.score_type == "nll":
             return Prediction(pred_score=self.negative_log_likelihood(feature_map), anomaly_map=None)
-        error = self.reconstruction_error(feature_map)                    # (B, C, h', w')
+        error = self.reconstruction_error(feature_map)  # (B, C, h', w')
         return Prediction(pred_score=error.flatten(1).sum(1), anomaly_map=self.anomaly_map(error, images.shape[-2:]))
-

@@ -73,12 +73,19 @@ class ReconstructiveSubNetwork(nn.Module):
         super().__init__()
         w = base_width
         widths = (w, 2 * w, 4 * w, 8 * w)
-        self.encoder = nn.ModuleList([double_conv(3, w), double_conv(w, 2 * w), double_conv(2 * w, 4 * w),
-                                      double_conv(4 * w, 8 * w)])
-        self.bottom = SSPCAB(8 * w) if sspcab else double_conv(8 * w, 8 * w)     # the 5th level, H/16
-        self.up = nn.ModuleList([up_conv(c, c) for c in reversed(widths)])         # 8w, 4w, 2w, w
-        self.decoder = nn.ModuleList([double_conv(8 * w, 4 * w, 8 * w), double_conv(4 * w, 2 * w, 4 * w),
-                                      double_conv(2 * w, w, 2 * w), double_conv(w, w)])
+        self.encoder = nn.ModuleList(
+            [double_conv(3, w), double_conv(w, 2 * w), double_conv(2 * w, 4 * w), double_conv(4 * w, 8 * w)]
+        )
+        self.bottom = SSPCAB(8 * w) if sspcab else double_conv(8 * w, 8 * w)  # the 5th level, H/16
+        self.up = nn.ModuleList([up_conv(c, c) for c in reversed(widths)])  # 8w, 4w, 2w, w
+        self.decoder = nn.ModuleList(
+            [
+                double_conv(8 * w, 4 * w, 8 * w),
+                double_conv(4 * w, 2 * w, 4 * w),
+                double_conv(2 * w, w, 2 * w),
+                double_conv(w, w),
+            ]
+        )
         self.head = nn.Conv2d(w, 3, 3, padding=1)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -103,8 +110,9 @@ def reconstruction_loss(original: torch.Tensor, reconstruction: torch.Tensor) ->
     return {"l2": F.mse_loss(reconstruction, original), "ssim": ssim_loss(reconstruction, original)}
 
 
-def draem_loss(original: torch.Tensor, reconstruction: torch.Tensor, mask: torch.Tensor,
-               logits: torch.Tensor) -> dict[str, torch.Tensor]:
+def draem_loss(
+    original: torch.Tensor, reconstruction: torch.Tensor, mask: torch.Tensor, logits: torch.Tensor
+) -> dict[str, torch.Tensor]:
     """Steps 3 + 5: {"l2", "ssim", "focal", "loss" = l2 + ssim + focal}. Images (B, 3, H, W) in [0, 1],
     mask (B, 1, H, W) 0/1, logits (B, 2, H, W)."""
     losses = reconstruction_loss(original, reconstruction)
@@ -143,21 +151,44 @@ class Draem(TrainedModel):
     training_defaults = {"max_epochs": 700, "patience": 20}
     # cpu: a training step of 8 images at 128 px costs ~4.4 CPU s with widths 32/16 (one thread), so the
     # recipe uses 16/8 to fit ~50 epochs of the bottle's 209 images in about half an hour on 2 cores.
-    presets = {"cpu": {"image_size": 128, "reconstruction_width": 16, "discrimination_width": 8,
-                       "anomaly_source": "skimage", "max_epochs": 50}}
+    presets = {
+        "cpu": {
+            "image_size": 128,
+            "reconstruction_width": 16,
+            "discrimination_width": 8,
+            "anomaly_source": "skimage",
+            "max_epochs": 50,
+        }
+    }
 
-    def __init__(self, reconstruction_width: int = 128, discrimination_width: int = 64, sspcab: bool = False,
-                 sspcab_lambda: float = 0.1, anomaly_source: str | None = None, beta: float | tuple = (0.1, 1.0),
-                 p_anomalous: float = 0.5, lr: float = 1e-4, image_size: int = 256, center_crop: int | None = None,
-                 device: str = "auto", seed: int = 0, batch_size: int = 8, **training):
+    def __init__(
+        self,
+        reconstruction_width: int = 128,
+        discrimination_width: int = 64,
+        sspcab: bool = False,
+        sspcab_lambda: float = 0.1,
+        anomaly_source: str | None = None,
+        beta: float | tuple = (0.1, 1.0),
+        p_anomalous: float = 0.5,
+        lr: float = 1e-4,
+        image_size: int = 256,
+        center_crop: int | None = None,
+        device: str = "auto",
+        seed: int = 0,
+        batch_size: int = 8,
+        **training,
+    ):
         from adlearn.data import PerlinAnomalyGenerator
 
-        super().__init__(image_size=image_size, center_crop=center_crop, device=device, seed=seed,
-                         batch_size=batch_size, **training)
+        super().__init__(
+            image_size=image_size, center_crop=center_crop, device=device, seed=seed, batch_size=batch_size, **training
+        )
         self.save_hyperparameters()
         if any(side % 32 for side in self.input_size):
-            raise ValueError(f"DRAEM's discriminative U-Net halves the image 5 times: the image side must be divisible "
-                             f"by 32, got {self.input_size[0]}x{self.input_size[1]}. Use e.g. image_size=256 (or 128)")
+            raise ValueError(
+                f"DRAEM's discriminative U-Net halves the image 5 times: the image side must be divisible "
+                f"by 32, got {self.input_size[0]}x{self.input_size[1]}. Use e.g. image_size=256 (or 128)"
+            )
         self.sspcab_lambda, self.lr = sspcab_lambda, lr
         self.texture_folder = resolve_anomaly_source(anomaly_source)
         # Checked now (a folder without images is an error here, not at the first batch); re-seeded in fit.
@@ -177,19 +208,19 @@ class Draem(TrainedModel):
         return optimizer, torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=0.1)
 
     def on_fit_start(self, data, trainer) -> None:
-        self.augmenter.rng = np.random.default_rng(self.seed)   # same seed, same anomalies
+        self.augmenter.rng = np.random.default_rng(self.seed)  # same seed, same anomalies
 
     def simulate(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Step 1: (original in [0, 1], augmented in [0, 1], mask (B, 1, H, W)) of normalised images."""
-        original = denormalize(images)                              # (B, 3, H, W) in [0, 1]
+        original = denormalize(images)  # (B, 3, H, W) in [0, 1]
         augmented, mask = self.augmenter(original, normalized=False)
         return original, augmented, mask
 
     def forward_networks(self, augmented: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Steps 2 and 4 on [0, 1] images: (I_r in [0, 1] space, logits (B, 2, H, W), SSPCAB's MSE or 0)."""
-        x = normalize(augmented)                                    # the networks see normalised images
+        x = normalize(augmented)  # the networks see normalised images
         before, after = self.reconstructive.encode(x)
-        reconstruction = self.reconstructive.decode(after)          # (B, 3, H, W), normalised space
+        reconstruction = self.reconstructive.decode(after)  # (B, 3, H, W), normalised space
         logits = self.discriminative(torch.cat([reconstruction, x], dim=1))
         sspcab = F.mse_loss(after, before) if self.config["sspcab"] else reconstruction.new_zeros(())
         return to_unit_range(reconstruction), logits, sspcab
@@ -210,7 +241,7 @@ class Draem(TrainedModel):
         return reconstruction, logits
 
     def anomaly_map(self, images: torch.Tensor) -> torch.Tensor:
-        return draem_anomaly_map(self.extract_features(images)[1])          # (B, H, W)
+        return draem_anomaly_map(self.extract_features(images)[1])  # (B, H, W)
 
     def predict_step(self, images: torch.Tensor):
-        return prediction_from_map(self.anomaly_map(images))                # image score = max
+        return prediction_from_map(self.anomaly_map(images))  # image score = max

@@ -100,31 +100,48 @@ def latent_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.max_pool2d(mask, (mask.shape[-2] // size[0], mask.shape[-1] // size[1]))
 
 
-def replacement_codes(z: torch.Tensor, codebook: torch.Tensor, strength: float, skip: float = 0.05,
-                      generator: torch.Generator | None = None) -> torch.Tensor:
+def replacement_codes(
+    z: torch.Tensor,
+    codebook: torch.Tensor,
+    strength: float,
+    skip: float = 0.05,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """For each feature z (N, D): a random code among its ⌊strength·K⌋ + 1 nearest (at most K − 1),
     the nearest ⌊skip·K⌋ excluded. codebook (K, D) -> code indices (N,)"""
     count = codebook.shape[0]
-    distances = (z.pow(2).sum(1, keepdim=True) + codebook.pow(2).sum(1)[None] - 2 * z @ codebook.t())   # (N, K)
+    distances = z.pow(2).sum(1, keepdim=True) + codebook.pow(2).sum(1)[None] - 2 * z @ codebook.t()  # (N, K)
     nearest = max(1, min(int(strength * count) + 1, count - 1))
-    candidates = distances.topk(nearest, dim=1, largest=False).indices[:, int(count * skip):]          # (N, k')
+    candidates = distances.topk(nearest, dim=1, largest=False).indices[:, int(count * skip) :]  # (N, k')
     pick = torch.randint(candidates.shape[1], (len(z),), generator=generator).to(z.device)
     return candidates[torch.arange(len(z), device=z.device), pick]
 
 
-def swap_codes(z: torch.Tensor, quantized: torch.Tensor, codebook: torch.Tensor, mask: torch.Tensor,
-               strength: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+def swap_codes(
+    z: torch.Tensor,
+    quantized: torch.Tensor,
+    codebook: torch.Tensor,
+    mask: torch.Tensor,
+    strength: torch.Tensor,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """Inside ``mask`` (B, 1, h, w) the quantised map (B, D, h, w) takes `replacement_codes` of z; outside
     it stays. ``strength`` (B,) per image."""
-    flat = z.permute(0, 2, 3, 1).reshape(z.shape[0], -1, z.shape[1])                        # (B, h·w, D)
-    swapped = torch.stack([codebook[replacement_codes(flat[b], codebook, float(strength[b]), generator=generator)]
-                           for b in range(len(z))])                                            # (B, h·w, D)
+    flat = z.permute(0, 2, 3, 1).reshape(z.shape[0], -1, z.shape[1])  # (B, h·w, D)
+    swapped = torch.stack(
+        [codebook[replacement_codes(flat[b], codebook, float(strength[b]), generator=generator)] for b in range(len(z))]
+    )  # (B, h·w, D)
     swapped = swapped.view(z.shape[0], z.shape[2], z.shape[3], -1).permute(0, 3, 1, 2)
     return mask * swapped + (1 - mask) * quantized
 
 
-def quantized_anomalies(vq: GeneralAppearanceModel, features: dict, mask: torch.Tensor, min_strength: float = 0.2,
-                        generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+def quantized_anomalies(
+    vq: GeneralAppearanceModel,
+    features: dict,
+    mask: torch.Tensor,
+    min_strength: float = 0.2,
+    generator: torch.Generator | None = None,
+) -> dict[str, torch.Tensor]:
     """Step 2 (the reference's ``generate_fake_anomalies_joined`` usage). ``features`` = ``vq.encode(I)``,
     ``mask`` (B, 1, H, W). Per image one mode: "both" (½; Q̃_lo, then Q̃_hi swapped in the codes that the
     anomalous Q̃_lo gives), "lo" (¼) or "hi" (¼; the other level keeps the normal codes).
@@ -132,13 +149,14 @@ def quantized_anomalies(vq: GeneralAppearanceModel, features: dict, mask: torch.
         "mode": (B,) 0 both, 1 lo, 2 hi}"""
     batch = mask.shape[0]
     codebook_lo, codebook_hi = vq.quantizer_lo.embedding, vq.quantizer_hi.embedding
-    strength = (torch.rand(2, batch, generator=generator) * (1 - min_strength) + min_strength)      # (2, B)
-    mode = torch.where(torch.rand(batch, generator=generator) < 0.5, 0,
-                       1 + torch.randint(2, (batch,), generator=generator))
+    strength = torch.rand(2, batch, generator=generator) * (1 - min_strength) + min_strength  # (2, B)
+    mode = torch.where(
+        torch.rand(batch, generator=generator) < 0.5, 0, 1 + torch.randint(2, (batch,), generator=generator)
+    )
     q_lo, q_hi = features["quantized_lo"], features["quantized_hi"]
     mask_lo, mask_hi = latent_mask(mask, q_lo.shape[-2:]), latent_mask(mask, q_hi.shape[-2:])
     swapped_lo = swap_codes(features["z_lo"], q_lo, codebook_lo, mask_lo, strength[0], generator)
-    z_hi_after_lo = vq.hi_features(features["encoded_hi"], swapped_lo)                 # the fine map of Q̃_lo
+    z_hi_after_lo = vq.hi_features(features["encoded_hi"], swapped_lo)  # the fine map of Q̃_lo
     q_hi_after_lo = snap(vq.quantizer_hi, z_hi_after_lo)
     both_hi = swap_codes(z_hi_after_lo, q_hi_after_lo, codebook_hi, mask_hi, strength[1], generator)
     only_hi = swap_codes(features["z_hi"], q_hi, codebook_hi, mask_hi, strength[1], generator)
@@ -157,14 +175,20 @@ class SubspaceRestriction(nn.Module):
 
     def __init__(self, channels: int, width: int):
         super().__init__()
-        self.encoder = nn.ModuleList([double_conv(channels, width, norm="instance"),
-                                      double_conv(width, 2 * width, norm="instance"),
-                                      double_conv(2 * width, 4 * width, norm="instance")])
-        self.decoder = nn.Sequential(up_conv(4 * width, 2 * width, norm="instance"),
-                                     double_conv(2 * width, 2 * width, norm="instance"),
-                                     up_conv(2 * width, width, norm="instance"),
-                                     double_conv(width, width, norm="instance"),
-                                     nn.Conv2d(width, channels, 3, padding=1))
+        self.encoder = nn.ModuleList(
+            [
+                double_conv(channels, width, norm="instance"),
+                double_conv(width, 2 * width, norm="instance"),
+                double_conv(2 * width, 4 * width, norm="instance"),
+            ]
+        )
+        self.decoder = nn.Sequential(
+            up_conv(4 * width, 2 * width, norm="instance"),
+            double_conv(2 * width, 2 * width, norm="instance"),
+            up_conv(2 * width, width, norm="instance"),
+            double_conv(width, width, norm="instance"),
+            nn.Conv2d(width, channels, 3, padding=1),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for level, block in enumerate(self.encoder):
@@ -180,27 +204,49 @@ class ObjectSpecificDecoder(nn.Module):
     def __init__(self, in_channels: int, hiddens: int, residual_layers: int, residual_hiddens: int):
         super().__init__()
         c, bottleneck = in_channels, hiddens // 2
-        self.encoder = nn.Sequential(double_conv(c, 2 * c, c, norm="instance"), nn.MaxPool2d(2),
-                                     double_conv(2 * c, 4 * c, 2 * c, norm="instance"), nn.MaxPool2d(2),
-                                     nn.Conv2d(4 * c, bottleneck, 1))
-        self.up = nn.Sequential(nn.ConvTranspose2d(bottleneck, bottleneck, 4, stride=2, padding=1), nn.ReLU(),
-                                nn.ConvTranspose2d(bottleneck, bottleneck, 4, stride=2, padding=1), nn.ReLU(),
-                                nn.Conv2d(bottleneck, hiddens, 3, padding=1))
+        self.encoder = nn.Sequential(
+            double_conv(c, 2 * c, c, norm="instance"),
+            nn.MaxPool2d(2),
+            double_conv(2 * c, 4 * c, 2 * c, norm="instance"),
+            nn.MaxPool2d(2),
+            nn.Conv2d(4 * c, bottleneck, 1),
+        )
+        self.up = nn.Sequential(
+            nn.ConvTranspose2d(bottleneck, bottleneck, 4, stride=2, padding=1),
+            nn.ReLU(),
+            nn.ConvTranspose2d(bottleneck, bottleneck, 4, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(bottleneck, hiddens, 3, padding=1),
+        )
         self.residual = ResidualStack(hiddens, residual_layers, residual_hiddens)
-        self.head = nn.Sequential(nn.ConvTranspose2d(hiddens, hiddens // 2, 4, stride=2, padding=1), nn.ReLU(),
-                                  nn.ConvTranspose2d(hiddens // 2, 3, 4, stride=2, padding=1))
+        self.head = nn.Sequential(
+            nn.ConvTranspose2d(hiddens, hiddens // 2, 4, stride=2, padding=1),
+            nn.ReLU(),
+            nn.ConvTranspose2d(hiddens // 2, 3, 4, stride=2, padding=1),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.residual(self.up(self.encoder(x))))
 
 
 # ----------------------------------------------------------------------------- the formulas
-def dsr_loss(features_hi: torch.Tensor, features_lo: torch.Tensor, normal_hi: torch.Tensor, normal_lo: torch.Tensor,
-             image: torch.Tensor, object_image: torch.Tensor, logits: torch.Tensor,
-             mask: torch.Tensor) -> dict[str, torch.Tensor]:
+def dsr_loss(
+    features_hi: torch.Tensor,
+    features_lo: torch.Tensor,
+    normal_hi: torch.Tensor,
+    normal_lo: torch.Tensor,
+    image: torch.Tensor,
+    object_image: torch.Tensor,
+    logits: torch.Tensor,
+    mask: torch.Tensor,
+) -> dict[str, torch.Tensor]:
     """Phase-2 loss (step 4): {"features_hi", "features_lo", "image" (×10 in the total), "focal", "loss"}."""
-    losses = {"features_hi": F.mse_loss(features_hi, normal_hi), "features_lo": F.mse_loss(features_lo, normal_lo),
-              "image": F.mse_loss(object_image, image), "focal": focal_loss(logits, mask)}
+    losses = {
+        "features_hi": F.mse_loss(features_hi, normal_hi),
+        "features_lo": F.mse_loss(features_lo, normal_lo),
+        "image": F.mse_loss(object_image, image),
+        "focal": focal_loss(logits, mask),
+    }
     losses["loss"] = losses["features_hi"] + losses["features_lo"] + 10 * losses["image"] + losses["focal"]
     return losses
 
@@ -222,35 +268,72 @@ class Dsr(TrainedModel):
     training_defaults = {"max_epochs": 700}
     # cpu (docs/benchmarks.md, "DSR on the real bottle"): 128 px, narrow networks, small codebooks, and
     # lr 1e-3 for phases 2-3 (the paper's 2e-4 leaves them far from converged in 20 epochs).
-    presets = {"cpu": {"image_size": 128, "num_hiddens": 64, "num_residual_hiddens": 32, "num_embeddings": 512,
-                       "embedding_dim": 32, "detection_width": 16, "upsampling_width": 16, "vq_steps": 600,
-                       "vq_epochs": 3, "max_epochs": 20, "lr": 1e-3}}
+    presets = {
+        "cpu": {
+            "image_size": 128,
+            "num_hiddens": 64,
+            "num_residual_hiddens": 32,
+            "num_embeddings": 512,
+            "embedding_dim": 32,
+            "detection_width": 16,
+            "upsampling_width": 16,
+            "vq_steps": 600,
+            "vq_epochs": 3,
+            "max_epochs": 20,
+            "lr": 1e-3,
+        }
+    }
 
-    def __init__(self, num_hiddens: int = 128, num_residual_layers: int = 2, num_residual_hiddens: int = 64,
-                 num_embeddings: int = 4096, embedding_dim: int = 128, detection_width: int = 64,
-                 upsampling_width: int = 64, latent_anomaly_strength: float = 0.2, upsampling_train_ratio: float = 0.7,
-                 p_anomalous: float = 0.5, lr: float = 2e-4, vq_weights: str = "auto", vq_steps: int = 2000,
-                 vq_epochs: int | None = None, vq_lr: float = 1e-3, natural_share: float = 0.5,
-                 score_window: int | None = None, image_size: int = 256, center_crop: int | None = None,
-                 device: str = "auto", seed: int = 0, batch_size: int = 8, **training):
+    def __init__(
+        self,
+        num_hiddens: int = 128,
+        num_residual_layers: int = 2,
+        num_residual_hiddens: int = 64,
+        num_embeddings: int = 4096,
+        embedding_dim: int = 128,
+        detection_width: int = 64,
+        upsampling_width: int = 64,
+        latent_anomaly_strength: float = 0.2,
+        upsampling_train_ratio: float = 0.7,
+        p_anomalous: float = 0.5,
+        lr: float = 2e-4,
+        vq_weights: str = "auto",
+        vq_steps: int = 2000,
+        vq_epochs: int | None = None,
+        vq_lr: float = 1e-3,
+        natural_share: float = 0.5,
+        score_window: int | None = None,
+        image_size: int = 256,
+        center_crop: int | None = None,
+        device: str = "auto",
+        seed: int = 0,
+        batch_size: int = 8,
+        **training,
+    ):
         from adlearn.data import PerlinAnomalyGenerator
 
-        super().__init__(image_size=image_size, center_crop=center_crop, device=device, seed=seed,
-                         batch_size=batch_size, **training)
+        super().__init__(
+            image_size=image_size, center_crop=center_crop, device=device, seed=seed, batch_size=batch_size, **training
+        )
         self.save_hyperparameters()
         height, width = self.input_size
         if height % 32 or width % 32:
-            raise ValueError(f"DSR encodes at 1/8 of the image and its subspace restriction halves that twice: the "
-                             f"image side must be divisible by 32, got {height}x{width}. "
-                             "Use e.g. image_size=256 (or 128)")
+            raise ValueError(
+                f"DSR encodes at 1/8 of the image and its subspace restriction halves that twice: the "
+                f"image side must be divisible by 32, got {height}x{width}. "
+                "Use e.g. image_size=256 (or 128)"
+            )
         if not 0 < upsampling_train_ratio < 1:
-            raise ValueError(f"upsampling_train_ratio is the share of max_epochs spent in phase 2 (before the "
-                             f"upsampling module); it must be in (0, 1), got {upsampling_train_ratio}")
+            raise ValueError(
+                f"upsampling_train_ratio is the share of max_epochs spent in phase 2 (before the "
+                f"upsampling module); it must be in (0, 1), got {upsampling_train_ratio}"
+            )
         if not 0 <= latent_anomaly_strength <= 1:
             raise ValueError(f"latent_anomaly_strength must be in [0, 1], got {latent_anomaly_strength}")
         if not 0 <= natural_share <= 1:
-            raise ValueError(f"natural_share (natural crops per category image in phase 1) must be in [0, 1], "
-                             f"got {natural_share}")
+            raise ValueError(
+                f"natural_share (natural crops per category image in phase 1) must be in [0, 1], got {natural_share}"
+            )
         if not (isinstance(vq_weights, str) and vq_weights):
             raise ValueError(f"vq_weights must be 'auto', 'none' or a file path, got {vq_weights!r}")
         self.lr, self.vq_lr, self.min_strength = lr, vq_lr, latent_anomaly_strength
@@ -274,13 +357,16 @@ class Dsr(TrainedModel):
 
         epochs = self.train_config.max_epochs
         if epochs is None or epochs < 2:
-            raise ValueError(f"DSR trains two phases after the VQ model within max_epochs: give max_epochs >= 2, "
-                             f"got {epochs}")
+            raise ValueError(
+                f"DSR trains two phases after the VQ model within max_epochs: give max_epochs >= 2, got {epochs}"
+            )
         second = min(max(1, round(epochs * self.config["upsampling_train_ratio"])), epochs - 1)
         phases = [Phase("vq", self.vq_optimizer, [self.vq], self.vq_epochs)] if self.vq_epochs else []
         restriction = [self.restriction_hi, self.restriction_lo, self.object_decoder, self.detection]
-        return phases + [Phase("restriction", lambda: self.restriction_optimizer(second), restriction, second),
-                         Phase("upsampling", self.upsampling_optimizer, [self.upsampling], epochs - second)]
+        return phases + [
+            Phase("restriction", lambda: self.restriction_optimizer(second), restriction, second),
+            Phase("upsampling", self.upsampling_optimizer, [self.upsampling], epochs - second),
+        ]
 
     def vq_optimizer(self):
         return torch.optim.Adam(self.vq.parameters(), lr=self.vq_lr)
@@ -299,7 +385,7 @@ class Dsr(TrainedModel):
     def on_fit_start(self, data, trainer) -> None:
         """The phase-1 weights (trained offline and cached, or a file), and seeded random streams."""
         self.prepare_vq()
-        self.natural = None                     # natural crops for phase 1, made at its first batch
+        self.natural = None  # natural crops for phase 1, made at its first batch
         self.mask_generator.reseed(self.seed)
         self.smudges.rng = np.random.default_rng(self.seed + 1)
         self.generator.manual_seed(self.seed)
@@ -309,10 +395,18 @@ class Dsr(TrainedModel):
         (`train_vq_model`, cached), a path loads a file (`load_vq_weights`), "none" keeps random weights."""
         weights = self.config["vq_weights"]
         if weights == "auto":
-            path = train_vq_model(self.input_size, self.config["num_hiddens"], self.config["num_residual_layers"],
-                                  self.config["num_residual_hiddens"], self.config["num_embeddings"],
-                                  self.config["embedding_dim"], steps=self.config["vq_steps"], lr=self.vq_lr,
-                                  seed=self.seed, device=self.device)
+            path = train_vq_model(
+                self.input_size,
+                self.config["num_hiddens"],
+                self.config["num_residual_layers"],
+                self.config["num_residual_hiddens"],
+                self.config["num_embeddings"],
+                self.config["embedding_dim"],
+                steps=self.config["vq_steps"],
+                lr=self.vq_lr,
+                seed=self.seed,
+                device=self.device,
+            )
             load_vq_weights(self.vq, path)
         elif weights != "none":
             load_vq_weights(self.vq, weights)
@@ -322,8 +416,8 @@ class Dsr(TrainedModel):
         self.phase = trainer.phase.name
 
     def training_step(self, batch: dict, trainer=None) -> dict[str, torch.Tensor]:
-        images = denormalize(batch["image"])                            # (B, 3, H, W) in [0, 1]
-        if self.phase == "vq":                                          # phase 1: general appearance
+        images = denormalize(batch["image"])  # (B, 3, H, W) in [0, 1]
+        if self.phase == "vq":  # phase 1: general appearance
             if getattr(self, "natural", None) is None and self.config["natural_share"] > 0:
                 from adlearn.data.natural_images import NaturalImageCrops
 
@@ -333,9 +427,9 @@ class Dsr(TrainedModel):
             if count:
                 images = torch.cat([images, self.natural.sample(count).to(images)])
             return self.vq.training_loss(images)
-        if self.phase == "restriction":                                 # phase 2
+        if self.phase == "restriction":  # phase 2
             return self.restriction_loss(images)
-        augmented, mask = self.smudges(images, normalized=False)       # phase 3
+        augmented, mask = self.smudges(images, normalized=False)  # phase 3
         logits = self.forward_networks(augmented)["upsampled"]
         return {"focal_upsampling": focal_loss(logits, mask), "loss": focal_loss(logits, mask)}
 
@@ -347,20 +441,32 @@ class Dsr(TrainedModel):
             anomalous = quantized_anomalies(self.vq, features, mask, self.min_strength, self.generator)
             general = self.vq.decode(anomalous["quantized_lo"], anomalous["quantized_hi"])
         restored = self.restore(anomalous["quantized_lo"], anomalous["quantized_hi"])
-        object_image = self.object_decoder(torch.cat([self.vq.upsample_lo(restored["quantized_lo"]),
-                                                      restored["quantized_hi"]], dim=1))
+        object_image = self.object_decoder(
+            torch.cat([self.vq.upsample_lo(restored["quantized_lo"]), restored["quantized_hi"]], dim=1)
+        )
         logits = self.detection(torch.cat([object_image.detach(), general], dim=1))
-        return dsr_loss(restored["features_hi"], restored["features_lo"], features["quantized_hi"],
-                        features["quantized_lo"], images, object_image, logits, anomalous["mask"])
+        return dsr_loss(
+            restored["features_hi"],
+            restored["features_lo"],
+            features["quantized_hi"],
+            features["quantized_lo"],
+            images,
+            object_image,
+            logits,
+            anomalous["mask"],
+        )
 
     # --- the steps at inference
     def restore(self, quantized_lo: torch.Tensor, quantized_hi: torch.Tensor) -> dict[str, torch.Tensor]:
         """Step 3: F̂ = restriction(Q̃) and Q̂ = VQ(F̂) (straight-through) for both levels."""
         features_lo = self.restriction_lo(quantized_lo)
         features_hi = self.restriction_hi(quantized_hi)
-        return {"features_lo": features_lo, "features_hi": features_hi,
-                "quantized_lo": self.vq.quantizer_lo(features_lo)[0],
-                "quantized_hi": self.vq.quantizer_hi(features_hi)[0]}
+        return {
+            "features_lo": features_lo,
+            "features_hi": features_hi,
+            "quantized_lo": self.vq.quantizer_lo(features_lo)[0],
+            "quantized_hi": self.vq.quantizer_hi(features_hi)[0],
+        }
 
     def forward_networks(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """Steps 1, 3–5 on images in [0, 1]: {"general": I_gen, "object": I_spc (B, 3, H, W), "detection",
@@ -369,8 +475,9 @@ class Dsr(TrainedModel):
             features = self.vq.encode(images)
             general = self.vq.decode(features["quantized_lo"], features["quantized_hi"])
             restored = self.restore(features["quantized_lo"], features["quantized_hi"])
-            object_image = self.object_decoder(torch.cat([self.vq.upsample_lo(restored["quantized_lo"]),
-                                                          restored["quantized_hi"]], dim=1))
+            object_image = self.object_decoder(
+                torch.cat([self.vq.upsample_lo(restored["quantized_lo"]), restored["quantized_hi"]], dim=1)
+            )
             detection = self.detection(torch.cat([object_image, general], dim=1))
         upsampled = self.upsampling(torch.cat([object_image, general, torch.softmax(detection, dim=1)], dim=1))
         return {"general": general, "object": object_image, "detection": detection, "upsampled": upsampled}
@@ -380,9 +487,11 @@ class Dsr(TrainedModel):
         return self.forward_networks(denormalize(images))
 
     def anomaly_map(self, images: torch.Tensor) -> torch.Tensor:
-        return dsr_anomaly_map(self.extract_features(images)["upsampled"])            # (B, H, W)
+        return dsr_anomaly_map(self.extract_features(images)["upsampled"])  # (B, H, W)
 
     def predict_step(self, images: torch.Tensor) -> Prediction:
         outputs = self.extract_features(images)
-        return Prediction(pred_score=dsr_image_score(outputs["detection"], self.score_window),
-                          anomaly_map=dsr_anomaly_map(outputs["upsampled"]))
+        return Prediction(
+            pred_score=dsr_image_score(outputs["detection"], self.score_window),
+            anomaly_map=dsr_anomaly_map(outputs["upsampled"]),
+        )

@@ -47,7 +47,7 @@ from adlearn.components import VectorQuantizerEMA
 from adlearn.models.common import save_cached_weights
 from adlearn.utils import isolated_seed
 
-DEAD_CODE_THRESHOLD = 1.0       # EMA count (vectors per batch) below which a code is restarted (Jukebox's rule)
+DEAD_CODE_THRESHOLD = 1.0  # EMA count (vectors per batch) below which a code is restarted (Jukebox's rule)
 
 
 # ----------------------------------------------------------------------------- building blocks
@@ -57,8 +57,12 @@ class Residual(nn.Module):
 
     def __init__(self, channels: int, hidden: int):
         super().__init__()
-        self.block = nn.Sequential(nn.ReLU(), nn.Conv2d(channels, hidden, 3, padding=1, bias=False),
-                                   nn.ReLU(), nn.Conv2d(hidden, channels, 1, bias=False))
+        self.block = nn.Sequential(
+            nn.ReLU(),
+            nn.Conv2d(channels, hidden, 3, padding=1, bias=False),
+            nn.ReLU(),
+            nn.Conv2d(hidden, channels, 1, bias=False),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu(x)
@@ -123,8 +127,14 @@ class GeneralDecoder(nn.Module):
 class GeneralAppearanceModel(nn.Module):
     """The two-level VQ-VAE (the reference's ``DiscreteLatentModel``); see the module docstring."""
 
-    def __init__(self, hiddens: int = 128, residual_layers: int = 2, residual_hiddens: int = 64,
-                 num_embeddings: int = 4096, embedding_dim: int = 128):
+    def __init__(
+        self,
+        hiddens: int = 128,
+        residual_layers: int = 2,
+        residual_hiddens: int = 64,
+        num_embeddings: int = 4096,
+        embedding_dim: int = 128,
+    ):
         super().__init__()
         if num_embeddings < 2:
             raise ValueError(f"a codebook needs at least 2 codes, got num_embeddings={num_embeddings}")
@@ -145,14 +155,21 @@ class GeneralAppearanceModel(nn.Module):
     def encode(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """Images in [0, 1] (B, 3, H, W) -> {"encoded_hi": F_hi, "z_lo", "quantized_lo", "codes_lo",
         "z_hi", "quantized_hi", "codes_hi", "commitment"}: z before and Q after quantisation."""
-        encoded_hi = self.encoder_hi(images)                                   # (B, h, H/4, W/4)
-        z_lo = self.pre_quantize_lo(self.encoder_lo(encoded_hi))               # (B, D, H/8, W/8)
+        encoded_hi = self.encoder_hi(images)  # (B, h, H/4, W/4)
+        z_lo = self.pre_quantize_lo(self.encoder_lo(encoded_hi))  # (B, D, H/8, W/8)
         quantized_lo, commitment_lo, codes_lo = self.quantizer_lo(z_lo)
-        z_hi = self.hi_features(encoded_hi, quantized_lo)                      # (B, D, H/4, W/4)
+        z_hi = self.hi_features(encoded_hi, quantized_lo)  # (B, D, H/4, W/4)
         quantized_hi, commitment_hi, codes_hi = self.quantizer_hi(z_hi)
-        return {"encoded_hi": encoded_hi, "z_lo": z_lo, "quantized_lo": quantized_lo, "codes_lo": codes_lo,
-                "z_hi": z_hi, "quantized_hi": quantized_hi, "codes_hi": codes_hi,
-                "commitment": commitment_lo + commitment_hi}
+        return {
+            "encoded_hi": encoded_hi,
+            "z_lo": z_lo,
+            "quantized_lo": quantized_lo,
+            "codes_lo": codes_lo,
+            "z_hi": z_hi,
+            "quantized_hi": quantized_hi,
+            "codes_hi": codes_hi,
+            "commitment": commitment_lo + commitment_hi,
+        }
 
     def decode(self, quantized_lo: torch.Tensor, quantized_hi: torch.Tensor) -> torch.Tensor:
         """I_gen = D_gen([up(Q_lo), Q_hi]) -> (B, 3, H, W), [0, 1] space (not clamped)."""
@@ -173,8 +190,11 @@ class GeneralAppearanceModel(nn.Module):
         if self.training:
             restart_dead_codes(self.quantizer_lo, features["z_lo"])
             restart_dead_codes(self.quantizer_hi, features["z_hi"])
-        return {"reconstruction": reconstruction, "commitment": features["commitment"],
-                "loss": reconstruction + features["commitment"]}
+        return {
+            "reconstruction": reconstruction,
+            "commitment": features["commitment"],
+            "loss": reconstruction + features["commitment"],
+        }
 
     @torch.no_grad()
     def initialise_codebooks(self, images: torch.Tensor) -> None:
@@ -201,7 +221,7 @@ def restart_codes(quantizer: VectorQuantizerEMA, z: torch.Tensor, which: torch.T
     count = int(which.sum())
     if count == 0:
         return
-    flat = z.detach().permute(0, 2, 3, 1).reshape(-1, z.shape[1]).float()            # (N, D)
+    flat = z.detach().permute(0, 2, 3, 1).reshape(-1, z.shape[1]).float()  # (N, D)
     picks = flat[torch.randint(len(flat), (count,), device=flat.device)]
     picks = picks + 1e-3 * flat.std() * torch.randn_like(picks)
     quantizer.embedding[which] = picks
@@ -214,14 +234,26 @@ def restart_dead_codes(quantizer: VectorQuantizerEMA, z: torch.Tensor) -> None:
 
 
 # ----------------------------------------------------------------------------- weights
-_REFERENCE_NAMES = (("_encoder_b.", "encoder_hi."), ("_encoder_t.", "encoder_lo."), ("_decoder_b.", "decoder."),
-                    ("_pre_vq_conv_top.", "pre_quantize_lo."), ("_pre_vq_conv_bot.", "pre_quantize_hi."),
-                    ("upsample_t.", "upsample_lo."), ("_vq_vae_top.", "quantizer_lo."),
-                    ("_vq_vae_bot.", "quantizer_hi."), ("_residual_stack._layers.", "residual.layers."),
-                    ("._block.", ".block."), ("_conv_trans_1.", "deconv1."), ("_conv_trans_2.", "deconv2."),
-                    ("_conv_1.", "conv1."), ("_conv_2.", "conv2."), ("_conv_3.", "conv3."),
-                    ("_embedding.weight", "embedding"), ("_ema_cluster_size", "cluster_size"),
-                    ("_ema_w", "embedding_sum"))
+_REFERENCE_NAMES = (
+    ("_encoder_b.", "encoder_hi."),
+    ("_encoder_t.", "encoder_lo."),
+    ("_decoder_b.", "decoder."),
+    ("_pre_vq_conv_top.", "pre_quantize_lo."),
+    ("_pre_vq_conv_bot.", "pre_quantize_hi."),
+    ("upsample_t.", "upsample_lo."),
+    ("_vq_vae_top.", "quantizer_lo."),
+    ("_vq_vae_bot.", "quantizer_hi."),
+    ("_residual_stack._layers.", "residual.layers."),
+    ("._block.", ".block."),
+    ("_conv_trans_1.", "deconv1."),
+    ("_conv_trans_2.", "deconv2."),
+    ("_conv_1.", "conv1."),
+    ("_conv_2.", "conv2."),
+    ("_conv_3.", "conv3."),
+    ("_embedding.weight", "embedding"),
+    ("_ema_cluster_size", "cluster_size"),
+    ("_ema_w", "embedding_sum"),
+)
 
 
 def from_reference_state_dict(state: dict) -> dict:
@@ -241,53 +273,94 @@ def load_vq_weights(model: GeneralAppearanceModel, path: str | Path) -> None:
     """
     path = Path(path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"DSR: no VQ weights at {path} (vq_weights= a file, 'auto' to train them here "
-                                f"offline, or 'none' to start from random weights)")
+        raise FileNotFoundError(
+            f"DSR: no VQ weights at {path} (vq_weights= a file, 'auto' to train them here "
+            f"offline, or 'none' to start from random weights)"
+        )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        raise ValueError(f"DSR: {path} could not be read as a PyTorch state dict ({type(error).__name__}: "
-                         f"{error}); vq_weights needs the reference's vq_model_pretrained_128_4096.pckl or a file "
-                         f"written by adlearn.models.dsr_vq.train_vq_model") from error
+        raise ValueError(
+            f"DSR: {path} could not be read as a PyTorch state dict ({type(error).__name__}: "
+            f"{error}); vq_weights needs the reference's vq_model_pretrained_128_4096.pckl or a file "
+            f"written by adlearn.models.dsr_vq.train_vq_model"
+        ) from error
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"DSR: {path} is not a state dict of tensors; vq_weights needs the reference's "
-                         f"vq_model_pretrained_128_4096.pckl or a file written by train_vq_model")
+        raise ValueError(
+            f"DSR: {path} is not a state dict of tensors; vq_weights needs the reference's "
+            f"vq_model_pretrained_128_4096.pckl or a file written by train_vq_model"
+        )
     if any(key.startswith("_encoder_b.") for key in state):
         state = from_reference_state_dict(state)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
-        raise ValueError(f"DSR: {path} does not hold a DSR VQ model: missing keys {missing[:4]}"
-                         f"{' ...' if len(missing) > 4 else ''}, unexpected keys {unexpected[:4]}"
-                         f"{' ...' if len(unexpected) > 4 else ''} (see adlearn.models.dsr_vq for the key layout)")
+        raise ValueError(
+            f"DSR: {path} does not hold a DSR VQ model: missing keys {missing[:4]}"
+            f"{' ...' if len(missing) > 4 else ''}, unexpected keys {unexpected[:4]}"
+            f"{' ...' if len(unexpected) > 4 else ''} (see adlearn.models.dsr_vq for the key layout)"
+        )
     for key, value in state.items():
         if value.shape != expected[key].shape:
             codes = state.get("quantizer_lo.embedding")
-            hint = "" if codes is None else (f"; this file has {codes.shape[0]} codes of dimension {codes.shape[1]}: "
-                                             f"create the model with num_embeddings={codes.shape[0]}, "
-                                             f"embedding_dim={codes.shape[1]} (and the file's num_hiddens)")
-            raise ValueError(f"DSR: {path} does not match this model's size: {key} has shape "
-                             f"{tuple(value.shape)}, the model expects {tuple(expected[key].shape)}{hint}")
+            hint = (
+                ""
+                if codes is None
+                else (
+                    f"; this file has {codes.shape[0]} codes of dimension {codes.shape[1]}: "
+                    f"create the model with num_embeddings={codes.shape[0]}, "
+                    f"embedding_dim={codes.shape[1]} (and the file's num_hiddens)"
+                )
+            )
+            raise ValueError(
+                f"DSR: {path} does not match this model's size: {key} has shape "
+                f"{tuple(value.shape)}, the model expects {tuple(expected[key].shape)}{hint}"
+            )
     model.load_state_dict(state)
 
 
-def vq_cache_path(image_size: tuple[int, int], hiddens: int, residual_layers: int, residual_hiddens: int,
-                  num_embeddings: int, embedding_dim: int, steps: int, seed: int) -> Path:
+def vq_cache_path(
+    image_size: tuple[int, int],
+    hiddens: int,
+    residual_layers: int,
+    residual_hiddens: int,
+    num_embeddings: int,
+    embedding_dim: int,
+    steps: int,
+    seed: int,
+) -> Path:
     from adlearn.data.synthetic import cache_dir
 
-    return cache_dir() / "dsr" / (f"vq_{image_size[0]}x{image_size[1]}px_{hiddens}h_{residual_layers}x"
-                                  f"{residual_hiddens}r_{num_embeddings}x{embedding_dim}codes_{steps}steps_"
-                                  f"seed{seed}.pt")
+    return (
+        cache_dir()
+        / "dsr"
+        / (
+            f"vq_{image_size[0]}x{image_size[1]}px_{hiddens}h_{residual_layers}x"
+            f"{residual_hiddens}r_{num_embeddings}x{embedding_dim}codes_{steps}steps_"
+            f"seed{seed}.pt"
+        )
+    )
 
 
-def train_vq_model(image_size: int | tuple[int, int] = 256, hiddens: int = 128, residual_layers: int = 2,
-                   residual_hiddens: int = 64, num_embeddings: int = 4096, embedding_dim: int = 128,
-                   steps: int = 2000, batch_size: int = 8, lr: float = 1e-3, seed: int = 0,
-                   device: str | torch.device = "cpu", cache: bool = True, verbose: bool = True,
-                   return_model: bool = False):
+def train_vq_model(
+    image_size: int | tuple[int, int] = 256,
+    hiddens: int = 128,
+    residual_layers: int = 2,
+    residual_hiddens: int = 64,
+    num_embeddings: int = 4096,
+    embedding_dim: int = 128,
+    steps: int = 2000,
+    batch_size: int = 8,
+    lr: float = 1e-3,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    cache: bool = True,
+    verbose: bool = True,
+    return_model: bool = False,
+):
     """Train the general appearance model on natural crops (DSR phase 1, offline); returns the cached path.
 
     Adam (``lr``) on the reconstruction + commitment losses, ``steps`` batches of ``batch_size`` random
@@ -304,9 +377,12 @@ def train_vq_model(image_size: int | tuple[int, int] = 256, hiddens: int = 128, 
     from adlearn.data.natural_images import NaturalImageCrops
 
     device = torch.device(device)
-    with isolated_seed(seed, device):   # the caller's random state untouched, cache or not
-        model = GeneralAppearanceModel(hiddens, residual_layers, residual_hiddens, num_embeddings,
-                                       embedding_dim).to(device).train()
+    with isolated_seed(seed, device):  # the caller's random state untouched, cache or not
+        model = (
+            GeneralAppearanceModel(hiddens, residual_layers, residual_hiddens, num_embeddings, embedding_dim)
+            .to(device)
+            .train()
+        )
         crops = NaturalImageCrops(size, seed=seed, normalize=False)
         optimizer = torch.optim.Adam(model.parameters(), lr=lr)
         start, log_every = time.perf_counter(), max(1, steps // 10)
@@ -316,8 +392,11 @@ def train_vq_model(image_size: int | tuple[int, int] = 256, hiddens: int = 128, 
             losses["loss"].backward()
             optimizer.step()
             if verbose and (step % log_every == 0 or step == steps):
-                print(f"train_vq_model ({size[0]}x{size[1]} px): step {step}/{steps}, reconstruction "
-                      f"{losses['reconstruction'].item():.4f}, {time.perf_counter() - start:.0f} s", flush=True)
+                print(
+                    f"train_vq_model ({size[0]}x{size[1]} px): step {step}/{steps}, reconstruction "
+                    f"{losses['reconstruction'].item():.4f}, {time.perf_counter() - start:.0f} s",
+                    flush=True,
+                )
     model.eval()
     if cache:
         save_cached_weights(model, path)

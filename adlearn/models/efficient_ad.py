@@ -84,7 +84,7 @@ from adlearn.models.base import Prediction, TrainedModel, register
 from adlearn.models.common import exact_quantile, prediction_from_map
 
 MODEL_SIZES = ("small", "medium")
-MAP_PADDING = 4                 # the PDN's output positions lost at each border (see step 5)
+MAP_PADDING = 4  # the PDN's output positions lost at each border (see step 5)
 
 
 # ----------------------------------------------------------------------------- step 1-2: networks
@@ -119,11 +119,11 @@ class PatchDescriptionNetwork(nn.Module):
         """``channels``: compute only these output channels (the last convolution's rows), e.g. the
         student's ``slice(0, 384)`` where only its teacher half is used — the same numbers as
         ``forward(images)[:, channels]`` at a fraction of the last layer's cost."""
-        x = F.avg_pool2d(F.relu(self.conv1(images)), 2)        # (B, w, H/2 − 2, ...)
-        x = F.avg_pool2d(F.relu(self.conv2(x)), 2)              # (B, 2w, H/4 − 3, ...)
+        x = F.avg_pool2d(F.relu(self.conv1(images)), 2)  # (B, w, H/2 − 2, ...)
+        x = F.avg_pool2d(F.relu(self.conv2(x)), 2)  # (B, 2w, H/4 − 3, ...)
         x = F.relu(self.conv3(x))
         if self.model_size == "small":
-            return _conv_rows(self.conv4, x, channels)           # (B, out, H/4 − 8, W/4 − 8)
+            return _conv_rows(self.conv4, x, channels)  # (B, out, H/4 − 8, W/4 − 8)
         x = F.relu(self.conv5(F.relu(self.conv4(x))))
         return _conv_rows(self.conv6, x, channels)
 
@@ -150,6 +150,7 @@ class AutoEncoder(nn.Module):
         channels = [3, 32, 32, 64, 64, 64]
         self.encoder = nn.ModuleList(nn.Conv2d(channels[i], channels[i + 1], 4, stride=2, padding=1) for i in range(5))
         self.bottleneck = nn.Conv2d(64, 64, kernel_size=(height // 32, width // 32))
+
         # The reference's upsampling sizes at 256 px are 3, 8, 15, 32, 63, 127 then 56: as fractions of the image.
         def sizes(side: int) -> list[int]:
             return [max(1, side // 64 - 1), side // 32, side // 16 - 1, side // 8, side // 4 - 1, side // 2 - 1]
@@ -163,11 +164,11 @@ class AutoEncoder(nn.Module):
         x = images
         for conv in self.encoder:
             x = F.relu(conv(x))
-        x = self.bottleneck(x)                                   # (B, 64, 1, 1)
+        x = self.bottleneck(x)  # (B, 64, 1, 1)
         for size, conv in zip(self.upsample_sizes, self.decoder):
             x = self.dropout(F.relu(conv(F.interpolate(x, size=size, mode="bilinear"))))
         x = F.interpolate(x, size=self.upsample_sizes[-1], mode="bilinear")
-        return self.head(x)                                      # (B, out, H/4 − 8, W/4 − 8)
+        return self.head(x)  # (B, out, H/4 − 8, W/4 − 8)
 
 
 # ----------------------------------------------------------------------------- steps 3-4: losses
@@ -184,9 +185,15 @@ def hard_feature_loss(teacher: torch.Tensor, student: torch.Tensor, quantile: fl
     return torch.stack(losses).mean()
 
 
-def efficient_ad_loss(teacher: torch.Tensor, student: torch.Tensor, student_natural: torch.Tensor | None,
-                      teacher_augmented: torch.Tensor, autoencoder_augmented: torch.Tensor,
-                      student_augmented: torch.Tensor, quantile: float = 0.999) -> dict[str, torch.Tensor]:
+def efficient_ad_loss(
+    teacher: torch.Tensor,
+    student: torch.Tensor,
+    student_natural: torch.Tensor | None,
+    teacher_augmented: torch.Tensor,
+    autoencoder_augmented: torch.Tensor,
+    student_augmented: torch.Tensor,
+    quantile: float = 0.999,
+) -> dict[str, torch.Tensor]:
     """Steps 3–4, each input (B, C, h, w). The student's 2C outputs come as the halves the losses use:
     ``student`` and ``student_natural`` = S(·)[:C] (imitating the teacher), ``student_augmented`` =
     S(x')[C:] (imitating the autoencoder).
@@ -195,11 +202,15 @@ def efficient_ad_loss(teacher: torch.Tensor, student: torch.Tensor, student_natu
     """
     loss_st = hard_feature_loss(teacher, student, quantile)
     if student_natural is not None:
-        loss_st = loss_st + student_natural.pow(2).mean()                        # the penalty
+        loss_st = loss_st + student_natural.pow(2).mean()  # the penalty
     loss_ae = (teacher_augmented - autoencoder_augmented).pow(2).mean()
     loss_stae = (autoencoder_augmented - student_augmented).pow(2).mean()
-    return {"loss": loss_st + loss_ae + loss_stae, "student": loss_st, "autoencoder": loss_ae,
-            "student_autoencoder": loss_stae}
+    return {
+        "loss": loss_st + loss_ae + loss_stae,
+        "student": loss_st,
+        "autoencoder": loss_ae,
+        "student_autoencoder": loss_stae,
+    }
 
 
 COLOR_CHANGES = ("brightness", "contrast", "saturation")
@@ -211,7 +222,7 @@ def adjust_color(images: torch.Tensor, kind: str, factor: float) -> torch.Tensor
     if kind == "brightness":
         blended = images * factor
     elif kind == "contrast":
-        grey = to_grayscale(images)[:, :1].mean(dim=(1, 2, 3), keepdim=True)     # one grey level per image
+        grey = to_grayscale(images)[:, :1].mean(dim=(1, 2, 3), keepdim=True)  # one grey level per image
         blended = factor * images + (1 - factor) * grey
     elif kind == "saturation":
         blended = factor * images + (1 - factor) * to_grayscale(images)
@@ -232,8 +243,9 @@ def random_color_change(images: torch.Tensor, generator: torch.Generator | None 
 
 
 # ----------------------------------------------------------------------------- step 5: maps
-def efficient_ad_anomaly_map(map_st: torch.Tensor, map_ae: torch.Tensor, quantiles: torch.Tensor | None = None
-                             ) -> torch.Tensor:
+def efficient_ad_anomaly_map(
+    map_st: torch.Tensor, map_ae: torch.Tensor, quantiles: torch.Tensor | None = None
+) -> torch.Tensor:
     """Step 5's combination: each map 0.1 · (M − q_a) / (q_b − q_a) when ``quantiles`` =
     (q_a^ST, q_b^ST, q_a^AE, q_b^AE) are given; then 0.5 · M_ST + 0.5 · M_AE. (B, 1, H, W) each -> (B, H, W)"""
     if quantiles is not None:
@@ -254,23 +266,41 @@ class EfficientAd(TrainedModel):
     presets = {"cpu": {"image_size": 128, "max_steps": 1800, "val_fraction": 0.1}}
     scheduler_interval = "step"
 
-    def __init__(self, model_size: str = "small", teacher_out_channels: int = 384, teacher_weights: str = "auto",
-                 lr: float = 1e-4, weight_decay: float = 1e-5, hard_quantile: float = 0.999,
-                 map_quantiles: tuple[float, float] = (0.9, 0.995), penalty: bool = True, image_size: int = 256,
-                 center_crop: int | None = None, device: str = "auto", seed: int = 0, batch_size: int = 1, **training):
+    def __init__(
+        self,
+        model_size: str = "small",
+        teacher_out_channels: int = 384,
+        teacher_weights: str = "auto",
+        lr: float = 1e-4,
+        weight_decay: float = 1e-5,
+        hard_quantile: float = 0.999,
+        map_quantiles: tuple[float, float] = (0.9, 0.995),
+        penalty: bool = True,
+        image_size: int = 256,
+        center_crop: int | None = None,
+        device: str = "auto",
+        seed: int = 0,
+        batch_size: int = 1,
+        **training,
+    ):
         if model_size not in MODEL_SIZES:
             raise ValueError(f"EfficientAD: model_size must be one of {MODEL_SIZES}, got {model_size!r}")
         if not 0 < hard_quantile < 1 or not 0 <= map_quantiles[0] < map_quantiles[1] <= 1:
-            raise ValueError(f"EfficientAD: quantiles must lie in (0, 1) with q_a < q_b; got hard_quantile="
-                             f"{hard_quantile}, map_quantiles={map_quantiles}")
-        super().__init__(image_size=image_size, center_crop=center_crop, device=device, seed=seed,
-                         batch_size=batch_size, **training)
+            raise ValueError(
+                f"EfficientAD: quantiles must lie in (0, 1) with q_a < q_b; got hard_quantile="
+                f"{hard_quantile}, map_quantiles={map_quantiles}"
+            )
+        super().__init__(
+            image_size=image_size, center_crop=center_crop, device=device, seed=seed, batch_size=batch_size, **training
+        )
         self.save_hyperparameters()
         height, width = self.input_size
         if height % 32 or width % 32 or min(height, width) < 64:
-            raise ValueError(f"EfficientAD needs an input size divisible by 32 and at least 64 (the autoencoder halves "
-                             f"it five times; the PDN's output is H/4 − 8), got {height}x{width}: use e.g. "
-                             f"image_size=256 (the paper's) or 128")
+            raise ValueError(
+                f"EfficientAD needs an input size divisible by 32 and at least 64 (the autoencoder halves "
+                f"it five times; the PDN's output is H/4 − 8), got {height}x{width}: use e.g. "
+                f"image_size=256 (the paper's) or 128"
+            )
         self.model_size, self.teacher_weights = model_size, teacher_weights
         self.lr, self.weight_decay, self.hard_quantile, self.penalty = lr, weight_decay, hard_quantile, penalty
         self.map_quantile_levels = tuple(map_quantiles)
@@ -281,13 +311,13 @@ class EfficientAd(TrainedModel):
         # Step 1's channel statistics and step 5's quantiles, filled by fit.
         self.register_buffer("teacher_mean", torch.zeros(1, teacher_out_channels, 1, 1))
         self.register_buffer("teacher_std", torch.ones(1, teacher_out_channels, 1, 1))
-        self.register_buffer("quantiles", torch.zeros(4))          # q_a^ST, q_b^ST, q_a^AE, q_b^AE
+        self.register_buffer("quantiles", torch.zeros(4))  # q_a^ST, q_b^ST, q_a^AE, q_b^AE
         self._natural: NaturalImageCrops | None = None
         self._decay_step = math.inf
 
     def train(self, mode: bool = True):
         super().train(mode)
-        self.teacher.eval()                                        # frozen, always
+        self.teacher.eval()  # frozen, always
         return self
 
     # ------------------------------------------------------------------ step 1: the teacher
@@ -308,7 +338,7 @@ class EfficientAd(TrainedModel):
         """Step 1: per-channel mean and standard deviation of the teacher's outputs on ``data``."""
         statistics = ChannelStatistics()
         for images in self.batches(data, desc="efficient_ad: teacher statistics"):
-            statistics.update(self.teacher(images))                               # (B, C, h, w)
+            statistics.update(self.teacher(images))  # (B, C, h, w)
         mean, std = statistics.mean_std()
         self.teacher_mean.copy_(mean[None, :, None, None])
         self.teacher_std.copy_(std[None, :, None, None])
@@ -319,9 +349,14 @@ class EfficientAd(TrainedModel):
         self._natural = NaturalImageCrops(self.input_size, seed=self.seed) if self.penalty else None
         self._generator = torch.Generator().manual_seed(self.seed)
         # lr × 0.1 after 95 % of the steps this fit will take
-        per_epoch = len(data) if isinstance(data, torch.utils.data.DataLoader) else math.ceil(len(data) / trainer.batch_size)
-        limits = [limit for limit in (trainer.config.max_steps,
-                                      trainer.config.max_epochs and trainer.config.max_epochs * per_epoch) if limit]
+        per_epoch = (
+            len(data) if isinstance(data, torch.utils.data.DataLoader) else math.ceil(len(data) / trainer.batch_size)
+        )
+        limits = [
+            limit
+            for limit in (trainer.config.max_steps, trainer.config.max_epochs and trainer.config.max_epochs * per_epoch)
+            if limit
+        ]
         self._decay_step = int(0.95 * min(limits))
 
     # ------------------------------------------------------------------ steps 2-4: training
@@ -349,9 +384,15 @@ class EfficientAd(TrainedModel):
         if augment and self._natural is not None:
             natural = self.student(self._natural.sample(len(images)).to(images.device), imitate_teacher)
         augmented = random_color_change(images, self._generator) if augment else images
-        return efficient_ad_loss(teacher, student, natural, self.normalized_teacher(augmented),
-                                 self.autoencoder(augmented), self.student(augmented, imitate_autoencoder),
-                                 self.hard_quantile)
+        return efficient_ad_loss(
+            teacher,
+            student,
+            natural,
+            self.normalized_teacher(augmented),
+            self.autoencoder(augmented),
+            self.student(augmented, imitate_autoencoder),
+            self.hard_quantile,
+        )
 
     def training_step(self, batch: dict, trainer=None) -> dict[str, torch.Tensor]:
         return self.losses(batch["image"])
@@ -365,10 +406,9 @@ class EfficientAd(TrainedModel):
         """(M_ST, M_AE) before normalisation, padded and upsampled: (B, 1, H, W) each."""
         teacher, student, autoencoder = self.extract_features(images)
         map_st = (teacher - student[:, : self.channels]).pow(2).mean(1, keepdim=True)
-        map_ae = (autoencoder - student[:, self.channels:]).pow(2).mean(1, keepdim=True)
+        map_ae = (autoencoder - student[:, self.channels :]).pow(2).mean(1, keepdim=True)
         size = images.shape[-2:]
-        return tuple(F.interpolate(F.pad(m, (MAP_PADDING,) * 4), size=size, mode="bilinear")
-                     for m in (map_st, map_ae))
+        return tuple(F.interpolate(F.pad(m, (MAP_PADDING,) * 4), size=size, mode="bilinear") for m in (map_st, map_ae))
 
     @torch.no_grad()
     def on_fit_end(self, data, trainer) -> None:
@@ -387,31 +427,38 @@ class EfficientAd(TrainedModel):
             raise ValueError("EfficientAD: no normal image to compute the map quantiles on")
         low, high = self.map_quantile_levels
         st, ae = torch.cat(maps_st), torch.cat(maps_ae)
-        self.quantiles.copy_(torch.stack([exact_quantile(st, low), exact_quantile(st, high),
-                                          exact_quantile(ae, low), exact_quantile(ae, high)]))
+        self.quantiles.copy_(
+            torch.stack(
+                [exact_quantile(st, low), exact_quantile(st, high), exact_quantile(ae, low), exact_quantile(ae, high)]
+            )
+        )
 
     def anomaly_map(self, images: torch.Tensor) -> torch.Tensor:
         map_st, map_ae = self.raw_maps(images)
         quantiles = self.quantiles if bool(self.quantiles.any()) else None
-        return efficient_ad_anomaly_map(map_st, map_ae, quantiles)            # (B, H, W)
+        return efficient_ad_anomaly_map(map_st, map_ae, quantiles)  # (B, H, W)
 
     def predict_step(self, images: torch.Tensor) -> Prediction:
-        return prediction_from_map(self.anomaly_map(images))                 # image score = max
+        return prediction_from_map(self.anomaly_map(images))  # image score = max
 
 
 def load_teacher_weights(teacher: PatchDescriptionNetwork, path: str | Path, model_size: str, channels: int) -> None:
     """A PDN state dict (ours or the reference's ``pretrained_teacher_{small,medium}.pth``) into ``teacher``."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"EfficientAD: no teacher weights at {path} (teacher_weights= a .pth file, 'auto' "
-                                "to distil one here, or 'none')")
+        raise FileNotFoundError(
+            f"EfficientAD: no teacher weights at {path} (teacher_weights= a .pth file, 'auto' "
+            "to distil one here, or 'none')"
+        )
     state = torch.load(path, map_location="cpu", weights_only=True)
     state = state.get("state_dict", state) if isinstance(state, dict) else state
     expected = {k: tuple(v.shape) for k, v in teacher.state_dict().items()}
     found = {k: tuple(v.shape) for k, v in state.items()} if isinstance(state, dict) else {}
     if found != expected:
         differences = sorted(set(expected) ^ set(found)) or [k for k in expected if expected[k] != found.get(k)]
-        raise ValueError(f"EfficientAD: {path.name} does not hold a {model_size} PDN with {channels} output channels "
-                         f"(first difference: {differences[0]!r}, expected {expected.get(differences[0])}, found "
-                         f"{found.get(differences[0])}); pass model_size= and teacher_out_channels= to match the file")
+        raise ValueError(
+            f"EfficientAD: {path.name} does not hold a {model_size} PDN with {channels} output channels "
+            f"(first difference: {differences[0]!r}, expected {expected.get(differences[0])}, found "
+            f"{found.get(differences[0])}); pass model_size= and teacher_out_channels= to match the file"
+        )
     teacher.load_state_dict(state)

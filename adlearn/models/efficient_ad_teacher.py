@@ -46,14 +46,15 @@ from adlearn.models.common import save_cached_weights
 from adlearn.models.efficient_ad import MAP_PADDING, PatchDescriptionNetwork
 from adlearn.utils import isolated_seed
 
-DISTILLATION_LAYERS = ("layer2", "layer3")     # strides 8 and 16, as PatchCore's features
+DISTILLATION_LAYERS = ("layer2", "layer3")  # strides 8 and 16, as PatchCore's features
 
 
 class DistillationTarget(torch.nn.Module):
     """What the teacher PDN must output for a crop: (B, 3, s, s) -> (B, out_channels, s/4 − 8, s/4 − 8)."""
 
-    def __init__(self, backbone: str = "efficientnet_lite0", out_channels: int = 384, seed: int = 0,
-                 pretrained: str = "auto"):
+    def __init__(
+        self, backbone: str = "efficientnet_lite0", out_channels: int = 384, seed: int = 0, pretrained: str = "auto"
+    ):
         super().__init__()
         self.extractor = TimmFeatureExtractor(backbone, list(DISTILLATION_LAYERS), pre_trained=pretrained)
         channels = sum(self.extractor.out_dims)
@@ -67,12 +68,13 @@ class DistillationTarget(torch.nn.Module):
         """Projected PatchCore-style features before the channel normalisation."""
         size = crops.shape[-1]
         doubled = F.interpolate(crops, scale_factor=2, mode="bilinear", align_corners=False)
-        maps = [F.avg_pool2d(m, 3, 1, 1) for m in self.extractor(doubled).values()]       # 3×3 neighbourhoods
-        grid = maps[0].shape[-2:]                                                         # (s/4, s/4)
-        features = torch.cat([maps[0]] + [F.interpolate(m, size=grid, mode="bilinear", align_corners=False)
-                                          for m in maps[1:]], dim=1)                      # (B, C, s/4, s/4)
-        features = features[..., MAP_PADDING:size // 4 - MAP_PADDING, MAP_PADDING:size // 4 - MAP_PADDING]
-        return torch.einsum("oc,bchw->bohw", self.projection, features)                  # (B, 384, s/4 − 8, ...)
+        maps = [F.avg_pool2d(m, 3, 1, 1) for m in self.extractor(doubled).values()]  # 3×3 neighbourhoods
+        grid = maps[0].shape[-2:]  # (s/4, s/4)
+        features = torch.cat(
+            [maps[0]] + [F.interpolate(m, size=grid, mode="bilinear", align_corners=False) for m in maps[1:]], dim=1
+        )  # (B, C, s/4, s/4)
+        features = features[..., MAP_PADDING : size // 4 - MAP_PADDING, MAP_PADDING : size // 4 - MAP_PADDING]
+        return torch.einsum("oc,bchw->bohw", self.projection, features)  # (B, 384, s/4 − 8, ...)
 
     @torch.no_grad()
     def fit_statistics(self, crops: torch.Tensor) -> None:
@@ -84,20 +86,36 @@ class DistillationTarget(torch.nn.Module):
         return (self.raw(crops) - self.mean) / self.std
 
 
-def teacher_cache_path(model_size: str, backbone: str, out_channels: int, steps: int, crop_size: int,
-                       seed: int, lr_schedule: str = "cosine") -> Path:
+def teacher_cache_path(
+    model_size: str,
+    backbone: str,
+    out_channels: int,
+    steps: int,
+    crop_size: int,
+    seed: int,
+    lr_schedule: str = "cosine",
+) -> Path:
     from adlearn.data.synthetic import cache_dir
 
     schedule = "" if lr_schedule == "constant" else f"_{lr_schedule}"
-    return cache_dir() / "efficient_ad" / f"teacher_{model_size}_{backbone}_{out_channels}ch_{steps}steps{schedule}_" \
-                                          f"{crop_size}px_seed{seed}.pt"
+    return (
+        cache_dir() / "efficient_ad" / f"teacher_{model_size}_{backbone}_{out_channels}ch_{steps}steps{schedule}_"
+        f"{crop_size}px_seed{seed}.pt"
+    )
 
 
 def default_teacher_path(model_size: str = "small") -> Path:
     """Where `distill_teacher` with its defaults caches the teacher (what ``teacher_weights="auto"`` loads)."""
     defaults = {k: p.default for k, p in inspect.signature(distill_teacher).parameters.items()}
-    return teacher_cache_path(model_size, defaults["backbone"], defaults["out_channels"], defaults["steps"],
-                              defaults["crop_size"], defaults["seed"], defaults["lr_schedule"])
+    return teacher_cache_path(
+        model_size,
+        defaults["backbone"],
+        defaults["out_channels"],
+        defaults["steps"],
+        defaults["crop_size"],
+        defaults["seed"],
+        defaults["lr_schedule"],
+    )
 
 
 def distillation_error(teacher: PatchDescriptionNetwork, target: DistillationTarget, crops: torch.Tensor) -> float:
@@ -106,8 +124,14 @@ def distillation_error(teacher: PatchDescriptionNetwork, target: DistillationTar
         return float((teacher(crops) - target(crops)).pow(2).mean())
 
 
-def distillation_target(backbone: str = "efficientnet_lite0", out_channels: int = 384, crop_size: int = 128,
-                        seed: int = 0, batch_size: int = 8, device: str | torch.device = "cpu") -> DistillationTarget:
+def distillation_target(
+    backbone: str = "efficientnet_lite0",
+    out_channels: int = 384,
+    crop_size: int = 128,
+    seed: int = 0,
+    batch_size: int = 8,
+    device: str | torch.device = "cpu",
+) -> DistillationTarget:
     """The target `distill_teacher` regresses, with its channel statistics from the same seeded crops."""
     target = DistillationTarget(backbone, out_channels, seed).to(device)
     crops = NaturalImageCrops(crop_size, seed=seed)
@@ -115,10 +139,21 @@ def distillation_target(backbone: str = "efficientnet_lite0", out_channels: int 
     return target
 
 
-def distill_teacher(model_size: str = "small", backbone: str = "efficientnet_lite0", out_channels: int = 384,
-                    steps: int = 700, batch_size: int = 8, crop_size: int = 128, lr: float = 5e-4, seed: int = 0,
-                    lr_schedule: str = "cosine", device: str | torch.device = "cpu", cache: bool = True,
-                    verbose: bool = True, return_model: bool = False):
+def distill_teacher(
+    model_size: str = "small",
+    backbone: str = "efficientnet_lite0",
+    out_channels: int = 384,
+    steps: int = 700,
+    batch_size: int = 8,
+    crop_size: int = 128,
+    lr: float = 5e-4,
+    seed: int = 0,
+    lr_schedule: str = "cosine",
+    device: str | torch.device = "cpu",
+    cache: bool = True,
+    verbose: bool = True,
+    return_model: bool = False,
+):
     """Distil a PDN teacher (see the module docstring); returns the cached weights' path.
 
     ``lr_schedule``: ``"cosine"`` (the learning rate falls from ``lr`` to 0 over the steps, half a cosine)
@@ -130,18 +165,21 @@ def distill_teacher(model_size: str = "small", backbone: str = "efficientnet_lit
     if lr_schedule not in ("cosine", "constant"):
         raise ValueError(f"lr_schedule must be 'cosine' or 'constant', got {lr_schedule!r}")
     if crop_size % 4 or crop_size < 64:
-        raise ValueError(f"crop_size must be a multiple of 4 and at least 64 (the PDN's output is s/4 − 8), got {crop_size}")
+        raise ValueError(
+            f"crop_size must be a multiple of 4 and at least 64 (the PDN's output is s/4 − 8), got {crop_size}"
+        )
     path = teacher_cache_path(model_size, backbone, out_channels, steps, crop_size, seed, lr_schedule)
     if cache and path.is_file() and not return_model:
         return path
     device = torch.device(device)
-    with isolated_seed(seed, device):   # the caller's random state untouched, cache or not
+    with isolated_seed(seed, device):  # the caller's random state untouched, cache or not
         teacher = PatchDescriptionNetwork(out_channels, model_size).to(device)
         target = distillation_target(backbone, out_channels, crop_size, seed, batch_size, device)
         crops = NaturalImageCrops(crop_size, seed=seed)
-        crops.sample(max(32, 4 * batch_size))                 # the views the statistics used: train on new ones
+        crops.sample(max(32, 4 * batch_size))  # the views the statistics used: train on new ones
         optimizer = torch.optim.Adam(teacher.parameters(), lr=lr)
-        def decay(step: int) -> float:                       # the learning rate's factor after `step` updates
+
+        def decay(step: int) -> float:  # the learning rate's factor after `step` updates
             return 0.5 * (1.0 + math.cos(math.pi * step / steps)) if lr_schedule == "cosine" else 1.0
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, decay)
@@ -154,8 +192,11 @@ def distill_teacher(model_size: str = "small", backbone: str = "efficientnet_lit
             optimizer.step()
             scheduler.step()
             if verbose and (step % log_every == 0 or step == steps):
-                print(f"distill_teacher ({model_size}, {backbone}): step {step}/{steps}, loss {loss.item():.4f}, "
-                      f"{time.perf_counter() - start:.0f} s", flush=True)
+                print(
+                    f"distill_teacher ({model_size}, {backbone}): step {step}/{steps}, loss {loss.item():.4f}, "
+                    f"{time.perf_counter() - start:.0f} s",
+                    flush=True,
+                )
     teacher.eval()
     if cache:
         save_cached_weights(teacher, path)

@@ -74,30 +74,45 @@ from adlearn.components.flow import SequenceFlow, subnet_conv
 from adlearn.models.base import Prediction, TrainedModel, register
 from adlearn.models.common import combine_layer_maps, prediction_from_map
 
-def build_flow(channels: int, height: int, width: int, flow_steps: int, conv3x3_only: bool,
-               hidden_ratio: float, affine_clamping: float = 2.0) -> SequenceFlow:
+
+def build_flow(
+    channels: int,
+    height: int,
+    width: int,
+    flow_steps: int,
+    conv3x3_only: bool,
+    hidden_ratio: float,
+    affine_clamping: float = 2.0,
+) -> SequenceFlow:
     """Step 2: ``flow_steps`` AllInOneBlocks on (C, h, w) maps; subnet kernels 3, 1, 3, 1, ..."""
     blocks = []
     for step in range(flow_steps):
         kernel_size = 3 if conv3x3_only or step % 2 == 0 else 1
-        blocks.append(AllInOneBlock([(channels, height, width)],
-                                    subnet_constructor=subnet_conv(kernel_size, hidden_ratio),
-                                    affine_clamping=affine_clamping, permute_soft=False))
+        blocks.append(
+            AllInOneBlock(
+                [(channels, height, width)],
+                subnet_constructor=subnet_conv(kernel_size, hidden_ratio),
+                affine_clamping=affine_clamping,
+                permute_soft=False,
+            )
+        )
     return SequenceFlow(blocks)
 
 
 def fastflow_loss(hidden_variables: list[torch.Tensor], log_jacobians: list[torch.Tensor]) -> torch.Tensor:
     """Step 3: Σ_scales mean_b [½ Σ_{c,i,j} z² − log|det J|]  (a scalar)."""
     loss = 0.0
-    for z, log_jac_det in zip(hidden_variables, log_jacobians):      # (B, C, h, w), (B,)
+    for z, log_jac_det in zip(hidden_variables, log_jacobians):  # (B, C, h, w), (B,)
         loss = loss + torch.mean(0.5 * z.pow(2).sum(dim=(1, 2, 3)) - log_jac_det)
     return loss
 
 
 def fastflow_anomaly_map(hidden_variables: list[torch.Tensor], image_size: tuple[int, int]) -> torch.Tensor:
     """Step 4: mean over scales of upsampled −exp(−½ mean_c z²). -> (B, H, W), values in [−1, 0]"""
-    layer_maps = [-torch.exp(-0.5 * z.pow(2).mean(dim=1, keepdim=True))  # (B, 1, h, w) per scale
-                  for z in hidden_variables]                                # z: (B, C, h, w)
+    layer_maps = [
+        -torch.exp(-0.5 * z.pow(2).mean(dim=1, keepdim=True))  # (B, 1, h, w) per scale
+        for z in hidden_variables
+    ]  # z: (B, C, h, w)
     return combine_layer_maps(layer_maps, image_size, "mean").squeeze(1)
 
 
@@ -105,16 +120,37 @@ def fastflow_anomaly_map(hidden_variables: list[torch.Tensor], image_size: tuple
 class Fastflow(TrainedModel):
     # The paper's training (500 epochs, early stopping patience 3).
     training_defaults = {"max_epochs": 500, "patience": 3}
-    presets = {"cpu": {"backbone": "efficientnet_lite2", "layers": ("layer2", "layer3", "layer4"),
-                       "conv3x3_only": True, "batch_size": 8, "val_fraction": 0.2, "val_anomalies": "synthetic"}}
+    presets = {
+        "cpu": {
+            "backbone": "efficientnet_lite2",
+            "layers": ("layer2", "layer3", "layer4"),
+            "conv3x3_only": True,
+            "batch_size": 8,
+            "val_fraction": 0.2,
+            "val_anomalies": "synthetic",
+        }
+    }
 
-    def __init__(self, backbone: str = "resnet18", layers: tuple[str, ...] = ("layer1", "layer2", "layer3"),
-                 pretrained: str = "auto", flow_steps: int = 8, conv3x3_only: bool = False,
-                 hidden_ratio: float = 1.0, lr: float = 1e-3, weight_decay: float = 1e-5,
-                 image_size: int = 256, center_crop: int | None = None, device: str = "auto", seed: int = 0,
-                 batch_size: int = 32, **training):
-        super().__init__(image_size=image_size, center_crop=center_crop, device=device, seed=seed,
-                         batch_size=batch_size, **training)
+    def __init__(
+        self,
+        backbone: str = "resnet18",
+        layers: tuple[str, ...] = ("layer1", "layer2", "layer3"),
+        pretrained: str = "auto",
+        flow_steps: int = 8,
+        conv3x3_only: bool = False,
+        hidden_ratio: float = 1.0,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-5,
+        image_size: int = 256,
+        center_crop: int | None = None,
+        device: str = "auto",
+        seed: int = 0,
+        batch_size: int = 32,
+        **training,
+    ):
+        super().__init__(
+            image_size=image_size, center_crop=center_crop, device=device, seed=seed, batch_size=batch_size, **training
+        )
         self.save_hyperparameters()
         if flow_steps < 1:
             raise ValueError(f"flow_steps must be >= 1, got {flow_steps}")
@@ -125,26 +161,27 @@ class Fastflow(TrainedModel):
             self.feature_extractor = TransformerFeatureExtractor(backbone, pre_trained=pretrained)
             if self.input_size != self.feature_extractor.image_size:
                 side = self.feature_extractor.image_size[0]
-                raise ValueError(f"FastFlow with {backbone} needs {side}x{side} images (the size its position "
-                                 f"embedding was trained for); create it with image_size={side}")
+                raise ValueError(
+                    f"FastFlow with {backbone} needs {side}x{side} images (the size its position "
+                    f"embedding was trained for); create it with image_size={side}"
+                )
             stride = self.feature_extractor.strides[0]
             shapes = [(self.feature_extractor.out_dims[0], self.input_size[0] // stride, self.input_size[1] // stride)]
-            self.norms = nn.ModuleList([nn.Identity()])              # the transformer's own norm already ran
+            self.norms = nn.ModuleList([nn.Identity()])  # the transformer's own norm already ran
         else:
             self.feature_extractor = TimmFeatureExtractor(backbone, list(layers), pre_trained=pretrained)
             dims = dryrun_find_featuremap_dims(self.feature_extractor, self.input_size, list(layers))
             shapes = [(dims[layer]["num_features"], *dims[layer]["resolution"]) for layer in layers]
             self.norms = nn.ModuleList([nn.LayerNorm(list(shape), elementwise_affine=True) for shape in shapes])
-        self.feature_shapes = shapes                                   # [(C, h, w)] per scale
+        self.feature_shapes = shapes  # [(C, h, w)] per scale
 
         # Step 2: one flow per scale.
-        self.flows = nn.ModuleList([build_flow(c, h, w, flow_steps, conv3x3_only, hidden_ratio)
-                                    for c, h, w in shapes])
+        self.flows = nn.ModuleList([build_flow(c, h, w, flow_steps, conv3x3_only, hidden_ratio) for c, h, w in shapes])
 
     # Step 1
     def extract_features(self, images: torch.Tensor) -> list[torch.Tensor]:
         """[(B, C, h, w)] per scale: backbone features after the learnable LayerNorm, in float32."""
-        features = self.feature_extractor(images).values()             # {layer: (B, C, h, w)}, CNN or transformer
+        features = self.feature_extractor(images).values()  # {layer: (B, C, h, w)}, CNN or transformer
         return [norm(feature.float()) for norm, feature in zip(self.norms, features)]
 
     # Step 2 (in float32 even under autocast: see the module docstring)
@@ -159,7 +196,7 @@ class Fastflow(TrainedModel):
         return hidden_variables, log_jacobians
 
     def configure_optimizers(self):
-        trainable = [p for p in self.parameters() if p.requires_grad]    # flows + LayerNorms
+        trainable = [p for p in self.parameters() if p.requires_grad]  # flows + LayerNorms
         return torch.optim.Adam(trainable, lr=self.lr, weight_decay=self.weight_decay), None
 
     # Step 3
@@ -170,8 +207,7 @@ class Fastflow(TrainedModel):
     # Steps 4–5
     def anomaly_map(self, images: torch.Tensor) -> torch.Tensor:
         hidden_variables, _ = self.flow_forward(self.extract_features(images))
-        return fastflow_anomaly_map(hidden_variables, images.shape[-2:])   # (B, H, W)
+        return fastflow_anomaly_map(hidden_variables, images.shape[-2:])  # (B, H, W)
 
     def predict_step(self, images: torch.Tensor) -> Prediction:
         return prediction_from_map(self.anomaly_map(images))
-

@@ -87,19 +87,25 @@ class DcganEncoder(nn.Module):
         super().__init__()
         layers: list[nn.Module] = [nn.Conv2d(channels, n_features, 4, 2, 1, bias=False), nn.LeakyReLU(0.2, True)]
         for _ in range(extra_layers):
-            layers += [nn.Conv2d(n_features, n_features, 3, 1, 1, bias=False), nn.BatchNorm2d(n_features),
-                       nn.LeakyReLU(0.2, True)]
+            layers += [
+                nn.Conv2d(n_features, n_features, 3, 1, 1, bias=False),
+                nn.BatchNorm2d(n_features),
+                nn.LeakyReLU(0.2, True),
+            ]
         side, width = image_side // 2, n_features
         while side > 4:
-            layers += [nn.Conv2d(width, 2 * width, 4, 2, 1, bias=False), nn.BatchNorm2d(2 * width),
-                       nn.LeakyReLU(0.2, True)]
+            layers += [
+                nn.Conv2d(width, 2 * width, 4, 2, 1, bias=False),
+                nn.BatchNorm2d(2 * width),
+                nn.LeakyReLU(0.2, True),
+            ]
             side, width = side // 2, 2 * width
         self.features = nn.Sequential(*layers)
-        self.head = nn.Conv2d(width, latent_size, 4, 1, 0, bias=False)     # 4×4 -> 1×1
+        self.head = nn.Conv2d(width, latent_size, 4, 1, 0, bias=False)  # 4×4 -> 1×1
         self.width = width
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(images))                           # (B, latent_size, 1, 1)
+        return self.head(self.features(images))  # (B, latent_size, 1, 1)
 
 
 class DcganDecoder(nn.Module):
@@ -107,17 +113,23 @@ class DcganDecoder(nn.Module):
 
     def __init__(self, image_side: int, channels: int, n_features: int, latent_size: int, extra_layers: int = 0):
         super().__init__()
-        stages = int(math.log2(image_side // 8))       # the encoder's halvings after the first convolution
-        width = n_features * 2 ** stages
-        layers: list[nn.Module] = [nn.ConvTranspose2d(latent_size, width, 4, 1, 0, bias=False),   # 1 -> 4
-                                   nn.BatchNorm2d(width), nn.ReLU(True)]
-        for _ in range(stages):                                                                # 4 -> S/2
-            layers += [nn.ConvTranspose2d(width, width // 2, 4, 2, 1, bias=False), nn.BatchNorm2d(width // 2),
-                       nn.ReLU(True)]
+        stages = int(math.log2(image_side // 8))  # the encoder's halvings after the first convolution
+        width = n_features * 2**stages
+        layers: list[nn.Module] = [
+            nn.ConvTranspose2d(latent_size, width, 4, 1, 0, bias=False),  # 1 -> 4
+            nn.BatchNorm2d(width),
+            nn.ReLU(True),
+        ]
+        for _ in range(stages):  # 4 -> S/2
+            layers += [
+                nn.ConvTranspose2d(width, width // 2, 4, 2, 1, bias=False),
+                nn.BatchNorm2d(width // 2),
+                nn.ReLU(True),
+            ]
             width //= 2
         for _ in range(extra_layers):
             layers += [nn.Conv2d(width, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.LeakyReLU(0.2, True)]
-        layers += [nn.ConvTranspose2d(width, channels, 4, 2, 1, bias=False), nn.Tanh()]           # S/2 -> S
+        layers += [nn.ConvTranspose2d(width, channels, 4, 2, 1, bias=False), nn.Tanh()]  # S/2 -> S
         self.layers = nn.Sequential(*layers)
 
     def forward(self, code: torch.Tensor) -> torch.Tensor:
@@ -134,9 +146,9 @@ class Generator(nn.Module):
         self.encoder_2 = DcganEncoder(image_side, channels, n_features, latent_size, extra_layers)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        z = self.encoder(x)                 # (B, latent, 1, 1)
-        fake = self.decoder(z)              # (B, C, S, S)
-        z_hat = self.encoder_2(fake)        # (B, latent, 1, 1)
+        z = self.encoder(x)  # (B, latent, 1, 1)
+        fake = self.decoder(z)  # (B, C, S, S)
+        z_hat = self.encoder_2(fake)  # (B, latent, 1, 1)
         return fake, z, z_hat
 
 
@@ -153,9 +165,17 @@ class Discriminator(nn.Module):
 
 
 # ----------------------------------------------------------------------------- steps 3-5: losses, score
-def ganomaly_loss(images: torch.Tensor, fake: torch.Tensor, z: torch.Tensor, z_hat: torch.Tensor,
-                  real_adversarial: torch.Tensor, fake_adversarial: torch.Tensor,
-                  w_adv: float = 1.0, w_con: float = 50.0, w_enc: float = 1.0) -> dict[str, torch.Tensor]:
+def ganomaly_loss(
+    images: torch.Tensor,
+    fake: torch.Tensor,
+    z: torch.Tensor,
+    z_hat: torch.Tensor,
+    real_adversarial: torch.Tensor,
+    fake_adversarial: torch.Tensor,
+    w_adv: float = 1.0,
+    w_con: float = 50.0,
+    w_enc: float = 1.0,
+) -> dict[str, torch.Tensor]:
     """Step 3, the generator's loss: {"adversarial", "contextual", "encoder", "loss"} (Eqs. 1–4; every term a mean).
 
     ``real_adversarial``/``fake_adversarial``: f(x), f(x̂) (or D(x), D(x̂) for anomalib's variant).
@@ -163,8 +183,12 @@ def ganomaly_loss(images: torch.Tensor, fake: torch.Tensor, z: torch.Tensor, z_h
     adversarial = F.mse_loss(fake_adversarial, real_adversarial)
     contextual = F.l1_loss(fake, images)
     encoder = F.mse_loss(z_hat, z)
-    return {"adversarial": adversarial, "contextual": contextual, "encoder": encoder,
-            "loss": w_adv * adversarial + w_con * contextual + w_enc * encoder}
+    return {
+        "adversarial": adversarial,
+        "contextual": contextual,
+        "encoder": encoder,
+        "loss": w_adv * adversarial + w_con * contextual + w_enc * encoder,
+    }
 
 
 def discriminator_loss(real_logit: torch.Tensor, fake_logit: torch.Tensor) -> torch.Tensor:
@@ -182,17 +206,30 @@ def latent_distance(z: torch.Tensor, z_hat: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------------------- the model
 @register("ganomaly")
 class Ganomaly(TrainedModel):
-    task = "classification"            # an image score, no anomaly map
-    automatic_optimization = False     # two optimizers, stepped in turn (step 4)
+    task = "classification"  # an image score, no anomaly map
+    automatic_optimization = False  # two optimizers, stepped in turn (step 4)
     # The reference's training: 100 epochs, early-stopping patience 3 (with validation data).
     training_defaults = {"max_epochs": 100, "patience": 3}
     presets = {"cpu": {"image_size": 64, "n_features": 32, "max_epochs": 15}}
 
-    def __init__(self, n_features: int = 64, latent_size: int = 100, extra_layers: int = 0,
-                 w_adv: float = 1.0, w_con: float = 50.0, w_enc: float = 1.0, adversarial: str = "features",
-                 lr: float = 2e-4, betas: tuple[float, float] = (0.5, 0.999),
-                 image_size: int = 256, center_crop: int | None = None, device: str = "auto", seed: int = 0,
-                 batch_size: int = 32, **training):
+    def __init__(
+        self,
+        n_features: int = 64,
+        latent_size: int = 100,
+        extra_layers: int = 0,
+        w_adv: float = 1.0,
+        w_con: float = 50.0,
+        w_enc: float = 1.0,
+        adversarial: str = "features",
+        lr: float = 2e-4,
+        betas: tuple[float, float] = (0.5, 0.999),
+        image_size: int = 256,
+        center_crop: int | None = None,
+        device: str = "auto",
+        seed: int = 0,
+        batch_size: int = 32,
+        **training,
+    ):
         if adversarial not in ADVERSARIAL_LOSSES:
             raise ValueError(f"adversarial must be one of {ADVERSARIAL_LOSSES}, got {adversarial!r}")
         for name, value in (("n_features", n_features), ("latent_size", latent_size)):
@@ -200,13 +237,16 @@ class Ganomaly(TrainedModel):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if not (isinstance(extra_layers, int) and extra_layers >= 0):
             raise ValueError(f"extra_layers must be an integer >= 0, got {extra_layers!r}")
-        super().__init__(image_size=image_size, center_crop=center_crop, device=device, seed=seed,
-                         batch_size=batch_size, **training)
+        super().__init__(
+            image_size=image_size, center_crop=center_crop, device=device, seed=seed, batch_size=batch_size, **training
+        )
         self.save_hyperparameters()
         height, width = self.input_size
         if height != width or height < 8 or height & (height - 1):
-            raise ValueError(f"GANomaly's DCGAN networks halve a square image down to 4x4: the side must be a power "
-                             f"of two >= 8, got {height}x{width}. Use e.g. image_size=64 (or 128, 256)")
+            raise ValueError(
+                f"GANomaly's DCGAN networks halve a square image down to 4x4: the side must be a power "
+                f"of two >= 8, got {height}x{width}. Use e.g. image_size=64 (or 128, 256)"
+            )
         self.weights = {"w_adv": w_adv, "w_con": w_con, "w_enc": w_enc}
         self.adversarial, self.lr, self.betas = adversarial, lr, tuple(betas)
         self.generator = Generator(height, 3, n_features, latent_size, extra_layers)
@@ -219,12 +259,12 @@ class Ganomaly(TrainedModel):
 
     def losses(self, images: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
         """Steps 1–3 on one batch: (generator losses, D's logit on x, the reconstruction x̂)."""
-        x = to_tanh_range(images)                               # (B, 3, S, S) in [−1, 1]
+        x = to_tanh_range(images)  # (B, 3, S, S) in [−1, 1]
         fake, z, z_hat = self.generator(x)
         real_logit, real_features = self.discriminator(x)
         fake_logit, fake_features = self.discriminator(fake)
         if self.adversarial == "features":
-            real_adv, fake_adv = real_features.detach(), fake_features    # f(x) is the target
+            real_adv, fake_adv = real_features.detach(), fake_features  # f(x) is the target
         else:
             real_adv, fake_adv = torch.sigmoid(real_logit).detach(), torch.sigmoid(fake_logit)
         return ganomaly_loss(x, fake, z, z_hat, real_adv, fake_adv, **self.weights), real_logit, fake
@@ -232,14 +272,17 @@ class Ganomaly(TrainedModel):
     def training_step(self, batch: dict, trainer) -> dict[str, torch.Tensor]:
         g_losses, real_logit, fake = self.losses(batch["image"])
         trainer.optimizer_step(g_losses["loss"], "generator")
-        fake_logit, _ = self.discriminator(fake.detach())      # no gradient back into the generator
+        fake_logit, _ = self.discriminator(fake.detach())  # no gradient back into the generator
         d_loss = discriminator_loss(real_logit, fake_logit)
         trainer.optimizer_step(d_loss, "discriminator")
         return {"generator": g_losses["loss"].detach(), "discriminator": d_loss.detach()}
 
     def validation_step(self, batch: dict) -> dict[str, torch.Tensor]:
         g_losses, real_logit, fake = self.losses(batch["image"])
-        return {"generator": g_losses["loss"], "discriminator": discriminator_loss(real_logit, self.discriminator(fake)[0])}
+        return {
+            "generator": g_losses["loss"],
+            "discriminator": discriminator_loss(real_logit, self.discriminator(fake)[0]),
+        }
 
     def extract_features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Step 1 on ImageNet-normalised images: (x̂ in [−1, 1] (B, 3, S, S), z, ẑ (B, latent, 1, 1))."""

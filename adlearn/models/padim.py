@@ -45,23 +45,40 @@ class Padim(MemoryBankModel):
     # scores the whole image: on the real bottle the maps rank the central pixels the same either way.
     presets = {"paper": {"center_crop": "auto"}, "cpu": {"backbone": "efficientnet_lite0"}}
 
-    def __init__(self, backbone: str = "resnet18", layers: tuple[str, ...] = ("layer1", "layer2", "layer3"),
-                 pretrained: str = "auto", n_features: int | None = None, blur_sigma: float = 4.0,
-                 image_size: int = 256, center_crop: int | str | None = None, device: str = "auto",
-                 seed: int = 0, batch_size: int = 32):
-        super().__init__(image_size=image_size, center_crop=resolve_center_crop(image_size, center_crop),
-                         device=device, seed=seed,
-                         batch_size=batch_size)
+    def __init__(
+        self,
+        backbone: str = "resnet18",
+        layers: tuple[str, ...] = ("layer1", "layer2", "layer3"),
+        pretrained: str = "auto",
+        n_features: int | None = None,
+        blur_sigma: float = 4.0,
+        image_size: int = 256,
+        center_crop: int | str | None = None,
+        device: str = "auto",
+        seed: int = 0,
+        batch_size: int = 32,
+    ):
+        super().__init__(
+            image_size=image_size,
+            center_crop=resolve_center_crop(image_size, center_crop),
+            device=device,
+            seed=seed,
+            batch_size=batch_size,
+        )
         self.save_hyperparameters()
         self.feature_extractor = TimmFeatureExtractor(backbone, list(layers), pre_trained=pretrained)
         total_channels = sum(self.feature_extractor.out_dims)
         n_features = n_features or DEFAULT_N_FEATURES.get(backbone)
         if n_features is None:
-            raise ValueError(f"PaDiM has no default n_features for backbone {backbone!r}; pass n_features= "
-                             f"(at most {total_channels}, the channels of layers {list(layers)})")
+            raise ValueError(
+                f"PaDiM has no default n_features for backbone {backbone!r}; pass n_features= "
+                f"(at most {total_channels}, the channels of layers {list(layers)})"
+            )
         if not 0 < n_features <= total_channels:
-            raise ValueError(f"n_features={n_features} must be in 1..{total_channels} "
-                             f"(the channels of layers {list(layers)} of {backbone})")
+            raise ValueError(
+                f"n_features={n_features} must be in 1..{total_channels} "
+                f"(the channels of layers {list(layers)} of {backbone})"
+            )
         # Step 3's random channel choice is drawn once and saved with the model.
         generator = torch.Generator().manual_seed(seed)
         self.register_buffer("channel_index", torch.randperm(total_channels, generator=generator)[:n_features])
@@ -70,26 +87,25 @@ class Padim(MemoryBankModel):
 
     # Steps 1–3: features -> one embedding vector per position.
     def extract_features(self, images: torch.Tensor) -> torch.Tensor:
-        features = self.feature_extractor(images)                         # {layer: (B, C_l, h_l, w_l)}
-        embedding = concat_upsampled(list(features.values()))             # (B, ΣC_l, h, w)
-        return embedding.index_select(1, self.channel_index)              # (B, n_features, h, w)
+        features = self.feature_extractor(images)  # {layer: (B, C_l, h_l, w_l)}
+        embedding = concat_upsampled(list(features.values()))  # (B, ΣC_l, h, w)
+        return embedding.index_select(1, self.channel_index)  # (B, n_features, h, w)
 
     def collect(self, images: torch.Tensor) -> torch.Tensor:
         return self.extract_features(images)
 
     # Step 4: one Gaussian per position.
-    def fit_bank(self, embeddings: torch.Tensor) -> None:                 # (N, n_features, h, w)
+    def fit_bank(self, embeddings: torch.Tensor) -> None:  # (N, n_features, h, w)
         if embeddings.shape[0] < 2:
             raise ValueError("PaDiM needs at least 2 training images to estimate a covariance")
         self.gaussian.fit(embeddings)
 
     # Step 5: Mahalanobis map, upsampled and blurred; image score = max.
     def anomaly_map(self, images: torch.Tensor) -> torch.Tensor:
-        embedding = self.extract_features(images)                         # (B, n_features, h, w)
-        distances = self.gaussian.mahalanobis(embedding)                  # (B, h, w)
+        embedding = self.extract_features(images)  # (B, n_features, h, w)
+        distances = self.gaussian.mahalanobis(embedding)  # (B, h, w)
         anomaly_map = upsample_map(distances.unsqueeze(1), images.shape[-2:])  # (B, 1, H, W)
-        return self.blur(anomaly_map).squeeze(1)                          # (B, H, W)
+        return self.blur(anomaly_map).squeeze(1)  # (B, H, W)
 
     def predict_step(self, images: torch.Tensor) -> Prediction:
-        return prediction_from_map(self.anomaly_map(images))              # image score = max
-
+        return prediction_from_map(self.anomaly_map(images))  # image score = max

@@ -77,18 +77,38 @@ class Patchcore(MemoryBankModel):
     # central pixels the same either way, docs/benchmarks.md). The crop is one preset away.
     presets = {"paper": {"center_crop": "auto"}, "cpu": {"backbone": "efficientnet_lite0"}}
 
-    def __init__(self, backbone: str = "wide_resnet50_2", layers: tuple[str, ...] = ("layer2", "layer3"),
-                 pretrained: str = "auto", coreset_sampling_ratio: float = 0.1, num_neighbors: int = 9,
-                 blur_sigma: float = 4.0, half_precision_search: bool = False, image_size: int = 256,
-                 center_crop: int | str | None = None, device: str = "auto", seed: int = 0, batch_size: int = 32):
+    def __init__(
+        self,
+        backbone: str = "wide_resnet50_2",
+        layers: tuple[str, ...] = ("layer2", "layer3"),
+        pretrained: str = "auto",
+        coreset_sampling_ratio: float = 0.1,
+        num_neighbors: int = 9,
+        blur_sigma: float = 4.0,
+        half_precision_search: bool = False,
+        image_size: int = 256,
+        center_crop: int | str | None = None,
+        device: str = "auto",
+        seed: int = 0,
+        batch_size: int = 32,
+    ):
         if not 0 < coreset_sampling_ratio <= 1:
-            raise ValueError(f"coreset_sampling_ratio={coreset_sampling_ratio} must be in (0, 1]: it is the "
-                             "share of training patches kept in the memory bank (0.1 = 10 %)")
+            raise ValueError(
+                f"coreset_sampling_ratio={coreset_sampling_ratio} must be in (0, 1]: it is the "
+                "share of training patches kept in the memory bank (0.1 = 10 %)"
+            )
         if int(num_neighbors) < 1:
-            raise ValueError(f"num_neighbors={num_neighbors} must be >= 1 (1 = the image score is the "
-                             "plain maximum patch score, 9 = the paper's re-weighting)")
-        super().__init__(image_size=image_size, center_crop=resolve_center_crop(image_size, center_crop),
-                         device=device, seed=seed, batch_size=batch_size)
+            raise ValueError(
+                f"num_neighbors={num_neighbors} must be >= 1 (1 = the image score is the "
+                "plain maximum patch score, 9 = the paper's re-weighting)"
+            )
+        super().__init__(
+            image_size=image_size,
+            center_crop=resolve_center_crop(image_size, center_crop),
+            device=device,
+            seed=seed,
+            batch_size=batch_size,
+        )
         self.save_hyperparameters()
         self.coreset_sampling_ratio = coreset_sampling_ratio
         self.num_neighbors = int(num_neighbors)
@@ -102,9 +122,9 @@ class Patchcore(MemoryBankModel):
 
     # Steps 1–3: locally aware patch features, one row per position.
     def extract_features(self, images: torch.Tensor) -> torch.Tensor:
-        features = self.feature_extractor(images)                         # {layer: (B, C_l, h_l, w_l)}
-        pooled = [self.feature_pooler(f) for f in features.values()]      # same shapes, 3×3 neighbourhood
-        return concat_upsampled(pooled, mode="bilinear")                  # (B, E, h, w)
+        features = self.feature_extractor(images)  # {layer: (B, C_l, h_l, w_l)}
+        pooled = [self.feature_pooler(f) for f in features.values()]  # same shapes, 3×3 neighbourhood
+        return concat_upsampled(pooled, mode="bilinear")  # (B, E, h, w)
 
     @staticmethod
     def reshape_embedding(embedding: torch.Tensor) -> torch.Tensor:
@@ -112,21 +132,22 @@ class Patchcore(MemoryBankModel):
         return embedding.permute(0, 2, 3, 1).reshape(-1, embedding.shape[1])
 
     def collect(self, images: torch.Tensor) -> torch.Tensor:
-        return self.reshape_embedding(self.extract_features(images))      # (B·h·w, E) float32
+        return self.reshape_embedding(self.extract_features(images))  # (B·h·w, E) float32
 
     # Step 4: coreset-subsample all training patches into the memory bank.
-    def fit_bank(self, patches: torch.Tensor) -> None:                   # (N, E)
-        coreset_size = int(patches.shape[0] * self.coreset_sampling_ratio)   # M = ⌊N·ratio⌋
+    def fit_bank(self, patches: torch.Tensor) -> None:  # (N, E)
+        coreset_size = int(patches.shape[0] * self.coreset_sampling_ratio)  # M = ⌊N·ratio⌋
         if coreset_size < 1:
-            raise ValueError(f"the coreset is empty: {patches.shape[0]} training patches × "
-                             f"coreset_sampling_ratio={self.coreset_sampling_ratio} rounds down to 0; "
-                             "use more training images or a larger ratio")
+            raise ValueError(
+                f"the coreset is empty: {patches.shape[0]} training patches × "
+                f"coreset_sampling_ratio={self.coreset_sampling_ratio} rounds down to 0; "
+                "use more training images or a larger ratio"
+            )
         if self.coreset_sampling_ratio >= 1:
-            bank = patches                                                # every patch, in order
+            bank = patches  # every patch, in order
         else:
-            sampler = KCenterGreedy(patches, sampling_ratio=self.coreset_sampling_ratio,
-                                    random_state=self.seed)
-            bank = sampler.sample_coreset()                               # (M, E)
+            sampler = KCenterGreedy(patches, sampling_ratio=self.coreset_sampling_ratio, random_state=self.seed)
+            bank = sampler.sample_coreset()  # (M, E)
         self.memory_bank = bank.contiguous()
         self._search = None
 
@@ -143,38 +164,42 @@ class Patchcore(MemoryBankModel):
 
     # Step 5: distance of every test patch to its nearest bank entry.
     def patch_scores(self, embedding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        batch, _, height, width = embedding.shape                         # (B, E, h, w)
+        batch, _, height, width = embedding.shape  # (B, E, h, w)
         distances, locations = self.nearest_neighbors().search(self.reshape_embedding(embedding), k=1)
-        return (distances[:, 0].reshape(batch, height, width),            # (B, h, w) patch scores
-                locations[:, 0].reshape(batch, height, width))            # (B, h, w) nearest bank index
+        return (
+            distances[:, 0].reshape(batch, height, width),  # (B, h, w) patch scores
+            locations[:, 0].reshape(batch, height, width),
+        )  # (B, h, w) nearest bank index
 
     # Step 7: the paper's re-weighted maximum.
     def image_score(self, embedding: torch.Tensor, scores: torch.Tensor, locations: torch.Tensor) -> torch.Tensor:
         batch = scores.shape[0]
-        flat_scores = scores.reshape(batch, -1)                           # (B, h·w)
-        max_score, max_patch = flat_scores.max(dim=1)                     # s*, index of p*  (B,)
+        flat_scores = scores.reshape(batch, -1)  # (B, h·w)
+        max_score, max_patch = flat_scores.max(dim=1)  # s*, index of p*  (B,)
         k = min(self.num_neighbors, self.memory_bank.shape[0])
         if k == 1:
             return max_score
         rows = torch.arange(batch, device=scores.device)
         patches = self.reshape_embedding(embedding).reshape(batch, flat_scores.shape[1], -1)
-        test_patch = patches[rows, max_patch]                             # p*  (B, E)
-        nearest_entry = locations.reshape(batch, -1)[rows, max_patch]     # index of m*  (B,)
+        test_patch = patches[rows, max_patch]  # p*  (B, E)
+        nearest_entry = locations.reshape(batch, -1)[rows, max_patch]  # index of m*  (B,)
         # 𝒩_b(m*): the k nearest bank entries of m* (m* itself comes first, at distance 0).
         _, support = self.nearest_neighbors().search(self.memory_bank[nearest_entry], k=k)  # (B, k)
         support_distances = torch.linalg.vector_norm(
-            self.memory_bank[support] - test_patch[:, None, :], dim=-1)  # ‖p* − m‖  (B, k)
-        weight = 1 - torch.softmax(support_distances, dim=1)[:, 0]       # (B,)
+            self.memory_bank[support] - test_patch[:, None, :], dim=-1
+        )  # ‖p* − m‖  (B, k)
+        weight = 1 - torch.softmax(support_distances, dim=1)[:, 0]  # (B,)
         return weight * max_score
 
     # Step 6: the anomaly map.
     def anomaly_map(self, scores: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        upsampled = upsample_map(scores.unsqueeze(1), size, mode="nearest")   # (B, 1, H, W)
-        return self.blur(upsampled).squeeze(1)                                # (B, H, W)
+        upsampled = upsample_map(scores.unsqueeze(1), size, mode="nearest")  # (B, 1, H, W)
+        return self.blur(upsampled).squeeze(1)  # (B, H, W)
 
     def predict_step(self, images: torch.Tensor) -> Prediction:
-        embedding = self.extract_features(images)                         # (B, E, h, w)
-        scores, locations = self.patch_scores(embedding)                  # (B, h, w) twice
-        return Prediction(pred_score=self.image_score(embedding, scores, locations),
-                          anomaly_map=self.anomaly_map(scores, images.shape[-2:]))
-
+        embedding = self.extract_features(images)  # (B, E, h, w)
+        scores, locations = self.patch_scores(embedding)  # (B, h, w) twice
+        return Prediction(
+            pred_score=self.image_score(embedding, scores, locations),
+            anomaly_map=self.anomaly_map(scores, images.shape[-2:]),
+        )

@@ -72,13 +72,13 @@ class OneClassBottleneck(nn.Module):
         super().__init__()
         c1, c2, c3 = channels
         self.fuse_1 = nn.Sequential(conv_bn_relu(c1, c2, stride=2), conv_bn_relu(c2, c3, stride=2))  # 4 -> 16
-        self.fuse_2 = conv_bn_relu(c2, c3, stride=2)                                                 # 8 -> 16
-        self.embed = residual_stage(3 * c3, 2 * c3, "down", blocks)                                 # 16 -> 32
+        self.fuse_2 = conv_bn_relu(c2, c3, stride=2)  # 8 -> 16
+        self.embed = residual_stage(3 * c3, 2 * c3, "down", blocks)  # 16 -> 32
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
         e1, e2, e3 = features
-        fused = torch.cat([self.fuse_1(e1), self.fuse_2(e2), e3], dim=1)   # (B, 3·C3, h3, w3)
-        return self.embed(fused)                                           # (B, 2·C3, h3/2, w3/2)
+        fused = torch.cat([self.fuse_1(e1), self.fuse_2(e2), e3], dim=1)  # (B, 3·C3, h3, w3)
+        return self.embed(fused)  # (B, 2·C3, h3/2, w3/2)
 
 
 # ----------------------------------------------------------------------------- step 3: decoder
@@ -88,9 +88,9 @@ class ReverseDecoder(nn.Module):
     def __init__(self, channels: list[int], blocks: int = 2):
         super().__init__()
         c1, c2, c3 = channels
-        self.stage_3 = residual_stage(2 * c3, c3, "up", blocks)   # stride 32 -> 16: like e_3
-        self.stage_2 = residual_stage(c3, c2, "up", blocks)       # 16 -> 8: like e_2
-        self.stage_1 = residual_stage(c2, c1, "up", blocks)       # 8 -> 4: like e_1
+        self.stage_3 = residual_stage(2 * c3, c3, "up", blocks)  # stride 32 -> 16: like e_3
+        self.stage_2 = residual_stage(c3, c2, "up", blocks)  # 16 -> 8: like e_2
+        self.stage_1 = residual_stage(c2, c1, "up", blocks)  # 8 -> 4: like e_1
 
     def forward(self, embedding: torch.Tensor) -> list[torch.Tensor]:
         d3 = self.stage_3(embedding)
@@ -100,23 +100,26 @@ class ReverseDecoder(nn.Module):
 
 
 # ----------------------------------------------------------------------------- steps 4-5
-def reverse_distillation_loss(encoder_features: list[torch.Tensor],
-                              decoder_features: list[torch.Tensor]) -> torch.Tensor:
+def reverse_distillation_loss(
+    encoder_features: list[torch.Tensor], decoder_features: list[torch.Tensor]
+) -> torch.Tensor:
     """Step 4: Σ_layers mean_batch [1 − cos(vec(e_l), vec(d_l))] over whole flattened maps (a scalar)."""
     loss = 0.0
     for encoded, decoded in zip(encoder_features, decoder_features):
-        similarity = F.cosine_similarity(encoded.flatten(1), decoded.flatten(1), dim=1)   # (B,)
+        similarity = F.cosine_similarity(encoded.flatten(1), decoded.flatten(1), dim=1)  # (B,)
         loss = loss + (1 - similarity).mean()
     return loss
 
 
-def reverse_distillation_anomaly_map(encoder_features: list[torch.Tensor], decoder_features: list[torch.Tensor],
-                             image_size: tuple[int, int], mode: str = "add") -> torch.Tensor:
+def reverse_distillation_anomaly_map(
+    encoder_features: list[torch.Tensor],
+    decoder_features: list[torch.Tensor],
+    image_size: tuple[int, int],
+    mode: str = "add",
+) -> torch.Tensor:
     """Step 5 before the blur: per-layer 1 − cos maps, upsampled, added or multiplied. -> (B, 1, H, W)"""
     layer_maps = [cosine_distance(e, d) for e, d in zip(encoder_features, decoder_features)]  # [(B, 1, h, w)]
     return combine_layer_maps(layer_maps, image_size, mode, align_corners=True)
-
-
 
 
 # ----------------------------------------------------------------------------- the model
@@ -126,22 +129,39 @@ class ReverseDistillation(TrainedModel):
     training_defaults = {"max_epochs": 200, "patience": 3, "precise_bn": True}
     presets = {"cpu": {"backbone": "efficientnet_lite0", "val_fraction": 0.2, "max_epochs": 20}}
 
-    def __init__(self, backbone: str = "wide_resnet50_2", layers: tuple[str, ...] = ("layer1", "layer2", "layer3"),
-                 pretrained: str = "auto", anomaly_map_mode: str = "add", blocks_per_stage: int = 2,
-                 blur_sigma: float = 4.0, lr: float = 0.005, betas: tuple[float, float] = (0.5, 0.99),
-                 image_size: int = 256, center_crop: int | None = None, device: str = "auto", seed: int = 0,
-                 batch_size: int = 32, **training):
+    def __init__(
+        self,
+        backbone: str = "wide_resnet50_2",
+        layers: tuple[str, ...] = ("layer1", "layer2", "layer3"),
+        pretrained: str = "auto",
+        anomaly_map_mode: str = "add",
+        blocks_per_stage: int = 2,
+        blur_sigma: float = 4.0,
+        lr: float = 0.005,
+        betas: tuple[float, float] = (0.5, 0.99),
+        image_size: int = 256,
+        center_crop: int | None = None,
+        device: str = "auto",
+        seed: int = 0,
+        batch_size: int = 32,
+        **training,
+    ):
         if anomaly_map_mode not in ANOMALY_MAP_MODES:
             raise ValueError(f"anomaly_map_mode must be one of {ANOMALY_MAP_MODES}, got {anomaly_map_mode!r}")
         if len(layers) != 3:
-            raise ValueError(f"Reverse Distillation fuses exactly three encoder layers (strides 4, 8, 16), got {layers}")
-        super().__init__(image_size=image_size, center_crop=center_crop, device=device, seed=seed,
-                         batch_size=batch_size, **training)
+            raise ValueError(
+                f"Reverse Distillation fuses exactly three encoder layers (strides 4, 8, 16), got {layers}"
+            )
+        super().__init__(
+            image_size=image_size, center_crop=center_crop, device=device, seed=seed, batch_size=batch_size, **training
+        )
         self.save_hyperparameters()
         if any(side % 32 for side in self.input_size):
-            raise ValueError(f"Reverse Distillation needs an input size divisible by 32 (the embedding has stride 32 "
-                             f"and the decoder doubles it back three times), got {self.input_size}: use e.g. "
-                             f"image_size=256 (or center_crop=224)")
+            raise ValueError(
+                f"Reverse Distillation needs an input size divisible by 32 (the embedding has stride 32 "
+                f"and the decoder doubles it back three times), got {self.input_size}: use e.g. "
+                f"image_size=256 (or center_crop=224)"
+            )
         self.anomaly_map_mode, self.lr, self.betas = anomaly_map_mode, lr, tuple(betas)
         # Step 1: the frozen teacher (eval mode, batch norms folded away).
         self.encoder = TimmFeatureExtractor(backbone, list(layers), pre_trained=pretrained)
@@ -156,8 +176,10 @@ class ReverseDistillation(TrainedModel):
 
     def extract_features(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Steps 1–3: ([e_1, e_2, e_3], [d_1, d_2, d_3]), each (B, C_l, h_l, w_l)."""
-        encoded = [e.contiguous(memory_format=torch.channels_last)   # no gradient: the teacher is frozen
-                   for e in self.encoder(images).values()]
+        encoded = [
+            e.contiguous(memory_format=torch.channels_last)  # no gradient: the teacher is frozen
+            for e in self.encoder(images).values()
+        ]
         decoded = self.decoder(self.bottleneck(encoded))
         return encoded, decoded
 
@@ -173,8 +195,7 @@ class ReverseDistillation(TrainedModel):
         encoded, decoded = self.extract_features(images)
         encoded, decoded = [e.float() for e in encoded], [d.float() for d in decoded]
         anomaly_map = reverse_distillation_anomaly_map(encoded, decoded, images.shape[-2:], self.anomaly_map_mode)
-        return self.blur(anomaly_map).squeeze(1)                                 # (B, H, W)
+        return self.blur(anomaly_map).squeeze(1)  # (B, H, W)
 
     def predict_step(self, images: torch.Tensor) -> Prediction:
-        return prediction_from_map(self.anomaly_map(images))                    # image score = max
-
+        return prediction_from_map(self.anomaly_map(images))  # image score = max

@@ -71,8 +71,9 @@ def stfpm_loss(teacher_features: list[torch.Tensor], student_features: list[torc
     return loss
 
 
-def stfpm_anomaly_map(teacher_features: list[torch.Tensor], student_features: list[torch.Tensor],
-                      image_size: tuple[int, int]) -> torch.Tensor:
+def stfpm_anomaly_map(
+    teacher_features: list[torch.Tensor], student_features: list[torch.Tensor], image_size: tuple[int, int]
+) -> torch.Tensor:
     """Step 4: product over layers of the upsampled ½‖t̂ − ŝ‖² maps. -> (B, H, W)"""
     layer_maps = [normalized_difference(t, s) for t, s in zip(teacher_features, student_features)]  # [(B, 1, h, w)]
     return combine_layer_maps(layer_maps, image_size, "multiply").squeeze(1)
@@ -84,12 +85,24 @@ class Stfpm(TrainedModel):
     training_defaults = {"max_epochs": 100, "patience": 5, "precise_bn": True}
     presets = {"cpu": {"backbone": "efficientnet_lite0", "val_fraction": 0.2, "max_epochs": 25}}
 
-    def __init__(self, backbone: str = "resnet18", layers: tuple[str, ...] = ("layer1", "layer2", "layer3"),
-                 pretrained: str = "auto", lr: float = 0.4, momentum: float = 0.9, weight_decay: float = 1e-3,
-                 image_size: int = 256, center_crop: int | None = None, device: str = "auto", seed: int = 0,
-                 batch_size: int = 32, **training):
-        super().__init__(image_size=image_size, center_crop=center_crop, device=device, seed=seed,
-                         batch_size=batch_size, **training)
+    def __init__(
+        self,
+        backbone: str = "resnet18",
+        layers: tuple[str, ...] = ("layer1", "layer2", "layer3"),
+        pretrained: str = "auto",
+        lr: float = 0.4,
+        momentum: float = 0.9,
+        weight_decay: float = 1e-3,
+        image_size: int = 256,
+        center_crop: int | None = None,
+        device: str = "auto",
+        seed: int = 0,
+        batch_size: int = 32,
+        **training,
+    ):
+        super().__init__(
+            image_size=image_size, center_crop=center_crop, device=device, seed=seed, batch_size=batch_size, **training
+        )
         self.save_hyperparameters()
         self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
         # Step 1: the frozen teacher, and a student of the same shape with random weights.
@@ -98,13 +111,14 @@ class Stfpm(TrainedModel):
 
     def extract_features(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Step 1: ([t_1, t_2, t_3], [s_1, s_2, s_3]), each (B, C_l, h_l, w_l)."""
-        teacher = list(self.teacher(images).values())       # no gradient: the teacher is frozen
+        teacher = list(self.teacher(images).values())  # no gradient: the teacher is frozen
         student = list(self.student(images).values())
         return teacher, student
 
     def configure_optimizers(self):
-        optimizer = torch.optim.SGD(self.student.parameters(), lr=self.lr, momentum=self.momentum,
-                                    dampening=0.0, weight_decay=self.weight_decay)
+        optimizer = torch.optim.SGD(
+            self.student.parameters(), lr=self.lr, momentum=self.momentum, dampening=0.0, weight_decay=self.weight_decay
+        )
         return optimizer, None
 
     def training_step(self, batch: dict, trainer=None) -> torch.Tensor:
@@ -122,5 +136,4 @@ class Stfpm(TrainedModel):
         return stfpm_anomaly_map(teacher, student, images.shape[-2:])  # (B, H, W)
 
     def predict_step(self, images: torch.Tensor) -> Prediction:
-        return prediction_from_map(self.anomaly_map(images))           # image score = max (step 5)
-
+        return prediction_from_map(self.anomaly_map(images))  # image score = max (step 5)

@@ -75,33 +75,51 @@ class UShapedFlow(nn.Module):
     """Step 2: [features_s (B, C_s, h_s, w_s)], finest first, each half the size of the previous ->
     ([z_s], log|det J| (B,)); ``rev=True`` maps latents back to features."""
 
-    def __init__(self, shapes: list[tuple[int, int, int]], flow_steps: int = 4, affine_clamp: float = 2.0,
-                 hidden_ratio: float = 1.0, permute_soft: bool = False,
-                 subnet_kernels: tuple[int, ...] = (3, 1)) -> None:
+    def __init__(
+        self,
+        shapes: list[tuple[int, int, int]],
+        flow_steps: int = 4,
+        affine_clamp: float = 2.0,
+        hidden_ratio: float = 1.0,
+        permute_soft: bool = False,
+        subnet_kernels: tuple[int, ...] = (3, 1),
+    ) -> None:
         super().__init__()
         if not subnet_kernels or any(k < 1 or k % 2 == 0 for k in subnet_kernels):
             raise ValueError(f"subnet_kernels must be odd kernel sizes (e.g. (3, 1)), got {subnet_kernels}")
         for (_, h_fine, w_fine), (_, h, w) in zip(shapes, shapes[1:]):
             if (h_fine, w_fine) != (2 * h, 2 * w):
-                raise ValueError(f"U-Flow needs each feature scale to be exactly half the previous one, got "
-                                 f"{[tuple(s[1:]) for s in shapes]}; use an image size divisible by the largest "
-                                 f"stride (e.g. 256 for strides 4/8/16 or 8/16/32)")
+                raise ValueError(
+                    f"U-Flow needs each feature scale to be exactly half the previous one, got "
+                    f"{[tuple(s[1:]) for s in shapes]}; use an image size divisible by the largest "
+                    f"stride (e.g. 256 for strides 4/8/16 or 8/16/32)"
+                )
         self.shapes = [tuple(s) for s in shapes]
         self.stage_channels, self.up_channels = [], []
-        arriving = 0                                   # channels coming up from the coarser scale
-        for channels, height, width in reversed(self.shapes):
+        arriving = 0  # channels coming up from the coarser scale
+        for channels, _height, _width in reversed(self.shapes):
             stage = channels + arriving
             self.stage_channels.insert(0, stage)
             up = channels_going_up(stage) if len(self.stage_channels) < len(self.shapes) else 0
             self.up_channels.insert(0, up)
             arriving = up // 4
         self.latent_channels = [c - u for c, u in zip(self.stage_channels, self.up_channels)]
-        self.stages = nn.ModuleList([
-            SequenceFlow([AllInOneBlock([(channels, h, w)], subnet_constructor=subnet_conv(
-                                            subnet_kernels[k % len(subnet_kernels)], hidden_ratio),
-                                        affine_clamping=affine_clamp, permute_soft=permute_soft)
-                          for k in range(flow_steps)])
-            for channels, (_, h, w) in zip(self.stage_channels, self.shapes)])
+        self.stages = nn.ModuleList(
+            [
+                SequenceFlow(
+                    [
+                        AllInOneBlock(
+                            [(channels, h, w)],
+                            subnet_constructor=subnet_conv(subnet_kernels[k % len(subnet_kernels)], hidden_ratio),
+                            affine_clamping=affine_clamp,
+                            permute_soft=permute_soft,
+                        )
+                        for k in range(flow_steps)
+                    ]
+                )
+                for channels, (_, h, w) in zip(self.stage_channels, self.shapes)
+            ]
+        )
 
     def forward(self, xs: list[torch.Tensor], rev: bool = False) -> tuple[list[torch.Tensor], torch.Tensor]:
         return self._reverse(xs) if rev else self._forward(xs)
@@ -110,18 +128,18 @@ class UShapedFlow(nn.Module):
         latents: list[torch.Tensor | None] = [None] * len(features)
         log_det = features[0].new_zeros(features[0].shape[0])
         up = None
-        for s in reversed(range(len(features))):                       # coarse to fine
+        for s in reversed(range(len(features))):  # coarse to fine
             x = features[s] if up is None else torch.cat([features[s], up], dim=1)
             x, stage_log_det = self.stages[s](x)
             log_det = log_det + stage_log_det
             going_up, latents[s] = torch.split(x, [self.up_channels[s], self.latent_channels[s]], dim=1)
-            up = F.pixel_shuffle(going_up, 2) if self.up_channels[s] else None   # (B, up/4, 2h, 2w)
+            up = F.pixel_shuffle(going_up, 2) if self.up_channels[s] else None  # (B, up/4, 2h, 2w)
         return latents, log_det
 
     def _reverse(self, latents: list[torch.Tensor]):
         features: list[torch.Tensor | None] = [None] * len(latents)
         log_det = latents[0].new_zeros(latents[0].shape[0])
-        up = None                                                      # fine to coarse: undo in reverse
+        up = None  # fine to coarse: undo in reverse
         for s in range(len(latents)):
             x = latents[s] if up is None else torch.cat([F.pixel_unshuffle(up, 2), latents[s]], dim=1)
             x, stage_log_det = self.stages[s](x, rev=True)
@@ -134,13 +152,13 @@ class UShapedFlow(nn.Module):
 
 def uflow_loss(latents: list[torch.Tensor], log_jac_det: torch.Tensor) -> torch.Tensor:
     """Step 3: mean_b [Σ_s ½‖z_s‖² − log|det J|] (a scalar)."""
-    squared = sum(0.5 * z.pow(2).flatten(1).sum(dim=1) for z in latents)          # (B,)
+    squared = sum(0.5 * z.pow(2).flatten(1).sum(dim=1) for z in latents)  # (B,)
     return torch.mean(squared - log_jac_det)
 
 
 def uflow_anomaly_map(latents: list[torch.Tensor], image_size: tuple[int, int]) -> torch.Tensor:
     """Step 4: 1 − mean over scales of upsampled exp(−½ mean_c z²). -> (B, H, W), values in [0, 1]"""
-    likelihoods = [torch.exp(-0.5 * z.pow(2).mean(dim=1, keepdim=True)) for z in latents]   # [(B, 1, h_s, w_s)]
+    likelihoods = [torch.exp(-0.5 * z.pow(2).mean(dim=1, keepdim=True)) for z in latents]  # [(B, 1, h_s, w_s)]
     return 1.0 - combine_layer_maps(likelihoods, tuple(image_size), "mean")[:, 0]
 
 
@@ -150,20 +168,48 @@ class Uflow(TrainedModel):
     training_defaults = {"max_epochs": 200, "patience": 20}
     scheduler_interval = "step"
     # cpu: each choice made on the held-out synthetic-defect validation score (docs/benchmarks.md, "U-Flow").
-    presets = {"cpu": {"backbone": "efficientnet_lite2", "subnet_kernels": (3,), "image_size": 384, "blur_sigma": 6.0,
-                       "flow_steps": 8, "batch_size": 8, "val_fraction": 0.2, "val_anomalies": "synthetic",
-                       "max_epochs": 30, "patience": 3}}
+    presets = {
+        "cpu": {
+            "backbone": "efficientnet_lite2",
+            "subnet_kernels": (3,),
+            "image_size": 384,
+            "blur_sigma": 6.0,
+            "flow_steps": 8,
+            "batch_size": 8,
+            "val_fraction": 0.2,
+            "val_anomalies": "synthetic",
+            "max_epochs": 30,
+            "patience": 3,
+        }
+    }
 
-    def __init__(self, backbone: str = "resnet18", layers: tuple[str, ...] = ("layer1", "layer2", "layer3"),
-                 pretrained: str = "auto", flow_steps: int = 4, affine_clamp: float = 2.0,
-                 affine_subnet_channels_ratio: float = 1.0, permute_soft: bool = False, lr: float = 1e-3,
-                 weight_decay: float = 1e-5, lr_decay_steps: int = 25_000, nfa_window: int = 7,
-                 nfa_probability_thr: float = 0.5, nfa_epsilon: float = 1.0,
-                 subnet_kernels: tuple[int, ...] = (3, 1), blur_sigma: float = 0.0, image_size: int = 256,
-                 center_crop: int | None = None, device: str = "auto", seed: int = 0, batch_size: int = 32,
-                 **training):
-        super().__init__(image_size=image_size, center_crop=center_crop, device=device, seed=seed,
-                         batch_size=batch_size, **training)
+    def __init__(
+        self,
+        backbone: str = "resnet18",
+        layers: tuple[str, ...] = ("layer1", "layer2", "layer3"),
+        pretrained: str = "auto",
+        flow_steps: int = 4,
+        affine_clamp: float = 2.0,
+        affine_subnet_channels_ratio: float = 1.0,
+        permute_soft: bool = False,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-5,
+        lr_decay_steps: int = 25_000,
+        nfa_window: int = 7,
+        nfa_probability_thr: float = 0.5,
+        nfa_epsilon: float = 1.0,
+        subnet_kernels: tuple[int, ...] = (3, 1),
+        blur_sigma: float = 0.0,
+        image_size: int = 256,
+        center_crop: int | None = None,
+        device: str = "auto",
+        seed: int = 0,
+        batch_size: int = 32,
+        **training,
+    ):
+        super().__init__(
+            image_size=image_size, center_crop=center_crop, device=device, seed=seed, batch_size=batch_size, **training
+        )
         self.save_hyperparameters()
         if flow_steps < 1:
             raise ValueError(f"flow_steps must be >= 1, got {flow_steps}")
@@ -175,10 +221,18 @@ class Uflow(TrainedModel):
         self.feature_extractor = TimmFeatureExtractor(backbone, list(layers), pre_trained=pretrained)
         dims = dryrun_find_featuremap_dims(self.feature_extractor, self.input_size, list(layers))
         self.feature_shapes = [(dims[layer]["num_features"], *dims[layer]["resolution"]) for layer in layers]
-        self.norms = nn.ModuleList([nn.LayerNorm(list(shape), elementwise_affine=True) for shape in self.feature_shapes])
+        self.norms = nn.ModuleList(
+            [nn.LayerNorm(list(shape), elementwise_affine=True) for shape in self.feature_shapes]
+        )
         # Step 2
-        self.flow = UShapedFlow(self.feature_shapes, flow_steps, affine_clamp, affine_subnet_channels_ratio,
-                                permute_soft, tuple(subnet_kernels))
+        self.flow = UShapedFlow(
+            self.feature_shapes,
+            flow_steps,
+            affine_clamp,
+            affine_subnet_channels_ratio,
+            permute_soft,
+            tuple(subnet_kernels),
+        )
         # Step 4's optional smoothing
         self.blur = GaussianBlur2d(sigma=blur_sigma, channels=1) if blur_sigma > 0 else None
 
@@ -194,10 +248,12 @@ class Uflow(TrainedModel):
             return self.flow(features)
 
     def configure_optimizers(self):
-        optimizer = torch.optim.Adam([p for p in self.parameters() if p.requires_grad], lr=self.lr,
-                                     weight_decay=self.weight_decay)
-        scheduler = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1.0, end_factor=0.4,
-                                                      total_iters=self.lr_decay_steps)
+        optimizer = torch.optim.Adam(
+            [p for p in self.parameters() if p.requires_grad], lr=self.lr, weight_decay=self.weight_decay
+        )
+        scheduler = torch.optim.lr_scheduler.LinearLR(
+            optimizer, start_factor=1.0, end_factor=0.4, total_iters=self.lr_decay_steps
+        )
         return optimizer, scheduler
 
     def training_step(self, batch: dict, trainer=None) -> torch.Tensor:
@@ -210,8 +266,8 @@ class Uflow(TrainedModel):
 
     def predict_step(self, images: torch.Tensor) -> Prediction:
         latents, _ = self.encode(images)
-        anomaly_map = uflow_anomaly_map(latents, images.shape[-2:])                 # step 4, (B, H, W)
+        anomaly_map = uflow_anomaly_map(latents, images.shape[-2:])  # step 4, (B, H, W)
         if self.blur is not None:
             anomaly_map = self.blur(anomaly_map[:, None])[:, 0]
-        _, mask = nfa_segmentation(latents, images.shape[-2:], **self.nfa)          # step 5
+        _, mask = nfa_segmentation(latents, images.shape[-2:], **self.nfa)  # step 5
         return Prediction(pred_score=anomaly_map.flatten(1).amax(1), anomaly_map=anomaly_map, pred_mask=mask)

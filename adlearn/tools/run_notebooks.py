@@ -120,8 +120,14 @@ def _without_output_widget_mimic() -> None:
     engines.PapermillNotebookClient = Client
 
 
-def run_one(source: str, out_dir: str, parameters: dict, kernel_name: str, cell_timeout: float | None,
-            threads: int | None = None) -> dict:
+def run_one(
+    source: str,
+    out_dir: str,
+    parameters: dict,
+    kernel_name: str,
+    cell_timeout: float | None,
+    threads: int | None = None,
+) -> dict:
     """Execute one notebook (in a worker process); never raises: the outcome is in the returned dict."""
     import nbformat
     import papermill
@@ -136,8 +142,14 @@ def run_one(source: str, out_dir: str, parameters: dict, kernel_name: str, cell_
     status, error = "ok", ""
     try:
         papermill.execute_notebook(
-            str(source_path), str(out_path), parameters=parameters, kernel_name=kernel_name,
-            cwd=str(out_dir), progress_bar=False, log_output=False, execution_timeout=cell_timeout,
+            str(source_path),
+            str(out_path),
+            parameters=parameters,
+            kernel_name=kernel_name,
+            cwd=str(out_dir),
+            progress_bar=False,
+            log_output=False,
+            execution_timeout=cell_timeout,
             start_timeout=120,
         )
     except Exception as exc:  # a failing cell, a timeout, a dead kernel
@@ -151,8 +163,13 @@ def run_one(source: str, out_dir: str, parameters: dict, kernel_name: str, cell_
             error = _error_of(executed) or error
     elif status == "ok":
         status, error = "failed", f"papermill wrote no output notebook at {out_path}"
-    return {"notebook": source_path.name, "status": status, "seconds": round(seconds, 2),
-            "error": _ANSI.sub("", error), "report": report}
+    return {
+        "notebook": source_path.name,
+        "status": status,
+        "seconds": round(seconds, 2),
+        "error": _ANSI.sub("", error),
+        "report": report,
+    }
 
 
 # -------------------------------------------------------------------------------------------- a sweep
@@ -174,9 +191,16 @@ def previous_timings(out_dir: Path) -> dict[str, float]:
         return {}
 
 
-def run_all(paths: list[Path] | None = None, out_dir: Path = DEFAULT_OUT, smoke: bool = True,
-            device: str = "cpu", extra_parameters: dict | None = None, jobs: int = 2,
-            cell_timeout: float | None = 600, echo: bool = True) -> list[dict]:
+def run_all(
+    paths: list[Path] | None = None,
+    out_dir: Path = DEFAULT_OUT,
+    smoke: bool = True,
+    device: str = "cpu",
+    extra_parameters: dict | None = None,
+    jobs: int = 2,
+    cell_timeout: float | None = 600,
+    echo: bool = True,
+) -> list[dict]:
     """Execute ``paths`` (default: every notebook) into ``out_dir``; write timings.json and results.md."""
     paths = [Path(p) for p in (paths if paths is not None else notebook_paths())]
     out_dir = Path(out_dir).resolve()
@@ -190,8 +214,7 @@ def run_all(paths: list[Path] | None = None, out_dir: Path = DEFAULT_OUT, smoke:
     start = time.perf_counter()
     results: list[dict] = []
     if echo:
-        print(f"running {len(paths)} notebook(s), {jobs} at a time, parameters {parameters} -> {out_dir}",
-              flush=True)
+        print(f"running {len(paths)} notebook(s), {jobs} at a time, parameters {parameters} -> {out_dir}", flush=True)
     args = [(str(p), str(out_dir), parameters, kernel_name, cell_timeout, threads) for p in ordered]
     if jobs == 1:
         for arg in args:
@@ -207,8 +230,13 @@ def run_all(paths: list[Path] | None = None, out_dir: Path = DEFAULT_OUT, smoke:
                 _echo(results[-1], echo)
     results.sort(key=lambda row: row["notebook"])
     total = time.perf_counter() - start
-    summary = {"parameters": parameters, "jobs": jobs, "wall_seconds": round(total, 2),
-               "python": sys.version.split()[0], "notebooks": results}
+    summary = {
+        "parameters": parameters,
+        "jobs": jobs,
+        "wall_seconds": round(total, 2),
+        "python": sys.version.split()[0],
+        "notebooks": results,
+    }
     (out_dir / TIMINGS_FILE).write_text(json.dumps(summary, indent=1))
     (out_dir / RESULTS_FILE).write_text(results_table(results, total, parameters))
     if echo:
@@ -228,8 +256,11 @@ def _prepare_data(smoke: bool) -> None:
 
 def _echo(row: dict, echo: bool) -> None:
     if echo:
-        print(f"  {row['status']:>6}  {row['seconds']:7.1f} s  {row['notebook']}"
-              + (f"\n{row['error']}" if row["status"] != "ok" else ""), flush=True)
+        print(
+            f"  {row['status']:>6}  {row['seconds']:7.1f} s  {row['notebook']}"
+            + (f"\n{row['error']}" if row["status"] != "ok" else ""),
+            flush=True,
+        )
 
 
 def timings_table(results: list[dict], total: float | None = None) -> str:
@@ -243,10 +274,15 @@ def timings_table(results: list[dict], total: float | None = None) -> str:
     return "\n".join(lines)
 
 
-_METRIC_COLUMNS = (("image AUROC", "image_auroc", ".3f"), ("pixel AUROC", "pixel_auroc", ".3f"),
-                   ("AUPRO", "pixel_aupro", ".3f"), ("image F1", "image_f1max", ".3f"),
-                   ("fit s", "fit_seconds", ".1f"), ("img/s", "images_per_second", ".1f"),
-                   ("peak MB", "peak_memory_mb", ".0f"))
+_METRIC_COLUMNS = (
+    ("image AUROC", "image_auroc", ".3f"),
+    ("pixel AUROC", "pixel_auroc", ".3f"),
+    ("AUPRO", "pixel_aupro", ".3f"),
+    ("image F1", "image_f1max", ".3f"),
+    ("fit s", "fit_seconds", ".1f"),
+    ("img/s", "images_per_second", ".1f"),
+    ("peak MB", "peak_memory_mb", ".0f"),
+)
 
 
 def _format(value, fmt: str) -> str:
@@ -259,12 +295,22 @@ def _format(value, fmt: str) -> str:
 def results_table(results: list[dict], total: float, parameters: dict) -> str:
     """Markdown table: notebook, status, wall time, and the metrics each model notebook reported."""
     header = ["notebook", "status", "wall s", "model", "category", *[c[0] for c in _METRIC_COLUMNS]]
-    lines = [f"Parameters: `{json.dumps(parameters)}` — total wall time {total:.0f} s", "",
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = [
+        f"Parameters: `{json.dumps(parameters)}` — total wall time {total:.0f} s",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
     for row in results:
         report = row.get("report") or {}
-        cells = [row["notebook"], row["status"], f"{row['seconds']:.1f}", str(report.get("model", "—")),
-                 str(report.get("category", "—")), *[_format(report.get(key), fmt) for _, key, fmt in _METRIC_COLUMNS]]
+        cells = [
+            row["notebook"],
+            row["status"],
+            f"{row['seconds']:.1f}",
+            str(report.get("model", "—")),
+            str(report.get("category", "—")),
+            *[_format(report.get(key), fmt) for _, key, fmt in _METRIC_COLUMNS],
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -279,8 +325,10 @@ def _value(text: str):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m adlearn.tools.run_notebooks",
-                                     description="Execute notebooks with papermill, in parallel, timed.")
+    parser = argparse.ArgumentParser(
+        prog="python -m adlearn.tools.run_notebooks",
+        description="Execute notebooks with papermill, in parallel, timed.",
+    )
     parser.add_argument("notebooks", nargs="*", help="notebooks or folders (default: notebooks/*.ipynb)")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--smoke", dest="smoke", action="store_true", default=True, help="smoke=True (default)")
@@ -289,12 +337,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
     parser.add_argument("--jobs", type=int, default=2, help="notebooks run at the same time (default 2)")
     parser.add_argument("--cell-timeout", type=float, default=600.0, help="seconds per cell; 0 = none")
-    parser.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
-                        help="extra papermill parameter (repeatable), e.g. -p category weave")
+    parser.add_argument(
+        "-p",
+        "--parameter",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("NAME", "VALUE"),
+        help="extra papermill parameter (repeatable), e.g. -p category weave",
+    )
     args = parser.parse_args(argv)
     extra = {name: _value(value) for name, value in args.parameter}
-    results = run_all(notebook_paths(args.notebooks), args.out, smoke=args.smoke, device=args.device,
-                      extra_parameters=extra, jobs=args.jobs, cell_timeout=args.cell_timeout or None)
+    results = run_all(
+        notebook_paths(args.notebooks),
+        args.out,
+        smoke=args.smoke,
+        device=args.device,
+        extra_parameters=extra,
+        jobs=args.jobs,
+        cell_timeout=args.cell_timeout or None,
+    )
     print(f"wrote {args.out / TIMINGS_FILE} and {args.out / RESULTS_FILE}")
     failed = [row["notebook"] for row in results if row["status"] != "ok"]
     if failed:

@@ -36,16 +36,32 @@ Ctrl-C stops cleanly: the best weights so far (or the last completed epoch's) ar
 
 from adlearn.data.validation import SyntheticAnomalies, hold_out
 from adlearn.train.batch_norm import recalibrate_batch_norm, trainable_batch_norms
-from adlearn.train.callbacks import (BestWeights, Callback, Checkpoint, EarlyStopping, EpochLog,
-                                     PreciseBatchNorm)
+from adlearn.train.callbacks import BestWeights, Callback, Checkpoint, EarlyStopping, EpochLog, PreciseBatchNorm
 from adlearn.train.config import TrainingConfig
-from adlearn.train.history import History
 from adlearn.train.devices import batch_to_device, resolve_amp
+from adlearn.train.history import History
 from adlearn.train.loop import Trainer, fit
 from adlearn.train.phases import Phase, optimizer_pairs
 from adlearn.train.validation import rank_auroc
 
-__all__ = ["BestWeights", "Callback", "Checkpoint", "EarlyStopping", "EpochLog", "History", "Phase",
-           "PreciseBatchNorm", "SyntheticAnomalies", "Trainer", "TrainingConfig", "batch_to_device", "fit",
-           "hold_out", "optimizer_pairs", "rank_auroc", "recalibrate_batch_norm", "resolve_amp",
-           "trainable_batch_norms"]
+__all__ = [
+    "BestWeights",
+    "Callback",
+    "Checkpoint",
+    "EarlyStopping",
+    "EpochLog",
+    "History",
+    "Phase",
+    "PreciseBatchNorm",
+    "SyntheticAnomalies",
+    "Trainer",
+    "TrainingConfig",
+    "batch_to_device",
+    "fit",
+    "hold_out",
+    "optimizer_pairs",
+    "rank_auroc",
+    "recalibrate_batch_norm",
+    "resolve_amp",
+    "trainable_batch_norms",
+]

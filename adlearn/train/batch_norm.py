@@ -21,9 +21,13 @@ def trainable_batch_norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchN
 
     A frozen backbone's batch norms (no gradient, kept in eval mode) are left alone.
     """
-    return [module for module in model.modules()
-            if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats
-            and any(p.requires_grad for p in module.parameters(recurse=False))]
+    return [
+        module
+        for module in model.modules()
+        if isinstance(module, nn.modules.batchnorm._BatchNorm)
+        and module.track_running_stats
+        and any(p.requires_grad for p in module.parameters(recurse=False))
+    ]
 
 
 @torch.no_grad()

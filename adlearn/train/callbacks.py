@@ -83,8 +83,12 @@ class BestWeights(Callback):
             return
         restore(trainer.model, self.state)
         history = trainer.history
-        if self.restore_best and trainer.val_data is not None and stopped != "interrupted" \
-                and history.best_epoch != trainer.epoch:
+        if (
+            self.restore_best
+            and trainer.val_data is not None
+            and stopped != "interrupted"
+            and history.best_epoch != trainer.epoch
+        ):
             trainer.log(f"{trainer.name}: restored the best weights, epoch {history.best_epoch}{trainer.best_note()}")
 
 
@@ -99,8 +103,11 @@ class EarlyStopping(Callback):
             return
         waited = trainer.epoch - (trainer.history.best_epoch or 0)
         if waited >= self.patience:
-            trainer.stop("early_stopping", f"{trainer.name}: no improvement of val {trainer.history.val_metric} "
-                                           f"for {self.patience} epochs: stopping early")
+            trainer.stop(
+                "early_stopping",
+                f"{trainer.name}: no improvement of val {trainer.history.val_metric} "
+                f"for {self.patience} epochs: stopping early",
+            )
 
 
 class Checkpoint(Callback):
@@ -114,7 +121,7 @@ class Checkpoint(Callback):
             trainer.model.save(self.path)
 
     def on_phase_end(self, trainer, phase, stopped: str) -> None:
-        if trainer.best_weights.state is not None:      # the weights the phase ends with
+        if trainer.best_weights.state is not None:  # the weights the phase ends with
             trainer.model.save(self.path)
 
 
@@ -138,11 +145,16 @@ class EpochLog(Callback):
         limit = trainer.phase_limit
         steps = f" (step {trainer.global_step}{f'/{limit[1]}' if limit[1] else ''})"
         losses = record["losses"]
-        shown = f"loss {record['loss']:.4g}" if list(losses) in ([], ["loss"]) else \
-            " ".join(f"{name} {value:.4g}" for name, value in losses.items())
+        shown = (
+            f"loss {record['loss']:.4g}"
+            if list(losses) in ([], ["loss"])
+            else " ".join(f"{name} {value:.4g}" for name, value in losses.items())
+        )
         phase = f" [{record['phase']}]" if len(trainer.phases) > 1 else ""
-        line = f"{trainer.name}{phase} epoch {trainer.epoch}{f'/{trainer.total_epochs}' if trainer.total_epochs else ''}" \
-               f"{steps}: {shown}"
+        line = (
+            f"{trainer.name}{phase} epoch {trainer.epoch}{f'/{trainer.total_epochs}' if trainer.total_epochs else ''}"
+            f"{steps}: {shown}"
+        )
         if record["val"] is not None:
             line += f" | val {trainer.history.val_metric} {record['val']:.4f}{' *best' if record['improved'] else ''}"
         trainer.log(line + f" | {record['seconds']:.1f} s")

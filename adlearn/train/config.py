@@ -72,8 +72,10 @@ class TrainingConfig:
         if self.val_anomalies not in VAL_ANOMALIES:
             fail("val_anomalies", self.val_anomalies, f"use one of {', '.join(VAL_ANOMALIES)}")
         if self.val_anomalies != "none" and self.val_fraction == 0:
-            raise ValueError(f"training option val_anomalies={self.val_anomalies!r} adds anomalies to held-out "
-                             "training images: also give val_fraction (e.g. 0.2)")
+            raise ValueError(
+                f"training option val_anomalies={self.val_anomalies!r} adds anomalies to held-out "
+                "training images: also give val_fraction (e.g. 0.2)"
+            )
         if isinstance(self.val_defects, bool) or not isinstance(self.val_defects, int) or self.val_defects < 1:
             fail("val_defects", self.val_defects, "must be a positive integer (defective copies per held-out image)")
         if not (isinstance(self.gradient_clip_val, (int, float)) and self.gradient_clip_val >= 0):
@@ -94,10 +96,9 @@ class TrainingConfig:
     def split(cls, options: dict) -> tuple[dict, dict]:
         """(training options, the rest) of a keyword dict."""
         keys = set(cls.keys())
-        return ({k: v for k, v in options.items() if k in keys},
-                {k: v for k, v in options.items() if k not in keys})
+        return ({k: v for k, v in options.items() if k in keys}, {k: v for k, v in options.items() if k not in keys})
 
-    def replace(self, **changes) -> "TrainingConfig":
+    def replace(self, **changes) -> TrainingConfig:
         """A copy with some options changed (checked again)."""
         unknown = sorted(set(changes) - set(self.keys()))
         if unknown:

@@ -32,7 +32,7 @@ def interactive() -> bool:
     """True in a terminal or a Jupyter kernel: where a live progress bar is worth drawing."""
     if sys.stdout.isatty():
         return True
-    if "IPython" not in sys.modules:          # not imported: certainly no notebook
+    if "IPython" not in sys.modules:  # not imported: certainly no notebook
         return False
     shell = sys.modules["IPython"].get_ipython()
     return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"  # Jupyter, not a terminal
@@ -47,5 +47,7 @@ def batch_to_device(batch, device: torch.device) -> dict:
         batch = {"image": batch}
     elif isinstance(batch, (list, tuple)):
         batch = {"image": batch[0]}
-    return {key: value.to(device, non_blocking=True) if isinstance(value, torch.Tensor) else value
-            for key, value in batch.items()}
+    return {
+        key: value.to(device, non_blocking=True) if isinstance(value, torch.Tensor) else value
+        for key, value in batch.items()
+    }

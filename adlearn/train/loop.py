@@ -34,8 +34,15 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from adlearn.train.batch_norm import recalibrate_batch_norm
-from adlearn.train.callbacks import (BestWeights, Callback, Checkpoint, EarlyStopping, EpochFunction, EpochLog,
-                                     PreciseBatchNorm)
+from adlearn.train.callbacks import (
+    BestWeights,
+    Callback,
+    Checkpoint,
+    EarlyStopping,
+    EpochFunction,
+    EpochLog,
+    PreciseBatchNorm,
+)
 from adlearn.train.config import VAL_METRICS, TrainingConfig
 from adlearn.train.devices import batch_to_device, interactive
 from adlearn.train.history import History
@@ -65,14 +72,25 @@ class Trainer(BatchSteps):
         progress: a tqdm bar per epoch (``"auto"``: in a terminal or notebook, not in logs).
     """
 
-    def __init__(self, model: nn.Module, config: TrainingConfig | None = None, *,
-                 val_metric_fn: Callable | None = None, mode: str | None = None, seed: int | None = None,
-                 batch_size: int | None = None, restore_best: bool = True,
-                 checkpoint_path: str | Path | None = None, callbacks: Sequence[Callable | Callback] = (),
-                 verbose: bool = True, progress: bool | str = "auto", **options):
+    def __init__(
+        self,
+        model: nn.Module,
+        config: TrainingConfig | None = None,
+        *,
+        val_metric_fn: Callable | None = None,
+        mode: str | None = None,
+        seed: int | None = None,
+        batch_size: int | None = None,
+        restore_best: bool = True,
+        checkpoint_path: str | Path | None = None,
+        callbacks: Sequence[Callable | Callback] = (),
+        verbose: bool = True,
+        progress: bool | str = "auto",
+        **options,
+    ):
         metric_name = None
         if val_metric_fn is not None and options.get("val_metric", "auto") not in VAL_METRICS:
-            metric_name = options.pop("val_metric")       # the name to record val_metric_fn's value under
+            metric_name = options.pop("val_metric")  # the name to record val_metric_fn's value under
         config = config.replace(**options) if config is not None else TrainingConfig(**options)
         if mode not in (None, "max", "min"):
             raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
@@ -82,13 +100,17 @@ class Trainer(BatchSteps):
         self.seed = seed if seed is not None else getattr(model, "seed", 0)
         self.batch_size = batch_size or getattr(model, "batch_size", 32)
         phases = model.training_phases() if hasattr(model, "training_phases") else None
-        self.phases: list[Phase] = list(phases) if phases else [
-            Phase("train", model.configure_optimizers, None, config.max_epochs, config.max_steps)]
-        self.total_epochs = None if any(p.max_epochs is None for p in self.phases) else \
-            sum(p.max_epochs for p in self.phases)
+        self.phases: list[Phase] = (
+            list(phases)
+            if phases
+            else [Phase("train", model.configure_optimizers, None, config.max_epochs, config.max_steps)]
+        )
+        self.total_epochs = (
+            None if any(p.max_epochs is None for p in self.phases) else sum(p.max_epochs for p in self.phases)
+        )
         self.verbose = verbose
         self.progress = interactive() if progress == "auto" else bool(progress)
-        self.epoch = 0                   # epochs, all phases together
+        self.epoch = 0  # epochs, all phases together
         self.train_data = self.val_data = None
         # The standard callbacks, in the order their hooks run, then the caller's.
         self.best_weights = BestWeights(restore_best)
@@ -114,7 +136,7 @@ class Trainer(BatchSteps):
         if message:
             self.log(message)
 
-    def setup(self) -> "Trainer":
+    def setup(self) -> Trainer:
         """Seed, move the model to its device, build the first phase's optimizers."""
         seed_everything(self.seed)
         self.model.to(self.device)
@@ -133,8 +155,14 @@ class Trainer(BatchSteps):
             raise ValueError(f"{self.name}: the dataset is empty — nothing to train on")
         # A seeded generator: the same seed shuffles the same way, epoch after epoch.
         generator = torch.Generator().manual_seed(self.seed)
-        return DataLoader(data, batch_size=self.batch_size, shuffle=shuffle, generator=generator,
-                          num_workers=self.config.num_workers, pin_memory=self.device.type == "cuda")
+        return DataLoader(
+            data,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            generator=generator,
+            num_workers=self.config.num_workers,
+            pin_memory=self.device.type == "cuda",
+        )
 
     def train_one_epoch(self, loader: DataLoader) -> float:
         """One pass over ``loader`` (or up to the phase's ``max_steps``); returns the mean loss.
@@ -152,8 +180,13 @@ class Trainer(BatchSteps):
             from tqdm.auto import tqdm
 
             total = self.total_epochs and f"/{self.total_epochs}"
-            bar = tqdm(loader, desc=f"{self.name} epoch {self.epoch}{total or ''}", leave=False,
-                       file=sys.stdout, dynamic_ncols=True)
+            bar = tqdm(
+                loader,
+                desc=f"{self.name} epoch {self.epoch}{total or ''}",
+                leave=False,
+                file=sys.stdout,
+                dynamic_ncols=True,
+            )
         losses, named = [], {}
         for batch in bar:
             losses.append(self.training_step(batch))
@@ -214,7 +247,7 @@ class Trainer(BatchSteps):
 
     # ------------------------------------------------------------------ the whole run
     def _mark_fitted(self) -> None:
-        if hasattr(self.model, "_is_fitted"):     # an AnomalyModel: predict() is allowed from now on
+        if hasattr(self.model, "_is_fitted"):  # an AnomalyModel: predict() is allowed from now on
             self.model._is_fitted.fill_(True)
 
     def _end_epoch(self, seconds: float) -> None:
@@ -227,10 +260,11 @@ class Trainer(BatchSteps):
             value = self.validate(self.val_data)
         history = self.history
         improved = self.val_data is None or self._improved(value)
-        if improved:   # without validation, the latest epoch is the best we know
+        if improved:  # without validation, the latest epoch is the best we know
             history.best_epoch, history.best_value = self.epoch, value
-        history.record_epoch(self.epoch, self.epoch_losses, value, float(self.optimizer.param_groups[0]["lr"]),
-                             seconds, self.phase.name)
+        history.record_epoch(
+            self.epoch, self.epoch_losses, value, float(self.optimizer.param_groups[0]["lr"]), seconds, self.phase.name
+        )
         history.steps = self.global_step
         if self.scheduler_interval == "epoch":
             for _, scheduler in self.optimizers.values():
@@ -238,8 +272,16 @@ class Trainer(BatchSteps):
                     scheduler.step(value if value is not None else history.loss[-1])
                 elif scheduler is not None:
                     scheduler.step()
-        record = {"epoch": self.epoch, "loss": history.loss[-1], "losses": dict(self.epoch_losses), "val": value,
-                  "seconds": seconds, "improved": improved, "steps": self.global_step, "phase": self.phase.name}
+        record = {
+            "epoch": self.epoch,
+            "loss": history.loss[-1],
+            "losses": dict(self.epoch_losses),
+            "val": value,
+            "seconds": seconds,
+            "improved": improved,
+            "steps": self.global_step,
+            "phase": self.phase.name,
+        }
         for callback in self.callbacks:
             callback.on_epoch_end(self, record)
 
@@ -274,14 +316,20 @@ class Trainer(BatchSteps):
                 self.log(f"{self.name}: interrupted before the first step — the model is not trained")
             else:
                 self._mark_fitted()
-                self.log(f"{self.name}: interrupted during epoch {self.epoch} after {self.global_step} "
-                         "steps, before any epoch ended — keeping the current weights")
+                self.log(
+                    f"{self.name}: interrupted during epoch {self.epoch} after {self.global_step} "
+                    "steps, before any epoch ended — keeping the current weights"
+                )
         elif self.best_weights.restore_best:
-            self.log(f"{self.name}: interrupted during epoch {self.epoch} — keeping the weights of "
-                     f"epoch {self.history.best_epoch}{self.best_note()}")
+            self.log(
+                f"{self.name}: interrupted during epoch {self.epoch} — keeping the weights of "
+                f"epoch {self.history.best_epoch}{self.best_note()}"
+            )
         else:
-            self.log(f"{self.name}: interrupted during epoch {self.epoch} — keeping the weights of "
-                     f"epoch {self.epoch - 1}, the last completed one")
+            self.log(
+                f"{self.name}: interrupted during epoch {self.epoch} — keeping the weights of "
+                f"epoch {self.epoch - 1}, the last completed one"
+            )
 
     def fit(self, train_data, val_data=None) -> History:
         """Train until every phase ends (max_epochs / max_steps / early stopping) or Ctrl-C."""
@@ -289,14 +337,24 @@ class Trainer(BatchSteps):
         self.train_data, self.val_data = train_data, val_data
         loader = self.make_loader(train_data)
         amp = f", AMP {str(self.amp_dtype).replace('torch.', '')}" if self.amp_dtype else ""
-        limits = " and ".join(s for s in (self.total_epochs and f"{self.total_epochs} epochs",
-                                          self.config.max_steps and f"{self.config.max_steps} steps") if s)
-        phases = f" in {len(self.phases)} phases ({', '.join(p.name for p in self.phases)})" if len(self.phases) > 1 else ""
+        limits = " and ".join(
+            s
+            for s in (
+                self.total_epochs and f"{self.total_epochs} epochs",
+                self.config.max_steps and f"{self.config.max_steps} steps",
+            )
+            if s
+        )
+        phases = (
+            f" in {len(self.phases)} phases ({', '.join(p.name for p in self.phases)})" if len(self.phases) > 1 else ""
+        )
         patience = self.config.patience
         limits = limits or "each phase's length"
-        self.log(f"{self.name}: training for at most {limits}{phases} on "
-                 f"{len(loader.dataset)} images ({len(loader)} batches/epoch, {self.device}{amp})"
-                 + (f"; early stopping patience {patience}" if patience and val_data is not None else ""))
+        self.log(
+            f"{self.name}: training for at most {limits}{phases} on "
+            f"{len(loader.dataset)} images ({len(loader)} batches/epoch, {self.device}{amp})"
+            + (f"; early stopping patience {patience}" if patience and val_data is not None else "")
+        )
         if hasattr(self.model, "on_fit_start"):
             self.model.on_fit_start(train_data, self)
         stopped = "max_epochs"

@@ -39,13 +39,16 @@ def optimizer_pairs(configured) -> dict[str, tuple[torch.optim.Optimizer, object
 
     Accepted: an optimizer; (optimizer, scheduler); or a dict of those, one per name.
     """
+
     def pair(value, name):
         if isinstance(value, torch.optim.Optimizer):
             return value, None
         if isinstance(value, (tuple, list)) and len(value) == 2 and isinstance(value[0], torch.optim.Optimizer):
             return value[0], value[1]
-        raise TypeError(f"configure_optimizers: {name!r} must be an optimizer or (optimizer, scheduler or None), "
-                        f"got {type(value).__name__}")
+        raise TypeError(
+            f"configure_optimizers: {name!r} must be an optimizer or (optimizer, scheduler or None), "
+            f"got {type(value).__name__}"
+        )
 
     if isinstance(configured, dict):
         if not configured:

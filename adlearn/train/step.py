@@ -30,8 +30,8 @@ class BatchSteps:
         self.scheduler_interval = getattr(model, "scheduler_interval", "epoch")
         self.name = getattr(model, "name", type(model).__name__)
         self.history = History()
-        self.global_step = 0             # training batches, all phases together
-        self.last_grad_norm: float | None = None    # before clipping, of the last step
+        self.global_step = 0  # training batches, all phases together
+        self.last_grad_norm: float | None = None  # before clipping, of the last step
         self.optimizers: dict[str, tuple] | None = None
         self.phase: Phase | None = None
         self._frozen: list[nn.Parameter] = []
@@ -62,9 +62,11 @@ class BatchSteps:
                 parameter.requires_grad_(False)
         self.optimizers = optimizer_pairs(phase.configure_optimizers())
         if self.automatic and len(self.optimizers) > 1:
-            raise ValueError(f"{self.name}: configure_optimizers returned {len(self.optimizers)} optimizers; with "
-                             "several, set automatic_optimization = False and step each in training_step with "
-                             "trainer.optimizer_step(loss, name)")
+            raise ValueError(
+                f"{self.name}: configure_optimizers returned {len(self.optimizers)} optimizers; with "
+                "several, set automatic_optimization = False and step each in training_step with "
+                "trainer.optimizer_step(loss, name)"
+            )
         self.history.best_epoch = self.history.best_value = None
         self._stop_reason = None
 
@@ -77,40 +79,45 @@ class BatchSteps:
         """zero_grad, backward, clip, step — for the optimizer ``name`` (optional with only one)."""
         if name is None:
             if len(self.optimizers) > 1:
-                raise ValueError(f"{self.name}: several optimizers ({', '.join(self.optimizers)}): "
-                                 "name the one to step, trainer.optimizer_step(loss, name)")
+                raise ValueError(
+                    f"{self.name}: several optimizers ({', '.join(self.optimizers)}): "
+                    "name the one to step, trainer.optimizer_step(loss, name)"
+                )
             name = next(iter(self.optimizers))
         elif name not in self.optimizers:
-            raise KeyError(f"{self.name}: no optimizer named {name!r} in this phase; have: {', '.join(self.optimizers)}")
+            raise KeyError(
+                f"{self.name}: no optimizer named {name!r} in this phase; have: {', '.join(self.optimizers)}"
+            )
         optimizer, scheduler = self.optimizers[name]
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"{self.name}: the loss became {loss.item()} at step {self.global_step + 1}; "
-                                     "try a smaller learning rate, gradient_clip_val=1.0, or amp=False")
+            raise FloatingPointError(
+                f"{self.name}: the loss became {loss.item()} at step {self.global_step + 1}; "
+                "try a smaller learning rate, gradient_clip_val=1.0, or amp=False"
+            )
         optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(self.device.type, enabled=False):      # backward runs outside autocast
+        with torch.autocast(self.device.type, enabled=False):  # backward runs outside autocast
             if self.scaler is not None:
                 self.scaler.scale(loss).backward()
-                self.scaler.unscale_(optimizer)                         # clip the true gradients
+                self.scaler.unscale_(optimizer)  # clip the true gradients
             else:
                 loss.backward()
         if self.config.gradient_clip_val > 0:
             parameters = [p for group in optimizer.param_groups for p in group["params"]]
             self.last_grad_norm = float(nn.utils.clip_grad_norm_(parameters, self.config.gradient_clip_val))
         if self.scaler is not None:
-            self.scaler.step(optimizer)                                # skipped if grads overflowed
+            self.scaler.step(optimizer)  # skipped if grads overflowed
         else:
             optimizer.step()
         if scheduler is not None and self.scheduler_interval == "step":
             scheduler.step()
         self._stepped = True
 
-
     def autocast(self):
         return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
 
     def _train_mode(self) -> None:
         if self.phase is not None and self.phase.modules is not None:
-            self.model.eval()                    # the frozen parts' batch norms keep their statistics
+            self.model.eval()  # the frozen parts' batch norms keep their statistics
             for module in self.phase.modules:
                 module.train()
         else:
@@ -130,16 +137,16 @@ class BatchSteps:
         if self.automatic:
             self.optimizer_step(total_loss(output))
         if self.scaler is not None and self._stepped:
-            self.scaler.update()                 # once per batch, after every optimizer stepped
+            self.scaler.update()  # once per batch, after every optimizer stepped
         self.global_step += 1
         self.phase_steps += 1
         named = output if isinstance(output, dict) else {"loss": output}
-        self.last_losses = {name: float(value.detach() if torch.is_tensor(value) else value)
-                            for name, value in named.items()}
+        self.last_losses = {
+            name: float(value.detach() if torch.is_tensor(value) else value) for name, value in named.items()
+        }
         value = self.last_losses["loss"] if "loss" in self.last_losses else float(sum(self.last_losses.values()))
         self.history.step_loss.append(value)
         return value
 
     def _out_of_steps(self) -> bool:
         return self.phase.max_steps is not None and self.phase_steps >= self.phase.max_steps
-

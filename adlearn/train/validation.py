@@ -30,8 +30,8 @@ def rank_auroc(labels, scores) -> float:
     if n_pos == 0 or n_neg == 0:
         raise ValueError(f"AUROC needs positives and negatives; got {n_pos} positive and {n_neg} negative")
     _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
-    ends = np.cumsum(counts)                            # 1-based rank of each distinct value's last copy
-    average_rank = ends - (counts - 1) / 2.0            # mean of the ranks a tied block occupies
+    ends = np.cumsum(counts)  # 1-based rank of each distinct value's last copy
+    average_rank = ends - (counts - 1) / 2.0  # mean of the ranks a tied block occupies
     rank_sum = average_rank[inverse][labels].sum()
     return float((rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
@@ -46,8 +46,10 @@ def total_loss(output) -> torch.Tensor:
 def select(batch: dict, keep: torch.Tensor) -> dict:
     """The items of a dict batch where ``keep`` (a (B,) bool tensor) is True."""
     indices = keep.nonzero().flatten().tolist()
-    return {key: value[keep] if isinstance(value, torch.Tensor) else [value[i] for i in indices]
-            for key, value in batch.items()}
+    return {
+        key: value[keep] if isinstance(value, torch.Tensor) else [value[i] for i in indices]
+        for key, value in batch.items()
+    }
 
 
 @torch.no_grad()
@@ -56,7 +58,7 @@ def validation_loss(model, batches, autocast: Callable) -> float:
     model.eval()
     losses = []
     for batch in batches:
-        if "label" in batch:                      # the loss describes normal data only
+        if "label" in batch:  # the loss describes normal data only
             batch = select(batch, torch.as_tensor(batch["label"]) == 0)
             if len(batch["image"]) == 0:
                 continue
@@ -78,8 +80,10 @@ def validation_auroc(model, batches, metric: str, autocast: Callable) -> tuple[s
     labels, scores, masks, maps = [], [], [], []
     for batch in batches:
         if "label" not in batch:
-            raise ValueError(f"val_metric={metric!r} needs labelled validation data "
-                             "(dict items with 'label'); use val_metric='loss' for normal images only")
+            raise ValueError(
+                f"val_metric={metric!r} needs labelled validation data "
+                "(dict items with 'label'); use val_metric='loss' for normal images only"
+            )
         with autocast():
             prediction = model.predict(batch["image"])
         labels.append(torch.as_tensor(batch["label"]).cpu())

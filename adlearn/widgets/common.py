@@ -20,8 +20,9 @@ def _as_tensor(x, name: str = "features") -> torch.Tensor:
     if tensor.dim() == 1:  # a plain list of numbers is one feature per sample
         tensor = tensor[:, None]
     if tensor.dim() != 2 or tensor.shape[0] == 0:
-        raise ValueError(f"{name} must be a non-empty 2-D array (N samples, D features), "
-                         f"got shape {tuple(tensor.shape)}")
+        raise ValueError(
+            f"{name} must be a non-empty 2-D array (N samples, D features), got shape {tuple(tensor.shape)}"
+        )
     if not tensor.is_floating_point():
         tensor = tensor.float()
     return tensor.detach().cpu()

@@ -29,8 +29,15 @@ from adlearn.widgets.view import WidgetView, _new_figure
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["make_conditional_toy_data", "condition_code", "train_conditional_toy_flow", "conditional_log_likelihood",
-           "conditional_flow_explore", "conditional_flow_widget", "conditional_flow_static_figure"]
+__all__ = [
+    "make_conditional_toy_data",
+    "condition_code",
+    "train_conditional_toy_flow",
+    "conditional_log_likelihood",
+    "conditional_flow_explore",
+    "conditional_flow_widget",
+    "conditional_flow_static_figure",
+]
 
 RADIUS, SPREAD, LIMIT = 1.5, 0.3, 2.8
 
@@ -53,8 +60,12 @@ def condition_code(conditions) -> torch.Tensor:
 def _build(n_blocks: int, hidden: int, seed: int) -> SequenceFlow:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return SequenceFlow([AllInOneBlock([(2,)], dims_c=[(2,)], subnet_constructor=subnet_fc(hidden),
-                                           permute_soft=True) for _ in range(n_blocks)])
+        return SequenceFlow(
+            [
+                AllInOneBlock([(2,)], dims_c=[(2,)], subnet_constructor=subnet_fc(hidden), permute_soft=True)
+                for _ in range(n_blocks)
+            ]
+        )
 
 
 def conditional_log_likelihood(flow: SequenceFlow, points, conditions) -> torch.Tensor:
@@ -65,8 +76,16 @@ def conditional_log_likelihood(flow: SequenceFlow, points, conditions) -> torch.
     return -0.5 * z.pow(2).sum(dim=1) - math.log(2 * math.pi) + log_det
 
 
-def train_conditional_toy_flow(points, conditions, n_blocks: int = 6, hidden: int = 32, steps: int = 400,
-                               batch_size: int = 256, lr: float = 1e-2, seed: int = 0) -> tuple[SequenceFlow, np.ndarray]:
+def train_conditional_toy_flow(
+    points,
+    conditions,
+    n_blocks: int = 6,
+    hidden: int = 32,
+    steps: int = 400,
+    batch_size: int = 256,
+    lr: float = 1e-2,
+    seed: int = 0,
+) -> tuple[SequenceFlow, np.ndarray]:
     """Fit a conditional flow by maximum likelihood (Adam on −mean log p(x | c)); (flow in eval mode, losses)."""
     x = torch.as_tensor(np.asarray(points, dtype=np.float32))
     code = condition_code(conditions)
@@ -96,9 +115,15 @@ def conditional_flow_explore(flow: SequenceFlow, condition: float = 0.0, grid_po
         density = torch.exp(conditional_log_likelihood(flow, grid, condition)).numpy().reshape(xx.shape)
     peak = grid[int(np.argmax(density))]
     centre = RADIUS * np.array([np.cos(2 * np.pi * condition), np.sin(2 * np.pi * condition)])
-    return {"condition": float(condition), "axis": axis, "density": density, "peak": peak, "centre": centre,
-            "peak_error": float(np.linalg.norm(peak - centre)),
-            "mass": float(density.sum() * (axis[1] - axis[0]) ** 2)}
+    return {
+        "condition": float(condition),
+        "axis": axis,
+        "density": density,
+        "peak": peak,
+        "centre": centre,
+        "peak_error": float(np.linalg.norm(peak - centre)),
+        "mass": float(density.sum() * (axis[1] - axis[0]) ** 2),
+    }
 
 
 def _draw(ax, result: dict) -> None:
@@ -108,26 +133,34 @@ def _draw(ax, result: dict) -> None:
     ax.plot(RADIUS * np.cos(circle), RADIUS * np.sin(circle), color="white", lw=0.6, ls=":")
     ax.plot(*result["centre"], marker="+", color="cyan", markersize=12, mew=2, label="data centre for this c")
     ax.set_title(f"p(x | c = {result['condition']:.2f})", fontsize=9)
-    ax.set_xticks([]); ax.set_yticks([])
+    ax.set_xticks([])
+    ax.set_yticks([])
 
 
 def conditional_flow_widget(flow: SequenceFlow, condition: float = 0.0) -> WidgetView:
     """Live view: slide the condition c and watch one flow's density travel round the circle."""
     import ipywidgets as widgets
 
-    controls = {"condition": widgets.FloatSlider(value=condition, min=0.0, max=0.99, step=0.01,
-                                                 description="condition c", continuous_update=False)}
+    controls = {
+        "condition": widgets.FloatSlider(
+            value=condition, min=0.0, max=0.99, step=0.01, description="condition c", continuous_update=False
+        )
+    }
 
     def draw(result):
         fig = _new_figure(4.5, 4.5)
         _draw(fig.subplots(1, 1), result)
         return fig
 
-    return WidgetView(controls, lambda condition: conditional_flow_explore(flow, condition), draw,
-                      title="Conditional flow: the condition moves the density")
+    return WidgetView(
+        controls,
+        lambda condition: conditional_flow_explore(flow, condition),
+        draw,
+        title="Conditional flow: the condition moves the density",
+    )
 
 
-def conditional_flow_static_figure(flow: SequenceFlow, conditions=(0.0, 0.25, 0.5, 0.75)) -> "Figure":
+def conditional_flow_static_figure(flow: SequenceFlow, conditions=(0.0, 0.25, 0.5, 0.75)) -> Figure:
     """Small multiples for the book: the density of one trained flow under several conditions."""
     fig = _new_figure(3.2 * len(conditions), 3.4)
     axes = np.atleast_1d(fig.subplots(1, len(conditions)))

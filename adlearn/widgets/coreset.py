@@ -32,8 +32,14 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-__all__ = ["kcenter_indices", "random_indices", "coreset_explore", "coverage_curve", "coreset_widget",
-           "coreset_static_figure"]
+__all__ = [
+    "kcenter_indices",
+    "random_indices",
+    "coreset_explore",
+    "coverage_curve",
+    "coreset_widget",
+    "coreset_static_figure",
+]
 
 DEFAULT_RATIOS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2)
 COLORS = {"kcenter": "tab:green", "random": "tab:orange"}
@@ -75,7 +81,7 @@ def coreset_explore(bank, sampling_ratio: float = 0.05, seed: int = 0, projectio
     ``kcenter_radius`` / ``random_radius`` (coverage radius in the *original* feature space),
     ``projection (N, 2)``.
     """
-    bank_t = _as_tensor(bank, "bank")                                    # (N, D)
+    bank_t = _as_tensor(bank, "bank")  # (N, D)
     if not 0 < sampling_ratio <= 1:
         raise ValueError(f"sampling_ratio must lie in (0, 1], got {sampling_ratio}")
     size = _coreset_size(bank_t.shape[0], sampling_ratio)
@@ -117,13 +123,12 @@ def coverage_curve(bank, ratios=DEFAULT_RATIOS, seed: int = 0) -> dict:
 
 
 # ---------------------------------------------------------------------------------- panels
-def _draw_subset(ax: "Axes", result: dict, method: str, title: str | None = None) -> None:
+def _draw_subset(ax: Axes, result: dict, method: str, title: str | None = None) -> None:
     """The whole bank (grey) with the ``method``'s chosen rows on top."""
     points = result["projection"]
     chosen = points[result[f"{method}_idxs"]]
     ax.scatter(points[:, 0], points[:, 1], s=3, color="0.75", label=f"bank ({len(points)})")
-    ax.scatter(chosen[:, 0], chosen[:, 1], s=14, color=COLORS[method],
-               label=f"chosen ({len(chosen)})")
+    ax.scatter(chosen[:, 0], chosen[:, 1], s=14, color=COLORS[method], label=f"chosen ({len(chosen)})")
     name = "k-center greedy" if method == "kcenter" else "random"
     ax.set_title(title or f"{name}: radius {result[f'{method}_radius']:.2f}", fontsize="medium")
     ax.set_xticks([])
@@ -131,7 +136,7 @@ def _draw_subset(ax: "Axes", result: dict, method: str, title: str | None = None
     ax.legend(fontsize="x-small", loc="upper right")
 
 
-def _draw_curve(ax: "Axes", curve: dict, current: float | None = None) -> None:
+def _draw_curve(ax: Axes, curve: dict, current: float | None = None) -> None:
     """Coverage radius vs sampling ratio for both methods (lower is better)."""
     ax.plot(curve["ratios"], curve["kcenter_radius"], "o-", color=COLORS["kcenter"], label="k-center greedy")
     ax.plot(curve["ratios"], curve["random_radius"], "s-", color=COLORS["random"], label="random")
@@ -154,12 +159,18 @@ def coreset_widget(bank, sampling_ratio: float = 0.05, ratios=DEFAULT_RATIOS, se
     import ipywidgets as widgets
 
     bank_t = _as_tensor(bank, "bank")
-    projection = project_features(bank_t, n_components=2)[0]          # once: it does not change
+    projection = project_features(bank_t, n_components=2)[0]  # once: it does not change
     curve = coverage_curve(bank_t, ratios, seed)
     controls = {
-        "sampling_ratio": widgets.FloatSlider(value=sampling_ratio, min=min(ratios), max=max(ratios),
-                                              step=0.005, readout_format=".3f", description="ratio",
-                                              continuous_update=False),
+        "sampling_ratio": widgets.FloatSlider(
+            value=sampling_ratio,
+            min=min(ratios),
+            max=max(ratios),
+            step=0.005,
+            readout_format=".3f",
+            description="ratio",
+            continuous_update=False,
+        ),
         "seed": widgets.IntSlider(value=seed, min=0, max=9, description="seed", continuous_update=False),
     }
 
@@ -177,8 +188,7 @@ def coreset_widget(bank, sampling_ratio: float = 0.05, ratios=DEFAULT_RATIOS, se
     return WidgetView(controls, compute, draw, title="Coreset: k-center greedy vs random subset")
 
 
-def coreset_static_figure(bank, ratios=(0.01, 0.05, 0.2), seed: int = 0,
-                          curve_ratios=DEFAULT_RATIOS) -> "Figure":
+def coreset_static_figure(bank, ratios=(0.01, 0.05, 0.2), seed: int = 0, curve_ratios=DEFAULT_RATIOS) -> Figure:
     """Small multiples for the book: one column per ratio (top: k-center, bottom: random), and
     a last column with the radius-vs-ratio curve."""
     bank_t = _as_tensor(bank, "bank")
@@ -189,8 +199,12 @@ def coreset_static_figure(bank, ratios=(0.01, 0.05, 0.2), seed: int = 0,
         result = coreset_explore(bank_t, ratio, seed=seed, projection=projection)
         for row, method in enumerate(("kcenter", "random")):
             name = "k-center" if method == "kcenter" else "random"
-            _draw_subset(axes[row, column], result, method,
-                        title=f"{name}, {ratio:g} ({result['size']}): r = {result[f'{method}_radius']:.2f}")
+            _draw_subset(
+                axes[row, column],
+                result,
+                method,
+                title=f"{name}, {ratio:g} ({result['size']}): r = {result[f'{method}_radius']:.2f}",
+            )
     _draw_curve(axes[0, -1], coverage_curve(bank_t, curve_ratios, seed))
     axes[1, -1].set_visible(False)
     return fig

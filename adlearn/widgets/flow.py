@@ -33,11 +33,20 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-__all__ = ["make_toy_data", "make_outliers", "build_toy_flow", "train_toy_flow", "push_through",
-           "flow_log_likelihood", "flow_explore", "flow_widget", "flow_static_figure"]
+__all__ = [
+    "make_toy_data",
+    "make_outliers",
+    "build_toy_flow",
+    "train_toy_flow",
+    "push_through",
+    "flow_log_likelihood",
+    "flow_explore",
+    "flow_widget",
+    "flow_static_figure",
+]
 
 COLORS = {"inliers": "tab:blue", "outliers": "tab:red"}
-LATENT_LIMIT = 4.5   # latent panels show [-4.5, 4.5]²: N(0, I) has 99.99 % of its mass inside
+LATENT_LIMIT = 4.5  # latent panels show [-4.5, 4.5]²: N(0, I) has 99.99 % of its mass inside
 
 
 # ---------------------------------------------------------------------------------- toy data
@@ -54,7 +63,7 @@ def make_toy_data(kind: str = "moons", n_samples: int = 1000, noise: float = 0.0
         points = np.stack([radius * np.cos(angle), radius * np.sin(angle)], axis=1)
     else:
         raise ValueError(f"kind must be 'moons' or 'ring', got {kind!r}")
-    points = (points - points.mean(axis=0)) / points.std(axis=0)   # zero mean, unit variance
+    points = (points - points.mean(axis=0)) / points.std(axis=0)  # zero mean, unit variance
     return points.astype(np.float32)
 
 
@@ -80,10 +89,11 @@ def build_toy_flow(n_blocks: int = 8, hidden: int = 32, seed: int = 0) -> Sequen
     *rotation* between them (``permute_soft=True``): a hard permutation of two channels is the
     identity half of the time, and then consecutive blocks would bend the same coordinate.
     """
-    with torch.random.fork_rng(devices=[]):   # seeded, without touching the caller's RNG state
+    with torch.random.fork_rng(devices=[]):  # seeded, without touching the caller's RNG state
         torch.manual_seed(seed)
-        blocks = [AllInOneBlock([(2,)], subnet_constructor=subnet_fc(hidden), permute_soft=True)
-                  for _ in range(n_blocks)]
+        blocks = [
+            AllInOneBlock([(2,)], subnet_constructor=subnet_fc(hidden), permute_soft=True) for _ in range(n_blocks)
+        ]
     return SequenceFlow(blocks)
 
 
@@ -109,8 +119,9 @@ def flow_log_likelihood(flow: SequenceFlow, x, n_layers: int | None = None) -> t
     return _gaussian_log_likelihood(h, log_det)
 
 
-def train_toy_flow(data, n_blocks: int = 8, hidden: int = 32, steps: int = 500, batch_size: int = 256,
-                   lr: float = 1e-2, seed: int = 0) -> tuple[SequenceFlow, np.ndarray]:
+def train_toy_flow(
+    data, n_blocks: int = 8, hidden: int = 32, steps: int = 500, batch_size: int = 256, lr: float = 1e-2, seed: int = 0
+) -> tuple[SequenceFlow, np.ndarray]:
     """Fit a flow to ``data (N, 2)`` by maximum likelihood (Adam on −mean log p(x)).
 
     Returns ``(flow in eval mode, losses (steps,))``. Seeded: the same arguments give the same flow.
@@ -127,7 +138,7 @@ def train_toy_flow(data, n_blocks: int = 8, hidden: int = 32, steps: int = 500, 
         for step in range(steps):
             batch = data_t[torch.randint(0, data_t.shape[0], (batch_size,), generator=generator)]  # (B, 2)
             z, log_det = flow(batch)
-            loss = -_gaussian_log_likelihood(z, log_det).mean()     # −mean log p(x)
+            loss = -_gaussian_log_likelihood(z, log_det).mean()  # −mean log p(x)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -144,8 +155,9 @@ def _grid(points: np.ndarray, grid_points: int, limits) -> tuple[np.ndarray, np.
 
 
 @torch.no_grad()
-def flow_explore(flow: SequenceFlow, inliers, outliers, layer: int | None = None,
-                 grid_points: int = 70, limits=None) -> dict:
+def flow_explore(
+    flow: SequenceFlow, inliers, outliers, layer: int | None = None, grid_points: int = 70, limits=None
+) -> dict:
     """What the flow does up to ``layer`` blocks (0 = the raw data under N(0, I); default: all).
 
     Returns a dict: ``layer``, ``n_layers``, ``inliers_at_layer`` / ``outliers_at_layer`` (the
@@ -172,7 +184,7 @@ def flow_explore(flow: SequenceFlow, inliers, outliers, layer: int | None = None
             result[f"median_log_likelihood_{name}"] = float(np.median(result[f"log_likelihood_{name}"]))
 
         grid_x, grid_y = _grid(np.r_[_as_numpy(inliers_t), _as_numpy(outliers_t)], grid_points, limits)
-        xx, yy = np.meshgrid(grid_x, grid_y)                            # (G, G) each, [y, x]
+        xx, yy = np.meshgrid(grid_x, grid_y)  # (G, G) each, [y, x]
         queries = torch.from_numpy(np.stack([xx.ravel(), yy.ravel()], axis=1))  # (G², 2)
         log_density = flow_log_likelihood(flow, queries, n_layers=layer)
     result["auroc"] = separation_auroc(-result["log_likelihood_inliers"], -result["log_likelihood_outliers"])
@@ -181,15 +193,16 @@ def flow_explore(flow: SequenceFlow, inliers, outliers, layer: int | None = None
 
 
 # ---------------------------------------------------------------------------------- panels
-def _draw_latent(ax: "Axes", result: dict, title: str | None = None) -> None:
+def _draw_latent(ax: Axes, result: dict, title: str | None = None) -> None:
     """The points after ``layer`` blocks, with the 1σ, 2σ, 3σ circles of N(0, I)."""
     angle = np.linspace(0, 2 * np.pi, 200)
     for radius in (1, 2, 3):
         ax.plot(radius * np.cos(angle), radius * np.sin(angle), color="0.7", lw=0.8)
     for name, marker in (("inliers", "."), ("outliers", "x")):
         points = result[f"{name}_at_layer"]
-        ax.scatter(points[:, 0], points[:, 1], s=6 if name == "inliers" else 12, marker=marker,
-                   color=COLORS[name], label=name)
+        ax.scatter(
+            points[:, 0], points[:, 1], s=6 if name == "inliers" else 12, marker=marker, color=COLORS[name], label=name
+        )
     ax.set_xlim(-LATENT_LIMIT, LATENT_LIMIT)
     ax.set_ylim(-LATENT_LIMIT, LATENT_LIMIT)
     ax.set_aspect("equal")
@@ -197,7 +210,7 @@ def _draw_latent(ax: "Axes", result: dict, title: str | None = None) -> None:
     ax.legend(fontsize="x-small", loc="upper right")
 
 
-def _draw_density(ax: "Axes", result: dict, title: str | None = None) -> None:
+def _draw_density(ax: Axes, result: dict, title: str | None = None) -> None:
     """p_l(x) over the input space (darker = denser), with the outliers on top."""
     ax.contourf(result["grid_x"], result["grid_y"], result["density"], levels=12, cmap="Greys")
     outliers = result["outliers"]
@@ -206,14 +219,26 @@ def _draw_density(ax: "Axes", result: dict, title: str | None = None) -> None:
     ax.set_title(title or f"density p_{result['layer']}(x) in the input space", fontsize="medium")
 
 
-def _draw_log_likelihood_histogram(ax: "Axes", result: dict) -> None:
+def _draw_log_likelihood_histogram(ax: Axes, result: dict) -> None:
     """log p_l of inliers vs outliers: training pushes the two apart."""
     inliers, outliers = result["log_likelihood_inliers"], result["log_likelihood_outliers"]
     bins = np.histogram_bin_edges(np.clip(np.r_[inliers, outliers], -30, None), bins=25)
-    ax.hist(np.clip(inliers, bins[0], None), bins=bins, alpha=0.6, density=True, color=COLORS["inliers"],
-            label=f"inliers (median {result['median_log_likelihood_inliers']:.2f})")
-    ax.hist(np.clip(outliers, bins[0], None), bins=bins, alpha=0.6, density=True, color=COLORS["outliers"],
-            label=f"outliers (median {result['median_log_likelihood_outliers']:.2f})")
+    ax.hist(
+        np.clip(inliers, bins[0], None),
+        bins=bins,
+        alpha=0.6,
+        density=True,
+        color=COLORS["inliers"],
+        label=f"inliers (median {result['median_log_likelihood_inliers']:.2f})",
+    )
+    ax.hist(
+        np.clip(outliers, bins[0], None),
+        bins=bins,
+        alpha=0.6,
+        density=True,
+        color=COLORS["outliers"],
+        label=f"outliers (median {result['median_log_likelihood_outliers']:.2f})",
+    )
     ax.set_xlabel("log p(x)  (clipped at −30)")
     ax.set_ylabel("share of samples")
     # The axis shows log p itself (anomalies on the left); the score −log p only enters the AUROC.
@@ -221,7 +246,7 @@ def _draw_log_likelihood_histogram(ax: "Axes", result: dict) -> None:
     ax.legend(fontsize="x-small")
 
 
-def _draw_flow(result: dict) -> "Figure":
+def _draw_flow(result: dict) -> Figure:
     """The widget's figure: latent points | density in input space | log-likelihood histograms."""
     fig = _new_figure(13, 4)
     latent, density, histogram = fig.subplots(1, 3)
@@ -241,8 +266,11 @@ def flow_widget(flow: SequenceFlow, inliers, outliers, layer: int | None = None)
     import ipywidgets as widgets
 
     n_layers = len(flow)
-    controls = {"layer": widgets.IntSlider(value=0 if layer is None else layer, min=0, max=n_layers,
-                                           description="blocks", continuous_update=False)}
+    controls = {
+        "layer": widgets.IntSlider(
+            value=0 if layer is None else layer, min=0, max=n_layers, description="blocks", continuous_update=False
+        )
+    }
 
     def compute(layer):
         return flow_explore(flow, inliers, outliers, layer=layer)
@@ -250,7 +278,7 @@ def flow_widget(flow: SequenceFlow, inliers, outliers, layer: int | None = None)
     return WidgetView(controls, compute, _draw_flow, title="Normalizing flow, block by block")
 
 
-def flow_static_figure(flow: SequenceFlow, inliers, outliers, layers=None) -> "Figure":
+def flow_static_figure(flow: SequenceFlow, inliers, outliers, layers=None) -> Figure:
     """Small multiples for the book: one column per layer count (default: 4 evenly spaced from
     0 to K); top row the points after that many blocks, bottom row the density p_l(x)."""
     n_layers = len(flow)
@@ -260,9 +288,12 @@ def flow_static_figure(flow: SequenceFlow, inliers, outliers, layers=None) -> "F
     axes = fig.subplots(2, len(layers), squeeze=False)
     for column, layer in enumerate(layers):
         result = flow_explore(flow, inliers, outliers, layer=layer)
-        _draw_latent(axes[0, column], result,
-                    title=f"{layer} blocks: median log p in {result['median_log_likelihood_inliers']:.1f}, "
-                          f"out {result['median_log_likelihood_outliers']:.1f}")
+        _draw_latent(
+            axes[0, column],
+            result,
+            title=f"{layer} blocks: median log p in {result['median_log_likelihood_inliers']:.1f}, "
+            f"out {result['median_log_likelihood_outliers']:.1f}",
+        )
         _draw_density(axes[1, column], result, title=f"p_{layer}(x): AUROC {result['auroc']:.2f}")
         if column:
             axes[0, column].get_legend().remove()

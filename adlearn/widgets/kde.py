@@ -36,7 +36,7 @@ __all__ = ["ScaledGaussianKDE", "kde_explore", "kde_widget", "kde_static_figure"
 
 COLORS = {"train": "0.5", "normal": "tab:blue", "anomalous": "tab:red"}
 GRID_POINTS = {1: 400, 2: 80}  # evaluation grid per axis: smooth curves, affordable surfaces
-KERNEL_MARGIN = 4.0            # the grid extends this many kernel std-devs past the data
+KERNEL_MARGIN = 4.0  # the grid extends this many kernel std-devs past the data
 
 
 class ScaledGaussianKDE(GaussianKDE):
@@ -48,8 +48,9 @@ class ScaledGaussianKDE(GaussianKDE):
     with ``bw_method = m · N^(-1/(D+4))``). ``bandwidth_scale=1`` is `GaussianKDE` itself.
     """
 
-    def __init__(self, dataset: torch.Tensor | None = None, *, bandwidth_scale: float = 1.0,
-                 chunk_elements: int = 2 ** 22) -> None:
+    def __init__(
+        self, dataset: torch.Tensor | None = None, *, bandwidth_scale: float = 1.0, chunk_elements: int = 2**22
+    ) -> None:
         if not bandwidth_scale > 0:
             raise ValueError(f"bandwidth_scale must be > 0, got {bandwidth_scale}")
         super().__init__(chunk_elements=chunk_elements)
@@ -61,9 +62,9 @@ class ScaledGaussianKDE(GaussianKDE):
         super().fit(dataset)
         scale = self.bandwidth_scale
         n_features = self.bw_transform.shape[0]
-        self.bw_transform = self.bw_transform / scale       # L -> L / m
-        self.dataset = self.dataset / scale                 # x L -> x L / m
-        self.norm = self.norm / scale ** n_features         # ∏ diag(L / m) = ∏ diag(L) / m^D
+        self.bw_transform = self.bw_transform / scale  # L -> L / m
+        self.dataset = self.dataset / scale  # x L -> x L / m
+        self.norm = self.norm / scale**n_features  # ∏ diag(L / m) = ∏ diag(L) / m^D
 
     @staticmethod
     def scott_factor(n_points: int, n_features: int) -> float:
@@ -72,8 +73,9 @@ class ScaledGaussianKDE(GaussianKDE):
 
 
 # ---------------------------------------------------------------------------------- compute
-def _grid(points: np.ndarray, kernel_std: np.ndarray, grid_points: int,
-          limits: tuple[tuple[float, float], ...] | None) -> list[np.ndarray]:
+def _grid(
+    points: np.ndarray, kernel_std: np.ndarray, grid_points: int, limits: tuple[tuple[float, float], ...] | None
+) -> list[np.ndarray]:
     """One evenly spaced axis per feature, covering the points plus a few kernel widths."""
     if limits is None:
         low = points.min(axis=0) - KERNEL_MARGIN * kernel_std
@@ -82,8 +84,9 @@ def _grid(points: np.ndarray, kernel_std: np.ndarray, grid_points: int,
     return [np.linspace(lo, hi, grid_points) for lo, hi in limits]
 
 
-def kde_explore(train, test_normal, test_anomalous, bandwidth: float = 1.0,
-                grid_points: int | None = None, limits=None) -> dict:
+def kde_explore(
+    train, test_normal, test_anomalous, bandwidth: float = 1.0, grid_points: int | None = None, limits=None
+) -> dict:
     """Fit a Gaussian KDE with ``bandwidth`` × Scott's factor on 1-D or 2-D features.
 
     Args:
@@ -100,28 +103,30 @@ def kde_explore(train, test_normal, test_anomalous, bandwidth: float = 1.0,
     ``log_density_{train,normal,anomalous}``, the points ``{train,normal,anomalous}`` and the
     ``auroc`` of the score −log p(x).
     """
-    train_t = _as_tensor(train, "train").double()                        # (N, D)
+    train_t = _as_tensor(train, "train").double()  # (N, D)
     normal_t = _as_tensor(test_normal, "test_normal").double()
     anomalous_t = _as_tensor(test_anomalous, "test_anomalous").double()
     num_points, dims = train_t.shape
     if dims not in (1, 2):
-        raise ValueError(f"kde_explore draws 1-D or 2-D densities, got {dims} features: project "
-                         "them first (project_features(train, ..., n_components=2))")
+        raise ValueError(
+            f"kde_explore draws 1-D or 2-D densities, got {dims} features: project "
+            "them first (project_features(train, ..., n_components=2))"
+        )
 
     kde = ScaledGaussianKDE(train_t, bandwidth_scale=bandwidth)
     factor = bandwidth * ScaledGaussianKDE.scott_factor(num_points, dims)
-    data_std = _as_numpy(train_t.std(dim=0))                            # (D,)
-    kernel_std = factor * data_std                                      # (D,) bump width per axis
+    data_std = _as_numpy(train_t.std(dim=0))  # (D,)
+    kernel_std = factor * data_std  # (D,) bump width per axis
 
     everything = _as_numpy(torch.cat([train_t, normal_t, anomalous_t]))
     axes = _grid(everything, kernel_std, grid_points or GRID_POINTS[dims], limits)
     if dims == 1:
-        queries = torch.from_numpy(axes[0])[:, None]                    # (G, 1)
+        queries = torch.from_numpy(axes[0])[:, None]  # (G, 1)
     else:
-        xx, yy = np.meshgrid(axes[0], axes[1])                          # (G, G) each, [y, x]
+        xx, yy = np.meshgrid(axes[0], axes[1])  # (G, G) each, [y, x]
         queries = torch.from_numpy(np.stack([xx.ravel(), yy.ravel()], axis=1))  # (G², 2)
     density = _as_numpy(kde(queries)).reshape([axis.size for axis in axes[::-1]])
-    cell = math.prod(float(axis[1] - axis[0]) for axis in axes)       # area of one grid cell
+    cell = math.prod(float(axis[1] - axis[0]) for axis in axes)  # area of one grid cell
 
     result = {
         "dims": dims,
@@ -149,7 +154,7 @@ def _factor(bandwidth: float) -> str:
     return f"{bandwidth:.3g}"
 
 
-def _draw_density(ax: "Axes", result: dict, title: str | None = None) -> None:
+def _draw_density(ax: Axes, result: dict, title: str | None = None) -> None:
     """The density curve (1-D) or filled contours (2-D) with the samples on top."""
     if result["dims"] == 1:
         x = result["grid"][0]
@@ -157,8 +162,9 @@ def _draw_density(ax: "Axes", result: dict, title: str | None = None) -> None:
         floor = -0.04 * result["density"].max()
         for offset, name, marker in ((1, "train", "|"), (2, "normal", "o"), (3, "anomalous", "x")):
             points = result[name][:, 0]
-            ax.scatter(points, np.full(points.shape, offset * floor), s=14, marker=marker,
-                       color=COLORS[name], label=name)
+            ax.scatter(
+                points, np.full(points.shape, offset * floor), s=14, marker=marker, color=COLORS[name], label=name
+            )
         ax.set_xlabel("feature (1-D projection)")
         ax.set_ylabel("density")
     else:
@@ -166,16 +172,26 @@ def _draw_density(ax: "Axes", result: dict, title: str | None = None) -> None:
         ax.contourf(x, y, result["density"], levels=12, cmap="Greys")
         for name, marker in (("train", "."), ("normal", "o"), ("anomalous", "x")):
             points = result[name]
-            ax.scatter(points[:, 0], points[:, 1], s=10 if name == "train" else 16, marker=marker,
-                       color=COLORS[name], label=name)
+            ax.scatter(
+                points[:, 0],
+                points[:, 1],
+                s=10 if name == "train" else 16,
+                marker=marker,
+                color=COLORS[name],
+                label=name,
+            )
         ax.set_xlabel("direction 1")
         ax.set_ylabel("direction 2")
     ax.legend(fontsize="x-small", loc="upper right")
-    ax.set_title(title or f"bandwidth {_factor(result['bandwidth'])}× Scott (h = {result['factor']:.3f}), "
-                          f"∫p ≈ {result['integral']:.2f}", fontsize="medium")
+    ax.set_title(
+        title
+        or f"bandwidth {_factor(result['bandwidth'])}× Scott (h = {result['factor']:.3f}), "
+        f"∫p ≈ {result['integral']:.2f}",
+        fontsize="medium",
+    )
 
 
-def _draw_log_density_histogram(ax: "Axes", result: dict) -> None:
+def _draw_log_density_histogram(ax: Axes, result: dict) -> None:
     """log p(x) of normal vs anomalous test samples: anomalies should sit on the left."""
     normal, anomalous = result["log_density_normal"], result["log_density_anomalous"]
     bins = np.histogram_bin_edges(np.r_[normal, anomalous], bins=20)
@@ -188,7 +204,7 @@ def _draw_log_density_histogram(ax: "Axes", result: dict) -> None:
     ax.legend(fontsize="small")
 
 
-def _draw_kde(result: dict) -> "Figure":
+def _draw_kde(result: dict) -> Figure:
     """The widget's figure: density | log-density histograms."""
     fig = _new_figure(11, 4)
     density, histogram = fig.subplots(1, 2, width_ratios=[1.4, 1])
@@ -200,8 +216,7 @@ def _draw_kde(result: dict) -> "Figure":
 # ---------------------------------------------------------------------------------- views
 def _projections(train, test_normal, test_anomalous) -> dict[int, list[np.ndarray]]:
     """{1: [train, normal, anomalous] on 1 direction, 2: ... on 2 directions} (PCA of train)."""
-    return {dims: project_features(train, test_normal, test_anomalous, n_components=dims)
-            for dims in (1, 2)}
+    return {dims: project_features(train, test_normal, test_anomalous, n_components=dims) for dims in (1, 2)}
 
 
 def kde_widget(train, test_normal, test_anomalous, bandwidth: float = 1.0, dims: int = 2) -> WidgetView:
@@ -213,8 +228,9 @@ def kde_widget(train, test_normal, test_anomalous, bandwidth: float = 1.0, dims:
 
     projected = _projections(train, test_normal, test_anomalous)
     controls = {
-        "bandwidth": widgets.FloatLogSlider(value=bandwidth, base=2, min=-3, max=3, step=0.25,
-                                            description="× Scott", continuous_update=False),
+        "bandwidth": widgets.FloatLogSlider(
+            value=bandwidth, base=2, min=-3, max=3, step=0.25, description="× Scott", continuous_update=False
+        ),
         "dims": widgets.ToggleButtons(options=[1, 2], value=dims, description="dimensions"),
     }
 
@@ -224,8 +240,7 @@ def kde_widget(train, test_normal, test_anomalous, bandwidth: float = 1.0, dims:
     return WidgetView(controls, compute, _draw_kde, title="Gaussian kernel density estimate")
 
 
-def kde_static_figure(train, test_normal, test_anomalous,
-                      bandwidths: tuple[float, ...] = (0.25, 1.0, 4.0)) -> "Figure":
+def kde_static_figure(train, test_normal, test_anomalous, bandwidths: tuple[float, ...] = (0.25, 1.0, 4.0)) -> Figure:
     """Small multiples for the book: one column per bandwidth multiplier; top row the 1-D
     density, bottom row the 2-D density, each titled with its AUROC."""
     projected = _projections(train, test_normal, test_anomalous)
@@ -234,8 +249,9 @@ def kde_static_figure(train, test_normal, test_anomalous,
     for column, bandwidth in enumerate(bandwidths):
         for row, dims in enumerate((1, 2)):
             result = kde_explore(*projected[dims], bandwidth=bandwidth)
-            _draw_density(axes[row, column], result,
-                         title=f"{dims}-D, {_factor(bandwidth)}× Scott: AUROC {result['auroc']:.2f}")
+            _draw_density(
+                axes[row, column], result, title=f"{dims}-D, {_factor(bandwidth)}× Scott: AUROC {result['auroc']:.2f}"
+            )
             if column or row:  # one legend is enough
                 axes[row, column].get_legend().remove()
     return fig

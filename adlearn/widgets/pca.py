@@ -39,7 +39,7 @@ COLORS = {"train": "0.6", "normal": "tab:blue", "anomalous": "tab:red"}
 # ---------------------------------------------------------------------------------- compute
 def pca_reconstruction_error(pca: PCA, features: torch.Tensor) -> torch.Tensor:
     """‖x − inverse_transform(transform(x))‖² per row of ``features (N, D)`` -> ``(N,)``."""
-    reconstructed = pca.inverse_transform(pca.transform(features))      # (N, D)
+    reconstructed = pca.inverse_transform(pca.transform(features))  # (N, D)
     return (features - reconstructed).pow(2).sum(dim=1)
 
 
@@ -59,18 +59,18 @@ def pca_explore(train, test_normal, test_anomalous, n_components: int | float = 
         ``error_{train,normal,anomalous}`` — reconstruction errors with ``k`` directions;
         ``auroc`` — how well the error separates anomalous from normal test samples.
     """
-    train_t = _as_tensor(train, "train")                                 # (N, D)
-    normal_t = _as_tensor(test_normal, "test_normal")                    # (M1, D)
-    anomalous_t = _as_tensor(test_anomalous, "test_anomalous")           # (M2, D)
+    train_t = _as_tensor(train, "train")  # (N, D)
+    normal_t = _as_tensor(test_normal, "test_normal")  # (M1, D)
+    anomalous_t = _as_tensor(test_anomalous, "test_anomalous")  # (M2, D)
     num_samples, num_features = train_t.shape
     if num_features < 2:
         raise ValueError(f"pca_explore needs at least 2 features per sample, got shape {tuple(train_t.shape)}")
 
     # The whole spectrum: every direction PCA can find, to draw the explained-variance curve.
     full = PCA(n_components=min(num_samples, num_features)).fit(train_t)
-    variance = full.singular_values.double().pow(2)                     # (r,) ∝ variance per direction
-    ratio = variance / variance.sum()                                   # (r,)
-    cumulative = torch.cumsum(ratio, dim=0)                             # (r,)
+    variance = full.singular_values.double().pow(2)  # (r,) ∝ variance per direction
+    ratio = variance / variance.sum()  # (r,)
+    cumulative = torch.cumsum(ratio, dim=0)  # (r,)
 
     # The model itself: k directions chosen by count or by share of variance.
     model = PCA(n_components=n_components).fit(train_t)
@@ -84,14 +84,14 @@ def pca_explore(train, test_normal, test_anomalous, n_components: int | float = 
         "cumulative_ratio": _as_numpy(cumulative),
     }
     for name, features in (("train", train_t), ("normal", normal_t), ("anomalous", anomalous_t)):
-        result[f"projection_{name}"] = _as_numpy(full.transform(features)[:, :2])      # (M, 2)
-        result[f"error_{name}"] = _as_numpy(pca_reconstruction_error(model, features))      # (M,)
+        result[f"projection_{name}"] = _as_numpy(full.transform(features)[:, :2])  # (M, 2)
+        result[f"error_{name}"] = _as_numpy(pca_reconstruction_error(model, features))  # (M,)
     result["auroc"] = separation_auroc(result["error_normal"], result["error_anomalous"])
     return result
 
 
 # ---------------------------------------------------------------------------------- panels
-def _draw_variance_curve(ax: "Axes", result: dict, marks: list[int] | None = None) -> None:
+def _draw_variance_curve(ax: Axes, result: dict, marks: list[int] | None = None) -> None:
     """Cumulative explained variance vs number of directions, with ``k`` (or ``marks``) marked."""
     cumulative = result["cumulative_ratio"]
     ks = np.arange(1, cumulative.size + 1)
@@ -106,19 +106,18 @@ def _draw_variance_curve(ax: "Axes", result: dict, marks: list[int] | None = Non
     ax.legend(loc="center right", fontsize="small")
 
 
-def _draw_projection(ax: "Axes", result: dict) -> None:
+def _draw_projection(ax: Axes, result: dict) -> None:
     """Training, normal-test and anomalous-test samples on the first two principal directions."""
     for name, marker in (("train", "."), ("normal", "o"), ("anomalous", "x")):
         points = result[f"projection_{name}"]
-        ax.scatter(points[:, 0], points[:, 1], s=12, marker=marker, color=COLORS[name],
-                   label=f"{name} ({len(points)})")
+        ax.scatter(points[:, 0], points[:, 1], s=12, marker=marker, color=COLORS[name], label=f"{name} ({len(points)})")
     ax.set_xlabel("direction 1")
     ax.set_ylabel("direction 2")
     ax.set_title("first two principal directions", fontsize="medium")
     ax.legend(fontsize="small")
 
 
-def _draw_error_histogram(ax: "Axes", result: dict, title: str | None = None) -> None:
+def _draw_error_histogram(ax: Axes, result: dict, title: str | None = None) -> None:
     """Reconstruction error (the DFM score) of normal vs anomalous test samples."""
     normal, anomalous = result["error_normal"], result["error_anomalous"]
     bins, log_scale = histogram_bins(normal, anomalous)
@@ -132,13 +131,14 @@ def _draw_error_histogram(ax: "Axes", result: dict, title: str | None = None) ->
     ax.legend(fontsize="small")
 
 
-def _draw_pca(result: dict) -> "Figure":
+def _draw_pca(result: dict) -> Figure:
     """The widget's figure: variance curve | 2-D projection | error histograms."""
     fig = _new_figure(12, 3.6)
     curve, projection, histogram = fig.subplots(1, 3)
     _draw_variance_curve(curve, result)
-    curve.set_title(f"k = {result['k']} directions keep {100 * result['kept_ratio']:.1f} % of the variance",
-                    fontsize="medium")
+    curve.set_title(
+        f"k = {result['k']} directions keep {100 * result['kept_ratio']:.1f} % of the variance", fontsize="medium"
+    )
     _draw_projection(projection, result)
     _draw_error_histogram(histogram, result)
     return fig
@@ -157,14 +157,23 @@ def pca_widget(train, test_normal, test_anomalous, n_components: int | float = 0
     max_k = min(train_t.shape)
     by_ratio = isinstance(n_components, float)
     controls = {
-        "mode": widgets.ToggleButtons(options=["variance ratio", "components"],
-                                      value="variance ratio" if by_ratio else "components",
-                                      description="choose k by"),
-        "variance_ratio": widgets.FloatSlider(value=n_components if by_ratio else 0.9, min=0.5,
-                                              max=0.999, step=0.005, readout_format=".3f",
-                                              description="variance", continuous_update=False),
-        "n_components": widgets.IntSlider(value=n_components if not by_ratio else 2, min=1, max=max_k,
-                                          description="k", continuous_update=False),
+        "mode": widgets.ToggleButtons(
+            options=["variance ratio", "components"],
+            value="variance ratio" if by_ratio else "components",
+            description="choose k by",
+        ),
+        "variance_ratio": widgets.FloatSlider(
+            value=n_components if by_ratio else 0.9,
+            min=0.5,
+            max=0.999,
+            step=0.005,
+            readout_format=".3f",
+            description="variance",
+            continuous_update=False,
+        ),
+        "n_components": widgets.IntSlider(
+            value=n_components if not by_ratio else 2, min=1, max=max_k, description="k", continuous_update=False
+        ),
     }
 
     def sync_disabled(change=None):
@@ -181,8 +190,9 @@ def pca_widget(train, test_normal, test_anomalous, n_components: int | float = 0
     return WidgetView(controls, compute, _draw_pca, title="PCA subspace and reconstruction error (DFM)")
 
 
-def pca_static_figure(train, test_normal, test_anomalous,
-                      settings: tuple[int | float, ...] = (1, 4, 16, 0.97)) -> "Figure":
+def pca_static_figure(
+    train, test_normal, test_anomalous, settings: tuple[int | float, ...] = (1, 4, 16, 0.97)
+) -> Figure:
     """Small multiples for the book: the variance curve and 2-D projection, then one error
     histogram (with its AUROC) per ``n_components`` setting."""
     results = [pca_explore(train, test_normal, test_anomalous, n_components=s) for s in settings]

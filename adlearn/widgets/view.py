@@ -34,14 +34,14 @@ __all__ = ["WidgetView"]
 VIEW_DPI = 90
 
 
-def _new_figure(width: float, height: float) -> "Figure":
+def _new_figure(width: float, height: float) -> Figure:
     """A headless figure (no pyplot: no window, no global state, shown once in a notebook)."""
     from matplotlib.figure import Figure
 
     return Figure(figsize=(width, height), layout="constrained")
 
 
-def _figure_png(figure: "Figure", dpi: int = VIEW_DPI) -> bytes:
+def _figure_png(figure: Figure, dpi: int = VIEW_DPI) -> bytes:
     """Render ``figure`` to PNG bytes (works with any matplotlib backend, or none)."""
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=dpi)
@@ -70,8 +70,13 @@ class WidgetView:
         controls, output, widget (the ``VBox`` Jupyter shows), last_result, figure, n_updates.
     """
 
-    def __init__(self, controls: Mapping[str, Any], compute: Callable[..., dict],
-                 draw: Callable[[dict], "Figure"], title: str | None = None) -> None:
+    def __init__(
+        self,
+        controls: Mapping[str, Any],
+        compute: Callable[..., dict],
+        draw: Callable[[dict], Figure],
+        title: str | None = None,
+    ) -> None:
         import ipywidgets as widgets
 
         self.controls = dict(controls)
@@ -102,7 +107,7 @@ class WidgetView:
             self._show(self.figure)
         return self.last_result
 
-    def _show(self, figure: "Figure") -> None:
+    def _show(self, figure: Figure) -> None:
         from IPython.display import Image, clear_output, display
 
         # A PNG rather than the Figure itself: it shows whether or not the kernel has matplotlib's

@@ -30,9 +30,9 @@ def _replacement(norm: nn.BatchNorm2d) -> nn.Module | None:
     """What stays of a folded batch norm: nothing, or the activation a timm ``BatchNormAct2d`` carries."""
     if type(norm) is nn.BatchNorm2d:
         return nn.Identity()
-    if hasattr(norm, "act") and hasattr(norm, "drop"):              # timm's BatchNormAct2d: BN -> drop -> act
+    if hasattr(norm, "act") and hasattr(norm, "drop"):  # timm's BatchNormAct2d: BN -> drop -> act
         return nn.Sequential(norm.drop, norm.act)
-    return None                                                       # an unknown subclass: leave it alone
+    return None  # an unknown subclass: leave it alone
 
 
 def _conv_feeding_each_norm(model: nn.Module, example: torch.Tensor) -> list[tuple[str, str]]:
@@ -44,10 +44,11 @@ def _conv_feeding_each_norm(model: nn.Module, example: torch.Tensor) -> list[tup
             for tensor in inputs:
                 if isinstance(tensor, torch.Tensor):
                     consumers.setdefault(id(tensor), []).append(name)
-                    alive.append(tensor)                              # keep ids unique during the run
+                    alive.append(tensor)  # keep ids unique during the run
             if isinstance(module, nn.Conv2d) and isinstance(output, torch.Tensor):
                 produced_by[id(output)] = name
                 alive.append(output)
+
         return record
 
     for name, module in model.named_modules():
@@ -70,7 +71,7 @@ def _conv_feeding_each_norm(model: nn.Module, example: torch.Tensor) -> list[tup
 
 
 def _fold_pair(conv: nn.Conv2d, norm: nn.BatchNorm2d) -> None:
-    scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)                 # (C_out,)
+    scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)  # (C_out,)
     bias = conv.bias if conv.bias is not None else torch.zeros_like(norm.running_mean)
     conv.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
     conv.bias = nn.Parameter((bias - norm.running_mean) * scale + norm.bias, requires_grad=False)
@@ -83,8 +84,9 @@ def fold_batch_norms(model: nn.Module, example: torch.Tensor, rtol: float = 1e-3
     ``model`` must be frozen and in eval mode; ``example`` is a small input batch for the dry run.
     """
     if model.training or any(p.requires_grad for p in model.parameters()):
-        raise ValueError("fold_batch_norms is for frozen models in eval mode: batch norms that still "
-                         "learn cannot be folded")
+        raise ValueError(
+            "fold_batch_norms is for frozen models in eval mode: batch norms that still learn cannot be folded"
+        )
     folded = copy.deepcopy(model)
     modules = dict(folded.named_modules())
     count = 0
@@ -98,7 +100,7 @@ def fold_batch_norms(model: nn.Module, example: torch.Tensor, rtol: float = 1e-3
         setattr(modules[parent_name] if parent_name else folded, attribute, replacement)
         count += 1
     if count == 0 or not _same_outputs(model(example), folded(example), rtol):
-        return model, 0                                               # e.g. a conv output also used elsewhere
+        return model, 0  # e.g. a conv output also used elsewhere
     return folded, count
 
 

@@ -29,8 +29,15 @@ from adlearn.components.feature_extractors.fold import fold_batch_norms
 
 
 class TimmFeatureExtractor(nn.Module):
-    def __init__(self, backbone: str, layers: Sequence[str], pre_trained=True, requires_grad: bool = False,
-                 channels_last: bool = True, fold_batch_norm: bool = True):
+    def __init__(
+        self,
+        backbone: str,
+        layers: Sequence[str],
+        pre_trained=True,
+        requires_grad: bool = False,
+        channels_last: bool = True,
+        fold_batch_norm: bool = True,
+    ):
         super().__init__()
         import timm
 
@@ -45,13 +52,13 @@ class TimmFeatureExtractor(nn.Module):
         self.stage_names = stage_names
         all_names = list(probe.feature_info.module_name())
         out_indices = sorted({all_names.index(name) for name in stage_names})
-        self.feature_extractor = load_backbone(
-            backbone, pre_trained, features_only=True, out_indices=out_indices
+        self.feature_extractor = load_backbone(backbone, pre_trained, features_only=True, out_indices=out_indices)
+        channels = dict(
+            zip(self.feature_extractor.feature_info.module_name(), self.feature_extractor.feature_info.channels())
         )
-        channels = dict(zip(self.feature_extractor.feature_info.module_name(),
-                            self.feature_extractor.feature_info.channels()))
-        reductions = dict(zip(self.feature_extractor.feature_info.module_name(),
-                              self.feature_extractor.feature_info.reduction()))
+        reductions = dict(
+            zip(self.feature_extractor.feature_info.module_name(), self.feature_extractor.feature_info.reduction())
+        )
         self.out_dims = [channels[name] for name in stage_names]
         self.strides = [reductions[name] for name in stage_names]
         self._output_order = [list(channels).index(name) for name in stage_names]
@@ -75,7 +82,7 @@ class TimmFeatureExtractor(nn.Module):
 
     def forward(self, inputs: torch.Tensor) -> dict[str, torch.Tensor]:  # (B, 3, H, W)
         if self.channels_last:
-            inputs = inputs.contiguous(memory_format=torch.channels_last)   # speed only, see the docstring
+            inputs = inputs.contiguous(memory_format=torch.channels_last)  # speed only, see the docstring
         if self.requires_grad:
             outputs = self.feature_extractor(inputs)
         else:
@@ -84,8 +91,9 @@ class TimmFeatureExtractor(nn.Module):
         return {layer: outputs[index].contiguous() for layer, index in zip(self.layers, self._output_order)}
 
 
-def dryrun_find_featuremap_dims(feature_extractor: nn.Module, input_size: tuple[int, int],
-                                layers: Sequence[str]) -> dict[str, dict]:
+def dryrun_find_featuremap_dims(
+    feature_extractor: nn.Module, input_size: tuple[int, int], layers: Sequence[str]
+) -> dict[str, dict]:
     """Channels and resolution of each layer, found by pushing one blank image through.
 
     (The reference documents a ``tuple`` return type; it returns this mapping — as we do.)

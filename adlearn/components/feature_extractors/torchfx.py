@@ -1,4 +1,4 @@
-"""`TorchFXFeatureExtractor` and `BackboneParams` 
+"""`TorchFXFeatureExtractor` and `BackboneParams`
 (reference: ``anomalib.models.components.feature_extractors``).
 
 Any model — a torchvision name, a ``"package.module.Class"`` path, a class or an instance — cut at
@@ -43,8 +43,14 @@ def _resolve_class(class_path: str | type[nn.Module]):
 
 
 class TorchFXFeatureExtractor(nn.Module):
-    def __init__(self, backbone: str | BackboneParams | dict | nn.Module, return_nodes: Sequence[str],
-                 weights=None, requires_grad: bool = False, tracer_kwargs: dict | None = None):
+    def __init__(
+        self,
+        backbone: str | BackboneParams | dict | nn.Module,
+        return_nodes: Sequence[str],
+        weights=None,
+        requires_grad: bool = False,
+        tracer_kwargs: dict | None = None,
+    ):
         super().__init__()
         if isinstance(backbone, dict):
             backbone = BackboneParams(**backbone)
@@ -59,8 +65,7 @@ class TorchFXFeatureExtractor(nn.Module):
         )
 
     @staticmethod
-    def initialize_feature_extractor(backbone, return_nodes, weights=None, requires_grad=False,
-                                     tracer_kwargs=None):
+    def initialize_feature_extractor(backbone, return_nodes, weights=None, requires_grad=False, tracer_kwargs=None):
         from torchvision.models.feature_extraction import create_feature_extractor
 
         if isinstance(backbone, nn.Module):

@@ -63,9 +63,11 @@ def _check_timm_layout(model: nn.Module, backbone: str) -> None:
     if not missing and not all(hasattr(model.patch_embed, name) for name in ("img_size", "patch_size")):
         missing.append("patch_embed.img_size/patch_size")
     if missing:
-        raise TypeError(f"{backbone!r} is not a timm vision transformer this extractor can read "
-                        f"(it lacks {', '.join(missing)}); use a cait* or deit* model, or a CNN with "
-                        f"TimmFeatureExtractor")
+        raise TypeError(
+            f"{backbone!r} is not a timm vision transformer this extractor can read "
+            f"(it lacks {', '.join(missing)}); use a cait* or deit* model, or a CNN with "
+            f"TimmFeatureExtractor"
+        )
 
 
 class TransformerFeatureExtractor(nn.Module):
@@ -74,8 +76,10 @@ class TransformerFeatureExtractor(nn.Module):
     def __init__(self, backbone: str, layers: Sequence[str] | str | None = None, pre_trained="auto"):
         super().__init__()
         if not is_transformer(backbone):
-            raise ValueError(f"TransformerFeatureExtractor reads CaiT or DeiT models (cait*, deit*), got "
-                             f"{backbone!r}; CNNs go through TimmFeatureExtractor")
+            raise ValueError(
+                f"TransformerFeatureExtractor reads CaiT or DeiT models (cait*, deit*), got "
+                f"{backbone!r}; CNNs go through TimmFeatureExtractor"
+            )
         self.backbone = backbone
         self.model = load_backbone(backbone, pre_trained)
         _check_timm_layout(self.model, backbone)
@@ -90,42 +94,41 @@ class TransformerFeatureExtractor(nn.Module):
         for layer in self.layers:
             match = _BLOCK_NAME.match(layer)
             if not match or int(match.group(1)) >= depth:
-                raise ValueError(f"layer {layer!r} is not a block of {backbone}: use 'blocks.0' … "
-                                 f"'blocks.{depth - 1}'")
+                raise ValueError(f"layer {layer!r} is not a block of {backbone}: use 'blocks.0' … 'blocks.{depth - 1}'")
             self.block_indices.append(int(match.group(1)))
-        self.n_blocks = max(self.block_indices) + 1                  # blocks that run
-        self.image_size = tuple(self.model.patch_embed.img_size)     # what the position embedding fits
+        self.n_blocks = max(self.block_indices) + 1  # blocks that run
+        self.image_size = tuple(self.model.patch_embed.img_size)  # what the position embedding fits
         self.patch = tuple(self.model.patch_embed.patch_size)
         self.out_dims = [self.model.embed_dim] * len(self.layers)
         self.strides = [self.patch[0]] * len(self.layers)
 
     def train(self, mode: bool = True):
         super().train(mode)
-        self.model.eval()                                            # frozen: dropout and friends stay off
+        self.model.eval()  # frozen: dropout and friends stay off
         return self
 
     def embed(self, images: torch.Tensor) -> tuple[torch.Tensor, int]:
         """Patch + position embedding: ((B, n_prefix + N, D) tokens, n_prefix)."""
         model = self.model
-        tokens = model.patch_embed(images)                           # (B, N, D)
-        if tokens.ndim == 4:                                         # (B, h, w, D) in timm's dynamic-size mode
+        tokens = model.patch_embed(images)  # (B, N, D)
+        if tokens.ndim == 4:  # (B, h, w, D) in timm's dynamic-size mode
             tokens = tokens.flatten(1, 2)
-        if hasattr(model, "_pos_embed"):                             # DeiT / ViT: class (+ distillation) tokens
-            tokens = model._pos_embed(tokens)                        # join here, with the position embedding
+        if hasattr(model, "_pos_embed"):  # DeiT / ViT: class (+ distillation) tokens
+            tokens = model._pos_embed(tokens)  # join here, with the position embedding
             tokens = getattr(model, "patch_drop", nn.Identity())(tokens)
             tokens = getattr(model, "norm_pre", nn.Identity())(tokens)
             return tokens, int(getattr(model, "num_prefix_tokens", 1))
-        tokens = tokens + model.pos_embed                            # CaiT: the class token joins only later
+        tokens = tokens + model.pos_embed  # CaiT: the class token joins only later
         return getattr(model, "pos_drop", nn.Identity())(tokens), 0
 
     @torch.no_grad()
-    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:   # (B, 3, H, W)
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:  # (B, 3, H, W)
         height, width = images.shape[-2] // self.patch[0], images.shape[-1] // self.patch[1]
         tokens, n_prefix = self.embed(images)
         outputs = {}
         for index, block in enumerate(self.model.blocks[: self.n_blocks]):
             tokens = block(tokens)
             if index in self.block_indices:
-                patches = self.model.norm(tokens)[:, n_prefix:]      # (B, N, D): patch tokens only
+                patches = self.model.norm(tokens)[:, n_prefix:]  # (B, N, D): patch tokens only
                 outputs[f"blocks.{index}"] = patches.transpose(1, 2).reshape(len(images), -1, height, width)
-        return {layer: outputs[layer] for layer in self.layers}      # {layer: (B, D, h, w)}
+        return {layer: outputs[layer] for layer in self.layers}  # {layer: (B, D, h, w)}
