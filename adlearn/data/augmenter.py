@@ -337,7 +337,7 @@ def skimage_textures(folder: PathLike | None = None) -> Path:
     import skimage.data
     from PIL import Image
 
-    from adlearn.data.synthetic import cache_dir
+    from adlearn.cache import cache_dir
 
     folder = Path(folder) if folder is not None else cache_dir() / "textures" / f"skimage-{skimage.__version__}"
     folder.mkdir(parents=True, exist_ok=True)

@@ -47,6 +47,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from adlearn.cache import cache_dir
 from adlearn.data.errors import DataError
 from adlearn.data.perlin import fractal_perlin, random_2d_perlin
 
@@ -656,11 +657,6 @@ def generate_synthetic_dataset(
 
 
 # =========================================================================== cache
-def cache_dir() -> Path:
-    """Where adlearn keeps generated data: ``$ADLEARN_CACHE``, else ``~/.cache/adlearn``."""
-    return Path(os.environ.get("ADLEARN_CACHE") or Path.home() / ".cache" / "adlearn").expanduser()
-
-
 def _remove_abandoned_builds(final: Path) -> None:
     """Delete ``<key>.tmp-<pid>-*`` folders left by generating processes that no longer run."""
     for folder in final.parent.glob(f"{final.name}.tmp-*"):

@@ -332,7 +332,7 @@ def vq_cache_path(
     steps: int,
     seed: int,
 ) -> Path:
-    from adlearn.data.synthetic import cache_dir
+    from adlearn.cache import cache_dir
 
     return (
         cache_dir()

@@ -95,7 +95,7 @@ def teacher_cache_path(
     seed: int,
     lr_schedule: str = "cosine",
 ) -> Path:
-    from adlearn.data.synthetic import cache_dir
+    from adlearn.cache import cache_dir
 
     schedule = "" if lr_schedule == "constant" else f"_{lr_schedule}"
     return (
