@@ -1,53 +1,21 @@
-"""The model registry: ``create("padim", ...)``, ``available_models()``, ``load(path)``.
+"""The models: ``create("padim", ...)``, ``available_models()``, ``load(path)``.
 
-Model modules are imported on first use, so listing the models costs nothing.
+A model is registered in one place, the ``MODEL_CLASSES`` table of `adlearn.models.registry`
+(name -> ``"module:Class"``). Model modules are imported on first use, so listing the models costs
+nothing.
 """
 
 from __future__ import annotations
 
-import importlib
-
 from adlearn.models.base import (
-    _REGISTRY,
     AnomalyModel,
     MemoryBankModel,
     NotFittedError,
     Prediction,
     TrainedModel,
     load,
-    register,
 )
-
-# registered name -> module in adlearn.models (one file per model)
-MODEL_MODULES: dict[str, str] = {
-    "cfa": "cfa",
-    "cflow": "cflow",
-    "csflow": "csflow",
-    "dfkde": "dfkde",
-    "dfm": "dfm",
-    "draem": "draem",
-    "dsr": "dsr",
-    "efficient_ad": "efficient_ad",
-    "fastflow": "fastflow",
-    "ganomaly": "ganomaly",
-    "padim": "padim",
-    "patchcore": "patchcore",
-    "reverse_distillation": "reverse_distillation",
-    "stfpm": "stfpm",
-    "uflow": "uflow",
-}
-
-
-def available_models() -> list[str]:
-    return sorted(MODEL_MODULES)
-
-
-def get_model_class(name: str) -> type[AnomalyModel]:
-    key = name.lower().replace("-", "_")
-    if key not in MODEL_MODULES:
-        raise ValueError(f"unknown model {name!r}; available: {', '.join(available_models())}")
-    importlib.import_module(f"adlearn.models.{MODEL_MODULES[key]}")
-    return _REGISTRY[key]
+from adlearn.models.registry import MODEL_CLASSES, available_models, get_model_class
 
 
 def create(name: str, preset: str | None = None, **options) -> AnomalyModel:
@@ -60,6 +28,7 @@ def create(name: str, preset: str | None = None, **options) -> AnomalyModel:
 
 
 __all__ = [
+    "MODEL_CLASSES",
     "AnomalyModel",
     "MemoryBankModel",
     "NotFittedError",
@@ -69,5 +38,4 @@ __all__ = [
     "create",
     "get_model_class",
     "load",
-    "register",
 ]

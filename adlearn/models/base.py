@@ -29,19 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 from adlearn.components.dynamic_buffer import DynamicBufferMixin, NotFittedError
 from adlearn.utils import resolve_device, seed_everything
 
-_REGISTRY: dict[str, type[AnomalyModel]] = {}
 CHECKPOINT_FORMAT = 1
-
-
-def register(name: str):
-    """Class decorator: make a model reachable as ``adlearn.models.create(name)``."""
-
-    def decorator(cls):
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return decorator
 
 
 @dataclass
@@ -60,7 +48,7 @@ class Prediction:
 class AnomalyModel(DynamicBufferMixin, nn.Module):
     """Base class. Subclasses call ``super().__init__(...)`` then ``self.save_hyperparameters()``."""
 
-    name: str = "anomaly_model"
+    name: str = "anomaly_model"  # each model states its registered name (adlearn.models.registry.MODEL_CLASSES)
     task: str = "segmentation"  # or "classification" (no anomaly map)
     learning_type: str = "one_class"
     # Named sets of options: "paper" (the paper's settings; the defaults unless a measured setting
@@ -208,7 +196,7 @@ class AnomalyModel(DynamicBufferMixin, nn.Module):
 
 def load(path: str | Path, device: str | None = None) -> AnomalyModel:
     """Rebuild a saved model (no weight download: backbone weights come from the checkpoint)."""
-    from adlearn.models import get_model_class
+    from adlearn.models.registry import get_model_class
 
     path = Path(path)
     if not path.is_file():
@@ -363,4 +351,4 @@ class TrainedModel(AnomalyModel):
         self.history = History.from_dict(state.get("history", {}))
 
 
-__all__ = ["AnomalyModel", "MemoryBankModel", "NotFittedError", "Prediction", "TrainedModel", "load", "register"]
+__all__ = ["AnomalyModel", "MemoryBankModel", "NotFittedError", "Prediction", "TrainedModel", "load"]

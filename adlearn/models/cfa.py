@@ -70,7 +70,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from adlearn.components import GaussianBlur2d, KMeans, NearestNeighbors, TimmFeatureExtractor
-from adlearn.models.base import Prediction, TrainedModel, register
+from adlearn.models.base import Prediction, TrainedModel
 from adlearn.models.common import prediction_from_map, upsample_map
 
 POOL_LAYERS = ("all", "first")
@@ -150,8 +150,8 @@ def cfa_anomaly_map(
 
 
 # ----------------------------------------------------------------------------- the model
-@register("cfa")
 class Cfa(TrainedModel):
+    name = "cfa"
     # The reference's training: 30 epochs, early stopping with patience 5.
     training_defaults = {"max_epochs": 30, "patience": 5}
     # cpu: measured on the real bottle (docs/benchmarks.md): 3 epochs already give image AUROC 1.000, pixel 0.977.

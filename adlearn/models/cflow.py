@@ -56,7 +56,7 @@ from torch import nn
 from adlearn.components import AllInOneBlock, TimmFeatureExtractor, dryrun_find_featuremap_dims
 from adlearn.components.flow import SequenceFlow, subnet_fc
 from adlearn.components.positional_encoding import positional_encoding_2d
-from adlearn.models.base import Prediction, TrainedModel, register
+from adlearn.models.base import Prediction, TrainedModel
 from adlearn.models.common import combine_layer_maps, prediction_from_map
 
 LOG_2PI = math.log(2 * math.pi)
@@ -113,8 +113,8 @@ def cflow_anomaly_map(
     return combine_layer_maps(maps, tuple(image_size), "add", align_corners=True)[:, 0]
 
 
-@register("cflow")
 class Cflow(TrainedModel):
+    name = "cflow"
     # The reference's training (anomalib's Cflow config: 50 epochs, early stopping patience 2).
     training_defaults = {"max_epochs": 50, "patience": 2}
     automatic_optimization = False  # one optimizer step per chunk of fibers, many per image batch

@@ -58,7 +58,7 @@ import torch.nn.functional as F
 from adlearn.components import TimmFeatureExtractor, dryrun_find_featuremap_dims
 from adlearn.components.channel_statistics import ChannelStatistics
 from adlearn.components.cross_scale_flow import CrossScaleFlow
-from adlearn.models.base import Prediction, TrainedModel, register
+from adlearn.models.base import Prediction, TrainedModel
 from adlearn.models.common import combine_layer_maps
 
 N_SCALES = 3
@@ -96,8 +96,8 @@ def csflow_image_score(latents: list[torch.Tensor]) -> torch.Tensor:
     return torch.cat([latent.flatten(1) for latent in latents], dim=1).pow(2).mean(dim=1) / 2
 
 
-@register("csflow")
 class Csflow(TrainedModel):
+    name = "csflow"
     # The reference's training (anomalib's Csflow: 240 epochs, patience 3, gradient clipping 1).
     training_defaults = {"max_epochs": 240, "patience": 3, "gradient_clip_val": 1.0}
     # cpu: standardised features and lr 1e-3 so the flow learns within the budget (docs/benchmarks.md).

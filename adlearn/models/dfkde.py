@@ -41,11 +41,11 @@ import torch
 import torch.nn.functional as F
 
 from adlearn.components import KDEClassifier, TimmFeatureExtractor
-from adlearn.models.base import MemoryBankModel, Prediction, register
+from adlearn.models.base import MemoryBankModel, Prediction
 
 
-@register("dfkde")
 class Dfkde(MemoryBankModel):
+    name = "dfkde"
     presets = {"cpu": {"backbone": "efficientnet_lite0"}}  # offline ImageNet weights, 256 px
 
     task = "classification"

@@ -51,14 +51,14 @@ import torch
 import torch.nn.functional as F
 
 from adlearn.components import PCA, SingleClassGaussian, TimmFeatureExtractor
-from adlearn.models.base import MemoryBankModel, Prediction, register
+from adlearn.models.base import MemoryBankModel, Prediction
 from adlearn.models.common import upsample_map
 
 SCORE_TYPES = ("fre", "nll")
 
 
-@register("dfm")
 class Dfm(MemoryBankModel):
+    name = "dfm"
     presets = {"cpu": {"backbone": "efficientnet_lite0"}}  # offline ImageNet weights, 256 px
 
     def __init__(

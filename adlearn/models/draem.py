@@ -61,7 +61,7 @@ from torch import nn
 
 from adlearn.components import SSPCAB, UNet, double_conv, focal_loss, ssim_loss, up_conv
 from adlearn.data.transforms import IMAGENET_MEAN, IMAGENET_STD, denormalize, normalize
-from adlearn.models.base import TrainedModel, register
+from adlearn.models.base import TrainedModel
 from adlearn.models.common import prediction_from_map
 
 
@@ -145,8 +145,8 @@ def resolve_anomaly_source(anomaly_source: str | Path | None) -> Path | None:
 
 
 # ----------------------------------------------------------------------------- the model
-@register("draem")
 class Draem(TrainedModel):
+    name = "draem"
     # The reference's training: 700 epochs, early stopping patience 20 (with validation data).
     training_defaults = {"max_epochs": 700, "patience": 20}
     # cpu: a training step of 8 images at 128 px costs ~4.4 CPU s with widths 32/16 (one thread), so the

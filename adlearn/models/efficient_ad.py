@@ -80,7 +80,7 @@ from torch import nn
 from adlearn.components.channel_statistics import ChannelStatistics
 from adlearn.data.natural_images import NaturalImageCrops, to_grayscale
 from adlearn.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from adlearn.models.base import Prediction, TrainedModel, register
+from adlearn.models.base import Prediction, TrainedModel
 from adlearn.models.common import exact_quantile, prediction_from_map
 
 MODEL_SIZES = ("small", "medium")
@@ -256,8 +256,8 @@ def efficient_ad_anomaly_map(
 
 
 # ----------------------------------------------------------------------------- the model
-@register("efficient_ad")
 class EfficientAd(TrainedModel):
+    name = "efficient_ad"
     # The reference's training: 70 000 steps (at most 200 epochs), batch size 1.
     training_defaults = {"max_steps": 70_000, "max_epochs": 200}
     # cpu: 1 800 steps at 128 px fit the 30-minutes-on-2-cores budget (35–50 CPU-minutes); measured figures

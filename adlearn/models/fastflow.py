@@ -71,7 +71,7 @@ from adlearn.components import (
     is_transformer,
 )
 from adlearn.components.flow import SequenceFlow, subnet_conv
-from adlearn.models.base import Prediction, TrainedModel, register
+from adlearn.models.base import Prediction, TrainedModel
 from adlearn.models.common import combine_layer_maps, prediction_from_map
 
 
@@ -116,8 +116,8 @@ def fastflow_anomaly_map(hidden_variables: list[torch.Tensor], image_size: tuple
     return combine_layer_maps(layer_maps, image_size, "mean").squeeze(1)
 
 
-@register("fastflow")
 class Fastflow(TrainedModel):
+    name = "fastflow"
     # The paper's training (500 epochs, early stopping patience 3).
     training_defaults = {"max_epochs": 500, "patience": 3}
     presets = {

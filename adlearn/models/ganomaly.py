@@ -56,7 +56,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from adlearn.data.transforms import denormalize
-from adlearn.models.base import Prediction, TrainedModel, register
+from adlearn.models.base import Prediction, TrainedModel
 
 ADVERSARIAL_LOSSES = ("features", "probability")
 
@@ -204,8 +204,8 @@ def latent_distance(z: torch.Tensor, z_hat: torch.Tensor) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- the model
-@register("ganomaly")
 class Ganomaly(TrainedModel):
+    name = "ganomaly"
     task = "classification"  # an image score, no anomaly map
     automatic_optimization = False  # two optimizers, stepped in turn (step 4)
     # The reference's training: 100 epochs, early-stopping patience 3 (with validation data).

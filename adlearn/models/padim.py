@@ -32,15 +32,15 @@ from __future__ import annotations
 import torch
 
 from adlearn.components import GaussianBlur2d, MultiVariateGaussian, TimmFeatureExtractor
-from adlearn.models.base import MemoryBankModel, Prediction, register
+from adlearn.models.base import MemoryBankModel, Prediction
 from adlearn.models.common import concat_upsampled, prediction_from_map, resolve_center_crop, upsample_map
 
 # Paper defaults for the number of randomly kept channels (plus our offline backbone).
 DEFAULT_N_FEATURES = {"resnet18": 100, "wide_resnet50_2": 550, "efficientnet_lite0": 100}
 
 
-@register("padim")
 class Padim(MemoryBankModel):
+    name = "padim"
     # The paper resizes to 256 and center-crops 224; the default resizes only (as anomalib 2.x), which
     # scores the whole image: on the real bottle the maps rank the central pixels the same either way.
     presets = {"paper": {"center_crop": "auto"}, "cpu": {"backbone": "efficientnet_lite0"}}

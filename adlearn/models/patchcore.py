@@ -66,12 +66,12 @@ import torch
 from torch import nn
 
 from adlearn.components import GaussianBlur2d, KCenterGreedy, NearestNeighbors, TimmFeatureExtractor
-from adlearn.models.base import MemoryBankModel, Prediction, register
+from adlearn.models.base import MemoryBankModel, Prediction
 from adlearn.models.common import concat_upsampled, resolve_center_crop, upsample_map
 
 
-@register("patchcore")
 class Patchcore(MemoryBankModel):
+    name = "patchcore"
     # The paper's transform center-crops (resize 256, crop 224). The default resizes only, as anomalib
     # 2.x: the whole image is scored, like every other model here (on the real bottle the maps rank the
     # central pixels the same either way, docs/benchmarks.md). The crop is one preset away.

@@ -58,7 +58,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from adlearn.components import GaussianBlur2d, TimmFeatureExtractor, conv_bn_relu, residual_stage
-from adlearn.models.base import Prediction, TrainedModel, register
+from adlearn.models.base import Prediction, TrainedModel
 from adlearn.models.common import combine_layer_maps, cosine_distance, prediction_from_map
 
 ANOMALY_MAP_MODES = ("add", "multiply")
@@ -123,8 +123,8 @@ def reverse_distillation_anomaly_map(
 
 
 # ----------------------------------------------------------------------------- the model
-@register("reverse_distillation")
 class ReverseDistillation(TrainedModel):
+    name = "reverse_distillation"
     # The reference's training (200 epochs, early stopping patience 3); precise_bn is our addition.
     training_defaults = {"max_epochs": 200, "patience": 3, "precise_bn": True}
     presets = {"cpu": {"backbone": "efficientnet_lite0", "val_fraction": 0.2, "max_epochs": 20}}

@@ -50,7 +50,7 @@ from __future__ import annotations
 import torch
 
 from adlearn.components import TimmFeatureExtractor
-from adlearn.models.base import Prediction, TrainedModel, register
+from adlearn.models.base import Prediction, TrainedModel
 from adlearn.models.common import combine_layer_maps, cosine_distance, prediction_from_map
 
 
@@ -79,8 +79,8 @@ def stfpm_anomaly_map(
     return combine_layer_maps(layer_maps, image_size, "multiply").squeeze(1)
 
 
-@register("stfpm")
 class Stfpm(TrainedModel):
+    name = "stfpm"
     # The paper's training (Sec. 4.1); precise_bn is our addition (see the docstring).
     training_defaults = {"max_epochs": 100, "patience": 5, "precise_bn": True}
     presets = {"cpu": {"backbone": "efficientnet_lite0", "val_fraction": 0.2, "max_epochs": 25}}

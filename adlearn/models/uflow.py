@@ -62,7 +62,7 @@ from torch import nn
 from adlearn.components import AllInOneBlock, GaussianBlur2d, TimmFeatureExtractor, dryrun_find_featuremap_dims
 from adlearn.components.flow import SequenceFlow, subnet_conv
 from adlearn.components.nfa import nfa_segmentation
-from adlearn.models.base import Prediction, TrainedModel, register
+from adlearn.models.base import Prediction, TrainedModel
 from adlearn.models.common import combine_layer_maps
 
 
@@ -162,8 +162,8 @@ def uflow_anomaly_map(latents: list[torch.Tensor], image_size: tuple[int, int]) 
     return 1.0 - combine_layer_maps(likelihoods, tuple(image_size), "mean")[:, 0]
 
 
-@register("uflow")
 class Uflow(TrainedModel):
+    name = "uflow"
     # The reference's training (anomalib's Uflow config: 200 epochs, patience 20); LR decays per step.
     training_defaults = {"max_epochs": 200, "patience": 20}
     scheduler_interval = "step"
