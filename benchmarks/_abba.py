@@ -28,11 +28,11 @@ import json
 import statistics
 import subprocess
 import sys
-import time
 import warnings
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import REPO_ROOT, clock, since  # noqa: E402
 
 
 def machine_module():
@@ -57,10 +57,11 @@ def serve(step, side: str, spec: dict, info: dict | None = None) -> int:
         cpu, wall = [], []
         with guard.measure(f"{side} {label}") as record:
             for _ in range(int(count)):
-                c, w = time.process_time(), time.perf_counter()
+                began = clock()
                 step()
-                cpu.append(time.process_time() - c)
-                wall.append(time.perf_counter() - w)
+                w, c = since(began)
+                cpu.append(c)
+                wall.append(w)
         print(json.dumps({"cpu_s": cpu, "wall_s": wall, "record": record}), flush=True)
     return 0
 

@@ -1,6 +1,6 @@
 """Run anomalib (the reference implementation) offline, on the same backbone weights as adlearn.
 
-This file runs INSIDE the separate anomalib virtual environment (``/work/venvs/anomalib``, see
+This file runs INSIDE the separate anomalib virtual environment (``$ANOMALIB_PYTHON``, see
 ``benchmarks/README.md``), never inside adlearn's. It imports nothing from the adlearn package: the
 only adlearn file it reads is ``adlearn/components/feature_extractors/backbones.py``, loaded by path,
 so both sides turn the packaged lukemelas state dict into timm weights with the very same code.
@@ -18,7 +18,7 @@ What it provides:
 
 Used as a script by the ``bench_*.py`` drivers::
 
-    /work/venvs/anomalib/bin/python benchmarks/_anomalib.py --spec spec.json --out result.json
+    $ANOMALIB_PYTHON benchmarks/_anomalib.py --spec spec.json --out result.json
 
 ``spec.json`` holds ``{"model": "Padim", "init": {...}, "buffers": {"model.idx": [...]},
 "root": ..., "category": ..., "image_size": 256, "batch_size": 32, "num_workers": 0,
@@ -36,14 +36,15 @@ import logging
 import shutil
 import sys
 import tempfile
-import time
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import REPO_ROOT, clock, since, write_json  # noqa: E402  (stdlib only: fine in anomalib's venv)
+
 BACKBONES_FILE = REPO_ROOT / "adlearn" / "components" / "feature_extractors" / "backbones.py"
 
 #: Names of the backbones whose weights `install_offline_weights` injected, in call order.
@@ -129,15 +130,6 @@ def make_datamodule(root: str | Path, category: str, batch_size: int = 32, num_w
 
 
 # ----------------------------------------------------------------------------- engine run
-def clock() -> tuple[float, float]:
-    """(wall, process CPU) time stamps."""
-    return time.perf_counter(), time.process_time()
-
-
-def since(start: tuple[float, float]) -> tuple[float, float]:
-    return _between(start, clock())
-
-
 def _between(start: tuple[float, float], end: tuple[float, float]) -> tuple[float, float]:
     return end[0] - start[0], end[1] - start[1]
 
@@ -153,7 +145,7 @@ def _lightning_callbacks():
             self.train_batches = 0
 
         def _mark(self, name):
-            self.marks[name] = (time.perf_counter(), time.process_time())
+            self.marks[name] = clock()
 
         def on_train_epoch_start(self, trainer, pl_module):
             self._mark("train_epoch_start")
@@ -365,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
         n_test=len(datamodule.test_data),
     )
     out = Path(args.out)
-    out.write_text(json.dumps(report, indent=2))
+    write_json(out, report)
     np.savez(out.with_suffix(".npz"), **arrays)
     print(json.dumps({key: report[key] for key in ("fit_s", "predict_s", "test_s", "metrics")}))
     return 0

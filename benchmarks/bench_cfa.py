@@ -42,20 +42,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-BENCH_DIR = Path(__file__).resolve().parent
-REPO_ROOT = BENCH_DIR.parent
-ANOMALIB_PYTHON = os.environ.get("ANOMALIB_PYTHON", "/work/venvs/anomalib/bin/python")
-DEFAULT_MVTEC_ROOT = os.environ.get("ADLEARN_MVTEC_ROOT", "/work/shared/data/mvtec_ad")
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common, _abba, _anomalib, bench_memory_models
+from _common import REPO_ROOT, anomalib_python, clock, mvtec_category, mvtec_root, since, write_json  # noqa: E402
+
 IMAGE_SIZE = 256
 BACKBONE, ANOMALIB_LAYERS, CHANNELS = "efficientnet_lite0", ["blocks.1", "blocks.2", "blocks.4"], 176
-sys.path.insert(0, str(BENCH_DIR))  # _abba, _anomalib, bench_memory_models
 
 
 # ----------------------------------------------------------------------------- adlearn side
@@ -96,18 +93,18 @@ def run_adlearn_accuracy(
     if max_train:
         train = torch.utils.data.Subset(train, evenly_spaced(len(train), max_train))
     test = MVTecDataset(root, category, "test", transform=model.transform)
-    began = (time.perf_counter(), time.process_time())
+    began = clock()
     model.fit(train, progress=False)
-    fit = (time.perf_counter() - began[0], time.process_time() - began[1])
+    fit = since(began)
     scores, maps, labels, masks = [], [], [], []
-    began = (time.perf_counter(), time.process_time())
+    began = clock()
     for batch in torch.utils.data.DataLoader(test, batch_size=batch_size):
         prediction = model.predict(batch["image"])
         scores.append(prediction.pred_score.numpy())
         maps.append(prediction.anomaly_map.reshape(len(batch["image"]), IMAGE_SIZE, IMAGE_SIZE).numpy())
         labels.append(batch["label"].numpy())
         masks.append(batch["mask"].reshape(len(batch["image"]), IMAGE_SIZE, IMAGE_SIZE).numpy() > 0.5)
-    predict = (time.perf_counter() - began[0], time.process_time() - began[1])
+    predict = since(began)
     report = {
         "side": "adlearn",
         "n_train": len(train),
@@ -213,7 +210,7 @@ def run_anomalib_accuracy_side(spec_path: str, out_path: str) -> int:
         "injected_weights": list(_anomalib.INJECTED),
         "threads": torch.get_num_threads(),
     }
-    Path(out_path).write_text(json.dumps(report, indent=2))
+    write_json(out_path, report)
     np.savez(Path(out_path).with_suffix(".npz"), **raw.arrays())
     return 0
 
@@ -307,7 +304,7 @@ def run_speed(args, guard) -> dict:
 # ----------------------------------------------------------------------------- driver
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--root", default=DEFAULT_MVTEC_ROOT)
+    parser.add_argument("--root", help="accuracy: MVTec-layout root (default: $ADLEARN_MVTEC_ROOT)")
     parser.add_argument("--category", default="bottle")
     parser.add_argument("--epochs", type=int, default=3, help="accuracy: training epochs per side (cpu preset: 3)")
     parser.add_argument("--batch-size", type=int, default=8)
@@ -320,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     parts = parser.add_mutually_exclusive_group()
     parts.add_argument("--speed-only", action="store_true")
     parts.add_argument("--accuracy-only", action="store_true")
-    parser.add_argument("--anomalib-python", default=ANOMALIB_PYTHON)
+    parser.add_argument("--anomalib-python", help="anomalib's venv python (default: $ANOMALIB_PYTHON)")
     parser.add_argument("--json", help="write all results here")
     parser.add_argument("--anomalib-side", nargs=2, metavar=("SPEC", "OUT"), help=argparse.SUPPRESS)
     parser.add_argument("--worker", nargs=2, metavar=("SIDE", "SPEC"), help=argparse.SUPPRESS)
@@ -345,8 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     from adlearn.machine import LoadGuard, describe
 
     guard = LoadGuard(allow_busy=args.allow_busy, threshold=args.busy_threshold)
-    if not Path(args.anomalib_python).is_file():
-        sys.exit(f"anomalib python not found at {args.anomalib_python} (see benchmarks/README.md; ANOMALIB_PYTHON=)")
+    args.anomalib_python = anomalib_python(args.anomalib_python)
     out: dict = {
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "image_size": IMAGE_SIZE,
@@ -356,8 +352,8 @@ def main(argv: list[str] | None = None) -> int:
     }
 
     if not args.speed_only:
-        if not (Path(args.root) / args.category / "train" / "good").is_dir():
-            sys.exit(f"no MVTec category at {Path(args.root) / args.category}: set --root / ADLEARN_MVTEC_ROOT")
+        args.root = str(mvtec_root(args.root))
+        mvtec_category(args.root, args.category)
         root = args.root
         with tempfile.TemporaryDirectory() as tmp:
             if args.max_train:
@@ -407,8 +403,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nmachine: {describe()}")
     out["machine"] = guard.summary()
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(out, indent=1))
+        write_json(args.json, out, indent=1)
     return 0
 
 

@@ -13,9 +13,8 @@ the DFM recipe without a network). Prints a Markdown table; ``--json`` writes it
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -23,9 +22,12 @@ from sklearn.datasets import load_digits
 from sklearn.decomposition import PCA
 from sklearn.metrics import roc_auc_score
 
-from adlearn.data import digit_images, one_class_split
-from adlearn.machine import add_arguments, guard_from_args
-from adlearn.models import create
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import clock, since, write_json  # noqa: E402
+
+from adlearn.data import digit_images, one_class_split  # noqa: E402
+from adlearn.machine import add_arguments, guard_from_args  # noqa: E402
+from adlearn.models import create  # noqa: E402
 
 BACKBONE = "efficientnet_lite0"
 
@@ -61,12 +63,12 @@ def main(argv: list[str] | None = None) -> int:
     models = adlearn_models(args.size, args.seed)
     columns = [*models, "pixels + PCA error (scikit-learn)"]
     table = {name: {} for name in columns}
-    began = time.perf_counter()
+    began = clock()
     with guard.measure("all digits"):
         run_digits(models, images, labels, raw, table, columns, args.seed)
     print(
         f"\nimage AUROC, train on half of one digit, test on its other half + all other digits "
-        f"({args.size} px, seed {args.seed}, {time.perf_counter() - began:.0f} s)\n"
+        f"({args.size} px, seed {args.seed}, {since(began)[0]:.0f} s)\n"
     )
     print("| normal digit | " + " | ".join(columns) + " |")
     print("|---" * (len(columns) + 1) + "|")
@@ -74,19 +76,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {digit} | " + " | ".join(f"{table[name][digit]:.3f}" for name in columns) + " |")
     print("| **mean** | " + " | ".join(f"**{np.mean(list(table[name].values())):.3f}**" for name in columns) + " |")
     if args.json:
-        with open(args.json, "w") as handle:
-            json.dump(
-                {
-                    "size": args.size,
-                    "seed": args.seed,
-                    "backbone": BACKBONE,
-                    "torch": torch.__version__,
-                    "auroc": table,
-                    "machine": guard.summary(),
-                },
-                handle,
-                indent=2,
-            )
+        write_json(
+            args.json,
+            {
+                "size": args.size,
+                "seed": args.seed,
+                "backbone": BACKBONE,
+                "torch": torch.__version__,
+                "auroc": table,
+                "machine": guard.summary(),
+            },
+        )
     return 0
 
 

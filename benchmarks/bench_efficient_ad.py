@@ -40,7 +40,7 @@
   scales instead. ``--lr-decay none`` keeps our learning rate constant, as anomalib's is in effect (its
   StepLR is stepped per epoch, so it never reaches the 95 % milestone; ours decays then). ``--sides adlearn``
   runs our side alone (anomalib's is deterministic on the CPU: its figures for a seed do not change from run
-  to run). `check_efficient_ad_equivalence.py` shows that the two
+  to run). `archive/check_efficient_ad_equivalence.py` shows that the two
   codes compute the same maps, losses, gradients and Adam steps from the same weights and inputs.
 
     ADLEARN_MVTEC_ROOT=... .venv/bin/python benchmarks/bench_efficient_ad.py --accuracy --json effad_acc.json
@@ -58,18 +58,17 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
 BENCH_DIR = Path(__file__).resolve().parent
-sys.path.insert(0, str(BENCH_DIR))  # _abba, _anomalib
-ANOMALIB_PYTHON = os.environ.get("ANOMALIB_PYTHON", "/work/venvs/anomalib/bin/python")
+sys.path.insert(0, str(BENCH_DIR))  # _common, _abba, _anomalib
+from _common import anomalib_python, clock, mvtec_root, since, write_json  # noqa: E402
+
 SIDE_BY_SIDE_SIZE = 256
 
 
@@ -78,10 +77,11 @@ def timed(function, repeats: int) -> dict:
     function()
     cpu, wall = [], []
     for _ in range(repeats):
-        c, w = time.process_time(), time.perf_counter()
+        began = clock()
         function()
-        cpu.append(time.process_time() - c)
-        wall.append(time.perf_counter() - w)
+        w, c = since(began)
+        cpu.append(c)
+        wall.append(w)
     return {"cpu_s": statistics.median(cpu), "wall_s": statistics.median(wall)}
 
 
@@ -290,9 +290,9 @@ def accuracy_adlearn_side(spec: dict, out: Path) -> int:
     # from_test: anomalib's default recipe, all training images and the quantiles of the test split's normal
     # images; the test split is only *watched* (restore_best=False): it never chooses the weights
     validation = {"val_data": test, "restore_best": False} if from_test else {}
-    began = (time.perf_counter(), time.process_time())
+    began = clock()
     model.fit(train, progress=False, **validation)
-    fit = (time.perf_counter() - began[0], time.process_time() - began[1])
+    fit = since(began)
     predictions = collect_predictions(model, test)
     held_out = int(len(train) * model.train_config.val_fraction)  # as adlearn.data.hold_out
     report = {
@@ -307,7 +307,7 @@ def accuracy_adlearn_side(spec: dict, out: Path) -> int:
         if from_test
         else "quantiles of held-out training images (val_fraction 0.1 of the cpu preset)",
     }
-    out.write_text(json.dumps(report, indent=1))
+    write_json(out, report, indent=1)
     np.savez(
         out.with_suffix(".npz"),
         pred_score=predictions["pred_scores"],
@@ -370,7 +370,7 @@ def accuracy_anomalib_side(spec: dict, out: Path) -> int:
         "threads": torch.get_num_threads(),
         "map_normalisation": "quantiles of its validation split (anomalib's default: the test images)",
     }
-    out.write_text(json.dumps(report, indent=1))
+    write_json(out, report, indent=1)
     np.savez(out.with_suffix(".npz"), **raw.arrays())
     return 0
 
@@ -398,9 +398,7 @@ def accuracy(args) -> dict:
     teacher = Path(args.teacher or default_teacher_path("small"))
     if not teacher.is_file():
         raise SystemExit(f"no distilled teacher at {teacher}: run distill_teacher('small') first (≈ 37 CPU-min)")
-    root = args.root or os.environ.get("ADLEARN_MVTEC_ROOT")
-    if not root:
-        raise SystemExit("--accuracy needs --root (or ADLEARN_MVTEC_ROOT): an MVTec-layout folder")
+    root = mvtec_root(args.root)
     with tempfile.TemporaryDirectory(prefix="effad-accuracy-") as tmp:  # the natural views: ≈ 150 MB
         return accuracy_in(Path(tmp), args, teacher, root)
 
@@ -493,7 +491,9 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup", type=int, default=1, help="--side-by-side: steps before measuring")
     parser.add_argument("--rounds", type=int, default=2, help="--side-by-side: ABBA rounds")
     parser.add_argument("--steps-per-turn", type=int, default=2, help="--side-by-side: steps per side per turn")
-    parser.add_argument("--anomalib-python", default=ANOMALIB_PYTHON)
+    parser.add_argument(
+        "--anomalib-python", help="--side-by-side, --accuracy: anomalib's venv python (default: $ANOMALIB_PYTHON)"
+    )
     parser.add_argument("--allow-busy", action="store_true", help="--side-by-side: report ratios under load")
     parser.add_argument("--busy-threshold", type=float, default=None)
     parser.add_argument(
@@ -551,10 +551,11 @@ def main(argv=None) -> int:
         return run_side(json.loads(Path(spec).read_text()), Path(out))
     for mode, run in (("accuracy", accuracy), ("side_by_side", side_by_side)):
         if getattr(args, mode):
+            if mode == "side_by_side" or "anomalib" in args.sides.split(","):
+                args.anomalib_python = anomalib_python(args.anomalib_python)
             result = run(args)
             if args.json:
-                args.json.parent.mkdir(parents=True, exist_ok=True)
-                args.json.write_text(json.dumps({mode: result}, indent=1))
+                write_json(args.json, {mode: result}, indent=1)
             return 0
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -643,8 +644,7 @@ def main(argv=None) -> int:
         print(f"cfa training step (batch 8, 256 px): {out['cfa_step']['cpu_s']:.2f} CPU-s", flush=True)
 
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(out, indent=1))
+        write_json(args.json, out, indent=1)
     return 0
 
 

@@ -49,13 +49,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-REPO_ROOT = HERE.parent
-DEFAULT_MVTEC_ROOT = os.environ.get("ADLEARN_MVTEC_ROOT", "/work/shared/data/mvtec_ad")
-DEFAULT_ANOMALIB_PYTHON = os.environ.get("ANOMALIB_PYTHON", "/work/venvs/anomalib/bin/python")
+sys.path.insert(0, str(HERE))  # _common, _anomalib
+from _common import REPO_ROOT, anomalib_python, clock, mvtec_category, mvtec_root, since, write_json  # noqa: E402
+
 MODELS = ("cflow", "uflow", "csflow")
 REPLY = "@@bench "  # the prefix of a worker's answer on its stdout (libraries may print too)
 
@@ -75,9 +74,10 @@ FIXED_IN_ANOMALIB = {"uflow": {"subnet_kernels": (3, 1)}}
 def _time_steps(step, n: int) -> list[dict]:
     out = []
     for _ in range(n):
-        cpu, wall = time.process_time(), time.perf_counter()
+        began = clock()
         loss = step()
-        out.append({"cpu_s": time.process_time() - cpu, "wall_s": time.perf_counter() - wall, "loss": loss})
+        wall, cpu = since(began)
+        out.append({"cpu_s": cpu, "wall_s": wall, "loss": loss})
     return out
 
 
@@ -473,7 +473,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", default=",".join(MODELS))
-    parser.add_argument("--root", default=DEFAULT_MVTEC_ROOT)
+    parser.add_argument("--root", help="MVTec-layout root (default: $ADLEARN_MVTEC_ROOT)")
     parser.add_argument("--category", default="bottle")
     parser.add_argument("--batch-size", type=int, default=8, help="images per step (the cpu presets': 8)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps per side before the first block")
@@ -489,15 +489,14 @@ def main(argv: list[str] | None = None) -> int:
         help="an adlearn model option, for every model (backbone=efficientnet_lite0) or one "
         "(cflow.coupling_blocks=2); the shared widths follow to anomalib",
     )
-    parser.add_argument("--anomalib-python", default=DEFAULT_ANOMALIB_PYTHON)
+    parser.add_argument("--anomalib-python", help="anomalib's venv python (default: $ANOMALIB_PYTHON)")
     parser.add_argument("--json", type=Path)
     add_arguments(parser)
     args = parser.parse_args(argv)
     args.options = parse_set(args.set)
-    if not (Path(args.root) / args.category / "train" / "good").is_dir():
-        sys.exit(f"no MVTec category at {Path(args.root) / args.category}: set --root / ADLEARN_MVTEC_ROOT")
-    if not Path(args.anomalib_python).exists():
-        sys.exit(f"no anomalib interpreter at {args.anomalib_python} (see benchmarks/README.md; --anomalib-python)")
+    args.root = str(mvtec_root(args.root))
+    mvtec_category(args.root, args.category)
+    args.anomalib_python = anomalib_python(args.anomalib_python)
     if args.warmup < 1 or args.steps < 1 or args.rounds < 1:
         sys.exit("--warmup, --steps and --rounds must be >= 1")
     models = [m for m in args.models.split(",") if m]
@@ -523,13 +522,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(table(rows))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(
-            json.dumps(
-                {"command": " ".join(["benchmarks/bench_flows.py", *argv]), "rows": rows, "machine": guard.summary()},
-                indent=2,
-            )
-        )
+        command = " ".join(["benchmarks/bench_flows.py", *argv])
+        write_json(args.json, {"command": command, "rows": rows, "machine": guard.summary()})
     return 0
 
 

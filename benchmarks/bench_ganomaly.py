@@ -22,13 +22,15 @@ from __future__ import annotations
 import argparse
 import ast
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import anomalib_python, clock, mvtec_category, mvtec_root, since, write_json  # noqa: E402
 
 # Nothing from adlearn (nor scikit-learn) at module level: the anomalib side runs this file in its own venv.
 
@@ -53,7 +55,7 @@ def run_bottle(args, options: dict) -> dict:
     from adlearn.evaluate import fit_and_evaluate
     from adlearn.models import create
 
-    root = os.environ.get("ADLEARN_MVTEC_ROOT", "/work/shared/data/mvtec_ad")
+    root = args.root
     runs = []
     for seed in args.seeds:
         model = create("ganomaly", preset="cpu", device="cpu", seed=seed, **options)
@@ -148,10 +150,11 @@ def run_anomalib_side(spec_path: str, out_path: str) -> int:
         rows: list = []
 
         def on_train_epoch_start(self, trainer, pl_module):
-            self.start = (time.perf_counter(), time.process_time())
+            self.start = clock()
 
         def on_train_epoch_end(self, trainer, pl_module):
-            self.rows.append({"s": time.perf_counter() - self.start[0], "cpu_s": time.process_time() - self.start[1]})
+            wall, cpu = since(self.start)
+            self.rows.append({"s": wall, "cpu_s": cpu})
 
     timer = EpochTimer()
     with tempfile.TemporaryDirectory(prefix="anomalib-bench-") as workdir:
@@ -171,16 +174,14 @@ def run_anomalib_side(spec_path: str, out_path: str) -> int:
         results = engine.test(model=model, datamodule=datamodule, verbose=False)
     import anomalib
 
-    Path(out_path).write_text(
-        json.dumps(
-            {
-                "anomalib_version": anomalib.__version__,
-                "epochs": timer.rows,
-                "n_train": len(datamodule.train_data),
-                "test": {key: float(value) for key, value in (results[0] if results else {}).items()},
-            },
-            indent=2,
-        )
+    write_json(
+        out_path,
+        {
+            "anomalib_version": anomalib.__version__,
+            "epochs": timer.rows,
+            "n_train": len(datamodule.train_data),
+            "test": {key: float(value) for key, value in (results[0] if results else {}).items()},
+        },
     )
     return 0
 
@@ -192,8 +193,7 @@ def run_anomalib(args, options: dict) -> dict:
     from adlearn.models import get_model_class
 
     preset = {**get_model_class("ganomaly").preset("cpu"), **options}
-    python = os.environ.get("ANOMALIB_PYTHON", "/work/venvs/anomalib/bin/python")
-    root = os.environ.get("ADLEARN_MVTEC_ROOT", "/work/shared/data/mvtec_ad")
+    python, root = args.anomalib_python, args.root
     runs = []
     for seed in args.seeds:
         init = {
@@ -252,18 +252,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--digits", type=int, nargs="+", default=list(range(10)), help="digits: the normal classes")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--root", help="bottle, anomalib: MVTec AD root (default: $ADLEARN_MVTEC_ROOT)")
+    parser.add_argument("--anomalib-python", help="anomalib: its venv's python (default: $ANOMALIB_PYTHON)")
     parser.add_argument("--json")
     parser.add_argument("--anomalib-side", nargs=2, metavar=("SPEC", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.anomalib_side:
         return run_anomalib_side(*args.anomalib_side)
+    if args.data is None:
+        parser.error("choose the data: bottle, digits or anomalib")
+    if args.data in ("bottle", "anomalib"):
+        args.root = str(mvtec_root(args.root))
+        mvtec_category(args.root, "bottle")
+    if args.data == "anomalib":
+        args.anomalib_python = anomalib_python(args.anomalib_python)
     torch.set_num_threads(args.threads)
     options = parse_set(args.set)
     runner = {"bottle": run_bottle, "digits": run_digits, "anomalib": run_anomalib}[args.data]
     result = runner(args, options)
     result.update(seeds=args.seeds, threads=args.threads, torch=torch.__version__)
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        write_json(args.json, result)
     return 0
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import sys
 import time
@@ -30,10 +29,11 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from adlearn.machine import add_arguments, guard_from_args  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import REPO_ROOT, mvtec_root, write_json  # noqa: E402
 
-DEFAULT_MVTEC_ROOT = os.environ.get("ADLEARN_MVTEC_ROOT", "/work/shared/data/mvtec_ad")
+sys.path.insert(0, str(REPO_ROOT))
+from adlearn.machine import add_arguments, guard_from_args  # noqa: E402
 
 
 def synchronize(device: torch.device) -> None:
@@ -128,7 +128,9 @@ def bench_trained(name: str, args, root: Path) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="patchcore,stfpm,fastflow")
-    parser.add_argument("--root", default=DEFAULT_MVTEC_ROOT)
+    parser.add_argument(
+        "--root", help="MVTec-layout root (default: $ADLEARN_MVTEC_ROOT; neither: the embedded synthetic data)"
+    )
     parser.add_argument("--category", default="bottle")
     parser.add_argument("--backbone", default="efficientnet_lite0")
     parser.add_argument("--pretrained", default="auto")
@@ -142,11 +144,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     guard = guard_from_args(args)
 
-    root = Path(args.root)
-    if not (root / args.category).is_dir():
+    root = mvtec_root(args.root, required=False)
+    if root is None or not (root / args.category).is_dir():
         from adlearn.data import synthetic_root
 
-        print(f"{root / args.category} not found: using the embedded synthetic data ('weave')", file=sys.stderr)
+        where = "no --root / ADLEARN_MVTEC_ROOT" if root is None else f"{root / args.category} not found"
+        print(f"{where}: using the embedded synthetic data ('weave')", file=sys.stderr)
         root, args.category = synthetic_root(), "weave"
     rows = []
     for name in [m for m in args.models.split(",") if m]:
@@ -163,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": guard.summary(),
     }
     if args.json:
-        Path(args.json).write_text(json.dumps({"meta": meta, "results": rows}, indent=2))
+        write_json(args.json, {"meta": meta, "results": rows})
     return 0
 
 

@@ -22,7 +22,7 @@ The baseline is our own re-implementation of anomalib 2.7's algorithm (not its c
 ``SparseRandomProjection(eps=0.9)`` built row by row, a random start point (included, as in 2.7),
 then per step ``torch.linalg.norm(features - center, dim=1, keepdim=True)``, ``torch.minimum``,
 ``torch.max`` and a ``scatter_`` of 0 at the new centre. If anomalib's own venv exists
-(``ANOMALIB_PYTHON``, ``--anomalib-python``, default ``/work/venvs/anomalib/bin/python``), its real
+(``--anomalib-python``, else ``ANOMALIB_PYTHON``; none given: skipped), its real
 ``KCenterGreedy`` is timed the same way (a short run, extrapolated) as a check of the baseline.
 
 Data (``--data``, default all three): ``clustered`` (above), ``gaussian`` (``--gaussian-n`` 30k ×
@@ -64,25 +64,23 @@ projections.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import REPO_ROOT, anomalib_python, clock, mvtec_root, since, write_json  # noqa: E402
 
+sys.path.insert(0, str(REPO_ROOT))
 from adlearn.components.kcenter_greedy import KCenterGreedy, coverage_radius  # noqa: E402
 from adlearn.components.random_projection import johnson_lindenstrauss_min_dim  # noqa: E402
 from adlearn.machine import add_arguments, describe, guard_from_args  # noqa: E402
-
-DEFAULT_ANOMALIB_PYTHON = "/work/venvs/anomalib/bin/python"
 
 
 # ----------------------------------------------------------------------------- data
@@ -149,12 +147,12 @@ def baseline_select(
 
 def time_baseline(embedding: torch.Tensor, ratio: float, steps: int | None) -> dict:
     coreset_size = int(embedding.shape[0] * ratio)
-    start, start_cpu = time.perf_counter(), time.process_time()
+    start = clock()
     features = baseline_projection(embedding)
-    projection_s, projection_cpu = time.perf_counter() - start, time.process_time() - start_cpu
-    start, start_cpu = time.perf_counter(), time.process_time()
+    projection_s, projection_cpu = since(start)
+    start = clock()
     idxs = baseline_select(features, coreset_size, max_steps=steps)
-    loop_s, loop_cpu = time.perf_counter() - start, time.process_time() - start_cpu
+    loop_s, loop_cpu = since(start)
     done = len(idxs) - 1
     scale = (coreset_size - 1) / max(done, 1)  # extrapolation factor (1 when run to the end)
     return {
@@ -188,7 +186,7 @@ print("ANOMALIB_SECONDS", time.perf_counter() - start - projection, sampler.core
 
 def time_real_anomalib(python: str, embedding: torch.Tensor, steps: int, threads: int) -> dict | None:
     """Run anomalib's own KCenterGreedy for ~``steps`` steps in its venv (None if unavailable)."""
-    if not python or not Path(python).exists():
+    if python is None:
         return None
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "embedding.pt"
@@ -248,7 +246,7 @@ def datasets(args) -> list[tuple[str, torch.Tensor]]:
                 )
             )
         elif kind == "real":
-            root = Path(args.mvtec_root) if args.mvtec_root else None
+            root = mvtec_root(args.mvtec_root, required=False, flag="--mvtec-root")
             if root is None or not (root / args.category / "train").is_dir():
                 print(f"  (real features skipped: no {args.category}/ under --mvtec-root / ADLEARN_MVTEC_ROOT)")
                 continue
@@ -267,12 +265,13 @@ def datasets(args) -> list[tuple[str, torch.Tensor]]:
 
 # ----------------------------------------------------------------------------- ours
 def time_ours(embedding: torch.Tensor, ratio: float, seed: int = 0, method: str = "auto") -> dict:
-    start, start_cpu = time.perf_counter(), time.process_time()
+    start = clock()
     sampler = KCenterGreedy(embedding, sampling_ratio=ratio, random_state=seed, method=method)
     idxs = sampler.select_coreset_idxs()
+    total_s, cpu_s = since(start)
     return {
-        "total_s": time.perf_counter() - start,
-        "cpu_s": time.process_time() - start_cpu,
+        "total_s": total_s,
+        "cpu_s": cpu_s,
         "idxs": idxs,
         "method": sampler.method,
         "steps": sampler.steps,
@@ -293,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--widths", default="152,384", help="widths of the clustered data, comma-separated")
     parser.add_argument("--gaussian-n", type=int, default=30_000)
     parser.add_argument("--gaussian-width", type=int, default=384)
-    parser.add_argument("--mvtec-root", default=os.environ.get("ADLEARN_MVTEC_ROOT"))
+    parser.add_argument("--mvtec-root", help="real: MVTec AD root (default: $ADLEARN_MVTEC_ROOT; none: skipped)")
     parser.add_argument("--category", default="bottle")
     parser.add_argument(
         "--real-images",
@@ -312,12 +311,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument(
         "--anomalib-python",
-        default=os.environ.get("ANOMALIB_PYTHON", DEFAULT_ANOMALIB_PYTHON),
-        help="python of a venv with anomalib 2.7 ('' to skip)",
+        help="python of a venv with anomalib 2.7 (default: $ANOMALIB_PYTHON; '' or neither: skipped)",
     )
     parser.add_argument("--json", help="write all figures to this file")
     add_arguments(parser)
     args = parser.parse_args(argv)
+    args.anomalib_python = anomalib_python(args.anomalib_python, required=False)
     torch.set_num_threads(args.threads)
     guard = guard_from_args(args)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -394,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
 
     results["machine"] = guard.summary()
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2, default=str))
+        write_json(args.json, results)
         print(f"\nwrote {args.json}")
     return 0
 

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import shutil
 import sys
@@ -51,17 +50,14 @@ import torch
 
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
+from _common import anomalib_python, clock, since, write_json  # noqa: E402
 from bench_padim import (  # noqa: E402  (shared helpers of the benchmark drivers)
-    ANOMALIB_PYTHON,
     BACKBONE,
-    DEFAULT_MVTEC_ROOT,
     IMAGE_SIZE,
-    clock,
     feature_check,
     ratio,
     resolve_data,
     run_anomalib_process,
-    since,
     time_fit_phases,
 )
 
@@ -219,8 +215,6 @@ def run_adlearn(name: str, root: Path, category: str, threads: int, batch_size: 
 
 # ----------------------------------------------------------------------------- anomalib side
 def run_anomalib(name: str, root: Path, category: str, threads: int, batch_size: int, python: str) -> tuple[dict, dict]:
-    if not Path(python).exists():
-        sys.exit(f"anomalib's python {python} not found: create the venv (benchmarks/README.md) or set ANOMALIB_PYTHON")
     config = MODELS[name]["anomalib"]
     spec = {
         "model": config["model"],
@@ -360,14 +354,14 @@ def main(argv: list[str] | None = None) -> int:
         "--data",
         choices=("auto", "bottle", "synthetic"),
         default="auto",
-        help=f"auto: real bottle if ADLEARN_MVTEC_ROOT (or {DEFAULT_MVTEC_ROOT}) has it, else synthetic",
+        help="auto: real bottle if --root or ADLEARN_MVTEC_ROOT has it, else synthetic",
     )
     parser.add_argument("--root", help="MVTec-layout root (default: ADLEARN_MVTEC_ROOT / the synthetic cache)")
     parser.add_argument("--category", help="category (default: bottle / ring)")
     parser.add_argument("--max-train", type=int, help="keep this many evenly spaced training images (both sides)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--anomalib-python", default=ANOMALIB_PYTHON)
+    parser.add_argument("--anomalib-python", help="anomalib's venv python (default: $ANOMALIB_PYTHON)")
     parser.add_argument("--no-anomalib", action="store_true", help="adlearn only")
     parser.add_argument(
         "--patchcore-crop",
@@ -379,6 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", help="write the full results here")
     add_arguments(parser)
     args = parser.parse_args(argv)
+    python = None if args.no_anomalib else anomalib_python(args.anomalib_python)
     guard = guard_from_args(args).activate()
     if args.patchcore_crop == "none":
         MODELS["patchcore"]["crop"] = None
@@ -401,9 +396,7 @@ def main(argv: list[str] | None = None) -> int:
             theirs = their_arrays = None
             if not args.no_anomalib:
                 with guard.measure(f"anomalib {name}"):
-                    theirs, their_arrays = run_anomalib(
-                        name, root, category, args.threads, args.batch_size, args.anomalib_python
-                    )
+                    theirs, their_arrays = run_anomalib(name, root, category, args.threads, args.batch_size, python)
                 print(f"anomalib {name}: fit {theirs['fit_s']:.1f} s, predict {theirs['predict_s']:.1f} s", flush=True)
             metrics = aurocs(our_arrays, their_arrays)
             result = {
@@ -432,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
             print_table(name, result)
             results.append(result)
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2, default=str))
+        write_json(args.json, results)
         print(f"wrote {args.json}")
     return 0
 

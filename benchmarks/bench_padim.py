@@ -38,18 +38,17 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import REPO_ROOT, anomalib_python, clock, mvtec_root, since, write_json  # noqa: E402
+
 sys.path.insert(0, str(REPO_ROOT))
 from adlearn.machine import add_arguments, guard_from_args, guarded_ratio  # noqa: E402  (machine + load)
 
-ANOMALIB_PYTHON = os.environ.get("ANOMALIB_PYTHON", "/work/venvs/anomalib/bin/python")
-DEFAULT_MVTEC_ROOT = "/work/shared/data/mvtec_ad"
 TARGET_TIME_RATIO = 0.5
 TARGET_AUROC_GAP = 0.01
 
@@ -62,18 +61,18 @@ IMAGE_SIZE = 256
 
 # ----------------------------------------------------------------------------- data
 def resolve_data(kind: str, root: str | None, category: str | None) -> tuple[str, Path, str]:
-    """-> (kind, root, category). ``auto``: the real bottle when present, else synthetic data."""
-    mvtec_root = Path(root or os.environ.get("ADLEARN_MVTEC_ROOT", DEFAULT_MVTEC_ROOT))
+    """-> (kind, root, category). ``auto``: the real bottle when ``--root`` or ``ADLEARN_MVTEC_ROOT`` has it,
+    else synthetic data."""
+    real = mvtec_root(root, required=kind == "bottle")
     if kind == "auto":
-        kind = "bottle" if (mvtec_root / "bottle" / "train" / "good").is_dir() else "synthetic"
+        kind = "bottle" if real is not None and (real / "bottle" / "train" / "good").is_dir() else "synthetic"
     if kind == "bottle":
         category = category or "bottle"
-        if not (mvtec_root / category / "train" / "good").is_dir():
+        if not (real / category / "train" / "good").is_dir():
             sys.exit(
-                f"no MVTec category at {mvtec_root / category}: set ADLEARN_MVTEC_ROOT or --root, "
-                f"or use --data synthetic"
+                f"no MVTec category at {real / category}: set ADLEARN_MVTEC_ROOT or --root, or use --data synthetic"
             )
-        return kind, mvtec_root, category
+        return kind, real, category
     from adlearn.data import synthetic_root
 
     synthetic = Path(root) if root else synthetic_root(image_size=IMAGE_SIZE)
@@ -84,15 +83,6 @@ def resolve_data(kind: str, root: str | None, category: str | None) -> tuple[str
 
 
 # ----------------------------------------------------------------------------- timing
-def clock() -> tuple[float, float]:
-    return time.perf_counter(), time.process_time()
-
-
-def since(start: tuple[float, float]) -> tuple[float, float]:
-    now = clock()
-    return now[0] - start[0], now[1] - start[1]
-
-
 def time_fit_phases(model) -> dict:
     """Split a memory-bank model's ``fit`` into its two steps without touching the model: wraps
     ``collect`` and ``fit_bank`` and returns ``{step: [wall s, CPU s]}``, summed as they run."""
@@ -228,8 +218,6 @@ def run_anomalib(
     python: str,
     with_test: bool,
 ) -> tuple[dict, dict]:
-    if not Path(python).exists():
-        sys.exit(f"anomalib's python {python} not found: create the venv (benchmarks/README.md) or set ANOMALIB_PYTHON")
     spec = {
         "model": "Padim",
         "init": {"backbone": BACKBONE, "layers": ANOMALIB_LAYERS, "pre_trained": True, "n_features": N_FEATURES},
@@ -350,14 +338,14 @@ def main(argv: list[str] | None = None) -> int:
         "--data",
         choices=("auto", "bottle", "synthetic"),
         default="auto",
-        help=f"auto: real bottle if ADLEARN_MVTEC_ROOT (or {DEFAULT_MVTEC_ROOT}) has it, else synthetic",
+        help="auto: real bottle if --root or ADLEARN_MVTEC_ROOT has it, else synthetic",
     )
     parser.add_argument("--root", help="MVTec-layout root (default: ADLEARN_MVTEC_ROOT / the synthetic cache)")
     parser.add_argument("--category", help="category (default: bottle / ring)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--num-workers", type=int, default=0)
-    parser.add_argument("--anomalib-python", default=ANOMALIB_PYTHON)
+    parser.add_argument("--anomalib-python", help="anomalib's venv python (default: $ANOMALIB_PYTHON)")
     parser.add_argument(
         "--anomalib-own-channels",
         action="store_true",
@@ -367,6 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", help="write the full result here")
     add_arguments(parser)
     args = parser.parse_args(argv)
+    python = anomalib_python(args.anomalib_python)
     guard = guard_from_args(args).activate()
 
     kind, root, category = resolve_data(args.data, args.root, args.category)
@@ -383,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
             args.batch_size,
             args.num_workers,
             channels,
-            args.anomalib_python,
+            python,
             not args.no_anomalib_test,
         )
     print(f"anomalib: fit {theirs['fit_s']:.1f} s, predict {theirs['predict_s']:.1f} s", flush=True)
@@ -427,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     print_table(result)
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2, default=str))
+        write_json(args.json, result)
         print(f"wrote {args.json}")
     return 0
 

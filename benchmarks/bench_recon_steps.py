@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
@@ -56,11 +55,9 @@ from pathlib import Path
 from types import SimpleNamespace
 
 BENCH_DIR = Path(__file__).resolve().parent
-REPO_ROOT = BENCH_DIR.parent
-ANOMALIB_PYTHON = os.environ.get("ANOMALIB_PYTHON", "/work/venvs/anomalib/bin/python")
-DEFAULT_MVTEC_ROOT = os.environ.get("ADLEARN_MVTEC_ROOT", "/work/shared/data/mvtec_ad")
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-sys.path.insert(0, str(BENCH_DIR))  # _abba
+sys.path.insert(0, str(BENCH_DIR))  # _common, _abba
+from _common import REPO_ROOT, anomalib_python, clock, mvtec_category, mvtec_root, since, write_json  # noqa: E402
 
 #: The network of each comparison (anomalib's DRAEM widths are fixed by its code) and the default protocol.
 MODELS = {
@@ -216,9 +213,9 @@ def worker(side: str, spec_json: str) -> int:
         cpu = []
         with guard.measure(f"{side} simulation") as record:
             for _ in range(SIMULATION_CALLS):
-                began = time.process_time()
+                began = clock()
                 simulate()
-                cpu.append(time.process_time() - began)
+                cpu.append(since(began)[1])
         info["simulation"] = {"median_cpu_s": statistics.median(cpu), "cpu_s": cpu, "record": record}
     return _abba.serve(step, side, spec, info)
 
@@ -263,9 +260,9 @@ def run_model(name: str, args, guard, tmp: Path) -> dict:
         "adlearn": _abba.Worker(__file__, "adlearn", sys.executable, spec),
         "anomalib": _abba.Worker(__file__, "anomalib", args.anomalib_python, spec),
     }
-    began, first_record = time.perf_counter(), len(guard.records)
+    began, first_record = clock(), len(guard.records)
     result = _abba.interleave(workers, guard, protocol["warmup"], protocol["rounds"], protocol["steps_per_turn"])
-    result["seconds"] = time.perf_counter() - began
+    result["seconds"] = since(began)[0]
     result["busy"] = any(record.get("busy") for record in guard.records[first_record:])  # any turn under load
     for side in ("adlearn", "anomalib"):
         simulation = result[side]["info"].get("simulation")
@@ -319,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
         default=64,
         help="DRAEM's image side, a multiple of 32 (64: ~12 CPU s a step; 128: ~4x that)",
     )
-    parser.add_argument("--root", default=DEFAULT_MVTEC_ROOT)
+    parser.add_argument("--root", help="MVTec-layout root (default: $ADLEARN_MVTEC_ROOT)")
     parser.add_argument("--category", default="bottle")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument(
@@ -344,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
         + ", ".join(f"{k} {v['steps_per_turn']}" for k, v in MODELS.items())
         + ")",
     )
-    parser.add_argument("--anomalib-python", default=ANOMALIB_PYTHON)
+    parser.add_argument("--anomalib-python", help="anomalib's venv python (default: $ANOMALIB_PYTHON)")
     parser.add_argument("--json", help="write all results here")
     parser.add_argument(
         "--allow-busy",
@@ -368,33 +365,31 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit(f"--models: unknown {unknown or models}; choose from {', '.join(MODELS)}")
     if "draem" in models and (args.draem_size < 32 or args.draem_size % 32):
         sys.exit(f"--draem-size must be a multiple of 32 (DRAEM's U-Net halves it 5 times), got {args.draem_size}")
-    if not Path(args.anomalib_python).is_file():
-        sys.exit(f"anomalib python not found at {args.anomalib_python} (see benchmarks/README.md; ANOMALIB_PYTHON=)")
-    if not (Path(args.root) / args.category / "train" / "good").is_dir():
-        sys.exit(f"no MVTec category at {Path(args.root) / args.category}: set --root / ADLEARN_MVTEC_ROOT")
+    args.anomalib_python = anomalib_python(args.anomalib_python)
+    args.root = str(mvtec_root(args.root))
+    mvtec_category(args.root, args.category)
 
     sys.path.insert(0, str(REPO_ROOT))
     from adlearn.machine import LoadGuard, describe
 
     guard = LoadGuard(allow_busy=args.allow_busy, threshold=args.busy_threshold)
-    began = time.perf_counter()
+    began = clock()
     results = {}
     with tempfile.TemporaryDirectory(prefix="recon-steps-") as tmp:
         for name in models:
             results[name] = run_model(name, args, guard, Path(tmp))
-    print(f"\nmachine: {describe()}; {time.perf_counter() - began:.0f} s in all\n")
+    print(f"\nmachine: {describe()}; {since(began)[0]:.0f} s in all\n")
     print(markdown(results))
     if args.json:
         out = {
             "date": time.strftime("%Y-%m-%d %H:%M"),
             "threads": args.threads,
             "argv": sys.argv[1:],
-            "seconds": time.perf_counter() - began,
+            "seconds": since(began)[0],
             **results,
             "machine": guard.summary(),
         }
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(out, indent=1))
+        write_json(args.json, out, indent=1)
     return 0
 
 

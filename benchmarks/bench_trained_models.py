@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -46,10 +45,9 @@ import tempfile
 import time
 from pathlib import Path
 
-BENCH_DIR = Path(__file__).resolve().parent
-REPO_ROOT = BENCH_DIR.parent
-ANOMALIB_PYTHON = os.environ.get("ANOMALIB_PYTHON", "/work/venvs/anomalib/bin/python")
-DEFAULT_MVTEC_ROOT = os.environ.get("ADLEARN_MVTEC_ROOT", "/work/shared/data/mvtec_ad")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import BENCH_DIR, REPO_ROOT, anomalib_python, clock, mvtec_category, mvtec_root, write_json  # noqa: E402
+
 IMAGE_SIZE = 256
 BATCH_SIZE = 32
 
@@ -89,6 +87,19 @@ def summarize(epochs: list[dict]) -> dict:
 
 
 # ----------------------------------------------------------------------------- adlearn side
+def test_scores(model, test) -> tuple[float, float | None]:
+    """(image AUROC, pixel AUROC or None) of ``model`` on the dataset ``test``, by scikit-learn."""
+    from sklearn.metrics import roc_auc_score
+
+    from adlearn.evaluate import collect_predictions
+
+    predictions = collect_predictions(model, test)
+    image = roc_auc_score(predictions["labels"], predictions["pred_scores"])
+    if predictions["anomaly_maps"] is None:
+        return image, None
+    return image, roc_auc_score(predictions["masks"].ravel() > 0.5, predictions["anomaly_maps"].ravel())
+
+
 def run_adlearn(
     model_name: str, root: str, category: str, epochs: int, threads: int, seed: int, test: bool = False
 ) -> dict:
@@ -130,8 +141,6 @@ def run_adlearn(
         **summarize(rows),
     }
     if test:
-        sys.path.insert(0, str(BENCH_DIR))
-        from watch_training import test_scores  # the learning-curve driver beside this file
 
         def scores() -> dict:
             image, pixel = test_scores(model, MVTecDataset(root, category, "test", model.transform))
@@ -168,10 +177,10 @@ def run_anomalib_side(spec_path: str, out_path: str) -> int:
             self.rows, self.start, self.last = [], None, None
 
         def on_train_epoch_start(self, trainer, pl_module):
-            self.start = (time.perf_counter(), time.process_time())
+            self.start = clock()
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            self.last = (time.perf_counter(), time.process_time())
+            self.last = clock()
             self.batches = batch_idx + 1
 
         def on_train_epoch_end(self, trainer, pl_module):
@@ -209,7 +218,7 @@ def run_anomalib_side(spec_path: str, out_path: str) -> int:
     }
     if spec.get("test"):
         result["test"] = metrics
-    Path(out_path).write_text(json.dumps(result, indent=2))
+    write_json(out_path, result)
     return 0
 
 
@@ -248,12 +257,14 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", default="stfpm,fastflow,reverse_distillation")
-    parser.add_argument("--root", default=DEFAULT_MVTEC_ROOT)
+    parser.add_argument("--root", help="MVTec-layout root (default: $ADLEARN_MVTEC_ROOT)")
     parser.add_argument("--category", default="bottle")
     parser.add_argument("--epochs", type=int, default=3, help="epochs per side (the first is warm-up)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--anomalib-python", default=ANOMALIB_PYTHON)
+    parser.add_argument(
+        "--anomalib-python", help="anomalib's venv python (default: $ANOMALIB_PYTHON; none: adlearn's side only)"
+    )
     parser.add_argument(
         "--test",
         action="store_true",
@@ -268,13 +279,14 @@ def main(argv: list[str] | None = None) -> int:
         return run_anomalib_side(*args.anomalib_side)
     guard = guard_from_args(args)
 
-    if not (Path(args.root) / args.category / "train" / "good").is_dir():
-        sys.exit(f"no MVTec category at {Path(args.root) / args.category}: set --root / ADLEARN_MVTEC_ROOT")
-    have_anomalib = Path(args.anomalib_python).is_file()
+    args.root = str(mvtec_root(args.root))
+    mvtec_category(args.root, args.category)
+    args.anomalib_python = anomalib_python(args.anomalib_python, required=False)
+    have_anomalib = args.anomalib_python is not None
     if not have_anomalib:
         print(
-            f"anomalib python not found at {args.anomalib_python}: adlearn side only "
-            "(see benchmarks/README.md to set up the anomalib venv)",
+            "no anomalib interpreter (--anomalib-python / ANOMALIB_PYTHON): adlearn side only "
+            "(benchmarks/README.md shows how to build the anomalib venv)",
             file=sys.stderr,
         )
     results = []
@@ -344,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         meta = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": guard.summary(), "torch": torch.__version__}
-        Path(args.json).write_text(json.dumps({"meta": meta, "results": results}, indent=2))
+        write_json(args.json, {"meta": meta, "results": results})
     return 0
 
 

@@ -1,21 +1,132 @@
-"""The benchmark drivers that need no anomalib run end to end on tiny data (CPU), so a GPU session can trust them."""
+"""The benchmark drivers: the folder's README lists every one that stays and the archive's every one retired;
+each starts (``--help``) with no data and no anomalib; their shared helper takes paths from a flag or the
+environment only; and the drivers that need no anomalib run end to end on tiny data (CPU), so a GPU session
+can trust them."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+ARCHIVE = BENCHMARKS / "archive"
 
 
 def load_driver(name: str):
-    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    """``name``: a file of benchmarks/ without ``.py`` (``archive/watch_training`` for an archived one)."""
+    spec = importlib.util.spec_from_file_location(Path(name).name, BENCHMARKS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def table_files(readme: Path) -> list[str]:
+    """The file names in the first column of the Markdown table(s) of ``readme``: rows like ``| `x.py` | ...``."""
+    return re.findall(r"^\| `([^`]+\.py)` \|", readme.read_text(), flags=re.MULTILINE)
+
+
+# ----------------------------------------------------------------------------- the folder and its READMEs
+def test_readme_lists_every_driver_that_stays_once():
+    listed = table_files(BENCHMARKS / "README.md")
+    assert len(listed) == len(set(listed)), "a driver is listed twice"
+    assert set(listed) == {path.name for path in BENCHMARKS.glob("*.py")}
+
+
+def test_archive_readme_lists_every_archived_driver_with_what_it_showed():
+    readme = ARCHIVE / "README.md"
+    listed = table_files(readme)
+    assert set(listed) == {path.name for path in ARCHIVE.glob("*.py")} and len(listed) == len(set(listed))
+    for row in re.findall(r"^\| `[^`]+\.py` \| (.*) \|$", readme.read_text(), flags=re.MULTILINE):
+        assert len(row.split()) >= 8 and re.search(r"\d", row), f"no figure in the archive line: {row!r}"
+    assert not set(listed) & {path.name for path in BENCHMARKS.glob("*.py")}  # archived = gone from the top
+
+
+def test_no_driver_defaults_to_a_machine_path():
+    for path in [*BENCHMARKS.glob("*.py"), *ARCHIVE.glob("*.py")]:
+        assert "/work/" not in path.read_text(), f"{path.name} names a machine path"
+
+
+DRIVERS = sorted(
+    str(path.relative_to(BENCHMARKS))
+    for path in [*BENCHMARKS.glob("*.py"), *ARCHIVE.glob("*.py")]
+    if not path.name.startswith("_")
+)
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_each_driver_starts_without_data_or_anomalib(driver):
+    """``--help`` from the repository root with neither ADLEARN_MVTEC_ROOT nor ANOMALIB_PYTHON set."""
+    env = {k: v for k, v in os.environ.items() if k not in ("ADLEARN_MVTEC_ROOT", "ANOMALIB_PYTHON")}
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / driver), "--help"],
+        capture_output=True,
+        text=True,
+        env={**env, "OMP_NUM_THREADS": "1"},
+        cwd=BENCHMARKS.parent,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.startswith("usage: ")
+
+
+# ----------------------------------------------------------------------------- _common.py
+def test_mvtec_root_takes_the_flag_then_the_environment_else_names_both(monkeypatch, tmp_path):
+    common = load_driver("_common")
+    monkeypatch.setenv("ADLEARN_MVTEC_ROOT", str(tmp_path / "from_env"))
+    assert common.mvtec_root(str(tmp_path / "from_flag")) == tmp_path / "from_flag"
+    assert common.mvtec_root(None) == tmp_path / "from_env"
+    monkeypatch.delenv("ADLEARN_MVTEC_ROOT")
+    assert common.mvtec_root(None, required=False) is None
+    with pytest.raises(SystemExit, match=r"--mvtec-root DIR or set ADLEARN_MVTEC_ROOT=DIR"):
+        common.mvtec_root(None, flag="--mvtec-root")
+    (tmp_path / "bottle" / "train" / "good").mkdir(parents=True)
+    assert common.mvtec_category(tmp_path, "bottle") == tmp_path / "bottle"
+    with pytest.raises(SystemExit, match=r"no MVTec category at .*cable .*ADLEARN_MVTEC_ROOT"):
+        common.mvtec_category(tmp_path, "cable")
+
+
+def test_anomalib_python_takes_the_flag_then_the_environment_else_says_how_to_build_it(monkeypatch, tmp_path):
+    common = load_driver("_common")
+    flag, env = tmp_path / "flag_python", tmp_path / "env_python"
+    flag.write_text(""), env.write_text("")
+    monkeypatch.setenv("ANOMALIB_PYTHON", str(env))
+    assert common.anomalib_python(str(flag)) == str(flag)
+    assert common.anomalib_python(None) == str(env)
+    assert common.anomalib_python("", required=False) is None  # an explicit empty flag: none, env or not
+    with pytest.raises(SystemExit, match=r"not a file .*benchmarks/README\.md"):
+        common.anomalib_python(str(tmp_path / "missing"), required=False)  # a wrong path is never ignored
+    monkeypatch.delenv("ANOMALIB_PYTHON")
+    assert common.anomalib_python(None, required=False) is None
+    with pytest.raises(SystemExit, match=r"--anomalib-python PATH or set ANOMALIB_PYTHON=PATH.*benchmarks/README\.md"):
+        common.anomalib_python(None)
+
+
+def test_clock_splits_wall_from_process_cpu_and_json_round_trips(tmp_path):
+    import time
+
+    common = load_driver("_common")
+    began = common.clock()
+    time.sleep(0.05)  # wall time passes, this process's CPU barely moves
+    wall, cpu = common.since(began)
+    assert wall >= 0.05 and 0 <= cpu < wall
+    began = common.clock()
+    total = sum(i * i for i in range(300_000))  # CPU work: counted by both clocks
+    wall, cpu = common.since(began)
+    assert total > 0 and cpu > 0 and wall > 0
+    data = {"rows": [{"s": 1.5, "path": tmp_path}], "n": 3}
+    written = common.write_json(tmp_path / "deep" / "out.json", data)
+    assert json.loads(written.read_text()) == {"rows": [{"s": 1.5, "path": str(tmp_path)}], "n": 3}
+    assert common.REPO_ROOT == BENCHMARKS.parent and (common.REPO_ROOT / "adlearn").is_dir()
+
+
+# ----------------------------------------------------------------------------- the drivers on tiny data
 
 
 @pytest.mark.usefixtures("one_torch_thread")
@@ -57,7 +168,7 @@ def test_learning_curve_driver_watches_the_test_set_without_choosing_on_it(small
     from adlearn.data import SYNTHETIC_CATEGORIES
 
     out = tmp_path / "curve.json"
-    status = load_driver("watch_training").main(
+    status = load_driver("archive/watch_training").main(
         [
             "stfpm",
             "--root",
@@ -91,7 +202,7 @@ def test_learning_curve_driver_starts_from_a_preset_and_lets_set_win(small_synth
     from adlearn.data import SYNTHETIC_CATEGORIES
 
     out = tmp_path / "curve.json"
-    status = load_driver("watch_training").main(
+    status = load_driver("archive/watch_training").main(
         [
             "stfpm",
             "--preset",
@@ -165,7 +276,7 @@ def test_kcenter_greedy_driver_records_the_machine_the_methods_and_refuses_busy_
 def test_flow_step_timer_runs_on_tiny_data(small_synthetic_root):
     from adlearn.data import SYNTHETIC_CATEGORIES
 
-    driver = load_driver("time_flow_steps")
+    driver = load_driver("archive/time_flow_steps")
     row = driver.time_model(
         "uflow",
         str(small_synthetic_root),
@@ -354,14 +465,14 @@ def test_paper_patchcore_for_the_latency_comparison_has_the_papers_shapes():
 
 
 def test_efficient_ad_equivalence_check_maps_every_trained_parameter_onto_the_reference_layout():
-    """check_efficient_ad_equivalence.py copies our student and autoencoder into anomalib's networks by name:
+    """archive/check_efficient_ad_equivalence.py copies our student and autoencoder into anomalib's networks by name:
     every parameter must land on a distinct name of the reference's layout (encoder enconv1–6, decoder
     deconv1–8; the student's names are the reference's already), and the compare step must flag a change."""
     import torch
 
     from adlearn.models import create
 
-    check = load_driver("check_efficient_ad_equivalence")
+    check = load_driver("archive/check_efficient_ad_equivalence")
     model = create("efficient_ad", image_size=64, teacher_weights="none", device="cpu")
     names = [name for name, _ in model.named_parameters() if name.startswith(("student.", "autoencoder."))]
     mapped = [check.reference_name(name) for name in names]

@@ -5,19 +5,18 @@ no test) and reports the process CPU seconds per image batch after one warm-up b
 stays steady on a machine shared with other jobs, where wall-clock time does not. The side-by-side
 with anomalib 2.7, step for step on the same batch: ``benchmarks/bench_flows.py``.
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/time_flow_steps.py --models cflow,csflow,uflow --batches 4
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/archive/time_flow_steps.py --models cflow,csflow,uflow --batches 4
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-import time
 from pathlib import Path
 
-DEFAULT_MVTEC_ROOT = os.environ.get("ADLEARN_MVTEC_ROOT", "/work/shared/data/mvtec_ad")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: _common
+from _common import clock, mvtec_category, mvtec_root, write_json  # noqa: E402
 
 
 def time_model(name: str, root: str, category: str, batches: int, threads: int, seed: int, **options) -> dict:
@@ -46,9 +45,9 @@ def time_model(name: str, root: str, category: str, batches: int, threads: int, 
     step = trainer.training_step
 
     def timed_step(batch):
-        marks.append((time.perf_counter(), time.process_time()))
+        marks.append(clock())
         loss = step(batch)
-        marks.append((time.perf_counter(), time.process_time()))
+        marks.append(clock())
         return loss
 
     trainer.training_step = timed_step
@@ -71,15 +70,15 @@ def time_model(name: str, root: str, category: str, batches: int, threads: int, 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", default="cflow,csflow,uflow")
-    parser.add_argument("--root", default=DEFAULT_MVTEC_ROOT)
+    parser.add_argument("--root", help="MVTec-layout root (default: $ADLEARN_MVTEC_ROOT)")
     parser.add_argument("--category", default="bottle")
     parser.add_argument("--batches", type=int, default=4, help="timed batches after one warm-up batch")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="write the rows here")
     args = parser.parse_args(argv)
-    if not (Path(args.root) / args.category / "train" / "good").is_dir():
-        sys.exit(f"no MVTec category at {Path(args.root) / args.category}: set --root / ADLEARN_MVTEC_ROOT")
+    args.root = str(mvtec_root(args.root))
+    mvtec_category(args.root, args.category)
     rows = [
         time_model(m, args.root, args.category, args.batches, args.threads, args.seed)
         for m in args.models.split(",")
@@ -95,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['batches_per_epoch']:14d} {r['cpu_s_per_batch'] * r['batches_per_epoch']:19.0f}"
         )
     if args.json:
-        Path(args.json).write_text(json.dumps({"load_average": os.getloadavg(), "rows": rows}, indent=2))
+        write_json(args.json, {"load_average": os.getloadavg(), "rows": rows})
     return 0
 
 

@@ -1,7 +1,7 @@
 """Do our EfficientAD and anomalib 2.7's compute the same function? The same weights and inputs on both
 sides, every deterministic piece compared.
 
-    ADLEARN_MVTEC_ROOT=... .venv/bin/python benchmarks/check_efficient_ad_equivalence.py --json build/bench/effad_eq.json
+    ADLEARN_MVTEC_ROOT=... .venv/bin/python benchmarks/archive/check_efficient_ad_equivalence.py --json build/bench/effad_eq.json
 
 Why: `bench_efficient_ad.py --accuracy` compares the two libraries after training, where each side's
 random streams (initial weights, image order, colour changes, penalty images, dropout) differ, so a
@@ -39,8 +39,6 @@ rate decay).
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -48,8 +46,9 @@ from pathlib import Path
 
 import torch
 
-BENCH_DIR = Path(__file__).resolve().parent
-ANOMALIB_PYTHON = os.environ.get("ANOMALIB_PYTHON", "/work/venvs/anomalib/bin/python")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: _common
+from _common import REPO_ROOT, anomalib_python, mvtec_root, write_json  # noqa: E402
+
 SIZE = 256  # the only size anomalib's autoencoder takes
 COLOUR_CHANGE = ("saturation", 1.13)
 
@@ -74,7 +73,7 @@ def reference_name(name: str) -> str:
 # ----------------------------------------------------------------------------- the inputs
 def shared_inputs(root: str | None, category: str, count: int, seed: int) -> dict:
     """[0, 1] training images, test images (normal and defective), one natural image."""
-    sys.path.insert(0, str(BENCH_DIR.parent))
+    sys.path.insert(0, str(REPO_ROOT))
     from adlearn.data import ImageTransform, MVTecDataset, NaturalImageCrops
 
     if root:
@@ -106,7 +105,7 @@ def shared_inputs(root: str | None, category: str, count: int, seed: int) -> dic
 # ----------------------------------------------------------------------------- our side
 def our_side(inputs: dict, teacher: str | None, seed: int) -> tuple[dict, dict]:
     """Our model's outputs, and the weights and statistics anomalib's side is given."""
-    sys.path.insert(0, str(BENCH_DIR.parent))
+    sys.path.insert(0, str(REPO_ROOT))
     import adlearn.models.efficient_ad as effad
     from adlearn.data.transforms import normalize
     from adlearn.models import create
@@ -290,27 +289,28 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
         "--root",
-        default=os.environ.get("ADLEARN_MVTEC_ROOT"),
-        help="MVTec-layout root (default $ADLEARN_MVTEC_ROOT; random images without one)",
+        help="MVTec-layout root (default $ADLEARN_MVTEC_ROOT; random images without either)",
     )
     parser.add_argument("--category", default="bottle")
     parser.add_argument("--images", type=int, default=4, help="training images and test images (half defective)")
     parser.add_argument("--teacher", help="PDN weights (default: the cached distilled teacher, else a random PDN)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--rtol", type=float, default=1e-4)
-    parser.add_argument("--anomalib-python", default=ANOMALIB_PYTHON)
+    parser.add_argument("--anomalib-python", help="anomalib's venv python (default: $ANOMALIB_PYTHON)")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--side", nargs=2, metavar=("SPEC", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.side:
         return anomalib_side(*args.side)
 
+    args.anomalib_python = anomalib_python(args.anomalib_python)
+    root = mvtec_root(args.root, required=False)
     torch.set_num_threads(1)
-    sys.path.insert(0, str(BENCH_DIR.parent))
+    sys.path.insert(0, str(REPO_ROOT))
     from adlearn.models.efficient_ad_teacher import default_teacher_path
 
     teacher = args.teacher or (str(default_teacher_path("small")) if default_teacher_path("small").is_file() else None)
-    inputs = shared_inputs(args.root, args.category, args.images, args.seed)
+    inputs = shared_inputs(root and str(root), args.category, args.images, args.seed)
     ours, given = our_side(inputs, teacher, args.seed)
     with tempfile.TemporaryDirectory(prefix="effad-equivalence-") as tmp:
         spec, out = Path(tmp) / "spec.pt", Path(tmp) / "anomalib.pt"
@@ -319,7 +319,7 @@ def main(argv=None) -> int:
         )
         run = subprocess.run(
             [args.anomalib_python, __file__, "--side", str(spec), str(out)],
-            cwd=BENCH_DIR.parent,
+            cwd=REPO_ROOT,
             capture_output=True,
             text=True,
         )
@@ -339,17 +339,15 @@ def main(argv=None) -> int:
             f"{row['relative']:9.1e}  {'yes' if row['agrees'] else 'NO'}"
         )
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(
-            json.dumps(
-                {
-                    "inputs": inputs["source"],
-                    "teacher": Path(teacher).name if teacher else None,
-                    "rtol": args.rtol,
-                    "rows": rows,
-                },
-                indent=1,
-            )
+        write_json(
+            args.json,
+            {
+                "inputs": inputs["source"],
+                "teacher": Path(teacher).name if teacher else None,
+                "rtol": args.rtol,
+                "rows": rows,
+            },
+            indent=1,
         )
     return 0 if all(row["agrees"] for row in rows) else 1
 

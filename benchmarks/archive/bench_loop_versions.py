@@ -21,8 +21,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-BENCH_DIR = Path(__file__).resolve().parent
-DEFAULT_ROOT = os.environ.get("ADLEARN_MVTEC_ROOT", "/work/shared/data/mvtec_ad")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: _common, bench_trained_models
+from _common import BENCH_DIR, REPO_ROOT, mvtec_category, mvtec_root, write_json  # noqa: E402
 
 CHILD = """
 import json, sys
@@ -54,15 +54,17 @@ def run_one(checkout: Path, model: str, root: str, category: str, epochs: int, t
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--before", required=True, type=Path)
-    parser.add_argument("--after", default=BENCH_DIR.parent, type=Path)
+    parser.add_argument("--after", default=REPO_ROOT, type=Path)
     parser.add_argument("--models", default="stfpm,fastflow,reverse_distillation")
-    parser.add_argument("--root", default=DEFAULT_ROOT)
+    parser.add_argument("--root", help="MVTec-layout root (default: $ADLEARN_MVTEC_ROOT)")
     parser.add_argument("--category", default="bottle")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=2, help="ABBA rounds: each side runs 2 x rounds / 2 times")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json")
     args = parser.parse_args(argv)
+    args.root = str(mvtec_root(args.root))
+    mvtec_category(args.root, args.category)
     sides = {"before": args.before.resolve(), "after": args.after.resolve()}
     order = (["before", "after", "after", "before"] * args.rounds)[: 2 * args.rounds]
     report = {"load_before": os.getloadavg(), "sides": {k: str(v) for k, v in sides.items()}, "models": {}}
@@ -93,7 +95,7 @@ def main(argv=None) -> int:
     report["load_after"] = os.getloadavg()
     print(f"load average before {report['load_before']}, after {report['load_after']}")
     if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+        write_json(args.json, report)
     return 0
 
 

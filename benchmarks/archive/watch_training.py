@@ -7,12 +7,12 @@ the watched values only show what that choice left on the table. The test is sco
 the loop leaves it after the epoch (for STFPM: with the student's batch-norm statistics re-estimated,
 ``precise_bn``, whenever it validates).
 
-    .venv/bin/python benchmarks/watch_training.py stfpm --root $ADLEARN_MVTEC_ROOT --category bottle \\
+    .venv/bin/python benchmarks/archive/watch_training.py stfpm --root $ADLEARN_MVTEC_ROOT --category bottle \\
         --set backbone=efficientnet_lite0 --set val_fraction=0.2 --set max_epochs=25 --json stfpm_s0.json
-    .venv/bin/python benchmarks/watch_training.py fastflow --root $ADLEARN_MVTEC_ROOT --category bottle \\
+    .venv/bin/python benchmarks/archive/watch_training.py fastflow --root $ADLEARN_MVTEC_ROOT --category bottle \\
         --set backbone=efficientnet_lite2 --set "layers=('layer2','layer3','layer4')" --set conv3x3_only=True \\
         --set batch_size=8 --set val_fraction=0.2 --set val_anomalies=synthetic --seed 1
-    .venv/bin/python benchmarks/watch_training.py uflow --preset cpu --root $ADLEARN_MVTEC_ROOT --category bottle \\
+    .venv/bin/python benchmarks/archive/watch_training.py uflow --preset cpu --root $ADLEARN_MVTEC_ROOT --category bottle \\
         --seed 1 --set max_epochs=12 --set patience=None     # what an oracle stopping rule could reach
 
 Without ``--root`` it runs on the embedded synthetic data. One line per epoch; ``--json`` writes the
@@ -22,26 +22,18 @@ curve, the kept epoch and the final test scores.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
+from pathlib import Path
 
 import torch
-from sklearn.metrics import roc_auc_score
 
 from adlearn.cli import _parse_set
 from adlearn.data import SYNTHETIC_CATEGORIES, MVTecDataset, synthetic_root
-from adlearn.evaluate import collect_predictions
 from adlearn.models import create
 
-
-def test_scores(model, test) -> tuple[float, float | None]:
-    """(image AUROC, pixel AUROC or None) of ``model`` on ``test``, by scikit-learn."""
-    predictions = collect_predictions(model, test)
-    image = roc_auc_score(predictions["labels"], predictions["pred_scores"])
-    if predictions["anomaly_maps"] is None:
-        return image, None
-    return image, roc_auc_score(predictions["masks"].ravel() > 0.5, predictions["anomaly_maps"].ravel())
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: _common, bench_trained_models
+from _common import clock, since, write_json  # noqa: E402
+from bench_trained_models import test_scores  # noqa: E402  (image and pixel AUROC by scikit-learn)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         pixel_text = "—" if pixel is None else f"{pixel:.4f}"
         print(f"  watched: test image AUROC {image:.4f}, pixel AUROC {pixel_text}", flush=True)
 
-    start = time.perf_counter()
+    start = clock()
     model.fit(train, callbacks=[watch], progress=False)
     image, pixel = test_scores(model, test)
     result = {
@@ -97,15 +89,14 @@ def main(argv: list[str] | None = None) -> int:
         "test_image_auroc": image,
         "test_pixel_auroc": pixel,
         "curve": curve,
-        "seconds": time.perf_counter() - start,
+        "seconds": since(start)[0],
     }
     print(
         f"kept epoch {result['kept_epoch']} of {result['epochs_run']}: test image AUROC {image:.4f}"
         + ("" if pixel is None else f", pixel AUROC {pixel:.4f}")
     )
     if args.json:
-        with open(args.json, "w") as handle:
-            json.dump(result, handle, indent=1)
+        write_json(args.json, result, indent=1)
     return 0
 
 
