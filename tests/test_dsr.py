@@ -171,14 +171,17 @@ def test_swapped_codes_and_modes_against_brute_force():
 
 # ----------------------------------------------------------------------------- phases
 def test_each_phase_trains_only_its_modules(tiny_natural_images):
-    model = create("dsr", vq_epochs=1, max_epochs=10, **TINY)
+    model = create("dsr", vq_finetune_epochs=1, max_epochs=10, **TINY)
     trainer = model.trainer(verbose=False, progress=False)
-    assert [(p.name, p.max_epochs) for p in trainer.phases] == [("vq", 1), ("restriction", 7), ("upsampling", 3)]
+    phases = [("vq_finetune", 1), ("restriction", 7), ("upsampling", 3)]
+    assert [(p.name, p.max_epochs) for p in trainer.phases] == phases
+    assert [p.step for p in trainer.phases] == [model.vq_finetune_step, model.restriction_step, model.upsampling_step]
     trainer.setup()
     model.on_fit_start(None, trainer)
+    assert model.natural is not None  # the fine-tuning's natural crops, made before the first batch
     batch = {"image": torch.randn(4, 3, 64, 64)}
     owners = {
-        "vq": {"vq"},
+        "vq_finetune": {"vq"},
         "restriction": {"restriction_hi", "restriction_lo", "object_decoder", "detection"},
         "upsampling": {"upsampling"},
     }
@@ -186,7 +189,6 @@ def test_each_phase_trains_only_its_modules(tiny_natural_images):
         if index:
             trainer.end_phase()
             trainer.begin_phase(phase)
-        model.on_epoch_start(trainer)
         before = {k: v.clone() for k, v in model.state_dict().items() if torch.is_tensor(v)}
         trainer.training_step(batch)
         changed = {
@@ -249,12 +251,25 @@ def test_vq_weights_reference_layout_and_clear_errors(tmp_path):
         model.fit(torch.randn(4, 3, 64, 64), verbose=False)
 
 
-def test_train_vq_model_learns_and_caches(tiny_natural_images, tmp_path, monkeypatch):
+def test_train_vq_model_learns_on_the_loop_and_caches(tiny_natural_images, tmp_path, monkeypatch):
+    from adlearn.train import Trainer
+
     monkeypatch.setenv("ADLEARN_CACHE", str(tmp_path))
-    path, model = train_vq_model(32, **VQ_TINY, steps=40, batch_size=4, verbose=False, return_model=True)
-    assert path == vq_cache_path((32, 32), 16, 2, 8, 32, 8, 40, 0) and path.is_file()
-    assert str(path).startswith(str(tmp_path / "dsr"))
-    assert train_vq_model(32, **VQ_TINY, steps=40, batch_size=4, verbose=False) == path  # cached
+    calls = []
+    step = Trainer.training_step
+    monkeypatch.setattr(
+        Trainer, "training_step", lambda self, batch: calls.append(self.model.name) or step(self, batch)
+    )
+    path, model = train_vq_model(32, **VQ_TINY, steps=40, batch_size=4, epochs=4, verbose=False, return_model=True)
+    assert calls == ["dsr_vq"] * 40  # every batch through the shared loop
+    assert path == vq_cache_path((32, 32), 16, 2, 8, 32, 8, 40, 0, batch_size=4, epochs=4) and path.is_file()
+    assert str(path).startswith(str(tmp_path / "dsr")) and path.name.startswith("vq-v2_")
+    assert not list(path.parent.glob("*.checkpoint.pt"))  # the loop's checkpoint is gone once the file is written
+    loaded = GeneralAppearanceModel(**VQ_TINY)
+    load_vq_weights(loaded, path)  # the round trip is exact, EMA buffers included
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
+    again = train_vq_model(32, **VQ_TINY, steps=40, batch_size=4, epochs=4, verbose=False)
+    assert again == path and len(calls) == 40  # the second call reads the file, no training step
     from adlearn.data.natural_images import NaturalImageCrops
 
     crops = NaturalImageCrops(32, seed=9, normalize=False).sample(8)
@@ -296,6 +311,8 @@ def test_errors_name_the_fix():
         create("dsr", max_epochs=1, **TINY).training_phases()
     with pytest.raises(ValueError, match="vq_weights must be"):
         create("dsr", **{**TINY, "vq_weights": None})
+    with pytest.raises(ValueError, match="vq_finetune_epochs must be an int >= 0"):
+        create("dsr", vq_finetune_epochs=-1, **TINY)
 
 
 def test_defaults_are_the_reference(monkeypatch):
@@ -312,7 +329,9 @@ def test_defaults_are_the_reference(monkeypatch):
     )
     assert (defaults["upsampling_train_ratio"], defaults["lr"], defaults["batch_size"]) == (0.7, 2e-4, 8)
     assert Dsr.training_defaults["max_epochs"] == 700
-    model = Dsr(image_size=64, device="cpu", vq_weights="none", vq_epochs=0)
+    # the paper: the VQ model pretrained on natural images only and frozen; fine-tuning is an option, off
+    assert defaults["vq_finetune_epochs"] == 0 and "vq_finetune_epochs" not in Dsr.preset("paper")
+    model = Dsr(image_size=64, device="cpu", vq_weights="none")
     assert [(p.name, p.max_epochs) for p in model.training_phases()] == [("restriction", 490), ("upsampling", 210)]
     assert model.restriction_optimizer(490)[1].step_size == 392 and model.score_window == 5
     assert Dsr(image_size=256, device="cpu").score_window == 21
@@ -322,13 +341,17 @@ def test_defaults_are_the_reference(monkeypatch):
 def test_tiny_fit_predict_same_seed_and_save_load(datasets_64, tmp_path):
     train, test = datasets_64
     images = torch.stack([test[i]["image"] for i in range(4)])
-    first = create("dsr", vq_epochs=0, max_epochs=2, **TINY).fit(train, verbose=False)
+    first = create("dsr", max_epochs=2, **TINY)
+    vq = {k: v.clone() for k, v in first.vq.state_dict().items()}
+    first.fit(train, verbose=False)
     assert first.history.phase == ["restriction", "upsampling"]
+    # the general appearance model stays frozen through phases 2-3: weights and EMA codebooks unchanged
+    assert all(torch.equal(v, vq[k]) for k, v in first.vq.state_dict().items())
     assert {"features_hi", "features_lo", "image", "focal", "focal_upsampling"} <= set(first.history.losses)
     prediction = first.predict(images)
     assert prediction.anomaly_map.shape == (4, 64, 64) and prediction.pred_score.shape == (4,)
     assert 0 <= float(prediction.anomaly_map.min()) and float(prediction.anomaly_map.max()) <= 1
-    second = create("dsr", vq_epochs=0, max_epochs=2, **TINY).fit(train, verbose=False)
+    second = create("dsr", max_epochs=2, **TINY).fit(train, verbose=False)
     assert torch.equal(second.predict(images).pred_score, prediction.pred_score)
     assert torch.equal(second.predict(images).anomaly_map, prediction.anomaly_map)
     loaded = load(first.save(tmp_path / "dsr.pt"))

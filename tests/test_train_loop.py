@@ -313,3 +313,55 @@ def test_a_corrupt_checkpoint_is_a_clear_error_naming_the_file(tmp_path, damage)
         ValueError, match=rf"{path.name} could not be read as an adlearn checkpoint.*corrupt or truncated"
     ):
         adlearn.load(path)
+
+
+# ---------------------------------------------------------------------------- a phase's own step
+class TwoSteps(TrainedModel):
+    """Two phases, each with its own training step (no ``training_step`` at all), counted per phase."""
+
+    name = "two_steps"
+    training_defaults = {"max_epochs": 1}
+
+    def __init__(self, **options):
+        super().__init__(image_size=SIZE, device="cpu", seed=0, batch_size=4, **options)
+        self.first, self.second = nn.Conv2d(3, 3, 1), nn.Conv2d(3, 3, 1)
+        self.calls: list[tuple[str, bool]] = []  # (step, given a trainer)
+
+    def training_phases(self):
+        return [
+            Phase("a", lambda: torch.optim.SGD(self.first.parameters(), lr=0.1), [self.first], 2, step=self.step_a),
+            Phase("b", lambda: torch.optim.SGD(self.second.parameters(), lr=0.1), [self.second], 1, step=self.step_b),
+        ]
+
+    def step_a(self, batch, trainer):
+        self.calls.append(("a", trainer is not None))
+        return (self.first(batch["image"]) - 2.0).pow(2).mean()
+
+    def step_b(self, batch, trainer):
+        self.calls.append(("b", trainer is not None))
+        return (self.second(batch["image"]) + 1.0).pow(2).mean()
+
+    def predict_step(self, images):
+        return prediction_from_map(self.second(self.first(images)).pow(2).mean(1))
+
+
+def test_each_phase_runs_its_own_step_for_training_and_validation():
+    model = TwoSteps()
+    before = copy.deepcopy(model.state_dict())
+    model.fit(normal_images(12), val_data=normal_images(4, seed=1), val_metric="loss", verbose=False)
+    # 12 images in batches of 4: 3 steps an epoch; validation (4 images, 1 batch) after each epoch, with no trainer
+    assert model.calls == [("a", True)] * 3 + [("a", False)] + [("a", True)] * 3 + [("a", False)] + [
+        ("b", True)
+    ] * 3 + [("b", False)]
+    assert model.history.phase == ["a", "a", "b"]
+    changed = {
+        name.split(".")[0]
+        for name, value in model.state_dict().items()
+        if "extra_state" not in name and not name.startswith("_") and not torch.equal(value, before[name])
+    }
+    assert changed == {"first", "second"}
+    # the validation loss is the phase's own objective, computed by hand on the held-out images
+    images = normal_images(4, seed=1)
+    with torch.no_grad():
+        expected = float((model.second(images) + 1.0).pow(2).mean())
+    assert model.history.val[-1] == pytest.approx(expected, rel=1e-6)

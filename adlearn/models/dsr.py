@@ -12,8 +12,9 @@ The modules, in the order of the paper (Sec. 3, Fig. 2):
 
 1. General object appearance (Sec. 3.1; `adlearn.models.dsr_vq`): a two-level VQ-VAE — F_hi at 1/4
    and F_lo at 1/8 of the image, quantised to Q_hi, Q_lo with two EMA codebooks (decay 0.99,
-   commitment 0.25) — and its general decoder I_gen = D_gen(Q_lo, Q_hi). Trained first (phase 1,
-   "vq"), then frozen.
+   commitment 0.25) — and its general decoder I_gen = D_gen(Q_lo, Q_hi). Trained first on natural
+   images only (phase 1), then frozen: it must stay *general*, able to draw a defect as well as the
+   object (the paper's ImageNet model; the reference loads it and never trains it).
 2. Quantised-feature anomalies (Sec. 3.4): a Perlin mask M (`DsrAnomalyGenerator`), max-pooled to the
    latent grid; inside it every code is replaced by a random one among its near neighbours — drawn
    from the nearest ⌊s·K⌋ + 1 codes to the unquantised feature, skipping the nearest 5 %, with the
@@ -33,19 +34,21 @@ The modules, in the order of the paper (Sec. 3, Fig. 2):
    class (`dsr_anomaly_map`); image score = max of the detection module's anomalous map averaged over
    ``score_window`` × ``score_window`` windows (21 at 256 px).
 
-Training: ``fit`` runs three phases of the shared loop (`training_phases`): "vq" (``vq_epochs``: the
-VQ model fine-tuned on the category's normal images mixed with ``natural_share`` as many natural crops;
-default 10 epochs, 0 with a weights file: the reference's frozen model), "restriction" (modules of
-steps 3–4, Adam lr 2e-4, learning rate ×0.1 after 80 % of the phase) and "upsampling" (step 5, Adam
-lr 2e-4). ``max_epochs`` counts phases 2 + 3 as the reference does (700 by default): the first
+Training: ``fit`` first gets the phase-1 model (`prepare_vq`: pretrained on natural crops on the shared
+loop and cached, or a file), then runs phases of the shared loop (`training_phases`), each with its
+own step: "restriction" (`restriction_step`: modules of steps 3–4, Adam lr 2e-4, learning rate ×0.1
+after 80 % of the phase) and "upsampling" (`upsampling_step`: step 5, Adam lr 2e-4); the VQ model is
+frozen in both. An option outside the paper, off by default: ``vq_finetune_epochs`` > 0 first
+fine-tunes the VQ model on the category's normal images mixed with ``natural_share`` as many natural
+crops (phase "vq_finetune", `vq_finetune_step`), then freezes it. ``max_epochs`` counts phases 2 + 3 as the reference does (700 by default): the first
 ``upsampling_train_ratio`` (0.7) of them are phase 2, the rest phase 3 — the reference code's meaning (its documentation calls the ratio the upsampling share).
 
 Defaults (the reference): 128 hidden channels, 2 residual layers of 64, 4096 codes of dimension 128,
 detection and upsampling U-Net width 64, latent anomaly strength 0.2, batch 8, images in [0, 1] (no
 ImageNet normalisation: our datasets' normalisation is undone first).
 
-Deliberate differences: (a) phase 1 is trained here, offline (`adlearn.models.dsr_vq`; the paper uses
-ImageNet; ``vq_weights=PATH`` loads the official file); (b) the focal losses take logits (the reference
+Deliberate differences: (a) phase 1 is trained here, offline, on the photographs the installed wheels
+ship (`adlearn.models.dsr_vq`; the paper uses ImageNet; ``vq_weights=PATH`` loads the official file); (b) the focal losses take logits (the reference
 passes softmax probabilities to kornia's focal loss, which applies a second softmax); (c) the phase-2
 learning-rate step is applied (the reference builds the StepLR but, with manual optimisation, never
 steps it); (d) the U-Nets are the shared `adlearn.components.UNet` with instance norm (encoder widths
@@ -64,7 +67,7 @@ from torch import nn
 
 from adlearn.components import UNet, double_conv, focal_loss, up_conv
 from adlearn.data.transforms import denormalize
-from adlearn.models.base import Prediction, TrainedModel
+from adlearn.models.base import Prediction, TrainedModel, register
 from adlearn.models.dsr_vq import GeneralAppearanceModel, ResidualStack, load_vq_weights, snap, train_vq_model
 
 
@@ -263,8 +266,8 @@ def dsr_image_score(detection_logits: torch.Tensor, window: int) -> torch.Tensor
 
 
 # ----------------------------------------------------------------------------- the model
+@register("dsr")
 class Dsr(TrainedModel):
-    name = "dsr"
     training_defaults = {"max_epochs": 700}
     # cpu (docs/benchmarks.md, "DSR on the real bottle"): 128 px, narrow networks, small codebooks, and
     # lr 1e-3 for phases 2-3 (the paper's 2e-4 leaves them far from converged in 20 epochs).
@@ -278,7 +281,7 @@ class Dsr(TrainedModel):
             "detection_width": 16,
             "upsampling_width": 16,
             "vq_steps": 600,
-            "vq_epochs": 3,
+            "vq_finetune_epochs": 3,
             "max_epochs": 20,
             "lr": 1e-3,
         }
@@ -299,8 +302,8 @@ class Dsr(TrainedModel):
         lr: float = 2e-4,
         vq_weights: str = "auto",
         vq_steps: int = 2000,
-        vq_epochs: int | None = None,
         vq_lr: float = 1e-3,
+        vq_finetune_epochs: int = 0,
         natural_share: float = 0.5,
         score_window: int | None = None,
         image_size: int = 256,
@@ -332,12 +335,16 @@ class Dsr(TrainedModel):
             raise ValueError(f"latent_anomaly_strength must be in [0, 1], got {latent_anomaly_strength}")
         if not 0 <= natural_share <= 1:
             raise ValueError(
-                f"natural_share (natural crops per category image in phase 1) must be in [0, 1], got {natural_share}"
+                f"natural_share (natural crops per category image when fine-tuning the VQ model) must be in "
+                f"[0, 1], got {natural_share}"
+            )
+        if not (isinstance(vq_finetune_epochs, int) and vq_finetune_epochs >= 0):
+            raise ValueError(
+                f"vq_finetune_epochs must be an int >= 0 (0: the paper's frozen VQ model), got {vq_finetune_epochs!r}"
             )
         if not (isinstance(vq_weights, str) and vq_weights):
             raise ValueError(f"vq_weights must be 'auto', 'none' or a file path, got {vq_weights!r}")
         self.lr, self.vq_lr, self.min_strength = lr, vq_lr, latent_anomaly_strength
-        self.vq_epochs = vq_epochs if vq_epochs is not None else (10 if vq_weights in ("auto", "none") else 0)
         self.score_window = score_window or (round(21 * height / 256) // 2 * 2 + 1)
         d = embedding_dim
         self.vq = GeneralAppearanceModel(num_hiddens, num_residual_layers, num_residual_hiddens, num_embeddings, d)
@@ -349,9 +356,9 @@ class Dsr(TrainedModel):
         self.mask_generator = DsrAnomalyGenerator(p_anomalous, seed)
         self.smudges = PerlinAnomalyGenerator(None, p_anomalous=p_anomalous, beta=(0.2, 1.0), seed=seed)
         self.generator = torch.Generator().manual_seed(seed)
-        self.phase = "restriction"
+        self.natural = None  # natural crops for the optional VQ fine-tuning, made in `on_fit_start`
 
-    # --- training: the three phases
+    # --- training: the phases, each with its own step
     def training_phases(self):
         from adlearn.train import Phase
 
@@ -361,11 +368,20 @@ class Dsr(TrainedModel):
                 f"DSR trains two phases after the VQ model within max_epochs: give max_epochs >= 2, got {epochs}"
             )
         second = min(max(1, round(epochs * self.config["upsampling_train_ratio"])), epochs - 1)
-        phases = [Phase("vq", self.vq_optimizer, [self.vq], self.vq_epochs)] if self.vq_epochs else []
+        finetune = self.config["vq_finetune_epochs"]
         restriction = [self.restriction_hi, self.restriction_lo, self.object_decoder, self.detection]
-        return phases + [
-            Phase("restriction", lambda: self.restriction_optimizer(second), restriction, second),
-            Phase("upsampling", self.upsampling_optimizer, [self.upsampling], epochs - second),
+        phases = [Phase("vq_finetune", self.vq_optimizer, [self.vq], finetune, step=self.vq_finetune_step)]
+        return phases[: 1 if finetune else 0] + [
+            Phase(
+                "restriction",
+                lambda: self.restriction_optimizer(second),
+                restriction,
+                second,
+                step=self.restriction_step,
+            ),
+            Phase(
+                "upsampling", self.upsampling_optimizer, [self.upsampling], epochs - second, step=self.upsampling_step
+            ),
         ]
 
     def vq_optimizer(self):
@@ -379,20 +395,21 @@ class Dsr(TrainedModel):
     def upsampling_optimizer(self):
         return torch.optim.Adam(self.upsampling.parameters(), lr=self.lr)
 
-    def configure_optimizers(self):
-        return self.restriction_optimizer(self.train_config.max_epochs or 1)
-
     def on_fit_start(self, data, trainer) -> None:
-        """The phase-1 weights (trained offline and cached, or a file), and seeded random streams."""
+        """The phase-1 weights (`prepare_vq`), the natural crops the optional VQ fine-tuning mixes in,
+        and seeded random streams."""
+        from adlearn.data.natural_images import NaturalImageCrops
+
         self.prepare_vq()
-        self.natural = None  # natural crops for phase 1, made at its first batch
+        mixes = self.config["vq_finetune_epochs"] > 0 and self.config["natural_share"] > 0
+        self.natural = NaturalImageCrops(self.input_size, seed=self.seed, normalize=False) if mixes else None
         self.mask_generator.reseed(self.seed)
         self.smudges.rng = np.random.default_rng(self.seed + 1)
         self.generator.manual_seed(self.seed)
 
     def prepare_vq(self) -> None:
-        """Phase 1's starting weights: ``vq_weights="auto"`` trains the VQ model on natural crops once
-        (`train_vq_model`, cached), a path loads a file (`load_vq_weights`), "none" keeps random weights."""
+        """Phase 1: ``vq_weights="auto"`` pretrains the VQ model on natural crops only, once (`train_vq_model`
+        on the shared loop, cached), a path loads a file (`load_vq_weights`), "none" keeps random weights."""
         weights = self.config["vq_weights"]
         if weights == "auto":
             path = train_vq_model(
@@ -412,26 +429,24 @@ class Dsr(TrainedModel):
             load_vq_weights(self.vq, weights)
         self.vq.to(self.device)
 
-    def on_epoch_start(self, trainer) -> None:
-        self.phase = trainer.phase.name
-
-    def training_step(self, batch: dict, trainer=None) -> dict[str, torch.Tensor]:
+    def vq_finetune_step(self, batch: dict, trainer=None) -> dict[str, torch.Tensor]:
+        """The optional phase "vq_finetune" (not the paper's): the VQ loss on the category's normal images
+        plus ``natural_share`` as many natural crops."""
         images = denormalize(batch["image"])  # (B, 3, H, W) in [0, 1]
-        if self.phase == "vq":  # phase 1: general appearance
-            if getattr(self, "natural", None) is None and self.config["natural_share"] > 0:
-                from adlearn.data.natural_images import NaturalImageCrops
+        if self.natural is not None:
+            count = max(1, int(len(images) * self.config["natural_share"]))
+            images = torch.cat([images, self.natural.sample(count).to(images)])
+        return self.vq.training_loss(images)
 
-                self.natural = NaturalImageCrops(self.input_size, seed=self.seed, normalize=False)
-            share = self.config["natural_share"]
-            count = max(1, int(len(images) * share)) if share > 0 else 0
-            if count:
-                images = torch.cat([images, self.natural.sample(count).to(images)])
-            return self.vq.training_loss(images)
-        if self.phase == "restriction":  # phase 2
-            return self.restriction_loss(images)
-        augmented, mask = self.smudges(images, normalized=False)  # phase 3
-        logits = self.forward_networks(augmented)["upsampled"]
-        return {"focal_upsampling": focal_loss(logits, mask), "loss": focal_loss(logits, mask)}
+    def restriction_step(self, batch: dict, trainer=None) -> dict[str, torch.Tensor]:
+        """Phase 2 (steps 2–4): `restriction_loss` of the batch."""
+        return self.restriction_loss(denormalize(batch["image"]))
+
+    def upsampling_step(self, batch: dict, trainer=None) -> dict[str, torch.Tensor]:
+        """Phase 3 (step 5): the focal loss of the upsampling module on image-space smudges."""
+        augmented, mask = self.smudges(denormalize(batch["image"]), normalized=False)
+        loss = focal_loss(self.forward_networks(augmented)["upsampled"], mask)
+        return {"focal_upsampling": loss, "loss": loss}
 
     def restriction_loss(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """Phase 2 on images in [0, 1]: steps 2–4 and `dsr_loss`."""

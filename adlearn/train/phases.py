@@ -20,7 +20,9 @@ class Phase:
     batch norms kept in eval mode meanwhile), with which optimizers, for how long.
 
     ``configure_optimizers()`` returns what a model's ``configure_optimizers`` returns; ``modules``
-    None means everything that requires a gradient.
+    None means everything that requires a gradient. ``step(batch, trainer)`` is the phase's own
+    training step (what ``model.training_step`` is otherwise); with automatic optimization it also
+    gives the phase's validation loss, called as ``step(batch, None)``.
     """
 
     name: str
@@ -28,6 +30,7 @@ class Phase:
     modules: Sequence[nn.Module] | None = None
     max_epochs: int | None = None
     max_steps: int | None = None
+    step: Callable | None = None
 
     def __post_init__(self):
         if self.max_epochs is None and self.max_steps is None:

@@ -132,8 +132,9 @@ class BatchSteps:
             self.model.check_images(batch["image"])
         self._train_mode()
         self._stepped = False
+        step = self.phase.step if self.phase is not None and self.phase.step is not None else self.model.training_step
         with self.autocast():
-            output = self.model.training_step(batch, self)
+            output = step(batch, self)
         if self.automatic:
             self.optimizer_step(total_loss(output))
         if self.scaler is not None and self._stepped:
@@ -147,6 +148,13 @@ class BatchSteps:
         value = self.last_losses["loss"] if "loss" in self.last_losses else float(sum(self.last_losses.values()))
         self.history.step_loss.append(value)
         return value
+
+    def validation_step(self, batch):
+        """One batch's validation loss: the phase's own step given no trainer (so it cannot step an
+        optimizer; automatic optimization only), else ``model.validation_step``."""
+        if self.automatic and self.phase is not None and self.phase.step is not None:
+            return self.phase.step(batch, None)
+        return self.model.validation_step(batch)
 
     def _out_of_steps(self) -> bool:
         return self.phase.max_steps is not None and self.phase_steps >= self.phase.max_steps

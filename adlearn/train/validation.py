@@ -53,8 +53,10 @@ def select(batch: dict, keep: torch.Tensor) -> dict:
 
 
 @torch.no_grad()
-def validation_loss(model, batches, autocast: Callable) -> float:
-    """Mean ``model.validation_step`` loss over the *normal* images (label 0) of ``batches``."""
+def validation_loss(model, batches, autocast: Callable, step: Callable | None = None) -> float:
+    """Mean ``model.validation_step`` loss (or ``step``'s, e.g. a phase's) over the *normal* images
+    (label 0) of ``batches``."""
+    step = step or model.validation_step
     model.eval()
     losses = []
     for batch in batches:
@@ -63,7 +65,7 @@ def validation_loss(model, batches, autocast: Callable) -> float:
             if len(batch["image"]) == 0:
                 continue
         with autocast():
-            losses.append(float(total_loss(model.validation_step(batch))))
+            losses.append(float(total_loss(step(batch))))
     if not losses:
         raise ValueError("validation loss needs normal images (label 0) in val_data")
     return float(np.mean(losses))
