@@ -67,7 +67,7 @@ from torch import nn
 
 from adlearn.components import UNet, double_conv, focal_loss, up_conv
 from adlearn.data.transforms import denormalize
-from adlearn.models.base import Prediction, TrainedModel, register
+from adlearn.models.base import Prediction, TrainedModel
 from adlearn.models.dsr_vq import GeneralAppearanceModel, ResidualStack, load_vq_weights, snap, train_vq_model
 
 
@@ -266,8 +266,8 @@ def dsr_image_score(detection_logits: torch.Tensor, window: int) -> torch.Tensor
 
 
 # ----------------------------------------------------------------------------- the model
-@register("dsr")
 class Dsr(TrainedModel):
+    name = "dsr"
     training_defaults = {"max_epochs": 700}
     # cpu (docs/benchmarks.md, "DSR on the real bottle"): 128 px, narrow networks, small codebooks, and
     # lr 1e-3 for phases 2-3 (the paper's 2e-4 leaves them far from converged in 20 epochs).
