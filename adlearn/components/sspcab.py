@@ -9,6 +9,10 @@ pool, a bottleneck of C/r units, sigmoid weights per channel). Its output is tra
 input (the auxiliary loss ``λ·MSE(input, output)``): what it cannot predict from the context is
 what the network must treat as unusual. DRÆM can use it in place of its encoder's last block.
 (B, C, H, W) -> (B, C, H, W)
+
+Difference from the reference: the ReLU between the masked convolution and the attention is the paper's
+(Sec. 3, and its authors' code); the reference's ``SSPCAB.forward`` feeds the masked convolution's output
+to its attention module directly, with no activation in between.
 """
 
 from __future__ import annotations

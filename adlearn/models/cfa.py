@@ -58,9 +58,13 @@ Deliberate differences from the reference implementation:
     pools every map, ``"first"`` reproduces the older variant.
 (d) *The bank mean* is the mean over images (the reference averages per-batch means, which weighs
     a short last batch more). k-means (γ_c > 1) is `adlearn.components.KMeans` with k-means++
-    starts, run to convergence (the reference: scikit-learn's, max_iter 3000).
-(e) The reference's ``CoordConv2d`` subclasses ``nn.Conv2d`` and so also carries an unused C → D
-    convolution that AdamW's weight decay shrinks but nothing reads; ours has only the used one.
+    starts, run to convergence (the reference: its own ``KMeans``, ``anomalib.models.components.cluster``,
+    max_iter 3000).
+(e) The reference's ``CoordConv2d`` (``anomalib.models.image.cfa.torch_model``) subclasses ``nn.Conv2d``
+    and so also carries an unused C → D convolution. Nothing reads it and it never gets a gradient, and
+    torch's AdamW skips a parameter without a gradient (its weight decay too), so it keeps its random
+    initial values for ever: dead weight in the checkpoint, no effect on the result. Ours has only the
+    used convolution.
 """
 
 from __future__ import annotations

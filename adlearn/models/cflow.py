@@ -41,8 +41,11 @@ Deliberate differences from the reference, both about M_k in step 5:
   positions (computed at the end of ``fit``, with the kept weights; during training, the running
   maximum of the epoch's training fibers) — and the map is Σ_k (1 − p̃_k): the score of an image is the
   same alone or in any batch.
-* The reference drops the last B·h·w mod ``fiber_batch_size`` fibers of every batch (and raises when
-  there are fewer than one chunk); here the last, smaller chunk is used too.
+* The leftover fibers. B·h·w is rarely a multiple of ``fiber_batch_size``: the reference
+  (``Cflow.training_step`` in ``anomalib.models.image.cflow.lightning_model``) folds the
+  B·h·w mod ``fiber_batch_size`` leftover fibers into its last chunk, which is then up to twice as long (and
+  it raises when there are fewer fibers than one chunk); here they make a last, smaller chunk of their own,
+  with its own Adam step, so every step sees at most ``fiber_batch_size`` fibers.
 """
 
 from __future__ import annotations

@@ -48,6 +48,12 @@ Deliberate differences from the reference:
   reference's 240 epochs give and a 30-minute CPU budget does not. A fixed per-channel affine map is
   invertible with a constant log-det, so the model is the same family of densities, only started
   where the latents already have the right scale.
+* The loss is per image, as in the paper (the negative log-likelihood of each image): image b's
+  ½‖z_b‖² is paired with its own log|det J_b|. The reference's coupling layers
+  (``anomalib.models.image.csflow.torch_model.ParallelGlowCouplingLayer``) add their log-determinants up
+  over the whole batch into one number, and ``anomalib.models.image.csflow.loss.CsFlowLoss`` subtracts that
+  total from every image's ½‖z‖² before the mean: its log-determinant term weighs B times (the batch size)
+  more than the prior term, so its optimum moves with the batch size.
 """
 
 from __future__ import annotations

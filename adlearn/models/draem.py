@@ -34,17 +34,22 @@ block; its output is trained towards its input with λ_s·MSE (λ_s = 0.1).
 
 Defaults (the reference implementation, ``anomalib.models.image.draem``): w = 128 and 64, β ∈ (0.1, 1),
 half of the images made anomalous, Adam lr 1e-4, 700 epochs with the learning rate divided by 10
-after epochs 400 and 600 (here at the same fractions, 4/7 and 6/7, of ``max_epochs``), batch size 8,
-no texture folder (Perlin noise as the texture).
+after epochs 400 and 600 (here at the same fractions, 4/7 and 6/7, of ``max_epochs``), batch size 8.
+The reference's textures are DTD's: its ``Draem(dtd_dir=...)`` downloads the dataset into
+``./datasets/dtd`` when that folder is missing. Here nothing is downloaded: the default is no folder.
 
-Anomaly sources (``anomaly_source``): ``None`` — the Perlin noise itself, coloured (the reference's
-behaviour without a folder); ``"skimage"`` — the photos and textures scikit-image ships (brick,
+Anomaly sources (``anomaly_source``): ``None`` — the Perlin noise itself, coloured (what the reference's
+generator, ``anomalib.data.utils.generators.perlin.PerlinAnomalyGenerator``, does when it is given no
+folder; the reference's DRÆM always gives it DTD's); ``"skimage"`` — the photos and textures scikit-image ships (brick,
 grass, gravel, ...: `adlearn.data.skimage_textures`); or a folder of images (e.g. DTD, the paper's
 choice: ``data_scripts/download_dtd.py``).
 
-Deliberate differences: (a) the anomalies are made in [0, 1] space and the images normalised after
-(the reference pastes [0, 1] textures into ImageNet-normalised images, a reported bug); the losses
-compare I and I_r in [0, 1] space (the networks' output is un-normalised, an affine map). (b) the
+Deliberate differences: (a) the networks see ImageNet-normalised images, as every model of the package
+does: the anomalies are made in [0, 1] space and the images normalised after; the losses compare I and
+I_r in [0, 1] space (the networks' output is un-normalised, an affine map). The reference feeds [0, 1]
+images to its networks and refuses normalised ones: its pre-processor only resizes, and
+``Draem.on_train_start`` (``anomalib.models.image.draem.lightning_model``) raises when the transform
+holds a ``Normalize``. (b) the
 image score is the map's maximum, as anomalib (the paper's code takes the maximum of a 21×21
 average-pooled map). (c) The learning-rate milestones follow ``max_epochs`` (fractions of the
 reference's 700). (d) Early stopping only on validation data given or held out.

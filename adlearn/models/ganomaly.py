@@ -31,8 +31,12 @@ The steps, in the order of the paper (Sec. 3, Fig. 2):
 
 Defaults (the reference implementation, ``anomalib.models.image.ganomaly``): ``n_features=64``,
 ``latent_size=100``, ``extra_layers=0``, the loss weights and optimizers above, batch size 32, 100
-epochs with early-stopping patience 3 (used with validation data), weights initialised as DCGAN does
-(convolutions N(0, 0.02), batch-norm scales N(1, 0.02)).
+epochs with early-stopping patience 3 (used with validation data). Weights: initialised as DCGAN does
+(convolutions N(0, 0.02), batch-norm scales N(1, 0.02), shifts 0), as the paper's code does. The
+reference means to (``GanomalyModel.weights_init`` in ``anomalib.models.image.ganomaly.torch_model``) but
+calls it once on the generator and once on the discriminator module instead of applying it to their
+layers; it only acts on modules whose class name holds "Conv" or "BatchNorm", so it never reaches a layer
+and the reference's layers keep PyTorch's default initialisation.
 
 Deliberate differences from ``anomalib.models.image.ganomaly`` (its ``torch_model`` and ``loss``):
 (a) L_adv matches the discriminator's *features* f (the paper's Eq. 1 and the original code); the
@@ -44,7 +48,8 @@ reach. (d) The image side must be a power of two (the DCGAN pyramid halves it to
 error instead of anomalib's zero-padding to the next power of two; the first convolution pads by 1
 (DCGAN) instead of anomalib's 4. (e) Scores are not min–max normalised over the test set (that
 needs the whole test set and does not change any ranking metric). (f) The original code re-initialises
-a discriminator whose loss falls below 1e-5; neither anomalib nor this file does.
+a discriminator whose loss falls below 1e-5; neither anomalib nor this file does. (g) Every convolution and
+batch norm gets the DCGAN initialisation above; anomalib's layers keep PyTorch's defaults.
 """
 
 from __future__ import annotations

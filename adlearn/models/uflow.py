@@ -51,6 +51,11 @@ Deliberate differences from the reference:
 * The NFA mask is used: ``predict`` returns it, `adlearn.evaluate` reports its pixel F1
   (``pixel_f1_mask``) next to the F1-max of the best threshold chosen with the labels. How scales are
   combined and windows are cut at the border is explained in `adlearn.components.nfa`.
+* The loss is per image, as in the paper (each image's negative log-likelihood, averaged over the batch):
+  step 3 pairs image b's Σ_s ½‖z_s‖² with its own log|det J_b|. The reference
+  (``anomalib.models.image.uflow.loss.UFlowLoss``) sums the prior term ½‖z‖² over the scales *and over
+  the batch* into one number before subtracting the batch's per-image log-determinants and averaging:
+  its prior term weighs B times (the batch size) more than the log-determinant.
 """
 
 from __future__ import annotations
