@@ -65,7 +65,7 @@ Deliberate differences:
     run; ours multiplies the rate by 0.1 after 95 % of the steps, as that schedule intends.
 
 Apart from (c)–(h) the two codes compute the same function: from the same weights and images, their maps,
-losses, gradients and Adam steps agree to float rounding (`benchmarks/check_efficient_ad_equivalence.py`).
+losses, gradients and Adam steps agree to float rounding (`benchmarks/archive/check_efficient_ad_equivalence.py`).
 """
 
 from __future__ import annotations
