@@ -4,7 +4,8 @@ The layer table is parsed out of ``docs/design.md`` (section "Layers"), so the p
 drift apart. Every ``adlearn/**/*.py`` file is read with ``ast``: imports at module level and inside
 functions, relative imports (``from . import x``), the lazy exports of a package's ``_LAZY`` table and
 ``importlib.import_module("adlearn....")`` calls. Importing ``a.b.c`` is an edge to ``a.b.c`` only (the
-parent packages Python runs first are not counted: a package's own ``__init__`` may import its parts).
+parent packages Python runs first are not counted: a package's own ``__init__`` may import its parts). An
+import under ``if TYPE_CHECKING:`` must not go up a layer either, but it never runs, so it closes no cycle.
 """
 
 from __future__ import annotations
@@ -20,12 +21,10 @@ REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "adlearn"
 DESIGN = REPO / "docs" / "design.md"
 
-# Cycles another change is removing right now; each entry names the modules of one tolerated cycle.
-# A listed cycle that no longer occurs fails `test_known_exceptions_still_occur`: delete it then.
-KNOWN_EXCEPTIONS: list[frozenset[str]] = [
-    # `benchmark` reads `--set` options with `cli._parse_set`; the parser moves to `adlearn.options`.
-    frozenset({"adlearn.benchmark", "adlearn.cli"}),
-]
+# Cycles tolerated while a change under way removes them (none today); each entry names the modules of one
+# cycle, e.g. frozenset({"adlearn.benchmark", "adlearn.cli"}). A listed cycle that no longer occurs fails
+# `test_known_exceptions_still_occur`: delete it then.
+KNOWN_EXCEPTIONS: list[frozenset[str]] = []
 
 
 # =========================================================================== the table
@@ -69,6 +68,7 @@ class Import:
     path: str  # the file, from the package's parent folder
     line: int
     text: str  # the statement as written
+    type_only: bool = False  # under `if TYPE_CHECKING:`: a layer dependency, but never run (no cycle)
 
     def where(self) -> str:
         return f"{self.path}:{self.line}"
@@ -104,6 +104,42 @@ def lazy_table(tree: ast.Module, package: str) -> dict[str, tuple[str, int]]:
     return table
 
 
+def type_checking_nodes(tree: ast.Module) -> set[int]:
+    """The ids of every node inside an ``if TYPE_CHECKING:`` block."""
+    return {
+        id(inner)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+        for statement in node.body
+        for inner in ast.walk(statement)
+    }
+
+
+def named_imports(tree: ast.Module, here: str) -> list[tuple[ast.AST, str, list[str] | None, str]]:
+    """``(node, target, names or None, text)`` for every import statement and constant
+    ``import_module("...")`` call in ``tree``; ``here`` is the package relative imports start from."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node, alias.name, None, f"import {alias.name}") for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            target = node.module or ""
+            if node.level:
+                base = here.split(".")[: len(here.split(".")) - (node.level - 1)]
+                target = ".".join(base + ([node.module] if node.module else []))
+            names = [alias.name for alias in node.names]
+            found.append((node, target, names, f"from {'.' * node.level}{node.module or ''} import {', '.join(names)}"))
+        elif (
+            isinstance(node, ast.Call)
+            and getattr(node.func, "attr", getattr(node.func, "id", None)) == "import_module"
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)
+        ):
+            found.append((node, node.args[0].value, None, f"import_module({node.args[0].value!r})"))
+    return found
+
+
 def collect_imports(package: Path) -> tuple[dict[str, tuple[Path, bool]], list[Import]]:
     """Every module of ``package`` and every import of the package's own modules they make."""
     root = package.name
@@ -113,54 +149,33 @@ def collect_imports(package: Path) -> tuple[dict[str, tuple[Path, bool]], list[I
     }
     lazy = {name: lazy_table(trees[name], name) for name, (_, is_package) in modules.items() if is_package}
 
-    def resolve(target: str, names: list[str]) -> list[str]:
-        """The modules ``from target import names`` reaches: submodules, lazy exports, else ``target``."""
+    def reached(target: str, names: list[str] | None) -> list[str]:
+        """The modules an import reaches: ``import a.b.c`` the most specific module of ``a.b.c``;
+        ``from target import names`` each name's submodule or lazy export, else ``target``."""
         found = []
-        for name in names:
-            if f"{target}.{name}" in modules:
+        for name in names or [None]:
+            if name is not None and f"{target}.{name}" in modules:
                 found.append(f"{target}.{name}")
-            elif name in lazy.get(target, {}):
+            elif name is not None and name in lazy.get(target, {}):
                 found.append(lazy[target][name][0])
             else:
-                found.append(target)
-        return found
+                module = target
+                while module not in modules and "." in module:
+                    module = module.rpartition(".")[0]
+                found.append(module)
+        return list(dict.fromkeys(found))
 
     imports = []
     for importer, (path, is_package) in modules.items():
+        where = path.relative_to(package.parent).as_posix()
+        type_only = type_checking_nodes(trees[importer])
         here = importer if is_package else importer.rpartition(".")[0]
-
-        def add(imported: str, line: int, text: str, importer: str = importer, path: Path = path) -> None:
-            if imported == root or imported.startswith(root + "."):
-                while imported not in modules and "." in imported:  # `import a.b.Name` style: the module above
-                    imported = imported.rpartition(".")[0]
-                imports.append(Import(importer, imported, path.relative_to(package.parent).as_posix(), line, text))
-
-        for node in ast.walk(trees[importer]):
-            if isinstance(node, ast.Import):
-                for alias in node.names:
-                    add(alias.name, node.lineno, f"import {alias.name}")
-            elif isinstance(node, ast.ImportFrom):
-                if node.level:
-                    base = here.split(".")[: len(here.split(".")) - (node.level - 1)]
-                    target = ".".join(base + ([node.module] if node.module else []))
-                else:
-                    target = node.module or ""
-                names = [alias.name for alias in node.names]
-                text = f"from {'.' * node.level}{node.module or ''} import {', '.join(names)}"
-                if target == root or target.startswith(root + "."):
-                    for imported in dict.fromkeys(resolve(target, names)):
-                        add(imported, node.lineno, text)
-            elif (
-                isinstance(node, ast.Call)
-                and isinstance(node.func, ast.Attribute | ast.Name)
-                and (node.func.attr if isinstance(node.func, ast.Attribute) else node.func.id) == "import_module"
-                and node.args
-                and isinstance(node.args[0], ast.Constant)
-                and isinstance(node.args[0].value, str)
-            ):
-                add(node.args[0].value, node.lineno, f"import_module({node.args[0].value!r})")
+        for node, target, names, text in named_imports(trees[importer], here):
+            if target == root or target.startswith(root + "."):
+                for imported in reached(target, names):
+                    imports.append(Import(importer, imported, where, node.lineno, text, id(node) in type_only))
         for name, (imported, line) in lazy.get(importer, {}).items():
-            add(imported, line, f"_LAZY[{name!r}] -> {imported}")
+            imports.append(Import(importer, imported, where, line, f"_LAZY[{name!r}] -> {imported}"))
     return modules, imports
 
 
@@ -234,7 +249,7 @@ def find_cycles(edges: dict[str, dict[str, Import]]) -> list[list[str]]:
 def module_graph(imports: list[Import]) -> dict[str, dict[str, Import]]:
     edges: dict[str, dict[str, Import]] = {}
     for item in imports:
-        if item.imported != item.importer:
+        if item.imported != item.importer and not item.type_only:
             edges.setdefault(item.importer, {}).setdefault(item.imported, item)
     return edges
 
@@ -318,6 +333,8 @@ TOY_FILES = {
     "sub/__init__.py": "",
     "sub/a.py": "from toypkg.sub import b\n",
     "sub/b.py": "import importlib\n\nimport toypkg.sub.a\n\nimportlib.import_module('toypkg.high')\n",
+    "sub/c.py": "from typing import TYPE_CHECKING\n\nif TYPE_CHECKING:\n    from toypkg.sub.d import D\n",
+    "sub/d.py": "from toypkg.sub.c import C\n",
     "extra.py": "",
 }
 
@@ -341,7 +358,10 @@ def test_self_check_reads_every_kind_of_import(toy):
         ("toypkg.sub.a", "toypkg.sub.b", 1),
         ("toypkg.sub.b", "toypkg.sub.a", 3),
         ("toypkg.sub.b", "toypkg.high", 5),  # importlib.import_module
+        ("toypkg.sub.c", "toypkg.sub.d", 4),  # for type checkers only: no cycle with d -> c
+        ("toypkg.sub.d", "toypkg.sub.c", 1),
     }
+    assert [item.type_only for item in imports if item.importer == "toypkg.sub.c"] == [True]
 
 
 def test_self_check_catches_an_upward_import_a_cycle_and_a_missing_module(toy):
