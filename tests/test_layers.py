@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -311,6 +312,30 @@ def test_known_exceptions_still_occur(code):
     cycles = {frozenset(cycle) for cycle in find_cycles(module_graph(imports))}
     gone = [sorted(known) for known in KNOWN_EXCEPTIONS if known not in cycles]
     assert not gone, f"these cycles are gone: delete them from KNOWN_EXCEPTIONS: {gone}"
+
+
+def external_packages(path: Path) -> set[str]:
+    """The top-level names of everything ``path`` imports (relative imports left out)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found |= {alias.name.partition(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module != "__future__":
+            found.add(node.module.partition(".")[0])
+    return found
+
+
+@pytest.mark.parametrize(
+    ("module", "allowed"),
+    [  # what docs/design.md says these modules import
+        ("machine.py", set()),  # "imports only the standard library"
+        ("cache.py", set()),
+        ("_lazy.py", set()),
+        ("metrics.py", {"numpy", "scipy"}),  # "the standard library, NumPy and SciPy only"
+    ],
+)
+def test_the_bottom_modules_import_only_what_the_design_says(module, allowed):
+    assert external_packages(PACKAGE / module) - set(sys.stdlib_module_names) <= allowed
 
 
 # =========================================================================== the checks can fail
