@@ -9,11 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from adlearn.models import create, load
-from adlearn.models.dsr import (
+from adlearn.models.dsr import dsr_anomaly_map, dsr_image_score, dsr_loss
+from adlearn.models.dsr_anomalies import (
     DsrAnomalyGenerator,
-    dsr_anomaly_map,
-    dsr_image_score,
-    dsr_loss,
     latent_mask,
     quantized_anomalies,
     replacement_codes,
