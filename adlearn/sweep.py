@@ -5,19 +5,23 @@
     adlearn sweep notebooks/11_patchcore.ipynb -p seed 0,1,2 --scheduler tcp://10.0.0.5:8786
 
 One papermill run per (notebook, combination of the ``-p`` values): the values override the notebook's
-``parameters`` cell (with ``smoke`` and ``device``). Each run gets a folder
+``parameters`` cell (with ``smoke`` and ``device``). What a run *is* lives here (`run_notebook`); running the
+grid is `adlearn.runner`'s, the same as for `adlearn benchmark`. Each run gets a folder
 ``<out>/<notebook>/<name=value_...>/`` holding the executed notebook and ``result.json``: status,
-wall time, error, and the notebook's recorded result — what its last cell passes to
-`adlearn.notebook.report`, which writes it as JSON to the file named by ``ADLEARN_REPORT_FILE``
-(set by the sweep for each run). ``results.csv`` and ``results.md`` collect every run.
+wall time, error, the machine, the load around the run, and the notebook's recorded result — what its last
+cell passes to `adlearn.notebook.report`, which writes it as JSON to the file named by ``ADLEARN_REPORT_FILE``
+(set by the sweep for each run). ``results.csv`` and ``results.md`` collect every run (`adlearn.reports`);
+``logs/`` keeps each run's output.
 
 * A failing notebook is recorded (its error and traceback tail) and the other runs go on.
 * A rerun skips the runs that have a ``result.json`` (failed ones too, unless ``--retry-failed``):
-  an interrupted sweep resumes where it stopped.
+  an interrupted sweep resumes where it stopped. A result of other ``--smoke/--full`` or ``--device``
+  values is an error: use another ``--out``.
 * Runs execute on ``dask.distributed``: by default a ``LocalCluster`` of ``--jobs`` worker processes
   with one thread each, on loopback; with ``--scheduler tcp://host:port`` the workers of an existing
   cluster (same code). Each run is a separate Python process whose notebook kernel gets
   ``--threads`` torch/OpenMP threads (default 1), so ``--jobs`` runs never oversubscribe the cores.
+  Runs that shared the CPU (with each other or anything else) have their wall times marked in the tables.
 
 On several machines (each with adlearn installed, the same data paths, and ``--out`` on a shared
 file system so the executed notebooks land in one place)::
@@ -29,21 +33,16 @@ file system so the executed notebooks land in one place)::
 
 from __future__ import annotations
 
-import argparse
-import csv
 import itertools
 import json
 import os
 import re
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 RESULT_FILE = "result.json"
 REPORT_FILE = "report.json"
 REPORT_ENV = "ADLEARN_REPORT_FILE"
+CELL_FUNCTION = "adlearn.sweep:run_notebook"  # what the runner calls in each run's process
 
 
 # ------------------------------------------------------------------------------------------ the grid
@@ -89,88 +88,35 @@ def parse_values(text: str) -> list:
 
 
 # ------------------------------------------------------------------------------------------ one run
-def execute_run(run: dict, out: str, settings: dict) -> dict:
-    """Run one notebook (on a worker): papermill in a child process with its own environment.
+def run_notebook(spec: dict) -> dict:
+    """Execute one notebook with papermill (in the run's own process, started by `adlearn.runner`).
 
-    The child's environment names the report file and fixes the kernel's threads; a child process
-    (rather than the worker itself) keeps that environment per run even when a worker runs several
-    tasks at once. Never raises: the outcome is in the returned dict.
+    The notebook's kernel inherits this process's environment: the report file it names (what the
+    notebook's ``report(...)`` writes) and the thread variables the runner set for this run.
     """
-    run_dir = Path(out) / run["name"]
+    from adlearn.tools.run_notebooks import install_kernelspec, run_one
+
+    run_dir = Path(spec["run_dir"])
     run_dir.mkdir(parents=True, exist_ok=True)
     report_path = run_dir / REPORT_FILE
     report_path.unlink(missing_ok=True)
-    threads = str(settings.get("threads") or 1)
-    env = {
-        **os.environ,
-        REPORT_ENV: str(report_path),
-        "OMP_NUM_THREADS": threads,
-        "MKL_NUM_THREADS": threads,
-        "OPENBLAS_NUM_THREADS": threads,
-    }
-    spec = {
-        "notebook": run["notebook"],
-        "run_dir": str(run_dir),
-        "kernel_dir": str(Path(out)),
-        "parameters": {
-            "smoke": settings.get("smoke", True),
-            "device": settings.get("device", "cpu"),
-            **run["parameters"],
-        },
-        "cell_timeout": settings.get("cell_timeout"),
-    }
-    start = time.perf_counter()
-    child = subprocess.run(
-        [sys.executable, "-m", "adlearn.sweep", "--run-one", json.dumps(spec)], env=env, capture_output=True, text=True
-    )
-    try:
-        outcome = json.loads(child.stdout.strip().splitlines()[-1])
-    except (IndexError, json.JSONDecodeError):
-        outcome = {
-            "status": "failed",
-            "report": None,
-            "error": f"the run's process ended with code {child.returncode}: {child.stderr.strip()[-2000:]}",
-        }
-    if report_path.is_file():  # the recorded result: what the notebook's report(...) wrote
-        outcome["report"] = json.loads(report_path.read_text())
-    return {
-        "notebook": Path(run["notebook"]).name,
-        "name": run["name"],
-        "parameters": run["parameters"],
-        "status": outcome["status"],
-        "seconds": round(time.perf_counter() - start, 2),
-        "error": outcome.get("error", ""),
-        "report": outcome.get("report"),
-        "host": socket.gethostname(),
-    }
-
-
-def _run_one_main(spec_json: str) -> int:
-    """``python -m adlearn.sweep --run-one SPEC``: papermill one notebook; print the outcome as JSON."""
-    from adlearn.tools.run_notebooks import install_kernelspec, run_one
-
-    spec = json.loads(spec_json)
+    os.environ[REPORT_ENV] = str(report_path)
     kernel = install_kernelspec(Path(spec["kernel_dir"]))
     # threads=None: the thread variables are already set in this process's environment.
-    row = run_one(spec["notebook"], spec["run_dir"], spec["parameters"], kernel, spec["cell_timeout"], None)
-    print(json.dumps({"status": row["status"], "error": row["error"], "report": row["report"]}, default=str))
-    return 0
+    row = run_one(spec["notebook"], str(run_dir), spec["parameters"], kernel, spec["cell_timeout"], None)
+    report = json.loads(report_path.read_text()) if report_path.is_file() else row["report"]
+    return {"status": row["status"], "error": row["error"], "report": report}
 
 
 # ------------------------------------------------------------------------------------------ the sweep
 def load_result(out: Path, run: dict) -> dict | None:
+    """A run's stored result (None when it has none yet)."""
+    from adlearn.runner import read_result
+
     try:
-        return json.loads((Path(out) / run["name"] / RESULT_FILE).read_text())
+        return read_result(Path(out) / run["name"] / RESULT_FILE)
     except (OSError, ValueError):
         return None
-
-
-def _save_result(out: Path, row: dict) -> None:
-    path = Path(out) / row["name"] / RESULT_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(row, indent=1, default=str) + "\n")
-    tmp.replace(path)  # atomic: an interrupted sweep never leaves a half-written result
 
 
 def run_sweep(
@@ -188,143 +134,42 @@ def run_sweep(
     retry_failed: bool = False,
     echo: bool = True,
 ) -> list[dict]:
-    """Run every combination not finished yet; write results.csv / results.md; return every run's row.
+    """Run every combination not finished yet (`adlearn.runner`); write results.csv / results.md; return every
+    run's row.
 
-    ``sequential=True`` runs in this process, one after the other (no Dask): the reference the
-    cluster's results are checked against.
+    ``sequential=True`` runs them from this process, one after the other (no Dask): the reference the
+    cluster's results are checked against. A finished run whose notebook ran with other ``smoke`` /
+    ``device`` values is an error (use another ``out``), never a result mixed into this sweep's table.
     """
+    from adlearn.reports import sweep_tables
+    from adlearn.runner import Cell, run_grid
+    from adlearn.tools.run_notebooks import _prepare_data
+
     out = Path(out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    runs = combinations(notebooks, parameters)
-    done = {run["name"]: load_result(out, run) for run in runs}
-    todo = [
-        run for run in runs if done[run["name"]] is None or (retry_failed and done[run["name"]].get("status") != "ok")
+    cells = [
+        Cell(
+            key=run["name"],
+            spec={"notebook": run["notebook"], "parameters": {"smoke": smoke, "device": device, **run["parameters"]}},
+            path=f"{run['name']}/{RESULT_FILE}",
+            fields={"notebook": Path(run["notebook"]).name, "name": run["name"], "parameters": run["parameters"]},
+            task={"run_dir": str(out / run["name"]), "kernel_dir": str(out), "cell_timeout": cell_timeout},
+        )
+        for run in combinations(notebooks, parameters)
     ]
-    settings = {"smoke": smoke, "device": device, "threads": threads, "cell_timeout": cell_timeout}
-    if echo:
-        print(f"{len(runs)} run(s), {len(runs) - len(todo)} already finished, {len(todo)} to go -> {out}", flush=True)
-    if todo:
-        from adlearn.tools.run_notebooks import _prepare_data
-
-        _prepare_data(smoke)  # the embedded data, generated once before parallel runs race for it
-        for row in _execute(todo, str(out), settings, jobs, scheduler, sequential):
-            _save_result(out, row)
-            done[row["name"]] = row
-            if echo:
-                print(
-                    f"  {row['status']:>6}  {row['seconds']:7.1f} s  {row['name']}"
-                    + (f"\n{row['error']}" if row["status"] != "ok" else ""),
-                    flush=True,
-                )
-    rows = [done[run["name"]] for run in runs if done[run["name"]] is not None]
-    write_tables(rows, out)
+    rows = run_grid(
+        cells,
+        CELL_FUNCTION,
+        out,
+        jobs=jobs,
+        scheduler=scheduler,
+        sequential=sequential,
+        threads=threads,
+        retry_failed=retry_failed,
+        prepare=lambda: _prepare_data(smoke),  # the embedded data, generated once before the runs race for it
+        progress=echo,
+    )
+    sweep_tables(rows, out)
     return rows
-
-
-def _execute(todo: list[dict], out: str, settings: dict, jobs: int, scheduler: str | None, sequential: bool):
-    """Yield each run's row as it finishes: in this process, or on a Dask cluster."""
-    if sequential:
-        for run in todo:
-            yield execute_run(run, out, settings)
-        return
-    try:
-        from distributed import Client, LocalCluster, as_completed
-    except ImportError:
-        raise RuntimeError(
-            "adlearn sweep runs on dask.distributed: pip install 'distributed>=2024.1' (or pass --sequential)"
-        ) from None
-    cluster = None
-    if scheduler:
-        client = Client(scheduler, timeout="30s")
-    else:
-        # One thread per worker: a worker runs one notebook at a time; --jobs workers in parallel.
-        cluster = LocalCluster(
-            n_workers=max(1, jobs),
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address=None,
-            silence_logs=40,
-        )
-        client = Client(cluster)
-    try:
-        futures = [
-            client.submit(
-                execute_run,
-                run,
-                out,
-                settings,
-                key=f"adlearn-sweep-{run['name']}-{time.time_ns()}",
-                pure=False,
-                retries=0,
-            )
-            for run in todo
-        ]
-        for future in as_completed(futures):
-            yield future.result()
-    finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
-
-
-# ------------------------------------------------------------------------------------------ tables
-REPORT_COLUMNS = (
-    "model",
-    "image_auroc",
-    "pixel_auroc",
-    "pixel_aupro",
-    "image_f1max",
-    "fit_seconds",
-    "images_per_second",
-    "peak_memory_mb",
-)
-
-
-def write_tables(rows: list[dict], out: Path) -> None:
-    names = sorted({name for row in rows for name in row["parameters"]})
-    header = ["notebook", *names, "status", "seconds", *REPORT_COLUMNS, "error"]
-    with open(out / "results.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        for row in rows:
-            report = row.get("report") or {}
-            error = (row.get("error") or "").strip().splitlines()
-            writer.writerow(
-                [
-                    row["notebook"],
-                    *[row["parameters"].get(n) for n in names],
-                    row["status"],
-                    row["seconds"],
-                    *[report.get(c) for c in REPORT_COLUMNS],
-                    error[0] if error else "",
-                ]
-            )
-    lines = ["| " + " | ".join(header[:-1]) + " |", "|" + "---|" * (len(header) - 1)]
-    for row in rows:
-        report = row.get("report") or {}
-        cells = [
-            row["notebook"],
-            *[str(row["parameters"].get(n)) for n in names],
-            row["status"],
-            f"{row['seconds']:.1f}",
-        ]
-        cells += [_fmt(report.get(c)) for c in REPORT_COLUMNS]
-        lines.append("| " + " | ".join(cells) + " |")
-    failed = [row for row in rows if row["status"] != "ok"]
-    text = "\n".join(lines) + "\n"
-    if failed:
-        text += "\nFailed runs:\n\n" + "".join(
-            f"- `{row['name']}`: {(row.get('error') or '').strip().splitlines()[0] if row.get('error') else ''}\n"
-            for row in failed
-        )
-    (out / "results.md").write_text(text)
-
-
-def _fmt(value) -> str:
-    if value is None:
-        return "—"
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 # ------------------------------------------------------------------------------------------ CLI
@@ -363,8 +208,6 @@ def cmd_sweep(args) -> int:
         if name in parameters:
             raise ValueError(f"-p {name} given twice; give all its values at once: -p {name} a,b,c")
         parameters[name] = parse_values(values)
-    if args.scheduler and args.sequential:
-        raise ValueError("--scheduler and --sequential exclude each other")
     rows = run_sweep(
         args.notebooks,
         parameters,
@@ -382,13 +225,3 @@ def cmd_sweep(args) -> int:
     print(f"wrote {args.out}/results.csv and results.md")
     failed = [row["name"] for row in rows if row["status"] != "ok"]
     return 1 if failed else 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m adlearn.sweep")
-    parser.add_argument("--run-one", required=True, help="(internal) one papermill run, as a JSON spec")
-    return _run_one_main(parser.parse_args(argv).run_one)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,23 +1,13 @@
-"""`adlearn sweep`: papermill runs over a parameter grid on a real Dask LocalCluster (loopback, 2 workers).
+"""`adlearn sweep`: the grid of notebook runs and what a run records.
 
-One slow test drives the whole story on the smoke-mode synthetic data, with two fast model notebooks
-(10_padim, 13_dfm) × 2 categories × 2 seeds plus a small notebook that fails for one seed:
-
-1. the sweep is started in its own process and interrupted (its process group killed) as soon as
-   the first runs have finished;
-2. the rerun skips the finished runs (their result files are untouched) and completes the rest;
-3. the failing notebook is recorded with its error and did not stop the others;
-4. every model run's recorded result (what its ``report(...)`` wrote) equals a sequential run's.
+Running the grid (resume, failures, a Dask cluster through ``--scheduler``) is `adlearn.runner`'s:
+tests/test_runner.py. Here: names and values of the grid, the report a notebook writes, and a model notebook
+run by the default LocalCluster (2 workers) recording the same result as a run without Dask.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import nbformat
@@ -60,92 +50,58 @@ def test_report_writes_the_recorded_result_when_asked(tmp_path, monkeypatch, cap
     )
 
 
-def failing_notebook(path: Path) -> Path:
-    """A tiny notebook with the sweep's parameters that fails for seed 1 and reports otherwise."""
-    cells = [
-        nbformat.v4.new_code_cell("smoke = True\ndevice = 'cpu'\ncategory = None\nseed = 0"),
-        nbformat.v4.new_code_cell("if seed == 1:\n    raise RuntimeError(f'planted failure for seed {seed}')"),
-        nbformat.v4.new_code_cell(
-            "from adlearn.notebook import report\n"
-            "report({'model': 'toy', 'image_auroc': 0.5 + seed}, category=category, seed=seed)"
-        ),
+def test_the_tables_mark_wall_times_measured_while_the_cpu_was_shared(tmp_path):
+    import csv
+
+    from adlearn.reports import sweep_tables
+
+    report = {"model": "dfm", "image_auroc": 0.75, "fit_seconds": 1.5, "images_per_second": 20.0}
+    rows = [
+        {"notebook": "a.ipynb", "name": "a/seed=0", "parameters": {"seed": 0}, "status": "ok", "cell_seconds": 9.0}
+        | {"busy": False, "report": report},
+        {"notebook": "a.ipynb", "name": "a/seed=1", "parameters": {"seed": 1}, "status": "ok", "cell_seconds": 30.0}
+        | {"busy": True, "report": report},
+        # a run written before the runner: "seconds", no load recorded
+        {"notebook": "a.ipynb", "name": "a/seed=2", "parameters": {"seed": 2}, "status": "failed", "seconds": 2.0}
+        | {"error": "RuntimeError: planted\nmore", "report": None},
     ]
-    cells[0].metadata["tags"] = ["parameters"]
-    notebook = nbformat.v4.new_notebook(cells=cells)
-    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nbformat.write(notebook, path)
-    return path
+    sweep_tables(rows, tmp_path)
+    lines = (tmp_path / "results.md").read_text().splitlines()
+    assert lines[0] == (
+        "| notebook | seed | status | seconds | model | image_auroc | pixel_auroc | pixel_aupro | image_f1max "
+        "| fit_seconds | images_per_second | peak_memory_mb |"
+    )
+    assert lines[2] == "| a.ipynb | 0 | ok | 9.0 | dfm | 0.75 | — | — | — | 1.5 | 20 | — |"
+    assert lines[3] == "| a.ipynb | 1 | ok | 30.0 † | dfm | 0.75 | — | — | — | 1.5 † | 20 † | — |"
+    assert lines[4] == "| a.ipynb | 2 | failed | 2.0 | — | — | — | — | — | — | — | — |"
+    text = "\n".join(lines)
+    assert "† wall time measured while other processes shared the CPU (1 of 3 cells)" in text
+    assert "- `a/seed=2`: RuntimeError: planted" in text
+    with open(tmp_path / "results.csv") as f:
+        table = list(csv.DictReader(f))
+    assert [row["busy"] for row in table] == ["False", "True", ""] and table[2]["error"] == "RuntimeError: planted"
 
 
 @pytest.mark.slow
-def test_sweep_on_a_local_cluster_resumes_records_failures_and_matches_sequential_runs(tmp_path):
+def test_a_model_notebook_on_the_default_local_cluster_records_what_a_sequential_run_records(tmp_path):
+    from adlearn.cli import main
     from adlearn.data import SYNTHETIC_CATEGORIES
-    from adlearn.sweep import RESULT_FILE, run_sweep
+    from adlearn.sweep import run_sweep
 
-    notebooks = [
-        str(REPO / "notebooks" / "10_padim.ipynb"),
-        str(REPO / "notebooks" / "13_dfm.ipynb"),
-        str(failing_notebook(tmp_path / "toy.ipynb")),
-    ]
-    categories = list(SYNTHETIC_CATEGORIES[:2])
+    notebook, category = str(REPO / "notebooks" / "10_padim.ipynb"), SYNTHETIC_CATEGORIES[0]
     out = tmp_path / "sweep"
-    command = [
-        sys.executable,
-        "-m",
-        "adlearn",
-        "sweep",
-        *notebooks,
-        "-p",
-        "category",
-        ",".join(categories),
-        "-p",
-        "seed",
-        "0,1",
-        "--jobs",
-        "2",
-        "--out",
-        str(out),
-    ]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-
-    # 1. Start, and interrupt once the first runs have finished (or fail the test after 10 min).
-    first = subprocess.Popen(
-        command, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    assert (
+        main(["sweep", notebook, "-p", "category", category, "-p", "seed", "1", "--jobs", "2", "--out", str(out)]) == 0
     )
-    deadline = time.monotonic() + 600
-    while len(list(out.glob(f"*/*/{RESULT_FILE}"))) < 2 and first.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.5)
-    os.killpg(first.pid, signal.SIGKILL)
-    first.wait()
-    finished_before = {p: p.stat().st_mtime_ns for p in out.glob(f"*/*/{RESULT_FILE}")}
-    assert 2 <= len(finished_before) < 12, "the sweep should have been interrupted part-way"
-
-    # 2. Resume: the finished runs are skipped, the rest run; the failing notebook does not stop it.
-    second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=3600)
-    assert second.returncode == 1, second.stdout + second.stderr  # 1: some run failed (planted)
-    assert f"{len(finished_before)} already finished" in second.stdout
-    assert all(p.stat().st_mtime_ns == mtime for p, mtime in finished_before.items())
-    results = {p.parent.relative_to(out).as_posix(): json.loads(p.read_text()) for p in out.glob(f"*/*/{RESULT_FILE}")}
-    assert len(results) == 12
-    failed = {name for name, row in results.items() if row["status"] != "ok"}
-    assert failed == {f"toy/category={c}_seed=1" for c in categories}
-    assert all("planted failure for seed 1" in results[name]["error"] for name in failed)
-    for name, row in results.items():
-        if row["status"] == "ok":
-            report = row["report"]
-            assert report["category"] == row["parameters"]["category"]
-            assert (out / name / Path(row["notebook"]).name).is_file()  # the executed notebook is kept
-            if not name.startswith("toy/"):
-                assert report["model"] in ("padim", "dfm") and 0.0 <= report["image_auroc"] <= 1.0
-    table = (out / "results.md").read_text()
-    assert table.count("| ok |") == 10 and "planted failure" in table
-
-    # 3. The cluster's recorded results equal sequential runs' (one combination per model notebook).
-    sequential = run_sweep(
-        notebooks[:2], {"category": categories[:1], "seed": [1]}, tmp_path / "sequential", sequential=True, echo=False
+    clustered = json.loads((out / "10_padim" / f"category={category}_seed=1" / "result.json").read_text())
+    assert (
+        clustered["status"] == "ok" and (out / "10_padim" / f"category={category}_seed=1" / "10_padim.ipynb").is_file()
     )
-    for row in sequential:
-        assert row["status"] == "ok"
-        clustered = results[row["name"]]["report"]
-        metrics = {k: v for k, v in row["report"].items() if not k.endswith(("seconds", "per_second", "memory_mb"))}
-        assert metrics == {k: clustered[k] for k in metrics}
+    assert "| ok |" in (out / "results.md").read_text()
+
+    [row] = run_sweep(
+        [notebook], {"category": [category], "seed": [1]}, tmp_path / "sequential", sequential=True, echo=False
+    )
+    assert row["status"] == "ok" and row["report"]["model"] == "padim" and 0.0 <= row["report"]["image_auroc"] <= 1.0
+    metrics = {k: v for k, v in row["report"].items() if not k.endswith(("seconds", "per_second", "memory_mb"))}
+    assert metrics == {k: clustered["report"][k] for k in metrics}
