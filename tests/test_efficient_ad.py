@@ -5,17 +5,18 @@ distillation, the natural-image stream, save/load, errors."""
 from __future__ import annotations
 
 import inspect
+import math
 
 import numpy as np
 import pytest
 import torch
 
+from adlearn.components.pdn import PatchDescriptionNetwork
 from adlearn.models import create, load
 from adlearn.models.common import exact_quantile
 from adlearn.models.efficient_ad import (
     AutoEncoder,
     EfficientAd,
-    PatchDescriptionNetwork,
     adjust_color,
     efficient_ad_anomaly_map,
     efficient_ad_loss,
@@ -152,7 +153,10 @@ def test_defaults_follow_the_reference_and_bad_options_are_named(tmp_path):
     assert (defaults["model_size"], defaults["teacher_out_channels"], defaults["batch_size"]) == ("small", 384, 1)
     assert (defaults["lr"], defaults["weight_decay"], defaults["hard_quantile"]) == (1e-4, 1e-5, 0.999)
     assert defaults["map_quantiles"] == (0.9, 0.995)
-    assert TrainingConfig(**EfficientAd.training_defaults).max_steps == 70_000
+    # the paper preset: its 70 000 steps are the only limit (no epoch cap that would end a small category early)
+    paper = TrainingConfig(**{**EfficientAd.training_defaults, **EfficientAd.preset("paper")})
+    assert (paper.max_steps, paper.max_epochs, paper.val_fraction) == (70_000, None, 0.1)  # 10 % for the quantiles
+    assert EfficientAd.preset("cpu") == {"image_size": 128, "max_steps": 1800, "val_fraction": 0.1}
     with pytest.raises(ValueError, match="divisible by 32 and at least 64.*image_size=256"):
         create("efficient_ad", image_size=100, device="cpu")
     with pytest.raises(ValueError, match="divisible by 32 and at least 64"):
@@ -225,6 +229,17 @@ def test_map_quantiles_come_from_the_held_out_normal_images(trained, datasets_64
     assert torch.allclose(model.quantiles, torch.stack(expected), rtol=1e-5)
 
 
+def test_without_held_out_images_the_map_quantiles_come_from_the_training_images_with_a_warning(datasets_64):
+    model = create("efficient_ad", teacher_weights="none", image_size=64, max_steps=1, device="cpu", seed=0)
+    with pytest.warns(UserWarning, match="map quantiles come from the training images.*val_fraction"):
+        model.fit(datasets_64[0], verbose=False)
+    images = torch.stack([datasets_64[0][i]["image"] for i in range(len(datasets_64[0]))])
+    with torch.no_grad():
+        map_st, map_ae = model.raw_maps(images)
+    expected = [torch.quantile(m.flatten(), q) for m in (map_st, map_ae) for q in (0.9, 0.995)]
+    assert torch.allclose(model.quantiles, torch.stack(expected), rtol=1e-5)
+
+
 def test_predicts_normalised_maps(trained, datasets_64):
     model = trained[0]
     images = torch.stack([datasets_64[1][i]["image"] for i in range(3)])
@@ -239,11 +254,11 @@ def test_predicts_normalised_maps(trained, datasets_64):
 
 
 def test_save_load_identical_predictions_without_distilling(trained, datasets_64, tmp_path, monkeypatch):
-    import adlearn.models.efficient_ad_teacher as teacher_module
+    import adlearn.models.efficient_ad as model_module
 
     model = trained[0]
     model.save(tmp_path / "effad.pt")
-    monkeypatch.setattr(teacher_module, "distill_teacher", lambda *a, **k: pytest.fail("load must not distil"))
+    monkeypatch.setattr(model_module, "distill_teacher", lambda *a, **k: pytest.fail("load must not distil"))
     restored = load(tmp_path / "effad.pt")
     images = torch.stack([datasets_64[1][i]["image"] for i in range(2)])
     assert torch.equal(restored.predict(images).anomaly_map, model.predict(images).anomaly_map)
@@ -302,15 +317,62 @@ def test_distillation_learning_rate_schedules_are_cached_apart(tmp_path, monkeyp
         assert torch.equal(torch.rand(3), expected)
 
 
+def test_distillation_runs_on_the_shared_loop_and_gives_the_plain_loops_teacher(tmp_path, monkeypatch):
+    """The loop's epochs, validation and checkpoints change nothing in the weights: the same initialisation,
+    crops, Adam steps and cosine decay as the plain loop below (so a teacher cached before still applies).
+    That the distillation learns: the next test."""
+    from adlearn.data import NaturalImageCrops
+    from adlearn.models.efficient_ad_teacher import distill_teacher, distillation_target, statistics_crops
+    from adlearn.train import Trainer
+
+    monkeypatch.setenv("ADLEARN_CACHE", str(tmp_path))
+    trainers, fit = [], Trainer.fit
+    monkeypatch.setattr(Trainer, "fit", lambda self, *a, **k: trainers.append(self) or fit(self, *a, **k))
+    options = {"steps": 6, "batch_size": 2, "crop_size": 64, "lr": 2e-3}
+    checkpoint = tmp_path / "checkpoint.pt"
+    path, teacher, _ = distill_teacher(**options, return_model=True, verbose=False, checkpoint_path=checkpoint)
+    history = trainers[0].history  # 6 epochs of 1 step (a tenth of the steps), each validated on held-out crops
+    assert (history.steps, len(history.epoch), history.val_metric, len(history.val)) == (6, 6, "loss", 6)
+    # the plain loop the distillation used to be, from the same seed
+    torch.manual_seed(0)
+    reference = PatchDescriptionNetwork(384, "small")
+    target = distillation_target("efficientnet_lite0", 384, 64, seed=0, batch_size=2)
+    crops = NaturalImageCrops(64, seed=0)
+    crops.sample(statistics_crops(2))  # the views the target's statistics used
+    optimizer = torch.optim.Adam(reference.parameters(), lr=2e-3)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / 6)))
+    for _ in range(6):
+        batch = crops.sample(2)
+        loss = (reference(batch) - target(batch)).pow(2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+    expected = reference.state_dict()
+    assert all(torch.equal(value, expected[name]) for name, value in teacher.state_dict().items())
+    # cached, and the loop's checkpoint, as PDN state dicts that load back identically
+    for saved in (path, checkpoint):
+        assert all(torch.equal(value, expected[name]) for name, value in torch.load(saved).items())
+    # a second call loads the file: no training
+    trainers.clear()
+    assert distill_teacher(**options) == path and not trainers
+
+
 def test_distilled_teacher_is_closer_to_the_backbone_than_a_random_pdn(tmp_path, monkeypatch):
     from adlearn.data import NaturalImageCrops
     from adlearn.models.efficient_ad_teacher import distill_teacher, distillation_error
+    from adlearn.train import Trainer
 
     monkeypatch.setenv("ADLEARN_CACHE", str(tmp_path))
+    trainers, fit = [], Trainer.fit
+    monkeypatch.setattr(Trainer, "fit", lambda self, *a, **k: trainers.append(self) or fit(self, *a, **k))
     # a short run at a constant learning rate (the default cosine decay spends half of 30 steps below lr / 2)
     path, teacher, target = distill_teacher(
         steps=30, batch_size=4, crop_size=64, lr=1e-3, lr_schedule="constant", return_model=True, verbose=False
     )
+    # on the shared loop: 10 epochs of 3 steps; the held-out error it reports after each falls
+    history = trainers[0].history
+    assert (history.steps, len(history.epoch)) == (30, 10) and history.val[-1] < history.val[0], history.val
     held_out = NaturalImageCrops(64, seed=123).sample(12)  # crops the distillation never saw
     torch.manual_seed(0)
     random_pdn = PatchDescriptionNetwork(384, "small").eval()
@@ -355,5 +417,5 @@ def test_cli_max_steps(small_synthetic_root, tmp_path, capsys):
         ]
     )
     assert code == 0
-    assert "efficient_ad epoch 1/200 (step 2/2)" in capsys.readouterr().out
+    assert "efficient_ad epoch 1 (step 2/2)" in capsys.readouterr().out  # no epoch cap: the steps are the limit
     assert load(tmp_path / "m.pt").history.steps == 2

@@ -69,6 +69,8 @@ _LAZY = {
     "VectorQuantizerEMA": "vector_quantizer",
     # per-channel statistics of feature maps (EfficientAD's teacher, CS-Flow's standardisation)
     "ChannelStatistics": "channel_statistics",
+    # EfficientAD's patch description network (its teacher and student)
+    "PatchDescriptionNetwork": "pdn",
     # nearest-neighbour search (used by memory-bank models)
     "NearestNeighbors": "nearest_neighbors",
 }

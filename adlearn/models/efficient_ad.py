@@ -11,9 +11,10 @@ the two disagree the *logical* arrangement is abnormal (a missing part, a wrong 
 
 The steps, in the order of the paper (Sec. 3; reference ``anomalib.models.image.efficient_ad``):
 
-1. Teacher T: a PDN, frozen, distilled beforehand (`distill_teacher`, below; the paper distils
-   WideResNet-101 features on ImageNet). Its 384 output channels are normalised with their mean and
-   standard deviation over the training images (``on_fit_start``).
+1. Teacher T: a PDN (`adlearn.components.pdn`), frozen, distilled beforehand (`distill_teacher` in
+   `adlearn.models.efficient_ad_teacher`; the paper distils WideResNet-101 features on ImageNet). Its 384
+   output channels are normalised with their mean and standard deviation over the training images
+   (``on_fit_start``).
 2. Student S: the same PDN with 2 × 384 outputs; autoencoder A: 6 stride-2/valid convolutions down to
    64 × 1 × 1, then 7 × (bilinear upsampling → convolution) back to 384 channels at the PDN's size.
 3. Student loss (Sec. 3.2): d = (T(x) − S(x)[:384])²; *hard-feature loss* L_hard = mean of the d at or
@@ -26,12 +27,15 @@ The steps, in the order of the paper (Sec. 3; reference ``anomalib.models.image.
 5. Maps (Sec. 3.4): M_ST = channel mean of (T(x) − S(x)[:384])², M_AE = channel mean of
    (A(x) − S(x)[384:])²; padded by 4 positions on every side (the unpadded PDN's output is 8
    positions smaller than H/4), bilinearly upsampled; each normalised so that its 0.9-quantile on
-   normal validation images maps to 0 and its 0.995-quantile to 0.1 (``on_fit_end``); the map is
-   0.5 · M_ST + 0.5 · M_AE and the image score its maximum.
+   held-out normal images (Algorithm 1's validation set: ``val_fraction`` or ``val_data``; without them
+   the training images, with a warning) maps to 0 and its 0.995-quantile to 0.1 (``on_fit_end``); the
+   map is 0.5 · M_ST + 0.5 · M_AE and the image score its maximum.
 
 Defaults (the reference's): ``model_size="small"``, 384 teacher channels, lr 1e-4, weight decay 1e-5,
-batch size 1, 70 000 steps (and at most 200 epochs), map quantiles 0.9 / 0.995, hard-feature quantile
-0.999, unpadded convolutions with padded maps.
+batch size 1, 70 000 steps and no epoch limit, map quantiles 0.9 / 0.995, hard-feature quantile 0.999,
+unpadded convolutions with padded maps. Presets: ``paper`` = the defaults with 10 % of the training images
+held out as Algorithm 1's validation set (step 5's quantiles; also the loop's validation loss, whose best
+epoch is kept: the paper keeps the last); ``cpu`` = the same at 128 px for 1 800 steps.
 
 Deliberate differences:
 
@@ -63,6 +67,12 @@ Deliberate differences:
 (h) *The learning-rate decay happens.* The reference builds ``StepLR(step_size = 0.95 · steps)`` but returns
     it to Lightning without ``interval="step"``, so it is stepped once per *epoch* and never decays within a
     run; ours multiplies the rate by 0.1 after 95 % of the steps, as that schedule intends.
+(i) *No epoch cap.* The reference's example configuration adds ``max_epochs: 1000`` to the 70 000 steps,
+    and ``lightning_model.configure_optimizers`` decays at 0.95 · min(steps, epochs × batches per epoch):
+    on a category of fewer than 70 training images the cap ends training early. The paper's 70 000 steps
+    are our only limit.
+(j) *Quantiles never from the test split.* anomalib's data modules take the validation images the reference
+    computes them on from the test split by default; ours are held-out training images.
 
 Apart from (c)–(h) the two codes compute the same function: from the same weights and images, their maps,
 losses, gradients and Adam steps agree to float rounding (`benchmarks/archive/check_efficient_ad_equivalence.py`).
@@ -71,71 +81,22 @@ losses, gradients and Adam steps agree to float rounding (`benchmarks/archive/ch
 from __future__ import annotations
 
 import math
-from pathlib import Path
+import warnings
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from adlearn.components.channel_statistics import ChannelStatistics
+from adlearn.components.pdn import PDN_BORDER, PDN_SIZES, PatchDescriptionNetwork
 from adlearn.data.natural_images import NaturalImageCrops, to_grayscale
 from adlearn.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from adlearn.models.base import Prediction, TrainedModel
 from adlearn.models.common import exact_quantile, prediction_from_map
-
-MODEL_SIZES = ("small", "medium")
-MAP_PADDING = 4  # the PDN's output positions lost at each border (see step 5)
+from adlearn.models.efficient_ad_teacher import distill_teacher, load_teacher_weights
 
 
-# ----------------------------------------------------------------------------- step 1-2: networks
-class PatchDescriptionNetwork(nn.Module):
-    """PDN (Sec. 3.1): ImageNet-normalised image -> (B, out_channels, H/4 − 8, W/4 − 8).
-
-    small:  conv4×4(3→128) ReLU avgpool2 conv4×4(128→256) ReLU avgpool2 conv3×3(256→256) ReLU conv4×4(256→out)
-    medium: conv4×4(3→256) ReLU avgpool2 conv4×4(256→512) ReLU avgpool2 conv1×1 ReLU conv3×3 ReLU
-            conv4×4(512→out) ReLU conv1×1(out→out)
-    All convolutions unpadded: each output feature sees a 33 × 33 pixel patch, 4 pixels apart.
-    Parameter names follow the reference so its pretrained teacher files load.
-    """
-
-    def __init__(self, out_channels: int = 384, model_size: str = "small"):
-        super().__init__()
-        if model_size not in MODEL_SIZES:
-            raise ValueError(f"model_size must be one of {MODEL_SIZES}, got {model_size!r}")
-        self.model_size = model_size
-        width = 128 if model_size == "small" else 256
-        self.conv1 = nn.Conv2d(3, width, kernel_size=4)
-        self.conv2 = nn.Conv2d(width, 2 * width, kernel_size=4)
-        if model_size == "small":
-            self.conv3 = nn.Conv2d(2 * width, 2 * width, kernel_size=3)
-            self.conv4 = nn.Conv2d(2 * width, out_channels, kernel_size=4)
-        else:
-            self.conv3 = nn.Conv2d(2 * width, 2 * width, kernel_size=1)
-            self.conv4 = nn.Conv2d(2 * width, 2 * width, kernel_size=3)
-            self.conv5 = nn.Conv2d(2 * width, out_channels, kernel_size=4)
-            self.conv6 = nn.Conv2d(out_channels, out_channels, kernel_size=1)
-
-    def forward(self, images: torch.Tensor, channels: slice | None = None) -> torch.Tensor:
-        """``channels``: compute only these output channels (the last convolution's rows), e.g. the
-        student's ``slice(0, 384)`` where only its teacher half is used — the same numbers as
-        ``forward(images)[:, channels]`` at a fraction of the last layer's cost."""
-        x = F.avg_pool2d(F.relu(self.conv1(images)), 2)  # (B, w, H/2 − 2, ...)
-        x = F.avg_pool2d(F.relu(self.conv2(x)), 2)  # (B, 2w, H/4 − 3, ...)
-        x = F.relu(self.conv3(x))
-        if self.model_size == "small":
-            return _conv_rows(self.conv4, x, channels)  # (B, out, H/4 − 8, W/4 − 8)
-        x = F.relu(self.conv5(F.relu(self.conv4(x))))
-        return _conv_rows(self.conv6, x, channels)
-
-
-def _conv_rows(conv: nn.Conv2d, x: torch.Tensor, channels: slice | None) -> torch.Tensor:
-    """``conv(x)[:, channels]`` computed with only those output channels' weights."""
-    if channels is None:
-        return conv(x)
-    bias = conv.bias[channels] if conv.bias is not None else None
-    return F.conv2d(x, conv.weight[channels], bias, conv.stride, conv.padding, conv.dilation, conv.groups)
-
-
+# ----------------------------------------------------------------------------- step 2: the autoencoder
 class AutoEncoder(nn.Module):
     """Sec. 3.3: image -> 64 × 1 × 1 code -> (B, out_channels, H/4 − 8, W/4 − 8).
 
@@ -258,12 +219,13 @@ def efficient_ad_anomaly_map(
 # ----------------------------------------------------------------------------- the model
 class EfficientAd(TrainedModel):
     name = "efficient_ad"
-    # The reference's training: 70 000 steps (at most 200 epochs), batch size 1.
-    training_defaults = {"max_steps": 70_000, "max_epochs": 200}
+    # The paper's training: 70 000 steps of batch size 1, the only limit (no epoch cap: see the docstring).
+    training_defaults = {"max_steps": 70_000, "max_epochs": None}
     # cpu: 1 800 steps at 128 px fit the 30-minutes-on-2-cores budget (35–50 CPU-minutes); measured figures
     # with each distilled teacher are in docs/benchmarks.md ("EfficientAD on the real bottle").
-    # The paper trains 70 000 steps at 256 px.
-    presets = {"cpu": {"image_size": 128, "max_steps": 1800, "val_fraction": 0.1}}
+    # paper: 10 % of the training images held out as Algorithm 1's validation set (the defaults hold none
+    # out, so that fit takes any data, even a DataLoader or a few images).
+    presets = {"paper": {"val_fraction": 0.1}, "cpu": {"image_size": 128, "max_steps": 1800, "val_fraction": 0.1}}
     scheduler_interval = "step"
 
     def __init__(
@@ -283,8 +245,8 @@ class EfficientAd(TrainedModel):
         batch_size: int = 1,
         **training,
     ):
-        if model_size not in MODEL_SIZES:
-            raise ValueError(f"EfficientAD: model_size must be one of {MODEL_SIZES}, got {model_size!r}")
+        if model_size not in PDN_SIZES:
+            raise ValueError(f"EfficientAD: model_size must be one of {PDN_SIZES}, got {model_size!r}")
         if not 0 < hard_quantile < 1 or not 0 <= map_quantiles[0] < map_quantiles[1] <= 1:
             raise ValueError(
                 f"EfficientAD: quantiles must lie in (0, 1) with q_a < q_b; got hard_quantile="
@@ -328,8 +290,6 @@ class EfficientAd(TrainedModel):
             return
         path = self.teacher_weights
         if path == "auto":
-            from adlearn.models.efficient_ad_teacher import distill_teacher
-
             path = distill_teacher(self.model_size, out_channels=self.channels, device=self.device)
         load_teacher_weights(self.teacher, path, self.model_size, self.channels)
 
@@ -348,16 +308,10 @@ class EfficientAd(TrainedModel):
         self.teacher_channel_statistics(data)
         self._natural = NaturalImageCrops(self.input_size, seed=self.seed) if self.penalty else None
         self._generator = torch.Generator().manual_seed(self.seed)
-        # lr × 0.1 after 95 % of the steps this fit will take
-        per_epoch = (
-            len(data) if isinstance(data, torch.utils.data.DataLoader) else math.ceil(len(data) / trainer.batch_size)
-        )
-        limits = [
-            limit
-            for limit in (trainer.config.max_steps, trainer.config.max_epochs and trainer.config.max_epochs * per_epoch)
-            if limit
-        ]
-        self._decay_step = int(0.95 * min(limits))
+        # lr × 0.1 after 95 % of the steps this fit will take (whichever limit comes first: steps or epochs)
+        config, batches = trainer.config, len(trainer.make_loader(data))
+        limits = (config.max_steps, config.max_epochs and config.max_epochs * batches)
+        self._decay_step = int(0.95 * min(limit for limit in limits if limit))
 
     # ------------------------------------------------------------------ steps 2-4: training
     def normalized_teacher(self, images: torch.Tensor) -> torch.Tensor:
@@ -408,14 +362,22 @@ class EfficientAd(TrainedModel):
         map_st = (teacher - student[:, : self.channels]).pow(2).mean(1, keepdim=True)
         map_ae = (autoencoder - student[:, self.channels :]).pow(2).mean(1, keepdim=True)
         size = images.shape[-2:]
-        return tuple(F.interpolate(F.pad(m, (MAP_PADDING,) * 4), size=size, mode="bilinear") for m in (map_st, map_ae))
+        return tuple(F.interpolate(F.pad(m, (PDN_BORDER,) * 4), size=size, mode="bilinear") for m in (map_st, map_ae))
 
     @torch.no_grad()
     def on_fit_end(self, data, trainer) -> None:
-        """Step 5's quantiles, on the normal validation images (held out by ``val_fraction``, or passed
-        as ``val_data``); without validation data, on the training images."""
+        """Step 5's quantiles, on the normal validation images (Sec. 3.4, Algorithm 1): those held out by
+        ``val_fraction`` or passed as ``val_data`` (label 0 only). Without them, the training images, with a
+        warning: the student has fitted those, so the quantiles come out lower and the maps higher."""
         self.eval()
-        source = trainer.val_data if trainer.val_data is not None else data
+        source = trainer.val_data
+        if source is None:
+            warnings.warn(
+                "EfficientAD: no validation images (val_fraction=0 and no val_data): the map quantiles come "
+                "from the training images; hold some out: val_fraction=0.1, as preset='paper' does",
+                stacklevel=2,
+            )
+            source = data
         maps_st, maps_ae = [], []
         for batch in trainer.make_loader(source, shuffle=False):
             images = batch["image"][batch["label"] == 0] if "label" in batch else batch["image"]
@@ -425,13 +387,8 @@ class EfficientAd(TrainedModel):
                 maps_ae.append(map_ae.flatten().cpu())
         if not maps_st:
             raise ValueError("EfficientAD: no normal image to compute the map quantiles on")
-        low, high = self.map_quantile_levels
-        st, ae = torch.cat(maps_st), torch.cat(maps_ae)
-        self.quantiles.copy_(
-            torch.stack(
-                [exact_quantile(st, low), exact_quantile(st, high), exact_quantile(ae, low), exact_quantile(ae, high)]
-            )
-        )
+        maps = (torch.cat(maps_st), torch.cat(maps_ae))
+        self.quantiles.copy_(torch.stack([exact_quantile(m, q) for m in maps for q in self.map_quantile_levels]))
 
     def anomaly_map(self, images: torch.Tensor) -> torch.Tensor:
         map_st, map_ae = self.raw_maps(images)
@@ -440,25 +397,3 @@ class EfficientAd(TrainedModel):
 
     def predict_step(self, images: torch.Tensor) -> Prediction:
         return prediction_from_map(self.anomaly_map(images))  # image score = max
-
-
-def load_teacher_weights(teacher: PatchDescriptionNetwork, path: str | Path, model_size: str, channels: int) -> None:
-    """A PDN state dict (ours or the reference's ``pretrained_teacher_{small,medium}.pth``) into ``teacher``."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"EfficientAD: no teacher weights at {path} (teacher_weights= a .pth file, 'auto' "
-            "to distil one here, or 'none')"
-        )
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    state = state.get("state_dict", state) if isinstance(state, dict) else state
-    expected = {k: tuple(v.shape) for k, v in teacher.state_dict().items()}
-    found = {k: tuple(v.shape) for k, v in state.items()} if isinstance(state, dict) else {}
-    if found != expected:
-        differences = sorted(set(expected) ^ set(found)) or [k for k in expected if expected[k] != found.get(k)]
-        raise ValueError(
-            f"EfficientAD: {path.name} does not hold a {model_size} PDN with {channels} output channels "
-            f"(first difference: {differences[0]!r}, expected {expected.get(differences[0])}, found "
-            f"{found.get(differences[0])}); pass model_size= and teacher_out_channels= to match the file"
-        )
-    teacher.load_state_dict(state)
