@@ -311,6 +311,10 @@ def test_errors_name_the_fix():
         create("dsr", **{**TINY, "vq_weights": None})
     with pytest.raises(ValueError, match="vq_finetune_epochs must be an int >= 0"):
         create("dsr", vq_finetune_epochs=-1, **TINY)
+    # files saved before the option's rename load (adlearn.load calls the class): vq_epochs is read as vq_finetune_epochs
+    from adlearn.models.dsr import Dsr
+
+    assert Dsr(vq_epochs=3, **TINY).config["vq_finetune_epochs"] == 3
 
 
 def test_defaults_are_the_reference(monkeypatch):

@@ -217,6 +217,8 @@ class Dsr(TrainedModel):
     ):
         from adlearn.data import PerlinAnomalyGenerator
 
+        if "vq_epochs" in training:  # a file saved before the option's rename: the same meaning
+            vq_finetune_epochs = training.pop("vq_epochs") or 0
         super().__init__(
             image_size=image_size, center_crop=center_crop, device=device, seed=seed, batch_size=batch_size, **training
         )
