@@ -17,7 +17,9 @@ error and retried only with ``--retry-failed``), ``logs/`` (each cell's output),
 load), ``auroc_vs_fit_time.png`` and ``auroc_per_model.png``, ``machine.json``. ``--book-page``
 writes (or updates, one section per ``--label``) the book's generated "Benchmarks" page.
 
-``--preset cpu|paper`` is passed to ``adlearn.create(name, preset=...)`` only when given.
+Every cell builds its model as ``adlearn.create(name, preset=..., **options)`` does (`adlearn.options`):
+``--preset`` defaults to ``cpu`` (offline backbones, a laptop's budget; printed at the start; ``--preset paper``
+or ``none`` for the papers' settings), and ``--set`` is checked for every model before the first cell.
 """
 
 from __future__ import annotations
@@ -36,8 +38,6 @@ import time
 from collections import Counter
 from pathlib import Path
 
-OFFLINE_BACKBONE = "efficientnet_lite0"
-DEFAULT_IMAGE_SIZE = 256  # without --image-size and without a preset
 CELLS, LOGS = "cells", "logs"
 # Per-cell columns of results.csv, in order (load columns come from adlearn.machine.LoadGuard).
 COLUMNS = (
@@ -77,30 +77,30 @@ def cell_key(model: str, category: str, seed: int) -> str:
 
 
 def accepted_options(model: str) -> set[str]:
-    """The option names ``adlearn.create(model, ...)`` takes: its constructor's, plus the training loop's
-    (``max_epochs``, ``max_steps``, ``patience``, ...) for a trained model."""
-    from adlearn.models import TrainedModel, get_model_class
-    from adlearn.train import TrainingConfig
+    """The option names ``adlearn.create(model, ...)`` takes (`adlearn.options.accepted_options`)."""
+    from adlearn.options import accepted_options as accepted
 
-    model_class = get_model_class(model)
-    names = set(inspect.signature(model_class.__init__).parameters) - {"self", "training"}
-    return names | set(TrainingConfig.keys()) if issubclass(model_class, TrainedModel) else names
+    return set(accepted(model))
+
+
+def shared_options(spec: dict) -> dict:
+    """The run's options for every model: ``--image-size`` and ``--backbone`` when given, then ``--set``."""
+    given = {key: spec[key] for key in ("image_size", "backbone") if spec.get(key) is not None}
+    return {**given, **(spec.get("set") or {})}
 
 
 def model_options(model: str, spec: dict) -> dict:
-    """The options ``adlearn.create`` gets for this model: only those it accepts."""
-    accepted = accepted_options(model)
+    """The explicit options ``adlearn.create(model, preset=spec["preset"], ...)`` gets in this cell; `adlearn.options`
+    lays them over the preset and the model's defaults, as for ``adlearn.create`` and ``adlearn evaluate``.
+
+    Device and seed, then the run's options (`shared_options`) under the rule of
+    `adlearn.options.options_for_models`: a plain ``KEY`` goes to the models that have it, ``MODEL.KEY`` to
+    ``MODEL`` only (the whole run is checked before its first cell, and the models without a key are listed)."""
+    from adlearn.options import options_for_models
+
     options = {"device": spec["device"], "seed": spec["seed"]}
-    # An explicit --image-size wins; without one a preset keeps its own size (e.g. 128 for cpu), else 256.
-    if spec.get("image_size") is not None or not spec.get("preset"):
-        options["image_size"] = spec.get("image_size") or DEFAULT_IMAGE_SIZE
-    if spec.get("backbone"):
-        options["backbone"] = spec["backbone"]
-    elif not spec.get("preset") and "backbone" in accepted:
-        # No preset: the backbone with packaged offline weights (the model defaults need the hub).
-        options.update(backbone=OFFLINE_BACKBONE, pretrained="auto")
-    options.update(spec.get("set", {}))
-    return {key: value for key, value in options.items() if key in accepted}
+    options.update(options_for_models([model], shared_options(spec), check=False)[model])
+    return options
 
 
 def run_cell(spec: dict) -> dict:
@@ -209,11 +209,14 @@ def resolve_categories(text: str | None, root: str | None) -> list[str]:
     return chosen
 
 
-def _check_set_keys(models: list[str], options: dict) -> None:
-    """A ``--set`` key no selected model accepts is a typo: say so rather than drop it."""
-    for key in options:
-        if not any(key in accepted_options(m) for m in models):
-            raise ValueError(f"--set {key}=...: none of {', '.join(models)} has an option {key!r}")
+def _check_set_keys(models: list[str], options: dict) -> dict[str, list[str]]:
+    """Check the run's options before any cell starts (`adlearn.options.options_for_models`): a key none of
+    ``models`` has, or a ``MODEL.KEY`` that ``MODEL`` lacks, is an `adlearn.options.OptionError` naming the
+    closest option. Returns ``{key: the models without it}`` (they run without it; `cmd_benchmark` says so)."""
+    from adlearn.options import not_applied, options_for_models
+
+    options_for_models(models, options)
+    return not_applied(models, options)
 
 
 def run_benchmark(
@@ -303,9 +306,9 @@ def preset_options(model: str, preset: str | None) -> dict | None:
     """What ``preset`` sets for ``model`` (recorded in each cell: a preset edited later makes its cells stale)."""
     if preset is None:
         return None
-    from adlearn.models import get_model_class
+    from adlearn.options import preset_options as chosen  # an unknown preset: an error naming the model's presets
 
-    return dict(getattr(get_model_class(model), "presets", {}).get(preset, {}))
+    return chosen(model, preset)
 
 
 def _finished(out: Path, cell: tuple, spec: dict, retry_failed: bool) -> bool:
@@ -650,18 +653,27 @@ def add_parser(sub) -> None:
     parser.add_argument("--root", help="MVTec-layout root (default: the embedded synthetic data)")
     parser.add_argument("--categories", default="all", help="'all' or a comma-separated list")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated model seeds (default 0,1,2)")
-    parser.add_argument("--preset", help="passed to adlearn.create(name, preset=...), e.g. cpu or paper")
+    parser.add_argument(
+        "--preset",
+        default="cpu",
+        help="the models' named recipe, passed to adlearn.create(name, preset=...): cpu (offline backbones, a "
+        "laptop's budget; the default), paper, or none (each model's defaults)",
+    )
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     parser.add_argument(
-        "--image-size", type=int, help=f"image side for every model (default: the preset's, else {DEFAULT_IMAGE_SIZE})"
+        "--image-size", type=int, help="image side for every model (default: the preset's, else the model's)"
     )
-    parser.add_argument("--backbone", help=f"backbone for every model (default without a preset: {OFFLINE_BACKBONE})")
+    parser.add_argument(
+        "--backbone", help="backbone for every model that has one (default: the preset's, else the model's)"
+    )
     parser.add_argument(
         "--set",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="a model option for the models that have it, e.g. --set max_epochs=2 (repeatable)",
+        help="a model option, e.g. --set max_epochs=2 (repeatable): a plain KEY goes to every selected model that "
+        "has it (the others are listed at the start; a KEY none has is an error), MODEL.KEY=VALUE to one model, "
+        "e.g. --set padim.n_features=50",
     )
     parser.add_argument("--max-train", type=int, help="use at most this many training images (evenly spaced)")
     parser.add_argument("--threads", type=int, help="torch threads per cell (default: torch's default)")
@@ -678,9 +690,15 @@ def add_parser(sub) -> None:
 
 
 def cmd_benchmark(args) -> int:
-    from adlearn.cli import _parse_set
+    from adlearn.options import describe_preset, parse_set
 
     models = resolve_models(args.models)
+    preset = None if args.preset == "none" else args.preset
+    options = parse_set(args.set)
+    skipped = _check_set_keys(models, shared_options({**vars(args), "set": options}))  # before any output
+    print(describe_preset(models, preset), file=sys.stderr)
+    for key, lacking in skipped.items():
+        print(f"{key}: not an option of {', '.join(lacking)}, which run without it", file=sys.stderr)
     categories = resolve_categories(args.categories, args.root)
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
@@ -693,11 +711,11 @@ def cmd_benchmark(args) -> int:
         seeds,
         out,
         root=args.root,
-        preset=args.preset,
+        preset=preset,
         device=args.device,
         image_size=args.image_size,
         backbone=args.backbone,
-        options=_parse_set(args.set),
+        options=options,
         threads=args.threads,
         max_train=args.max_train,
         time_limit=args.time_limit or None,

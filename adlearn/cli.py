@@ -4,19 +4,21 @@
     adlearn evaluate MODEL [--preset cpu|paper] [--root DIR --category NAME] [--image-size 256] [--backbone NAME]
             [--pretrained auto|hub|none|PATH] [--set KEY=VALUE ...] [--device auto|cpu|cuda]
             [--seed 0] [--json FILE] [--figure FILE] [--save FILE]
-    adlearn demo [--models padim,...]    # the README's main job on the embedded synthetic data
+    adlearn demo [--models padim,...] [--preset cpu] [--set KEY=VALUE ...]  # the README's job, on synthetic data
     adlearn data synth --root DIR [--category NAME|all] [--image-size N] [--seed S]
     adlearn benchmark [--models all|a,b] [--root DIR] [--seeds 0,1,2] [--preset cpu|paper] --out DIR
     adlearn sweep NOTEBOOK... -p NAME V1,V2 ... --out DIR [--jobs N | --scheduler tcp://HOST:PORT]
 
 Without ``--root`` every command uses the embedded synthetic dataset (generated once, cached).
+Every command builds its models through `adlearn.options` (defaults <- ``--preset`` <- explicit options),
+exactly as ``adlearn.create(name, preset=..., **options)`` does: the same options give the same model.
+``evaluate`` starts from the paper's defaults; ``demo`` and ``benchmark`` name the ``cpu`` preset (offline
+backbones, laptop recipes) as their default and print what it sets.
 """
 
 from __future__ import annotations
 
 import argparse
-import ast
-import inspect
 import json
 import sys
 from pathlib import Path
@@ -24,39 +26,21 @@ from pathlib import Path
 OFFLINE_BACKBONE = "efficientnet_lite0"
 
 
-def _parse_set(pairs: list[str]) -> dict:
-    options = {}
-    for pair in pairs or []:
-        if "=" not in pair:
-            raise SystemExit(f"--set expects KEY=VALUE, got {pair!r}")
-        key, raw = pair.split("=", 1)
-        try:
-            options[key] = ast.literal_eval(raw)
-        except (ValueError, SyntaxError):
-            options[key] = raw  # a bare word such as a backbone name
-    return options
-
-
-def _model_options(model_class, args, extra: dict) -> dict:
-    """The preset's options (``--preset``), then the ones given explicitly on the command line."""
-    from adlearn.models import TrainedModel
-    from adlearn.train import TrainingConfig
-
-    accepted = [name for name in inspect.signature(model_class.__init__).parameters if name not in ("self", "training")]
-    if issubclass(model_class, TrainedModel):
-        accepted += TrainingConfig.keys()
-    options = model_class.preset(getattr(args, "preset", None))
-    options.update({"device": args.device, "seed": args.seed})
+def run_options(args, extra: dict | None = None) -> dict:
+    """The explicit options of an ``evaluate`` / ``demo`` command line: ``--device``, ``--seed``, the
+    ``--image-size`` / ``--backbone`` / ``--pretrained`` given, then ``--set`` (``extra``). The preset
+    (``--preset``) and the model's defaults lie under them (`adlearn.options.resolve_options`)."""
+    options = {"device": args.device, "seed": args.seed}
     for key in ("image_size", "backbone", "pretrained"):
-        if getattr(args, key) is not None:
+        if getattr(args, key, None) is not None:
             options[key] = getattr(args, key)
-    options.update(extra)
-    unknown = [key for key in options if key not in accepted]
-    if unknown:
-        raise SystemExit(
-            f"model {model_class.name!r} has no option {unknown[0]!r}; its options are: {', '.join(accepted)}"
-        )
+    options.update(extra or {})
     return options
+
+
+def _preset(args) -> str | None:
+    preset = getattr(args, "preset", None)
+    return None if preset == "none" else preset
 
 
 def _datasets(root: str | None, category: str | None, transform, image_size: int, seed: int):
@@ -73,13 +57,33 @@ def _datasets(root: str | None, category: str | None, transform, image_size: int
     return category, train, test
 
 
-def run_evaluation(model_name: str, args, extra: dict, category: str | None = None) -> dict:
+def demo_options(args) -> dict[str, dict]:
+    """Each ``adlearn demo`` model's explicit options: the run's (`run_options`, ``--set``) by the rule of
+    `adlearn.options.options_for_models` — a plain ``KEY`` to the models that have it (the others are
+    named), ``MODEL.KEY`` to one model; checked for every model (and its preset) before the first fit."""
+    from adlearn.options import not_applied, options_for_models, parse_set, resolve_options
+
+    models = [m for m in args.models.split(",") if m]
+    given = run_options(args, parse_set(args.set))
+    per_model = options_for_models(models, given)
+    for model_name in models:
+        resolve_options(model_name, _preset(args), per_model[model_name])
+    for key, lacking in not_applied(models, given).items():
+        print(f"{key}: not an option of {', '.join(lacking)}, which run without it", file=sys.stderr)
+    return per_model
+
+
+def run_evaluation(
+    model_name: str, args, extra: dict, category: str | None = None, options: dict | None = None
+) -> dict:
+    """Fit and evaluate one model: ``options`` (default: `run_options` of ``args`` and ``extra``) over
+    ``--preset``, built by `adlearn.options.build_model` as ``adlearn.create`` builds it."""
     import adlearn
     from adlearn.evaluate import fit_and_evaluate
-    from adlearn.models import get_model_class
+    from adlearn.options import build_model
 
-    model_class = get_model_class(model_name)
-    model = model_class(**_model_options(model_class, args, extra))
+    options = run_options(args, extra) if options is None else options
+    model = build_model(model_name, preset=_preset(args), options=options)
     image_size = model.image_size if isinstance(model.image_size, int) else max(model.image_size)
     category, train, test = _datasets(args.root, category or args.category, model.transform, image_size, args.seed)
     print(
@@ -94,7 +98,7 @@ def run_evaluation(model_name: str, args, extra: dict, category: str | None = No
         **results,
         "backbone": model.config.get("backbone"),
         "image_size": model.image_size,
-        "preset": getattr(args, "preset", None),
+        "preset": _preset(args),
         "device": str(model.device),
         "seed": args.seed,
         "adlearn_version": adlearn.__version__,
@@ -153,9 +157,10 @@ def cmd_models(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
+    from adlearn.options import parse_set
     from adlearn.plotting import metrics_table
 
-    results = run_evaluation(args.model, args, _parse_set(args.set))
+    results = run_evaluation(args.model, args, parse_set(args.set))
     print(metrics_table([results]))
     if results.get("note"):
         print(f"note: {results['note']}")
@@ -169,19 +174,22 @@ def cmd_demo(args) -> int:
     """Fit each demo model on every synthetic category; print one table; write one figure each."""
     from adlearn.data import SYNTHETIC_CATEGORIES
     from adlearn.models import available_models
+    from adlearn.options import describe_preset
     from adlearn.plotting import metrics_table
 
     models = [m for m in args.models.split(",") if m]
     missing = [m for m in models if m not in available_models()]
     if missing:
         raise SystemExit(f"unknown model(s) {missing}; available: {', '.join(available_models())}")
+    options = demo_options(args)
+    print(describe_preset(models, _preset(args)), file=sys.stderr)
     out = Path(args.out)
     rows = []
     for model_name in models:
         for category in SYNTHETIC_CATEGORIES:
             args.figure = str(out / f"{model_name}_{category}.png")
             args.root, args.category = None, category
-            rows.append(run_evaluation(model_name, args, {}, category))
+            rows.append(run_evaluation(model_name, args, {}, category, options=options[model_name]))
     print(metrics_table(rows))
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(rows, indent=2, default=str) + "\n")
@@ -196,22 +204,33 @@ def cmd_data_synth(args) -> int:
     return 0
 
 
-def _add_run_options(parser, default_backbone=None, default_pretrained=None) -> None:
+def _add_run_options(parser, default_preset=None) -> None:
+    parser.add_argument(
+        "--preset",
+        default=default_preset,
+        help="a named recipe: 'cpu' (offline backbones, a 2-core laptop on a real category), 'paper', or 'none' "
+        f"(the model's defaults); explicit options override it; adlearn models --presets lists them "
+        f"(default: {default_preset or 'none'})",
+    )
     parser.add_argument(
         "--image-size", type=int, default=None, help="input size (default: the model's or its preset's)"
     )
     parser.add_argument(
         "--backbone",
-        default=default_backbone,
-        help=f"timm backbone (model default if omitted; '{OFFLINE_BACKBONE}' has offline weights)",
+        default=None,
+        help=f"timm backbone (default: the preset's, else the model's; '{OFFLINE_BACKBONE}' has offline weights)",
     )
     parser.add_argument(
         "--pretrained",
-        default=default_pretrained,
-        help="auto (offline package, else hub) | hub | none | PATH to a state dict",
+        default=None,
+        help="auto (offline package, else hub) | hub | none | PATH to a state dict (default: the model's, auto)",
     )
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     parser.add_argument("--seed", type=int, default=0)
+
+
+def _add_set_option(parser, text: str) -> None:
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -224,20 +243,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = sub.add_parser("evaluate", help="fit a model and report its metrics")
     evaluate.add_argument("model")
-    evaluate.add_argument(
-        "--preset",
-        help="a named recipe: 'cpu' (a 2-core laptop on a real category) or 'paper'; "
-        "explicit options override it (adlearn models --presets lists them)",
-    )
     evaluate.add_argument("--root", help="MVTec-layout root (default: the embedded synthetic dataset)")
     evaluate.add_argument("--category")
     _add_run_options(evaluate)
-    evaluate.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="a model option, e.g. --set n_features=100 (repeatable)",
+    _add_set_option(
+        evaluate, "a model option, e.g. --set n_features=100 (repeatable; an option the model lacks is an error)"
     )
     evaluate.add_argument("--json", help="write the results as one JSON object")
     evaluate.add_argument("--figure", help="write an anomaly-map figure (PNG)")
@@ -247,7 +257,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="fit the demo models on the synthetic data: table + figures")
     demo.add_argument("--models", default="padim")
     demo.add_argument("--out", default="adlearn_results")
-    _add_run_options(demo, default_backbone=OFFLINE_BACKBONE, default_pretrained="auto")
+    _add_run_options(demo, default_preset="cpu")
+    _add_set_option(
+        demo,
+        "a model option (repeatable): a plain KEY goes to the models that have it (the others are named), "
+        "MODEL.KEY=VALUE to one, e.g. --set padim.n_features=50",
+    )
     demo.set_defaults(func=cmd_demo)
 
     data = sub.add_parser("data", help="dataset utilities")

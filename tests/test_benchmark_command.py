@@ -68,7 +68,9 @@ def test_summary_is_the_mean_and_std_over_seeds_and_failures_are_listed():
     assert "`dfm__weave__seed0` (failed): ValueError: bad" in table
 
 
-def test_preset_is_passed_only_when_given(monkeypatch):
+def test_the_cell_passes_the_preset_and_only_the_options_given(monkeypatch):
+    """A cell calls adlearn.create(name, preset=..., **explicit): the preset chooses backbone and image size
+    unless --backbone / --image-size are given; no option is added behind the preset's back."""
     import adlearn.models
 
     calls = []
@@ -78,50 +80,75 @@ def test_preset_is_passed_only_when_given(monkeypatch):
         raise RuntimeError("stop here")
 
     monkeypatch.setattr(adlearn.models, "create", fake_create)
-    benchmark.check_preset_support("cpu")  # the fake takes preset=: accepted
-    spec = {"model": "padim", "category": "weave", "seed": 0, "image_size": 64, "device": "cpu", "set": {}}
-    for preset in ("cpu", None):
-        with pytest.raises(RuntimeError, match="stop here"):
-            benchmark.run_cell({**spec, "preset": preset})
-    assert calls[0][1] == "cpu" and "backbone" not in calls[0][2]  # the preset chooses the backbone
-    assert calls[1][1] is None and calls[1][2]["backbone"] == benchmark.OFFLINE_BACKBONE
-
-    # Without --image-size a preset keeps its own image size (EfficientAD's cpu recipe is 128 px); an
-    # explicit size wins; no preset and no size: 256.
-    calls.clear()
+    spec = {"model": "padim", "category": "weave", "seed": 0, "image_size": None, "device": "cpu", "set": {}}
     for preset, size in (("cpu", None), ("cpu", 64), (None, None)):
         with pytest.raises(RuntimeError, match="stop here"):
             benchmark.run_cell({**spec, "model": "efficient_ad", "preset": preset, "image_size": size})
-    assert "image_size" not in calls[0][2] and calls[1][2]["image_size"] == 64
-    assert calls[2][2]["image_size"] == benchmark.DEFAULT_IMAGE_SIZE == 256
+    assert [call[1] for call in calls] == ["cpu", "cpu", None]
+    assert calls[0][2] == {"device": "cpu", "seed": 0}  # EfficientAD's cpu recipe keeps its own 128 px
+    assert calls[1][2]["image_size"] == 64 and "image_size" not in calls[2][2]  # explicit wins; else the model's
+    assert "backbone" not in calls[0][2] and "backbone" not in calls[2][2]  # never a silent backbone switch
     assert adlearn.models.get_model_class("efficient_ad").preset("cpu")["image_size"] == 128
-
-    def old_create(name, **options):
-        raise AssertionError("never called")
-
-    monkeypatch.setattr(adlearn.models, "create", old_create)
-    with pytest.raises(ValueError, match="does not take preset= yet"):
-        benchmark.check_preset_support("cpu")
-    benchmark.check_preset_support(None)  # no --preset: nothing to check
 
 
 def test_bad_arguments_are_named():
+    from adlearn.options import OptionError
+
     with pytest.raises(ValueError, match="unknown model"):
         benchmark.resolve_models("padim,nope")
-    with pytest.raises(ValueError, match="none of padim has an option 'max_epochs'"):
+    # one model: the same message as adlearn.create's
+    with pytest.raises(OptionError, match=r"padim: unknown option 'max_epochs'.*no training options"):
         benchmark._check_set_keys(["padim"], {"max_epochs": 2})
-    with pytest.raises(ValueError, match="none of padim, stfpm has an option 'max_epoch'"):
+    with pytest.raises(OptionError, match=r"unknown option 'max_epoch' \(did you mean 'max_epochs'\?\): none of"):
         benchmark._check_set_keys(["padim", "stfpm"], {"max_epoch": 2})
+    with pytest.raises(OptionError, match="stfpm: unknown option 'n_features'"):
+        benchmark._check_set_keys(["padim", "stfpm"], {"stfpm.n_features": 2})
+    with pytest.raises(OptionError, match="'dfm' is not one of this run's models"):
+        benchmark._check_set_keys(["padim", "stfpm"], {"dfm.n_features": 2})
+    with pytest.raises(OptionError, match="padim has no preset 'gpu'"):
+        benchmark.preset_options("padim", "gpu")
 
 
-def test_training_options_reach_trained_models_only():
-    """--set max_epochs=2: the training loop's options go to trained models (and not to PaDiM, which has none)."""
-    benchmark._check_set_keys(["padim", "stfpm"], {"max_epochs": 2, "patience": 1})
-    spec = {"seed": 0, "device": "cpu", "image_size": 64, "set": {"max_epochs": 2, "patience": 1}}
+def test_a_plain_key_goes_to_the_models_that_have_it_and_the_others_are_named():
+    """--set max_epochs=2: the training loop's options go to trained models; PaDiM, which has none, is named."""
+    assert benchmark._check_set_keys(["padim", "stfpm"], {"max_epochs": 2, "patience": 1}) == {
+        "max_epochs": ["padim"],
+        "patience": ["padim"],
+    }
+    spec = {
+        "seed": 0,
+        "device": "cpu",
+        "image_size": 64,
+        "set": {"max_epochs": 2, "patience": 1, "padim.n_features": 9},
+    }
     assert benchmark.model_options("stfpm", spec)["max_epochs"] == 2
-    assert "max_epochs" not in benchmark.model_options("padim", spec)
+    assert benchmark.model_options("padim", spec) == {"device": "cpu", "seed": 0, "image_size": 64, "n_features": 9}
     model = adlearn.create("stfpm", **{**benchmark.model_options("stfpm", spec), "pretrained": "none"})
     assert model.train_config.max_epochs == 2 and model.train_config.patience == 1
+
+
+def test_benchmark_prints_its_preset_and_the_models_an_option_skips(tmp_path, monkeypatch, capsys):
+    from adlearn.cli import main
+
+    seen = {}
+
+    def fake_run(models, categories, seeds, out, **settings):
+        seen.update(settings)
+        raise RuntimeError("stop before the cells")
+
+    monkeypatch.setattr(benchmark, "run_benchmark", fake_run)
+    argv = ["benchmark", "--models", "padim,stfpm", "--set", "max_epochs=1", "--out", str(tmp_path)]
+    with pytest.raises(RuntimeError, match="stop before the cells"):
+        main(argv)
+    err = capsys.readouterr().err
+    assert "preset: cpu (padim: backbone='efficientnet_lite0'; stfpm: backbone='efficientnet_lite0'," in err
+    assert "max_epochs: not an option of padim, which run without it" in err
+    assert seen["preset"] == "cpu" and seen["options"] == {"max_epochs": 1}
+    assert main([*argv[:-2], "--set", "max_epoch=1", "--out", str(tmp_path)]) == 2  # a typo: no cell runs
+    assert "unknown option 'max_epoch' (did you mean 'max_epochs'?)" in capsys.readouterr().err
+    with pytest.raises(RuntimeError):
+        main([*argv, "--preset", "none"])
+    assert seen["preset"] is None
 
 
 @pytest.mark.slow

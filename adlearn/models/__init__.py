@@ -21,10 +21,13 @@ from adlearn.models.registry import MODEL_CLASSES, available_models, get_model_c
 def create(name: str, preset: str | None = None, **options) -> AnomalyModel:
     """Build a registered model with its hyper-parameters, e.g. ``create("padim", n_features=100)``.
 
-    ``preset="cpu"`` (or ``"paper"``) starts from the model's named recipe; explicit options win.
+    ``preset="cpu"`` (or ``"paper"``) starts from the model's named recipe; explicit options win. The
+    options are resolved by `adlearn.options` (defaults <- preset <- explicit), as on the command line:
+    an unknown option or a rejected value is an `adlearn.options.OptionError` naming it.
     """
-    model_class = get_model_class(name)
-    return model_class(**{**model_class.preset(preset), **options})
+    from adlearn.options import build_model
+
+    return build_model(name, preset=preset, options=options)
 
 
 __all__ = [

