@@ -28,9 +28,11 @@ from adlearn.components import (
     NotFittedError,
     SingleClassGaussian,
     SparseRandomProjection,
+    kcenter_fast,
 )
 from adlearn.components import nearest_neighbors as nn_module
-from adlearn.components.kcenter_greedy import _Switch, coverage_radius
+from adlearn.components.kcenter_fast import Switch
+from adlearn.components.kcenter_greedy import coverage_radius
 
 
 def correlated_data(n: int, d: int, seed: int = 0, rank: int | None = None) -> torch.Tensor:
@@ -226,7 +228,7 @@ def brute_force_greedy(x: torch.Tensor, start: int, size: int, centres=()) -> li
 
 
 class TestKCenterGreedy:
-    @pytest.mark.parametrize("method", ["dense", "pruned", "adaptive"])
+    @pytest.mark.parametrize("method", ["greedy", "dense", "pruned", "adaptive"])
     @pytest.mark.parametrize("seed", [0, 1, 2])
     def test_identical_to_brute_force(self, method, seed):
         x = clustered_data(400, 16, seed=seed)
@@ -267,13 +269,13 @@ class TestKCenterGreedy:
         assert never.select_coreset_idxs() == eager.select_coreset_idxs() == dense
         # 1e-4: a probe always has >= 1 candidate (0.05 % of 2000), so it never leaves dense;
         # pruned steps are exactly the probes, one per PROBE_EVERY steps.
-        assert never.switches == [] and never.steps["pruned"] == 199 // _Switch.PROBE_EVERY
+        assert never.switches == [] and never.steps["pruned"] == 199 // Switch.PROBE_EVERY
         # 1.0: the first two probes switch to pruned and no window can exceed 100 %.
         assert [mode for _, mode, _ in eager.switches] == ["pruned"]
-        assert eager.switches[0][0] == 2 * _Switch.PROBE_EVERY
+        assert eager.switches[0][0] == 2 * Switch.PROBE_EVERY
 
     def test_switch_rule_and_threads(self):
-        switch = _Switch(1000, threads=2, adaptive=True, switch_fraction=0.2)
+        switch = Switch(1000, threads=2, adaptive=True, switch_fraction=0.2)
         with switch:
             assert switch.mode == "dense" and torch.get_num_threads() == 2
             wants = [switch.wants_candidates(p) for p in range(1, 17)]
@@ -339,16 +341,52 @@ class TestKCenterGreedy:
         # With centres {0, 5} the first new point is the farthest from both; 15 new ones follow.
         first = int(torch.cdist(x, x[[0, 5]]).min(dim=1).values.argmax())
         expected = brute_force_greedy(x, first, 15, centres=(0, 5))
-        for method in ("dense", "pruned", "adaptive"):
+        for method in ("greedy", "dense", "pruned", "adaptive"):
             sampler.method = method
             new = sampler.select_coreset_idxs(selected_idxs=[0, 5])
             assert new == expected and not {0, 5} & set(new)
         # Fewer distinct rows than the coreset size: each distinct row once, with a warning.
         repeated = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 3.0]]).repeat(10, 1)
-        for method in ("dense", "pruned", "adaptive"):
+        for method in ("greedy", "dense", "pruned", "adaptive"):
             with pytest.warns(UserWarning, match="distinct"):
                 idxs = KCenterGreedy(repeated, 0.5, project=False, method=method).select_coreset_idxs()
             assert sorted(repeated[idxs].tolist()) == sorted([[0.0, 0.0], [1.0, 0.0], [0.0, 3.0]])
+
+    @pytest.mark.parametrize(
+        "x, options",
+        [
+            (clustered_data(1200, 24, seed=9), {"project": False}),
+            (torch.randn(900, 96, generator=torch.Generator().manual_seed(10)), {"project": False}),
+            (clustered_data(600, 700, seed=11), {}),  # projected: JL width 162 < 700
+            (clustered_data(500, 12, seed=12).double(), {"project": False}),
+        ],
+        ids=["clustered", "gaussian", "projected", "float64"],
+    )
+    def test_fast_paths_pick_exactly_the_rows_of_the_readable_loop(self, x, options):
+        # kcenter_fast's methods are speed-ups of `method="greedy"` (the loop in kcenter_greedy): the same
+        # rows in the same order, with or without preselected centres, and the same final distances ("dense":
+        # bit for bit, the same formula; "pruned" gathers rows, so they differ in rounding only: rtol 1e-5).
+        # The greedy loop itself is a brute-force greedy on the selection features.
+        runs = {}
+        for method in ("greedy", "dense", "pruned", "adaptive"):
+            sampler = KCenterGreedy(x, 0.1, random_state=3, method=method, switch_fraction=0.3, **options)
+            runs[method] = (sampler.select_coreset_idxs(), sampler.min_distances.clone())
+            runs[method, "pre"] = sampler.select_coreset_idxs(selected_idxs=[4, 8])
+        greedy, distances = runs["greedy"]
+        for method in ("dense", "pruned", "adaptive"):
+            assert runs[method][0] == greedy and runs[method, "pre"] == runs["greedy", "pre"], method
+        assert torch.equal(runs["dense"][1], distances)
+        for method in ("pruned", "adaptive"):
+            torch.testing.assert_close(runs[method][1], distances, rtol=1e-5, atol=1e-5 * float(distances.max()))
+        assert greedy == brute_force_greedy(sampler.features, start=greedy[0], size=len(greedy))
+        assert coverage_radius is kcenter_fast.coverage_radius  # kcenter_greedy re-exports it
+
+    def test_auto_method_is_adaptive_on_cpu_and_the_greedy_loop_records_dense_steps(self):
+        x = clustered_data(300, 8, seed=13)
+        assert KCenterGreedy(x, 0.1).method == "adaptive"
+        greedy = KCenterGreedy(x, 0.1, method="greedy", project=False)
+        assert len(greedy.select_coreset_idxs()) == 30
+        assert greedy.steps == {"dense": 30, "pruned": 0} and greedy.switches == []
 
     def test_errors(self):
         with pytest.raises(ValueError, match="2-D"):
