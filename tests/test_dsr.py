@@ -17,7 +17,8 @@ from adlearn.models.dsr_anomalies import (
     replacement_codes,
     swap_codes,
 )
-from adlearn.models.dsr_vq import GeneralAppearanceModel, Residual, load_vq_weights, train_vq_model, vq_cache_path
+from adlearn.models.dsr_vq import GeneralAppearanceModel, Residual, load_vq_weights
+from adlearn.models.dsr_vq_training import train_vq_model, vq_cache_path
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.py
 

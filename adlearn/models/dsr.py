@@ -10,18 +10,18 @@ the subspace of normal appearance. Where the two images disagree is the anomaly.
 
 The modules, in the order of the paper (Sec. 3, Fig. 2):
 
-1. General object appearance (Sec. 3.1; `adlearn.models.dsr_vq`): a two-level VQ-VAE — F_hi at 1/4
-   and F_lo at 1/8 of the image, quantised to Q_hi, Q_lo with two EMA codebooks (decay 0.99,
-   commitment 0.25) — and its general decoder I_gen = D_gen(Q_lo, Q_hi). Trained first on natural
-   images only (phase 1), then frozen: it must stay *general*, able to draw a defect as well as the
-   object (the paper's ImageNet model; the reference loads it and never trains it).
+1. General object appearance (Sec. 3.1; `adlearn.models.dsr_vq`, pretrained in
+   `adlearn.models.dsr_vq_training`): a two-level VQ-VAE — F_hi at 1/4 and F_lo at 1/8 of the image,
+   quantised to Q_hi, Q_lo with two EMA codebooks (decay 0.99, commitment 0.25) — and its general
+   decoder I_gen = D_gen(Q_lo, Q_hi). Trained first on natural images only (phase 1), then frozen: it
+   must stay *general*, able to draw a defect as well as the object (the paper's ImageNet model; the
+   reference loads it and never trains it).
 2. Quantised-feature anomalies (Sec. 3.4; `adlearn.models.dsr_anomalies`): a Perlin mask M
    (`DsrAnomalyGenerator`), max-pooled to the latent grid; inside it every code is replaced by a random
-   one among its near neighbours — drawn
-   from the nearest ⌊s·K⌋ + 1 codes to the unquantised feature, skipping the nearest 5 %, with the
-   strength s ~ U(0.2, 1) per image (`swap_codes`). Per image: both levels (½: Q̃_lo, then the fine
-   codes that Q̃_lo gives, swapped), only Q_lo (¼) or only Q_hi (¼), the other level keeping the normal
-   codes (`quantized_anomalies`).
+   one among its near neighbours — drawn from the nearest ⌊s·K⌋ + 1 codes to the unquantised feature,
+   skipping the nearest 5 %, with the strength s ~ U(0.2, 1) per image (`swap_codes`). Per image: both
+   levels (½: Q̃_lo, then the fine codes that Q̃_lo gives, swapped), only Q_lo (¼) or only Q_hi (¼), the
+   other level keeping the normal codes (`quantized_anomalies`).
 3. Object-specific decoder (Sec. 3.2): the subspace restriction modules (a U-Net-like network per
    level, `SubspaceRestriction`) map the anomalous Q̃ to normal-looking features F̂, which are
    quantised again (Q̂) and decoded into I_spc = D_spc(up(Q̂_lo), Q̂_hi) (`ObjectSpecificDecoder`).
@@ -36,27 +36,28 @@ The modules, in the order of the paper (Sec. 3, Fig. 2):
    ``score_window`` × ``score_window`` windows (21 at 256 px).
 
 Training: ``fit`` first gets the phase-1 model (`prepare_vq`: pretrained on natural crops on the shared
-loop and cached, or a file), then runs phases of the shared loop (`training_phases`), each with its
-own step: "restriction" (`restriction_step`: modules of steps 3–4, Adam lr 2e-4, learning rate ×0.1
-after 80 % of the phase) and "upsampling" (`upsampling_step`: step 5, Adam lr 2e-4); the VQ model is
-frozen in both. An option outside the paper, off by default: ``vq_finetune_epochs`` > 0 first
-fine-tunes the VQ model on the category's normal images mixed with ``natural_share`` as many natural
-crops (phase "vq_finetune", `vq_finetune_step`), then freezes it. ``max_epochs`` counts phases 2 + 3 as the reference does (700 by default): the first
-``upsampling_train_ratio`` (0.7) of them are phase 2, the rest phase 3 — the reference code's meaning (its documentation calls the ratio the upsampling share).
+loop and cached, or a file), then runs phases of the shared loop (`training_phases`), each with its own
+step: "restriction" (`restriction_step`: modules of steps 3–4, Adam lr 2e-4, learning rate ×0.1 after
+80 % of the phase) and "upsampling" (`upsampling_step`: step 5, Adam lr 2e-4); the VQ model is frozen in
+both. An option outside the paper, off by default: ``vq_finetune_epochs`` > 0 first fine-tunes the VQ
+model on the category's normal images mixed with ``natural_share`` as many natural crops (phase
+"vq_finetune", `vq_finetune_step`), then freezes it. ``max_epochs`` counts phases 2 + 3 as the reference
+does (700 by default): the first ``upsampling_train_ratio`` (0.7) of them are phase 2, the rest phase 3
+— the reference code's meaning (its documentation calls the ratio the upsampling share).
 
 Defaults (the reference): 128 hidden channels, 2 residual layers of 64, 4096 codes of dimension 128,
 detection and upsampling U-Net width 64, latent anomaly strength 0.2, batch 8, images in [0, 1] (no
 ImageNet normalisation: our datasets' normalisation is undone first).
 
 Deliberate differences: (a) phase 1 is trained here, offline, on the photographs the installed wheels
-ship (`adlearn.models.dsr_vq`; the paper uses ImageNet; ``vq_weights=PATH`` loads the official file); (b) the focal losses take logits (the reference
-passes softmax probabilities to kornia's focal loss, which applies a second softmax); (c) the phase-2
-learning-rate step is applied (the reference builds the StepLR but, with manual optimisation, never
-steps it); (d) the U-Nets are the shared `adlearn.components.UNet` with instance norm (encoder widths
-w, 2w, 4w, 4w as the reference; decoder widths of the shared layout); (e) the object decoder's
-bottleneck has ``num_hiddens // 2`` channels (64 at the defaults, the reference's fixed 64);
-(f) ``score_window`` follows the image size at 21·H/256 (odd), 21 at 256 px; (g) an image picked to be
-anomalous always gets a non-empty mask.
+ship (`adlearn.models.dsr_vq_training`; the paper uses ImageNet; ``vq_weights=PATH`` loads the official file);
+(b) the focal losses take logits (the reference passes softmax probabilities to kornia's focal loss,
+which applies a second softmax); (c) the phase-2 learning-rate step is applied (the reference builds the
+StepLR but, with manual optimisation, never steps it); (d) the U-Nets are the shared
+`adlearn.components.UNet` with instance norm (encoder widths w, 2w, 4w, 4w as the reference; decoder
+widths of the shared layout); (e) the object decoder's bottleneck has ``num_hiddens // 2`` channels (64
+at the defaults, the reference's fixed 64); (f) ``score_window`` follows the image size at 21·H/256
+(odd), 21 at 256 px; (g) an image picked to be anomalous always gets a non-empty mask.
 """
 
 from __future__ import annotations
@@ -70,7 +71,8 @@ from adlearn.components import UNet, double_conv, focal_loss, up_conv
 from adlearn.data.transforms import denormalize
 from adlearn.models.base import Prediction, TrainedModel
 from adlearn.models.dsr_anomalies import DsrAnomalyGenerator, quantized_anomalies
-from adlearn.models.dsr_vq import GeneralAppearanceModel, ResidualStack, load_vq_weights, train_vq_model
+from adlearn.models.dsr_vq import GeneralAppearanceModel, ResidualStack, load_vq_weights
+from adlearn.models.dsr_vq_training import train_vq_model
 
 
 # ----------------------------------------------------------------------------- step 3: object-specific decoder
