@@ -115,8 +115,8 @@ def preset_options(model_name: str, preset: str | None) -> dict:
     available = sorted(set(model_class.presets) | {"paper"})
     if preset not in available:
         raise OptionError(
-            f"{model_class.name} has no preset {preset!r}{_did_you_mean(preset, available)}; "
-            f"its presets: {', '.join(available)} (adlearn models --presets lists what each sets)"
+            f"{model_class.name} has no preset {preset!r}; presets: {', '.join(available)}"
+            f"{_did_you_mean(preset, available)} (adlearn models --presets lists what each sets)"
         )
     return dict(model_class.preset(preset))
 
@@ -168,13 +168,14 @@ def build_model(model_name: str, preset: str | None = None, options: dict | None
     """The model ``resolve_options`` describes (what ``adlearn.create`` returns).
 
     A value the model rejects is reported as the user spelled it: when the model's own error does not
-    name the option (a component's parameter has another name), the error names the option given."""
+    name the option (a component's parameter has another name), the error names the option given. A more
+    specific error class (e.g. `adlearn.data.DataError`) is the model's own and passes unchanged."""
     resolved = resolve_options(model_name, preset, options)
     model_class = _model_class(model_name)
     try:
         return model_class(**resolved)
     except (ValueError, TypeError) as error:
-        culprit = _culprit(model_name, preset, options or {}, error)
+        culprit = _culprit(model_name, preset, options or {}, error) if type(error) in (ValueError, TypeError) else None
         if culprit is None:
             raise
         key, source = culprit

@@ -144,4 +144,4 @@ def test_evaluate_with_a_preset_and_explicit_options_over_it(small_synthetic_roo
     assert main(["evaluate", "stfpm", "--preset", "cpu", "--set", "max_epoch=1"]) == 2
     assert "unknown option 'max_epoch' (did you mean 'max_epochs'?)" in capsys.readouterr().err
     assert main(["evaluate", "stfpm", "--preset", "gpu"]) == 2  # a clear error message
-    assert "stfpm has no preset 'gpu' (did you mean 'cpu'?)" in capsys.readouterr().err
+    assert "stfpm has no preset 'gpu'; presets: cpu, paper (did you mean 'cpu'?)" in capsys.readouterr().err

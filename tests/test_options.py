@@ -153,7 +153,7 @@ def test_an_unknown_option_is_the_same_error_everywhere_with_the_closest_match(c
     assert "Training options: max_epochs, max_steps, patience" in error_of(lambda: adlearn.create("stfpm", epochs=2))
     # an unknown preset, the same way
     preset_message = error_of(lambda: adlearn.create("padim", preset="gpu"))
-    assert preset_message.startswith("padim has no preset 'gpu' (did you mean 'cpu'?); its presets: cpu, paper")
+    assert preset_message.startswith("padim has no preset 'gpu'; presets: cpu, paper (did you mean 'cpu'?)")
     assert cli_error(["evaluate", "padim", "--preset", "gpu"], capsys) == preset_message
     assert cli_error(["demo", "--models", "padim", "--preset", "gpu"], capsys) == preset_message
 
