@@ -1,4 +1,16 @@
-"""Small helpers every layer may use: device choice, seeding, one CPU thread for small work."""
+"""Small helpers every layer may use: device choice, seeding, one CPU thread for small work.
+
+Randomness. adlearn never reseeds the caller's global generators (Python's `random`, NumPy's
+`np.random`, torch's CPU and CUDA generators) behind their back:
+
+* explicit draws (a channel choice, a projection matrix, a shuffle) take their own generator,
+  `torch_generator(seed)` / `numpy_generator(seed)`;
+* implicit draws (torch's default layer initialisation, dropout) run inside `seeded(seed)`, which seeds
+  the global generators for the block and puts the caller's states back on exit, or inside a
+  `RandomStream`, a private stream that goes on where it stopped each time it is entered.
+
+`seed_everything` is for users and notebooks that *want* the global generators seeded.
+"""
 
 from __future__ import annotations
 
@@ -23,25 +35,142 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 
 def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (CPU and CUDA) so a run repeats."""
+    """Seed Python, NumPy and torch (CPU and CUDA) globally, for a user's or a notebook's whole run.
+
+    Models never call it: they draw from their own generators (see the module docstring).
+    """
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     os.environ.setdefault("PYTHONHASHSEED", str(seed))
 
 
+def torch_generator(seed: int, device: str | torch.device = "cpu") -> torch.Generator:
+    """A `torch.Generator` on ``device`` seeded with ``seed``: explicit draws that repeat, the global one untouched."""
+    return torch.Generator(device=torch.device(device)).manual_seed(int(seed))
+
+
+def numpy_generator(seed: int | None) -> np.random.Generator:
+    """A NumPy `Generator` seeded with ``seed`` (``None``: fresh entropy); NumPy's global state untouched."""
+    return np.random.default_rng(seed)
+
+
+def _cuda_devices(device: str | torch.device | None) -> list[int]:
+    """The CUDA devices whose generators a block may draw from: all of them when the block runs on a GPU or
+    CUDA is already in use; none otherwise (so a CPU block never initialises CUDA)."""
+    if not torch.cuda.is_available():
+        return []
+    on_gpu = device is not None and torch.device(device).type == "cuda"
+    if on_gpu or torch.cuda.is_initialized():
+        return list(range(torch.cuda.device_count()))
+    return []
+
+
+def _capture(cuda: list[int]) -> dict:
+    """The global generators' states (Python, NumPy, torch CPU and the given CUDA devices)."""
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": {index: torch.cuda.get_rng_state(index) for index in cuda},
+    }
+
+
+def _restore(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    for index, cuda_state in state["cuda"].items():
+        torch.cuda.set_rng_state(cuda_state, index)
+
+
+def _seed_globals(seed: int, cuda: list[int]) -> None:
+    """Seed Python, NumPy, torch CPU and the given CUDA devices (not `torch.manual_seed`: on a machine whose
+    CUDA is not initialised it would queue a seed for the caller's future CUDA generator)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.default_generator.manual_seed(seed)
+    for index in cuda:
+        torch.cuda.default_generators[index].manual_seed(seed)
+
+
+class RandomStream:
+    """A private random stream for code that draws from the global generators (layer initialisation, dropout).
+
+    Inside ``with stream:`` the global generators (Python, NumPy, torch CPU and CUDA) continue this stream —
+    seeded with ``seed`` on the first entry, where the last block left it afterwards; on exit the stream's
+    state is kept and the caller's states are put back byte for byte. Nested entries of the same stream are
+    one block. The training loop keeps one per run, so stepping by hand repeats as ``fit`` does.
+
+        stream = RandomStream(0)
+        with stream:
+            a = torch.rand(1)  # the first number of seed 0's stream
+        torch.rand(1)  # the caller's own stream: neither moved nor reseeded by the block
+        with stream:
+            b = torch.rand(1)  # the second number of seed 0's stream
+    """
+
+    def __init__(self, seed: int, device: str | torch.device | None = None):
+        self.seed = int(seed)
+        self.device = device
+        self._state: dict | None = None  # the stream's own state between blocks (None: not started)
+        self._outer: dict | None = None  # the caller's state during a block
+        self._depth = 0
+
+    def __enter__(self) -> RandomStream:
+        self._depth += 1
+        if self._depth > 1:
+            return self
+        cuda = _cuda_devices(self.device)
+        self._outer = _capture(cuda)
+        if self._state is None:
+            _seed_globals(self.seed, cuda)
+        else:
+            _restore(self._state)
+            fresh = [index for index in cuda if index not in self._state["cuda"]]
+            for index in fresh:  # CUDA came into use since the last block
+                torch.cuda.default_generators[index].manual_seed(self.seed)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._depth -= 1
+        if self._depth:
+            return
+        outer, self._outer = self._outer, None
+        self._state = _capture(list(outer["cuda"]))
+        _restore(outer)
+
+    def reset(self, seed: int | None = None) -> None:
+        """Start the stream again from ``seed`` (default: the same one) — now inside a block, else at the next."""
+        if seed is not None:
+            self.seed = int(seed)
+        self._state = None
+        if self._depth:
+            _seed_globals(self.seed, list(self._outer["cuda"]))
+
+
+@contextmanager
+def seeded(seed: int, device: str | torch.device | None = None) -> Iterator[None]:
+    """Seed the global generators (Python, NumPy, torch CPU and CUDA) for the block only.
+
+    On exit the caller's states are restored byte for byte: code inside (a model's layers initialised
+    by torch's defaults, a training run with dropout) repeats for the same seed, and the caller's own
+    random sequence goes on as if the block had never run. ``device``: where the block runs (a CUDA
+    device: its generators are seeded and restored too).
+    """
+    with RandomStream(seed, device):
+        yield
+
+
 @contextmanager
 def isolated_seed(seed: int, device: str | torch.device = "cpu") -> Iterator[None]:
-    """Seed torch for the block only: the caller's random state is restored on exit.
+    """`seeded` under its older name, for work a model may or may not do depending on a cache.
 
-    For work a model may or may not do depending on a cache (pretraining a teacher or a VQ model on the
-    first fit, reading the file on later ones): without this, a cache miss would reseed and consume the
-    global generator, and the same seed would give different scores with and without the cache.
+    Pretraining a teacher or a VQ model on the first fit, reading the file on later ones: without the
+    isolation, a cache miss would reseed and consume the global generator, and the same seed would give
+    different scores with and without the cache.
     """
-    device = torch.device(device)
-    cuda = [device.index or 0] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=cuda):
-        torch.manual_seed(seed)
+    with seeded(seed, device):
         yield
 
 

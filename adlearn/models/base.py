@@ -12,12 +12,21 @@ Two families build on `AnomalyModel`:
 - `MemoryBankModel` — one pass over the training data collects features (``collect``), then one
   ``fit_bank`` computes the statistics / memory bank. No optimizer (PaDiM, PatchCore, DFKDE, DFM...).
 - `TrainedModel` — an optimizer and the shared loop in ``adlearn.train`` (STFPM, FastFlow...).
+
+Randomness: building a model (``__init__``), ``fit`` and ``predict`` each run inside
+`adlearn.utils.seeded(model.seed)` — every subclass's methods are wrapped once, in
+`AnomalyModel.__init_subclass__`. Torch's default layer initialisation, dropout and any other
+draw from the global generators repeat for the same seed, and the caller's own generators
+(`random`, `np.random`, torch CPU and CUDA) are exactly as they were before the call.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -27,7 +36,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from adlearn.components.dynamic_buffer import DynamicBufferMixin, NotFittedError
-from adlearn.utils import resolve_device, seed_everything
+from adlearn.utils import resolve_device, seeded
 
 CHECKPOINT_FORMAT = 1
 
@@ -43,6 +52,68 @@ class Prediction:
             return None if tensor is None else tensor.detach().cpu()
 
         return Prediction(self.pred_score.detach().cpu(), moved(self.anomaly_map), moved(self.pred_mask))
+
+
+_SEEDED = threading.local()  # ids of the models inside a seeded call, per thread
+
+
+@contextmanager
+def _seeded_call(model: nn.Module, seed: int, device: torch.device | None) -> Iterator[None]:
+    """`seeded(seed)` around the outermost call of a model's ``__init__`` / ``fit`` / ``predict``; the
+    ``super()`` calls and a ``predict`` inside ``fit`` run in the same block, not reseeded."""
+    active = _SEEDED.__dict__.setdefault("models", set())
+    if id(model) in active:
+        yield
+        return
+    active.add(id(model))
+    try:
+        with seeded(seed, device):
+            yield
+    finally:
+        active.discard(id(model))
+
+
+def _seed_of_call(init: Callable, kwargs: dict) -> tuple[int, torch.device | None]:
+    """The ``seed`` and ``device`` a model is being built with (the signature's defaults when not given)."""
+    parameters = inspect.signature(init).parameters
+    defaults = {
+        name: parameters[name].default
+        for name in ("seed", "device")
+        if name in parameters and parameters[name].default is not inspect.Parameter.empty
+    }
+    try:
+        seed = int(kwargs.get("seed", defaults.get("seed", 0)))
+    except (TypeError, ValueError):
+        seed = 0  # __init__ itself says what is wrong with it
+    try:
+        device = resolve_device(kwargs.get("device", defaults.get("device", "auto")))
+    except (RuntimeError, TypeError, ValueError):
+        device = None  # __init__ itself raises the clear error
+    return seed, device
+
+
+def _seeded_init(init: Callable) -> Callable:
+    """``__init__`` run inside `seeded(seed)`: the same seed builds the same layers, global state untouched."""
+
+    @functools.wraps(init)
+    def wrapper(self, *args, **kwargs):
+        with _seeded_call(self, *_seed_of_call(init, kwargs)):
+            return init(self, *args, **kwargs)
+
+    wrapper._adlearn_seeded = True
+    return wrapper
+
+
+def _seeded_method(method: Callable) -> Callable:
+    """``fit`` / ``predict`` run inside `seeded(self.seed)` (once, however many ``super()`` calls nest)."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with _seeded_call(self, self.seed, self.device):
+            return method(self, *args, **kwargs)
+
+    wrapper._adlearn_seeded = True
+    return wrapper
 
 
 class AnomalyModel(DynamicBufferMixin, nn.Module):
@@ -66,6 +137,15 @@ class AnomalyModel(DynamicBufferMixin, nn.Module):
             raise ValueError(f"{cls.name} has no preset {name!r}; presets: {', '.join(available)}")
         return dict(cls.presets.get(name, {}))
 
+    def __init_subclass__(cls, **kwargs):
+        """Wrap the subclass's own ``__init__``, ``fit`` and ``predict`` in `seeded`: models use their own
+        random stream and never touch the caller's global generators."""
+        super().__init_subclass__(**kwargs)
+        for name, wrap in (("__init__", _seeded_init), ("fit", _seeded_method), ("predict", _seeded_method)):
+            method = cls.__dict__.get(name)
+            if callable(method) and not getattr(method, "_adlearn_seeded", False):
+                setattr(cls, name, wrap(method))
+
     def __init__(
         self,
         *,
@@ -83,7 +163,6 @@ class AnomalyModel(DynamicBufferMixin, nn.Module):
         self._device = resolve_device(device)
         self.config: dict = {}
         self.register_buffer("_is_fitted", torch.tensor(False))
-        seed_everything(seed)  # random parts of the architecture (e.g. PaDiM's channel choice) repeat
 
     # ----------------------------------------------------------------- configuration
     def save_hyperparameters(self) -> None:
@@ -169,6 +248,7 @@ class AnomalyModel(DynamicBufferMixin, nn.Module):
         raise NotImplementedError
 
     @torch.no_grad()
+    @_seeded_method
     def predict(self, images: torch.Tensor) -> Prediction:
         if not self.is_fitted:
             raise NotFittedError(f"{self.name} is not fitted yet: call model.fit(train_data) before predict")
@@ -233,7 +313,6 @@ class MemoryBankModel(AnomalyModel):
 
     @torch.no_grad()
     def fit(self, data) -> MemoryBankModel:
-        seed_everything(self.seed)
         self.to_device().eval()
         collected = [self.collect(images) for images in self.batches(data, desc=f"{self.name}: features")]
         if not collected:

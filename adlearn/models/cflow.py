@@ -61,6 +61,7 @@ from adlearn.components.flow import SequenceFlow, subnet_fc
 from adlearn.components.positional_encoding import positional_encoding_2d
 from adlearn.models.base import Prediction, TrainedModel
 from adlearn.models.common import combine_layer_maps, prediction_from_map
+from adlearn.utils import torch_generator
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -178,6 +179,7 @@ class Cflow(TrainedModel):
         )
         # Step 5's M_k, a constant of the trained model (see the docstring).
         self.register_buffer("log_likelihood_max", torch.zeros(len(layers)))
+        self._fiber_order = torch_generator(seed)  # step 4's shuffles (restarted from the run's seed in fit)
 
     # Step 1
     def extract_features(self, images: torch.Tensor) -> list[torch.Tensor]:
@@ -194,7 +196,7 @@ class Cflow(TrainedModel):
         with torch.autocast(features[0].device.type, enabled=False):
             for k, (decoder, feature) in enumerate(zip(self.decoders, features)):
                 fibers, codes = to_fibers(feature, self.condition_vector)
-                order = torch.randperm(len(fibers), device=fibers.device)  # shuffled fibers
+                order = torch.randperm(len(fibers), generator=self._fiber_order).to(fibers.device)  # shuffled
                 for chunk in order.split(self.fiber_batch_size):
                     log_p = fiber_log_likelihood(decoder, fibers[chunk], codes[chunk])
                     loss = cflow_loss(log_p)
@@ -208,6 +210,9 @@ class Cflow(TrainedModel):
         """The same loss on every fiber, no step."""
         log_likelihoods = self.layer_log_likelihoods(batch["image"])
         return cflow_loss(torch.cat([log_p.flatten() for log_p in log_likelihoods]))
+
+    def on_fit_start(self, data, trainer) -> None:
+        self._fiber_order = torch_generator(trainer.seed)  # the same seed shuffles the fibers the same way
 
     # Step 5's M_k
     def on_epoch_start(self, trainer) -> None:

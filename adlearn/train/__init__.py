@@ -22,13 +22,14 @@ Validation data that never touches the test set (`hold_out`, `SyntheticAnomalies
 Running the same steps by hand (e.g. in a notebook, one batch at a time)::
 
     trainer = model.trainer()
-    trainer.setup()                                 # seed, move to device, build the optimizer(s)
+    trainer.setup()                                 # start the seeded stream, move to device, optimizer(s)
     loader = trainer.make_loader(train_data)        # shuffled DataLoader of dict batches
     loss = trainer.training_step(next(iter(loader)))   # one batch: one optimizer step
     mean_loss = trainer.train_one_epoch(loader)     # one pass
 
-Determinism: ``seed_everything(seed)`` before the optimizers are built and a seeded generator for
-the shuffling: the same seed repeats a run exactly on the same machine and device. AMP is only used
+Determinism: the run draws from its own random stream, started from ``seed`` by ``setup`` (the
+caller's global generators are left alone), and the shuffling from a seeded generator: the same
+seed repeats a run exactly on the same machine and device. AMP is only used
 on CUDA by default (bfloat16, or fp16 with a gradient scaler); on the CPU only with ``amp="bf16"``.
 Ctrl-C stops cleanly: the best weights so far (or the last completed epoch's) are put back and
 ``history.stopped`` is ``"interrupted"``.

@@ -19,6 +19,11 @@ Hooks a model may define (all optional): ``on_fit_start(data, trainer)`` (after 
 its device, before the first step: e.g. statistics of the training data), ``on_epoch_start(trainer)``,
 ``validation_step(batch)`` (the validation loss — never steps an optimizer), ``on_fit_end(data,
 trainer)`` (after the best weights are back: e.g. quantiles of the maps).
+
+Randomness: a run draws from its own stream (`adlearn.utils.RandomStream`, seeded with ``seed`` by
+`Trainer.setup`) — dropout, random fibers, anything drawn from the global generators during ``fit``,
+an epoch or a batch stepped by hand — and the shuffling from its own seeded `torch.Generator`. The
+caller's global generators are never reseeded nor advanced.
 """
 
 from __future__ import annotations
@@ -49,7 +54,7 @@ from adlearn.train.history import History
 from adlearn.train.phases import Phase
 from adlearn.train.step import BatchSteps
 from adlearn.train.validation import validation_auroc, validation_loss
-from adlearn.utils import seed_everything
+from adlearn.utils import RandomStream, torch_generator
 
 
 # ---------------------------------------------------------------------------- the loop
@@ -62,7 +67,8 @@ class Trainer(BatchSteps):
         val_metric_fn: ``f(model, val_data) -> float``, computed after each epoch instead of
             ``config.val_metric``; the ``val_metric`` keyword then names it in the history.
         mode: ``"max"`` or ``"min"``: which direction is better (default: "min" for the loss).
-        seed: seeds everything and the shuffling (default: ``model.seed`` or 0).
+        seed: seeds the run's own random stream and the shuffling (default: ``model.seed`` or 0); the
+            global generators are left alone.
         batch_size: for Datasets (default ``model.batch_size``); a DataLoader is used as given.
         restore_best: put the best epoch's weights back at the end (False: keep the last epoch's,
             e.g. when ``val_data`` is only *watched* — a test set must never choose the epoch).
@@ -98,6 +104,7 @@ class Trainer(BatchSteps):
         self.val_metric = metric_name or config.val_metric
         self.val_metric_fn, self.mode = val_metric_fn, mode
         self.seed = seed if seed is not None else getattr(model, "seed", 0)
+        self.random = RandomStream(self.seed, self.device)  # the run's draws (dropout...), not the caller's
         self.batch_size = batch_size or getattr(model, "batch_size", 32)
         phases = model.training_phases() if hasattr(model, "training_phases") else None
         self.phases: list[Phase] = (
@@ -137,10 +144,12 @@ class Trainer(BatchSteps):
             self.log(message)
 
     def setup(self) -> Trainer:
-        """Seed, move the model to its device, build the first phase's optimizers."""
-        seed_everything(self.seed)
-        self.model.to(self.device)
-        self.begin_phase(self.phases[0])
+        """Start the run's random stream from ``seed``, move the model to its device, build the first
+        phase's optimizers."""
+        self.random.reset(self.seed)
+        with self.random:
+            self.model.to(self.device)
+            self.begin_phase(self.phases[0])
         return self
 
     def make_loader(self, data, shuffle: bool = True) -> DataLoader:
@@ -154,7 +163,7 @@ class Trainer(BatchSteps):
         if len(data) == 0:
             raise ValueError(f"{self.name}: the dataset is empty — nothing to train on")
         # A seeded generator: the same seed shuffles the same way, epoch after epoch.
-        generator = torch.Generator().manual_seed(self.seed)
+        generator = torch_generator(self.seed)
         return DataLoader(
             data,
             batch_size=self.batch_size,
@@ -169,6 +178,15 @@ class Trainer(BatchSteps):
 
         The mean of every named loss is kept in ``trainer.epoch_losses``.
         """
+        with self.random:
+            return self._train_one_epoch(loader)
+
+    def training_step(self, batch) -> float:
+        """One training batch (see `BatchSteps.training_step`), drawing from the run's random stream."""
+        with self.random:
+            return super().training_step(batch)
+
+    def _train_one_epoch(self, loader: DataLoader) -> float:
         if self.optimizers is None:
             self.setup()
         self.epoch += 1
@@ -209,28 +227,33 @@ class Trainer(BatchSteps):
         data = self.train_data if data is None else data
         if not self.config.precise_bn or data is None:
             return
-        forward = getattr(self.model, "batch_norm_forward", None) or self.validation_step
+        forward = getattr(self.model, "batch_norm_forward", None) or self.model.validation_step
 
         def run(batch):
             with self.autocast():
                 forward(batch_to_device(batch, self.device))
 
-        recalibrate_batch_norm(self.model, self.make_loader(data, shuffle=False), run)
+        with self.random:
+            recalibrate_batch_norm(self.model, self.make_loader(data, shuffle=False), run)
 
     # ------------------------------------------------------------------ validation
     def validate(self, val_data) -> float:
         """The validation metric on ``val_data`` (fixes ``val_metric`` on the first call for "auto")."""
+        with self.random:
+            return self._validate(val_data)
+
+    def _validate(self, val_data) -> float:
         batches = (batch_to_device(b, self.device) for b in self.make_loader(val_data, shuffle=False))
         if self.val_metric_fn is not None:
             value = float(self.val_metric_fn(self.model, val_data))
         elif self.val_metric == "loss":
-            value = validation_loss(self.model, batches, self.autocast, self.validation_step)
+            value = validation_loss(self.model, batches, self.autocast)
         else:
             self.val_metric, value = validation_auroc(self.model, batches, self.val_metric, self.autocast)
             if value is None:
                 self.log(f"{self.name}: the validation images are all one class; validating on the loss")
                 batches = (batch_to_device(b, self.device) for b in self.make_loader(val_data, shuffle=False))
-                value = validation_loss(self.model, batches, self.autocast, self.validation_step)
+                value = validation_loss(self.model, batches, self.autocast)
         if self.mode is None:
             self.mode = "min" if self.val_metric == "loss" else "max"
         self.history.val_metric = self.val_metric
@@ -334,6 +357,10 @@ class Trainer(BatchSteps):
     def fit(self, train_data, val_data=None) -> History:
         """Train until every phase ends (max_epochs / max_steps / early stopping) or Ctrl-C."""
         self.setup()
+        with self.random:
+            return self._fit(train_data, val_data)
+
+    def _fit(self, train_data, val_data) -> History:
         self.train_data, self.val_data = train_data, val_data
         loader = self.make_loader(train_data)
         amp = f", AMP {str(self.amp_dtype).replace('torch.', '')}" if self.amp_dtype else ""
