@@ -1,4 +1,7 @@
-"""`adlearn benchmark`: cells in their own processes, resumable, failures recorded, reports and book page."""
+"""`adlearn benchmark`: what a cell records, its options and presets, the reports and the book page.
+
+Running the grid (own processes, resume, failures, time limits, a Dask cluster) is `adlearn.runner`'s:
+tests/test_runner.py."""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ import os
 import pytest
 
 import adlearn
-from adlearn import benchmark
+from adlearn import benchmark, reports
 
 
 def rows_for_tables():
@@ -45,7 +48,7 @@ def rows_for_tables():
 
 
 def test_summary_is_the_mean_and_std_over_seeds_and_failures_are_listed():
-    summary = {e["model"]: e for e in benchmark.summarize(rows_for_tables())}
+    summary = {e["model"]: e for e in reports.summarize(rows_for_tables())}
     values = [0.8, 0.9, 0.95]
     mean = sum(values) / 3
     assert summary["padim"]["image_auroc"] == pytest.approx(mean)
@@ -58,13 +61,16 @@ def test_summary_is_the_mean_and_std_over_seeds_and_failures_are_listed():
         "device": "cpu",
         "root": "embedded synthetic",
     }
-    table = benchmark.markdown_table(rows_for_tables(), info)
+    table = reports.markdown_table(rows_for_tables(), info)
     assert f"| padim | weave | 3 | {mean:.3f} ± " in table
     assert "| dfm | weave | 0 (1 failed) | — |" in table
     assert "Table written on: Test CPU, 2 cores / 4 threads" in table and "Preset: cpu" in table
     # every machine the cells came from, most cells first; a cell from before cells recorded it is counted apart
     assert "Cells ran on: CPU B, 2 CPUs (2 cells); CPU A, 2 CPUs (1 cell); not recorded (1 cell)." in table
     assert "**1 of 4 cells ran while other processes used the CPU**" in table
+    # the wall times of a row with a seed that shared the CPU are marked, and the mark is explained
+    assert "| 2.0 † | — | 10.0 † |" in table and "| dfm | weave | 0 (1 failed) | — | — | — | — | — | — | — |" in table
+    assert "† wall time measured while other processes shared the CPU (1 of 3 cells)" in table
     assert "`dfm__weave__seed0` (failed): ValueError: bad" in table
 
 
@@ -152,7 +158,7 @@ def test_benchmark_prints_its_preset_and_the_models_an_option_skips(tmp_path, mo
 
 
 @pytest.mark.slow
-def test_cells_resume_record_failures_and_time_limits(small_synthetic_root, tmp_path):
+def test_a_cell_records_accuracy_cost_and_machine_and_a_failure_its_error(small_synthetic_root, tmp_path):
     from adlearn.cli import main
     from adlearn.data import SYNTHETIC_CATEGORIES
 
@@ -205,7 +211,7 @@ def test_cells_resume_record_failures_and_time_limits(small_synthetic_root, tmp_
     assert failed["machine"] == ok["machine"]  # a failed cell names its machine too
     with open(out / "results.csv") as f:
         table = list(csv.DictReader(f))
-    assert [r["model"] for r in table] == ["padim", "dfm"] and list(table[0]) == list(benchmark.COLUMNS)
+    assert [r["model"] for r in table] == ["padim", "dfm"] and list(table[0]) == list(reports.COLUMNS)
     assert (out / "auroc_vs_fit_time.png").stat().st_size > 0 and (out / "auroc_per_model.png").is_file()
     machine = json.loads((out / "machine.json").read_text())
     assert machine["machine"]["cpu_model"] and machine["image_size"] == 64
@@ -215,22 +221,10 @@ def test_cells_resume_record_failures_and_time_limits(small_synthetic_root, tmp_
     assert text.startswith("# Benchmarks") and "## tiny data" in text and "| dfm |" in text
     assert (page.parent / "benchmark_figures" / "tiny_data_auroc_per_model.png").is_file()
 
-    # Resume: a finished cell is never recomputed, nor a failed one without --retry-failed.
-    stamps = {p.name: p.stat().st_mtime_ns for p in (out / "cells").glob("*.json")}
-    rows = benchmark.run_benchmark(
-        ["padim", "dfm"],
-        [category],
-        [0],
-        out,
-        root=str(small_synthetic_root),
-        image_size=64,
-        threads=1,
-        options={"n_features": 100000},
-        progress=False,
-    )
-    assert {p.name: p.stat().st_mtime_ns for p in (out / "cells").glob("*.json")} == stamps and len(rows) == 2
-    # The page shows the cells of the run its command reproduces, not every cell the folder holds.
-    benchmark.write_book_page(
+    # The page shows the cells of the run its command reproduces, not every cell the folder holds; a section
+    # written again is replaced, not added.
+    rows = [json.loads(p.read_text()) for p in (out / "cells").glob("*.json")]
+    reports.write_book_page(
         out,
         page,
         "tiny data",
@@ -239,66 +233,46 @@ def test_cells_resume_record_failures_and_time_limits(small_synthetic_root, tmp_
     )
     section = page.read_text().split("## tiny data")[1]
     assert "| dfm |" in section and "| padim |" not in section
-    # Same --out, other settings: an error naming what differs (never a stale result reused).
-    with pytest.raises(ValueError, match=r"settings \(image_size"):
-        benchmark.run_benchmark(
-            ["dfm"], [category], [0], out, root=str(small_synthetic_root), image_size=32, threads=1, progress=False
-        )
-    # A cell over the time limit is stopped and recorded; the page's section is replaced, not added.
-    rows = benchmark.run_benchmark(
-        ["dfm"],
-        [category],
-        [1],
-        out,
-        root=str(small_synthetic_root),
-        image_size=64,
-        threads=1,
-        time_limit=0.5,
-        progress=False,
-    )
-    assert rows[0]["status"] == "timeout" and "0.5 s" in rows[0]["error"]
-    benchmark.write_book_page(out, page, "tiny data", "adlearn benchmark ...")
     assert page.read_text().count("## tiny data") == 1
 
 
 def test_figure_plots_cpu_time_when_a_cell_ran_on_a_busy_machine():
     idle = [{"fit_seconds": 10.0, "fit_cpu_seconds": 9.0, "busy": False}]
     busy = idle + [{"fit_seconds": 90.0, "fit_cpu_seconds": 20.0, "busy": True}]
-    assert benchmark.fit_time_axis(idle)[0] == "fit_seconds"
-    assert benchmark.fit_time_axis(busy) == (
+    assert reports.fit_time_axis(idle)[0] == "fit_seconds"
+    assert reports.fit_time_axis(busy) == (
         "fit_cpu_seconds",
         "fit CPU time (s, log scale; cells ran on a shared machine)",
     )
-    assert benchmark.fit_time_axis(busy + [{"fit_seconds": 5.0, "busy": True}])[0] == "fit_seconds"  # no CPU column
+    assert reports.fit_time_axis(busy + [{"fit_seconds": 5.0, "busy": True}])[0] == "fit_seconds"  # no CPU column
 
 
 def test_a_cell_from_an_edited_preset_runs_again(tmp_path, capsys):
     from adlearn.models import get_model_class
+    from adlearn.runner import finished
 
-    cell = ("uflow", "bottle", 0)
-    spec = {
-        "model": "uflow",
-        "category": "bottle",
-        "seed": 0,
-        "preset": "cpu",
-        "preset_options": json.loads(json.dumps(benchmark.preset_options("uflow", "cpu"))),
-    }
+    settings = {"root": None, "preset": "cpu", "device": "cpu", "image_size": None, "backbone": None, "set": {}}
+    spec = benchmark.cell_spec("uflow", "bottle", 0, {**settings, "threads": 1, "max_train": None})
     assert spec["preset_options"]["image_size"] == get_model_class("uflow").presets["cpu"]["image_size"]
     assert benchmark.preset_options("uflow", None) is None
-    (tmp_path / "cells").mkdir()
-    path = tmp_path / "cells" / f"{benchmark.cell_key(*cell)}.json"
+    path = tmp_path / "cells" / f"{benchmark.cell_key('uflow', 'bottle', 0)}.json"
+    path.parent.mkdir()
     path.write_text(json.dumps({"status": "ok", "spec": spec}))
-    assert benchmark._finished(tmp_path, cell, spec, retry_failed=False)  # same preset: done
+
+    def done(spec):
+        return finished(path, spec, rerun_when_changed=benchmark.RERUN_WHEN_CHANGED)
+
+    assert done(spec)  # same preset: done
     edited = {**spec, "preset_options": {**spec["preset_options"], "blur_sigma": 99.0}}
-    assert not benchmark._finished(tmp_path, cell, edited, retry_failed=False)  # edited preset: stale
+    assert not done(edited)  # edited preset: stale
     assert "changed since this cell ran" in capsys.readouterr().err
     with pytest.raises(ValueError, match=r"settings \(preset_options, seed"):  # anything else: an error
-        benchmark._finished(tmp_path, cell, {**edited, "seed": 1}, retry_failed=False)
+        done({**edited, "seed": 1})
 
 
 def test_every_model_gets_its_own_colour_and_marker_in_the_figures():
     models = list(adlearn.available_models())
     models = [*models, *[f"extra{i}" for i in range(30 - len(models))]]  # 30 names: three rounds of the colours
-    colours, markers = benchmark.model_styles(models)
+    colours, markers = reports.model_styles(models)
     styles = {(tuple(colours[m]), markers[m]) for m in models}
     assert len(styles) == len(models) == 30
