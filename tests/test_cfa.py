@@ -1,5 +1,6 @@
 """CFA: the loss and the map against brute-force and hand computations, the descriptor's shapes and
-coordinates, the memory bank, training, save/load, errors, and the real bottle."""
+coordinates, the memory bank, training, errors, and the real bottle. (Save/load, seeding and input
+errors: tests/test_model_contract.py.)"""
 
 from __future__ import annotations
 
@@ -193,31 +194,8 @@ def test_predicts_blurred_maps_of_softmin_scores(trained, datasets_64):
     np.testing.assert_allclose(prediction.anomaly_map.numpy(), blurred, rtol=1e-5)
 
 
-def test_save_load_identical_predictions(trained, datasets_64, tmp_path):
-    model = trained[0]
-    model.save(tmp_path / "cfa.pt")
-    restored = load(tmp_path / "cfa.pt")
-    images = torch.stack([datasets_64[1][i]["image"] for i in range(3)])
-    assert torch.equal(restored.memory_bank, model.memory_bank)
-    assert torch.equal(restored.predict(images).anomaly_map, model.predict(images).anomaly_map)
-    assert restored.history.loss == model.history.loss
-
-
-def test_same_seed_same_scores(datasets_64):
-    scores = []
-    for _ in range(2):
-        model = create("cfa", backbone=BACKBONE, image_size=64, max_steps=2, batch_size=4, device="cpu", seed=5)
-        model.fit(datasets_64[0], verbose=False)
-        scores.append(model.predict(torch.stack([datasets_64[1][i]["image"] for i in range(2)])).pred_score)
-    assert torch.equal(scores[0], scores[1])
-
-
-def test_predict_before_fit_and_too_many_neighbours_are_clear_errors():
-    from adlearn.models import NotFittedError
-
+def test_an_empty_memory_bank_and_too_many_neighbours_are_clear_errors():
     model = create("cfa", backbone=BACKBONE, image_size=64, device="cpu")
-    with pytest.raises(NotFittedError, match="call model.fit"):
-        model.predict(torch.randn(1, 3, 64, 64))
     with pytest.raises(RuntimeError, match="memory bank is empty"):
         model.nearest_centres(torch.randn(1, 176, 2, 2), 3)
     model = create("cfa", backbone=BACKBONE, image_size=32, gamma_c=16, device="cpu")  # 8x8 positions -> 4 centres

@@ -1,5 +1,6 @@
 """C-Flow: fibers and codes, the likelihood against autograd, scores independent of the batch, training with
-many steps per batch, save/load, CLI, and the real bottle (slow)."""
+many steps per batch, the best checkpoint, CLI, and the real bottle (slow). (Save/load, seeding and input
+errors: tests/test_model_contract.py.)"""
 
 from __future__ import annotations
 
@@ -145,13 +146,8 @@ def test_log_likelihood_maximum_is_that_of_the_training_images(trained, datasets
     assert model.log_likelihood_max.tolist() == pytest.approx(maxima, abs=1e-5)
 
 
-def test_save_load_and_best_checkpoint(trained, datasets_64, tmp_path):
-    model, checkpoint = trained
-    images = torch.stack([datasets_64[1][i]["image"] for i in range(3)])
-    expected = model.predict(images).anomaly_map
-    restored = load(model.save(tmp_path / "cflow.pt"))
-    assert torch.equal(restored.predict(images).anomaly_map, expected)
-    assert load(checkpoint).history.steps >= 2
+def test_best_checkpoint_loads(trained):
+    assert load(trained[1]).history.steps >= 2
 
 
 def test_errors():

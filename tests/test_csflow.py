@@ -1,5 +1,6 @@
-"""CS-Flow: the pyramid, loss/map/score formulas, map modes, the size check, training, save/load, CLI, the real
-bottle (slow). The cross-scale flow's inverse and log-det are tested in tests/test_flow_toolkit.py."""
+"""CS-Flow: the pyramid, loss/map/score formulas, map modes, the size check, training, the best checkpoint,
+CLI, the real bottle (slow). The cross-scale flow's inverse and log-det are tested in tests/test_flow_toolkit.py;
+save/load, seeding and input errors in tests/test_model_contract.py."""
 
 from __future__ import annotations
 
@@ -162,15 +163,8 @@ def test_standardized_features_have_zero_mean_and_unit_std_on_the_training_image
     assert not plain.feature_mean.any() and bool((plain.feature_std == 1).all())
 
 
-def test_save_load_identical(trained, datasets_128, tmp_path):
-    model, checkpoint = trained
-    images = torch.stack([datasets_128[1][i]["image"] for i in range(3)])
-    expected = model.predict(images)
-    restored = load(model.save(tmp_path / "csflow.pt")).predict(images)
-    assert torch.equal(restored.anomaly_map, expected.anomaly_map) and torch.equal(
-        restored.pred_score, expected.pred_score
-    )
-    assert load(checkpoint).history.steps >= 2
+def test_best_checkpoint_loads(trained):
+    assert load(trained[1]).history.steps >= 2
 
 
 def test_cli(small_synthetic_root, tmp_path, capsys):

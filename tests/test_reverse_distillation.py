@@ -1,5 +1,5 @@
 """Reverse Distillation: loss and map against hand computations, the architecture's shapes, training,
-save/load, the CLI, and the real bottle."""
+the CLI, and the real bottle. (Save/load, seeding and input errors: tests/test_model_contract.py.)"""
 
 from __future__ import annotations
 
@@ -136,15 +136,6 @@ def test_trains_and_predicts_blurred_maps(trained, datasets_64):
     # torch "reflect" padding (d c b | a b c d) is scipy's "mirror" mode
     blurred = np.stack([gaussian_filter(m, sigma=4, mode="mirror", truncate=4.0) for m in raw])
     np.testing.assert_allclose(prediction.anomaly_map.numpy(), blurred, atol=1e-5)
-
-
-def test_save_load_identical_predictions(trained, datasets_64, tmp_path):
-    model = trained[0]
-    model.save(tmp_path / "rd.pt")
-    restored = load(tmp_path / "rd.pt")
-    images = torch.stack([datasets_64[1][i]["image"] for i in range(3)])
-    assert torch.equal(restored.predict(images).anomaly_map, model.predict(images).anomaly_map)
-    assert restored.history.loss == model.history.loss and restored.anomaly_map_mode == "add"
 
 
 def test_cli_max_steps(small_synthetic_root, tmp_path, capsys):

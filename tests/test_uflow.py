@@ -1,5 +1,6 @@
 """U-Flow: the U-shaped flow (inverse and log-det against autograd), loss and map formulas, the NFA mask at
-test time and its pixel F1 in `evaluate`, training, save/load, CLI, the real bottle (slow)."""
+test time and its pixel F1 in `evaluate`, training, the best checkpoint, CLI, the real
+bottle (slow). (Save/load, seeding and input errors: tests/test_model_contract.py.)"""
 
 from __future__ import annotations
 
@@ -168,15 +169,8 @@ def test_blurred_map_is_the_raw_map_through_a_gaussian_blur(trained, datasets_64
         create("uflow", backbone=BACKBONE, pretrained="none", image_size=64, blur_sigma=-1.0, device="cpu")
 
 
-def test_save_load_identical(trained, datasets_64, tmp_path):
-    model, checkpoint = trained
-    images = torch.stack([datasets_64[1][i]["image"] for i in range(3)])
-    expected = model.predict(images)
-    restored = load(model.save(tmp_path / "uflow.pt")).predict(images)
-    assert torch.equal(restored.anomaly_map, expected.anomaly_map) and torch.equal(
-        restored.pred_mask, expected.pred_mask
-    )
-    assert load(checkpoint).history.steps >= 2
+def test_best_checkpoint_loads(trained):
+    assert load(trained[1]).history.steps >= 2
 
 
 def test_learning_rate_decays_per_step():

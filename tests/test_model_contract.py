@@ -1,0 +1,171 @@
+"""The contract every registered model keeps (docs/design.md, "Models"), checked once for all of them.
+
+For each model in `adlearn.models.available_models()`, in a tiny configuration (64 px — 128 for CS-Flow,
+whose three scales need it —, the offline efficientnet_lite0 backbone, one or two training steps):
+
+* a tiny fit runs and returns the model itself;
+* save → load gives identical predictions (scores, maps and masks, bit for bit) and, for trained
+  models, the same training history;
+* two fits with the same seed give identical scores and maps;
+* ``predict`` before ``fit`` is a `NotFittedError` that says to call ``fit``;
+* a 1-channel or 4-channel batch is a ``ValueError`` naming the expected 3 channels.
+
+A new model must add its tiny configuration to ``TINY``. The per-model test files keep only each paper's
+own mathematics.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from adlearn.models import NotFittedError, TrainedModel, available_models, create, load
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.py
+
+BACKBONE = "efficientnet_lite0"  # packaged offline weights
+# Training models: one or two steps, in small batches. Memory-bank models: one pass over the images.
+STEPS = dict(max_steps=2, batch_size=4)
+TINY: dict[str, dict] = {
+    "cfa": dict(backbone=BACKBONE, image_size=64, **STEPS),
+    "cflow": dict(backbone=BACKBONE, image_size=64, coupling_blocks=1, fiber_batch_size=64, **STEPS),
+    "csflow": dict(backbone=BACKBONE, image_size=128, cross_conv_hidden_channels=8, n_coupling_blocks=1, **STEPS),
+    "dfkde": dict(backbone=BACKBONE, image_size=64, n_pca_components=4),  # 12 images: fewer than the default 16
+    "dfm": dict(backbone=BACKBONE, image_size=64, pooling_kernel_size=2),
+    "draem": dict(image_size=64, reconstruction_width=8, discrimination_width=4, **STEPS),
+    # DSR trains in two phases (restriction, upsampling): one epoch each. Its general appearance (VQ)
+    # model is not pretrained here (vq_weights="none").
+    "dsr": dict(
+        image_size=64,
+        num_hiddens=16,
+        num_residual_hiddens=8,
+        num_embeddings=32,
+        embedding_dim=8,
+        detection_width=4,
+        upsampling_width=4,
+        vq_weights="none",
+        max_epochs=2,
+        batch_size=4,
+    ),
+    # No distilled teacher (a random PDN), no natural-image penalty stream (it decodes photographs).
+    "efficient_ad": dict(
+        image_size=64,
+        teacher_weights="none",
+        teacher_out_channels=8,
+        penalty=False,
+        val_fraction=0.25,
+        val_metric="loss",
+        **STEPS,
+    ),
+    "fastflow": dict(backbone=BACKBONE, image_size=64, flow_steps=2, hidden_ratio=0.5, **STEPS),
+    "ganomaly": dict(image_size=64, n_features=8, latent_size=16, **STEPS),
+    "padim": dict(backbone=BACKBONE, image_size=64, n_features=10),
+    "patchcore": dict(backbone=BACKBONE, image_size=64),
+    "reverse_distillation": dict(backbone=BACKBONE, image_size=64, **STEPS),
+    "stfpm": dict(backbone=BACKBONE, image_size=64, **STEPS),
+    "uflow": dict(backbone=BACKBONE, image_size=64, flow_steps=1, **STEPS),
+}
+MODELS = sorted(TINY)
+
+
+def make(name: str):
+    return create(name, device="cpu", seed=0, **TINY[name])
+
+
+@pytest.fixture(scope="module")
+def images(synthetic_split):
+    """``images(size) -> (train (12, 3, s, s), probe (4, 3, s, s))``: the small synthetic category, normal
+    training images and test images (normal and defective)."""
+    from adlearn.data import ImageTransform
+
+    cache = {}
+
+    def at(size: int):
+        if size not in cache:
+            transform = ImageTransform(image_size=size)
+            cache[size] = synthetic_split(transform, "train")[1], synthetic_split(transform, "test")[1][::3][:4]
+        return cache[size]
+
+    return at
+
+
+def fit(name: str, images):
+    """A fresh tiny model fitted on the training images: ``(model, what fit returned, probe images)``."""
+    model = make(name)
+    train, probe = images(model.input_size[0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # e.g. "few training images": the point here is the contract
+        returned = model.fit(train, verbose=False) if isinstance(model, TrainedModel) else model.fit(train)
+    return model, returned, probe
+
+
+@pytest.fixture(scope="module")
+def fitted(images):
+    """``fitted(name) -> (model, returned, probe)``, each model fitted once for the module."""
+    cache = {}
+
+    def get(name: str):
+        if name not in cache:
+            cache[name] = fit(name, images)
+        return cache[name]
+
+    return get
+
+
+def assert_same_prediction(a, b) -> None:
+    """Scores, maps and masks (U-Flow decides one itself) bit for bit; None where the model gives none."""
+    for field in ("pred_score", "anomaly_map", "pred_mask"):
+        x, y = getattr(a, field), getattr(b, field)
+        assert (x is None) == (y is None), field
+        assert x is None or torch.equal(x, y), field
+
+
+def test_every_registered_model_has_a_tiny_configuration():
+    assert set(TINY) == set(available_models()), "add the new model's tiny configuration to TINY"
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_tiny_fit_runs_and_returns_the_model(name, fitted):
+    model, returned, probe = fitted(name)
+    assert returned is model and model.is_fitted
+    prediction = model.predict(probe)
+    assert prediction.pred_score.shape == (len(probe),) and prediction.pred_score.isfinite().all()
+    if model.task == "classification":
+        assert prediction.anomaly_map is None
+    else:
+        assert prediction.anomaly_map.shape == (len(probe), *model.input_size)
+        assert prediction.anomaly_map.isfinite().all()
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_save_then_load_gives_identical_predictions(name, fitted, tmp_path):
+    model, _, probe = fitted(name)
+    restored = load(model.save(tmp_path / f"{name}.pt"))
+    assert type(restored) is type(model) and restored.config == model.config
+    assert_same_prediction(restored.predict(probe), model.predict(probe))
+    if isinstance(model, TrainedModel):  # the learning curve travels with the weights
+        assert restored.history == model.history and restored.history.steps > 0
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_same_seed_gives_identical_scores(name, fitted, images):
+    model, _, probe = fitted(name)
+    again, _, _ = fit(name, images)
+    assert_same_prediction(again.predict(probe), model.predict(probe))
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_predict_before_fit_says_to_call_fit(name):
+    model = make(name)
+    with pytest.raises(NotFittedError, match=r"call model\.fit"):
+        model.predict(torch.zeros(1, 3, *model.input_size))
+
+
+@pytest.mark.parametrize("channels", [1, 4])
+@pytest.mark.parametrize("name", MODELS)
+def test_wrong_channel_count_names_the_expected_channels(name, channels, fitted):
+    model, _, _ = fitted(name)
+    with pytest.raises(ValueError, match=r"\(B, 3, H, W\).*3 channels"):
+        model.predict(torch.zeros(2, channels, *model.input_size))
