@@ -61,15 +61,12 @@ def demo_options(args) -> dict[str, dict]:
     """Each ``adlearn demo`` model's explicit options: the run's (`run_options`, ``--set``) by the rule of
     `adlearn.options.options_for_models` — a plain ``KEY`` to the models that have it (the others are
     named), ``MODEL.KEY`` to one model; checked for every model (and its preset) before the first fit."""
-    from adlearn.options import not_applied, options_for_models, parse_set, resolve_options
+    from adlearn.options import options_for_models, parse_set, resolve_options
 
     models = [m for m in args.models.split(",") if m]
-    given = run_options(args, parse_set(args.set))
-    per_model = options_for_models(models, given)
+    per_model = options_for_models(models, run_options(args, parse_set(args.set)))
     for model_name in models:
         resolve_options(model_name, _preset(args), per_model[model_name])
-    for key, lacking in not_applied(models, given).items():
-        print(f"{key}: not an option of {', '.join(lacking)}, which run without it", file=sys.stderr)
     return per_model
 
 
@@ -174,7 +171,7 @@ def cmd_demo(args) -> int:
     """Fit each demo model on every synthetic category; print one table; write one figure each."""
     from adlearn.data import SYNTHETIC_CATEGORIES
     from adlearn.models import available_models
-    from adlearn.options import describe_preset
+    from adlearn.options import describe_preset, not_applied, parse_set
     from adlearn.plotting import metrics_table
 
     models = [m for m in args.models.split(",") if m]
@@ -183,6 +180,8 @@ def cmd_demo(args) -> int:
         raise SystemExit(f"unknown model(s) {missing}; available: {', '.join(available_models())}")
     options = demo_options(args)
     print(describe_preset(models, _preset(args)), file=sys.stderr)
+    for key, lacking in not_applied(models, run_options(args, parse_set(args.set))).items():
+        print(f"{key}: not an option of {', '.join(lacking)}, which run without it", file=sys.stderr)
     out = Path(args.out)
     rows = []
     for model_name in models:

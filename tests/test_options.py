@@ -113,6 +113,33 @@ def test_demo_and_benchmark_name_the_cpu_preset_and_evaluate_the_paper_defaults(
     assert resolve_options("padim", *evaluate_call("padim", []))["backbone"] == "resnet18"
 
 
+def test_demo_prints_its_preset_then_the_models_an_option_skips(monkeypatch, capsys):
+    seen = []
+
+    def fake_run(model_name, args, extra, category=None, options=None):
+        seen.append((model_name, options))
+        raise RuntimeError("stop before fitting")
+
+    monkeypatch.setattr(cli, "run_evaluation", fake_run)
+    argv = [
+        "demo",
+        "--models",
+        "padim,stfpm",
+        "--device",
+        "cpu",
+        "--set",
+        "max_epochs=1",
+        "--set",
+        "padim.n_features=30",
+    ]
+    with pytest.raises(RuntimeError, match="stop before fitting"):
+        cli.main(argv)
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("preset: cpu (padim: backbone='efficientnet_lite0'; stfpm: backbone='efficientnet_lite0',")
+    assert err[1] == "max_epochs: not an option of padim, which run without it"
+    assert seen == [("padim", {"device": "cpu", "seed": 0, "n_features": 30})]
+
+
 def test_defaults_then_preset_then_explicit():
     defaults = default_options("stfpm")
     assert defaults["backbone"] == "resnet18" and defaults["max_epochs"] == 100 and defaults["patience"] == 5
