@@ -284,7 +284,7 @@ def not_applied(models: list[str], options: dict) -> dict[str, list[str]]:
 def describe_preset(models: list[str], preset: str | None) -> str:
     """``preset: cpu (padim: backbone='efficientnet_lite0')``: what a run's preset sets, for its first line."""
     if preset is None or preset == "none":
-        return "preset: none (each model's defaults, the paper's settings)"
+        return "preset: none (each model's defaults)"
     parts = []
     for model in models:
         chosen = preset_options(model, preset)
