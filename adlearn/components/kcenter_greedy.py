@@ -10,6 +10,7 @@ Eq. 5, Alg. 1) shrinks its patch memory bank with it. One step (``method="greedy
 
 As the reference (``anomalib.models.components.sampling.k_center_greedy``): ``coreset_size = int(N · ratio)``
 rows, chosen on features projected by ``SparseRandomProjection(eps=0.9)``, returned from the embedding. But:
+
 * the random start point is part of the coreset (as in anomalib 2.x; 1.x only seeded the distances);
 * the projection is skipped when it would widen the features: its JL width depends on N only (≈ 290 for
   PatchCore's banks). On real 152-d bottle features (40k → 4k) projecting grew the radius: JL width +8.5 %;
@@ -56,8 +57,8 @@ class KCenterGreedy:
         if not isinstance(embedding, torch.Tensor) or embedding.dim() != 2 or 0 in embedding.shape:
             got = tuple(embedding.shape) if isinstance(embedding, torch.Tensor) else type(embedding).__name__
             raise ValueError(f"embedding must be a non-empty 2-D tensor (N, D): reshape (B, D, h, w) first. Got {got}")
-        if not 0.0 < sampling_ratio <= 1.0 or int(embedding.shape[0] * sampling_ratio) < 1:
-            raise ValueError(f"sampling_ratio must lie in [1/N, 1] (else an empty coreset), got {sampling_ratio}")
+        if not 0.0 < sampling_ratio <= 1.0 or int(len(embedding) * sampling_ratio) < 1:  # else an empty coreset
+            raise ValueError(f"sampling_ratio={sampling_ratio} is outside [1/N, 1] = [{1 / len(embedding):.3g}, 1]")
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         if switch_fraction is not None and not 0.0 < switch_fraction <= 1.0:
