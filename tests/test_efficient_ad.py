@@ -347,6 +347,24 @@ def test_distillation_runs_on_the_shared_loop_and_gives_the_plain_loops_teacher(
     assert distill_teacher(**options) == path and not trainers
 
 
+def test_distillation_with_patience_keeps_the_best_epoch_and_is_cached_apart(tmp_path, monkeypatch):
+    from adlearn.data import NaturalImageCrops
+    from adlearn.models.efficient_ad_teacher import HELD_OUT_SEED, distill_teacher, distillation_error
+    from adlearn.train import Trainer
+
+    monkeypatch.setenv("ADLEARN_CACHE", str(tmp_path))
+    trainers, fit = [], Trainer.fit
+    monkeypatch.setattr(Trainer, "fit", lambda self, *a, **k: trainers.append(self) or fit(self, *a, **k))
+    options = {"steps": 5, "batch_size": 2, "crop_size": 64, "lr": 5e-3, "verbose": False}
+    path, teacher, target = distill_teacher(patience=1, return_model=True, **options)
+    assert path.name.endswith("_patience1.pt") and path != distill_teacher(**options)  # apart from the full run
+    history = trainers[0].history
+    assert history.stopped in ("early_stopping", "max_steps")
+    # the weights kept are those of the epoch with the lowest held-out error (the loop's validation crops)
+    held_out = NaturalImageCrops(64, seed=HELD_OUT_SEED).sample(32)
+    assert distillation_error(teacher, target, held_out) == pytest.approx(min(history.val), rel=1e-5)
+
+
 def test_distilled_teacher_is_closer_to_the_backbone_than_a_random_pdn(tmp_path, monkeypatch):
     from adlearn.data import NaturalImageCrops
     from adlearn.models.efficient_ad_teacher import distill_teacher, distillation_error
