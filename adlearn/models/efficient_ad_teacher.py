@@ -17,8 +17,8 @@ steps of 8 crops), mean squared error, on ``crop_size`` crops (the PDN is fully 
 33 × 33 receptive field is far below the crop: weights learnt on 128-px crops serve any image size).
 
 It trains on the shared loop (`adlearn.train.Trainer`, through `TeacherDistillation`): a progress bar, one
-line per epoch of a tenth of the steps with the error on held-out crops (views the training stream never
-draws), optional early stopping (``patience``: then the best epoch's weights are kept) and checkpoints
+line per epoch of a tenth of the steps with the error on held-out crops (another seed's views, not the
+training stream's), optional early stopping (``patience``: then the best epoch's weights are kept) and checkpoints
 (``checkpoint_path``). The result is cached per PDN size and recipe in ``$ADLEARN_CACHE/efficient_ad/``
 (default ``~/.cache/adlearn``) as a plain PDN state dict: the code ships, the weights are made once per
 machine.
