@@ -269,3 +269,17 @@ def test_a_dataset_item_has_the_documented_keys_and_types(tmp_path, monkeypatch)
         assert (item["defect_type"] == "good") == (item["label"] == 0)
     assert documented["label"] == "int" and documented["defect_type"] == "str" and documented["image_path"] == "str"
     assert {item["label"] for item in items} == {0, 1}
+
+
+# =========================================================================== CONTRIBUTING.md
+def test_contributing_names_files_and_make_targets_that_exist():
+    text = (REPO / "CONTRIBUTING.md").read_text(encoding="utf-8")
+    folders = ("adlearn/", "tests/", "docs/", "notebooks/", "book/", "benchmarks/")
+    paths = [name for name in re.findall(r"`([\w./*-]+)`", text) if name.startswith(folders) or name.endswith(".md")]
+    assert "adlearn/models/registry.py" in paths and "tests/test_model_contract.py" in paths
+    missing = [name for name in paths if not list(REPO.glob(name.rstrip("/")))]
+    assert not missing, f"CONTRIBUTING.md names paths that do not exist: {missing}"
+    makefile = (REPO / "Makefile").read_text(encoding="utf-8")
+    targets = set(re.findall(r"^make ([\w-]+)", text, flags=re.M))
+    assert targets >= {"install", "lint", "test-fast", "test"}
+    assert not [target for target in targets if not re.search(rf"^{target}:", makefile, flags=re.M)]
