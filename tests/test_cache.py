@@ -14,4 +14,3 @@ def test_cache_dir_defaults_to_the_user_cache(monkeypatch, tmp_path):
     monkeypatch.delenv("ADLEARN_CACHE", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))
     assert cache_dir() == Path(tmp_path) / ".cache" / "adlearn"
-
