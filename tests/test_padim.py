@@ -71,6 +71,8 @@ def test_detects_synthetic_defects(small_synthetic_root):
 def test_rejects_bad_n_features():
     with pytest.raises(ValueError, match="1..176"):
         create("padim", backbone=BACKBONE, n_features=500, device="cpu")
+    with pytest.raises(ValueError, match="n_features=0 must be in 1..176"):  # 0 is an error, not "the default"
+        create("padim", backbone=BACKBONE, n_features=0, device="cpu")
     with pytest.raises(ValueError, match="no default n_features"):
         create("padim", backbone="mobilenetv3_small_100", pretrained="none", device="cpu")
 

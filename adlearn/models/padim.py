@@ -68,7 +68,7 @@ class Padim(MemoryBankModel):
         self.save_hyperparameters()
         self.feature_extractor = TimmFeatureExtractor(backbone, list(layers), pre_trained=pretrained)
         total_channels = sum(self.feature_extractor.out_dims)
-        n_features = n_features or DEFAULT_N_FEATURES.get(backbone)
+        n_features = DEFAULT_N_FEATURES.get(backbone) if n_features is None else n_features
         if n_features is None:
             raise ValueError(
                 f"PaDiM has no default n_features for backbone {backbone!r}; pass n_features= "
