@@ -365,3 +365,13 @@ def test_each_phase_runs_its_own_step_for_training_and_validation():
     with torch.no_grad():
         expected = float((model.second(images) + 1.0).pow(2).mean())
     assert model.history.val[-1] == pytest.approx(expected, rel=1e-6)
+
+
+def test_auto_validation_on_unlabelled_images_falls_back_to_the_loss():
+    # a plain (N, 3, H, W) tensor has no labels: "auto" validates on the loss, as TrainingConfig documents
+    model = ToyGan(max_epochs=2, val_fraction=0.25)
+    model.fit(normal_images(), verbose=False)
+    assert model.history.val_metric == "loss"
+    assert len(model.history.val) == 2 and all(value is not None for value in model.history.val)
+    with pytest.raises(ValueError, match="needs labelled validation data"):  # an explicit AUROC still refuses
+        ToyGan(max_epochs=1, val_fraction=0.25, val_metric="image_auroc").fit(normal_images(), verbose=False)

@@ -76,11 +76,13 @@ def validation_auroc(model, batches, metric: str, autocast: Callable) -> tuple[s
     """(metric actually used, value) from ``model.predict`` on ``batches``.
 
     ``metric`` is "image_auroc", "pixel_auroc" or "auto" (pixel AUROC when the images have defect
-    masks and the model maps, else image AUROC); "auto" returns ("loss", None) when the labels are
-    all one class, so the caller can fall back to the loss.
+    masks and the model maps, else image AUROC); "auto" returns ("loss", None) when the data has no
+    labels or the labels are all one class, so the caller can fall back to the loss.
     """
     labels, scores, masks, maps = [], [], [], []
     for batch in batches:
+        if "label" not in batch and metric == "auto":  # plain images (a tensor): nothing to rank, use the loss
+            return "loss", None
         if "label" not in batch:
             raise ValueError(
                 f"val_metric={metric!r} needs labelled validation data "
