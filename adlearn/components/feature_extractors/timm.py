@@ -26,7 +26,6 @@ from torch import nn
 
 from adlearn.components.feature_extractors.backbones import load_backbone, resolve_layers
 from adlearn.components.feature_extractors.fold import fold_batch_norms
-from adlearn.utils import torch_generator
 
 
 class TimmFeatureExtractor(nn.Module):
@@ -71,9 +70,9 @@ class TimmFeatureExtractor(nn.Module):
             self.feature_extractor.to(memory_format=torch.channels_last)
         self.folded_batch_norms = 0
         if fold_batch_norm and not requires_grad:
-            example = torch.rand(2, 3, 64, 64, generator=torch_generator(0)).contiguous(
-                memory_format=torch.channels_last
-            )
+            # Drawn from the current generator, as a layer's initialisation is: inside a model that is the
+            # model's own seeded stream (AnomalyModel), so the weights built after it repeat the same draws.
+            example = torch.rand(2, 3, 64, 64).contiguous(memory_format=torch.channels_last)
             self.feature_extractor, self.folded_batch_norms = fold_batch_norms(self.feature_extractor, example)
 
     def train(self, mode: bool = True):
