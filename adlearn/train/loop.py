@@ -227,7 +227,7 @@ class Trainer(BatchSteps):
         data = self.train_data if data is None else data
         if not self.config.precise_bn or data is None:
             return
-        forward = getattr(self.model, "batch_norm_forward", None) or self.model.validation_step
+        forward = getattr(self.model, "batch_norm_forward", None) or self.validation_step
 
         def run(batch):
             with self.autocast():
@@ -247,13 +247,13 @@ class Trainer(BatchSteps):
         if self.val_metric_fn is not None:
             value = float(self.val_metric_fn(self.model, val_data))
         elif self.val_metric == "loss":
-            value = validation_loss(self.model, batches, self.autocast)
+            value = validation_loss(self.model, batches, self.autocast, self.validation_step)
         else:
             self.val_metric, value = validation_auroc(self.model, batches, self.val_metric, self.autocast)
             if value is None:
                 self.log(f"{self.name}: the validation images are all one class; validating on the loss")
                 batches = (batch_to_device(b, self.device) for b in self.make_loader(val_data, shuffle=False))
-                value = validation_loss(self.model, batches, self.autocast)
+                value = validation_loss(self.model, batches, self.autocast, self.validation_step)
         if self.mode is None:
             self.mode = "min" if self.val_metric == "loss" else "max"
         self.history.val_metric = self.val_metric
