@@ -251,7 +251,7 @@ class Trainer(BatchSteps):
         else:
             self.val_metric, value = validation_auroc(self.model, batches, self.val_metric, self.autocast)
             if value is None:
-                self.log(f"{self.name}: the validation images are all one class; validating on the loss")
+                self.log(f"{self.name}: the validation images are unlabelled or all one class; validating on the loss")
                 batches = (batch_to_device(b, self.device) for b in self.make_loader(val_data, shuffle=False))
                 value = validation_loss(self.model, batches, self.autocast, self.validation_step)
         if self.mode is None:
