@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny_models import TINY as TINY_MODELS
 
 from adlearn.models import create
 from adlearn.models.dsr import dsr_anomaly_map, dsr_image_score, dsr_loss
@@ -22,19 +23,8 @@ from adlearn.models.dsr_vq_training import train_vq_model, vq_cache_path
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.py
 
-TINY = dict(
-    image_size=64,
-    num_hiddens=16,
-    num_residual_hiddens=8,
-    num_embeddings=32,
-    embedding_dim=8,
-    detection_width=4,
-    upsampling_width=4,
-    vq_weights="none",
-    device="cpu",
-    seed=0,
-    batch_size=4,
-)
+# The contract test's tiny DSR (tests/tiny_models.py), without its epoch count: each test sets its own.
+TINY = {key: value for key, value in TINY_MODELS["dsr"].items() if key != "max_epochs"} | dict(device="cpu", seed=0)
 VQ_TINY = dict(hiddens=16, residual_layers=2, residual_hiddens=8, num_embeddings=32, embedding_dim=8)
 
 

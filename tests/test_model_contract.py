@@ -10,7 +10,7 @@ whose three scales need it —, the offline efficientnet_lite0 backbone, one or 
 * ``predict`` before ``fit`` is a `NotFittedError` that says to call ``fit``;
 * a 1-channel or 4-channel batch is a ``ValueError`` naming the expected 3 channels.
 
-A new model must add its tiny configuration to ``TINY``. The per-model test files keep only each paper's
+A new model adds its tiny configuration to ``TINY`` in `tests/tiny_models.py`. The per-model test files keep only each paper's
 own mathematics.
 """
 
@@ -20,53 +20,12 @@ import warnings
 
 import pytest
 import torch
+from tiny_models import TINY  # tests/tiny_models.py: pytest puts tests/ on the path
 
 from adlearn.models import NotFittedError, TrainedModel, available_models, create, load
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.py
 
-BACKBONE = "efficientnet_lite0"  # packaged offline weights
-# Training models: one or two steps, in small batches. Memory-bank models: one pass over the images.
-STEPS = dict(max_steps=2, batch_size=4)
-TINY: dict[str, dict] = {
-    "cfa": dict(backbone=BACKBONE, image_size=64, **STEPS),
-    "cflow": dict(backbone=BACKBONE, image_size=64, coupling_blocks=1, fiber_batch_size=64, **STEPS),
-    "csflow": dict(backbone=BACKBONE, image_size=128, cross_conv_hidden_channels=8, n_coupling_blocks=1, **STEPS),
-    "dfkde": dict(backbone=BACKBONE, image_size=64, n_pca_components=4),  # 12 images: fewer than the default 16
-    "dfm": dict(backbone=BACKBONE, image_size=64, pooling_kernel_size=2),
-    "draem": dict(image_size=64, reconstruction_width=8, discrimination_width=4, **STEPS),
-    # DSR trains in two phases (restriction, upsampling): one epoch each. Its general appearance (VQ)
-    # model is not pretrained here (vq_weights="none").
-    "dsr": dict(
-        image_size=64,
-        num_hiddens=16,
-        num_residual_hiddens=8,
-        num_embeddings=32,
-        embedding_dim=8,
-        detection_width=4,
-        upsampling_width=4,
-        vq_weights="none",
-        max_epochs=2,
-        batch_size=4,
-    ),
-    # No distilled teacher (a random PDN), no natural-image penalty stream (it decodes photographs).
-    "efficient_ad": dict(
-        image_size=64,
-        teacher_weights="none",
-        teacher_out_channels=8,
-        penalty=False,
-        val_fraction=0.25,
-        val_metric="loss",
-        **STEPS,
-    ),
-    "fastflow": dict(backbone=BACKBONE, image_size=64, flow_steps=2, hidden_ratio=0.5, **STEPS),
-    "ganomaly": dict(image_size=64, n_features=8, latent_size=16, **STEPS),
-    "padim": dict(backbone=BACKBONE, image_size=64, n_features=10),
-    "patchcore": dict(backbone=BACKBONE, image_size=64),
-    "reverse_distillation": dict(backbone=BACKBONE, image_size=64, **STEPS),
-    "stfpm": dict(backbone=BACKBONE, image_size=64, **STEPS),
-    "uflow": dict(backbone=BACKBONE, image_size=64, flow_steps=1, **STEPS),
-}
 MODELS = sorted(TINY)
 
 
@@ -123,7 +82,9 @@ def assert_same_prediction(a, b) -> None:
 
 
 def test_every_registered_model_has_a_tiny_configuration():
-    assert set(TINY) == set(available_models()), "add the new model's tiny configuration to TINY"
+    assert set(TINY) == set(available_models()), (
+        "add the new model's tiny configuration to TINY in tests/tiny_models.py"
+    )
 
 
 @pytest.mark.parametrize("name", MODELS)
