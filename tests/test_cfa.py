@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
 
-from adlearn.models import create, load
+from adlearn.models import create
 from adlearn.models.cfa import Cfa, add_coordinates, cfa_anomaly_map, cfa_loss, cfa_patch_scores
 from adlearn.train import TrainingConfig
 
@@ -201,37 +201,6 @@ def test_an_empty_memory_bank_and_too_many_neighbours_are_clear_errors():
     model = create("cfa", backbone=BACKBONE, image_size=32, gamma_c=16, device="cpu")  # 8x8 positions -> 4 centres
     with pytest.raises(ValueError, match="fewer than num_nearest_neighbors"):
         model.build_memory_bank(torch.randn(2, 3, 32, 32))
-
-
-def test_cli_max_steps(small_synthetic_root, tmp_path, capsys):
-    from adlearn.cli import main
-    from adlearn.data import SYNTHETIC_CATEGORIES
-
-    code = main(
-        [
-            "evaluate",
-            "cfa",
-            "--root",
-            str(small_synthetic_root),
-            "--category",
-            SYNTHETIC_CATEGORIES[1],
-            "--image-size",
-            "64",
-            "--backbone",
-            BACKBONE,
-            "--device",
-            "cpu",
-            "--set",
-            "max_steps=2",
-            "--set",
-            "batch_size=4",
-            "--save",
-            str(tmp_path / "m.pt"),
-        ]
-    )
-    assert code == 0
-    assert "cfa epoch 1/30 (step 2/2)" in capsys.readouterr().out
-    assert load(tmp_path / "m.pt").history.steps == 2
 
 
 @pytest.mark.slow

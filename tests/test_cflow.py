@@ -157,39 +157,6 @@ def test_errors():
         create("cflow", backbone=BACKBONE, pretrained="none", image_size=64, fiber_batch_size=0, device="cpu")
 
 
-def test_cli(small_synthetic_root, tmp_path, capsys):
-    from adlearn.cli import main
-    from adlearn.data import SYNTHETIC_CATEGORIES
-
-    code = main(
-        [
-            "evaluate",
-            "cflow",
-            "--root",
-            str(small_synthetic_root),
-            "--category",
-            SYNTHETIC_CATEGORIES[1],
-            "--image-size",
-            "64",
-            "--backbone",
-            BACKBONE,
-            "--device",
-            "cpu",
-            "--set",
-            "max_steps=1",
-            "--set",
-            "coupling_blocks=2",
-            "--set",
-            "batch_size=4",
-            "--save",
-            str(tmp_path / "m.pt"),
-        ]
-    )
-    assert code == 0
-    assert "cflow epoch 1/50 (step 1/1)" in capsys.readouterr().out
-    assert load(tmp_path / "m.pt").history.steps == 1
-
-
 @pytest.mark.slow
 @pytest.mark.mvtec
 def test_real_bottle_short_fit(short_bottle_fit):

@@ -167,38 +167,6 @@ def test_best_checkpoint_loads(trained):
     assert load(trained[1]).history.steps >= 2
 
 
-def test_cli(small_synthetic_root, tmp_path, capsys):
-    from adlearn.cli import main
-    from adlearn.data import SYNTHETIC_CATEGORIES
-
-    code = main(
-        [
-            "evaluate",
-            "csflow",
-            "--root",
-            str(small_synthetic_root),
-            "--category",
-            SYNTHETIC_CATEGORIES[1],
-            "--image-size",
-            "128",
-            "--backbone",
-            BACKBONE,
-            "--device",
-            "cpu",
-            "--set",
-            "max_steps=1",
-            "--set",
-            "cross_conv_hidden_channels=8",
-            "--set",
-            "n_coupling_blocks=1",
-            "--set",
-            "batch_size=4",
-        ]
-    )
-    assert code == 0
-    assert "csflow epoch 1/240 (step 1/1)" in capsys.readouterr().out
-
-
 @pytest.mark.slow
 @pytest.mark.mvtec
 def test_real_bottle_short_fit(short_bottle_fit):

@@ -142,37 +142,6 @@ def test_transformer_backbone():
         create("fastflow", backbone="deit_tiny_distilled_patch16_224", pretrained="none", image_size=256)
 
 
-def test_cli_max_steps(small_synthetic_root, tmp_path, capsys):
-    from adlearn.cli import main
-    from adlearn.data import SYNTHETIC_CATEGORIES
-
-    code = main(
-        [
-            "evaluate",
-            "fastflow",
-            "--root",
-            str(small_synthetic_root),
-            "--category",
-            SYNTHETIC_CATEGORIES[1],
-            "--image-size",
-            "64",
-            "--backbone",
-            BACKBONE,
-            "--device",
-            "cpu",
-            "--set",
-            "max_steps=2",
-            "--set",
-            "batch_size=4",
-            "--save",
-            str(tmp_path / "m.pt"),
-        ]
-    )
-    assert code == 0
-    assert "fastflow epoch 1/500 (step 2/2)" in capsys.readouterr().out
-    assert load(tmp_path / "m.pt").history.steps == 2
-
-
 @pytest.mark.slow
 @pytest.mark.mvtec
 @pytest.mark.recipe  # ~330 CPU s: make test-recipes

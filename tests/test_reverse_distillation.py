@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
 
-from adlearn.models import create, load
+from adlearn.models import create
 from adlearn.models.reverse_distillation import (
     ReverseDistillation,
     reverse_distillation_anomaly_map,
@@ -136,37 +136,6 @@ def test_trains_and_predicts_blurred_maps(trained, datasets_64):
     # torch "reflect" padding (d c b | a b c d) is scipy's "mirror" mode
     blurred = np.stack([gaussian_filter(m, sigma=4, mode="mirror", truncate=4.0) for m in raw])
     np.testing.assert_allclose(prediction.anomaly_map.numpy(), blurred, atol=1e-5)
-
-
-def test_cli_max_steps(small_synthetic_root, tmp_path, capsys):
-    from adlearn.cli import main
-    from adlearn.data import SYNTHETIC_CATEGORIES
-
-    code = main(
-        [
-            "evaluate",
-            "reverse_distillation",
-            "--root",
-            str(small_synthetic_root),
-            "--category",
-            SYNTHETIC_CATEGORIES[1],
-            "--image-size",
-            "64",
-            "--backbone",
-            BACKBONE,
-            "--device",
-            "cpu",
-            "--set",
-            "max_steps=2",
-            "--set",
-            "batch_size=4",
-            "--save",
-            str(tmp_path / "m.pt"),
-        ]
-    )
-    assert code == 0
-    assert "reverse_distillation epoch 1/200 (step 2/2)" in capsys.readouterr().out
-    assert load(tmp_path / "m.pt").history.steps == 2
 
 
 @pytest.mark.slow

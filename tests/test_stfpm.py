@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from adlearn.models import create, load
+from adlearn.models import create
 from adlearn.models.stfpm import Stfpm, normalized_difference, stfpm_anomaly_map, stfpm_loss
 from adlearn.train import TrainingConfig
 
@@ -114,41 +114,6 @@ def test_trains_and_predicts_finite_maps(trained, datasets_64):
     assert prediction.anomaly_map.shape == (4, 64, 64) and prediction.anomaly_map.isfinite().all()
     assert (prediction.anomaly_map >= 0).all()  # a product of values in [0, 2]
     assert torch.allclose(prediction.pred_score, prediction.anomaly_map.flatten(1).amax(1))
-
-
-def test_cli_max_epochs(small_synthetic_root, tmp_path, capsys):
-    from adlearn.cli import main
-    from adlearn.data import SYNTHETIC_CATEGORIES
-
-    out = tmp_path / "result.json"
-    code = main(
-        [
-            "evaluate",
-            "stfpm",
-            "--root",
-            str(small_synthetic_root),
-            "--category",
-            SYNTHETIC_CATEGORIES[1],
-            "--image-size",
-            "64",
-            "--backbone",
-            BACKBONE,
-            "--device",
-            "cpu",
-            "--set",
-            "max_epochs=1",
-            "--set",
-            "batch_size=12",
-            "--json",
-            str(out),
-            "--save",
-            str(tmp_path / "m.pt"),
-        ]
-    )
-    assert code == 0
-    assert "stfpm epoch 1/1" in capsys.readouterr().out
-    assert load(tmp_path / "m.pt").history.epoch == [1]
-    assert '"max_epochs": 1' in out.read_text()
 
 
 @pytest.mark.slow

@@ -375,3 +375,15 @@ def test_auto_validation_on_unlabelled_images_falls_back_to_the_loss():
     assert len(model.history.val) == 2 and all(value is not None for value in model.history.val)
     with pytest.raises(ValueError, match="needs labelled validation data"):  # an explicit AUROC still refuses
         ToyGan(max_epochs=1, val_fraction=0.25, val_metric="image_auroc").fit(normal_images(), verbose=False)
+
+
+def test_max_steps_caps_every_phase_of_a_phased_model():
+    # the run's max_steps is never dropped for a model with its own phases: each phase still runs, for at
+    # most that many batches (12 images in batches of 4: 3 an epoch, so phase a would take 6, phase b 3)
+    model = TwoSteps(max_steps=2)
+    model.fit(normal_images(12), verbose=False)
+    assert model.calls == [("a", True)] * 2 + [("b", True)] * 2
+    assert model.history.phase == ["a", "b"] and model.history.steps == 4
+    longer = TwoSteps(max_steps=100)  # a cap above a phase's own length changes nothing
+    longer.fit(normal_images(12), verbose=False)
+    assert longer.calls == [("a", True)] * 6 + [("b", True)] * 3

@@ -191,41 +191,6 @@ def test_learning_rate_decays_per_step():
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.4e-3)
 
 
-def test_cli(small_synthetic_root, tmp_path, capsys):
-    from adlearn.cli import main
-    from adlearn.data import SYNTHETIC_CATEGORIES
-
-    code = main(
-        [
-            "evaluate",
-            "uflow",
-            "--root",
-            str(small_synthetic_root),
-            "--category",
-            SYNTHETIC_CATEGORIES[1],
-            "--image-size",
-            "64",
-            "--backbone",
-            BACKBONE,
-            "--device",
-            "cpu",
-            "--set",
-            "max_steps=1",
-            "--set",
-            "flow_steps=1",
-            "--set",
-            "batch_size=4",
-            "--json",
-            str(tmp_path / "r.json"),
-        ]
-    )
-    assert code == 0
-    assert "uflow epoch 1/200 (step 1/1)" in capsys.readouterr().out
-    import json
-
-    assert "pixel_f1_mask" in json.loads((tmp_path / "r.json").read_text())
-
-
 @pytest.mark.slow
 @pytest.mark.mvtec
 def test_real_bottle_after_two_epochs(mvtec_bottle_root):

@@ -20,7 +20,8 @@ class TrainingConfig:
 
     Attributes:
         max_epochs: stop after this many epochs (None: no epoch limit; then ``max_steps`` is needed).
-        max_steps: stop after this many training batches, which may end an epoch early.
+        max_steps: stop after this many training batches, which may end an epoch early (a model trained in
+            phases: at most this many in each phase).
         patience: early stopping — stop once this many epochs in a row did not improve the
             validation metric (None: never). Only used when there is validation data.
         min_delta: an improvement must beat the best value by more than this.

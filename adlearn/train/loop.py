@@ -28,6 +28,7 @@ caller's global generators are never reseeded nor advanced.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -108,7 +109,7 @@ class Trainer(BatchSteps):
         self.batch_size = batch_size or getattr(model, "batch_size", 32)
         phases = model.training_phases() if hasattr(model, "training_phases") else None
         self.phases: list[Phase] = (
-            list(phases)
+            [capped(phase, config.max_steps) for phase in phases]
             if phases
             else [Phase("train", model.configure_optimizers, None, config.max_epochs, config.max_steps)]
         )
@@ -368,7 +369,8 @@ class Trainer(BatchSteps):
             s
             for s in (
                 self.total_epochs and f"{self.total_epochs} epochs",
-                self.config.max_steps and f"{self.config.max_steps} steps",
+                self.config.max_steps
+                and f"{self.config.max_steps} steps" + (" per phase" if len(self.phases) > 1 else ""),
             )
             if s
         )
@@ -401,6 +403,14 @@ class Trainer(BatchSteps):
     def best_note(self) -> str:
         value = self.history.best_value
         return "" if value is None else f" (val {self.history.val_metric} {value:.4f})"
+
+
+def capped(phase: Phase, max_steps: int | None) -> Phase:
+    """A model's own phase under the run's ``max_steps``: with several phases, every phase still runs, each
+    for at most ``max_steps`` training batches (so a short run trains every part of the model)."""
+    if max_steps is None or (phase.max_steps is not None and phase.max_steps <= max_steps):
+        return phase
+    return dataclasses.replace(phase, max_steps=max_steps)
 
 
 def fit(model: nn.Module, train_data, val_data=None, **options) -> History:
