@@ -57,22 +57,25 @@ def mvtec_bottle_root() -> Path:
 
 
 @pytest.fixture
-def short_bottle_fit(mvtec_bottle_root):
-    """``fit(name, n_train=60, **options) -> results``: the model's ``cpu`` preset fitted on ``n_train`` evenly
-    spaced real bottle training images (seed 0, CPU) and scored on the whole test split: the CI-sized
-    real-data check of a trained model (its full recipe is a ``recipe`` test)."""
+def bottle_fit(mvtec_bottle_root):
+    """``fit(name, n_train=60, **options) -> results``: the model's ``cpu`` preset (seed 0, CPU) fitted on
+    ``n_train`` evenly spaced real bottle training images — all of them with ``n_train=None`` — and scored on
+    the whole test split. 60 images: the CI-sized real-data check of a trained model; all: its full recipe
+    (a ``recipe`` test). ``return_model=True``: ``(model, results)``."""
     from torch.utils.data import Subset
 
     from adlearn.data import MVTecDataset
     from adlearn.evaluate import fit_and_evaluate
     from adlearn.models import create
 
-    def fit(name: str, n_train: int = 60, **options) -> dict:
+    def fit(name: str, n_train: int | None = 60, return_model: bool = False, **options):
         model = create(name, preset="cpu", device="cpu", seed=0, **options)
         train = MVTecDataset(mvtec_bottle_root, "bottle", "train", transform=model.transform)
-        train = Subset(train, [int(i * (len(train) / n_train)) for i in range(n_train)])
+        if n_train is not None:
+            train = Subset(train, [int(i * (len(train) / n_train)) for i in range(n_train)])
         test = MVTecDataset(mvtec_bottle_root, "bottle", "test", transform=model.transform)
-        return fit_and_evaluate(model, train, test)
+        results = fit_and_evaluate(model, train, test)
+        return (model, results) if return_model else results
 
     return fit
 

@@ -205,26 +205,20 @@ def test_an_empty_memory_bank_and_too_many_neighbours_are_clear_errors():
 
 @pytest.mark.slow
 @pytest.mark.mvtec
-def test_real_bottle_short_fit(short_bottle_fit):
+def test_real_bottle_short_fit(bottle_fit):
     # The CI check (~60 CPU s): the cpu preset on 60 evenly spaced training images (48 after the 20 % hold-out)
     # for one epoch. Measured (seed 0, one thread): image AUROC 0.999, pixel AUROC 0.976 (the full recipe below:
     # 1.000 / 0.977), so the bounds leave room for another CPU's rounding.
-    results = short_bottle_fit("cfa", max_epochs=1)
+    results = bottle_fit("cfa", max_epochs=1)
     assert results["image_auroc"] >= 0.98 and results["pixel_auroc"] >= 0.95, results
 
 
 @pytest.mark.slow
 @pytest.mark.mvtec
 @pytest.mark.recipe  # ~270 CPU s: make test-recipes
-def test_real_bottle_cpu_preset(mvtec_bottle_root):
+def test_real_bottle_cpu_preset(bottle_fit):
     # docs/benchmarks.md: the cpu preset (efficientnet_lite0, 256 px, batches of 8, 20 % of the training
     # images held out, 3 epochs), seed 0, one thread: image AUROC 1.000, pixel AUROC 0.977.
-    from adlearn.data import MVTecDataset
-    from adlearn.evaluate import fit_and_evaluate
-
-    model = create("cfa", preset="cpu", device="cpu", seed=0)
-    train = MVTecDataset(mvtec_bottle_root, "bottle", "train", transform=model.transform)
-    test = MVTecDataset(mvtec_bottle_root, "bottle", "test", transform=model.transform)
-    results = fit_and_evaluate(model, train, test)
+    model, results = bottle_fit("cfa", n_train=None, return_model=True)
     assert model.history.val[-1] < model.history.val[0]
     assert results["image_auroc"] >= 0.99 and results["pixel_auroc"] >= 0.96, results

@@ -159,25 +159,19 @@ def test_errors():
 
 @pytest.mark.slow
 @pytest.mark.mvtec
-def test_real_bottle_short_fit(short_bottle_fit):
+def test_real_bottle_short_fit(bottle_fit):
     # The CI check (~60 CPU s): the cpu preset for one epoch on 60 evenly spaced training images. Measured
     # (seed 0, one thread): image AUROC 0.995, pixel AUROC 0.876; the bounds leave room for another CPU's rounding.
-    results = short_bottle_fit("cflow", max_epochs=1)
+    results = bottle_fit("cflow", max_epochs=1)
     assert results["image_auroc"] >= 0.97 and results["pixel_auroc"] >= 0.83, results
 
 
 @pytest.mark.slow
 @pytest.mark.mvtec
 @pytest.mark.recipe  # ~180 CPU s: make test-recipes
-def test_real_bottle_after_one_epoch(mvtec_bottle_root):
+def test_real_bottle_after_one_epoch(bottle_fit):
     # docs/benchmarks.md: the cpu preset (offline efficientnet_lite2, strides 8/16/32) stopped after one epoch
     # (about 3,500 optimizer steps) gave image AUROC 0.996 and pixel AUROC 0.916 (seed 0). The targets
     # (0.99 / 0.96) need the preset's full training, not measured yet.
-    from adlearn.data import MVTecDataset
-    from adlearn.evaluate import fit_and_evaluate
-
-    model = create("cflow", preset="cpu", device="cpu", seed=0, max_epochs=1)
-    train = MVTecDataset(mvtec_bottle_root, "bottle", "train", transform=model.transform)
-    test = MVTecDataset(mvtec_bottle_root, "bottle", "test", transform=model.transform)
-    results = fit_and_evaluate(model, train, test)
+    results = bottle_fit("cflow", n_train=None, max_epochs=1)
     assert results["image_auroc"] >= 0.98 and results["pixel_auroc"] >= 0.90, results

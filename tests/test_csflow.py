@@ -169,25 +169,19 @@ def test_best_checkpoint_loads(trained):
 
 @pytest.mark.slow
 @pytest.mark.mvtec
-def test_real_bottle_short_fit(short_bottle_fit):
+def test_real_bottle_short_fit(bottle_fit):
     # The CI check (~30 CPU s): the cpu preset for one epoch on 60 evenly spaced training images. Measured
     # (seed 0, one thread): image AUROC 0.980, pixel AUROC 0.849; the bounds leave room for another CPU's rounding.
-    results = short_bottle_fit("csflow", max_epochs=1)
+    results = bottle_fit("csflow", max_epochs=1)
     assert results["image_auroc"] >= 0.95 and results["pixel_auroc"] >= 0.80, results
 
 
 @pytest.mark.slow
 @pytest.mark.mvtec
 @pytest.mark.recipe  # ~200 CPU s: make test-recipes
-def test_real_bottle_after_three_epochs(mvtec_bottle_root):
+def test_real_bottle_after_three_epochs(bottle_fit):
     # docs/benchmarks.md: the cpu preset (offline efficientnet_lite0 at stride 32, hidden 128, standardised features,
     # lr 1e-3) stopped after three epochs (best validation: epoch 2) gave image AUROC 0.988 and pixel AUROC 0.890
     # (seed 0); the reference's raw features and lr 2e-4 gave 0.909 / 0.729 after the same three epochs.
-    from adlearn.data import MVTecDataset
-    from adlearn.evaluate import fit_and_evaluate
-
-    model = create("csflow", preset="cpu", device="cpu", seed=0, max_epochs=3)
-    train = MVTecDataset(mvtec_bottle_root, "bottle", "train", transform=model.transform)
-    test = MVTecDataset(mvtec_bottle_root, "bottle", "test", transform=model.transform)
-    results = fit_and_evaluate(model, train, test)
+    results = bottle_fit("csflow", n_train=None, max_epochs=3)
     assert results["image_auroc"] >= 0.975 and results["pixel_auroc"] >= 0.87, results

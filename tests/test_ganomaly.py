@@ -4,7 +4,6 @@ errors, `adlearn evaluate` on an image-level model, and the real bottle."""
 from __future__ import annotations
 
 import inspect
-import json
 import math
 
 import numpy as np
@@ -161,44 +160,6 @@ def test_anomalib_adversarial_variant_and_validation_losses(datasets_64):
     model.fit(datasets_64[0], verbose=False)
     assert model.history.val_metric == "loss" and len(model.history.val) == 2
     assert all(np.isfinite(model.history.val))
-
-
-def test_evaluate_says_there_is_no_pixel_metric(small_synthetic_root, tmp_path, capsys):
-    from adlearn.cli import main
-    from adlearn.data import SYNTHETIC_CATEGORIES
-
-    out = tmp_path / "r.json"
-    code = main(
-        [
-            "evaluate",
-            "ganomaly",
-            "--root",
-            str(small_synthetic_root),
-            "--category",
-            SYNTHETIC_CATEGORIES[0],
-            "--image-size",
-            "64",
-            "--set",
-            "n_features=8",
-            "--set",
-            "latent_size=16",
-            "--set",
-            "max_epochs=1",
-            "--device",
-            "cpu",
-            "--json",
-            str(out),
-            "--figure",
-            str(tmp_path / "f.png"),
-        ]
-    )
-    assert code == 0
-    results = json.loads(out.read_text())
-    assert results["task"] == "classification" and results["pixel_auroc"] is None
-    assert 0.0 <= results["image_auroc"] <= 1.0
-    captured = capsys.readouterr()
-    assert "image-level (classification) model" in captured.out and "no pixel metrics" in captured.out
-    assert "no figure" in captured.err and not (tmp_path / "f.png").exists()
 
 
 @pytest.mark.slow

@@ -146,17 +146,23 @@ def test_cli_evaluate_passes_the_options_and_saves_what_it_trained(name, small_s
 
     options = {**TINY[name], "max_steps": 1}
     settings = [item for key, value in options.items() for item in ("--set", f"{key}={value}")]
-    paths = ["--save", str(tmp_path / "m.pt"), "--json", str(tmp_path / "r.json")]
+    paths = ["--save", str(tmp_path / "m.pt"), "--json", str(tmp_path / "r.json"), "--figure", str(tmp_path / "f.png")]
     location = ["--root", str(small_synthetic_root), "--category", SYNTHETIC_CATEGORIES[1], "--device", "cpu"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         assert main(["evaluate", name, *location, *settings, *paths]) == 0
-    assert re.search(rf"^{name} (\[\w+\] )?epoch 1\b", capsys.readouterr().out, re.MULTILINE)
+    captured = capsys.readouterr()
+    assert re.search(rf"^{name} (\[\w+\] )?epoch 1\b", captured.out, re.MULTILINE)
     saved = load(tmp_path / "m.pt")
     assert {key: saved.config[key] for key in options} == options
     # max_steps=1 reached the loop: one step in one epoch (per phase, for a model trained in phases)
     assert saved.history.steps == len(saved.history.epoch) == len(set(saved.history.phase)) and saved.is_fitted
     results = json.loads((tmp_path / "r.json").read_text())
-    assert 0.0 <= results["image_auroc"] <= 1.0
+    assert results["task"] == saved.task and 0.0 <= results["image_auroc"] <= 1.0
+    if saved.task == "classification":  # an image-level model: no pixel metric and no map figure, said so
+        assert results["pixel_auroc"] is None and "no pixel metrics" in captured.out
+        assert "no figure" in captured.err and not (tmp_path / "f.png").exists()
+    else:
+        assert 0.0 <= results["pixel_auroc"] <= 1.0 and "note" not in results and (tmp_path / "f.png").exists()
     if name == "uflow":  # U-Flow decides a segmentation itself (its NFA mask): its F1 is reported too
         assert "pixel_f1_mask" in results

@@ -140,11 +140,11 @@ def test_trains_and_predicts_blurred_maps(trained, datasets_64):
 
 @pytest.mark.slow
 @pytest.mark.mvtec
-def test_real_bottle_short_fit(short_bottle_fit):
+def test_real_bottle_short_fit(bottle_fit):
     # The CI check (~45 CPU s): the cpu preset on 60 evenly spaced training images (48 after the 20 % hold-out),
     # batches of 8, 4 epochs. Measured (seed 0, one thread): image AUROC 0.990, pixel AUROC 0.939, the held-out
     # loss 1.84 -> 1.31 (the recipe below: 8 epochs on all images); the bounds leave room for another CPU's rounding.
-    results = short_bottle_fit("reverse_distillation", max_epochs=4, batch_size=8)
+    results = bottle_fit("reverse_distillation", max_epochs=4, batch_size=8)
     assert results["image_auroc"] >= 0.97 and results["pixel_auroc"] >= 0.92, results
 
 

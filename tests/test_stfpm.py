@@ -118,11 +118,11 @@ def test_trains_and_predicts_finite_maps(trained, datasets_64):
 
 @pytest.mark.slow
 @pytest.mark.mvtec
-def test_real_bottle_short_fit(short_bottle_fit):
+def test_real_bottle_short_fit(bottle_fit):
     # The CI check (~80 CPU s): the cpu preset on 60 evenly spaced training images (48 after the 20 % hold-out),
     # batches of 8, 4 epochs. Measured (seed 0, one thread): image AUROC 0.997, pixel AUROC 0.958, the held-out
     # loss 6.31 -> 2.84 (the recipe below: 1.000 / 0.971); the bounds leave room for another CPU's rounding.
-    results = short_bottle_fit("stfpm", max_epochs=4, batch_size=8)
+    results = bottle_fit("stfpm", max_epochs=4, batch_size=8)
     assert results["image_auroc"] >= 0.98 and results["pixel_auroc"] >= 0.94, results
 
 
