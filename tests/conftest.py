@@ -58,7 +58,7 @@ def mvtec_bottle_root() -> Path:
 
 @pytest.fixture
 def bottle_fit(mvtec_bottle_root):
-    """``fit(name, n_train=60, **options) -> results``: the model's ``cpu`` preset (seed 0, CPU) fitted on
+    """``fit(name, n_train=60, **options) -> results``: the model's ``cpu`` preset (``preset=``; seed 0, CPU) fitted on
     ``n_train`` evenly spaced real bottle training images — all of them with ``n_train=None`` — and scored on
     the whole test split. 60 images: the CI-sized real-data check of a trained model; all: its full recipe
     (a ``recipe`` test). ``return_model=True``: ``(model, results)``."""
@@ -68,8 +68,8 @@ def bottle_fit(mvtec_bottle_root):
     from adlearn.evaluate import fit_and_evaluate
     from adlearn.models import create
 
-    def fit(name: str, n_train: int | None = 60, return_model: bool = False, **options):
-        model = create(name, preset="cpu", device="cpu", seed=0, **options)
+    def fit(name: str, n_train: int | None = 60, preset="cpu", seed=0, return_model: bool = False, **options):
+        model = create(name, preset=preset, device="cpu", seed=seed, **options)
         train = MVTecDataset(mvtec_bottle_root, "bottle", "train", transform=model.transform)
         if n_train is not None:
             train = Subset(train, [int(i * (len(train) / n_train)) for i in range(n_train)])

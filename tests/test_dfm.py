@@ -139,16 +139,10 @@ def test_clear_errors():
 
 @pytest.mark.slow
 @pytest.mark.mvtec
-def test_real_bottle_matches_anomalib(mvtec_bottle_root):
+def test_real_bottle_matches_anomalib(bottle_fit):
     # anomalib 2.7 on the same data and weights (benchmarks/bench_memory_models.py): image AUROC 0.9984,
     # pixel AUROC 0.9319 (the map is as coarse as the 4x4 pooled grid).
-    from adlearn.data import MVTecDataset
-    from adlearn.evaluate import fit_and_evaluate
-
-    model = create("dfm", backbone=BACKBONE, device="cpu", seed=0)
-    train = MVTecDataset(mvtec_bottle_root, "bottle", "train", transform=model.transform)
-    test = MVTecDataset(mvtec_bottle_root, "bottle", "test", transform=model.transform)
-    results = fit_and_evaluate(model, train, test)
+    results = bottle_fit("dfm", n_train=None, preset=None, backbone=BACKBONE)
     assert results["image_auroc"] >= 0.99
     assert results["pixel_auroc"] == pytest.approx(0.9319, abs=0.01)
 

@@ -164,16 +164,10 @@ def test_anomalib_adversarial_variant_and_validation_losses(datasets_64):
 
 @pytest.mark.slow
 @pytest.mark.mvtec
-def test_real_bottle_cpu_preset(mvtec_bottle_root):
+def test_real_bottle_cpu_preset(bottle_fit):
     # docs/benchmarks.md: the cpu preset (64 px, n_features 32, 15 epochs) scored image AUROC 0.640, 0.883
     # and 0.889 on the bottle test set with seeds 0, 1, 2 (about 100 CPU seconds each). A GAN's result moves
     # with the rounding of another CPU as much as with the seed, so the bound is only "better than chance".
-    from adlearn.data import MVTecDataset
-    from adlearn.evaluate import fit_and_evaluate
-
-    model = create("ganomaly", preset="cpu", device="cpu", seed=1)
-    train = MVTecDataset(mvtec_bottle_root, "bottle", "train", transform=model.transform)
-    test = MVTecDataset(mvtec_bottle_root, "bottle", "test", transform=model.transform)
-    results = fit_and_evaluate(model, train, test)
+    results = bottle_fit("ganomaly", n_train=None, seed=1)
     assert results["pixel_auroc"] is None and results["task"] == "classification"
     assert results["image_auroc"] > 0.5, results

@@ -78,14 +78,8 @@ def test_rejects_bad_n_features():
 
 
 @pytest.mark.slow
-def test_real_bottle_matches_anomalib(mvtec_bottle_root):
+def test_real_bottle_matches_anomalib(bottle_fit):
     # anomalib 2.7 on the same data and weights (measured here): image AUROC 0.998, pixel AUROC 0.970.
-    from adlearn.data import MVTecDataset
-    from adlearn.evaluate import fit_and_evaluate
-
-    model = create("padim", backbone=BACKBONE, device="cpu", seed=0)
-    train = MVTecDataset(mvtec_bottle_root, "bottle", "train", transform=model.transform)
-    test = MVTecDataset(mvtec_bottle_root, "bottle", "test", transform=model.transform)
-    results = fit_and_evaluate(model, train, test)
+    results = bottle_fit("padim", n_train=None, preset=None, backbone=BACKBONE)
     assert results["image_auroc"] >= 0.99
     assert results["pixel_auroc"] >= 0.965

@@ -151,17 +151,19 @@ def test_real_bottle_short_fit(bottle_fit):
 @pytest.mark.slow
 @pytest.mark.mvtec
 @pytest.mark.recipe  # ~130 CPU s: make test-recipes
-def test_real_bottle_with_held_out_normal_images(mvtec_bottle_root):
+def test_real_bottle_with_held_out_normal_images(bottle_fit):
     # docs/benchmarks.md: offline efficientnet_lite0 teacher, 20 % of the training images held out (their
     # loss), seed 0, 8 epochs (the CI budget). Watched on the test set, never used to choose: every epoch
     # from the 3rd on scored image AUROC >= 0.997 and pixel AUROC 0.951-0.964, so the bounds hold under
     # another CPU's rounding.
-    from adlearn.data import MVTecDataset
-    from adlearn.evaluate import fit_and_evaluate
-
-    model = create("reverse_distillation", backbone=BACKBONE, val_fraction=0.2, max_epochs=8, device="cpu", seed=0)
-    train = MVTecDataset(mvtec_bottle_root, "bottle", "train", transform=model.transform)
-    test = MVTecDataset(mvtec_bottle_root, "bottle", "test", transform=model.transform)
-    results = fit_and_evaluate(model, train, test)
+    model, results = bottle_fit(
+        "reverse_distillation",
+        n_train=None,
+        preset=None,
+        return_model=True,
+        backbone=BACKBONE,
+        val_fraction=0.2,
+        max_epochs=8,
+    )
     assert model.history.val_metric == "loss" and model.history.val[-1] < model.history.val[0]
     assert results["image_auroc"] >= 0.99 and results["pixel_auroc"] >= 0.94, results
