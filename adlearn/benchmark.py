@@ -30,7 +30,6 @@ or ``none`` for the papers' settings), and ``--set`` is checked for every model 
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import sys
@@ -45,13 +44,6 @@ RERUN_WHEN_CHANGED = ("preset_options",)  # a cell of an edited preset is stale:
 
 
 # ------------------------------------------------------------------------------------------- one cell
-def accepted_options(model: str) -> set[str]:
-    """The option names ``adlearn.create(model, ...)`` takes (`adlearn.options.accepted_options`)."""
-    from adlearn.options import accepted_options as accepted
-
-    return set(accepted(model))
-
-
 def shared_options(spec: dict) -> dict:
     """The run's options for every model: ``--image-size`` and ``--backbone`` when given, then ``--set``."""
     given = {key: spec[key] for key in ("image_size", "backbone") if spec.get(key) is not None}
@@ -122,19 +114,6 @@ def run_cell(spec: dict) -> dict:
 
 
 # ------------------------------------------------------------------------------------------- all cells
-def check_preset_support(preset: str | None) -> None:
-    """``--preset`` needs an ``adlearn.create(name, preset=...)``; say so clearly when it is missing."""
-    if not preset:
-        return
-    from adlearn.models import create
-
-    if "preset" not in inspect.signature(create).parameters:
-        raise ValueError(
-            f"--preset {preset}: this adlearn's create() does not take preset= yet. Run without "
-            f"--preset (options can be set with --set KEY=VALUE), or update adlearn"
-        )
-
-
 def resolve_models(text: str) -> list[str]:
     from adlearn.models import available_models
 
@@ -203,7 +182,6 @@ def run_benchmark(
     from adlearn.machine import LoadGuard
     from adlearn.runner import Cell, run_grid, write_result
 
-    check_preset_support(preset)
     options = options or {}
     _check_set_keys(models, options)
     out = Path(out)

@@ -163,18 +163,6 @@ def seeded(seed: int, device: str | torch.device | None = None) -> Iterator[None
 
 
 @contextmanager
-def isolated_seed(seed: int, device: str | torch.device = "cpu") -> Iterator[None]:
-    """`seeded` under its older name, for work a model may or may not do depending on a cache.
-
-    Pretraining a teacher or a VQ model on the first fit, reading the file on later ones: without the
-    isolation, a cache miss would reseed and consume the global generator, and the same seed would give
-    different scores with and without the cache.
-    """
-    with seeded(seed, device):
-        yield
-
-
-@contextmanager
 def one_cpu_thread(enabled: bool = True) -> Iterator[None]:
     """Run torch on one CPU thread inside the block, then restore the previous count.
 

@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 
 from adlearn.models.common import save_cached_weights
 from adlearn.models.dsr_vq import GeneralAppearanceModel
-from adlearn.utils import isolated_seed
+from adlearn.utils import seeded
 
 CACHE_VERSION = 2  # in the cache file's name; 2: trained on the shared loop (held-out crops, best epoch kept)
 
@@ -126,7 +126,7 @@ def train_vq_model(
     if cache and path.is_file() and not return_model:
         return path
     checkpoint = path.with_name(path.stem + ".checkpoint.pt") if cache else None
-    with isolated_seed(seed, device):  # the caller's random state untouched, cache or not
+    with seeded(seed, device):  # the caller's random state untouched, cache or not
         model = GeneralAppearanceModel(hiddens, residual_layers, residual_hiddens, num_embeddings, embedding_dim)
         train = NaturalCropEpoch(NaturalImageCrops(size, seed=seed, normalize=False), -(-steps // epochs) * batch_size)
         held_out = NaturalImageCrops(size, seed=seed + 1, normalize=False).sample(val_crops)  # (N, 3, H, W)

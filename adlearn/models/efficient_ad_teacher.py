@@ -49,7 +49,7 @@ from adlearn.components import TimmFeatureExtractor
 from adlearn.components.pdn import PDN_BORDER, PatchDescriptionNetwork
 from adlearn.data.natural_images import NaturalImageCrops
 from adlearn.models.common import save_cached_weights
-from adlearn.utils import isolated_seed
+from adlearn.utils import seeded
 
 DISTILLATION_LAYERS = ("layer2", "layer3")  # strides 8 and 16, as PatchCore's features
 LR_SCHEDULES = ("cosine", "constant")
@@ -273,7 +273,7 @@ def distill_teacher(
     path = teacher_cache_path(model_size, backbone, out_channels, steps, crop_size, seed, lr_schedule, patience)
     if cache and path.is_file() and not return_model:
         return path
-    with isolated_seed(seed, device):  # the caller's random state untouched, cache or not
+    with seeded(seed, device):  # the caller's random state untouched, cache or not
         distillation = TeacherDistillation(
             model_size, backbone, out_channels, steps, batch_size, crop_size, lr, seed, lr_schedule, device
         )
