@@ -27,7 +27,6 @@ import inspect
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
@@ -36,22 +35,10 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from adlearn.components.dynamic_buffer import DynamicBufferMixin, NotFittedError
+from adlearn.prediction import Prediction  # noqa: F401  (re-exported: models import it from here)
 from adlearn.utils import resolve_device, seeded
 
 CHECKPOINT_FORMAT = 1
-
-
-@dataclass
-class Prediction:
-    pred_score: torch.Tensor  # (B,)
-    anomaly_map: torch.Tensor | None = None  # (B, H, W)
-    pred_mask: torch.Tensor | None = None  # (B, H, W) bool: a segmentation the model decides itself (U-Flow's NFA)
-
-    def cpu(self) -> Prediction:
-        def moved(tensor):
-            return None if tensor is None else tensor.detach().cpu()
-
-        return Prediction(self.pred_score.detach().cpu(), moved(self.anomaly_map), moved(self.pred_mask))
 
 
 _SEEDED = threading.local()  # ids of the models inside a seeded call, per thread
