@@ -142,3 +142,22 @@ def test_adlearn_evaluate_is_callable_after_its_module_is_imported():
     finally:
         module.evaluate = original
     assert calls == [((Fake, "data"), {"batch_size": 2})] and evaluate is original
+
+
+def test_mark_fitted_allows_predict_and_survives_save_load(tmp_path):
+    """A model whose parts are trained outside ``fit`` (here: none, a fresh STFPM student) is declared
+    ready with ``mark_fitted``; the flag is saved with the model, and ``mark_fitted(False)`` undoes it."""
+    model = create("stfpm", backbone=BACKBONE, image_size=64, device="cpu", seed=0)
+    images = torch.randn(2, 3, 64, 64)
+    with pytest.raises(NotFittedError):
+        model.predict(images)
+    assert model.mark_fitted() is model and model.is_fitted
+    before = model.predict(images)
+    assert before.pred_score.shape == (2,) and before.anomaly_map.shape == (2, 64, 64)
+    reloaded = load(model.save(tmp_path / "marked.pt"))
+    assert reloaded.is_fitted
+    assert torch.equal(reloaded.predict(images).pred_score, before.pred_score)
+    model.mark_fitted(False)
+    assert not model.is_fitted
+    with pytest.raises(NotFittedError, match="call model.fit"):
+        model.predict(images)

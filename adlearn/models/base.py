@@ -181,6 +181,16 @@ class AnomalyModel(DynamicBufferMixin, nn.Module):
     def is_fitted(self) -> bool:
         return bool(self._is_fitted)
 
+    def mark_fitted(self, fitted: bool = True) -> AnomalyModel:
+        """Declare the model ready to ``predict`` (or not, with ``fitted=False``) without calling ``fit``.
+
+        For parts trained or loaded outside ``fit``: a notebook that runs one training step by hand, or
+        weights copied in with ``load_state_dict``. ``fit`` and ``adlearn.load`` set the flag themselves.
+        The flag is a buffer, so it is saved with the model. Returns the model, for chaining.
+        """
+        self._is_fitted.fill_(bool(fitted))
+        return self
+
     # ----------------------------------------------------------------- input handling
     def check_images(self, images: torch.Tensor) -> None:
         if not isinstance(images, torch.Tensor):
