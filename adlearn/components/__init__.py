@@ -73,6 +73,8 @@ _LAZY = {
     "PatchDescriptionNetwork": "pdn",
     # nearest-neighbour search (used by memory-bank models)
     "NearestNeighbors": "nearest_neighbors",
+    # tiling: overlapping tiles of a high-resolution image, and stitching them back (data.utils.tiler)
+    "Tiler": "tiler",
 }
 
 
