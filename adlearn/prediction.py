@@ -17,9 +17,20 @@ class Prediction:
     pred_score: torch.Tensor  # (B,)
     anomaly_map: torch.Tensor | None = None  # (B, H, W)
     pred_mask: torch.Tensor | None = None  # (B, H, W) bool: a segmentation the model decides itself (U-Flow's NFA)
+    boxes: list[torch.Tensor] | None = None  # per image (N_b, 4) x1, y1, x2, y2 pixels: a detector's regions (R-KDE)
+    box_scores: list[torch.Tensor] | None = None  # per image (N_b,): each region's score
 
     def cpu(self) -> Prediction:
         def moved(tensor):
             return None if tensor is None else tensor.detach().cpu()
 
-        return Prediction(self.pred_score.detach().cpu(), moved(self.anomaly_map), moved(self.pred_mask))
+        def moved_list(tensors):
+            return None if tensors is None else [moved(tensor) for tensor in tensors]
+
+        return Prediction(
+            self.pred_score.detach().cpu(),
+            moved(self.anomaly_map),
+            moved(self.pred_mask),
+            moved_list(self.boxes),
+            moved_list(self.box_scores),
+        )
