@@ -48,6 +48,22 @@ Pixel level (one score per pixel; ground-truth masks, 1 = defect pixel)
   as the MVTec AD reference evaluation labels them (``scipy.ndimage.label`` with a full 3×3
   structuring element). ``connectivity=4`` is available for comparison.
 
+Video level (one score per frame; videos of consecutive frames)
+-----------------------------------------------------------------
+* **Frame AUROC, micro** — every test frame of every video pooled, then AUROC (the convention of
+  most video anomaly detection papers, AI-VAD's included).
+* **Frame AUROC, macro** — AUROC within each video, then the mean over videos: a model whose score
+  drifts from one video to another (lighting, crowd size) is not rewarded for it. A video whose
+  frames are all normal (or all anomalous) has no AUROC of its own and is left out, by name, with a
+  warning.
+* **Frame AUROC per kind** — the frames of one kind of anomaly against all normal frames.
+* **Region AUROC** (where pixel masks exist) — does the model point at the right *object*? Every
+  predicted region (a box with a score) is a positive when its box overlaps the bounding box of a
+  ground-truth region (an 8-connected component of the frame's mask) with IoU ≥ 0.1 (the matching
+  of Ramachandra & Jones's region-based detection criterion, WACV 2020), else a negative. A
+  ground-truth region that no box matches is a positive the model scored below everything (−∞), so
+  missed objects cost as much as low-scored ones. AUROC over all those samples.
+
 How the curves are computed (exactly)
 -------------------------------------
 All curves here are *exact*: the scores are sorted once, and every distinct score value is a
@@ -635,3 +651,103 @@ def mask_f1(masks: ArrayLike, predicted: ArrayLike) -> float:
         raise ValueError("pixel F1 needs at least one anomalous pixel in the masks")
     true_positives = int(np.sum(truth & guess))
     return 2.0 * true_positives / (2.0 * true_positives + int(np.sum(~truth & guess)) + int(np.sum(truth & ~guess)))
+
+
+# --------------------------------------------------------------------------------------------
+# Video: frame-level and region-level metrics
+# --------------------------------------------------------------------------------------------
+
+
+def frame_auroc_micro(labels: ArrayLike, scores: ArrayLike) -> float:
+    """Frame AUROC with every frame of every video pooled (labels, scores: (F,))."""
+    return image_auroc(labels, scores)
+
+
+def frame_auroc_macro(labels: ArrayLike, scores: ArrayLike, videos: ArrayLike) -> float:
+    """Mean over videos of each video's frame AUROC; videos with one class are left out (warned, by name)."""
+    y, s = _image_inputs(labels, scores)
+    names = np.asarray(videos).ravel()
+    if names.shape != y.shape:
+        raise ValueError(f"videos must name each frame: {names.shape[0]} names for {y.shape[0]} frames")
+    values, skipped = [], []
+    for name in dict.fromkeys(names.tolist()):
+        inside = names == name
+        if y[inside].min() == y[inside].max():
+            skipped.append(str(name))
+            continue
+        values.append(image_auroc(y[inside], s[inside]))
+    if not values:
+        raise ValueError("macro frame AUROC needs a video with both normal and anomalous frames; none has both")
+    if skipped:
+        warnings.warn(
+            f"macro frame AUROC leaves out {len(skipped)} video(s) whose frames are all one class: "
+            f"{', '.join(skipped[:5])}{' ...' if len(skipped) > 5 else ''}",
+            stacklevel=2,
+        )
+    return float(np.mean(values))
+
+
+def frame_auroc_per_kind(labels: ArrayLike, scores: ArrayLike, kinds: ArrayLike) -> dict[str, float]:
+    """``{kind: AUROC}`` of each anomaly kind's frames against all normal frames (kind ``""`` = normal)."""
+    y, s = _image_inputs(labels, scores)
+    kinds = np.asarray(kinds).ravel()
+    if kinds.shape != y.shape:
+        raise ValueError(f"kinds must name each frame: {kinds.shape[0]} kinds for {y.shape[0]} frames")
+    normal = y == 0
+    results = {}
+    for kind in sorted(set(kinds[~normal].tolist())):
+        chosen = normal | (kinds == kind)
+        results[str(kind)] = image_auroc(y[chosen], s[chosen])
+    return results
+
+
+def _box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of boxes a (n, 4) and b (m, 4), x1 y1 x2 y2 (x2, y2 exclusive) -> (n, m)."""
+    top_left = np.maximum(a[:, None, :2], b[None, :, :2])
+    bottom_right = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    intersection = np.clip(bottom_right - top_left, 0, None).prod(axis=2)
+    area_a = np.clip(a[:, 2:] - a[:, :2], 0, None).prod(axis=1)
+    area_b = np.clip(b[:, 2:] - b[:, :2], 0, None).prod(axis=1)
+    return intersection / np.maximum(area_a[:, None] + area_b[None, :] - intersection, 1e-12)
+
+
+def mask_boxes(mask: ArrayLike) -> np.ndarray:
+    """Bounding boxes (k, 4) x1 y1 x2 y2 of the 8-connected components of one mask (H, W)."""
+    from scipy import ndimage
+
+    ids, _ = ndimage.label(np.asarray(mask) > 0.5, structure=np.ones((3, 3)))
+    slices = ndimage.find_objects(ids)
+    return np.array([[x.start, y.start, x.stop, y.stop] for y, x in slices], dtype=float).reshape(-1, 4)
+
+
+def region_auroc(masks, boxes, box_scores, iou_threshold: float = 0.1) -> float:
+    """Region AUROC (see the module docstring) over frames with masks.
+
+    Args:
+        masks: per frame (H, W) ground truth (a sequence or an (F, H, W) array).
+        boxes: per frame (n_f, 4) predicted boxes x1 y1 x2 y2. box_scores: per frame (n_f,).
+        iou_threshold: the IoU a box needs with a ground-truth region to count as finding it.
+    """
+    if not (len(masks) == len(boxes) == len(box_scores)):
+        raise ValueError(
+            f"masks, boxes and box_scores must cover the same frames: {len(masks)}, {len(boxes)}, {len(box_scores)}"
+        )
+    labels, scores = [], []
+    for mask, frame_boxes, frame_scores in zip(masks, boxes, box_scores):
+        truth = mask_boxes(mask)
+        predicted = np.asarray(_to_numpy(frame_boxes), dtype=float).reshape(-1, 4)
+        predicted_scores = np.asarray(_to_numpy(frame_scores), dtype=float).reshape(-1)
+        if len(predicted) != len(predicted_scores):
+            raise ValueError(f"{len(predicted)} boxes but {len(predicted_scores)} box scores in a frame")
+        iou = _box_iou(predicted, truth) if len(truth) and len(predicted) else np.zeros((len(predicted), len(truth)))
+        matched = iou >= iou_threshold  # (n, k)
+        labels += matched.any(axis=1).astype(int).tolist()
+        scores += predicted_scores.tolist()
+        missed = int((~matched.any(axis=0)).sum()) if len(truth) else 0
+        labels += [1] * missed
+        scores += [-np.inf] * missed
+    labels, scores = np.array(labels, dtype=int), np.array(scores, dtype=float)
+    _require_both_classes(labels, "region AUROC", "regions")
+    finite = np.isfinite(scores)
+    lowest = scores[finite].min() - 1.0 if finite.any() else 0.0
+    return image_auroc(labels, np.where(finite, scores, lowest))
