@@ -293,6 +293,12 @@ def add_parser(sub) -> None:
     )
     parser.add_argument("--label", help="the book page section's title (default: the data's name)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="run nothing: rewrite the table, figures and book section from the cells already in --out "
+        "(those of --models/--categories/--seeds; the missing ones are listed)",
+    )
     add_arguments(parser)
     parser.set_defaults(func=cmd_benchmark)
 
@@ -313,28 +319,34 @@ def cmd_benchmark(args) -> int:
     except ValueError:
         raise ValueError(f"--seeds expects comma-separated integers, got {args.seeds!r}") from None
     out = Path(args.out)
-    rows = run_benchmark(
-        models,
-        categories,
-        seeds,
-        out,
-        root=args.root,
-        preset=preset,
-        device=args.device,
-        image_size=args.image_size,
-        backbone=args.backbone,
-        options=options,
-        threads=args.threads,
-        max_train=args.max_train,
-        time_limit=args.time_limit or None,
-        retry_failed=args.retry_failed,
-        allow_busy=args.allow_busy,
-        busy_threshold=args.busy_threshold,
-        progress=not args.no_progress,
-        jobs=args.jobs,
-        scheduler=args.scheduler,
-        sequential=args.sequential,
-    )
+    if args.report_only:
+        rows = stored_cells(out, models, categories, seeds, preset)
+        write_reports(
+            rows, out, json.loads((out / "machine.json").read_text()) if (out / "machine.json").is_file() else None
+        )
+    else:
+        rows = run_benchmark(
+            models,
+            categories,
+            seeds,
+            out,
+            root=args.root,
+            preset=preset,
+            device=args.device,
+            image_size=args.image_size,
+            backbone=args.backbone,
+            options=options,
+            threads=args.threads,
+            max_train=args.max_train,
+            time_limit=args.time_limit or None,
+            retry_failed=args.retry_failed,
+            allow_busy=args.allow_busy,
+            busy_threshold=args.busy_threshold,
+            progress=not args.no_progress,
+            jobs=args.jobs,
+            scheduler=args.scheduler,
+            sequential=args.sequential,
+        )
     print((out / "results.md").read_text())
     print(f"wrote {out}/results.csv, results.md, auroc_vs_fit_time.png, auroc_per_model.png")
     if args.book_page:
@@ -344,9 +356,37 @@ def cmd_benchmark(args) -> int:
     return 1 if failed else 0
 
 
+def stored_cells(
+    out: Path, models: list[str], categories: list[str], seeds: list[int], preset: str | None
+) -> list[dict]:
+    """The cells of this grid already in ``out/cells`` (``--report-only``); the missing ones are listed on
+    stderr, and a cell whose preset has changed since it ran is marked ``stale`` (the tables flag it)."""
+    from adlearn.runner import read_result
+
+    rows, missing = [], []
+    for model in models:
+        current = json.loads(json.dumps(preset_options(model, preset), default=str))  # as a cell stores it
+        for category in categories:
+            for seed in seeds:
+                path = out / "cells" / f"{cell_key(model, category, seed)}.json"
+                if not path.is_file():
+                    missing.append(path.stem)
+                    continue
+                row = read_result(path)
+                row["stale"] = (row.get("spec") or {}).get("preset_options") != current
+                rows.append(row)
+    if missing:
+        print(f"--report-only: {len(missing)} cells not run yet: {', '.join(missing)}", file=sys.stderr)
+    if not rows:
+        raise ValueError(
+            f"--report-only: no cell of this grid in {out / 'cells'}; run it first (without --report-only)"
+        )
+    return rows
+
+
 def command_line(args) -> str:
     """The ``adlearn benchmark`` command that reproduces this run (for the book page)."""
-    parts = ["adlearn benchmark", f"--models {args.models}"]
+    parts = ["adlearn benchmark", f"--models {args.models}"]  # --report-only left out: this runs the cells
     if args.root:
         parts.append(
             "--root $ADLEARN_MVTEC_ROOT"

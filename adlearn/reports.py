@@ -52,6 +52,7 @@ COLUMNS = (
 METRICS = ("image_auroc", "pixel_auroc", "pixel_aupro", "image_f1max", "pixel_f1max")
 COSTS = ("fit_seconds", "fit_cpu_seconds", "images_per_second", "peak_memory_mb", "parameters", "model_size_mb")
 BUSY_MARK = "†"  # beside a wall time measured while other processes shared the CPU
+STALE_MARK = "‡"  # beside a model whose cells ran with an earlier version of its preset
 
 
 def cell_key(model: str, category: str, seed: int) -> str:
@@ -95,6 +96,7 @@ def summarize(rows: list[dict]) -> list[dict]:
         ok = [r for r in group if r.get("status") == "ok"]
         entry = {"model": model, "category": category, "seeds": len(ok), "failed": len(group) - len(ok)}
         entry["busy"] = sum(1 for r in ok if r.get("busy"))  # seeds whose wall times ran on a shared CPU
+        entry["stale"] = sum(1 for r in ok if r.get("stale"))  # seeds run with an earlier version of the preset
         for key in (*METRICS, *COSTS):
             values = [v for v in (_number(r.get(key)) for r in ok) if v is not None]
             mean = sum(values) / len(values) if values else None
@@ -140,7 +142,7 @@ def markdown_table(rows: list[dict], info: dict | None = None) -> str:
             "| "
             + " | ".join(
                 [
-                    entry["model"],
+                    entry["model"] + (f" {STALE_MARK}" if entry["stale"] else ""),
                     entry["category"],
                     f"{entry['seeds']}" + (f" ({entry['failed']} failed)" if entry["failed"] else ""),
                     cell(entry, "image_auroc", ".3f"),
@@ -159,12 +161,17 @@ def markdown_table(rows: list[dict], info: dict | None = None) -> str:
         )
     text = "\n".join(lines) + "\n"
     text += busy_note(sum(e["busy"] for e in summary), sum(e["seeds"] for e in summary))
+    if any(e["stale"] for e in summary):
+        text += (
+            f"\n{STALE_MARK} Computed with an earlier version of the model's preset (the model has changed since): "
+            "the command above reruns these cells.\n"
+        )
     if info:
         busy = [r for r in rows if r.get("busy")]
         loads = [r["load_before"][0] for r in rows if r.get("load_before")]
         text += (
             f"\nCells ran on: {cell_machines(rows)}. Table written on: {describe(info['machine'])}. "
-            f"Preset: {info.get('preset') or 'none'}; device {info.get('device')}; data: {info.get('root')}.\n"
+            f"Preset: {info.get('preset') or 'none'}; device {info.get('device')}; data: {data_label(info.get('root'))}.\n"
             f"Load average before the cells: {min(loads):.2f}–{max(loads):.2f}. "
             if loads
             else "\n"
@@ -183,6 +190,11 @@ def markdown_table(rows: list[dict], info: dict | None = None) -> str:
             for r in failed
         )
     return text
+
+
+def data_label(root) -> str:
+    """The data a table was computed on, without the machine's paths: the root folder's name."""
+    return "the embedded synthetic dataset" if not root else f"`{Path(str(root)).name}/` (an MVTec-layout root)"
 
 
 def cell_machines(rows: list[dict]) -> str:

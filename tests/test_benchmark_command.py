@@ -276,3 +276,29 @@ def test_every_model_gets_its_own_colour_and_marker_in_the_figures():
     colours, markers = reports.model_styles(models)
     styles = {(tuple(colours[m]), markers[m]) for m in models}
     assert len(styles) == len(models) == 30
+
+
+def test_report_only_rewrites_the_tables_from_stored_cells_and_flags_stale_ones(tmp_path, capsys, monkeypatch):
+    """--report-only runs no cell: the table is the stored cells' (a missing one listed), a cell of an edited
+    preset is marked ‡, and the book page names no machine path."""
+    out = tmp_path / "bench"
+    (out / "cells").mkdir(parents=True)
+    base = {"category": "bottle", "status": "ok", "pixel_auroc": 0.9, "fit_seconds": 1.0, "fit_cpu_seconds": 1.0}
+    current = json.loads(json.dumps(benchmark.preset_options("padim", "cpu")))
+    for seed, auroc in ((0, 0.8), (1, 1.0)):
+        spec = {"preset_options": current if seed == 0 else {"backbone": "something_older"}}
+        row = {**base, "model": "padim", "seed": seed, "image_auroc": auroc, "spec": spec}
+        (out / "cells" / f"padim__bottle__seed{seed}.json").write_text(json.dumps(row))
+    monkeypatch.setattr(benchmark, "run_benchmark", lambda *a, **k: pytest.fail("--report-only ran cells"))
+    page = tmp_path / "page.md"
+    (tmp_path / "mvtec" / "bottle" / "train").mkdir(parents=True)
+    args = ["benchmark", "--report-only", "--models", "padim", "--root", str(tmp_path / "mvtec"), "--categories"]
+    args += ["bottle", "--seeds", "0,1,2", "--out", str(out), "--book-page", str(page), "--label", "bottle"]
+    from adlearn.cli import main
+
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    assert "padim__bottle__seed2" in captured.err  # the missing cell is named
+    table = (out / "results.md").read_text()
+    assert "| padim ‡ | bottle | 2 | 0.900 ± 0.100 |" in table and reports.STALE_MARK in table
+    assert str(tmp_path) not in page.read_text().split("```")[2]  # the table's note: no machine path
