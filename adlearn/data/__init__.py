@@ -12,6 +12,9 @@ models nor timm; ``from adlearn.data import MVTecDataset`` works as usual.
 * `hold_out`, `SyntheticAnomalies` — validation data for early stopping, from normal images only.
 * `NaturalImageCrops`, `load_natural_images` — random crops of the photographs scikit-image,
   scikit-learn and matplotlib ship (EfficientAD's stand-in for ImageNet).
+* `Video`, `ClipDataset`, `resize_clip` — videos (in memory, a folder of frames, a video file) cut
+  into clips of consecutive frames; `ucsd_ped2`, `avenue` read the two public benchmarks;
+  `synthetic_surveillance` draws the embedded surveillance videos (see ``docs/design.md``).
 * `DataError` — raised for bad input, with a message that says how to fix it.
 """
 
@@ -55,6 +58,14 @@ _LAZY = {
     "NaturalImageCrops": "natural_images",
     "load_natural_images": "natural_images",
     "natural_image_names": "natural_images",
+    # videos: clips of consecutive frames, public layouts, the synthetic surveillance videos
+    "Video": "video",
+    "ClipDataset": "video",
+    "resize_clip": "video",
+    "ucsd_ped2": "video",
+    "avenue": "video",
+    "ANOMALY_KINDS": "video",
+    "synthetic_surveillance": "synthetic_video",
 }
 
 
