@@ -50,7 +50,7 @@
     ADLEARN_MVTEC_ROOT=... .venv/bin/python benchmarks/bench_efficient_ad.py --accuracy --quantiles test \
         --lr-decay none --sides adlearn --seed 1
 
-The figures go to docs/benchmarks.md with the command that made them.
+The figures go to docs/log/2026-12-06-benchmarks-history.md with the command that made them.
 """
 
 from __future__ import annotations

@@ -285,7 +285,7 @@ def run_model(name: str, args, guard, tmp: Path) -> dict:
 
 
 def markdown(results: dict) -> str:
-    """The table for docs/benchmarks.md."""
+    """The table for docs/log/2026-12-06-benchmarks-history.md."""
     lines = [
         "| model | network (both sides) | batch × size | adlearn CPU s/step | anomalib 2.7 CPU s/step | "
         "adlearn / anomalib | of which anomaly simulation (adlearn / anomalib) |",

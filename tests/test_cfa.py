@@ -217,7 +217,7 @@ def test_real_bottle_short_fit(bottle_fit):
 @pytest.mark.mvtec
 @pytest.mark.recipe  # ~270 CPU s: make test-recipes
 def test_real_bottle_cpu_preset(bottle_fit):
-    # docs/benchmarks.md: the cpu preset (efficientnet_lite0, 256 px, batches of 8, 20 % of the training
+    # docs/log/2026-12-06-benchmarks-history.md: the cpu preset (efficientnet_lite0, 256 px, batches of 8, 20 % of the training
     # images held out, 3 epochs), seed 0, one thread: image AUROC 1.000, pixel AUROC 0.977.
     model, results = bottle_fit("cfa", n_train=None, return_model=True)
     assert model.history.val[-1] < model.history.val[0]

@@ -170,7 +170,7 @@ def test_real_bottle_short_fit(bottle_fit):
 @pytest.mark.mvtec
 @pytest.mark.recipe  # ~180 CPU s: make test-recipes
 def test_real_bottle_after_one_epoch(bottle_fit):
-    # docs/benchmarks.md: the cpu preset (offline efficientnet_lite2, strides 8/16/32) stopped after one epoch
+    # docs/log/2026-12-06-benchmarks-history.md: the cpu preset (offline efficientnet_lite2, strides 8/16/32) stopped after one epoch
     # (about 3,500 optimizer steps) gave image AUROC 0.996 and pixel AUROC 0.916 (seed 0). The targets
     # (0.99 / 0.96) need the preset's full training, not measured yet.
     results = bottle_fit("cflow", n_train=None, max_epochs=1)

@@ -180,7 +180,7 @@ def test_real_bottle_short_fit(bottle_fit):
 @pytest.mark.mvtec
 @pytest.mark.recipe  # ~200 CPU s: make test-recipes
 def test_real_bottle_after_three_epochs(bottle_fit):
-    # docs/benchmarks.md: the cpu preset (offline efficientnet_lite0 at stride 32, hidden 128, standardised features,
+    # docs/log/2026-12-06-benchmarks-history.md: the cpu preset (offline efficientnet_lite0 at stride 32, hidden 128, standardised features,
     # lr 1e-3) stopped after three epochs (best validation: epoch 2) gave image AUROC 0.988 and pixel AUROC 0.890
     # (seed 0); the reference's raw features and lr 2e-4 gave 0.909 / 0.729 after the same three epochs.
     results = bottle_fit("csflow", n_train=None, max_epochs=3)

@@ -146,7 +146,7 @@ def test_transformer_backbone():
 @pytest.mark.mvtec
 @pytest.mark.recipe  # ~330 CPU s: make test-recipes
 def test_real_bottle_with_label_free_early_stopping(mvtec_bottle_root):
-    # The recipe docs/benchmarks.md reports: the offline efficientnet_lite2, its stages of strides 8/16/32, 3x3
+    # The recipe docs/log/2026-12-06-benchmarks-history.md reports: the offline efficientnet_lite2, its stages of strides 8/16/32, 3x3
     # subnets, early stopping on synthetic defects pasted into held-out training images (the test set is never
     # seen). Measured here (patience 3, the default): seed 0 stopped after 7 epochs and kept epoch 4, image
     # AUROC 1.000, pixel AUROC 0.967; every one of its first ten epochs scored >= 0.951 on the test set (seeds 1

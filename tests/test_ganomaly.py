@@ -165,7 +165,7 @@ def test_anomalib_adversarial_variant_and_validation_losses(datasets_64):
 @pytest.mark.slow
 @pytest.mark.mvtec
 def test_real_bottle_cpu_preset(bottle_fit):
-    # docs/benchmarks.md: the cpu preset (64 px, n_features 32, 15 epochs) scored image AUROC 0.640, 0.883
+    # docs/log/2026-12-06-benchmarks-history.md: the cpu preset (64 px, n_features 32, 15 epochs) scored image AUROC 0.640, 0.883
     # and 0.889 on the bottle test set with seeds 0, 1, 2 (about 100 CPU seconds each). A GAN's result moves
     # with the rounding of another CPU as much as with the seed, so the bound is only "better than chance".
     results = bottle_fit("ganomaly", n_train=None, seed=1)

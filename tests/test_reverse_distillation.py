@@ -152,7 +152,7 @@ def test_real_bottle_short_fit(bottle_fit):
 @pytest.mark.mvtec
 @pytest.mark.recipe  # ~130 CPU s: make test-recipes
 def test_real_bottle_with_held_out_normal_images(bottle_fit):
-    # docs/benchmarks.md: offline efficientnet_lite0 teacher, 20 % of the training images held out (their
+    # docs/log/2026-12-06-benchmarks-history.md: offline efficientnet_lite0 teacher, 20 % of the training images held out (their
     # loss), seed 0, 8 epochs (the CI budget). Watched on the test set, never used to choose: every epoch
     # from the 3rd on scored image AUROC >= 0.997 and pixel AUROC 0.951-0.964, so the bounds hold under
     # another CPU's rounding.

@@ -130,7 +130,7 @@ def test_real_bottle_short_fit(bottle_fit):
 @pytest.mark.mvtec
 @pytest.mark.recipe  # ~250 CPU s: make test-recipes
 def test_real_bottle_with_held_out_normal_images(bottle_fit):
-    # docs/benchmarks.md: with the student's batch-norm statistics re-estimated (precise_bn, the default) the
+    # docs/log/2026-12-06-benchmarks-history.md: with the student's batch-norm statistics re-estimated (precise_bn, the default) the
     # held-out normal images' loss and the test pixel AUROC improve together, epoch after epoch. Seed 0, 10
     # epochs (the CI budget; the loss was still falling): image AUROC 1.000, pixel AUROC 0.971; its epochs
     # 7-25 all scored 0.964-0.978, and seed 1 reached 0.963 at epoch 10, so the bound holds under another

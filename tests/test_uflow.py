@@ -196,7 +196,7 @@ def test_learning_rate_decays_per_step():
 def test_real_bottle_after_two_epochs(bottle_fit):
     # The cpu preset (offline efficientnet_lite2, strides 4/8/16, all-3x3 subnets, 8 flow steps, 384 px, map blur
     # σ = 6) stopped after two epochs: image AUROC 0.998, pixel AUROC 0.948 (seed 0, 2026-12-03, shared machine; the
-    # 4-step preset gave 0.966 / 0.884). Its full training: 0.999 / 0.952 over seeds 0-2 (docs/benchmarks.md, "U-Flow").
+    # 4-step preset gave 0.966 / 0.884). Its full training: 0.999 / 0.952 over seeds 0-2 (docs/log/2026-12-06-benchmarks-history.md, "U-Flow").
     results = bottle_fit("uflow", n_train=None, max_epochs=2)
     assert results["image_auroc"] >= 0.95 and results["pixel_auroc"] >= 0.87, results
     assert 0.0 <= results["pixel_f1_mask"] <= 1.0

@@ -158,7 +158,7 @@ class Cfa(TrainedModel):
     name = "cfa"
     # The reference's training: 30 epochs, early stopping with patience 5.
     training_defaults = {"max_epochs": 30, "patience": 5}
-    # cpu: measured on the real bottle (docs/benchmarks.md): 3 epochs already give image AUROC 1.000, pixel 0.977.
+    # cpu: measured on the real bottle (docs/log/2026-12-06-benchmarks-history.md): 3 epochs already give image AUROC 1.000, pixel 0.977.
     presets = {"cpu": {"backbone": "efficientnet_lite0", "val_fraction": 0.2, "max_epochs": 3, "batch_size": 8}}
 
     def __init__(

@@ -106,7 +106,7 @@ class Csflow(TrainedModel):
     name = "csflow"
     # The reference's training (anomalib's Csflow: 240 epochs, patience 3, gradient clipping 1).
     training_defaults = {"max_epochs": 240, "patience": 3, "gradient_clip_val": 1.0}
-    # cpu: standardised features and lr 1e-3 so the flow learns within the budget (docs/benchmarks.md).
+    # cpu: standardised features and lr 1e-3 so the flow learns within the budget (docs/log/2026-12-06-benchmarks-history.md).
     presets = {
         "cpu": {
             "backbone": "efficientnet_lite0",

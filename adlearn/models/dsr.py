@@ -173,7 +173,7 @@ def dsr_image_score(detection_logits: torch.Tensor, window: int) -> torch.Tensor
 class Dsr(TrainedModel):
     name = "dsr"
     training_defaults = {"max_epochs": 700}
-    # cpu (docs/benchmarks.md, "DSR on the real bottle"): 128 px, narrow networks, small codebooks, and
+    # cpu (docs/log/2026-12-06-benchmarks-history.md, "DSR on the real bottle"): 128 px, narrow networks, small codebooks, and
     # lr 1e-3 for phases 2-3 (the paper's 2e-4 leaves them far from converged in 20 epochs).
     # The VQ model: the paper (Zavrtanik et al., ECCV 2022, Sec. 3) pretrains it on natural images only and
     # keeps it frozen, as anomalib.models.image.dsr does with its downloaded weights; "paper" does the same.

@@ -222,7 +222,7 @@ class EfficientAd(TrainedModel):
     # The paper's training: 70 000 steps of batch size 1, the only limit (no epoch cap: see the docstring).
     training_defaults = {"max_steps": 70_000, "max_epochs": None}
     # cpu: 1 800 steps at 128 px fit the 30-minutes-on-2-cores budget (35–50 CPU-minutes); measured figures
-    # with each distilled teacher are in docs/benchmarks.md ("EfficientAD on the real bottle").
+    # with each distilled teacher are in docs/log/2026-12-06-benchmarks-history.md ("EfficientAD on the real bottle").
     # paper: 10 % of the training images held out as Algorithm 1's validation set (the defaults hold none
     # out, so that fit takes any data, even a DataLoader or a few images).
     presets = {"paper": {"val_fraction": 0.1}, "cpu": {"image_size": 128, "max_steps": 1800, "val_fraction": 0.1}}

@@ -50,7 +50,7 @@ public FastFlow reproductions use for ResNet-18-sized backbones); ``efficientnet
 deeper than lite0, also packaged) localises best. Early stopping without labels:
 ``val_fraction=0.2, val_anomalies="synthetic"`` holds out 20 % of the training images and scores the
 pixel AUROC of Perlin-noise defects pasted into half of them. Per-scale scores and the real-bottle
-results of these recipes: docs/benchmarks.md ("FastFlow").
+results of these recipes: docs/log/2026-12-06-benchmarks-history.md ("FastFlow").
 
 Deliberate differences: early stopping only on a validation set the caller passes or holds out (the
 reference monitors the *test* set's pixel AUROC); we accept any timm CNN rather than a fixed list;

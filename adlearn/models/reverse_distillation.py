@@ -45,7 +45,7 @@ convs), two per stage, as the reference uses for ResNet-18/34; for the ResNet-50
 uses its bottleneck blocks (three in the OCBE stage, a de-ResNet-50 decoder), so parameter counts
 differ there. (b) ``precise_bn=True`` (see STFPM and `adlearn.train`): the bottleneck's and decoder's
 batch norms get statistics re-estimated for their current weights before validation and at the end;
-it matters most in the first epochs (docs/benchmarks.md, "Reverse Distillation on the real bottle").
+it matters most in the first epochs (docs/log/2026-12-06-benchmarks-history.md, "Reverse Distillation on the real bottle").
 (c) Early stopping only on a validation set the caller passes or holds out (``val_fraction``); the
 reference watches the test set. (d) The bottleneck and decoder are kept in the channels-last memory
 layout (speed only, same numbers up to rounding).
@@ -169,7 +169,7 @@ class ReverseDistillation(TrainedModel):
         # Steps 2-3: what is trained.
         self.bottleneck = OneClassBottleneck(channels, blocks_per_stage)
         self.decoder = ReverseDecoder(channels, blocks_per_stage)
-        # Channels-last convolutions train faster on a CPU (speed only: docs/benchmarks.md).
+        # Channels-last convolutions train faster on a CPU (speed only: docs/log/2026-12-06-benchmarks-history.md).
         for module in (self.bottleneck, self.decoder):
             module.to(memory_format=torch.channels_last)
         self.blur = GaussianBlur2d(sigma=blur_sigma, channels=1)

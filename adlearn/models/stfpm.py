@@ -42,7 +42,7 @@ Deliberate differences:
   at the end of training they are re-estimated for the current weights (`adlearn.train`,
   ``batch_norm_forward``: one pass of the student over the training images, no gradients).
   ``precise_bn=False`` gives the reference's behaviour. The learning curves with and without it are
-  in docs/benchmarks.md ("STFPM").
+  in docs/log/2026-12-06-benchmarks-history.md ("STFPM").
 """
 
 from __future__ import annotations

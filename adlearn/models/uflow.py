@@ -42,7 +42,7 @@ Deliberate differences from the reference:
 * The ``cpu`` preset (``efficientnet_lite2``, 384 px, all-3×3 subnets, ``subnet_kernels=(3,)``, 8 flow
   steps per scale) departs from the reference's 3×3 / 1×1 alternation, its 4 steps and its 448-px input:
   each choice was made on the held-out synthetic-defect validation score, 384 against 448 px a tie settled
-  by cost (docs/benchmarks.md, "U-Flow"). FastFlow, on the same backbone, is better off with the deeper stages
+  by cost (docs/log/2026-12-06-benchmarks-history.md, "U-Flow"). FastFlow, on the same backbone, is better off with the deeper stages
   (its stride-4 scale alone is weak); U-Flow's finest scale is conditioned on the coarser ones and profits
   from the stride-4 detail.
 * The ``cpu`` preset also smooths the map (``blur_sigma=6``: PaDiM's and PatchCore's σ = 4 at 256 px, scaled to
@@ -172,7 +172,7 @@ class Uflow(TrainedModel):
     # The reference's training (anomalib's Uflow config: 200 epochs, patience 20); LR decays per step.
     training_defaults = {"max_epochs": 200, "patience": 20}
     scheduler_interval = "step"
-    # cpu: each choice made on the held-out synthetic-defect validation score (docs/benchmarks.md, "U-Flow").
+    # cpu: each choice made on the held-out synthetic-defect validation score (docs/log/2026-12-06-benchmarks-history.md, "U-Flow").
     presets = {
         "cpu": {
             "backbone": "efficientnet_lite2",

@@ -32,7 +32,7 @@ then runs *its own* code:
 Each comparison reports the largest absolute difference and the largest magnitude on our side; a piece
 *agrees* when the difference is under ``--rtol`` (default 1e-4) times that magnitude. Float32 sums taken
 in another order differ at about 1e-7 relative. What this check cannot see is listed in
-docs/benchmarks.md next to its result (the random streams, the penalty images' geometry, the learning
+docs/log/2026-12-06-benchmarks-history.md next to its result (the random streams, the penalty images' geometry, the learning
 rate decay).
 """
 
