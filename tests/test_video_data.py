@@ -3,7 +3,13 @@ truth, the public layouts, the errors and the download scripts."""
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
+import subprocess
+import sys
+import tarfile
+import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +19,7 @@ from scipy import ndimage
 from video_fixtures import write_avenue_folder, write_ucsd_folder, write_video_file
 
 from adlearn.data import ClipDataset, DataError, Video, avenue, resize_clip, synthetic_surveillance, ucsd_ped2
+from adlearn.data.download import sha256_file
 from adlearn.data.synthetic_video import EVENT_ORDER, EVENTS, background, generate_videos, plan_video, render_video
 
 SMALL = (64, 80)  # (H, W) of the small test videos
@@ -270,3 +277,63 @@ def test_every_combination_of_defaults_builds():
         videos = synthetic_surveillance(split, n_videos=n, n_frames=8, size=SMALL, cache=False)
         ds = ClipDataset(videos)
         assert len(ds) == 7 and ds[0]["frames"].shape == (2, 3, *SMALL)
+
+
+# =========================================================================== download scripts
+def load_script(name: str):
+    path = Path(__file__).resolve().parents[1] / "data_scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_ucsd_script_unpacks_a_tiny_archive(tmp_path, capsys):
+    tree = write_ucsd_folder(tmp_path / "tree", n_train=1, n_test=2, n_frames=6, size=SMALL)
+    archive = tmp_path / "UCSD_Anomaly_Dataset.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:  # the real archive wraps everything in one folder
+        tar.add(tree / "UCSDped2", arcname="UCSD_Anomaly_Dataset.v1p2/UCSDped2")
+    script = load_script("download_ucsd_ped2")
+    dest = tmp_path / "ucsd"
+    argv = ["--dest", str(dest), "--sha256", sha256_file(archive), "--no-progress"]
+    assert script.main([*argv, "--url", archive.as_uri()]) == 0, capsys.readouterr().err  # a download
+    assert (dest / "UCSD_Anomaly_Dataset.tar.gz").is_file()
+    test = ucsd_ped2(dest / "UCSD_Anomaly_Dataset.v1p2", "test")
+    truth = generate_videos("test", 0, 2, 6, SMALL)
+    assert [v.frame_labels.tolist() for v in test] == [t["labels"].tolist() for t in truth]
+    assert "2 test videos" in capsys.readouterr().out
+    # a local archive whose checksum is not the published one is refused, with the reason
+    assert script.main(["--archive", str(archive), "--dest", str(tmp_path / "b"), "--no-progress"]) == 1
+    assert "sha256" in capsys.readouterr().err
+
+
+def test_avenue_script_unpacks_and_converts_masks(tmp_path, capsys):
+    tree = write_avenue_folder(tmp_path / "tree", n_train=1, n_test=2, n_frames=8, size=SMALL, mat_masks=True)
+    videos, labels = tmp_path / "Avenue_Dataset.zip", tmp_path / "ground_truth_demo.zip"
+    with zipfile.ZipFile(videos, "w") as archive:  # as published: everything under "Avenue Dataset/"
+        for path in sorted(tree.glob("*_videos/*.avi")):
+            archive.write(path, f"Avenue Dataset/{path.relative_to(tree)}")
+    with zipfile.ZipFile(labels, "w") as archive:
+        for path in sorted((tree / "ground_truth_demo").rglob("*.mat")):
+            archive.write(path, str(path.relative_to(tree)))
+    dest = tmp_path / "avenue"
+    argv = ["--dest", str(dest), "--archive", str(videos), "--annotations", str(labels), "--no-progress"]
+    argv += ["--sha256", sha256_file(videos), "--annotations-sha256", sha256_file(labels)]
+    assert load_script("download_avenue").main(argv) == 0, capsys.readouterr().err
+    label_dir = dest / "ground_truth_demo" / "testing_label_mask"
+    assert sorted(p.name for p in label_dir.iterdir() if p.is_dir()) == ["1_label", "2_label"]
+    assert len(list((label_dir / "1_label").glob("*.png"))) == 8
+    truth = generate_videos("test", 0, 2, 8, SMALL)
+    test = avenue(dest, "test")
+    assert all(isinstance(v.masks_source, type(test[0].masks_source)) for v in test)
+    assert type(test[0].masks_source).__name__ == "FolderMasks"  # the converted PNG folders are preferred
+    for video, item in zip(test, truth):
+        assert all(np.array_equal(video.mask(i), item["masks"][i]) for i in range(8))
+    assert [v.name for v in avenue(dest, "train")] == ["01"]
+
+
+def test_video_scripts_run_as_programs():
+    for name in ("download_ucsd_ped2", "download_avenue"):
+        script = Path(__file__).resolve().parents[1] / "data_scripts" / f"{name}.py"
+        result = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0 and "--archive" in result.stdout
