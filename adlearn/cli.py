@@ -87,7 +87,14 @@ def run_evaluation(
         f"{model.name}: fitting on {len(train)} '{category}' images, testing on {len(test)} ({model.device})",
         file=sys.stderr,
     )
-    results = fit_and_evaluate(model, train, test, return_predictions=bool(args.figure))
+    results = fit_and_evaluate(
+        model,
+        train,
+        test,
+        return_predictions=bool(args.figure),
+        false_alarm_rate=getattr(args, "false_alarm_rate", None),
+        threshold_fraction=getattr(args, "threshold_fraction", 0.2),
+    )
     predictions = results.pop("predictions", None)
     results = {
         "model": model.name,
@@ -159,6 +166,14 @@ def cmd_evaluate(args) -> int:
 
     results = run_evaluation(args.model, args, parse_set(args.set))
     print(metrics_table([results]))
+    if results.get("threshold") is not None:
+        print(
+            f"at the threshold {results['threshold']:.6g} (at most {results['false_alarm_rate_target']:.1%} of "
+            f"{results['n_threshold_images']} held-out normal images rejected): recall "
+            f"{results['image_recall_at_threshold']:.3f}, false alarms {results['image_false_alarm_rate_at_threshold']:.3f}, "
+            f"precision {results['image_precision_at_threshold']:.3f}, F1 {results['image_f1_at_threshold']:.3f} "
+            f"(F1-max, its threshold chosen on the test labels: {results.get('image_f1max', float('nan')):.3f})"
+        )
     if results.get("note"):
         print(f"note: {results['note']}")
     if args.json:
@@ -251,6 +266,19 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", help="write the results as one JSON object")
     evaluate.add_argument("--figure", help="write an anomaly-map figure (PNG)")
     evaluate.add_argument("--save", help="save the fitted model")
+    evaluate.add_argument(
+        "--false-alarm-rate",
+        type=float,
+        metavar="RATE",
+        help="also report recall, false alarms, precision and F1 at the threshold that rejects at most RATE of "
+        "normal images held out of training (e.g. 0.01), chosen without any test label",
+    )
+    evaluate.add_argument(
+        "--threshold-fraction",
+        type=float,
+        default=0.2,
+        help="with --false-alarm-rate: the fraction of training images held out to set the threshold (default 0.2)",
+    )
     evaluate.set_defaults(func=cmd_evaluate)
 
     demo = sub.add_parser("demo", help="fit the demo models on the synthetic data: table + figures")

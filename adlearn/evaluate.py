@@ -14,9 +14,9 @@ import time
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
-from adlearn.metrics import compute_all, mask_f1
+from adlearn.metrics import compute_all, mask_f1, metrics_at_threshold, threshold_for_false_alarm_rate
 
 
 def _peak_memory_mb(device: torch.device) -> float:
@@ -67,8 +67,18 @@ def collect_predictions(model, dataset, batch_size: int | None = None) -> dict:
     }
 
 
-def evaluate(model, test_dataset, batch_size: int | None = None, return_predictions: bool = False) -> dict:
-    """Metrics of a fitted model on ``test_dataset`` (items as in ``adlearn.data``)."""
+def evaluate(
+    model,
+    test_dataset,
+    batch_size: int | None = None,
+    return_predictions: bool = False,
+    threshold: float | None = None,
+) -> dict:
+    """Metrics of a fitted model on ``test_dataset`` (items as in ``adlearn.data``).
+
+    ``threshold``: a threshold chosen *without* the test labels (e.g. `threshold_for_false_alarm_rate` on
+    normal held-out images); the results then add ``image_recall_at_threshold``,
+    ``image_false_alarm_rate_at_threshold``, ``image_precision_at_threshold`` and ``image_f1_at_threshold``."""
     predictions = collect_predictions(model, test_dataset, batch_size)
     metrics = compute_all(
         predictions["labels"],
@@ -88,6 +98,9 @@ def evaluate(model, test_dataset, batch_size: int | None = None, return_predicti
         "n_test": n_images,
         "peak_memory_mb": _peak_memory_mb(model.device),
     }
+    if threshold is not None:
+        decided = metrics_at_threshold(predictions["labels"], predictions["pred_scores"], threshold)
+        results.update({"threshold": float(threshold), **{f"image_{k}_at_threshold": v for k, v in decided.items()}})
     if predictions["anomaly_maps"] is None:
         results["note"] = no_map_note(model.name)
     if return_predictions:
@@ -103,20 +116,53 @@ def no_map_note(model_name: str) -> str:
     )
 
 
-def fit_and_evaluate(model, train_dataset, test_dataset, return_predictions: bool = False) -> dict:
+def normal_holdout(dataset, fraction: float) -> tuple[Subset, Subset]:
+    """Split normal training images into (fit, held out): every ``round(1/fraction)``-th image is held out
+    (evenly spaced, deterministic), the rest fit the model."""
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"the held-out fraction must be in (0, 1); got {fraction}")
+    n = len(dataset)
+    held = sorted({int(i) for i in np.linspace(0, n - 1, max(1, round(fraction * n)))})
+    kept = [i for i in range(n) if i not in set(held)]
+    if not kept:
+        raise ValueError(f"holding out {fraction:.0%} of {n} training images leaves none to fit on")
+    return Subset(dataset, kept), Subset(dataset, held)
+
+
+def fit_and_evaluate(
+    model,
+    train_dataset,
+    test_dataset,
+    return_predictions: bool = False,
+    false_alarm_rate: float | None = None,
+    threshold_fraction: float = 0.2,
+) -> dict:
     """Fit, then evaluate; adds ``fit_seconds`` (wall), ``fit_cpu_seconds`` and ``n_train``.
 
     ``fit_cpu_seconds`` is the CPU time of this process during the fit (all its threads): on a shared
     machine the wall time grows with the other processes' load, the CPU time much less.
+
+    ``false_alarm_rate``: hold out ``threshold_fraction`` of the (normal) training images, fit on the rest,
+    set the threshold that rejects at most that fraction of the held-out images, and report the test
+    metrics at it (`evaluate`'s ``threshold``) beside F1-max — what a line without anomalies can do.
     """
+    threshold_images = None
+    if false_alarm_rate is not None:
+        train_dataset, threshold_images = normal_holdout(train_dataset, threshold_fraction)
     if model.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(model.device)
     start, cpu_start = time.perf_counter(), time.process_time()
     model.fit(train_dataset)
     _synchronize(model.device)
     fit_seconds, fit_cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
-    results = evaluate(model, test_dataset, return_predictions=return_predictions)
+    threshold = None
+    if threshold_images is not None:
+        normal_scores = collect_predictions(model, threshold_images)["pred_scores"]
+        threshold = threshold_for_false_alarm_rate(normal_scores, false_alarm_rate)
+    results = evaluate(model, test_dataset, return_predictions=return_predictions, threshold=threshold)
     results.update(fit_seconds=fit_seconds, fit_cpu_seconds=fit_cpu_seconds, n_train=len(train_dataset))
+    if threshold_images is not None:
+        results.update(false_alarm_rate_target=false_alarm_rate, n_threshold_images=len(threshold_images))
     return results
 
 

@@ -107,6 +107,9 @@ __all__ = [
     "MinMaxNormalizer",
     "compute_all",
     "mask_f1",
+    "threshold_for_false_alarm_rate",
+    "threshold_from_quantile",
+    "metrics_at_threshold",
 ]
 
 ArrayLike = Any  # np.ndarray | torch.Tensor | sequence of numbers
@@ -651,6 +654,68 @@ def mask_f1(masks: ArrayLike, predicted: ArrayLike) -> float:
         raise ValueError("pixel F1 needs at least one anomalous pixel in the masks")
     true_positives = int(np.sum(truth & guess))
     return 2.0 * true_positives / (2.0 * true_positives + int(np.sum(~truth & guess)) + int(np.sum(truth & ~guess)))
+
+
+# --------------------------------------------------------------------------------------------
+# Choosing a threshold without anomalies
+# --------------------------------------------------------------------------------------------
+# F1-max picks its threshold *on the test labels*: on a factory line nobody has them. What a line
+# has is normal images the model never trained on. A target false-alarm rate r on them fixes the
+# threshold; the test set then says what recall that threshold keeps.
+
+
+def threshold_for_false_alarm_rate(normal_scores: ArrayLike, rate: float) -> float:
+    """The lowest threshold that rejects at most a fraction ``rate`` of these normal scores.
+
+    A part is rejected when ``score >= threshold``. With the scores sorted in decreasing order,
+    ``s(1) >= ... >= s(n)``, and ``m = floor(rate * n)`` false alarms allowed, the threshold is the
+    next float above ``s(m+1)``: exactly the ``m`` highest scores (fewer with ties) reach it, and any
+    lower threshold would also reject ``s(m+1)``. ``rate >= 1`` returns the lowest score (reject all).
+
+    Args:
+        normal_scores: (N,) scores of normal images the model did not train on.
+        rate: the false-alarm rate to allow, in [0, 1].
+    """
+    scores = _as_scores(normal_scores, "normal_scores").reshape(-1)
+    if scores.size == 0:
+        raise ValueError("threshold_for_false_alarm_rate needs at least one normal score")
+    if not 0.0 <= rate <= 1.0:
+        raise ValueError(f"rate is a fraction of the normal images, in [0, 1]; got {rate}")
+    allowed = int(np.floor(rate * scores.size + 1e-9))  # m false alarms
+    if allowed >= scores.size:
+        return float(scores.min())
+    descending = np.sort(scores)[::-1]
+    return float(np.nextafter(descending[allowed], np.inf))
+
+
+def threshold_from_quantile(normal_scores: ArrayLike, quantile: float) -> float:
+    """The ``quantile`` of normal scores (e.g. 0.99), NumPy's linear interpolation: about a fraction
+    ``1 - quantile`` of normal images score at or above it."""
+    scores = _as_scores(normal_scores, "normal_scores").reshape(-1)
+    if scores.size == 0:
+        raise ValueError("threshold_from_quantile needs at least one normal score")
+    if not 0.0 <= quantile <= 1.0:
+        raise ValueError(f"quantile must be in [0, 1]; got {quantile}")
+    return float(np.quantile(scores, quantile))
+
+
+def metrics_at_threshold(labels: ArrayLike, scores: ArrayLike, threshold: float) -> dict[str, float]:
+    """Image-level decisions at one threshold (reject when ``score >= threshold``).
+
+    Returns ``recall`` (anomalous images rejected / anomalous images), ``false_alarm_rate`` (normal
+    images rejected / normal images), ``precision`` (anomalous among rejected; 1.0 when nothing is
+    rejected) and ``f1``.
+    """
+    y, s = _image_inputs(labels, scores)
+    rejected = s >= threshold
+    true_pos = int(np.sum(rejected & (y == 1)))
+    false_pos = int(np.sum(rejected & (y == 0)))
+    n_pos, n_neg = int(np.sum(y == 1)), int(np.sum(y == 0))
+    recall = true_pos / n_pos if n_pos else float("nan")
+    false_alarm = false_pos / n_neg if n_neg else float("nan")
+    precision = true_pos / (true_pos + false_pos) if true_pos + false_pos else 1.0
+    f1 = 2.0 * true_pos / (2.0 * true_pos + false_pos + (n_pos - true_pos)) if n_pos else float("nan")
+    return {"recall": recall, "false_alarm_rate": false_alarm, "precision": precision, "f1": f1}
 
 
 # --------------------------------------------------------------------------------------------
