@@ -5,6 +5,7 @@
   AUROC with heat in the wrong place (the background, the image border) is a model that learnt
   a shortcut.
 * :func:`roc_figure` — image-level and pixel-level ROC curves with their AUROC.
+* :func:`frame_strip` — consecutive frames of a video clip in a row, anomalous frames framed in red.
 * :func:`metrics_table` — a plain-text table of benchmark results for terminals and logs.
 
 Figures are built with :class:`matplotlib.figure.Figure` directly, not through ``pyplot``: they
@@ -29,7 +30,7 @@ from adlearn.metrics import _pixel_inputs, _to_numpy, roc_curve
 if TYPE_CHECKING:  # only for annotations; matplotlib is imported lazily
     from matplotlib.figure import Figure
 
-__all__ = ["anomaly_map_grid", "roc_figure", "metrics_table", "denormalize"]
+__all__ = ["anomaly_map_grid", "roc_figure", "metrics_table", "denormalize", "frame_strip"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -260,6 +261,56 @@ _COLUMNS: dict[str, tuple[tuple[str, ...], str]] = {
     "peak MB": (("peak_memory_mb",), ".0f"),
 }
 _MISSING = "—"
+
+
+def frame_strip(
+    frames: Any,
+    labels: Any | None = None,
+    masks: Any | None = None,
+    titles: Sequence[str] | None = None,
+    frame_width: float = 1.8,
+    path: str | Path | None = None,
+) -> Figure:
+    """Consecutive video frames side by side, anomalous ones framed in red.
+
+    Args:
+        frames: ``(T, 3, H, W)`` floats in [0, 1] (a clip's ``"frames"``) or ``(T, H, W, 3)`` uint8
+            (``Video.frame`` stacked); a list of either per frame works too.
+        labels: optional ``(T,)`` 0/1 frame labels; anomalous frames get a red border and title.
+        masks: optional ``(T, H, W)`` ground truth, outlined in red on each frame.
+        titles: optional text over each frame (default: the frame's position, and its label).
+        frame_width: inches per frame.
+        path: save the figure there as well.
+    """
+    array = np.stack([_to_numpy(f) for f in frames]) if isinstance(frames, (list, tuple)) else _to_numpy(frames)
+    if array.ndim != 4:
+        raise ValueError(f"frames must be (T, 3, H, W) or (T, H, W, 3), got shape {array.shape}")
+    if array.shape[1] in (1, 3) and array.shape[-1] not in (1, 3):
+        array = array.transpose(0, 2, 3, 1)  # (T, H, W, C)
+    array = array.astype(np.float32) / 255.0 if array.dtype == np.uint8 else array.astype(np.float32)
+    n, height, width = array.shape[:3]
+    label_array = None if labels is None else _to_numpy(labels).reshape(-1).astype(int)
+    mask_array = None if masks is None else _to_numpy(masks).reshape(n, height, width)
+    for name, given in (("labels", label_array), ("masks", mask_array), ("titles", titles)):
+        if given is not None and len(given) != n:
+            raise ValueError(f"{name} has {len(given)} entries for {n} frames; give one per frame")
+    fig = _new_figure(frame_width * n, frame_width * height / width + 0.45)
+    axes = np.atleast_1d(fig.subplots(1, n, squeeze=False)[0])
+    for t, ax in enumerate(axes):
+        _show_image(ax, np.clip(array[t], 0.0, 1.0))
+        anomalous = label_array is not None and bool(label_array[t])
+        if mask_array is not None and mask_array[t].any():
+            ax.contour(mask_array[t] > 0.5, levels=[0.5], colors="red", linewidths=0.8)
+        if titles is not None:
+            title = titles[t]
+        else:
+            title = f"t={t}" if label_array is None else f"t={t} · {'anomalous' if anomalous else 'normal'}"
+        ax.set_title(title, fontsize=8, color="red" if anomalous else "black")
+        for spine in ax.spines.values():
+            spine.set_edgecolor("red" if anomalous else "0.7")
+            spine.set_linewidth(2.5 if anomalous else 0.5)
+    _save(fig, path)
+    return fig
 
 
 def _flatten(result: Mapping[str, Any]) -> dict[str, Any]:

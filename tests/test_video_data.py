@@ -337,3 +337,23 @@ def test_video_scripts_run_as_programs():
         script = Path(__file__).resolve().parents[1] / "data_scripts" / f"{name}.py"
         result = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=60)
         assert result.returncode == 0 and "--archive" in result.stdout
+
+
+# =========================================================================== the picture helper
+def test_frame_strip_shows_a_clip_with_its_labels(tmp_path):
+    from adlearn.plotting import frame_strip
+
+    video = synthetic_surveillance("test", n_videos=1, n_frames=12, size=SMALL, cache=False)[0]
+    item = ClipDataset([video], clip_length=4, frames_between_clips=4)[2]  # frames 8..11
+    fig = frame_strip(item["frames"], item["frame_labels"], masks=item["masks"], path=tmp_path / "strip.png")
+    assert len(fig.axes) == 4 and (tmp_path / "strip.png").is_file()
+    for ax, label in zip(fig.axes, item["frame_labels"].tolist()):
+        assert ax.get_title().endswith("anomalous" if label else "normal")
+        shown = ax.get_images()[0].get_array()
+        assert shown.shape == (*SMALL, 3)
+    channels_last = np.stack([video.frame(i) for i in range(8, 12)])  # uint8 (T, H, W, 3) gives the same picture
+    same = frame_strip(channels_last)
+    for a, b in zip(fig.axes, same.axes):
+        assert np.allclose(a.get_images()[0].get_array(), b.get_images()[0].get_array(), atol=1e-6)
+    with pytest.raises(ValueError, match="labels has 2 entries for 4 frames"):
+        frame_strip(channels_last, labels=[0, 1])
