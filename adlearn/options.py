@@ -13,6 +13,9 @@ call gives the same model everywhere, and a bad option gets the same error every
 - An invalid value is reported as the user spelled it: CS-Flow's ``n_coupling_blocks=0`` is named as
   such, not as the flow's internal ``n_blocks``.
 - ``parse_set`` reads the command line's ``--set KEY=VALUE`` pairs (Python literals, else text).
+- ``tiling=(tile_size, stride)`` (and ``tiling_ensemble=True``) is an option of every model: it does not
+  configure the model but runs it tiled (`adlearn.models.tiled.TiledModel`, built by `build_model`). It
+  is resolved like the others (a preset may set it) and appears in ``resolve_options`` only when set.
 - `options_for_models` is the rule for a run over several models (``adlearn benchmark``): a plain
   ``KEY=VALUE`` goes to every selected model that has the option ``KEY`` (the others are listed, never
   silently skipped; a key no selected model has is an error), ``MODEL.KEY=VALUE`` to that model only.
@@ -27,6 +30,10 @@ import ast
 import difflib
 import inspect
 import re
+
+#: Options every model takes besides its own, and their defaults: they wrap the model rather than configure
+#: it (``tiling``: run it on tiles, `adlearn.models.tiled`). Set, they appear in `resolve_options`.
+WRAPPER_OPTIONS: dict = {"tiling": None, "tiling_ensemble": False}
 
 
 class OptionError(ValueError, TypeError):
@@ -130,7 +137,7 @@ def unknown_option_error(model_name: str, key: str) -> OptionError:
     """The one error for an option ``model_name`` does not take: its options and the closest match."""
     model_class = _model_class(model_name)
     own = list(_init_parameters(model_class))
-    close = difflib.get_close_matches(key, accepted_options(model_name), n=1, cutoff=0.5)
+    close = difflib.get_close_matches(key, [*accepted_options(model_name), *WRAPPER_OPTIONS], n=1, cutoff=0.5)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     text = f"{model_class.name}: unknown option {key!r}{hint}. Its options: {', '.join(own)}"
     if _is_trained(model_class):
@@ -142,7 +149,7 @@ def unknown_option_error(model_name: str, key: str) -> OptionError:
 
 def check_option_names(model_name: str, options: dict) -> None:
     """Raise the unknown-option error for the first option ``model_name`` does not take."""
-    accepted = set(accepted_options(model_name))
+    accepted = set(accepted_options(model_name)) | set(WRAPPER_OPTIONS)
     for key in options:
         if key not in accepted:
             raise unknown_option_error(model_name, key)
@@ -161,7 +168,10 @@ def resolve_options(model_name: str, preset: str | None = None, options: dict | 
     missing = [key for key in accepted_options(model_name) if key not in resolved]
     if missing:
         raise OptionError(f"{_model_class(model_name).name} needs the option {missing[0]!r} (it has no default)")
-    return {key: resolved[key] for key in accepted_options(model_name)}
+    wrappers = {
+        key: resolved[key] for key in WRAPPER_OPTIONS if key in resolved and resolved[key] != WRAPPER_OPTIONS[key]
+    }
+    return {**{key: resolved[key] for key in accepted_options(model_name)}, **wrappers}
 
 
 def build_model(model_name: str, preset: str | None = None, options: dict | None = None):
@@ -172,8 +182,15 @@ def build_model(model_name: str, preset: str | None = None, options: dict | None
     specific error class (e.g. `adlearn.data.DataError`) is the model's own and passes unchanged."""
     resolved = resolve_options(model_name, preset, options)
     model_class = _model_class(model_name)
+    own = {key: value for key, value in resolved.items() if key not in WRAPPER_OPTIONS}
+    if resolved.get("tiling_ensemble") and resolved.get("tiling") is None:
+        raise OptionError(f"{model_class.name}: tiling_ensemble=True needs tiling=(tile_size, stride), e.g. (256, 128)")
     try:
-        return model_class(**resolved)
+        if resolved.get("tiling") is not None:  # run tiled: adlearn.models.tiled
+            from adlearn.models.tiled import TiledModel
+
+            return TiledModel(tiled_model=model_class.name, **resolved)
+        return model_class(**own)
     except (ValueError, TypeError) as error:
         culprit = _culprit(model_name, preset, options or {}, error) if type(error) in (ValueError, TypeError) else None
         if culprit is None:
@@ -218,6 +235,7 @@ def _differs(a, b) -> bool:
 
 def _fails(model_name: str, options: dict) -> bool:
     model_class = _model_class(model_name)
+    options = {key: value for key, value in options.items() if key not in WRAPPER_OPTIONS}
     if "pretrained" in options and options.get("pretrained") not in ("none", None, False):
         options = {**options, "pretrained": "none"}
     try:
@@ -243,7 +261,7 @@ def options_for_models(models: list[str], options: dict, check: bool = True) -> 
     has is an `OptionError` (the closest match named); `not_applied` lists the models without it.
     ``MODEL.KEY=VALUE`` goes to ``MODEL`` only, and wins over a plain ``KEY``: ``MODEL`` must be one of
     ``models`` and take ``KEY``."""
-    accepted = {model: set(accepted_options(model)) for model in models}
+    accepted = {model: set(accepted_options(model)) | set(WRAPPER_OPTIONS) for model in models}
     per_model: dict[str, dict] = {model: {} for model in models}
     for key, value in options.items():
         target, name = _split_key(key)
@@ -275,7 +293,7 @@ def not_applied(models: list[str], options: dict) -> dict[str, list[str]]:
     for key in options:
         target, name = _split_key(key)
         if target is None:
-            lacking = [model for model in models if name not in accepted_options(model)]
+            lacking = [model for model in models if name not in {*accepted_options(model), *WRAPPER_OPTIONS}]
             if lacking:
                 skipped[name] = lacking
     return skipped
@@ -293,6 +311,7 @@ def describe_preset(models: list[str], preset: str | None) -> str:
 
 
 __all__ = [
+    "WRAPPER_OPTIONS",
     "OptionError",
     "accepted_options",
     "build_model",

@@ -31,6 +31,11 @@ MODEL_CLASSES: dict[str, str] = {
 }
 
 
+# wrappers that run a registered model another way (not models themselves: available_models() leaves them
+# out); their checkpoints name them, so `load` finds them here. "tiled": `TiledModel` (option tiling=...)
+WRAPPER_CLASSES: dict[str, str] = {"tiled": "tiled:TiledModel"}
+
+
 def available_models() -> list[str]:
     """The registered model names, sorted (no model module is imported)."""
     return sorted(MODEL_CLASSES)
@@ -39,9 +44,10 @@ def available_models() -> list[str]:
 def model_location(name: str) -> tuple[str, str]:
     """``("adlearn.models.padim", "Padim")`` for ``"padim"`` (``"PaDiM"``, ``"reverse-distillation"`` work too)."""
     key = name.lower().replace("-", "_")
-    if key not in MODEL_CLASSES:
+    table = MODEL_CLASSES if key in MODEL_CLASSES else WRAPPER_CLASSES
+    if key not in table:
         raise ValueError(f"unknown model {name!r}; available: {', '.join(available_models())}")
-    module, _, class_name = MODEL_CLASSES[key].partition(":")
+    module, _, class_name = table[key].partition(":")
     return f"adlearn.models.{module}", class_name
 
 
