@@ -74,14 +74,18 @@ REPORT_KEYS = (
 )
 
 
-def report(results: dict, **extra) -> None:
-    """Print the notebook's results as ONE line of JSON (the last cell of every model notebook).
+def report(results: dict, *, category=None, smoke=None, device=None, image_size=None, **extra) -> None:
+    """Print the notebook's results as ONE line of JSON (the cell before the exercises of a model notebook).
 
-    ``results`` is what `adlearn.evaluate` returned (optionally with ``fit_seconds``); ``extra`` adds
-    context such as ``category=category, smoke=smoke``. `adlearn.tools.run_notebooks` collects this
-    line from every executed notebook into its results table (``timings.json``, ``results.md``).
-    Metrics are rounded to 4 decimals; NaN becomes ``null``. Nothing is returned (the cell shows only
-    the line).
+    Every notebook calls it the same way, with its run's context and then any figures of its own::
+
+        report(results, category=category, smoke=smoke, device=device, image_size=image_size, epochs=...)
+
+    ``results`` is what `adlearn.evaluate` returned (optionally with ``fit_seconds``); ``device`` may be
+    a ``torch.device`` (it prints as text). `adlearn.tools.run_notebooks` collects this line from every
+    executed notebook into its results table (``timings.json``, ``results.md``). Metrics are rounded to
+    4 decimals; NaN becomes ``null``; context left as ``None`` is not printed. Nothing is returned (the
+    cell shows only the line).
 
     When the environment variable ``ADLEARN_REPORT_FILE`` names a file (``adlearn sweep`` sets it for
     each run), the same object is also written there as JSON: the run's recorded result.
@@ -92,6 +96,8 @@ def report(results: dict, **extra) -> None:
     from pathlib import Path
 
     line = {"model": results.get("model")}
+    context = {"category": category, "smoke": smoke, "device": device, "image_size": image_size}
+    line.update({key: value for key, value in context.items() if value is not None})
     line.update(extra)
     for key in REPORT_KEYS:
         value = results.get(key)
