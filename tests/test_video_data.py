@@ -357,3 +357,24 @@ def test_frame_strip_shows_a_clip_with_its_labels(tmp_path):
         assert np.allclose(a.get_images()[0].get_array(), b.get_images()[0].get_array(), atol=1e-6)
     with pytest.raises(ValueError, match="labels has 2 entries for 4 frames"):
         frame_strip(channels_last, labels=[0, 1])
+
+
+# =========================================================================== the design contract
+def test_a_clip_item_has_the_keys_and_types_design_md_documents():
+    import re
+
+    design = (Path(__file__).resolve().parents[1] / "docs" / "design.md").read_text(encoding="utf-8")
+    section = design.split("| clip key | type | meaning |", 1)[1].split("\n\n", 1)[0]
+    rows = [line.strip("|").split("|") for line in section.strip().splitlines()[1:]]
+    documented = {re.search(r"`(\w+)`", key).group(1): kind.strip() for key, kind, _ in rows}
+    video = synthetic_surveillance("test", n_videos=1, n_frames=10, size=SMALL, cache=False)[0]
+    item = ClipDataset([video], clip_length=3)[0]
+    assert set(item) == set(documented)
+    python_types = {"bool": bool, "str": str, "int": int}
+    for key, kind in documented.items():
+        if kind in python_types:
+            assert type(item[key]) is python_types[kind], key
+        else:
+            dtype, shape = re.match(r"(float|long) tensor `\(([^)]*)\)`", kind).groups()
+            assert item[key].dtype == (torch.float32 if dtype == "float" else torch.int64), key
+            assert item[key].dim() == len([s for s in shape.split(",") if s.strip()]), key
