@@ -685,7 +685,11 @@ def threshold_for_false_alarm_rate(normal_scores: ArrayLike, rate: float) -> flo
     if allowed >= scores.size:
         return float(scores.min())
     descending = np.sort(scores)[::-1]
-    return float(np.nextafter(descending[allowed], np.inf))
+    # The next number above s(m+1) in the scores' own precision: a float32 array compared with the
+    # threshold (NumPy casts the Python float to float32) then also leaves s(m+1) below it.
+    raw = _to_numpy(normal_scores)
+    precision = raw.dtype.type if np.issubdtype(raw.dtype, np.floating) else np.float64
+    return float(np.nextafter(precision(descending[allowed]), precision(np.inf)))
 
 
 def threshold_from_quantile(normal_scores: ArrayLike, quantile: float) -> float:

@@ -11,13 +11,15 @@ from sklearn.metrics import confusion_matrix, f1_score, precision_score, recall_
 from adlearn.metrics import f1_max, metrics_at_threshold, threshold_for_false_alarm_rate, threshold_from_quantile
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("seed", range(20))
-def test_false_alarm_threshold_is_the_lowest_that_keeps_the_rate(seed):
+def test_false_alarm_threshold_is_the_lowest_that_keeps_the_rate(seed, dtype):
     """Brute force over every candidate: the chosen threshold rejects at most `rate` of the normal scores,
-    and every score value below it would reject more."""
+    and every score value below it would reject more — compared in the scores' own precision (a model's
+    float32 scores against the Python float threshold)."""
     rng = np.random.default_rng(seed)
     n = int(rng.integers(1, 60))
-    scores = np.round(rng.normal(size=n), 1)  # rounding makes ties
+    scores = (np.round(rng.normal(size=n), 1) * 358.3).astype(dtype)  # rounding makes ties
     rate = float(rng.choice([0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 0.99, 1.0]))
     threshold = threshold_for_false_alarm_rate(scores, rate)
     assert np.mean(scores >= threshold) <= rate + 1e-12
