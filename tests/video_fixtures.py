@@ -57,19 +57,24 @@ def write_ucsd_folder(
     return root
 
 
-def write_video_file(path: str | Path, frames: np.ndarray, codec: str | None = None, fps: int = 25) -> Path:
-    """Encode ``uint8 (N, H, W, 3)`` frames with PyAV: H.264 in ``.mp4``, MPEG-4 part 2 (like Xvid) otherwise."""
+def write_video_file(
+    path: str | Path, frames: np.ndarray, codec: str | None = None, fps: int = 25, b_frames: int = 0
+) -> Path:
+    """Encode ``uint8 (N, H, W, 3)`` frames with PyAV: H.264 in ``.mp4``, MPEG-4 part 2 (like Xvid) otherwise.
+
+    A key frame every 12 frames; ``b_frames`` > 0 adds bidirectional frames, so frames are stored out
+    of display order (as in many real files)."""
     import av
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     codec = codec or ("libx264" if path.suffix == ".mp4" else "mpeg4")
     with av.open(str(path), mode="w") as container:
-        stream = container.add_stream(codec, rate=fps)
+        stream = container.add_stream(codec, rate=fps, options={"g": "12", "bf": str(int(b_frames))})
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv420p"
         if codec == "libx264":
-            stream.options = {"crf": "10"}
+            stream.options = {**stream.options, "crf": "10"}
         else:
             stream.bit_rate = 4_000_000
         for frame in frames:
