@@ -220,32 +220,28 @@ class VideoFileFrames:
     def __len__(self) -> int:
         return len(self.pts)
 
-    def _restart(self, index: int) -> None:
-        """Seek to the key frame at or before frame ``index`` and position the decoder there."""
+    def _restart(self, index: int | None) -> None:
+        """Seek to the key frame at or before frame ``index`` (``None``: the very start) and decode from there."""
         import av
 
+        if self._container is not None and index is None:
+            self._container.close()
+            self._container = None
         if self._container is None:
             self._container = self._open()
         stream = self._container.streams.video[0]
-        try:
-            self._container.seek(self.pts[index], stream=stream, backward=True, any_frame=False)
-        except av.error.FFmpegError:
-            self._container.close()
-            self._container = self._open()  # unseekable stream: start from the top
-            stream = self._container.streams.video[0]
+        if index is not None:
+            try:
+                self._container.seek(self.pts[index], stream=stream, backward=True, any_frame=False)
+            except av.error.FFmpegError:  # an unseekable file: decode it from the start
+                return self._restart(None)
         self._decoded = self._container.decode(stream)
         self._last = None  # unknown until the first frame's timestamp is read
 
-    def _decode(self, index: int) -> np.ndarray:
+    def _decode_until(self, index: int) -> None:
+        """Run the decoder up to frame ``index``, keeping the frames just before it in the cache."""
         import av
 
-        if index in self._cache:
-            self._cache.move_to_end(index)
-            return self._cache[index]
-        near_ahead = self._decoded is not None and self._last is not None and 0 <= index - self._last <= 64
-        if not near_ahead:
-            self._restart(index)
-        target = self.pts[index]
         try:
             for frame in self._decoded:
                 stamp = frame.pts if frame.pts is not None else frame.dts
@@ -255,12 +251,24 @@ class VideoFileFrames:
                     continue
                 if position >= index - self.cache_size:
                     self._remember(position, frame.to_ndarray(format="rgb24"))
-                if stamp is not None and stamp >= target:
-                    break
+                if position >= index:
+                    return
         except av.error.FFmpegError as error:
             raise DataError(
                 f"cannot decode frame {index} of {self.path} ({error}); the file may be damaged: re-encode it"
             ) from error
+
+    def _decode(self, index: int) -> np.ndarray:
+        if index in self._cache:
+            self._cache.move_to_end(index)
+            return self._cache[index]
+        near_ahead = self._decoded is not None and self._last is not None and 0 <= index - self._last <= 64
+        if not near_ahead:
+            self._restart(index)
+        self._decode_until(index)
+        if index not in self._cache:  # a seek that landed past the frame: decode from the start instead
+            self._restart(None)
+            self._decode_until(index)
         if index not in self._cache:
             raise DataError(
                 f"frame {index} of {self.path} could not be decoded (the file lists {len(self.pts)} frames); "
