@@ -302,6 +302,22 @@ def write_reports(rows: list[dict], out: Path, info: dict | None = None) -> None
     write_figures(rows, out)
 
 
+# ------------------------------------------------------------------------------------------- committed cells
+def committed_cells(dataset: str, results_dir: str | Path | None = None) -> list[dict]:
+    """The finished benchmark cells of ``dataset`` ("bottle", "synthetic") as committed in a checkout of the
+    repository: ``benchmarks/results/<dataset>/cells/*.json`` (``results_dir`` overrides the folder holding
+    ``<dataset>/``). A pip-installed adlearn has no checkout: pass ``results_dir``."""
+    folder = Path(results_dir) if results_dir else Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+    cells = folder / dataset / "cells"
+    if not cells.is_dir():
+        raise FileNotFoundError(
+            f"no benchmark cells in {cells}: run from a checkout of the adlearn repository, or pass results_dir= "
+            "the folder an `adlearn benchmark --out` run wrote (holding <dataset>/cells)"
+        )
+    rows = [json.loads(p.read_text()) for p in sorted(cells.glob("*.json"))]
+    return [row for row in rows if row.get("status") == "ok"]
+
+
 # ------------------------------------------------------------------------------------------- book page
 PAGE_HEADER = """# Benchmarks
 
