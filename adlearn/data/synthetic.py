@@ -28,6 +28,13 @@ without changing the first ones.
 
 Drawing works in *normalized* coordinates (the image is the unit square), so a category looks
 the same at 64 px and at 512 px, only sharper.
+
+**Fine defects** (``defects="fine"``). The standard defects scale with the image. The fine kind
+draws, on the same scenes, defects a few *pixels* wide at any resolution — a hairline crack, a thin
+scratch, tiny specks (``fine_crack``, ``fine_scratch``, ``fine_spot``; the same three for every
+category). At 1,024 px they are clear; resized to 256 px they shrink below a pixel and fade into
+the texture. They are what high-resolution inspection by tiles is for (`adlearn.components.Tiler`).
+``synthetic_root(image_size=1024, defects="fine", categories="marble")`` caches such a set.
 """
 
 from __future__ import annotations
@@ -60,6 +67,9 @@ DEFECT_TYPES: dict[str, tuple[str, ...]] = {
     "pill": ("color", "crack", "spot"),
     "ring": ("crack", "missing", "scratch"),
 }
+#: The fine kind's defect types, the same for every category (drawn in pixel units, see the module's docstring).
+FINE_DEFECT_TYPES: tuple[str, ...] = ("fine_crack", "fine_scratch", "fine_spot")
+DEFECT_KINDS: tuple[str, ...] = ("standard", "fine")
 CATEGORY_KIND: dict[str, str] = {"weave": "texture", "marble": "texture", "pill": "object", "ring": "object"}
 SYNTHETIC_CATEGORIES: tuple[str, ...] = tuple(DEFECT_TYPES)
 
@@ -476,6 +486,38 @@ def ring_missing(c: Canvas, s: Scene, rng: np.random.Generator) -> np.ndarray:
     return blend(s.info["background"], s.info["surface"], metal)
 
 
+# ----------------------------------------------------------------- fine defects (a few pixels wide)
+def support_point(c: Canvas, s: Scene, rng: np.random.Generator, margin: float = 0.15) -> tuple[float, float]:
+    """A random point fully on the support (the object, or anywhere on a texture), ``margin`` from the border."""
+    inside = (s.support >= 0.99) & (np.minimum(c.yy, c.xx) > margin) & (np.maximum(c.yy, c.xx) < 1 - margin)
+    candidates = np.flatnonzero(inside)
+    index = int(candidates[int(rng.integers(len(candidates)))])
+    return float(c.yy.flat[index]), float(c.xx.flat[index])
+
+
+def fine_crack(c: Canvas, s: Scene, rng: np.random.Generator) -> np.ndarray:
+    """A hairline crack: 30-70 px long, about 2 px wide at its middle."""
+    start, angle = support_point(c, s, rng), rng.uniform(0, 2 * math.pi)
+    return draw_crack(c, s, rng, start, angle, rng.uniform(30, 70) * c.px, 1.1 * c.px)
+
+
+def fine_scratch(c: Canvas, s: Scene, rng: np.random.Generator) -> np.ndarray:
+    """A thin bright scratch: 40-90 px long, 1-2 px wide."""
+    start, angle = support_point(c, s, rng), rng.uniform(0, 2 * math.pi)
+    return draw_scratch(c, s, rng, start, angle, rng.uniform(40, 90) * c.px, 0.9 * c.px)
+
+
+def fine_spot(c: Canvas, s: Scene, rng: np.random.Generator) -> np.ndarray:
+    """Two to four dark specks, 3-6 px across, close together."""
+    cy, cx = support_point(c, s, rng)
+    alpha = np.zeros((c.size, c.size), np.float32)
+    for _ in range(int(rng.integers(2, 5))):
+        y, x = cy + rng.normal(0, 12) * c.px, cx + rng.normal(0, 12) * c.px
+        alpha = np.maximum(alpha, coverage(blob_sdf(c, y, x, rng.uniform(1.5, 3.0) * c.px, rng), c.px))
+    alpha = alpha * s.support * rng.uniform(0.7, 0.9)
+    return blend(s.image, jitter_colour(rng, (0.22, 0.17, 0.12), 0.1), alpha)
+
+
 # =========================================================================== registry
 Drawer = Callable[[Canvas, np.random.Generator], Scene]
 DefectDrawer = Callable[[Canvas, Scene, np.random.Generator], np.ndarray]
@@ -487,6 +529,15 @@ DEFECTS: dict[str, dict[str, DefectDrawer]] = {
     "pill": {"color": pill_color, "crack": pill_crack, "spot": pill_spot},
     "ring": {"crack": ring_crack, "missing": ring_missing, "scratch": ring_scratch},
 }
+FINE_DEFECTS: dict[str, DefectDrawer] = {"fine_crack": fine_crack, "fine_scratch": fine_scratch, "fine_spot": fine_spot}
+
+
+def defect_types(category: str, defects: str = "standard") -> tuple[str, ...]:
+    """The defect folders of a category: its own (``"standard"``) or the fine kind's (``"fine"``)."""
+    _check_category(category)
+    if defects not in DEFECT_KINDS:
+        raise DataError(f"defects={defects!r} is not a kind of defect; use one of {DEFECT_KINDS}")
+    return DEFECT_TYPES[category] if defects == "standard" else FINE_DEFECT_TYPES
 
 
 # =========================================================================== one sample
@@ -521,8 +572,12 @@ def render_sample(
     drawing is the same whether or not a defect is added on top.
     """
     _check_category(category)
-    if defect != "good" and defect not in DEFECTS[category]:
-        raise DataError(f"unknown defect {defect!r} for {category!r}; use one of {DEFECT_TYPES[category]} or 'good'")
+    drawers = {**DEFECTS[category], **FINE_DEFECTS}
+    if defect != "good" and defect not in drawers:
+        raise DataError(
+            f"unknown defect {defect!r} for {category!r}; use one of {DEFECT_TYPES[category]}, "
+            f"the fine kind's {FINE_DEFECT_TYPES} or 'good'"
+        )
     canvas = make_canvas(int(image_size))
     scene_seed, defect_seed, noise_seed = sample_seed(seed, category, split, defect, index).spawn(3)
     scene = SCENES[category](canvas, np.random.default_rng(scene_seed))
@@ -532,7 +587,7 @@ def render_sample(
         return RenderedSample(clean, clean, np.zeros(clean.shape[:2], dtype=bool))
     defect_rng = np.random.default_rng(defect_seed)
     for _ in range(10):  # a defect that changed no pixel (tiny images) is drawn again
-        image = to_uint8(DEFECTS[category][defect](canvas, scene, defect_rng) + noise)
+        image = to_uint8(drawers[defect](canvas, scene, defect_rng) + noise)
         mask = np.any(image != clean, axis=-1)
         if mask.any():
             return RenderedSample(image, clean, mask)
@@ -556,9 +611,9 @@ def _resolve_categories(categories: str | Iterable[str]) -> list[str]:
     return categories
 
 
-def defect_counts(category: str, n_test_defect: int) -> dict[str, int]:
+def defect_counts(category: str, n_test_defect: int, defects: str = "standard") -> dict[str, int]:
     """Spread ``n_test_defect`` images as evenly as possible over the category's defect types."""
-    names = DEFECT_TYPES[category]
+    names = defect_types(category, defects)
     base, extra = divmod(n_test_defect, len(names))
     return {name: base + (1 if k < extra else 0) for k, name in enumerate(names)}
 
@@ -586,12 +641,19 @@ def _prepare_category_dir(folder: Path) -> None:
 
 
 def _generate_category(
-    root: Path, category: str, image_size: int, seed: int, n_train: int, n_test_good: int, n_test_defect: int
+    root: Path,
+    category: str,
+    image_size: int,
+    seed: int,
+    n_train: int,
+    n_test_good: int,
+    n_test_defect: int,
+    defects: str = "standard",
 ) -> dict[str, int]:
     folder = root / category
     _prepare_category_dir(folder)
     plan = [("train", "good", n_train), ("test", "good", n_test_good)]
-    plan += [("test", d, n) for d, n in defect_counts(category, n_test_defect).items()]
+    plan += [("test", d, n) for d, n in defect_counts(category, n_test_defect, defects).items()]
     written: dict[str, int] = {}
     for split, defect, count in plan:
         image_dir = folder / split / defect
@@ -615,6 +677,7 @@ def _generate_category(
         "n_train": n_train,
         "n_test_good": n_test_good,
         "n_test_defect": n_test_defect,
+        **({"defects": defects} if defects != "standard" else {}),
     }
     (folder / MARKER_NAME).write_text(json.dumps(arguments, indent=2, sort_keys=True))
     return written
@@ -638,6 +701,7 @@ def generate_synthetic_dataset(
     n_train: int = 100,
     n_test_good: int = 20,
     n_test_defect: int = 40,
+    defects: str = "standard",
 ) -> Path:
     """Write the synthetic dataset in the MVTec layout under ``root`` and return ``root``.
 
@@ -645,13 +709,17 @@ def generate_synthetic_dataset(
     ``test/<defect>/`` (``n_test_defect`` spread over the defect types) and
     ``ground_truth/<defect>/<stem>_mask.png`` (0/255). A category folder written earlier by
     this function is replaced; any other existing folder of that name is left alone (error).
+    ``defects="fine"``: the fine kind's defects (a few pixels wide) instead of the category's own.
     """
     _check_counts(image_size, n_train, n_test_good, n_test_defect)
+    categories = _resolve_categories(categories)
+    for category in categories:
+        defect_types(category, defects)  # an unknown kind fails before anything is written
     root = Path(root).expanduser()
     root.mkdir(parents=True, exist_ok=True)
-    for category in _resolve_categories(categories):
+    for category in categories:
         _generate_category(
-            root, category, int(image_size), int(seed), int(n_train), int(n_test_good), int(n_test_defect)
+            root, category, int(image_size), int(seed), int(n_train), int(n_test_good), int(n_test_defect), defects
         )
     return root
 
@@ -670,9 +738,18 @@ def _remove_abandoned_builds(final: Path) -> None:
 
 
 def synthetic_root(
-    image_size: int = 256, seed: int = 0, n_train: int = 100, n_test_good: int = 20, n_test_defect: int = 40
+    image_size: int = 256,
+    seed: int = 0,
+    n_train: int = 100,
+    n_test_good: int = 20,
+    n_test_defect: int = 40,
+    defects: str = "standard",
+    categories: str | Iterable[str] = "all",
 ) -> Path:
     """Generate the synthetic dataset once (all categories) into the cache and return its root.
+
+    ``defects="fine"``: defects a few pixels wide (for high resolutions); ``categories``: only these
+    (a name or names; large images take a while to draw). Each choice is its own cached copy.
 
     The cached copy is keyed by the arguments and the generator version. It is built in a
     temporary folder that is renamed into place only when complete (a marker file is written
@@ -680,10 +757,15 @@ def synthetic_root(
     two processes asking at once do not trip over each other.
     """
     _check_counts(image_size, n_train, n_test_good, n_test_defect)
+    chosen = _resolve_categories(categories)
+    for category in chosen:
+        defect_types(category, defects)
     key = (
         f"synthetic-v{GENERATOR_VERSION}-size{int(image_size)}-seed{int(seed)}"
         f"-train{int(n_train)}-good{int(n_test_good)}-defect{int(n_test_defect)}"
     )
+    key += f"-{defects}" if defects != "standard" else ""
+    key += f"-{'+'.join(chosen)}" if chosen != list(SYNTHETIC_CATEGORIES) else ""
     final = cache_dir() / key
     if (final / COMPLETE_NAME).is_file():
         return final
@@ -692,7 +774,7 @@ def synthetic_root(
     _remove_abandoned_builds(final)
     building = final.with_name(f"{key}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
-        generate_synthetic_dataset(building, "all", image_size, seed, n_train, n_test_good, n_test_defect)
+        generate_synthetic_dataset(building, chosen, image_size, seed, n_train, n_test_good, n_test_defect, defects)
         arguments = {
             "generator_version": GENERATOR_VERSION,
             "image_size": int(image_size),
@@ -700,7 +782,8 @@ def synthetic_root(
             "n_train": int(n_train),
             "n_test_good": int(n_test_good),
             "n_test_defect": int(n_test_defect),
-            "categories": list(SYNTHETIC_CATEGORIES),
+            "categories": chosen,
+            **({"defects": defects} if defects != "standard" else {}),
         }
         (building / COMPLETE_NAME).write_text(json.dumps(arguments, indent=2, sort_keys=True))
         try:
