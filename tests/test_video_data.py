@@ -288,6 +288,23 @@ def test_mask_count_must_match_the_frames(tmp_path):
         Video.from_folder(frames, mask_folder=masks)
 
 
+def test_bad_avenue_masks_are_named(tmp_path):
+    from adlearn.data.video import MatMasks
+
+    frames = generate_videos("test", 0, 1, 6, SMALL)[0]["frames"]
+    path = write_video_file(tmp_path / "01.avi", frames)
+    broken = tmp_path / "1_label.mat"
+    broken.write_bytes(b"not a MATLAB file")
+    with pytest.raises(DataError, match="cannot read Avenue masks .*volLabel"):
+        MatMasks(broken)
+    wrong = np.zeros((6, SMALL[0] // 2, SMALL[1]), np.uint8)  # masks of another size than the frames
+    video = Video.from_file(path, masks=wrong)
+    with pytest.raises(DataError, match="mask 0 is 32x80 but the frames are 64x80"):
+        video.mask(0)
+    with pytest.raises(DataError, match="6 frames but 5 masks"):
+        Video.from_file(path, masks=wrong[:5])
+
+
 def test_wrong_layouts_and_arguments_are_named(tmp_path):
     with pytest.raises(DataError, match="UCSD Ped2 layout"):
         ucsd_ped2(tmp_path, "train")

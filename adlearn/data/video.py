@@ -351,10 +351,11 @@ class MatMasks:
         key = str(self.path)
         if key not in MatMasks._loaded:
             import scipy.io
+            from scipy.io.matlab import MatReadError
 
             try:
                 volume = scipy.io.loadmat(self.path)["volLabel"]
-            except (OSError, ValueError, KeyError, NotImplementedError) as error:
+            except (OSError, ValueError, KeyError, NotImplementedError, MatReadError) as error:
                 raise DataError(
                     f"cannot read Avenue masks from {self.path} ({error}); expected a MATLAB file with a "
                     "'volLabel' cell array (one mask per frame): download the annotations again"
