@@ -6,6 +6,7 @@
   a shortcut.
 * :func:`roc_figure` — image-level and pixel-level ROC curves with their AUROC.
 * :func:`frame_strip` — consecutive frames of a video clip in a row, anomalous frames framed in red.
+* :func:`draw_boxes` — images with their boxes outlined, coloured by score (region-level models).
 * :func:`metrics_table` — a plain-text table of benchmark results for terminals and logs.
 
 Figures are built with :class:`matplotlib.figure.Figure` directly, not through ``pyplot``: they
@@ -30,7 +31,7 @@ from adlearn.metrics import _pixel_inputs, _to_numpy, roc_curve
 if TYPE_CHECKING:  # only for annotations; matplotlib is imported lazily
     from matplotlib.figure import Figure
 
-__all__ = ["anomaly_map_grid", "roc_figure", "metrics_table", "denormalize", "frame_strip"]
+__all__ = ["anomaly_map_grid", "roc_figure", "metrics_table", "denormalize", "frame_strip", "draw_boxes"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -359,3 +360,62 @@ def metrics_table(results: Sequence[Mapping[str, Any]] | Mapping[str, Any]) -> s
 
     separator = "  ".join("-" * w for w in widths)
     return "\n".join([line(headers), separator, *(line(row) for row in cells)])
+
+
+def draw_boxes(
+    images: Any,
+    boxes: Sequence[Any],
+    scores: Sequence[Any] | None = None,
+    top: int | None = None,
+    titles: Sequence[str] | None = None,
+    path: str | Path | None = None,
+) -> Figure:
+    """Images in a row, each with its boxes outlined (a region-level model's detections, or proposals).
+
+    Args:
+        images: (N, 3, H, W) model inputs (ImageNet-normalized or in [0, 1], as `denormalize` guesses).
+        boxes: per image an (M, 4) tensor or array of ``x1, y1, x2, y2`` pixel boxes.
+        scores: per image (M,) box scores: boxes are coloured by score (``inferno``, one scale for all
+            images) and the highest-scoring box of each image is drawn last, thickest, with its score.
+            Without scores every box is a thin cyan outline.
+        top: draw only the ``top`` highest-scoring boxes of each image (all when None).
+        titles: one title per image.
+    """
+    from matplotlib import colormaps
+    from matplotlib.patches import Rectangle
+
+    pictures = denormalize(images)  # (N, H, W, C)
+    if len(boxes) != len(pictures) or (scores is not None and len(scores) != len(pictures)):
+        raise ValueError(
+            f"draw_boxes needs one box list (and one score list) per image: {len(pictures)} images, "
+            f"{len(boxes)} box lists, {'no' if scores is None else len(scores)} score lists"
+        )
+    boxes = [np.asarray(_to_numpy(b), dtype=np.float64).reshape(-1, 4) for b in boxes]
+    scores = None if scores is None else [np.asarray(_to_numpy(s), dtype=np.float64).reshape(-1) for s in scores]
+    low, high = 0.0, 1.0
+    if scores is not None and any(len(s) for s in scores):
+        every = np.concatenate([s for s in scores if len(s)])
+        low, high = float(every.min()), float(every.max())
+    fig = _new_figure(3.0 * len(pictures), 3.2)
+    axes = np.atleast_1d(fig.subplots(1, len(pictures)))
+    for i, (ax, picture, image_boxes) in enumerate(zip(axes, pictures, boxes)):
+        _show_image(ax, picture)
+        order = np.arange(len(image_boxes))
+        if scores is not None:
+            order = np.argsort(scores[i], kind="stable")  # ascending: the highest score on top
+        if top is not None:
+            order = order[-top:] if scores is not None else order[:top]
+        for rank, j in enumerate(order):
+            x1, y1, x2, y2 = image_boxes[j]
+            best = scores is not None and rank == len(order) - 1
+            colour = "cyan" if scores is None else colormaps["inferno"]((scores[i][j] - low) / max(high - low, 1e-12))
+            # Pixel (r, c) spans [c - 0.5, c + 0.5] on imshow's axes: a box [x1, x2) is drawn from x1 - 0.5.
+            ax.add_patch(
+                Rectangle((x1 - 0.5, y1 - 0.5), x2 - x1, y2 - y1, fill=False, edgecolor=colour, lw=2.5 if best else 0.8)
+            )
+            if best:
+                ax.text(x1, y1, f"{scores[i][j]:.3g}", color="white", fontsize=8, va="bottom", backgroundcolor="black")
+        if titles is not None:
+            ax.set_title(titles[i], fontsize=9)
+    _save(fig, path)
+    return fig

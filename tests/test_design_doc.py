@@ -36,6 +36,7 @@ DISPLAY_NAMES = {
     "PaDiM": "padim",
     "PatchCore": "patchcore",
     "Reverse Distillation": "reverse_distillation",
+    "R-KDE": "rkde",
     "STFPM": "stfpm",
     "U-Flow": "uflow",
 }

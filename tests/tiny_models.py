@@ -48,6 +48,10 @@ TINY: dict[str, dict] = {
     "padim": dict(backbone=BACKBONE, image_size=64, n_features=10),
     "patchcore": dict(backbone=BACKBONE, image_size=64),
     "reverse_distillation": dict(backbone=BACKBONE, image_size=64, **STEPS),
+    # Selective search at one scale; 64 px images hold few boxes of 25 px, so smaller ones are kept.
+    "rkde": dict(
+        backbone=BACKBONE, image_size=64, selective_search_scales=(100.0,), min_box_size=8, n_pca_components=4
+    ),
     "stfpm": dict(backbone=BACKBONE, image_size=64, **STEPS),
     "uflow": dict(backbone=BACKBONE, image_size=64, flow_steps=1, **STEPS),
 }

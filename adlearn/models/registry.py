@@ -26,6 +26,7 @@ MODEL_CLASSES: dict[str, str] = {
     "padim": "padim:Padim",
     "patchcore": "patchcore:Patchcore",
     "reverse_distillation": "reverse_distillation:ReverseDistillation",
+    "rkde": "rkde:Rkde",
     "stfpm": "stfpm:Stfpm",
     "uflow": "uflow:Uflow",
 }
