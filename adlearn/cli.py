@@ -81,6 +81,8 @@ def run_evaluation(
 
     options = run_options(args, extra) if options is None else options
     model = build_model(model_name, preset=_preset(args), options=options)
+    if getattr(model, "input_kind", "image") == "video":
+        return _run_video_evaluation(model, args)
     image_size = model.image_size if isinstance(model.image_size, int) else max(model.image_size)
     category, train, test = _datasets(args.root, category or args.category, model.transform, image_size, args.seed)
     print(
@@ -115,6 +117,76 @@ def run_evaluation(
     if getattr(args, "save", None):
         model.save(args.save)
     return results
+
+
+def _video_datasets(root: str | None, video_format: str, seed: int):
+    """Training and test clips: the embedded synthetic surveillance videos, or a UCSD Ped2 / Avenue folder."""
+    from adlearn.data import ClipDataset, avenue, synthetic_surveillance, ucsd_ped2
+
+    if root is None:
+        name, train, test = "synthetic surveillance", *(synthetic_surveillance(s, seed=seed) for s in ("train", "test"))
+    elif video_format == "avenue":
+        name, train, test = f"Avenue at {root}", avenue(root, "train"), avenue(root, "test")
+    else:
+        name, train, test = f"UCSD Ped2 at {root}", ucsd_ped2(root, "train"), ucsd_ped2(root, "test")
+    return name, ClipDataset(train, clip_length=2), ClipDataset(test, clip_length=2)
+
+
+def _run_video_evaluation(model, args) -> dict:
+    """``adlearn evaluate`` for a video model (``input_kind = "video"``): frame-level metrics on clips."""
+    import adlearn
+    from adlearn.evaluate import fit_and_evaluate
+
+    name, train, test = _video_datasets(args.root, getattr(args, "video_format", "ucsd"), args.seed)
+    print(
+        f"{model.name}: fitting on {len(train)} clips of {len(train.videos)} '{name}' videos, testing on "
+        f"{len(test)} clips ({model.device})",
+        file=sys.stderr,
+    )
+    results = fit_and_evaluate(model, train, test, return_predictions=bool(args.figure))
+    predictions = results.pop("predictions", None)
+    results = {
+        "model": model.name,
+        "category": name,
+        **results,
+        "backbone": model.config.get("backbone"),
+        "preset": _preset(args),
+        "device": str(model.device),
+        "seed": args.seed,
+        "adlearn_version": adlearn.__version__,
+        "config": {
+            k: v for k, v in model.config.items() if isinstance(v, (int, float, str, bool, type(None), list, tuple))
+        },
+    }
+    if args.figure and predictions is not None:
+        _write_frame_score_figure(args.figure, predictions, f"{model.name} on {name}")
+    if getattr(args, "save", None):
+        model.save(args.save)
+    return results
+
+
+def _write_frame_score_figure(path, predictions, title: str) -> None:
+    """Each test video's frame scores, its anomalous frames shaded."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    videos = list(dict.fromkeys(predictions["videos"]))
+    figure, axes = plt.subplots(len(videos), 1, figsize=(8, 1.6 * len(videos)), squeeze=False, sharey=True)
+    for axis, video in zip(axes[:, 0], videos):
+        chosen = np.array([v == video for v in predictions["videos"]])
+        frames, labels = predictions["frame_indices"][chosen], predictions["labels"][chosen]
+        axis.fill_between(frames, 0, 1, where=labels > 0, color="red", alpha=0.2, transform=axis.get_xaxis_transform())
+        axis.plot(frames, predictions["pred_scores"][chosen], color="black", linewidth=1)
+        axis.set_ylabel(video, fontsize=8)
+    axes[0, 0].set_title(f"{title}: frame scores (anomalous frames shaded)")
+    axes[-1, 0].set_xlabel("frame")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(figure)
+    print(f"wrote {path}", file=sys.stderr)
 
 
 def _write_figure(path, model, test, predictions, category) -> None:
@@ -257,7 +329,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = sub.add_parser("evaluate", help="fit a model and report its metrics")
     evaluate.add_argument("model")
-    evaluate.add_argument("--root", help="MVTec-layout root (default: the embedded synthetic dataset)")
+    evaluate.add_argument(
+        "--root",
+        help="MVTec-layout root (default: the embedded synthetic dataset); for a video model (ai_vad) a UCSD Ped2 "
+        "or Avenue folder (default: the embedded synthetic surveillance videos)",
+    )
+    evaluate.add_argument(
+        "--video-format", choices=("ucsd", "avenue"), default="ucsd", help="video models: the layout of --root"
+    )
     evaluate.add_argument("--category")
     _add_run_options(evaluate)
     _add_set_option(

@@ -79,6 +79,10 @@ def evaluate(
     ``threshold``: a threshold chosen *without* the test labels (e.g. `threshold_for_false_alarm_rate` on
     normal held-out images); the results then add ``image_recall_at_threshold``,
     ``image_false_alarm_rate_at_threshold``, ``image_precision_at_threshold`` and ``image_f1_at_threshold``."""
+    if getattr(model, "input_kind", "image") == "video":
+        if threshold is not None:
+            raise ValueError("a threshold is not supported for video models yet; evaluate them without one")
+        return evaluate_video(model, test_dataset, batch_size, return_predictions)
     predictions = collect_predictions(model, test_dataset, batch_size)
     metrics = compute_all(
         predictions["labels"],
@@ -103,6 +107,114 @@ def evaluate(
         results.update({"threshold": float(threshold), **{f"image_{k}_at_threshold": v for k, v in decided.items()}})
     if predictions["anomaly_maps"] is None:
         results["note"] = no_map_note(model.name)
+    if return_predictions:
+        results["predictions"] = predictions
+    return results
+
+
+def collect_video_predictions(model, clips, batch_size: int | None = None) -> dict:
+    """Run a video model over a clip dataset (``adlearn.data.ClipDataset``); one row per frame.
+
+    A frame's score is the score of the clip that ends on it; a frame that ends no clip (the first
+    ``clip_length - 1`` frames of a video) takes the score of the first clip that holds it. Keys:
+    ``pred_scores``, ``labels``, ``videos``, ``frame_indices``, ``kinds`` (per frame, ``""`` when the
+    videos name none), ``masks`` / ``anomaly_maps`` (F, H, W) and ``has_masks`` (F,), ``boxes`` and
+    ``box_scores`` (per frame), ``predict_seconds``.
+    """
+    if len(clips) == 0:
+        raise ValueError("the test clip dataset is empty — nothing to evaluate")
+    videos = {video.name: video for video in getattr(clips, "videos", [])}
+    rows: dict[tuple[str, int], dict] = {}
+    model_seconds = 0.0
+    for batch in DataLoader(clips, batch_size=batch_size or model.batch_size, shuffle=False):
+        _synchronize(model.device)
+        start = time.perf_counter()
+        parts = model.predict_regions(batch["frames"], list(batch["video"]))
+        model_seconds += time.perf_counter() - start
+        for i, part in enumerate(parts):
+            video, indices = batch["video"][i], batch["frame_indices"][i].tolist()
+            row = {
+                "score": float(part["frame_score"]),
+                "boxes": part["boxes"].numpy(),
+                "box_scores": part["region_scores"].numpy(),
+                "size": tuple(batch["frames"].shape[-2:]),
+            }
+            for position, frame in enumerate(indices):  # the clip's own last frame, and earlier frames not yet seen
+                if position == len(indices) - 1 or (video, frame) not in rows:
+                    label, mask = int(batch["frame_labels"][i, position]), batch["masks"][i, position].numpy()
+                    rows[(video, frame)] = {
+                        **row,
+                        "label": label,
+                        "mask": mask,
+                        "has_masks": bool(batch["has_masks"][i]),
+                    }
+    order = {video: n for n, video in enumerate(dict.fromkeys(key[0] for key in rows))}  # videos in dataset order
+    keys = sorted(rows, key=lambda key: (order[key[0]], key[1]))
+    frames = [rows[key] for key in keys]
+    painted = np.stack([_paint(f["boxes"], f["box_scores"], f["mask"].shape) for f in frames])
+    return {
+        "pred_scores": np.array([f["score"] for f in frames]),
+        "labels": np.array([f["label"] for f in frames], dtype=int),
+        "videos": [key[0] for key in keys],
+        "frame_indices": np.array([key[1] for key in keys]),
+        "kinds": [videos[v].kinds[i] if v in videos else "" for v, i in keys],
+        "masks": np.stack([f["mask"] for f in frames]),
+        "has_masks": np.array([f["has_masks"] for f in frames]),
+        "anomaly_maps": painted,
+        "boxes": [f["boxes"] for f in frames],
+        "box_scores": [f["box_scores"] for f in frames],
+        "predict_seconds": model_seconds,
+    }
+
+
+def _paint(boxes: np.ndarray, scores: np.ndarray, size) -> np.ndarray:
+    """A frame's map: every box painted with its score (the largest where boxes overlap), 0 elsewhere."""
+    painted = np.zeros(size, dtype=np.float32)
+    for (x1, y1, x2, y2), score in zip(np.round(boxes).astype(int), scores):
+        region = painted[y1:y2, x1:x2]
+        np.maximum(region, score, out=region)
+    return painted
+
+
+def evaluate_video(model, clips, batch_size: int | None = None, return_predictions: bool = False) -> dict:
+    """Frame-level metrics of a video model on a clip dataset (`collect_video_predictions`).
+
+    ``image_auroc`` is the frame AUROC with all frames pooled (``frame_auroc_micro``), so the tables of
+    image models read it too; ``frame_auroc_macro`` averages it per video, ``frame_auroc_<kind>`` per
+    anomaly kind; where videos have masks, ``pixel_auroc`` (the painted boxes against the masks) and
+    ``region_auroc`` (`adlearn.metrics.region_auroc`) over those videos' frames.
+    """
+    from adlearn.metrics import frame_auroc_macro, frame_auroc_per_kind, pixel_auroc, region_auroc
+
+    predictions = collect_video_predictions(model, clips, batch_size)
+    labels, scores = predictions["labels"], predictions["pred_scores"]
+    metrics = compute_all(labels, scores)
+    metrics["frame_auroc_micro"] = metrics["image_auroc"]
+    metrics["frame_auroc_macro"] = frame_auroc_macro(labels, scores, predictions["videos"])
+    for kind, value in frame_auroc_per_kind(labels, scores, predictions["kinds"]).items():
+        if kind:
+            metrics[f"frame_auroc_{kind}"] = value
+    with_masks = predictions["has_masks"]
+    if with_masks.any() and predictions["masks"][with_masks].any():
+        chosen = np.flatnonzero(with_masks)
+        metrics["pixel_auroc"] = pixel_auroc(predictions["masks"][chosen], predictions["anomaly_maps"][chosen])
+        metrics["region_auroc"] = region_auroc(
+            [predictions["masks"][i] for i in chosen],
+            [predictions["boxes"][i] for i in chosen],
+            [predictions["box_scores"][i] for i in chosen],
+        )
+    n_frames = len(labels)
+    results = {
+        "model": model.name,
+        "task": getattr(model, "task", "segmentation"),
+        "input_kind": "video",
+        **metrics,
+        "predict_seconds": predictions["predict_seconds"],
+        "images_per_second": len(clips) / max(predictions["predict_seconds"], 1e-9),
+        "n_test": n_frames,
+        "n_test_videos": len(set(predictions["videos"])),
+        "peak_memory_mb": _peak_memory_mb(model.device),
+    }
     if return_predictions:
         results["predictions"] = predictions
     return results
