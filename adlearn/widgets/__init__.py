@@ -56,6 +56,11 @@ _LAZY = {
     "conditional_flow_explore": "conditional_flow",
     "conditional_flow_widget": "conditional_flow",
     "conditional_flow_static_figure": "conditional_flow",
+    # the defect playground (ipycanvas)
+    "DefectPlayground": "playground",
+    "paint": "playground",
+    "score_image": "playground",
+    "playground_static_figure": "playground",
 }
 
 
