@@ -113,6 +113,9 @@ class AnomalyModel(DynamicBufferMixin, nn.Module):
     # beats them, see the model's docstring) and "cpu" (the recipe for a 2-core laptop on a real
     # category). ``adlearn.create(name, preset="cpu", **options)``: explicit options win.
     presets: ClassVar[dict[str, dict]] = {}
+    # The label threshold (score >= threshold: anomalous), None until chosen: adlearn.export.calibrate_threshold
+    # sets it from held-out normal images; save/load keep it, adlearn export/predict use it.
+    threshold: float | None = None
 
     @classmethod
     def preset(cls, name: str | None) -> dict:
@@ -261,7 +264,13 @@ class AnomalyModel(DynamicBufferMixin, nn.Module):
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(
-            {"format": CHECKPOINT_FORMAT, "model": self.name, "config": self.config, "state_dict": self.state_dict()},
+            {
+                "format": CHECKPOINT_FORMAT,
+                "model": self.name,
+                "config": self.config,
+                "state_dict": self.state_dict(),
+                "threshold": self.threshold,
+            },
             path,
         )
         return path
@@ -295,6 +304,7 @@ def load(path: str | Path, device: str | None = None) -> AnomalyModel:
     model = get_model_class(checkpoint["model"])(**config)
     model.load_state_dict(checkpoint["state_dict"])
     model.config = dict(checkpoint["config"], **({"device": device} if device else {}))
+    model.threshold = checkpoint.get("threshold")  # absent from checkpoints saved before thresholds
     return model.to_device()
 
 
