@@ -30,7 +30,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "notebooks" / "06_coresets.ipynb"
+PLAYGROUND = REPO / "notebooks" / "51_defect_playground.ipynb"
 SCREENSHOT = REPO / "build" / "jupyterlab-coreset.png"
+PLAYGROUND_SCREENSHOT = REPO / "build" / "jupyterlab-playground.png"
 FAILURE = REPO / "build" / "jupyterlab-failure"  # .png and .html of the page when a wait times out
 RUN_ALL_TIMEOUT_S = 480  # about 40 s in smoke mode on 2 idle cores; 270 s seen with the cores shared 6 ways
 
@@ -68,7 +70,7 @@ def _api(base: str, path: str, token: str, method: str = "GET"):
 
 @pytest.fixture(scope="module")
 def jupyterlab(tmp_path_factory):
-    """A JupyterLab server on 127.0.0.1 serving a folder with a copy of notebook 06; stopped after."""
+    """A JupyterLab server on 127.0.0.1 serving a folder with copies of notebooks 06 and 51; stopped after."""
     reason = browser.missing()
     if reason:
         pytest.skip(f"the JupyterLab widget test needs a browser: {reason}")
@@ -76,6 +78,7 @@ def jupyterlab(tmp_path_factory):
     work, home = root / "work", root / "jupyter"
     work.mkdir()
     shutil.copy(NOTEBOOK, work / NOTEBOOK.name)
+    shutil.copy(PLAYGROUND, work / PLAYGROUND.name)
     settings = home / "lab-settings"
     for name, values in LAB_SETTINGS.items():
         path = settings / name
@@ -197,6 +200,110 @@ def _all_cells_ran(driver):
     prompts = [p.strip() for p in state["prompts"]]
     done = bool(prompts) and all(p.startswith("[") and p[1:-2].strip().isdigit() for p in prompts)
     return state if done or state["errors"] else None
+
+
+def _open_and_run_all(driver, base: str, token: str, notebook: Path) -> dict:
+    """Open ``notebook`` in JupyterLab, wait for its kernel, Run → Run All Cells as a participant does, and
+    return the page's state once every cell ran (failing on any error output)."""
+    from selenium.webdriver.common.by import By
+
+    driver.get(f"{base}/lab/tree/{notebook.name}?token={token}")
+    _wait(
+        driver,
+        lambda d: d.find_elements(By.CSS_SELECTOR, ".jp-Notebook .jp-CodeCell"),
+        90,
+        f"{notebook.name} to open in JupyterLab",
+    )
+
+    def kernel_idle(_):
+        sessions = _api(base, "/api/sessions", token)
+        return any(
+            s["kernel"]["execution_state"] == "idle" for s in sessions if s.get("path", "").endswith(notebook.name)
+        )
+
+    _wait(driver, kernel_idle, 90, f"the kernel of {notebook.name} to start")
+    driver.find_element(By.CSS_SELECTOR, ".jp-Notebook").click()
+    menu = next(
+        item for item in driver.find_elements(By.CSS_SELECTOR, ".lm-MenuBar-item") if item.text.strip() == "Run"
+    )
+    menu.click()
+
+    def run_all_item(d):
+        return next(
+            (
+                item
+                for item in d.find_elements(By.CSS_SELECTOR, ".lm-Menu .lm-Menu-item")
+                if item.text.strip().startswith("Run All Cells")
+            ),
+            None,
+        )
+
+    _wait(driver, run_all_item, 10, "Run All Cells in the Run menu").click()
+    state = _wait(driver, _all_cells_ran, RUN_ALL_TIMEOUT_S, "Run All Cells to finish (every prompt [n])")
+    assert not state["errors"], f"{notebook.name}: cells show errors after Run All:\n" + "\n".join(state["errors"])
+    return state
+
+
+# The playground as the page shows it: its canvas, and each model's readout ("padim: score ... → good").
+PLAYGROUND_STATE = """
+const box = Array.from(document.querySelectorAll(".widget-vbox"))
+  .find((node) => /Defect playground/.test(node.textContent) && node.querySelector("canvas"));
+if (!box) { return null; }
+const readouts = Array.from(box.querySelectorAll(".widget-html-content"))
+  .map((node) => node.textContent.trim()).filter((text) => /score/.test(text));
+return {readouts};
+"""
+
+
+def test_a_painted_stroke_changes_the_playground_scores_in_jupyterlab(jupyterlab, request):
+    """Notebook 51 in JupyterLab: a mouse drag across the canvas (press, move, release) reaches the kernel,
+    which paints, rescores and sends back new readouts for every model."""
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    base, token, log = jupyterlab
+    echo = request.config.pluginmanager.getplugin("terminalreporter")
+    start = time.perf_counter()
+    with browser.chromium_driver(width=1400, height=1000, offline=True) as driver:
+        _open_and_run_all(driver, base, token, PLAYGROUND)
+        ran = time.perf_counter() - start
+        before = _wait(
+            driver,
+            lambda d: (state := d.execute_script(PLAYGROUND_STATE)) and len(state["readouts"]) >= 2 and state,
+            60,
+            "the playground and its readouts",
+        )
+        canvas = driver.execute_script("""
+            const box = Array.from(document.querySelectorAll(".widget-vbox"))
+              .find((node) => /Defect playground/.test(node.textContent) && node.querySelector("canvas"));
+            const canvas = box.querySelector("canvas");
+            canvas.scrollIntoView({block: "center"});
+            return canvas;""")
+        width, height = canvas.size["width"], canvas.size["height"]
+        # A scratch across the middle: press left of centre, drag right and down in steps, release.
+        chain = ActionChains(driver).move_to_element_with_offset(canvas, -width // 4, -height // 10).click_and_hold()
+        for _ in range(6):
+            chain = chain.move_by_offset(width // 12, height // 30).pause(0.05)
+        chain.release().perform()
+        after = _wait(
+            driver,
+            lambda d: (
+                (state := d.execute_script(PLAYGROUND_STATE))
+                and state["readouts"] != before["readouts"]
+                and len(state["readouts"]) == len(before["readouts"])
+                and state
+            ),
+            90,
+            f"the readouts to change after the stroke (were {before['readouts']})",
+        )
+        assert not _state(driver)["errors"]
+        PLAYGROUND_SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+        driver.save_screenshot(str(PLAYGROUND_SCREENSHOT))
+    message = (
+        f"JupyterLab: 51_defect_playground ran all cells in {ran:.0f} s; a mouse stroke changed "
+        f"{before['readouts']} -> {after['readouts']}; screenshot {PLAYGROUND_SCREENSHOT}"
+    )
+    if echo is not None:
+        echo.write_line(message)
 
 
 def test_coreset_widget_moves_with_the_keyboard_in_jupyterlab(jupyterlab, request):
