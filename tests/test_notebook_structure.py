@@ -60,7 +60,6 @@ NOT_YET: dict[str, set[str]] = {
     "20_stfpm.ipynb": {"numbers", "references", "smoke_overrides"},
     "21_fastflow.ipynb": {"numbers", "references", "smoke_overrides"},
     "22_reverse_distillation.ipynb": {"numbers", "references", "smoke_overrides"},
-    "24_csflow.ipynb": {"numbers", "references", "report", "smoke_overrides", "solutions", "validation"},
     "25_uflow.ipynb": {"numbers", "references", "report", "smoke_overrides", "solutions", "validation"},
     "27_draem.ipynb": {"lab_notes", "numbers", "references", "report", "smoke_overrides", "solutions", "validation"},
     "28_cfa.ipynb": {"numbers", "references", "report", "smoke_overrides", "solutions", "validation"},
