@@ -14,6 +14,7 @@ _LAZY = {
     "create": ("adlearn.models", "create"),
     "load": ("adlearn.models", "load"),
     "available_models": ("adlearn.models", "available_models"),
+    "export": ("adlearn.export", "export"),
 }
 
 

@@ -8,6 +8,8 @@
     adlearn data synth --root DIR [--category NAME|all] [--image-size N] [--seed S]
     adlearn benchmark [--models all|a,b] [--root DIR] [--seeds 0,1,2] [--preset cpu|paper] --out DIR
     adlearn sweep NOTEBOOK... -p NAME V1,V2 ... --out DIR [--jobs N | --scheduler tcp://HOST:PORT]
+    adlearn export MODEL.pt --format onnx|openvino|onnx,openvino --out DIR [--threshold T | --normal DIR]
+    adlearn predict MODEL.pt|EXPORT_DIR IMAGE_OR_FOLDER... --out DIR [--runtime auto|onnxruntime|openvino]
 
 Without ``--root`` every command uses the embedded synthetic dataset (generated once, cached).
 Every command builds its models through `adlearn.options` (defaults <- ``--preset`` <- explicit options),
@@ -290,6 +292,48 @@ def cmd_data_synth(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    """Export a saved model (``model.save``) to ONNX / OpenVINO (`adlearn.export.export`)."""
+    from adlearn.export import export
+    from adlearn.models import load
+
+    model = load(args.model, device="cpu")
+    out = export(
+        model, args.out, format=args.format, threshold=args.threshold, normal=args.normal, quantile=args.quantile
+    )
+    manifest = json.loads((out / "adlearn_export.json").read_text())
+    threshold = manifest["threshold"]
+    print(
+        f"{model.name} exported to {out}/ ({', '.join(manifest['files'].values())}); threshold: "
+        + (
+            f"{threshold:.6g} ({manifest['threshold_source']})"
+            if threshold is not None
+            else "none (predict leaves labels empty)"
+        )
+    )
+    return 0
+
+
+def cmd_predict(args) -> int:
+    """Score images with a saved model or an export folder: a CSV of scores and labels, PNG overlays."""
+    from adlearn.deploy import predict_folder
+    from adlearn.export import load_runner
+
+    runner = load_runner(args.model, runtime=args.runtime, threshold=args.threshold, threads=args.threads)
+    result = predict_folder(runner, args.images, args.out, batch_size=args.batch_size, overlays=not args.no_overlays)
+    scored = sum(1 for row in result.rows if row["score"] != "")
+    failed = [row for row in result.rows if row["error"]]
+    print(
+        f"{runner.name}: scored {scored} image(s), wrote {result.csv}"
+        + (f" and {result.overlays}/" if result.overlays else "")
+    )
+    if runner.threshold is None:
+        print("no threshold: the label column is empty; give --threshold, or export with --normal DIR", file=sys.stderr)
+    for row in failed:
+        print(f"could not read {row['path']}: {row['error']}", file=sys.stderr)
+    return 1 if failed and not scored else 0
+
+
 def _add_run_options(parser, default_preset=None) -> None:
     parser.add_argument(
         "--preset",
@@ -379,6 +423,31 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--image-size", type=int, default=256)
     synth.add_argument("--seed", type=int, default=0)
     synth.set_defaults(func=cmd_data_synth)
+
+    export = sub.add_parser("export", help="export a saved model to ONNX / OpenVINO (one graph, pixels to scores)")
+    export.add_argument("model", help="a saved model (model.save, adlearn evaluate --save)")
+    export.add_argument("--format", default="onnx", help="onnx | openvino | onnx,openvino (default: onnx)")
+    export.add_argument("--out", required=True, help="the export folder (graph + adlearn_export.json)")
+    export.add_argument("--threshold", type=float, default=None, help="the label threshold the export carries")
+    export.add_argument(
+        "--normal",
+        default=None,
+        help="a folder of held-out normal images (not the training ones): their largest score (--quantile) "
+        "becomes the threshold; without --threshold or --normal, the saved model's own threshold, if any",
+    )
+    export.add_argument("--quantile", type=float, default=1.0, help="quantile of the --normal scores (default 1.0)")
+    export.set_defaults(func=cmd_export)
+
+    predict = sub.add_parser("predict", help="score images with a saved model or an export folder: CSV + overlays")
+    predict.add_argument("model", help="a saved model (.pt) or an export folder (adlearn export)")
+    predict.add_argument("images", nargs="+", help="image files and/or folders (searched recursively)")
+    predict.add_argument("--out", required=True, help="folder for predictions.csv and overlays/")
+    predict.add_argument("--threshold", type=float, default=None, help="override the model's threshold")
+    predict.add_argument("--runtime", default="auto", help="export folders: auto | onnxruntime | openvino")
+    predict.add_argument("--threads", type=int, default=None, help="CPU threads (default: the runtime's choice)")
+    predict.add_argument("--batch-size", type=int, default=16)
+    predict.add_argument("--no-overlays", action="store_true", help="write the CSV only")
+    predict.set_defaults(func=cmd_predict)
 
     from adlearn import benchmark, sweep  # their own modules: `adlearn benchmark`, `adlearn sweep`
 

@@ -29,8 +29,9 @@ equal its eager ones within `TOLERANCE`).
 
 The threshold. adlearn's models score; they do not decide. The label threshold an export carries is
 chosen here: ``threshold=`` a number, or ``normal=`` held-out normal images (never the test split), whose
-largest score becomes the threshold (``quantile=1.0``: no held-out normal image is flagged; a lower
-quantile accepts that share of false alarms). `calibrate_threshold` sets ``model.threshold``, which
+largest score becomes the threshold (``quantile=1.0``: no held-out normal image is flagged, up to
+the rounding between PyTorch and a runtime for the one on the threshold; a lower quantile accepts that
+share of false alarms). `calibrate_threshold` sets ``model.threshold``, which
 ``model.save`` keeps, so a saved model carries it too. Without one, ``adlearn predict`` writes the scores
 and leaves the label column empty.
 
@@ -40,7 +41,9 @@ The reference implementation's counterpart is ``anomalib.deploy`` (``ExportType`
 from __future__ import annotations
 
 import json
+import sys
 import tempfile
+import types
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -439,7 +442,12 @@ def _pair(size) -> tuple[int, int]:
 
 
 def _count(normal) -> int:
-    return len(normal) if hasattr(normal, "__len__") else len(list(Path(normal).iterdir()))
+    """How many held-out normal images: a folder's image files, or a tensor's / dataset's length."""
+    if isinstance(normal, (str, Path)):
+        from adlearn.deploy import image_files
+
+        return len(image_files([normal]))
+    return len(normal)
 
 
 # ----------------------------------------------------------------------------- eager twin of InferenceModel
@@ -522,6 +530,16 @@ def load_runner(source: str | Path, runtime: str = "auto", threshold: float | No
         torch.set_num_threads(threads)
     return TorchInference(load(source, device="cpu"), threshold=threshold)
 
+
+class _CallableModule(types.ModuleType):
+    """``adlearn.export(model, out)`` calls `export`. Importing this module sets the package attribute
+    ``adlearn.export`` to the module itself (Python's import system does), so the module is made callable."""
+
+    def __call__(self, *args, **kwargs):
+        return export(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
 
 __all__ = [
     "EXPORTABLE",
