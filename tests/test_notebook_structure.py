@@ -13,8 +13,8 @@ Rules (``RULES``), by the notebook's number (00-02 introduction, 03-09 component
   at least one code cell; every cell of the solutions is tagged ``solution``, every code cell there
   also ``hide-input`` (the book folds them); no cell before the exercises is tagged ``solution``.
 - ``references``: the last cell is markdown starting ``## References`` with at least one list item;
-  a model notebook names the paper (a link or an arXiv id) and the reference implementation's
-  module (``anomalib.models.image.<model>``, or ``.video.`` for a video model).
+  a model notebook names the paper (a link, an arXiv id, a DOI or the publisher's id) and the
+  reference implementation's module (``anomalib.models.image.<model>``, or ``.video.`` for a video model).
 - ``report`` (model notebooks): a code cell calls ``report(...)``, and every such cell comes before
   the exercises (so nothing the solutions train can change the reported run).
 - ``numbers`` (model and tooling notebooks): a markdown heading ``## Numbers to expect`` before the
@@ -224,8 +224,8 @@ def check_references(name: str, notebook) -> list[str]:
         problems.append("'## References' lists nothing (one item per source)")
     if kind(name) == "model":
         model = Path(name).stem[3:]
-        if not re.search(r"https?://|arXiv", last.source):
-            problems.append("'## References' must name the paper (a link or an arXiv id)")
+        if not re.search(r"https?://|arXiv|\bdoi\b|\bIEEE\b", last.source, flags=re.IGNORECASE):
+            problems.append("'## References' must name the paper (a link, an arXiv id, a DOI or the publisher's id)")
         if not re.search(rf"anomalib\.models\.(image|video)\.{model}\b", last.source):
             problems.append(f"'## References' must name the reference implementation: anomalib.models.image.{model}")
     return problems
@@ -491,6 +491,7 @@ def test_checker_rejects_the_other_breaches():
     assert breaks("numbers", numbers=[md("## Numbers to expect\n\nsmoke=False: 0.99"), code("print(results)")])
     assert not breaks("numbers", name="02_feature_extraction.ipynb", numbers=[])  # introduction notebooks
     assert breaks("references", references=[md("## References\n\n- arXiv:2011.08785")])  # no anomalib module
+    assert breaks("references", references=[md("## References\n\n- anomalib.models.image.padim")])  # no paper
     assert not breaks("references", name="03_pca.ipynb", references=[md("## References\n\n- Bishop (2006), Sec. 12.1")])
     assert breaks("smoke_overrides", setup=[code("image_size = 128 if smoke else image_size")])
     assert breaks("smoke_overrides", setup=[code("if smoke:\n    image_size = 128")])
