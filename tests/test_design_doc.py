@@ -39,6 +39,7 @@ DISPLAY_NAMES = {
     "R-KDE": "rkde",
     "STFPM": "stfpm",
     "U-Flow": "uflow",
+    "WinCLIP": "winclip",
 }
 
 
