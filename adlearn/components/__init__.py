@@ -73,6 +73,17 @@ _LAZY = {
     "PatchDescriptionNetwork": "pdn",
     # nearest-neighbour search (used by memory-bank models)
     "NearestNeighbors": "nearest_neighbors",
+    # sliding windows over a patch grid and their harmonic aggregation (WinCLIP)
+    "window_masks": "windows",
+    "window_counts": "windows",
+    "window_tokens": "windows",
+    "pool_windows": "windows",
+    "harmonic_aggregation": "windows",
+    "harmonic_mean": "windows",
+    # CLIP's compositional prompt ensemble and two-class score (WinCLIP)
+    "prompt_ensemble": "clip_prompts",
+    "text_embeddings": "clip_prompts",
+    "class_scores": "clip_prompts",
     # tiling: overlapping tiles of a high-resolution image, and stitching them back (data.utils.tiler)
     "Tiler": "tiler",
 }
