@@ -36,9 +36,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from adlearn.reports import METRICS, cell_key, write_book_page, write_reports
+from adlearn.reports import METRICS, VIDEO_METRICS, cell_key, write_book_page, write_reports
 
 CELLS = "cells"
+VIDEO_CATEGORY = "surveillance"  # video models run on the embedded synthetic surveillance videos
 CELL_FUNCTION = "adlearn.benchmark:run_cell"  # what the runner calls in each cell's process
 RERUN_WHEN_CHANGED = ("preset_options",)  # a cell of an edited preset is stale: it runs again
 
@@ -79,6 +80,8 @@ def run_cell(spec: dict) -> dict:
     if spec.get("preset"):
         options["preset"] = spec["preset"]
     model = adlearn.create(spec["model"], **options)
+    if getattr(model, "input_kind", "image") == "video":
+        return _video_cell(model, options)
     root = spec.get("root") or synthetic_root(image_size=256, seed=0)  # the same data for every seed
     category = spec["category"] if spec.get("root") or spec["category"] in SYNTHETIC_CATEGORIES else None
     if category is None:
@@ -111,6 +114,35 @@ def run_cell(spec: dict) -> dict:
         machine=cell_machine(model.device),
     )
     return row
+
+
+def _video_cell(model, options: dict) -> dict:
+    """A video model's cell: fit on the synthetic surveillance training clips, evaluate on the test clips."""
+
+    from adlearn.data import ClipDataset, synthetic_surveillance
+    from adlearn.evaluate import fit_and_evaluate
+    from adlearn.machine import cell_machine
+
+    train, test = (ClipDataset(synthetic_surveillance(split), clip_length=2) for split in ("train", "test"))
+    results = fit_and_evaluate(model, train, test)
+    with tempfile.TemporaryDirectory() as tmp:
+        size = model.save(Path(tmp) / "model.pt").stat().st_size
+    keys = (*METRICS, *VIDEO_METRICS, "fit_seconds", "fit_cpu_seconds", "images_per_second", "peak_memory_mb")
+    row = {key: results.get(key) for key in (*keys, "n_train", "n_test")}
+    row.update(
+        parameters=sum(p.numel() for p in model.parameters()),
+        model_size_mb=size / 2**20,
+        options={k: v for k, v in options.items() if k not in ("device", "seed")},
+        device=str(model.device),
+        machine=cell_machine(model.device),
+    )
+    return row
+
+
+def is_video_model(name: str) -> bool:
+    from adlearn.models import get_model_class
+
+    return getattr(get_model_class(name), "input_kind", "image") == "video"
 
 
 # ------------------------------------------------------------------------------------------- all cells
@@ -203,7 +235,7 @@ def run_benchmark(
             fields={"model": model, "category": category, "seed": seed},
         )
         for model in models
-        for category in categories
+        for category in ([VIDEO_CATEGORY] if is_video_model(model) else categories)  # video: its own data
         for seed in seeds
     ]
     guard = LoadGuard(allow_busy=allow_busy, threshold=busy_threshold)

@@ -50,6 +50,15 @@ COLUMNS = (
     "error",
 )
 METRICS = ("image_auroc", "pixel_auroc", "pixel_aupro", "image_f1max", "pixel_f1max")
+# video models (their image_auroc is the frame AUROC, all frames pooled): the video section of the table
+VIDEO_METRICS = (
+    "frame_auroc_micro",
+    "frame_auroc_macro",
+    "region_auroc",
+    "frame_auroc_velocity",
+    "frame_auroc_pose",
+    "frame_auroc_appearance",
+)
 COSTS = ("fit_seconds", "fit_cpu_seconds", "images_per_second", "peak_memory_mb", "parameters", "model_size_mb")
 BUSY_MARK = "†"  # beside a wall time measured while other processes shared the CPU
 STALE_MARK = "‡"  # beside a model whose cells ran with an earlier version of its preset
@@ -97,7 +106,7 @@ def summarize(rows: list[dict]) -> list[dict]:
         entry = {"model": model, "category": category, "seeds": len(ok), "failed": len(group) - len(ok)}
         entry["busy"] = sum(1 for r in ok if r.get("busy"))  # seeds whose wall times ran on a shared CPU
         entry["stale"] = sum(1 for r in ok if r.get("stale"))  # seeds run with an earlier version of the preset
-        for key in (*METRICS, *COSTS):
+        for key in (*METRICS, *VIDEO_METRICS, *COSTS):
             values = [v for v in (_number(r.get(key)) for r in ok) if v is not None]
             mean = sum(values) / len(values) if values else None
             std = math.sqrt(sum((v - mean) ** 2 for v in values) / len(values)) if values else None
@@ -159,7 +168,7 @@ def markdown_table(rows: list[dict], info: dict | None = None) -> str:
             )
             + " |"
         )
-    text = "\n".join(lines) + "\n"
+    text = "\n".join(lines) + "\n" + video_table(summary, cell, wall)
     text += busy_note(sum(e["busy"] for e in summary), sum(e["seeds"] for e in summary))
     if any(e["stale"] for e in summary):
         text += (
@@ -190,6 +199,24 @@ def markdown_table(rows: list[dict], info: dict | None = None) -> str:
             for r in failed
         )
     return text
+
+
+def video_table(summary: list[dict], cell, wall) -> str:
+    """The video section: frame AUROC pooled and per video, region AUROC, per anomaly kind (video models only)."""
+    videos = [e for e in summary if e.get("frame_auroc_macro") is not None]
+    if not videos:
+        return ""
+    header = ["model", "videos", "seeds", "frame AUROC", "per video", "region AUROC", "velocity", "pose"]
+    header += ["appearance", "fit CPU s", "predict clips/s"]
+    lines = ["", "Video models (frame AUROC: all test frames pooled; per video: the mean of each video's):", ""]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * 2 + "---:|" * (len(header) - 2)]
+    for entry in videos:
+        keys = ["frame_auroc_micro", "frame_auroc_macro", "region_auroc"]
+        keys += ["frame_auroc_velocity", "frame_auroc_pose", "frame_auroc_appearance"]
+        values = [entry["model"], entry["category"], str(entry["seeds"]), *(cell(entry, k, ".3f") for k in keys)]
+        values += [cell(entry, "fit_cpu_seconds", ".1f"), wall(entry, "images_per_second", ".1f")]
+        lines.append("| " + " | ".join(values) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def data_label(root) -> str:

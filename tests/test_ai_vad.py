@@ -302,3 +302,29 @@ def test_evaluate_gives_every_frame_the_score_of_the_clip_ending_on_it(fitted, t
     kinds = {kind for kind in predictions["kinds"] if kind}
     assert kinds and all(f"frame_auroc_{kind}" in results for kind in kinds)
     assert 0 <= results["region_auroc"] <= 1 and 0 <= results["pixel_auroc"] <= 1
+
+
+def test_the_benchmark_table_has_a_video_section():
+    from adlearn.reports import markdown_table
+
+    base = {"status": "ok", "fit_seconds": 10.0, "fit_cpu_seconds": 8.0, "images_per_second": 5.0}
+    rows = [
+        {**base, "model": "padim", "category": "bottle", "seed": 0, "image_auroc": 0.99, "pixel_auroc": 0.98},
+        {
+            **base,
+            "model": "ai_vad",
+            "category": "surveillance",
+            "seed": 0,
+            "image_auroc": 0.91,
+            "frame_auroc_micro": 0.91,
+            "frame_auroc_macro": 0.87,
+            "region_auroc": 0.8,
+            "frame_auroc_velocity": 0.97,
+            "frame_auroc_pose": 0.85,
+            "frame_auroc_appearance": 0.9,
+        },
+    ]
+    table = markdown_table(rows)
+    video = table[table.index("Video models") :]
+    assert "| ai_vad | surveillance | 1 | 0.910 | 0.870 | 0.800 | 0.970 | 0.850 | 0.900 | 8.0 | 5.0 |" in video
+    assert "padim" not in video

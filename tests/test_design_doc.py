@@ -23,6 +23,7 @@ MODELS_DIR = REPO / "adlearn" / "models"
 BASES = (AnomalyModel, MemoryBankModel, TrainedModel)
 
 DISPLAY_NAMES = {
+    "AI-VAD": "ai_vad",
     "CFA": "cfa",
     "C-Flow": "cflow",
     "CS-Flow": "csflow",
@@ -39,7 +40,6 @@ DISPLAY_NAMES = {
     "R-KDE": "rkde",
     "STFPM": "stfpm",
     "U-Flow": "uflow",
-    "WinCLIP": "winclip",
 }
 
 

@@ -22,7 +22,7 @@ import warnings
 
 import pytest
 import torch
-from tiny_models import TINY  # tests/tiny_models.py: pytest puts tests/ on the path
+from tiny_models import TINY, tiny_clips  # tests/tiny_models.py: pytest puts tests/ on the path
 
 from adlearn.models import NotFittedError, TrainedModel, available_models, create, get_model_class, load
 
@@ -55,7 +55,8 @@ def images(synthetic_split):
 def fit(name: str, images):
     """A fresh tiny model fitted on the training images: ``(model, what fit returned, probe images)``."""
     model = make(name)
-    train, probe = images(model.input_size[0])
+    is_video = getattr(model, "input_kind", "image") == "video"  # AI-VAD: clips (B, T, 3, H, W) of videos
+    train, probe = tiny_clips(model.input_size[0]) if is_video else images(model.input_size[0])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # e.g. "few training images": the point here is the contract
         returned = model.fit(train, verbose=False) if isinstance(model, TrainedModel) else model.fit(train)
@@ -122,14 +123,19 @@ def test_same_seed_gives_identical_scores(name, fitted, images):
 @pytest.mark.parametrize("name", MODELS)
 def test_predict_before_fit_says_to_call_fit(name):
     model = make(name)
+    frames = (2,) if getattr(model, "input_kind", "image") == "video" else ()  # a video model takes clips
     with pytest.raises(NotFittedError, match=r"call model\.fit"):
-        model.predict(torch.zeros(1, 3, *model.input_size))
+        model.predict(torch.zeros(1, *frames, 3, *model.input_size))
 
 
 @pytest.mark.parametrize("channels", [1, 4])
 @pytest.mark.parametrize("name", MODELS)
 def test_wrong_channel_count_names_the_expected_channels(name, channels, fitted):
     model, _, _ = fitted(name)
+    if getattr(model, "input_kind", "image") == "video":
+        with pytest.raises(ValueError, match=r"\(B, T, 3, H, W\).*3 channels"):
+            model.predict(torch.zeros(2, 2, channels, *model.input_size))
+        return
     with pytest.raises(ValueError, match=r"\(B, 3, H, W\).*3 channels"):
         model.predict(torch.zeros(2, channels, *model.input_size))
 

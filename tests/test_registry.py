@@ -56,7 +56,7 @@ def test_no_model_file_registers_itself_a_second_way():
 
 def test_names_are_normalised_and_unknown_names_are_a_clear_error():
     assert get_model_class("Reverse-Distillation") is get_model_class("reverse_distillation")
-    with pytest.raises(ValueError, match="unknown model 'nope'; available: cfa, cflow"):
+    with pytest.raises(ValueError, match="unknown model 'nope'; available: ai_vad, cfa, cflow"):
         get_model_class("nope")
     assert available_models() == sorted(MODEL_CLASSES)
 

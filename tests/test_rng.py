@@ -17,8 +17,7 @@ from adlearn.utils import RandomStream, numpy_generator, seed_everything, seeded
 # Every registered model at its smallest; backbones with random weights, so that drawing them at
 # construction is part of what must repeat and must leave the caller's generators alone.
 TINY = {
-    # (WinCLIP names its encoder's weights ``weights``; its tiny tower is random already)
-    name: {**options, "pretrained": "none"} if "backbone" in options and "weights" not in options else options
+    name: {**options, "pretrained": "none"} if "backbone" in options else options
     for name, options in TINY_MODELS.items()
 }
 SLOW = {"csflow", "dsr", "efficient_ad"}  # a few seconds more per run than the others
@@ -63,6 +62,16 @@ def tiny_images(size: int, n: int = 8) -> torch.Tensor:
     return (images - 0.45) / 0.25
 
 
+def tiny_inputs(model) -> torch.Tensor:
+    """What the model fits and predicts on: tiny images, or for a video model tiny clips (N, 2, 3, s, s) whose
+    second frame is the first one shifted (something moves), each clip its own video."""
+    images = tiny_images(model.input_size[0])
+    if getattr(model, "input_kind", "image") != "video":
+        return images
+    frames = images * 0.25 + 0.45  # back to [0, 1]
+    return torch.stack([frames, torch.roll(frames, shifts=(3, 5), dims=(2, 3))], dim=1)
+
+
 def build(name: str, seed: int):
     return create(name, device="cpu", seed=seed, **{"image_size": 64, **TINY[name]})
 
@@ -70,7 +79,7 @@ def build(name: str, seed: int):
 def run(name: str, seed: int) -> torch.Tensor:
     """create → fit → predict on tiny images; the scores."""
     model = build(name, seed)
-    images = tiny_images(model.input_size[0])
+    images = tiny_inputs(model)
     options = {"verbose": False} if hasattr(model, "train_config") else {}
     model.fit(images, **options)
     return model.predict(images[:4]).pred_score
@@ -140,7 +149,7 @@ def test_create_fit_predict_save_load_leave_global_generators_untouched(name, ti
     before = global_state()
     model = build(name, seed=0)
     assert global_state() == before, f"{name}: creating the model changed the global random state"
-    images = tiny_images(model.input_size[0])
+    images = tiny_inputs(model)
     options = {"verbose": False} if hasattr(model, "train_config") else {}
     model.fit(images, **options)
     assert global_state() == before, f"{name}: fit changed the global random state"

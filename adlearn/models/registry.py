@@ -13,6 +13,7 @@ import importlib
 
 # registered name -> "module:Class" in adlearn.models (one file per model)
 MODEL_CLASSES: dict[str, str] = {
+    "ai_vad": "ai_vad:AiVad",
     "cfa": "cfa:Cfa",
     "cflow": "cflow:Cflow",
     "csflow": "csflow:Csflow",
@@ -29,7 +30,6 @@ MODEL_CLASSES: dict[str, str] = {
     "rkde": "rkde:Rkde",
     "stfpm": "stfpm:Stfpm",
     "uflow": "uflow:Uflow",
-    "winclip": "winclip:Winclip",
 }
 
 
