@@ -54,6 +54,7 @@ def test_a_tiled_model_is_the_wrapped_model_on_tiles_stitched(images):
     assert isinstance(model, TiledModel) and model.name == "padim_tiled" and model.n_tiles == 9
     assert model.model.input_size == (32, 32) and model.input_size == (64, 64)  # the model is set up for tiles
     assert model.transform == ImageTransform(image_size=64)  # the dataset keeps the full resolution
+    assert model.model.batch_size == 32 and model.batch_size == 3  # batches of 32 tiles: 3 images of 9 tiles
     model.fit(images[:4])
     # the wrapped model saw the 36 tiles of the 4 training images: its statistics are theirs
     alone = adlearn.create("padim", image_size=32, **PADIM).fit(model.tiles_of(images[:4]))

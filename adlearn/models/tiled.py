@@ -146,6 +146,8 @@ class TiledModel(AnomalyModel):
             tile_options["center_crop"] = None
         n_members = self.n_tiles if self.tiling_ensemble else 1
         self.members = nn.ModuleList([model_class(**tile_options) for _ in range(n_members)])
+        # ``batch_size`` is the wrapped model's, in tiles; a batch of whole images makes about one such batch
+        self.batch_size = max(1, self.members[0].batch_size // self.n_tiles)
         self.name = f"{self.members[0].name}_tiled"
         self.task = self.members[0].task
         self.config = {"tiled_model": tiled_model, **options, "tiling": tiling, "tiling_ensemble": tiling_ensemble}
