@@ -80,6 +80,19 @@ def test_the_tiled_ensemble_has_one_model_per_position_each_fitted_on_its_tiles(
     torch.testing.assert_close(prediction.anomaly_map, stitched_by_hand(model, images, 32, 32), rtol=1e-5, atol=1e-5)
 
 
+def test_an_image_level_model_scores_an_image_by_its_highest_tile_score(images):
+    model = adlearn.create("dfkde", image_size=64, tiling=(32, 32), n_pca_components=4, **PATCHCORE)
+    assert model.task == "classification"
+    model.fit(images[:4])  # 16 training tiles
+    prediction = model.predict(images)
+    assert prediction.anomaly_map is None
+    corners = model.tiler.positions(64, 64)
+    tile_scores = torch.stack(
+        [model.model.predict(images[:, :, top : top + 32, left : left + 32]).pred_score for top, left in corners], 1
+    )  # (B, 4)
+    torch.testing.assert_close(prediction.pred_score, tile_scores.amax(1))
+
+
 def test_saved_tiled_models_load_back_identically_and_the_seed_repeats(images, tmp_path):
     for options in (dict(tiling=(32, 16)), dict(tiling=(32, 32, "reflect"), tiling_ensemble=True)):
         model = adlearn.create("padim", image_size=64, **PADIM, **options).fit(images[:4])
