@@ -3,6 +3,7 @@ truth, the public layouts, the errors and the download scripts."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import itertools
 import pickle
@@ -141,10 +142,12 @@ def test_masks_are_where_the_anomalous_actor_was_drawn():
         plan = plan_video("test", index, 0, n_frames, size)
         frames, masks, labels, _ = render_video(plan, scene)
         without, _, _, _ = render_video(plan, scene, include_anomaly=False)  # same noise, same others
+        empty, _, _, _ = render_video(dataclasses.replace(plan, actors=[]), scene)  # the plaza alone
         drawn = np.any(frames != without, axis=-1)  # (N, H, W): every pixel the actor changed
+        others = np.any(without != empty, axis=-1)  # (N, H, W): pixels the other figures cover
         # an actor entering the view first covers less than half of the border pixels: not in the mask yet
         inner = np.zeros(size, bool)
-        inner[1:-1, 1:-1] = True
+        inner[2:-2, 2:-2] = True
         for t in range(n_frames):
             mask = masks[t].astype(bool)
             assert labels[t] == int(mask.any())
@@ -152,8 +155,9 @@ def test_masks_are_where_the_anomalous_actor_was_drawn():
                 assert mask.any() or not (drawn[t] & inner).any(), (event, t)  # drawn: an anomalous frame
             if mask.any():
                 assert drawn[t][mask].mean() > 0.98, (event, t)  # the mask is drawn pixels ...
-                halo = ndimage.binary_dilation(mask, structure=np.ones((3, 3), bool))
-                assert not (drawn[t] & inner & ~halo).any(), (event, t)  # ... up to its anti-aliased edge
+                # ... up to its anti-aliased edge (one pixel), also where a nearer figure covers the actor
+                halo = ndimage.binary_dilation(mask | others[t], structure=np.ones((3, 3), bool))
+                assert not (drawn[t] & inner & ~halo).any(), (event, t)
 
 
 def test_events_move_the_way_their_kind_says():
@@ -207,19 +211,19 @@ def test_grey_frames_become_rgb(tmp_path):
 
 @pytest.mark.parametrize("suffix,b_frames", [(".mp4", 0), (".avi", 0), (".mp4", 3), (".avi", 2)])
 def test_video_file_round_trip_within_codec_tolerance(tmp_path, suffix, b_frames):
-    frames = generate_videos("test", 0, 1, 30, SMALL)[0]["frames"]
+    frames = generate_videos("test", 0, 1, 24, SMALL)[0]["frames"].copy()
+    for i in range(24):  # frame i carries a white bar 4 + 3 i pixels long: its number, readable after coding
+        frames[i, 2:10, : 4 + 3 * i] = 255
     video = Video.from_file(write_video_file(tmp_path / f"clip{suffix}", frames, b_frames=b_frames))
-    assert video.n_frames == 30 and video.size == SMALL and video.name == "clip"
-    errors = [np.abs(video.frame(i).astype(int) - frames[i]).mean() for i in range(30)]
+    assert video.n_frames == 24 and video.size == SMALL and video.name == "clip"
+    errors = [np.abs(video.frame(i).astype(int) - frames[i]).mean() for i in range(24)]
     assert max(errors) < 8  # lossy codecs: a few grey levels on average
-    for i in range(30):  # each decoded frame is closest to its own frame, not to a neighbour
-        for j in (i - 1, i + 1):
-            if 0 <= j < 30:
-                assert errors[i] < np.abs(video.frame(i).astype(int) - frames[j]).mean(), (i, j)
+    bars = [int((video.frame(i)[6].min(axis=-1) > 200).sum()) for i in range(24)]
+    assert all(abs(bar - (4 + 3 * i)) <= 1 for i, bar in enumerate(bars)), bars  # frame i is frame i
     # a frame read out of order (a seek) is the frame read in order
-    sequential = [video.frame(i).copy() for i in range(30)]
+    sequential = [video.frame(i).copy() for i in range(24)]
     fresh = Video.from_file(tmp_path / f"clip{suffix}")
-    for i in (13, 2, 29, 9, 0, 15, 27, 7):
+    for i in (13, 2, 23, 9, 0, 15, 21, 7):
         assert np.array_equal(fresh.frame(i), sequential[i])
     copy = pickle.loads(pickle.dumps(fresh))  # what a DataLoader worker receives: it reopens the file
     assert all(np.array_equal(copy.frame(i), sequential[i]) for i in (5, 6, 1))

@@ -20,7 +20,7 @@ event      kind          what is drawn
 runner     velocity      a figure running at about four times walking speed (longer strides)
 cyclist    velocity      a rider on a bicycle, about three times walking speed
 crawler    pose          a figure on hands and knees, moving at walking speed
-faller     pose          a walker who falls over and lies on the ground
+faller     pose          a walker who falls over and squirms on the ground
 car        appearance    a car-like box on wheels, at walking speed (an object never seen in training)
 cart       appearance    a rolling crate on small wheels, at walking speed
 =========  ============  ========================================================================
@@ -50,7 +50,7 @@ import os
 import shutil
 import uuid
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -61,11 +61,11 @@ from adlearn.data.perlin import fractal_perlin
 from adlearn.data.video import Video
 
 #: Bump when the drawings change, so cached copies are regenerated.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 DEFAULT_SIZE = (128, 160)  # (H, W)
-DEFAULT_VIDEOS = {"train": 8, "test": 6}
-DEFAULT_FRAMES = 60
+DEFAULT_VIDEOS = {"train": 6, "test": 6}
+DEFAULT_FRAMES = 40
 
 #: The anomalous events of the test videos and the attribute each one breaks.
 EVENTS: dict[str, str] = {
@@ -153,12 +153,14 @@ MIN_HALF_WIDTH = 0.75  # pixels: a thinner line would never cover half a pixel a
 
 
 def at_least_one_pixel(shape: Shape) -> Shape:
-    """Thicken capsules and rings thinner than 1.5 px (small images): every drawn part reaches a
+    """Thicken capsules, rings and discs thinner than 1.5 px (small images): every drawn part reaches a
     coverage of one half somewhere, so the mask holds every part of an actor that was drawn."""
     if shape.kind == "capsule" and shape.params[4] < MIN_HALF_WIDTH:
         return Shape("capsule", (*shape.params[:4], MIN_HALF_WIDTH), shape.colour)
     if shape.kind == "ring" and shape.params[3] < MIN_HALF_WIDTH:
         return Shape("ring", (*shape.params[:3], MIN_HALF_WIDTH), shape.colour)
+    if shape.kind == "disc" and shape.params[2] < MIN_HALF_WIDTH:
+        return Shape("disc", (*shape.params[:2], MIN_HALF_WIDTH), shape.colour)
     return shape
 
 
@@ -188,12 +190,11 @@ class Actor:
     phase: float = 0.0  # walking-cycle phase at t0
     fall_at: int | None = None  # the faller: frame where the fall starts
     anomalous: bool = False
-    extras: dict = field(default_factory=dict)
 
     def feet(self, t: int) -> tuple[float, float]:
         dt = t - self.t0
-        if self.fall_at is not None and t > self.fall_at:
-            dt = self.fall_at - self.t0 + min(t - self.fall_at, 4) * 0.5  # stumbles, then lies still
+        if self.fall_at is not None and t > self.fall_at:  # stumbles on, then squirms slowly along the ground
+            dt = self.fall_at - self.t0 + min(t - self.fall_at, 4) * 0.5 + max(t - self.fall_at - 4, 0) * 0.15
         return self.x0 + self.vx * dt, self.y0 + self.vy * dt
 
     def is_anomalous_at(self, t: int) -> bool:
@@ -316,6 +317,8 @@ def actor_shapes(actor: Actor, t: int, height: int) -> list[Shape]:
             progress = min((t - actor.fall_at) / 6.0, 1.0)  # six frames from upright to lying
             walked = math.hypot(actor.vx, actor.vy) * (actor.fall_at - actor.t0)
             swing = 0.45 * math.sin(actor.phase + 2 * math.pi * walked / (0.75 * h))
+            if progress == 1.0:  # on the ground, arms and legs keep moving: it stays visible to motion
+                swing = 0.5 * math.sin(2 * math.pi * (t - actor.fall_at) / 7.0)
             return person(x, y, h, swing, 0.0, actor.colours, fall=direction * progress * math.pi / 2)
         swing = 0.45 * math.sin(actor.phase + 2 * math.pi * travelled / (0.75 * h))
         return person(x, y, h, swing, 0.0, actor.colours)
@@ -451,7 +454,7 @@ def plan_video(split: str, index: int, seed: int = 0, n_frames: int = DEFAULT_FR
         [seed, _stable_id("video"), _stable_id(split), index]
     ).spawn(4)
     rng = np.random.default_rng(actors_seed)
-    n_present = int(rng.integers(2, 4))
+    n_present = int(rng.integers(1, 3))
     n_entering = int(rng.integers(1, 3)) + n_frames // 60
     actors = [_walker(rng, size, n_frames) for _ in range(n_present)]
     actors += [_walker(rng, size, n_frames, int(rng.integers(0, n_frames))) for _ in range(n_entering)]
@@ -584,7 +587,7 @@ def synthetic_surveillance(
 ) -> list[Video]:
     """The embedded surveillance videos of ``split`` as a ``list[Video]`` (wrap it in `ClipDataset`).
 
-    Defaults: 8 training and 6 test videos of 60 frames at 128x160 px (H, W); test video ``i``
+    Defaults: 6 training and 6 test videos of 40 frames at 128x160 px (H, W); test video ``i``
     holds the event ``EVENT_ORDER[i % 6]``. Training videos carry no masks (``has_masks`` is
     False, all labels 0); test videos carry masks, labels and kinds. With ``cache`` the videos
     are rendered once into ``adlearn.cache.cache_dir()`` (built in a temporary folder renamed
