@@ -63,6 +63,7 @@ __all__ = [
     "proposal_recall",
     "DetectorProposals",
     "SelectiveSearch",
+    "warn_no_regions",
 ]
 
 COLOUR_BINS = 25  # per channel (Uijlings et al. §3.2)
