@@ -320,6 +320,13 @@ def test_wrong_layouts_and_arguments_are_named(tmp_path):
         ClipDataset([random_video("a", 4)], frames_between_clips=0)
     with pytest.raises(DataError, match="uint8"):
         Video.from_arrays("f", np.zeros((2, 4, 4, 3), np.float32))
+    frames = np.zeros((3, 4, 4, 3), np.uint8)
+    with pytest.raises(DataError, match="frame 1 has label 1 but kind ''; anomalous frames need a kind"):
+        Video.from_arrays("k", frames, frame_labels=[0, 1, 0], kinds=["", "", ""])
+    with pytest.raises(DataError, match="unknown anomaly kinds \\['speed'\\]"):
+        Video.from_arrays("k", frames, frame_labels=[0, 1, 0], kinds=["", "speed", ""])
+    with pytest.raises(DataError, match="3 frames but 2 frame labels"):
+        Video.from_arrays("k", frames, frame_labels=[0, 1])
     with pytest.raises(IndexError, match="frame 7 out of range"):
         random_video("a", 4).frame(7)
 

@@ -373,7 +373,7 @@ class MatMasks:
 
 
 # =========================================================================== Video
-@dataclass
+@dataclass(eq=False)  # compared by identity: two readers of one file are two videos
 class Video:
     """One video: frames on demand, per-frame labels and anomaly kinds, optional pixel masks.
 
@@ -407,6 +407,14 @@ class Video:
         unknown = sorted(set(self.kinds) - {"", *ANOMALY_KINDS})
         if unknown:
             raise DataError(f"{where}: unknown anomaly kinds {unknown}; use '' (normal) or one of {ANOMALY_KINDS}")
+        mismatched = [
+            i for i, (label, kind) in enumerate(zip(self.frame_labels, self.kinds)) if bool(label) != bool(kind)
+        ]
+        if mismatched:
+            raise DataError(
+                f"{where}: frame {mismatched[0]} has label {self.frame_labels[mismatched[0]]} but kind "
+                f"{self.kinds[mismatched[0]]!r}; anomalous frames need a kind, normal frames the kind ''"
+            )
         if self.has_masks and (self.masks_source is None or len(self.masks_source) != self.n_frames):
             count = 0 if self.masks_source is None else len(self.masks_source)
             raise DataError(
