@@ -23,7 +23,7 @@ patches, not of a larger bank.
 Metrics at full resolution for both: the resized model's map is upsampled (bilinear) to ``--image-size``
 and scored against the full-resolution masks (pixel AUROC); image AUROC from each model's image score.
 Timings: fit and predict, wall and process-CPU seconds (``_common.clock``). Writes
-``benchmarks/results/synthetic/tiling.json`` (or ``--json``) and prints the table.
+``benchmarks/results/side_by_side/tiling.json`` (or ``--json``) and prints the table.
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-test-defect", type=int, default=15)
     parser.add_argument("--coreset-ratio", type=float, default=0.1, help="the resized model's (paper's) ratio")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--json", default=str(REPO_ROOT / "benchmarks" / "results" / "synthetic" / "tiling.json"))
+    parser.add_argument("--json", default=str(REPO_ROOT / "benchmarks" / "results" / "side_by_side" / "tiling.json"))
     args = parser.parse_args(argv)
 
     import numpy as np
