@@ -7,6 +7,7 @@ import dataclasses
 import importlib.util
 import itertools
 import pickle
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -116,6 +117,12 @@ def test_cached_copy_equals_a_fresh_render(tmp_path, monkeypatch):
     cached = synthetic_surveillance("test", n_videos=2, n_frames=10, size=SMALL)
     again = synthetic_surveillance("test", n_videos=2, n_frames=10, size=SMALL)  # read back from the cache
     assert len(list(tmp_path.iterdir())) == 1
+    (final,) = tmp_path.iterdir()
+    abandoned = final.with_name(f"{final.name}.tmp-999999999-dead")  # left by a killed process
+    abandoned.mkdir()
+    shutil.rmtree(final)
+    synthetic_surveillance("test", n_videos=2, n_frames=10, size=SMALL)  # rebuilt; the leftover cleared
+    assert [p.name for p in tmp_path.iterdir()] == [final.name]
     for x, y, z in zip(fresh, cached, again):
         assert x.name == y.name == z.name and x.kinds == z.kinds
         assert np.array_equal(x.frame_labels, z.frame_labels)

@@ -58,6 +58,7 @@ import numpy as np
 from adlearn.cache import cache_dir
 from adlearn.data.errors import DataError
 from adlearn.data.perlin import fractal_perlin
+from adlearn.data.synthetic import _remove_abandoned_builds as remove_abandoned_builds
 from adlearn.data.video import Video
 
 #: Bump when the drawings change, so cached copies are regenerated.
@@ -611,6 +612,7 @@ def _build(final: Path, split: str, seed: int, n_videos: int, n_frames: int, siz
     if final.exists():  # an interrupted older copy: start again
         shutil.rmtree(final, ignore_errors=True)
     final.parent.mkdir(parents=True, exist_ok=True)
+    remove_abandoned_builds(final)  # temporary folders of generating processes that no longer run
     building = final.with_name(f"{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     building.mkdir()
     try:
