@@ -396,3 +396,30 @@ def test_real_bottle_four_shots_offline(bottle_fit):
     # the cpu preset: 4 of the 209 training images (seed 0), the offline encoder, 240 px (docs/benchmarks.md)
     results = bottle_fit("winclip", n_train=None, class_name="bottle")
     assert results["image_auroc"] >= 0.95 and results["pixel_auroc"] >= 0.93, results
+
+
+def test_the_few_shot_benchmark_driver_runs_end_to_end(small_synthetic_root, tmp_path):
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    from adlearn.data import SYNTHETIC_CATEGORIES
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_winclip_fewshot.py"
+    spec = importlib.util.spec_from_file_location("bench_winclip_fewshot", path)
+    driver = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(driver)
+    out = tmp_path / "runs.json"
+    category = SYNTHETIC_CATEGORIES[0]
+    argv = ["--root", str(small_synthetic_root), "--category", category, "--shots", "2", "--seeds", "0", "1"]
+    assert driver.main([*argv, "--threads", "1", "--json", str(out)]) == 0
+    runs = json.loads(out.read_text())["runs"]
+    assert [(r["model"], r["k"], r["seed"]) for r in runs] == [
+        ("winclip", 2, 0),
+        ("patchcore", 2, 0),
+        ("winclip", 2, 1),
+        ("patchcore", 2, 1),
+    ]
+    for winclip, patchcore in (runs[:2], runs[2:]):  # PatchCore fitted on the very images WinCLIP chose
+        assert patchcore["reference_indices"] == winclip["reference_indices"] and len(winclip["reference_indices"]) == 2
+        assert 0 <= winclip["image_auroc"] <= 1 and 0 <= patchcore["pixel_auroc"] <= 1
