@@ -277,6 +277,9 @@ def test_clear_errors(fitted, tiny_videos):
     still = [{"frames": torch.full((2, 3, 32, 32), 0.5), "video": f"v{i}"} for i in range(3)]
     with pytest.raises(ValueError, match="no region.*foreground_binary_threshold"):
         create("ai_vad", device="cpu", use_deep=False).fit(still)
+    one_moves = [*still[:2], {"frames": torch.stack([still[0]["frames"][0], torch.rand(3, 32, 32)]), "video": "v9"}]
+    with pytest.raises(ValueError, match="only 1 training video.*at least 2 videos"):
+        create("ai_vad", device="cpu", use_deep=False, min_bbox_area=10).fit(one_moves)
 
 
 def test_evaluate_gives_every_frame_the_score_of_the_clip_ending_on_it(fitted, tiny_videos):
@@ -328,3 +331,20 @@ def test_the_benchmark_table_has_a_video_section():
     video = table[table.index("Video models") :]
     assert "| ai_vad | surveillance | 1 | 0.910 | 0.870 | 0.800 | 0.970 | 0.850 | 0.900 | 8.0 | 5.0 |" in video
     assert "padim" not in video
+
+
+def test_cli_evaluates_a_video_model_on_a_ucsd_folder(tmp_path, capsys):
+    import json
+
+    from video_fixtures import write_ucsd_folder  # tests/video_fixtures.py
+
+    from adlearn.cli import main
+
+    root = write_ucsd_folder(tmp_path / "data", n_train=3, n_test=2, n_frames=12)
+    argv = ["evaluate", "ai_vad", "--root", str(root), "--device", "cpu", "--set", "min_bbox_area=10"]
+    argv += ["--set", "deep_crop_size=32", "--json", str(tmp_path / "r.json"), "--figure", str(tmp_path / "f.png")]
+    assert main(argv) == 0
+    results = json.loads((tmp_path / "r.json").read_text())
+    assert results["input_kind"] == "video" and results["category"].startswith("UCSD Ped2")
+    assert results["n_test"] == 24 and 0.0 <= results["frame_auroc_micro"] <= 1.0
+    assert (tmp_path / "f.png").exists() and "ai_vad" in capsys.readouterr().out

@@ -218,6 +218,13 @@ class AiVad(MemoryBankModel):
                 "ai_vad found no region in the training clips: nothing moved enough. Lower "
                 "foreground_binary_threshold or min_bbox_area (frames smaller than ~40x40 px need a smaller area)"
             )
+        n_videos = len(groups.unique())
+        if n_videos < 2 and ("pose" in self.streams or "deep" in self.streams):
+            raise ValueError(
+                f"ai_vad found regions in only {n_videos} training video: its kNN streams score each video against "
+                "the others, so regions must come from at least 2 videos. Give more training videos, or lower "
+                "min_bbox_area / foreground_binary_threshold"
+            )
         if "velocity" in self.streams:
             velocity = features["velocity"].double()
             self.velocity_density.fit(velocity)
