@@ -387,7 +387,7 @@ def _colours(rng: np.random.Generator) -> dict[str, tuple[float, float, float]]:
     }
 
 
-def _walker(rng: np.random.Generator, size: tuple[int, int], n_frames: int, entering_at: int | None = None) -> Actor:
+def _walker(rng: np.random.Generator, size: tuple[int, int], entering_at: int | None = None) -> Actor:
     """A walker on a lane of the plaza, already in view at frame 0 or entering from a side."""
     height, width = size
     y0 = float(rng.uniform(0.45, 0.98)) * height
@@ -404,11 +404,11 @@ def _walker(rng: np.random.Generator, size: tuple[int, int], n_frames: int, ente
     )
 
 
-def _event(name: str, rng: np.random.Generator, size: tuple[int, int], n_frames: int, start: int) -> Actor:
+def _event(name: str, rng: np.random.Generator, size: tuple[int, int], start: int) -> Actor:
     """The anomalous actor of a test video, entering (or falling) at frame ``start``."""
     height, width = size
     if name == "faller":  # a walker in view from the start who falls at ``start``
-        actor = _walker(rng, size, n_frames)
+        actor = _walker(rng, size)
         actor.x0 = float(rng.uniform(0.3, 0.7)) * width - actor.vx * start  # falls mid-plaza
         actor.event, actor.fall_at, actor.anomalous = "faller", start, True
         return actor
@@ -457,12 +457,12 @@ def plan_video(split: str, index: int, seed: int = 0, n_frames: int = DEFAULT_FR
     rng = np.random.default_rng(actors_seed)
     n_present = int(rng.integers(1, 3))
     n_entering = int(rng.integers(1, 3)) + n_frames // 60
-    actors = [_walker(rng, size, n_frames) for _ in range(n_present)]
-    actors += [_walker(rng, size, n_frames, int(rng.integers(0, n_frames))) for _ in range(n_entering)]
+    actors = [_walker(rng, size) for _ in range(n_present)]
+    actors += [_walker(rng, size, int(rng.integers(0, n_frames))) for _ in range(n_entering)]
     # a pair walking towards each other on nearly the same lane: they meet mid-video and occlude
     lane = float(rng.uniform(0.5, 0.9)) * height
     for side in (-1.0, 1.0):
-        walker = _walker(rng, size, n_frames)
+        walker = _walker(rng, size)
         walker.y0, walker.vy = lane + side * 0.02 * height, 0.0
         walker.vx = -side * abs(walker.vx)
         walker.x0 = 0.5 * width - walker.vx * (n_frames * float(rng.uniform(0.3, 0.7)))
@@ -472,7 +472,7 @@ def plan_video(split: str, index: int, seed: int = 0, n_frames: int = DEFAULT_FR
         event = EVENT_ORDER[index % len(EVENT_ORDER)]
         event_rng = np.random.default_rng(event_seed)
         start = int(round(n_frames * float(event_rng.uniform(0.35, 0.45))))
-        actors.append(_event(event, event_rng, size, n_frames, start))
+        actors.append(_event(event, event_rng, size, start))
     light_rng = np.random.default_rng(light_seed)
     t = np.arange(n_frames)
     gains = 1.0 + LIGHT_DRIFT * np.sin(2 * np.pi * t / float(light_rng.uniform(40, 90)) + light_rng.uniform(0, 6.3))
