@@ -1,4 +1,4 @@
-"""Download CUHK Avenue (about 2 GB of videos plus the pixel annotations) for video anomaly detection.
+"""Download CUHK Avenue (its videos and their pixel annotations, two archives) for video anomaly detection.
 
     python data_scripts/download_avenue.py --dest datasets/avenue
     python data_scripts/download_avenue.py --dest datasets/avenue \\

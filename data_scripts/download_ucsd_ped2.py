@@ -1,4 +1,4 @@
-"""Download UCSD Ped2 (the UCSD Anomaly Dataset, about 700 MB with Ped1) for video anomaly detection.
+"""Download UCSD Ped2 (the UCSD Anomaly Dataset archive, which holds Ped1 and Ped2) for video anomaly detection.
 
     python data_scripts/download_ucsd_ped2.py --dest datasets/ucsd
     python data_scripts/download_ucsd_ped2.py --archive ~/Downloads/UCSD_Anomaly_Dataset.tar.gz

@@ -4,8 +4,8 @@ The archives are fetched with `adlearn.data.download.download_file` (a published
 resumable ``.part`` files) and unpacked with `safe_extract` (every member checked before
 anything is written), exactly as MVTec AD's.
 
-* **UCSD Ped2** (Mahadevan et al., CVPR 2010): ``UCSD_Anomaly_Dataset.tar.gz`` (about 700 MB,
-  Ped1 and Ped2) unpacks to ``UCSD_Anomaly_Dataset.v1p2/UCSDped2/{Train,Test}/``; test masks are
+* **UCSD Ped2** (Mahadevan et al., CVPR 2010): ``UCSD_Anomaly_Dataset.tar.gz`` (Ped1 and Ped2)
+  unpacks to ``UCSD_Anomaly_Dataset.v1p2/UCSDped2/{Train,Test}/``; test masks are
   ``Test/Test001_gt/*.bmp``. `prepare_ucsd_ped2` returns the folder holding ``UCSDped2/``.
 * **CUHK Avenue** (Lu, Shi & Jia, ICCV 2013): ``Avenue_Dataset.zip`` (``training_videos/01.avi``
   ..., ``testing_videos/01.avi`` ...) and the annotations ``ground_truth_demo.zip``
