@@ -29,14 +29,14 @@ from adlearn.data.errors import DataError
 PathLike = str | Path
 
 UCSD_URL = "http://www.svcl.ucsd.edu/projects/anomaly/UCSD_Anomaly_Dataset.tar.gz"
-#: SHA-256 of UCSD_Anomaly_Dataset.tar.gz, as published by anomalib (``anomalib.data ... ucsd_ped``).
+#: SHA-256 of UCSD_Anomaly_Dataset.tar.gz, as published by anomalib (``anomalib.data.datamodules.video.ucsd_ped``).
 UCSD_SHA256: str | None = "2329af326951f5097fdd114c50e853957d3e569493a49d22fc082a9fd791915b"
 
 AVENUE_URL = "http://www.cse.cuhk.edu.hk/leojia/projects/detectabnormal/Avenue_Dataset.zip"
-#: SHA-256 of Avenue_Dataset.zip, as published by anomalib (``anomalib.data ... avenue``).
+#: SHA-256 of Avenue_Dataset.zip, as published by anomalib (``anomalib.data.datamodules.video.avenue``).
 AVENUE_SHA256: str | None = "fc9cb8432a11ca79c18aa180c72524011411b69d3b0ff27c8816e41c0de61531"
 AVENUE_LABELS_URL = "http://www.cse.cuhk.edu.hk/leojia/projects/detectabnormal/ground_truth_demo.zip"
-#: SHA-256 of ground_truth_demo.zip (Avenue's pixel annotations), as published by anomalib.
+#: SHA-256 of ground_truth_demo.zip (Avenue's pixel annotations), as published by anomalib (same module).
 AVENUE_LABELS_SHA256: str | None = "60fec1728ec8f73a58aad3aeb5729d70a805a47e0b8eb4bf91ab67ef06386d77"
 
 
