@@ -61,7 +61,6 @@ NOT_YET: dict[str, set[str]] = {
     "21_fastflow.ipynb": {"numbers", "references", "smoke_overrides"},
     "22_reverse_distillation.ipynb": {"numbers", "references", "smoke_overrides"},
     "25_uflow.ipynb": {"numbers", "references", "report", "smoke_overrides", "solutions", "validation"},
-    "30_dsr.ipynb": {"numbers", "references", "smoke_overrides", "solutions", "validation"},
 }
 
 SOLUTION, EXERCISE, HIDE_INPUT = "solution", "exercise", "hide-input"
