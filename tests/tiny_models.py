@@ -12,8 +12,8 @@ BACKBONE = "efficientnet_lite0"  # packaged offline weights
 STEPS = dict(max_steps=2, batch_size=4)  # trained models: two steps; memory-bank models: one pass
 
 TINY: dict[str, dict] = {
-    # A video model: fitted on tiny synthetic clips (`tiny_clips` below), small regions at 64 px.
-    "ai_vad": dict(backbone=BACKBONE, image_size=64, min_bbox_area=10, deep_crop_size=32),
+    # A video model: fitted on tiny synthetic clips (`tiny_clips` below); at 96 px every video has regions.
+    "ai_vad": dict(backbone=BACKBONE, image_size=96, min_bbox_area=10, deep_crop_size=32),
     "cfa": dict(backbone=BACKBONE, image_size=64, **STEPS),
     "cflow": dict(backbone=BACKBONE, image_size=64, coupling_blocks=1, fiber_batch_size=64, **STEPS),
     "csflow": dict(backbone=BACKBONE, image_size=128, cross_conv_hidden_channels=8, n_coupling_blocks=1, **STEPS),
@@ -59,14 +59,14 @@ TINY: dict[str, dict] = {
 }
 
 
-def tiny_clips(size: int = 64):
+def tiny_clips(size: int = 96):
     """A video model's tiny data: ``(training ClipDataset, probe clips (4, 2, 3, size, size))`` from the
-    synthetic surveillance videos (two short training videos; probe clips of the first test video)."""
+    synthetic surveillance videos (three short training videos; probe clips of the first test video)."""
     import torch
 
     from adlearn.data import ClipDataset, synthetic_surveillance
 
     shape = (size, size)
-    train = ClipDataset(synthetic_surveillance("train", n_videos=2, n_frames=8, size=shape))
+    train = ClipDataset(synthetic_surveillance("train", n_videos=3, n_frames=8, size=shape))
     test = ClipDataset(synthetic_surveillance("test", n_videos=1, n_frames=12, size=shape))
     return train, torch.stack([test[i]["frames"] for i in (0, 4, 7, 10)])
