@@ -11,7 +11,7 @@ same 240 px. Both are scored on the whole test split, which neither ever fits on
     .venv/bin/python benchmarks/bench_winclip_fewshot.py --root /data/mvtec_ad --shots 1 4 --seeds 0
 
 It prints a table (mean ± standard deviation over the seeds) and writes every run to
-``benchmarks/results/winclip_fewshot_<category>.json`` (or ``--json PATH``).
+``benchmarks/results/side_by_side/winclip_fewshot_<category>.json`` (or ``--json PATH``).
 """
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
                     flush=True,
                 )
     print(table(rows, args.shots))
-    path = args.json or BENCH_DIR / "results" / f"winclip_fewshot_{args.category}.json"
+    path = args.json or BENCH_DIR / "results" / "side_by_side" / f"winclip_fewshot_{args.category}.json"
     write_json(
         path,
         {
