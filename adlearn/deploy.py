@@ -107,7 +107,7 @@ class InferenceModel:
         model = InferenceModel("export_dir")                 # runtime="auto": the folder's own format
         prediction = model.predict(pixels)                   # (B, 3, H, W) float in [0, 1], resized
         prediction = model.predict_files(["a.png", "b.png"]) # or files: resized here
-        model.labels(prediction.pred_score)                  # score >= threshold, or None without one
+        model.labels(prediction.pred_score)                  # score > threshold, or None without one
 
     Args:
         path: the export folder (or its ``.onnx`` / ``.xml`` file).
@@ -252,10 +252,10 @@ class InferenceModel:
         return self.predict(np.stack([self.load_image(p) for p in paths]))
 
     def labels(self, scores) -> np.ndarray | None:
-        """``score >= threshold`` (1 anomalous, 0 normal), or None when the export has no threshold."""
+        """``score > threshold`` (1 anomalous, 0 normal), or None when the export has no threshold."""
         if self.threshold is None:
             return None
-        return (np.asarray(scores) >= self.threshold).astype(np.int64)
+        return (np.asarray(scores) > self.threshold).astype(np.int64)
 
 
 # ----------------------------------------------------------------------------- adlearn predict
@@ -306,7 +306,7 @@ def predict_folder(runner, inputs, out: str | Path, batch_size: int = 16, overla
     ``runner`` is an `InferenceModel` or anything with its interface (``image_size``, ``threshold``,
     ``name``, ``load_image``, ``predict``, ``labels``: `adlearn.export.TorchInference` wraps a PyTorch
     model so). The CSV has one row per input file: ``path, score, label, threshold, error``. ``label`` is
-    1 (anomalous: score >= threshold) or 0, and empty when the model has no threshold. A file that cannot
+    1 (anomalous: score > threshold) or 0, and empty when the model has no threshold. A file that cannot
     be read gets a row with its ``error`` and no score; the other files are still scored. Overlays share
     one colour scale (the maps' 1st..99.9th percentile over the run) so their heat can be compared.
     """

@@ -487,7 +487,7 @@ class TorchInference:
     def labels(self, scores) -> np.ndarray | None:
         if self.threshold is None:
             return None
-        return (np.asarray(scores) >= self.threshold).astype(np.int64)
+        return (np.asarray(scores) > self.threshold).astype(np.int64)
 
     def score_normal(self, normal, batch_size: int = 16) -> np.ndarray:
         """Image scores of held-out normal images: a tensor prepared with ``model.transform``, a Dataset of

@@ -54,6 +54,8 @@ ALL_PARAMETERS = {"smoke", "device", "data_root", "category", "backbone", "pretr
 COMPONENT_PARAMETERS = {"smoke", "device", "image_size", "seed"}
 MODEL_NUMBERS = range(10, 40)
 COMPONENT_NUMBERS = range(3, 10)
+DEPLOYMENT_NUMBERS = range(40, 50)  # exporting and running models outside Python's training stack
+CAPSTONE_NUMBERS = range(50, 60)
 
 
 def number(path: Path) -> int:
@@ -138,6 +140,12 @@ def test_notebooks_exist_and_are_numbered():
     numbers = [number(p) for p in NOTEBOOKS]
     duplicated = sorted({n for n in numbers if numbers.count(n) > 1})
     assert not duplicated, f"two notebooks share the numbers {duplicated}"
+    families = (range(0, 3), COMPONENT_NUMBERS, MODEL_NUMBERS, DEPLOYMENT_NUMBERS, CAPSTONE_NUMBERS)
+    outside = [p.name for p in NOTEBOOKS if not any(number(p) in family for family in families)]
+    assert not outside, (
+        f"notebook numbers outside every family: {outside} (00-02 introduction, 03-09 components, "
+        "10-39 models, 40-49 deployment, 50-59 capstone; see book/_toc.yml)"
+    )
 
 
 def test_every_registered_model_has_exactly_one_notebook():

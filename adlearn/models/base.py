@@ -113,7 +113,7 @@ class AnomalyModel(DynamicBufferMixin, nn.Module):
     # beats them, see the model's docstring) and "cpu" (the recipe for a 2-core laptop on a real
     # category). ``adlearn.create(name, preset="cpu", **options)``: explicit options win.
     presets: ClassVar[dict[str, dict]] = {}
-    # The label threshold (score >= threshold: anomalous), None until chosen: adlearn.export.calibrate_threshold
+    # The label threshold (score > threshold: anomalous), None until chosen: adlearn.export.calibrate_threshold
     # sets it from held-out normal images; save/load keep it, adlearn export/predict use it.
     threshold: float | None = None
 
