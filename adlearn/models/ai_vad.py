@@ -66,7 +66,10 @@ class AiVad(MemoryBankModel):
     name = "ai_vad"
     input_kind = "video"  # fit on clip datasets, predict clips (B, T, 3, H, W)
     presets = {
-        "cpu": {"deep_crop_size": 112},  # a quarter of the encoder's work; same streams
+        # A quarter of the encoder's work, and regions down to 30 px²: on the 128x160 synthetic surveillance
+        # frames (walkers about 10x25 px) the reference's 100 px² drops most walkers' motion blobs. Measured there
+        # (frame AUROC, all frames pooled): 0.843 with min_bbox_area=30, 0.788 with the reference's 100.
+        "cpu": {"deep_crop_size": 112, "min_bbox_area": 30},
         "directions": {"box_score_thresh": 0.8, "n_velocity_bins": 8, "n_components_velocity": 5},
     }
 
