@@ -40,6 +40,7 @@ DISPLAY_NAMES = {
     "R-KDE": "rkde",
     "STFPM": "stfpm",
     "U-Flow": "uflow",
+    "WinCLIP": "winclip",
 }
 
 

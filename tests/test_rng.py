@@ -17,7 +17,8 @@ from adlearn.utils import RandomStream, numpy_generator, seed_everything, seeded
 # Every registered model at its smallest; backbones with random weights, so that drawing them at
 # construction is part of what must repeat and must leave the caller's generators alone.
 TINY = {
-    name: {**options, "pretrained": "none"} if "backbone" in options else options
+    # (WinCLIP names its encoder's weights ``weights``; its tiny tower is random already)
+    name: {**options, "pretrained": "none"} if "backbone" in options and "weights" not in options else options
     for name, options in TINY_MODELS.items()
 }
 SLOW = {"csflow", "dsr", "efficient_ad"}  # a few seconds more per run than the others

@@ -56,6 +56,16 @@ TINY: dict[str, dict] = {
     ),
     "stfpm": dict(backbone=BACKBONE, image_size=64, **STEPS),
     "uflow": dict(backbone=BACKBONE, image_size=64, flow_steps=1, **STEPS),
+    # A random open_clip tower of the reference's family at 64 px (a 4 × 4 patch grid), zero- and few-shot.
+    "winclip": dict(
+        backbone=dict(
+            embed_dim=16,
+            vision_cfg=dict(image_size=64, layers=1, width=32, patch_size=16, head_width=16),
+            text_cfg=dict(context_length=77, vocab_size=49408, width=32, heads=2, layers=1),
+        ),
+        weights="none",
+        k_shot=2,
+    ),
 }
 
 

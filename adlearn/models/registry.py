@@ -30,6 +30,7 @@ MODEL_CLASSES: dict[str, str] = {
     "rkde": "rkde:Rkde",
     "stfpm": "stfpm:Stfpm",
     "uflow": "uflow:Uflow",
+    "winclip": "winclip:Winclip",
 }
 
 
