@@ -24,7 +24,7 @@ and each side's image AUROC on the timed images (equal quality, not equal number
 choice and coreset differ).
 
 Timings under load are marked ``busy`` (``adlearn.machine.LoadGuard``; the tables print ``†``). The results go
-to ``benchmarks/results/export/<category>.json``, one entry per cell, written after each cell; a rerun skips
+to ``benchmarks/results/side_by_side/export_<category>.json``, one entry per cell, written after each cell; a rerun skips
 the cells already there (``--restart`` starts over).
 """
 
@@ -42,7 +42,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import REPO_ROOT, anomalib_python, mvtec_root, write_json  # noqa: E402
 
-RESULTS = REPO_ROOT / "benchmarks" / "results" / "export"
+RESULTS = REPO_ROOT / "benchmarks" / "results" / "side_by_side"
 RUNTIMES = ("pytorch", "onnxruntime", "openvino")
 ANOMALIB_MODELS = {
     "padim": {"model": "Padim", "init": {"layers": ["blocks.1", "blocks.2", "blocks.4"], "n_features": 100}},
@@ -228,11 +228,14 @@ def anomalib_side(spec_path: str, out_path: str) -> int:
         def pixels(chunk):  # (B, 256, 256, 3) in [0, 1]: the graph's fixed input size, resized as ours are
             return np.stack([np.asarray(i.resize((256, 256), Image.BILINEAR), dtype=np.float32) / 255.0 for i in chunk])
 
+        fixed = inferencer.input_blob.get_partial_shape()[0]  # anomalib's PatchCore export fixes the batch
+        fixed = fixed.get_length() if fixed.is_static else None
         cells = []
-        for batch in spec["batches"]:
+        for requested in spec["batches"]:
+            batch = fixed or requested  # a graph of fixed batch size runs only that size
             inferencer.predict(pixels(images[:batch]))  # warm-up
             scores, start = [], time.perf_counter()
-            for first in range(0, len(images), batch):
+            for first in range(0, len(images) - len(images) % batch, batch):
                 result = inferencer.predict(pixels(images[first : first + batch]))
                 scores.extend(np.asarray(result.pred_score).reshape(-1).tolist())
             seconds = time.perf_counter() - start
@@ -241,9 +244,10 @@ def anomalib_side(spec_path: str, out_path: str) -> int:
                     "model": spec["name"],
                     "side": "anomalib",
                     "runtime": "openvino",
-                    "batch": batch,
-                    "images": len(images),
-                    "images_per_s": round(len(images) / seconds, 2),
+                    "batch": requested,
+                    "batch_run": batch,
+                    "images": len(scores),
+                    "images_per_s": round(len(scores) / seconds, 2),
                     "image_auroc": auroc_plain(labels, scores),
                 }
             )
@@ -277,7 +281,13 @@ def table(results: dict) -> str:
             cells = [results.get(cell_key(model, side, rt, batch)) for side, rt in columns]
             if not any(cells):
                 continue
-            text = [f"{c['images_per_s']:.1f}{' †' if c.get('busy') else ''}" if c else "—" for c in cells]
+            text = [
+                f"{c['images_per_s']:.1f}{' †' if c.get('busy') else ''}"
+                + (f" (batch {c['batch_run']}: its graph's fixed size)" if c.get("batch_run", batch) != batch else "")
+                if c
+                else "—"
+                for c in cells
+            ]
             ours, theirs = cells[2] or cells[0], cells[3]
             quality = " / ".join(
                 f"{c['image_auroc']:.3f}" if c and c.get("image_auroc") is not None else "—" for c in (ours, theirs)
@@ -306,7 +316,9 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--anomalib-python", default=None, help="anomalib's venv python (default $ANOMALIB_PYTHON)")
     parser.add_argument("--no-anomalib", action="store_true", help="adlearn's runtimes only")
-    parser.add_argument("--out", default=None, help="results JSON (default benchmarks/results/export/<category>.json)")
+    parser.add_argument(
+        "--out", default=None, help="results JSON (default benchmarks/results/side_by_side/export_<category>.json)"
+    )
     parser.add_argument("--restart", action="store_true", help="forget the cells already in the results file")
     parser.add_argument("--anomalib-side", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--anomalib-out", default=None, help=argparse.SUPPRESS)
@@ -330,7 +342,7 @@ def main(argv=None) -> int:
     if unknown:
         raise SystemExit(f"not exportable: {unknown}; exportable models: {', '.join(sorted(EXPORTABLE))}")
     root = mvtec_root(args.root)
-    out = Path(args.out) if args.out else RESULTS / f"{args.category}.json"
+    out = Path(args.out) if args.out else RESULTS / f"export_{args.category}.json"
     stored = {} if args.restart or not out.is_file() else json.loads(out.read_text())
     results = stored.get("cells", {})
     guard = guard_from_args(args).activate()
