@@ -1,8 +1,8 @@
 """The README's model table, generated from the committed benchmark cells (``python -m adlearn.tools.model_table``).
 
 The figures a reader sees first must be the ones the cells hold, not copies that drift. This tool reads
-every cell in ``benchmarks/results/bottle/cells`` (real MVTec AD bottle, each model's ``cpu`` preset) and
-writes, between the README's markers, one row per registered model: image and pixel AUROC (mean over the
+every cell in ``benchmarks/results/bottle/cells`` (real MVTec AD bottle, each model's ``cpu`` preset; a video
+model: ``benchmarks/results/video/cells``, frame AUROC on the synthetic videos) and writes, between the README's markers, one row per registered model: image and pixel AUROC (mean over the
 seeds that ran, with their range), the seeds, and the fit CPU seconds. The model's name, what it is and its
 side-by-side result against anomalib come from ``benchmarks/results/models.json`` (measured by the scripts in
 ``benchmarks/``; the method page ``docs/benchmarks.md`` says how).
@@ -53,15 +53,25 @@ def is_stale(row: dict) -> bool:
     return (row.get("spec") or {}).get("preset_options") != current
 
 
-def table(cells: Path, notes: dict, models: list[str]) -> str:
+def table(cells: Path, notes: dict, models: list[str], video_cells: Path | None = None) -> str:
     header = "| model | kind | image AUROC | pixel AUROC | seeds | fit CPU s | against anomalib 2.7 (same data, weights, threads) |"
     lines = [header, "|---|---|---|---|---|---|---|"]
     per_model = bottle_cells(cells)
-    stale_any = False
+    per_video_model = bottle_cells(video_cells) if video_cells is not None and Path(video_cells).is_dir() else {}
+    stale_any = video_any = False
     for model in models:
         note = notes.get(model, {})
         name, kind, reference = note.get("name", model), note.get("kind", ""), note.get("reference", "")
         rows = per_model.get(model, [])
+        if not rows and per_video_model.get(model):  # a video model: frame AUROC on the synthetic videos
+            video = per_video_model[model]
+            video_any = True
+            frame = figure([r["frame_auroc_micro"] for r in video if r.get("frame_auroc_micro") is not None])
+            cpu = [r["fit_cpu_seconds"] for r in video if r.get("fit_cpu_seconds") is not None]
+            cpu_text = f"{sum(cpu) / len(cpu):.0f}" if cpu else "—"
+            seeds = ", ".join(str(r["seed"]) for r in video)
+            lines.append(f"| {name} | {kind} | {frame} (frames) ◊ | — | {seeds} | {cpu_text} | {reference} |")
+            continue
         if not rows:
             lines.append(f"| {name} | {kind} | not run yet | not run yet | 0 | — | {reference} |")
             continue
@@ -76,6 +86,11 @@ def table(cells: Path, notes: dict, models: list[str]) -> str:
             f"| {name}{' ' + STALE_MARK if stale else ''} | {kind} | {image} | {pixel} | {seeds} | {cpu_text} | {reference} |"
         )
     text = "\n".join(lines) + "\n"
+    if video_any:
+        text += (
+            "\n◊ a video model: frame-level AUROC (all frames pooled) on the embedded synthetic surveillance videos "
+            "(`benchmarks/results/video/cells`), not the bottle.\n"
+        )
     if stale_any:
         text += (
             f"\n{STALE_MARK} computed with an earlier version of the model's `cpu` preset; the book's Benchmarks page "
@@ -100,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--readme", type=Path, default=REPO / "README.md")
     parser.add_argument("--cells", type=Path, default=REPO / "benchmarks" / "results" / "bottle" / "cells")
     parser.add_argument("--notes", type=Path, default=REPO / "benchmarks" / "results" / "models.json")
+    parser.add_argument("--video-cells", type=Path, default=REPO / "benchmarks" / "results" / "video" / "cells")
     args = parser.parse_args(argv)
     notes = json.loads(args.notes.read_text())
     missing = [m for m in MODEL_CLASSES if m not in notes]
@@ -107,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"{args.notes} has no entry for {', '.join(missing)}: add its name, kind and reference result")
     order = [m for m in notes if m in MODEL_CLASSES]  # the notes file's order: families together
     readme = args.readme.read_text()
-    new = generated_readme(readme, table(args.cells, notes, order))
+    new = generated_readme(readme, table(args.cells, notes, order, args.video_cells))
     if args.check:
         if new != readme:
             print(f"{args.readme}: the model table differs from the cells; run python -m adlearn.tools.model_table")
