@@ -398,7 +398,7 @@ def stored_cells(
     rows, missing = [], []
     for model in models:
         current = json.loads(json.dumps(preset_options(model, preset), default=str))  # as a cell stores it
-        for category in categories:
+        for category in [VIDEO_CATEGORY] if is_video_model(model) else categories:
             for seed in seeds:
                 path = out / "cells" / f"{cell_key(model, category, seed)}.json"
                 if not path.is_file():

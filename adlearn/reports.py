@@ -221,7 +221,9 @@ def video_table(summary: list[dict], cell, wall) -> str:
 
 def data_label(root) -> str:
     """The data a table was computed on, without the machine's paths: the root folder's name."""
-    return "the embedded synthetic dataset" if not root else f"`{Path(str(root)).name}/` (an MVTec-layout root)"
+    if not root or str(root) == "embedded synthetic":
+        return "the embedded synthetic data (images, or the surveillance videos for video models)"
+    return f"`{Path(str(root)).name}/` (an MVTec-layout root)"
 
 
 def cell_machines(rows: list[dict]) -> str:
