@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -221,6 +222,7 @@ def anomalib_side(spec_path: str, out_path: str) -> int:
         engine = Engine(accelerator="cpu", devices=1, default_root_dir=folder, logger=False, enable_progress_bar=False)
         engine.fit(model=model, datamodule=datamodule)
         xml = engine.export(model=model, export_type=ExportType.OPENVINO, export_root=folder, input_size=(256, 256))
+        os.chdir(folder)  # the inferencer writes its compiled-model cache (openvino_cache/) into the working folder
         inferencer = OpenVINOInferencer(path=xml, device="CPU", config={"INFERENCE_NUM_THREADS": spec["threads"]})
         paths, labels, images = test_images(Path(spec["root"]), spec["category"], spec["images"])
         from PIL import Image
@@ -251,6 +253,7 @@ def anomalib_side(spec_path: str, out_path: str) -> int:
                     "image_auroc": auroc_plain(labels, scores),
                 }
             )
+        os.chdir(REPO_ROOT)  # out of the folder before it is removed
     Path(out_path).write_text(json.dumps(cells))
     return 0
 
