@@ -207,7 +207,7 @@ def _open_and_run_all(driver, base: str, token: str, notebook: Path) -> dict:
     return the page's state once every cell ran (failing on any error output)."""
     from selenium.webdriver.common.by import By
 
-    driver.get(f"{base}/lab/tree/{notebook.name}?token={token}")
+    driver.get(f"{base}/lab/tree/{notebook.name}?reset&token={token}")  # reset: no other notebook restored
     _wait(
         driver,
         lambda d: d.find_elements(By.CSS_SELECTOR, ".jp-Notebook .jp-CodeCell"),
@@ -222,7 +222,7 @@ def _open_and_run_all(driver, base: str, token: str, notebook: Path) -> dict:
         )
 
     _wait(driver, kernel_idle, 90, f"the kernel of {notebook.name} to start")
-    driver.find_element(By.CSS_SELECTOR, ".jp-Notebook").click()
+    next(e for e in driver.find_elements(By.CSS_SELECTOR, ".jp-Notebook") if e.is_displayed()).click()
     menu = next(
         item for item in driver.find_elements(By.CSS_SELECTOR, ".lm-MenuBar-item") if item.text.strip() == "Run"
     )
