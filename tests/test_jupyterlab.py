@@ -255,57 +255,6 @@ return {readouts};
 """
 
 
-def test_a_painted_stroke_changes_the_playground_scores_in_jupyterlab(jupyterlab, request):
-    """Notebook 51 in JupyterLab: a mouse drag across the canvas (press, move, release) reaches the kernel,
-    which paints, rescores and sends back new readouts for every model."""
-    from selenium.webdriver.common.action_chains import ActionChains
-
-    base, token, log = jupyterlab
-    echo = request.config.pluginmanager.getplugin("terminalreporter")
-    start = time.perf_counter()
-    with browser.chromium_driver(width=1400, height=1000, offline=True) as driver:
-        _open_and_run_all(driver, base, token, PLAYGROUND)
-        ran = time.perf_counter() - start
-        before = _wait(
-            driver,
-            lambda d: (state := d.execute_script(PLAYGROUND_STATE)) and len(state["readouts"]) >= 2 and state,
-            60,
-            "the playground and its readouts",
-        )
-        canvas = driver.execute_script("""
-            const box = Array.from(document.querySelectorAll(".widget-vbox"))
-              .find((node) => /Defect playground/.test(node.textContent) && node.querySelector("canvas"));
-            const canvas = box.querySelector("canvas");
-            canvas.scrollIntoView({block: "center"});
-            return canvas;""")
-        width, height = canvas.size["width"], canvas.size["height"]
-        # A scratch across the middle: press left of centre, drag right and down in steps, release.
-        chain = ActionChains(driver).move_to_element_with_offset(canvas, -width // 4, -height // 10).click_and_hold()
-        for _ in range(6):
-            chain = chain.move_by_offset(width // 12, height // 30).pause(0.05)
-        chain.release().perform()
-        after = _wait(
-            driver,
-            lambda d: (
-                (state := d.execute_script(PLAYGROUND_STATE))
-                and state["readouts"] != before["readouts"]
-                and len(state["readouts"]) == len(before["readouts"])
-                and state
-            ),
-            90,
-            f"the readouts to change after the stroke (were {before['readouts']})",
-        )
-        assert not _state(driver)["errors"]
-        PLAYGROUND_SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-        driver.save_screenshot(str(PLAYGROUND_SCREENSHOT))
-    message = (
-        f"JupyterLab: 51_defect_playground ran all cells in {ran:.0f} s; a mouse stroke changed "
-        f"{before['readouts']} -> {after['readouts']}; screenshot {PLAYGROUND_SCREENSHOT}"
-    )
-    if echo is not None:
-        echo.write_line(message)
-
-
 def test_coreset_widget_moves_with_the_keyboard_in_jupyterlab(jupyterlab, request):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
@@ -392,6 +341,57 @@ def test_coreset_widget_moves_with_the_keyboard_in_jupyterlab(jupyterlab, reques
     message = (
         f"JupyterLab: 06_coresets ran all cells in {ran:.0f} s; ratio {before['readout']} -> "
         f"{after['readout']} redrew the figure; screenshot {SCREENSHOT}"
+    )
+    if echo is not None:
+        echo.write_line(message)
+
+
+def test_a_painted_stroke_changes_the_playground_scores_in_jupyterlab(jupyterlab, request):
+    """Notebook 51 in JupyterLab: a mouse drag across the canvas (press, move, release) reaches the kernel,
+    which paints, rescores and sends back new readouts for every model."""
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    base, token, log = jupyterlab
+    echo = request.config.pluginmanager.getplugin("terminalreporter")
+    start = time.perf_counter()
+    with browser.chromium_driver(width=1400, height=1000, offline=True) as driver:
+        _open_and_run_all(driver, base, token, PLAYGROUND)
+        ran = time.perf_counter() - start
+        before = _wait(
+            driver,
+            lambda d: (state := d.execute_script(PLAYGROUND_STATE)) and len(state["readouts"]) >= 2 and state,
+            60,
+            "the playground and its readouts",
+        )
+        canvas = driver.execute_script("""
+            const box = Array.from(document.querySelectorAll(".widget-vbox"))
+              .find((node) => /Defect playground/.test(node.textContent) && node.querySelector("canvas"));
+            const canvas = box.querySelector("canvas");
+            canvas.scrollIntoView({block: "center"});
+            return canvas;""")
+        width, height = canvas.size["width"], canvas.size["height"]
+        # A scratch across the middle: press left of centre, drag right and down in steps, release.
+        chain = ActionChains(driver).move_to_element_with_offset(canvas, -width // 4, -height // 10).click_and_hold()
+        for _ in range(6):
+            chain = chain.move_by_offset(width // 12, height // 30).pause(0.05)
+        chain.release().perform()
+        after = _wait(
+            driver,
+            lambda d: (
+                (state := d.execute_script(PLAYGROUND_STATE))
+                and state["readouts"] != before["readouts"]
+                and len(state["readouts"]) == len(before["readouts"])
+                and state
+            ),
+            90,
+            f"the readouts to change after the stroke (were {before['readouts']})",
+        )
+        assert not _state(driver)["errors"]
+        PLAYGROUND_SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+        driver.save_screenshot(str(PLAYGROUND_SCREENSHOT))
+    message = (
+        f"JupyterLab: 51_defect_playground ran all cells in {ran:.0f} s; a mouse stroke changed "
+        f"{before['readouts']} -> {after['readouts']}; screenshot {PLAYGROUND_SCREENSHOT}"
     )
     if echo is not None:
         echo.write_line(message)
