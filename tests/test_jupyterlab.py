@@ -256,50 +256,14 @@ return {readouts};
 
 
 def test_coreset_widget_moves_with_the_keyboard_in_jupyterlab(jupyterlab, request):
-    from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
 
     base, token, log = jupyterlab
     echo = request.config.pluginmanager.getplugin("terminalreporter")
     start = time.perf_counter()
     with browser.chromium_driver(width=1400, height=1000, offline=True) as driver:
-        driver.get(f"{base}/lab/tree/{NOTEBOOK.name}?token={token}")
-        _wait(
-            driver,
-            lambda d: d.find_elements(By.CSS_SELECTOR, ".jp-Notebook .jp-CodeCell"),
-            90,
-            "the notebook to open in JupyterLab",
-        )
-
-        def kernel_idle(_):
-            sessions = _api(base, "/api/sessions", token)
-            return any(
-                s["kernel"]["execution_state"] == "idle" for s in sessions if s.get("path", "").endswith(NOTEBOOK.name)
-            )
-
-        _wait(driver, kernel_idle, 90, "the notebook's kernel to start")
-
-        # Run → Run All Cells, as a participant does.
-        driver.find_element(By.CSS_SELECTOR, ".jp-Notebook").click()
-        menu = next(
-            item for item in driver.find_elements(By.CSS_SELECTOR, ".lm-MenuBar-item") if item.text.strip() == "Run"
-        )
-        menu.click()
-
-        def run_all_item(d):
-            return next(
-                (
-                    item
-                    for item in d.find_elements(By.CSS_SELECTOR, ".lm-Menu .lm-Menu-item")
-                    if item.text.strip().startswith("Run All Cells")
-                ),
-                None,
-            )
-
-        _wait(driver, run_all_item, 10, "Run All Cells in the Run menu").click()
-        state = _wait(driver, _all_cells_ran, RUN_ALL_TIMEOUT_S, "Run All Cells to finish (every prompt [n])")
+        _open_and_run_all(driver, base, token, NOTEBOOK)
         ran = time.perf_counter() - start
-        assert not state["errors"], "cells show errors after Run All:\n" + "\n".join(state["errors"])
         before = _wait(
             driver,
             lambda d: (_state(d)["widget"] or {}).get("image") and _state(d)["widget"],
