@@ -24,8 +24,7 @@ try:
 except ImportError:  # run from a checkout without installing the package
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from adlearn.data.download import DownloadError  # noqa: E402
-from adlearn.data.errors import DataError  # noqa: E402
+from adlearn.data.download import archive_arguments, checksum_option, run_download  # noqa: E402
 from adlearn.data.video_download import (  # noqa: E402
     AVENUE_LABELS_SHA256,
     AVENUE_LABELS_URL,
@@ -37,45 +36,39 @@ from adlearn.data.video_download import (  # noqa: E402
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dest", default="datasets/avenue", help="folder to extract into (default: %(default)s)")
-    parser.add_argument("--archive", default=None, help="use this already downloaded Avenue_Dataset.zip")
-    parser.add_argument("--annotations", default=None, help="use this already downloaded ground_truth_demo.zip")
-    parser.add_argument("--url", default=AVENUE_URL, help="videos download URL (default: official)")
-    parser.add_argument("--annotations-url", default=AVENUE_LABELS_URL, help="annotations URL (default: official)")
-    parser.add_argument(
-        "--sha256", default=AVENUE_SHA256, help="expected SHA-256 of the videos; 'none' only reports the computed one"
+    archive_arguments(
+        parser,
+        dest="datasets/avenue",
+        archive_name="Avenue_Dataset.zip",
+        url=AVENUE_URL,
+        sha256=AVENUE_SHA256,
+        what="of the videos",
     )
+    parser.add_argument("--annotations", default=None, help="use this already downloaded ground_truth_demo.zip")
+    parser.add_argument("--annotations-url", default=AVENUE_LABELS_URL, help="annotations URL (default: official)")
     parser.add_argument(
         "--annotations-sha256", default=AVENUE_LABELS_SHA256, help="expected SHA-256 of the annotations; or 'none'"
     )
     parser.add_argument("--keep-mat", action="store_true", help="keep the masks as .mat files only (no PNG folders)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser.parse_args(argv)
-
-
-def _checksum(value: str | None) -> str | None:
-    return None if str(value).lower() == "none" else value
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        root = prepare_avenue(
+    return run_download(
+        lambda: prepare_avenue(
             args.dest,
             archive=args.archive,
             annotations=args.annotations,
             url=args.url,
-            sha256=_checksum(args.sha256),
+            sha256=checksum_option(args.sha256),
             annotations_url=args.annotations_url,
-            annotations_sha256=_checksum(args.annotations_sha256),
+            annotations_sha256=checksum_option(args.annotations_sha256),
             convert_masks=not args.keep_mat,
             progress=not args.no_progress,
-        )
-    except (DownloadError, DataError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    print(f"done. Use it with: avenue({str(root)!r}, 'test')")
-    return 0
+        ),
+        lambda root: f"Use it with: avenue({str(root)!r}, 'test')",
+    )
 
 
 if __name__ == "__main__":

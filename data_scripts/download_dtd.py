@@ -23,32 +23,34 @@ try:
 except ImportError:  # run from a checkout without installing the package
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from adlearn.data.download import DTD_SHA256, DTD_URL, DownloadError, prepare_dtd  # noqa: E402
-from adlearn.data.errors import DataError  # noqa: E402
+from adlearn.data.download import (  # noqa: E402
+    DTD_SHA256,
+    DTD_URL,
+    archive_arguments,
+    checksum_option,
+    prepare_dtd,
+    run_download,
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dest", default="datasets/dtd", help="folder to extract into (default: %(default)s)")
-    parser.add_argument("--archive", default=None, help="use this already downloaded dtd-r1.0.1.tar.gz")
-    parser.add_argument("--url", default=DTD_URL, help="download URL (default: the authors')")
-    parser.add_argument("--sha256", default=DTD_SHA256, help="expected SHA-256; 'none' only reports the computed one")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    archive_arguments(parser, dest="datasets/dtd", archive_name="dtd-r1.0.1.tar.gz", url=DTD_URL, sha256=DTD_SHA256)
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    sha256 = None if str(args.sha256).lower() == "none" else args.sha256
-    try:
-        images = prepare_dtd(
-            args.dest, archive=args.archive, url=args.url, sha256=sha256, progress=not args.no_progress
-        )
-    except (DownloadError, DataError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    print(f"done. Use it with: adlearn.create('draem', anomaly_source={str(images)!r})")
-    return 0
+    return run_download(
+        lambda: prepare_dtd(
+            args.dest,
+            archive=args.archive,
+            url=args.url,
+            sha256=checksum_option(args.sha256),
+            progress=not args.no_progress,
+        ),
+        lambda images: f"Use it with: adlearn.create('draem', anomaly_source={str(images)!r})",
+    )
 
 
 if __name__ == "__main__":

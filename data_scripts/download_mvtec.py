@@ -19,37 +19,40 @@ try:
 except ImportError:  # run from a checkout without installing the package
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from adlearn.data.download import (
+from adlearn.data.download import (  # noqa: E402
     MVTEC_SHA256,
     MVTEC_URL,
-    DownloadError,  # noqa: E402
+    archive_arguments,
+    checksum_option,
     prepare_mvtec,
+    run_download,
 )
-from adlearn.data.errors import DataError  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dest", default="datasets/mvtec_ad", help="folder to extract into (default: %(default)s)")
-    parser.add_argument("--archive", default=None, help="use this already downloaded mvtec_anomaly_detection.tar.xz")
-    parser.add_argument("--url", default=MVTEC_URL, help="download URL (default: official)")
-    parser.add_argument("--sha256", default=MVTEC_SHA256, help="expected SHA-256; 'none' only reports the computed one")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    archive_arguments(
+        parser,
+        dest="datasets/mvtec_ad",
+        archive_name="mvtec_anomaly_detection.tar.xz",
+        url=MVTEC_URL,
+        sha256=MVTEC_SHA256,
+    )
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    sha256 = None if str(args.sha256).lower() == "none" else args.sha256
-    try:
-        root = prepare_mvtec(
-            args.dest, archive=args.archive, url=args.url, sha256=sha256, progress=not args.no_progress
-        )
-    except (DownloadError, DataError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    print(f"done. Use it with: MVTecDataset({str(root)!r}, 'bottle') or export ADLEARN_MVTEC_ROOT={root}")
-    return 0
+    return run_download(
+        lambda: prepare_mvtec(
+            args.dest,
+            archive=args.archive,
+            url=args.url,
+            sha256=checksum_option(args.sha256),
+            progress=not args.no_progress,
+        ),
+        lambda root: f"Use it with: MVTecDataset({str(root)!r}, 'bottle') or export ADLEARN_MVTEC_ROOT={root}",
+    )
 
 
 if __name__ == "__main__":

@@ -22,33 +22,30 @@ try:
 except ImportError:  # run from a checkout without installing the package
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from adlearn.data.download import DownloadError  # noqa: E402
-from adlearn.data.errors import DataError  # noqa: E402
+from adlearn.data.download import archive_arguments, checksum_option, run_download  # noqa: E402
 from adlearn.data.video_download import UCSD_SHA256, UCSD_URL, prepare_ucsd_ped2  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dest", default="datasets/ucsd", help="folder to extract into (default: %(default)s)")
-    parser.add_argument("--archive", default=None, help="use this already downloaded UCSD_Anomaly_Dataset.tar.gz")
-    parser.add_argument("--url", default=UCSD_URL, help="download URL (default: official)")
-    parser.add_argument("--sha256", default=UCSD_SHA256, help="expected SHA-256; 'none' only reports the computed one")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    archive_arguments(
+        parser, dest="datasets/ucsd", archive_name="UCSD_Anomaly_Dataset.tar.gz", url=UCSD_URL, sha256=UCSD_SHA256
+    )
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    sha256 = None if str(args.sha256).lower() == "none" else args.sha256
-    try:
-        root = prepare_ucsd_ped2(
-            args.dest, archive=args.archive, url=args.url, sha256=sha256, progress=not args.no_progress
-        )
-    except (DownloadError, DataError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    print(f"done. Use it with: ucsd_ped2({str(root)!r}, 'test')")
-    return 0
+    return run_download(
+        lambda: prepare_ucsd_ped2(
+            args.dest,
+            archive=args.archive,
+            url=args.url,
+            sha256=checksum_option(args.sha256),
+            progress=not args.no_progress,
+        ),
+        lambda root: f"Use it with: ucsd_ped2({str(root)!r}, 'test')",
+    )
 
 
 if __name__ == "__main__":

@@ -21,45 +21,36 @@ try:
 except ImportError:  # run from a checkout without installing the package
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from adlearn.data.download import (
+from adlearn.data.download import (  # noqa: E402
     VISA_SHA256,
     VISA_URL,
-    DownloadError,  # noqa: E402
+    archive_arguments,
+    checksum_option,
     prepare_visa,
+    run_download,
 )
-from adlearn.data.errors import DataError  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--dest", default="datasets", help="folder for the archive and the converted visa/ (default: %(default)s)"
-    )
-    parser.add_argument("--archive", default=None, help="use this already downloaded VisA_20220922.tar")
-    parser.add_argument("--url", default=VISA_URL, help="download URL (default: official)")
-    parser.add_argument("--sha256", default=VISA_SHA256, help="expected SHA-256; 'none' only reports the computed one")
+    archive_arguments(parser, dest="datasets", archive_name="VisA_20220922.tar", url=VISA_URL, sha256=VISA_SHA256)
     parser.add_argument("--keep-raw", action="store_true", help="keep the extracted original layout in <dest>/visa_raw")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    sha256 = None if str(args.sha256).lower() == "none" else args.sha256
-    try:
-        root = prepare_visa(
+    return run_download(
+        lambda: prepare_visa(
             args.dest,
             archive=args.archive,
             url=args.url,
-            sha256=sha256,
+            sha256=checksum_option(args.sha256),
             keep_raw=args.keep_raw,
             progress=not args.no_progress,
-        )
-    except (DownloadError, DataError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    print(f"done. Use it with: MVTecDataset({str(root)!r}, 'candle')")
-    return 0
+        ),
+        lambda root: f"Use it with: MVTecDataset({str(root)!r}, 'candle')",
+    )
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ reads.
 
 from __future__ import annotations
 
+import argparse
 import csv
 import hashlib
 import http.client
@@ -27,11 +28,13 @@ import os
 import re
 import shutil
 import stat
+import sys
 import tarfile
 import urllib.error
 import urllib.request
 import warnings
 import zipfile
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -315,9 +318,10 @@ def _find_mvtec_root(folder: Path) -> Path:
     )
 
 
-def _obtain_archive(
+def obtain_archive(
     url: str, dest: Path, name: str, archive: PathLike | None, sha256: str | None, progress: bool
 ) -> Path:
+    """Download ``url`` to ``dest/name`` (resumable, checked), or check the already downloaded ``archive``."""
     if archive is None:
         return download_file(url, dest / name, sha256, progress=progress)
     archive = Path(archive).expanduser()
@@ -337,7 +341,7 @@ def prepare_mvtec(
     """Download (or take ``archive``), verify and extract MVTec AD into ``dest``; return root."""
     dest = Path(dest).expanduser()
     dest.mkdir(parents=True, exist_ok=True)
-    path = _obtain_archive(url, dest, "mvtec_anomaly_detection.tar.xz", archive, sha256, progress)
+    path = obtain_archive(url, dest, "mvtec_anomaly_detection.tar.xz", archive, sha256, progress)
     print(f"extracting {path} into {dest} ...")
     safe_extract(path, dest)
     root = _find_mvtec_root(dest)
@@ -447,7 +451,7 @@ def prepare_visa(
     """Download (or take ``archive``), verify, extract and convert VisA; returns ``<dest>/visa``."""
     dest = Path(dest).expanduser()
     dest.mkdir(parents=True, exist_ok=True)
-    path = _obtain_archive(url, dest, "VisA_20220922.tar", archive, sha256, progress)
+    path = obtain_archive(url, dest, "VisA_20220922.tar", archive, sha256, progress)
     raw = dest / "visa_raw"
     print(f"extracting {path} into {raw} ...")
     safe_extract(path, raw)
@@ -481,10 +485,44 @@ def prepare_dtd(
     ready for DRÆM's ``anomaly_source=`` (or `PerlinAnomalyGenerator`'s ``anomaly_source_path``)."""
     dest = Path(dest).expanduser()
     dest.mkdir(parents=True, exist_ok=True)
-    path = _obtain_archive(url, dest, "dtd-r1.0.1.tar.gz", archive, sha256, progress)
+    path = obtain_archive(url, dest, "dtd-r1.0.1.tar.gz", archive, sha256, progress)
     print(f"extracting {path} into {dest} ...")
     safe_extract(path, dest)
     images = _find_dtd_images(dest)
     classes = sorted(p.name for p in images.iterdir() if p.is_dir())
     print(f"DTD: {sum(1 for _ in images.rglob('*.jpg'))} images in {len(classes)} texture classes under {images}")
     return images
+
+
+# =========================================================================== the download scripts
+# Every script in data_scripts/ takes the same options and reports the same way; these three helpers are
+# that shared part, so each script only names its dataset, its defaults and its "use it with" line.
+def archive_arguments(
+    parser: argparse.ArgumentParser, *, dest: str, archive_name: str, url: str, sha256: str | None, what: str = ""
+) -> argparse.ArgumentParser:
+    """Add ``--dest --archive --url --sha256 --no-progress`` (``what``: e.g. "of the videos" in their help)."""
+    suffix = f" {what}" if what else ""
+    parser.add_argument("--dest", default=dest, help="folder to extract into (default: %(default)s)")
+    parser.add_argument("--archive", default=None, help=f"use this already downloaded {archive_name}")
+    parser.add_argument("--url", default=url, help=f"download URL{suffix} (default: the official one)")
+    parser.add_argument(
+        "--sha256", default=sha256, help=f"expected SHA-256{suffix}; 'none' only reports the computed one"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def checksum_option(value: str | None) -> str | None:
+    """A ``--sha256`` value: ``none`` (any case) means "do not check, report the computed hash"."""
+    return None if value is None or str(value).lower() == "none" else value
+
+
+def run_download(prepare: Callable[[], Path], use_it: Callable[[Path], str]) -> int:
+    """Run ``prepare()``; print ``done. <use_it(root)>`` and return 0, or the error on stderr and return 1."""
+    try:
+        root = prepare()
+    except (DownloadError, DataError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"done. {use_it(root)}")
+    return 0

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from adlearn.data.download import download_file, safe_extract, verify_checksum
+from adlearn.data.download import obtain_archive, safe_extract
 from adlearn.data.errors import DataError
 
 PathLike = str | Path
@@ -38,17 +38,6 @@ AVENUE_SHA256: str | None = "fc9cb8432a11ca79c18aa180c72524011411b69d3b0ff27c881
 AVENUE_LABELS_URL = "http://www.cse.cuhk.edu.hk/leojia/projects/detectabnormal/ground_truth_demo.zip"
 #: SHA-256 of ground_truth_demo.zip (Avenue's pixel annotations), as published by anomalib (same module).
 AVENUE_LABELS_SHA256: str | None = "60fec1728ec8f73a58aad3aeb5729d70a805a47e0b8eb4bf91ab67ef06386d77"
-
-
-def _obtain(url: str, dest: Path, name: str, archive: PathLike | None, sha256: str | None, progress: bool) -> Path:
-    """Download ``url`` to ``dest/name``, or check the already downloaded ``archive``."""
-    if archive is None:
-        return download_file(url, dest / name, sha256, progress=progress)
-    archive = Path(archive).expanduser()
-    if not archive.is_file():
-        raise DataError(f"archive {archive} does not exist; check the path")
-    verify_checksum(archive, sha256)
-    return archive
 
 
 # =========================================================================== UCSD Ped2
@@ -75,7 +64,7 @@ def prepare_ucsd_ped2(
 
     dest = Path(dest).expanduser()
     dest.mkdir(parents=True, exist_ok=True)
-    path = _obtain(url, dest, "UCSD_Anomaly_Dataset.tar.gz", archive, sha256, progress)
+    path = obtain_archive(url, dest, "UCSD_Anomaly_Dataset.tar.gz", archive, sha256, progress)
     print(f"extracting {path} into {dest} ...")
     safe_extract(path, dest)
     root = find_ucsd_root(dest)
@@ -151,8 +140,8 @@ def prepare_avenue(
 
     dest = Path(dest).expanduser()
     dest.mkdir(parents=True, exist_ok=True)
-    videos = _obtain(url, dest, "Avenue_Dataset.zip", archive, sha256, progress)
-    labels = _obtain(annotations_url, dest, "ground_truth_demo.zip", annotations, annotations_sha256, progress)
+    videos = obtain_archive(url, dest, "Avenue_Dataset.zip", archive, sha256, progress)
+    labels = obtain_archive(annotations_url, dest, "ground_truth_demo.zip", annotations, annotations_sha256, progress)
     for path in (videos, labels):
         print(f"extracting {path} into {dest} ...")
         safe_extract(path, dest)
