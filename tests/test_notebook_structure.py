@@ -48,8 +48,6 @@ NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 
 # Notebook -> the rules it does not meet yet (being fixed). Remove a rule once the notebook meets it.
 NOT_YET: dict[str, set[str]] = {
-    "12_dfkde.ipynb": {"numbers", "references", "smoke_overrides"},
-    "13_dfm.ipynb": {"numbers", "references", "smoke_overrides"},
     "21_fastflow.ipynb": {"numbers", "references", "smoke_overrides"},
     "22_reverse_distillation.ipynb": {"numbers", "references", "smoke_overrides"},
 }
