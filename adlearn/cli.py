@@ -77,7 +77,6 @@ def run_evaluation(
 ) -> dict:
     """Fit and evaluate one model: ``options`` (default: `run_options` of ``args`` and ``extra``) over
     ``--preset``, built by `adlearn.options.build_model` as ``adlearn.create`` builds it."""
-    import adlearn
     from adlearn.evaluate import fit_and_evaluate
     from adlearn.options import build_model
 
@@ -100,25 +99,31 @@ def run_evaluation(
         threshold_fraction=getattr(args, "threshold_fraction", 0.2),
     )
     predictions = results.pop("predictions", None)
-    results = {
-        "model": model.name,
-        "category": category,
-        **results,
-        "backbone": model.config.get("backbone"),
-        "image_size": model.image_size,
-        "preset": _preset(args),
-        "device": str(model.device),
-        "seed": args.seed,
-        "adlearn_version": adlearn.__version__,
-        "config": {
-            k: v for k, v in model.config.items() if isinstance(v, (int, float, str, bool, type(None), list, tuple))
-        },
-    }
+    results = _run_record(model, args, category, results, image_size=model.image_size)
     if args.figure and predictions is not None:
         _write_figure(args.figure, model, test, predictions, category)
     if getattr(args, "save", None):
         model.save(args.save)
     return results
+
+
+def _run_record(model, args, category: str, metrics: dict, **extra) -> dict:
+    """What ``adlearn evaluate`` prints and writes: the metrics with the model, data, options and version."""
+    import adlearn
+
+    plain = (int, float, str, bool, type(None), list, tuple)
+    return {
+        "model": model.name,
+        "category": category,
+        **metrics,
+        "backbone": model.config.get("backbone"),
+        **extra,
+        "preset": _preset(args),
+        "device": str(model.device),
+        "seed": args.seed,
+        "adlearn_version": adlearn.__version__,
+        "config": {k: v for k, v in model.config.items() if isinstance(v, plain)},
+    }
 
 
 def _video_datasets(root: str | None, video_format: str, seed: int):
@@ -136,7 +141,6 @@ def _video_datasets(root: str | None, video_format: str, seed: int):
 
 def _run_video_evaluation(model, args) -> dict:
     """``adlearn evaluate`` for a video model (``input_kind = "video"``): frame-level metrics on clips."""
-    import adlearn
     from adlearn.evaluate import fit_and_evaluate
 
     name, train, test = _video_datasets(args.root, getattr(args, "video_format", "ucsd"), args.seed)
@@ -147,19 +151,7 @@ def _run_video_evaluation(model, args) -> dict:
     )
     results = fit_and_evaluate(model, train, test, return_predictions=bool(args.figure))
     predictions = results.pop("predictions", None)
-    results = {
-        "model": model.name,
-        "category": name,
-        **results,
-        "backbone": model.config.get("backbone"),
-        "preset": _preset(args),
-        "device": str(model.device),
-        "seed": args.seed,
-        "adlearn_version": adlearn.__version__,
-        "config": {
-            k: v for k, v in model.config.items() if isinstance(v, (int, float, str, bool, type(None), list, tuple))
-        },
-    }
+    results = _run_record(model, args, name, results)
     if args.figure and predictions is not None:
         _write_frame_score_figure(args.figure, predictions, f"{model.name} on {name}")
     if getattr(args, "save", None):

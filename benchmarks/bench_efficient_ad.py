@@ -106,7 +106,7 @@ def paper_patchcore(bank_rows: int):
     model = create("patchcore", pretrained="none", device="cpu", image_size=256)
     features = model.extract_features(torch.randn(1, 3, 256, 256))  # (1, E, h, w): the bank's width
     model.memory_bank = torch.randn(bank_rows, features.shape[1])
-    model._is_fitted.fill_(True)
+    model.mark_fitted()
     print(f"patchcore (wide_resnet50_2, random) bank {bank_rows} x {features.shape[1]}", flush=True)
     return model.eval()
 
@@ -115,7 +115,7 @@ def fitted_efficient_ad(model_size: str, size: int):
     from adlearn.models import create
 
     model = create("efficient_ad", model_size=model_size, teacher_weights="none", image_size=size, device="cpu")
-    model._is_fitted.fill_(True)  # predict's cost does not depend on the weights or statistics
+    model.mark_fitted()  # predict's cost does not depend on the weights or statistics
     model.quantiles.copy_(torch.tensor([0.0, 1.0, 0.0, 1.0]))
     return model.eval()
 

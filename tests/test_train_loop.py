@@ -216,7 +216,7 @@ def test_validation_leaves_every_parameter_buffer_and_optimizer_state_untouched(
     trainer.setup()
     loader = trainer.make_loader(normal_images())
     trainer.train_one_epoch(loader)  # optimizers now have state (Adam moments...)
-    model._is_fitted.fill_(True)
+    model.mark_fitted()
     weights, optimizers = copy.deepcopy(model.state_dict()), optimizer_state(trainer)
     validation = [{"image": image, "label": int(i % 2)} for i, image in enumerate(normal_images(6, seed=3))]
     value = trainer.validate(validation)

@@ -158,7 +158,7 @@ def test_blurred_map_is_the_raw_map_through_a_gaussian_blur(trained, datasets_64
     )
     missing, unexpected = blurred.load_state_dict(model.state_dict(), strict=False)
     assert not unexpected and missing and all(key.startswith("blur.") for key in missing)  # the kernel only
-    blurred._is_fitted.fill_(True)
+    blurred.mark_fitted()
     raw, smooth = model.predict(images), blurred.predict(images)
     assert model.blur is None  # the reference's default: no blur
     expected = np.stack([gaussian_filter(m, sigma=2.0, mode="mirror", truncate=4.0) for m in raw.anomaly_map.numpy()])

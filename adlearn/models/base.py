@@ -325,7 +325,7 @@ class MemoryBankModel(AnomalyModel):
         if not collected:
             raise ValueError(f"{self.name}: no training images were given")
         self.fit_bank(torch.cat(collected))
-        self._is_fitted.fill_(True)
+        self.mark_fitted()
         return self
 
 

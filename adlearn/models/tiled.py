@@ -182,7 +182,7 @@ class TiledModel(AnomalyModel):
             position = k if self.tiling_ensemble else None
             extra = {} if val_data is None else {"val_data": self.tiles_of(val_data, position)}
             member.fit(self.tiles_of(data, position), **extra)
-        self._is_fitted.fill_(True)
+        self.mark_fitted()
         return self
 
     # ----------------------------------------------------------------- steps 3-4: predict per tile, stitch

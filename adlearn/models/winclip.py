@@ -334,7 +334,7 @@ class Winclip(MemoryBankModel):
                 raise ValueError(f"k_shot={self.k_shot}: fit(train_data) needs the training images to choose from")
             references = self.reference_images(data)
             self.fit_bank(torch.cat([self.collect(batch) for batch in references.split(self.batch_size)]))
-        self._is_fitted.fill_(True)
+        self.mark_fitted()
         return self
 
     # ------------------------------------------------------------------ steps 3-7: scores and map

@@ -271,8 +271,8 @@ class Trainer(BatchSteps):
 
     # ------------------------------------------------------------------ the whole run
     def _mark_fitted(self) -> None:
-        if hasattr(self.model, "_is_fitted"):  # an AnomalyModel: predict() is allowed from now on
-            self.model._is_fitted.fill_(True)
+        if hasattr(self.model, "mark_fitted"):  # an AnomalyModel: predict() is allowed from now on
+            self.model.mark_fitted()
 
     def _end_epoch(self, seconds: float) -> None:
         """Validate, record the epoch, step the schedulers, run the callbacks."""
