@@ -190,13 +190,95 @@ class _GraphSearch:
         self.bank = bank  # (M, E)
         self.device = bank.device
         self.bank_sq_norms = bank.pow(2).sum(1)  # (M,)
+        # −2·bankᵀ, folded once here: the graph then holds one MatMul + Add, not a Multiply over the (N, M)
+        # matrix as well (doubling is exact in floating point, so the ranking is the same numbers)
+        self.minus_twice_bank_t = (-2.0 * bank).T.contiguous()  # (E, M)
 
     def search(self, queries: torch.Tensor, k: int = 1) -> tuple[torch.Tensor, torch.Tensor]:  # (N, E)
-        ranking = self.bank_sq_norms[None, :] - 2.0 * queries @ self.bank.T  # (N, M); ‖q‖² ranks nothing
+        ranking = queries @ self.minus_twice_bank_t + self.bank_sq_norms[None, :]  # (N, M); ‖q‖² ranks nothing
         candidates = ranking.topk(k, dim=1, largest=False).indices  # (N, k)
         exact = torch.linalg.vector_norm(self.bank[candidates] - queries[:, None, :], dim=2)  # (N, k)
         distances, order = exact.sort(dim=1)
         return distances, candidates.gather(1, order)
+
+
+def map_matrices(blur, mode: str, low: tuple[int, int], high: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(K_y (H, h), K_x (W, w))`` with ``blur(upsample(D)) = K_y · D · K_xᵀ`` for every ``(h, w)`` map ``D``.
+
+    Upsampling (nearest or bilinear, `adlearn.models.common.upsample_map`) and a 'same' Gaussian blur
+    (`GaussianBlur2d.blur_matrices`) are both linear and act on each axis separately, so their product is one
+    small matrix per axis. Each upsampling matrix is the upsampled identity (the same call the model makes),
+    multiplied in float64 and rounded once to float32.
+    """
+    from adlearn.models.common import upsample_map
+
+    factors = []
+    for n, size in zip(low, high):
+        basis = torch.eye(n, dtype=torch.float64).view(n, 1, n, 1)  # n maps with one hot row each
+        factors.append(upsample_map(basis, (size, 1), mode=mode).view(n, size).T)  # (size, n)
+    blur_y, blur_x = blur.blur_matrices(high[0], high[1], "cpu", torch.float64)  # (H, H), (W, W)
+    return (blur_y @ factors[0]).float(), (blur_x @ factors[1]).float()
+
+
+def _padim_graph_map(model, images: torch.Tensor) -> torch.Tensor:
+    """PaDiM's ``anomaly_map`` as the graph runs it: the same steps, with three folds done once at export.
+
+    1. The random channel choice is applied to each layer before its upsampling (only the chosen channels
+       are upsampled and concatenated), in layer order; the Gaussian's mean and precision matrices are
+       permuted to that order, which leaves every Mahalanobis distance unchanged (a sum over the same
+       products).
+    2. Upsampling and blur are one matrix per axis (`map_matrices`): ``K_y · D · K_xᵀ``.
+    """
+    folded = model.__dict__["_graph_folds"]
+    features = list(model.feature_extractor(images).values())  # [(B, C_l, h_l, w_l)]
+    size = features[0].shape[-2:]
+    chosen = []
+    for feature, local in zip(features, folded["channels"]):
+        if local.numel():
+            feature = feature.index_select(1, local)  # (B, c_l, h_l, w_l)
+            if feature.shape[-2:] != size:
+                feature = torch.nn.functional.interpolate(feature, size=size, mode="nearest")
+            chosen.append(feature)
+    embedding = torch.cat(chosen, dim=1)  # (B, n_features, h, w), channels in layer order
+    distances = folded["gaussian"].mahalanobis(embedding)  # (B, h, w)
+    if "map" not in folded:
+        folded["map"] = map_matrices(model.blur, "bilinear", tuple(size), tuple(images.shape[-2:]))
+    rows, columns = folded["map"]  # (H, h), (W, w)
+    return rows @ distances @ columns.T  # (B, H, W)
+
+
+def _padim_folds(model) -> dict:
+    """The per-layer channel lists and the permuted Gaussian that `_padim_graph_map` uses."""
+    import copy
+
+    index = model.channel_index.cpu()  # (n,) into the concatenated layers
+    bounds = torch.tensor([0, *model.feature_extractor.out_dims]).cumsum(0)
+    channels, order = [], []
+    for start, end in zip(bounds[:-1], bounds[1:]):
+        positions = torch.nonzero((index >= start) & (index < end)).flatten()  # their order in channel_index
+        channels.append(index[positions] - start)
+        order.append(positions)
+    order = torch.cat(order)  # layer order -> channel_index order
+    gaussian = copy.deepcopy(model.gaussian)
+    gaussian.mean = model.gaussian.mean[order]  # (C, hw)
+    gaussian.inv_covariance = model.gaussian.inv_covariance[:, order][:, :, order]  # (hw, C, C)
+    return {"channels": channels, "gaussian": gaussian}
+
+
+def _patchcore_graph_map(model, scores: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """PatchCore's ``anomaly_map`` as the graph runs it: nearest upsampling and blur as ``K_y · S · K_xᵀ``."""
+    folded = model.__dict__["_graph_folds"]
+    if "map" not in folded:
+        folded["map"] = map_matrices(model.blur, "nearest", tuple(scores.shape[-2:]), tuple(size))
+    rows, columns = folded["map"]  # (H, h), (W, w)
+    return rows @ scores @ columns.T  # (B, H, W)
+
+
+#: Models whose ``anomaly_map`` the graph runs in a folded form (same numbers up to rounding; see each).
+GRAPH_MAPS = {
+    "padim": (_padim_graph_map, _padim_folds),
+    "patchcore": (_patchcore_graph_map, lambda model: {}),
+}
 
 
 @contextmanager
@@ -208,6 +290,7 @@ def graph_mode(model: AnomalyModel) -> Iterator[AnomalyModel]:
     methods = [blur.method for blur in blurs]
     had_search = hasattr(model, "_search") and hasattr(model, "memory_bank")
     search = model.__dict__.get("_search") if had_search else None
+    folded_map = GRAPH_MAPS.get(model.name)
     was_training = model.training
     fastpath = torch.backends.mha.get_fastpath_enabled()
     try:
@@ -217,12 +300,21 @@ def graph_mode(model: AnomalyModel) -> Iterator[AnomalyModel]:
             blur.method = "conv"
         if had_search:
             model._search = _GraphSearch(model.memory_bank)
+        if folded_map is not None:
+            function, folds = folded_map
+            model.__dict__["_graph_folds"] = folds(model)
+            model.__dict__["anomaly_map"] = types.MethodType(function, model)  # shadows the class's method
+            with torch.no_grad():  # one eager run builds the map matrices now: a trace would record their making
+                model.predict_step(torch.zeros(1, 3, *_pair(model.input_size), device=model.device))
         yield model
     finally:
         for blur, method in zip(blurs, methods):
             blur.method = method
         if had_search:
             model._search = search
+        if folded_map is not None:
+            model.__dict__.pop("anomaly_map", None)
+            model.__dict__.pop("_graph_folds", None)
         model.train(was_training)
         torch.backends.mha.set_fastpath_enabled(fastpath)
 

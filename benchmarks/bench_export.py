@@ -31,6 +31,7 @@ the cells already there (``--restart`` starts over).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import subprocess
@@ -44,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import REPO_ROOT, anomalib_python, mvtec_root, write_json  # noqa: E402
 
 RESULTS = REPO_ROOT / "benchmarks" / "results" / "side_by_side"
+CACHE = REPO_ROOT / "build" / "bench_export"  # fitted models, one folder per config (gitignored)
 RUNTIMES = ("pytorch", "onnxruntime", "openvino")
 ANOMALIB_MODELS = {
     "padim": {"model": "Padim", "init": {"layers": ["blocks.1", "blocks.2", "blocks.4"], "n_features": 100}},
@@ -60,12 +62,13 @@ ADLEARN_OPTIONS = {
 
 # ----------------------------------------------------------------------------- data
 def test_images(root: Path, category: str, count: int):
-    """``count`` evenly spaced test images of the category: (paths, labels, decoded PIL images)."""
+    """``count`` test images spread evenly over the sorted list (so every defect type and the good ones are in
+    it, and the image AUROC is defined): (paths, labels, decoded PIL images)."""
     from PIL import Image
 
     paths = sorted(p for p in (root / category / "test").rglob("*.png"))
-    step = max(1, len(paths) // count)
-    chosen = paths[::step][:count]
+    count = min(count, len(paths))
+    chosen = [paths[(index * len(paths)) // count] for index in range(count)]
     images = []
     for path in chosen:
         with Image.open(path) as image:
@@ -81,11 +84,49 @@ def auroc(labels, scores) -> float | None:
 
 
 # ----------------------------------------------------------------------------- adlearn side
+# ----------------------------------------------------------------------------- fitted-model cache
+def cache_folder(category: str, side: str, model: str, config: dict) -> Path:
+    """``build/bench_export/<category>/<side>_<model>_<key>/``: the key hashes everything that changes the fit
+    (backbone, layers, sizes, coreset ratio, seed, training folder), never the timing settings (threads, batch)."""
+    key = hashlib.sha1(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    return CACHE / category / f"{side}_{model}_{key}"
+
+
+def adlearn_config(name: str, root: Path, category: str, train_steps: int, seed: int) -> dict:
+    options = {"preset": "cpu", "device": "cpu", "seed": seed, **ADLEARN_OPTIONS.get(name, {})}
+    return {
+        "model": name,
+        "options": options,
+        "train": str(Path(root).resolve() / category / "train"),
+        "train_steps": train_steps,
+    }
+
+
+def cached_model(name: str, root: Path, category: str, train_steps: int, seed: int):
+    """The fitted adlearn model, loaded from the cache when this config was fitted before, else fitted and saved.
+
+    Only the fit is cached: the timing pass exports it again, so a change to the export code is always timed."""
+    from adlearn.models import load
+
+    config = adlearn_config(name, root, category, train_steps, seed)
+    folder = cache_folder(category, "adlearn", name, config)
+    if (folder / "model.pt").is_file():
+        print(f"{name}: fitted model from {folder.relative_to(REPO_ROOT)}", file=sys.stderr, flush=True)
+        return load(folder / "model.pt", device="cpu")
+    print(f"{name}: fitting", file=sys.stderr, flush=True)
+    model = fit_model(name, root, category, train_steps, seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save(folder / "model.part")
+    (folder / "config.json").write_text(json.dumps(config, indent=1))
+    os.replace(folder / "model.part", folder / "model.pt")  # complete or absent: an interrupted fit is redone
+    return model
+
+
 def fit_model(name: str, root: Path, category: str, train_steps: int, seed: int):
     from adlearn.data import MVTecDataset
     from adlearn.models import TrainedModel, create
 
-    options = {"preset": "cpu", "device": "cpu", "seed": seed, **ADLEARN_OPTIONS.get(name, {})}
+    options = adlearn_config(name, root, category, train_steps, seed)["options"]
     model = create(name, **options)
     train = MVTecDataset(root, category, "train", transform=model.transform)
     with warnings.catch_warnings():
@@ -122,8 +163,7 @@ def adlearn_cells(name, args, root, results, guard, save) -> None:
         return
     torch.set_num_threads(args.threads)
     paths, labels, images = test_images(root, args.category, args.images)
-    print(f"{name}: fitting", file=sys.stderr, flush=True)
-    model = fit_model(name, root, args.category, args.train_steps, args.seed)
+    model = cached_model(name, root, args.category, args.train_steps, args.seed)
     with tempfile.TemporaryDirectory() as folder:
         export(model, folder, format="onnx,openvino")
         runners = {
@@ -158,33 +198,45 @@ def adlearn_cells(name, args, root, results, guard, save) -> None:
 
 
 # ----------------------------------------------------------------------------- anomalib side
-def anomalib_cells(name, args, root, results, guard, save) -> None:
-    todo = [b for b in args.batches if cell_key(name, "anomalib", "openvino", b) not in results]
-    if not todo or name not in ANOMALIB_MODELS:
+def anomalib_spec(name: str, args, root: Path, batches: list[int]) -> dict:
+    """What the anomalib half needs; its fitted + exported model is cached under the config's key."""
+    config = {
+        **ANOMALIB_MODELS[name],
+        "backbone": "efficientnet_lite0",
+        "input_size": 256,
+        "crop": ADLEARN_OPTIONS[name].get("center_crop"),
+        "seed": args.seed,
+        "train": str(Path(root).resolve() / args.category / "train"),
+    }
+    return {
+        **config,
+        "name": name,
+        "root": str(root),
+        "category": args.category,
+        "images": args.images,
+        "batches": batches,
+        "threads": args.threads,
+        "cache": str(cache_folder(args.category, "anomalib", name, config)),
+    }
+
+
+def anomalib_cells(name, args, root, results, guard, save, prepare_only: bool = False) -> None:
+    todo = [] if prepare_only else [b for b in args.batches if cell_key(name, "anomalib", "openvino", b) not in results]
+    if name not in ANOMALIB_MODELS or not (todo or prepare_only):
         return
     python = anomalib_python(args.anomalib_python, required=False)
     if python is None:
         print(f"{name}: no anomalib interpreter (--anomalib-python / $ANOMALIB_PYTHON): skipped", file=sys.stderr)
         return
     with tempfile.TemporaryDirectory() as folder:
-        spec = {
-            **ANOMALIB_MODELS[name],
-            "name": name,
-            "root": str(root),
-            "category": args.category,
-            "images": args.images,
-            "batches": todo,
-            "threads": args.threads,
-            "seed": args.seed,
-            "crop": ADLEARN_OPTIONS[name].get("center_crop"),
-        }
+        spec = anomalib_spec(name, args, root, todo)
         spec_path, out_path = Path(folder) / "spec.json", Path(folder) / "out.json"
         spec_path.write_text(json.dumps(spec))
-        print(f"{name}: anomalib fit + export + timing", file=sys.stderr, flush=True)
+        print(f"{name}: anomalib {'fit + export' if prepare_only else 'timing'} ({spec['cache']})", file=sys.stderr)
         process = subprocess.Popen(
             [python, __file__, "--anomalib-side", str(spec_path), "--anomalib-out", str(out_path)]
         )
-        with guard.measure(f"{name} anomalib (fit, export, all batches)", pids=(process.pid,)) as record:
+        with guard.measure(f"{name} anomalib (all batches)", pids=(process.pid,)) as record:
             process.wait()
         if process.returncode != 0:
             raise SystemExit(f"the anomalib side failed for {name} (exit {process.returncode})")
@@ -192,16 +244,27 @@ def anomalib_cells(name, args, root, results, guard, save) -> None:
             cell.update(busy=bool(record.get("busy")), other_cpus=record.get("other_cpus"))
             results[cell_key(name, "anomalib", "openvino", cell["batch"])] = cell
             print(f"  {name} anomalib openvino batch {cell['batch']}: {cell['images_per_s']} images/s", file=sys.stderr)
-        save()
+        if not prepare_only:
+            save()
 
 
-def anomalib_side(spec_path: str, out_path: str) -> int:
-    """Runs in anomalib's venv: fit on the category, ``Engine.export`` to OpenVINO, time ``OpenVINOInferencer``."""
+def anomalib_export(spec: dict) -> Path:
+    """Runs in anomalib's venv: the cached ``model.xml``, or fit on the category + ``Engine.export`` to OpenVINO.
+
+    The export lands in ``<cache>/export.part`` and is renamed to ``<cache>/export`` only once complete, so an
+    interrupted fit is redone and a finished one is never redone."""
+    import shutil
+
     import _anomalib
-    import numpy as np
     import torch
 
-    spec = json.loads(Path(spec_path).read_text())
+    cache = Path(spec["cache"])
+    done = cache / "export.json"
+    if done.is_file():
+        return cache / json.loads(done.read_text())["xml"]
+    from lightning.pytorch import seed_everything
+
+    seed_everything(spec["seed"], verbose=False)
     torch.set_num_threads(spec["threads"])
     if spec.get("crop"):
         from anomalib.models import Patchcore
@@ -211,49 +274,74 @@ def anomalib_side(spec_path: str, out_path: str) -> int:
         Patchcore.configure_pre_processor = classmethod(
             lambda cls, image_size=None, center_crop_size=None: default(image_size, center_crop_size or (crop, crop))
         )
-    from anomalib.deploy import ExportType, OpenVINOInferencer
+    from anomalib.deploy import ExportType
     from anomalib.engine import Engine
 
-    model = _anomalib.build_model(
-        spec["model"], {"backbone": "efficientnet_lite0", "pre_trained": True, **spec["init"]}
-    )
+    model = _anomalib.build_model(spec["model"], {"backbone": spec["backbone"], "pre_trained": True, **spec["init"]})
     datamodule = _anomalib.make_datamodule(spec["root"], spec["category"], batch_size=32, seed=spec["seed"])
+    partial = cache / "export.part"
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    began = time.perf_counter()
     with tempfile.TemporaryDirectory() as folder:
         engine = Engine(accelerator="cpu", devices=1, default_root_dir=folder, logger=False, enable_progress_bar=False)
         engine.fit(model=model, datamodule=datamodule)
-        xml = engine.export(model=model, export_type=ExportType.OPENVINO, export_root=folder, input_size=(256, 256))
-        os.chdir(folder)  # the inferencer writes its compiled-model cache (openvino_cache/) into the working folder
-        inferencer = OpenVINOInferencer(path=xml, device="CPU", config={"INFERENCE_NUM_THREADS": spec["threads"]})
-        paths, labels, images = test_images(Path(spec["root"]), spec["category"], spec["images"])
+        fit_s = time.perf_counter() - began
+        size = (spec["input_size"], spec["input_size"])
+        xml = engine.export(model=model, export_type=ExportType.OPENVINO, export_root=partial, input_size=size)
+    relative = Path(xml).resolve().relative_to(partial.resolve())
+    shutil.rmtree(cache / "export", ignore_errors=True)
+    partial.rename(cache / "export")
+    config = {k: spec[k] for k in ("model", "init", "backbone", "input_size", "crop", "seed", "train")}
+    done.write_text(json.dumps({"xml": str("export" / relative), "fit_s": round(fit_s, 1), "config": config}))
+    return cache / "export" / relative
+
+
+def anomalib_side(spec_path: str, out_path: str) -> int:
+    """Runs in anomalib's venv: the (cached) OpenVINO export, then ``OpenVINOInferencer`` timed on the test images."""
+    import numpy as np
+    import torch
+
+    spec = json.loads(Path(spec_path).read_text())
+    xml = anomalib_export(spec)
+    cells = []
+    if spec["batches"]:
+        from anomalib.deploy import OpenVINOInferencer
         from PIL import Image
 
-        def pixels(chunk):  # (B, 256, 256, 3) in [0, 1]: the graph's fixed input size, resized as ours are
-            return np.stack([np.asarray(i.resize((256, 256), Image.BILINEAR), dtype=np.float32) / 255.0 for i in chunk])
+        torch.set_num_threads(spec["threads"])
+        paths, labels, images = test_images(Path(spec["root"]), spec["category"], spec["images"])
+        with tempfile.TemporaryDirectory() as folder:
+            os.chdir(folder)  # the inferencer writes its compiled-model cache (openvino_cache/) into the working folder
+            inferencer = OpenVINOInferencer(path=xml, device="CPU", config={"INFERENCE_NUM_THREADS": spec["threads"]})
 
-        fixed = inferencer.input_blob.get_partial_shape()[0]  # anomalib's PatchCore export fixes the batch
-        fixed = fixed.get_length() if fixed.is_static else None
-        cells = []
-        for requested in spec["batches"]:
-            batch = fixed or requested  # a graph of fixed batch size runs only that size
-            inferencer.predict(pixels(images[:batch]))  # warm-up
-            scores, start = [], time.perf_counter()
-            for first in range(0, len(images) - len(images) % batch, batch):
-                result = inferencer.predict(pixels(images[first : first + batch]))
-                scores.extend(np.asarray(result.pred_score).reshape(-1).tolist())
-            seconds = time.perf_counter() - start
-            cells.append(
-                {
-                    "model": spec["name"],
-                    "side": "anomalib",
-                    "runtime": "openvino",
-                    "batch": requested,
-                    "batch_run": batch,
-                    "images": len(scores),
-                    "images_per_s": round(len(scores) / seconds, 2),
-                    "image_auroc": auroc_plain(labels, scores),
-                }
-            )
-        os.chdir(REPO_ROOT)  # out of the folder before it is removed
+            def pixels(chunk):  # (B, 256, 256, 3) in [0, 1]: the graph's fixed input size, resized as ours are
+                size = (spec["input_size"], spec["input_size"])
+                return np.stack([np.asarray(i.resize(size, Image.BILINEAR), dtype=np.float32) / 255.0 for i in chunk])
+
+            fixed = inferencer.input_blob.get_partial_shape()[0]  # anomalib's PatchCore export fixes the batch
+            fixed = fixed.get_length() if fixed.is_static else None
+            for requested in spec["batches"]:
+                batch = fixed or requested  # a graph of fixed batch size runs only that size
+                inferencer.predict(pixels(images[:batch]))  # warm-up
+                scores, start = [], time.perf_counter()
+                for first in range(0, len(images) - len(images) % batch, batch):
+                    result = inferencer.predict(pixels(images[first : first + batch]))
+                    scores.extend(np.asarray(result.pred_score).reshape(-1).tolist())
+                seconds = time.perf_counter() - start
+                cells.append(
+                    {
+                        "model": spec["name"],
+                        "side": "anomalib",
+                        "runtime": "openvino",
+                        "batch": requested,
+                        "batch_run": batch,
+                        "images": len(scores),
+                        "images_per_s": round(len(scores) / seconds, 2),
+                        "image_auroc": auroc_plain(labels, scores),
+                    }
+                )
+            os.chdir(REPO_ROOT)  # out of the folder before it is removed
     Path(out_path).write_text(json.dumps(cells))
     return 0
 
@@ -319,10 +407,14 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--anomalib-python", default=None, help="anomalib's venv python (default $ANOMALIB_PYTHON)")
     parser.add_argument("--no-anomalib", action="store_true", help="adlearn's runtimes only")
+    parser.add_argument("--no-adlearn", action="store_true", help="anomalib's side only")
     parser.add_argument(
         "--out", default=None, help="results JSON (default benchmarks/results/side_by_side/export_<category>.json)"
     )
     parser.add_argument("--restart", action="store_true", help="forget the cells already in the results file")
+    parser.add_argument(
+        "--prepare", action="store_true", help="fit and cache the models only (build/bench_export/), time nothing"
+    )
     parser.add_argument("--anomalib-side", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--anomalib-out", default=None, help=argparse.SUPPRESS)
     from adlearn.machine import add_arguments
@@ -356,8 +448,16 @@ def main(argv=None) -> int:
             {"threads": args.threads, "images": args.images, "machine": guard.summary()["machine"], "cells": results},
         )
 
+    if args.prepare:  # the slow part alone (anomalib's PatchCore coreset: half an hour and more on one core)
+        for name in models:
+            if not args.no_adlearn:
+                cached_model(name, root, args.category, args.train_steps, args.seed)
+            if not args.no_anomalib:
+                anomalib_cells(name, args, root, results, guard, save, prepare_only=True)
+        return 0
     for name in models:
-        adlearn_cells(name, args, root, results, guard, save)
+        if not args.no_adlearn:
+            adlearn_cells(name, args, root, results, guard, save)
         if not args.no_anomalib:
             anomalib_cells(name, args, root, results, guard, save)
     print(table(results))

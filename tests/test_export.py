@@ -26,6 +26,23 @@ from adlearn.models.registry import MODEL_CLASSES  # noqa: E402
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
+@pytest.fixture(scope="module")
+def tiny_fitted(synthetic_split):
+    """``tiny_fitted(name)``: `fitted` once per model for the whole module (a fit, not the export, is what
+    several tests share); each call returns a deep copy, so a test that changes its model changes no other."""
+    import copy
+
+    cache = {}
+
+    def get(name: str):
+        if name not in cache:
+            cache[name] = fitted(name, synthetic_split)
+        model, pixels = cache[name]
+        return copy.deepcopy(model), pixels
+
+    return get
+
+
 def fitted(name: str, synthetic_split):
     """A tiny model of ``name`` fitted on the training images, and (pixels in [0, 1], normalised images) of
     five test images."""
@@ -67,12 +84,12 @@ def test_tables_do_not_overlap():
 
 
 @pytest.mark.parametrize("name", sorted(EXPORTABLE))
-def test_exported_scores_equal_eager(name, synthetic_split, tmp_path):
+def test_exported_scores_equal_eager(name, tiny_fitted, tmp_path):
     if name not in TINY:
         pytest.skip(f"{name} has no tiny configuration in tests/tiny_models.py yet")
-    model, pixels = fitted(name, synthetic_split)
+    model, pixels = tiny_fitted(name)
     want = eager(model, pixels)
-    export(model, tmp_path, format="onnx,openvino", verify=False)
+    export(model, tmp_path, format="onnx,openvino", verify=False)  # one export feeds both runtimes
     manifest = json.loads((tmp_path / MANIFEST).read_text())
     assert manifest["model"] == name and manifest["input"]["image_size"] == list(pixels.shape[-2:])
     for runtime in ("onnxruntime", "openvino"):
@@ -87,11 +104,11 @@ def test_exported_scores_equal_eager(name, synthetic_split, tmp_path):
         assert "anomaly_map" not in manifest["outputs"]
 
 
-def test_errors_name_the_problem(synthetic_split, tmp_path):
+def test_errors_name_the_problem(tiny_fitted, tmp_path):
     unfitted = create("padim", device="cpu", **TINY["padim"])
     with pytest.raises(NotFittedError, match="fit"):
         export(unfitted, tmp_path)
-    model, _ = fitted("padim", synthetic_split)
+    model, _ = tiny_fitted("padim")
     with pytest.raises(ValueError, match="unknown export format 'tflite'.*onnx, openvino"):
         export(model, tmp_path, format="tflite")
     with pytest.raises(TypeError, match="fitted adlearn model"):
@@ -105,10 +122,10 @@ def test_not_exportable_model_says_why(tmp_path):
         export(model, tmp_path)
 
 
-def test_missing_extra_names_the_install_command(synthetic_split, tmp_path, monkeypatch):
+def test_missing_extra_names_the_install_command(tiny_fitted, tmp_path, monkeypatch):
     import builtins
 
-    model, _ = fitted("padim", synthetic_split)
+    model, _ = tiny_fitted("padim")
     real_import = builtins.__import__
 
     def no_openvino(name, *args, **kwargs):
@@ -122,8 +139,8 @@ def test_missing_extra_names_the_install_command(synthetic_split, tmp_path, monk
         export(model, tmp_path, format="openvino")
 
 
-def test_newer_format_is_refused(synthetic_split, tmp_path):
-    model, pixels = fitted("padim", synthetic_split)
+def test_newer_format_is_refused(tiny_fitted, tmp_path):
+    model, pixels = tiny_fitted("padim")
     export(model, tmp_path)
     manifest = json.loads((tmp_path / MANIFEST).read_text())
     manifest["format_version"] += 1
@@ -132,10 +149,10 @@ def test_newer_format_is_refused(synthetic_split, tmp_path):
         InferenceModel(tmp_path)
 
 
-def test_threshold_from_held_out_normal_images(synthetic_split, tmp_path):
+def test_threshold_from_held_out_normal_images(tiny_fitted, synthetic_split, tmp_path):
     from adlearn.data import ImageTransform
 
-    model, pixels = fitted("padim", synthetic_split)
+    model, pixels = tiny_fitted("padim")
     _, normal = synthetic_split(ImageTransform(image_size=64), "train")
     held_out = normal[:4]  # any normal images work here; a real run holds them out of the fit
     export(model, tmp_path, normal=held_out)
@@ -150,3 +167,43 @@ def test_threshold_from_held_out_normal_images(synthetic_split, tmp_path):
     from adlearn.models import load
 
     assert load(path).threshold == model.threshold
+
+
+# ----------------------------------------------------------------------------- the graph's folds
+def test_map_matrices_equal_upsampling_then_blur():
+    """K_y · D · K_xᵀ (`map_matrices`) against the two steps it replaces, run as they are: F.interpolate, then
+    the blur as padding + two convolutions."""
+    import torch.nn.functional as F
+
+    from adlearn.components import GaussianBlur2d
+    from adlearn.export import map_matrices
+
+    blur = GaussianBlur2d(sigma=2.0, channels=1, method="conv")
+    maps = torch.rand(3, 12, 10, generator=torch.Generator().manual_seed(0)).double()  # (B, h, w)
+    for mode in ("bilinear", "nearest"):
+        kwargs = {"align_corners": False} if mode == "bilinear" else {}
+        upsampled = F.interpolate(maps[:, None], size=(48, 40), mode=mode, **kwargs)  # (B, 1, H, W)
+        want = blur(upsampled.float())[:, 0]  # (B, H, W)
+        rows, columns = map_matrices(blur, mode, (12, 10), (48, 40))  # (H, h), (W, w)
+        assert rows.shape == (48, 12) and columns.shape == (40, 10)
+        got = rows @ maps.float() @ columns.T
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_graph_mode_changes_no_number_and_is_undone(tiny_fitted):
+    """Inside `graph_mode` PaDiM and PatchCore run their folded maps (channel choice per layer, permuted
+    Gaussian, upsampling + blur as matrices, the bank search as one MatMul): the same predictions up to
+    rounding; outside it, the class's own method again."""
+    from adlearn.export import graph_mode
+
+    for name in ("padim", "patchcore"):
+        model, pixels = tiny_fitted(name)
+        want = eager(model, pixels)
+        with graph_mode(model):
+            assert "anomaly_map" in model.__dict__
+            got = eager(model, pixels)
+        assert "anomaly_map" not in model.__dict__ and "_graph_folds" not in model.__dict__
+        for field in ("pred_score", "anomaly_map"):
+            expected, actual = getattr(want, field), getattr(got, field)
+            torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5 * float(expected.abs().max()))
+        torch.testing.assert_close(eager(model, pixels).anomaly_map, want.anomaly_map, rtol=0, atol=0)
