@@ -16,7 +16,10 @@ Steps:
    ``# Parameters`` cell is tagged ``remove-cell``: the page shows the notebook's own parameters cell.
 3. Record the runner's timings (``build/notebooks/timings.json``) per mode in
    ``build/course-timings.json`` and write the table the course page includes
-   (``book/_generated/timings.md``): smoke and full wall time of every notebook, or "not measured yet".
+   (``book/_generated/timings.md``): smoke and full wall time of every notebook. What this machine has not
+   run comes from ``book/measured-timings.json`` (committed measurements, folded in with
+   ``python book/build.py --record-measured DIR``), else, for a model notebook's full mode, the benchmark's
+   time for the same preset on the bottle marked as an estimate, else "not measured yet".
 4. ``jupyter-book build book/`` (1.x, ``execute_notebooks: off``) -> ``book/_build/html/``. MathJax is
    served from the book itself (``sphinx-mathjax-offline``, a PyPI package that ships MathJax 3):
    the equations typeset without a network.
@@ -45,6 +48,8 @@ INJECTED_TAG = "injected-parameters"  # papermill's tag on the cell it adds afte
 HIDDEN_TAG = "remove-cell"  # myst-nb leaves a cell with this tag out of the page
 SOLUTION_TAG = "solution"  # the notebooks' worked solutions (notebooks/README.md)
 TIMINGS_RECORD = REPO / "build" / "course-timings.json"
+MEASURED_TIMINGS = BOOK / "measured-timings.json"  # committed: runs worth keeping (full mode, a GPU)
+BENCHMARK_CELLS = REPO / "benchmarks" / "results" / "bottle" / "cells"
 TIMINGS_PAGE = BOOK / "_generated" / "timings.md"
 
 
@@ -148,34 +153,60 @@ def record_timings(executed_dir: Path = EXECUTED, record: Path = TIMINGS_RECORD)
     mode = "smoke" if parameters.get("smoke", True) else "full"
     stamp = datetime.datetime.fromtimestamp((Path(executed_dir) / "timings.json").stat().st_mtime)
     entries = data.setdefault(mode, {})
+    load = [value for value in run.get("load_average") or [] if value is not None]
     for row in run.get("notebooks", []):
         if row.get("status") != "ok":
             continue
         entries[row["notebook"]] = {
             "seconds": float(row["seconds"]),
             "device": str(parameters.get("device")),
-            "cpus": os.cpu_count(),
+            "cpus": run.get("cpus") or os.cpu_count(),
             "jobs": run.get("jobs"),
             "date": stamp.strftime("%Y-%m-%d"),
+            **({"load": max(load)} if load else {}),
         }
     record.parent.mkdir(parents=True, exist_ok=True)
     record.write_text(json.dumps(data, indent=1, sort_keys=True))
     return data
 
 
+def merged_timings(local: dict, measured_path: Path = MEASURED_TIMINGS) -> dict:
+    """The committed measurements, overridden notebook by notebook by this machine's own record."""
+    try:
+        merged = json.loads(Path(measured_path).read_text())
+    except (OSError, ValueError):
+        merged = {}
+    for mode, entries in local.items():
+        merged.setdefault(mode, {}).update(entries)
+    return merged
+
+
+def benchmark_estimates(cells: Path = BENCHMARK_CELLS) -> dict[str, float]:
+    """Seconds of each model's committed bottle cell (seed 0: fit and predict with the ``cpu`` preset, the
+    recipe a model notebook's full mode runs), by model name: the estimate of a full run not yet measured."""
+    estimates = {}
+    for path in sorted(Path(cells).glob("*__bottle__seed0.json")):
+        cell = json.loads(path.read_text())
+        if cell.get("status") == "ok" and cell.get("cell_seconds"):
+            estimates[cell["model"]] = float(cell["cell_seconds"])
+    return estimates
+
+
 def _duration(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
 
 
-def timings_table(record: dict, notebooks: list[Path] | None = None) -> str:
+def timings_table(record: dict, notebooks: list[Path] | None = None, estimates: dict | None = None) -> str:
     """Markdown: one row per notebook with its smoke and full wall time ("not measured yet" where the
-    record has none), and a note on how each was measured."""
+    record has none; for a model notebook's full mode, ``estimates[model]`` marked "est." if given), and
+    a note on how each was measured."""
     import nbformat
 
     notebooks = sorted(SOURCE_NOTEBOOKS.glob("*.ipynb")) if notebooks is None else notebooks
     lines = ["| notebook | smoke mode | full mode |", "|---|---|---|"]
     totals = {"smoke": 0.0, "full": 0.0}
     complete = {"smoke": True, "full": True}
+    estimated = []
     for path in notebooks:
         title = nbformat.read(path, as_version=4).cells[0].source.lstrip().splitlines()[0].lstrip("# ")
         title = title.split(" — ")[0].strip()
@@ -184,7 +215,9 @@ def timings_table(record: dict, notebooks: list[Path] | None = None) -> str:
             entry = record.get(mode, {}).get(path.name)
             if entry is None:
                 complete[mode] = False
-                cells.append("not measured yet")
+                estimate = (estimates or {}).get(path.stem[3:]) if mode == "full" else None
+                estimated += [path.stem[3:]] if estimate else []
+                cells.append(f"≈ {_duration(estimate)} (est.)" if estimate else "not measured yet")
                 continue
             totals[mode] += entry["seconds"]
             where = "" if entry["device"] == "cpu" else f" ({entry['device']})"
@@ -206,10 +239,23 @@ def timings_table(record: dict, notebooks: list[Path] | None = None) -> str:
         jobs = sorted({e["jobs"] for e in entries if e.get("jobs")})
         dates = sorted({e["date"] for e in entries})
         devices = sorted({e["device"] for e in entries})
+        busy = max((e["load"] / e["cpus"] for e in entries if e.get("load") and e.get("cpus")), default=0.0)
+        shared = (
+            f" The machine was shared with other work (load average up to {busy:.1f}× its cores): these "
+            "times are upper bounds."
+            if busy > 1.0
+            else ""
+        )
         notes.append(
             f"- {mode} mode: measured {dates[0]}{' to ' + dates[-1] if len(dates) > 1 else ''} by the "
             f"notebook runner on a machine with {', '.join(map(str, cpus))} CPU cores, "
-            f"{' or '.join(map(str, jobs))} notebook(s) at a time, device {', '.join(devices)}."
+            f"{' or '.join(map(str, jobs))} notebook(s) at a time, device {', '.join(devices)}.{shared}"
+        )
+    if estimated:
+        notes.append(
+            "- ≈ … (est.): the notebook's full mode has not been timed yet; the figure is the benchmark's time "
+            "for the same `cpu` preset on the MVTec AD bottle (fit and predict, one thread; the book's "
+            "benchmark page), without the notebook's figures and exercises."
         )
     return "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
 
@@ -218,7 +264,8 @@ def write_timings_page(record: dict, path: Path = TIMINGS_PAGE) -> Path:
     """The table the course page includes (``book/course.md``: ``{include} _generated/timings.md``)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(
-        "<!-- written by book/build.py from build/course-timings.json: do not edit -->\n\n" + timings_table(record),
+        "<!-- written by book/build.py from build/course-timings.json and book/measured-timings.json: do not edit -->"
+        "\n\n" + timings_table(merged_timings(record), estimates=benchmark_estimates()),
         encoding="utf-8",
     )
     return path
@@ -258,7 +305,17 @@ def main(argv: list[str] | None = None) -> int:
         "--device", default=None, help="with --execute: device parameter (default cpu; auto with --full)"
     )
     parser.add_argument("--jobs", type=int, default=2, help="with --execute: notebooks run at the same time")
+    parser.add_argument(
+        "--record-measured",
+        metavar="DIR",
+        default=None,
+        help="fold the notebook runner's timings.json in DIR into book/measured-timings.json (committed) and stop",
+    )
     args = parser.parse_args(argv)
+    if args.record_measured:
+        record = record_timings(Path(args.record_measured), MEASURED_TIMINGS)
+        print(f"{MEASURED_TIMINGS}: {', '.join(f'{m}: {len(e)} notebooks' for m, e in record.items())}")
+        return 0
     failed: list[str] = []
     names = None  # without --execute: every notebook of notebooks/ needs an executed copy
     if args.execute:

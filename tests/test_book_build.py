@@ -78,6 +78,32 @@ def test_timings_table_says_what_was_not_measured(tmp_path):
     assert empty.count("not measured yet") == 4 + 2  # every cell, and a note per mode
 
 
+def test_committed_measurements_fill_what_this_machine_did_not_run_and_estimates_are_marked(tmp_path):
+    notebooks = [_notebook(tmp_path / "10_padim.ipynb", "PaDiM"), _notebook(tmp_path / "11_rare.ipynb", "Rare")]
+    run = _run(tmp_path / "run", False, [("10_padim.ipynb", "ok", 420.0)])
+    timings = json.loads((run / "timings.json").read_text())
+    (run / "timings.json").write_text(json.dumps({**timings, "load_average": [3.0, 5.0], "cpus": 2}))
+    measured = tmp_path / "measured.json"
+    committed = build.record_timings(run, measured)
+    assert committed["full"]["10_padim.ipynb"]["load"] == 5.0  # the larger of the loads before and after
+    local = {"smoke": {"10_padim.ipynb": {"seconds": 30.0, "device": "cpu", "cpus": 2, "jobs": 2, "date": "d"}}}
+    merged = build.merged_timings(local, measured)
+    assert merged["full"]["10_padim.ipynb"]["seconds"] == 420.0 and merged["smoke"] == local["smoke"]
+    assert build.merged_timings(local, tmp_path / "absent.json") == local
+    cells = tmp_path / "cells"
+    cells.mkdir()
+    for model, seconds, status in (("rare", 1800.0, "ok"), ("padim", 60.0, "ok"), ("broken", 5.0, "failed")):
+        cell = {"model": model, "status": status, "cell_seconds": seconds}
+        (cells / f"{model}__bottle__seed0.json").write_text(json.dumps(cell))
+    estimates = build.benchmark_estimates(cells)
+    assert estimates == {"rare": 1800.0, "padim": 60.0}
+    table = build.timings_table(merged, notebooks, estimates)
+    rows = table.splitlines()
+    assert rows[2] == "| 10 {doc}`PaDiM </notebooks/10_padim>` | 30 s | 7 min |"  # measured beats the estimate
+    assert rows[3] == "| 11 {doc}`Rare </notebooks/11_rare>` | not measured yet | ≈ 30 min (est.) |"
+    assert "upper bounds" in table and "2.5× its cores" in table and "(est.): the notebook's full mode" in table
+
+
 def test_injected_parameters_cell_is_hidden_and_widgets_replaced():
     notebook = nbformat.v4.new_notebook(
         cells=[

@@ -191,6 +191,14 @@ def previous_timings(out_dir: Path) -> dict[str, float]:
         return {}
 
 
+def _load_average() -> float | None:
+    """The 1-minute load average (None where the platform has none)."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
+
+
 def run_all(
     paths: list[Path] | None = None,
     out_dir: Path = DEFAULT_OUT,
@@ -211,6 +219,7 @@ def run_all(
     jobs = max(1, min(jobs, len(paths)))
     threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
     ordered = _order(paths, previous_timings(out_dir))
+    load_before = _load_average()
     start = time.perf_counter()
     results: list[dict] = []
     if echo:
@@ -234,6 +243,8 @@ def run_all(
         "parameters": parameters,
         "jobs": jobs,
         "wall_seconds": round(total, 2),
+        "load_average": [load_before, _load_average()],  # 1-minute load before and after: was the machine busy?
+        "cpus": os.cpu_count(),
         "python": sys.version.split()[0],
         "notebooks": results,
     }
