@@ -39,6 +39,28 @@ from adlearn.models.common import concat_upsampled, prediction_from_map, resolve
 DEFAULT_N_FEATURES = {"resnet18": 100, "wide_resnet50_2": 550, "efficientnet_lite0": 100}
 
 
+def random_channel_index(total_channels: int, n_features: int, seed: int) -> torch.Tensor:
+    """Step 3: the ``n_features`` of ``total_channels`` channels kept, drawn from ``seed`` -> (n_features,) int64.
+
+    The first ``n_features`` of one seeded permutation, so for one seed the choice of d channels is
+    the first d of the choice of more.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randperm(total_channels, generator=generator)[:n_features]
+
+
+def mahalanobis_map(
+    gaussian: MultiVariateGaussian, embedding: torch.Tensor, image_size: tuple[int, int], blur: GaussianBlur2d
+) -> torch.Tensor:
+    """Step 5: Mahalanobis distance per position (Sec. 3.3, Eq. 2), bilinearly upsampled, blurred.
+
+    ``embedding (B, d, h, w)`` -> anomaly map ``(B, H, W)``.
+    """
+    distances = gaussian.mahalanobis(embedding)  # (B, h, w)
+    anomaly_map = upsample_map(distances.unsqueeze(1), image_size)  # (B, 1, H, W)
+    return blur(anomaly_map).squeeze(1)  # (B, H, W)
+
+
 class Padim(MemoryBankModel):
     name = "padim"
     # The paper resizes to 256 and center-crops 224; the default resizes only (as anomalib 2.x), which
@@ -80,16 +102,18 @@ class Padim(MemoryBankModel):
                 f"(the channels of layers {list(layers)} of {backbone})"
             )
         # Step 3's random channel choice is drawn once and saved with the model.
-        generator = torch.Generator().manual_seed(seed)
-        self.register_buffer("channel_index", torch.randperm(total_channels, generator=generator)[:n_features])
+        self.register_buffer("channel_index", random_channel_index(total_channels, n_features, seed))
         self.gaussian = MultiVariateGaussian()
         self.blur = GaussianBlur2d(sigma=blur_sigma, channels=1)
 
-    # Steps 1–3: features -> one embedding vector per position.
-    def extract_features(self, images: torch.Tensor) -> torch.Tensor:
+    # Steps 1–2: features -> one embedding vector of every channel per position.
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
         features = self.feature_extractor(images)  # {layer: (B, C_l, h_l, w_l)}
-        embedding = concat_upsampled(list(features.values()))  # (B, ΣC_l, h, w)
-        return embedding.index_select(1, self.channel_index)  # (B, n_features, h, w)
+        return concat_upsampled(list(features.values()))  # (B, ΣC_l, h, w)
+
+    # Step 3: keep the random channels.
+    def extract_features(self, images: torch.Tensor) -> torch.Tensor:
+        return self.embed(images).index_select(1, self.channel_index)  # (B, n_features, h, w)
 
     def collect(self, images: torch.Tensor) -> torch.Tensor:
         return self.extract_features(images)
@@ -103,9 +127,7 @@ class Padim(MemoryBankModel):
     # Step 5: Mahalanobis map, upsampled and blurred; image score = max.
     def anomaly_map(self, images: torch.Tensor) -> torch.Tensor:
         embedding = self.extract_features(images)  # (B, n_features, h, w)
-        distances = self.gaussian.mahalanobis(embedding)  # (B, h, w)
-        anomaly_map = upsample_map(distances.unsqueeze(1), images.shape[-2:])  # (B, 1, H, W)
-        return self.blur(anomaly_map).squeeze(1)  # (B, H, W)
+        return mahalanobis_map(self.gaussian, embedding, images.shape[-2:], self.blur)  # (B, H, W)
 
     def predict_step(self, images: torch.Tensor) -> Prediction:
         return prediction_from_map(self.anomaly_map(images))  # image score = max

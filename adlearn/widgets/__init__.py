@@ -3,13 +3,18 @@
 Every widget comes in three pieces (see `adlearn.widgets.view`):
 
 * a pure compute function returning plain numbers / arrays — ``pca_explore``, ``kde_explore``,
-  ``coreset_explore`` (+ ``coverage_curve``), ``flow_explore``;
+  ``coreset_explore`` (+ ``coverage_curve``), ``flow_explore``, ``mixture_explore``,
+  ``padim_maps_explore``, ``nfa_explore``;
 * a live ipywidgets view for JupyterLab — ``pca_widget``, ``kde_widget``, ``coreset_widget``,
-  ``flow_widget`` — returning a `WidgetView` (``.controls``, ``.output``, ``.last_result``,
-  ``.figure``);
+  ``flow_widget``, ``mixture_widget``, ``padim_maps_widget``, ``nfa_widget`` — returning a
+  `WidgetView` (``.controls``, ``.output``, ``.last_result``, ``.figure``);
 * a static small-multiples figure of a parameter sweep, which the book shows in place of the
   live view — ``pca_static_figure``, ``kde_static_figure``, ``coreset_static_figure``,
-  ``flow_static_figure``.
+  ``flow_static_figure``, ``mixture_static_figure``, ``padim_maps_static_figure``,
+  ``nfa_static_figure``.
+
+The PaDiM and U-Flow views run the model's slow part once (`PadimFeatures`: the backbone;
+`UflowOutputs`: the backbone and the flow) and recompute only the cheap steps on a change.
 
 Names resolve lazily and ipywidgets / matplotlib are imported only when a view or figure is
 built, so ``import adlearn.widgets`` is cheap.
@@ -56,6 +61,22 @@ _LAZY = {
     "conditional_flow_explore": "conditional_flow",
     "conditional_flow_widget": "conditional_flow",
     "conditional_flow_static_figure": "conditional_flow",
+    # Gaussians, mixtures and k-means: K and the covariance regularisation
+    "make_mixture_toy": "mixture",
+    "mahalanobis_to_components": "mixture",
+    "mixture_explore": "mixture",
+    "mixture_widget": "mixture",
+    "mixture_static_figure": "mixture",
+    # PaDiM's maps: random channels d and blur σ
+    "PadimFeatures": "padim_maps",
+    "padim_maps_explore": "padim_maps",
+    "padim_maps_widget": "padim_maps",
+    "padim_maps_static_figure": "padim_maps",
+    # U-Flow's a-contrario mask: the NFA threshold ε
+    "UflowOutputs": "nfa",
+    "nfa_explore": "nfa",
+    "nfa_widget": "nfa",
+    "nfa_static_figure": "nfa",
     # the defect playground (ipycanvas)
     "DefectPlayground": "playground",
     "paint": "playground",
