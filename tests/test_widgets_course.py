@@ -380,5 +380,5 @@ def test_nfa_static_figure(uflow_setup):
     figure = widgets.nfa_static_figure(uflow_setup[2], log10_epsilons=(0.0, 2.5))
     titles = visible_titles(figure)
     assert len(titles) == 6  # image, map, log-NFA; two masks and the best threshold's
-    assert titles[3].startswith("NFA < ε = 1:") and titles[4].startswith("NFA < ε = 10^2.5:")
+    assert titles[3].startswith("NFA < ε = 1:") and titles[4].startswith("NFA < ε = 316:")
     assert titles[5].startswith("best threshold")

@@ -138,11 +138,8 @@ def nfa_explore(outputs: UflowOutputs, log10_epsilon: float = 0.0, image_index: 
 
 # ---------------------------------------------------------------------------------- panels
 def _epsilon_text(log10_epsilon: float) -> str:
-    """ε for a title: 1, 100, 10^2.5."""
-    rounded = round(log10_epsilon)
-    if abs(log10_epsilon - rounded) < 1e-9 and -2 <= rounded <= 4:
-        return f"{10.0**rounded:g}"
-    return f"10^{log10_epsilon:.2g}"
+    """ε for a title, rounded to three significant digits: 1, 0.01, 316, 1000, 1260."""
+    return f"{float(f'{10.0**log10_epsilon:.3g}'):g}"
 
 
 def _outline(ax: Axes, truth: np.ndarray, color: str) -> None:
