@@ -255,8 +255,11 @@ def test_padim_features_refit_only_when_d_changes(padim_setup, monkeypatch):
     assert fits == [12] and not torch.allclose(sharp, smooth)
     assert smooth.std() < sharp.std()  # a wider blur flattens the map
     features.maps(13, 1.0), features.maps(12, 2.0), features.maps(14, 1.0)
-    assert fits == [12, 13, 14]  # 12 was still cached; at most two d are kept
-    assert len(features._raw) == 2
+    assert fits == [12, 13, 14]  # 12 was still cached
+    for d in (15, 16, 12):
+        features.maps(d, 1.0)
+    assert fits == [12, 13, 14, 15, 16, 12]  # at most CACHED_D = 4 are kept: 12, the oldest, was dropped
+    assert list(features._raw) == [14, 15, 16, 12]
 
 
 def test_padim_features_reject_bad_settings(padim_setup):

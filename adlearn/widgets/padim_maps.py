@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 __all__ = ["PadimFeatures", "padim_maps_explore", "padim_maps_widget", "padim_maps_static_figure"]
 
 DEFAULT_SETTINGS = ((10, 4.0), (100, 4.0), (100, 1.0), (100, 8.0))  # (d, σ) of the book's panels
+CACHED_D = 4  # unblurred maps kept for this many d: a slider revisits its neighbours, a figure its settings
 
 
 class PadimFeatures:
@@ -79,7 +80,7 @@ class PadimFeatures:
         self.masks = torch.stack([item["mask"] for item in items])  # (M, H, W)
         self.labels = np.array([int(item["label"]) for item in items])  # (M,)
         self.image_size = tuple(self.images.shape[-2:])
-        self._raw: dict[int, torch.Tensor] = {}  # d -> unblurred maps (M, H, W); the last two kept
+        self._raw: dict[int, torch.Tensor] = {}  # d -> unblurred maps (M, H, W); the last CACHED_D kept
 
     @staticmethod
     def _embed(model: Padim, data, order: torch.Tensor) -> torch.Tensor:
@@ -99,7 +100,7 @@ class PadimFeatures:
             gaussian.fit(self.train_embedding[:, :n_features])  # step 4: one Gaussian per position
             with torch.no_grad():  # step 5 with no blur: nn.Identity in the blur's place
                 maps = mahalanobis_map(gaussian, self.test_embedding[:, :n_features], self.image_size, nn.Identity())
-            while len(self._raw) >= 2:  # a slider revisits its neighbours; memory stays bounded
+            while len(self._raw) >= CACHED_D:  # the oldest goes: memory stays bounded
                 self._raw.pop(next(iter(self._raw)))
             self._raw[n_features] = maps
         return self._raw[n_features]
