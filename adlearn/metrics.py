@@ -770,6 +770,15 @@ def frame_auroc_per_kind(labels: ArrayLike, scores: ArrayLike, kinds: ArrayLike)
     return results
 
 
+def frame_auroc_table(labels: ArrayLike, kinds: ArrayLike, scores: dict[str, ArrayLike]) -> dict[str, dict[str, float]]:
+    """An ablation table: for each named score (e.g. one attribute alone), ``{"all": micro AUROC, kind: AUROC}``
+    (`frame_auroc_micro`, `frame_auroc_per_kind`); ``scores`` maps a row name to its (F,) frame scores."""
+    return {
+        name: {"all": frame_auroc_micro(labels, row), **frame_auroc_per_kind(labels, row, kinds)}
+        for name, row in scores.items()
+    }
+
+
 def _box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """IoU of boxes a (n, 4) and b (m, 4), x1 y1 x2 y2 (x2, y2 exclusive) -> (n, m)."""
     top_left = np.maximum(a[:, None, :2], b[None, :, :2])

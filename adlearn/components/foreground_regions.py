@@ -15,9 +15,17 @@ Then every region set is filtered (`filter_regions`): drop boxes of area ``<= mi
 smallest first, drop a box whose intersection with a larger kept box covers more than
 ``max_bbox_overlap`` of its own area.
 
-``foreground="mog2"`` replaces the frame difference by OpenCV's adaptive Gaussian-mixture background
-model (Zivkovic, ICPR 2004), one per video, fed the frames in order: it also finds objects that stand
-still for a while, at the cost of a warm-up on each video's first frames.
+The frame difference sees only what changed: a slowly moving object shows as thin strips along its
+leading and trailing edges, whose shape says nothing of the object's posture. Two background models give
+whole silhouettes instead (`ForegroundDetector`):
+
+* ``foreground="background"`` — a fixed camera's scene without its moving objects, the per-pixel median
+  of the training frames (`median_background`); a frame's foreground is where it differs from that
+  background by more than ``binary_threshold`` grey levels after a per-frame gain correction
+  (`background_difference`), cleaned by an opening (drops noise specks) and a closing (joins an object's
+  parts) (`clean_mask`), then cut into connected components as above;
+* ``foreground="mog2"`` — OpenCV's adaptive Gaussian-mixture background model (Zivkovic, ICPR 2004), one
+  per video, fed the frames in order (a warm-up on each video's first frames).
 
 ``detector="maskrcnn"`` is the reference's path: torchvision's Mask R-CNN ResNet50-FPN v2 with COCO
 weights (downloaded once; offline it raises a clear error naming the foreground path).
@@ -31,7 +39,19 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["ForegroundDetector", "RegionExtractor", "connected_regions", "filter_regions", "foreground_mask"]
+from adlearn.components.dynamic_buffer import DynamicBufferMixin
+
+__all__ = [
+    "FOREGROUND_METHODS",
+    "ForegroundDetector",
+    "RegionExtractor",
+    "background_difference",
+    "clean_mask",
+    "connected_regions",
+    "filter_regions",
+    "foreground_mask",
+    "median_background",
+]
 
 
 def _gray(frames: np.ndarray) -> np.ndarray:
@@ -99,28 +119,133 @@ def filter_regions(regions: dict, min_bbox_area: float = 100, max_bbox_overlap: 
     return {key: value[keep] for key, value in regions.items()}
 
 
-class ForegroundDetector:
-    """What moved in each clip: frame difference (default) or a MOG2 background model per video.
+def clean_mask(mask: torch.Tensor, size: int = 3) -> torch.Tensor:
+    """Morphology on a foreground mask ``(H, W)`` bool: an opening with a ``size``×``size`` square drops
+    specks of noise, then a closing with a twice larger square joins the parts of one object (a figure's
+    limbs, a wheel and its body) that a thin gap of background-coloured pixels separates. ``size < 2``:
+    unchanged."""
+    import cv2
+
+    if size < 2:
+        return mask
+    array = mask.numpy().astype(np.uint8)
+    opened = cv2.morphologyEx(array, cv2.MORPH_OPEN, np.ones((size, size), np.uint8))
+    closed = cv2.morphologyEx(opened, cv2.MORPH_CLOSE, np.ones((2 * size - 1, 2 * size - 1), np.uint8))
+    return torch.from_numpy(closed > 0)
+
+
+def median_background(frames: np.ndarray) -> np.ndarray:
+    """The scene without its moving objects: the per-pixel median of ``frames`` (N, H, W, 3) → (H, W, 3).
+
+    Every object that moves covers a pixel in fewer than half of the frames, so the median is the
+    background there (the classic static-camera background model; Piccardi, "Background subtraction
+    techniques: a review", SMC 2004, Sec. 2)."""
+    return np.median(frames, axis=0).astype(np.float32)
+
+
+def background_difference(frames: np.ndarray, background: np.ndarray, binary_threshold: int = 18) -> torch.Tensor:
+    """The pixels ``(N, H, W)`` bool of ``frames`` (N, H, W, 3) that differ from ``background`` (H, W, 3).
+
+    A camera's exposure drifts: each frame's gain ``g`` is the median of ``frame / background`` over its
+    pixels (most of them are background), and the difference is taken against ``g · background``."""
+    gray_frames, gray_background = _gray(frames), _gray(background[None])[0]  # (N, H, W), (H, W)
+    ratio = gray_frames / np.maximum(gray_background, 1e-3)
+    gains = np.median(ratio.reshape(len(frames), -1), axis=1)  # (N,)
+    difference = np.abs(gray_frames - gains[:, None, None] * gray_background)
+    return torch.from_numpy(difference > binary_threshold / 255.0)
+
+
+FOREGROUND_METHODS = ("difference", "background", "mog2")
+
+
+class ForegroundDetector(DynamicBufferMixin):
+    """What moves in each clip's last frame, by one of three methods:
+
+    * ``"difference"`` — the reference's path: what changed between the clip's first and last frames. A
+      slowly moving object shows only its leading and trailing edges.
+    * ``"background"`` — what differs from the scene's background, the per-pixel median of the training
+      frames (`fit`; a fixed camera), after a per-frame gain correction, cleaned by morphology
+      (`clean_mask`): whole silhouettes, moving fast, slowly or not at all.
+    * ``"mog2"`` — OpenCV's adaptive Gaussian-mixture background model (Zivkovic, ICPR 2004), one per
+      video, fed the frames in order (it warms up on each video's first frames).
 
     Args:
-        method: ``"difference"`` or ``"mog2"``.
-        kernel_size, binary_threshold: the frame difference's blur and threshold (0–255).
+        method: one of ``FOREGROUND_METHODS``.
+        kernel_size, binary_threshold: the Gaussian blur applied to the frames and the grey-level threshold
+            (0–255) of a changed pixel.
+        morphology_size: `clean_mask`'s opening size (``"background"``; 1 turns the morphology off).
+        max_background_frames: at most this many training frames (evenly spaced) enter the median.
     """
 
-    def __init__(self, method: str = "difference", kernel_size: int = 3, binary_threshold: int = 18) -> None:
-        if method not in ("difference", "mog2"):
-            raise ValueError(f"unknown foreground method {method!r}; choose 'difference' or 'mog2'")
+    def __init__(
+        self,
+        method: str = "difference",
+        kernel_size: int = 3,
+        binary_threshold: int = 18,
+        morphology_size: int = 3,
+        max_background_frames: int = 256,
+    ) -> None:
+        super().__init__()
+        if method not in FOREGROUND_METHODS:
+            raise ValueError(f"unknown foreground method {method!r}; choose one of {', '.join(FOREGROUND_METHODS)}")
+        if kernel_size < 1 or kernel_size % 2 == 0:
+            raise ValueError(f"foreground kernel_size must be an odd positive int, got {kernel_size}")
         self.method, self.kernel_size, self.binary_threshold = method, int(kernel_size), int(binary_threshold)
+        self.morphology_size, self.max_background_frames = int(morphology_size), int(max_background_frames)
+        self.register_buffer("background", torch.empty(0))  # (H, W, 3) float32, ``"background"`` after fit
         self._models: dict[str, object] = {}
+        self._training_frames: list[np.ndarray] = []
+        self._stride = 1
+        self._seen = 0
+
+    @property
+    def needs_fit(self) -> bool:
+        return self.method == "background"
 
     def reset(self) -> None:
-        """Forget the background models (call before a new pass over the videos)."""
+        """Forget the MOG2 background models (call before a new pass over the videos)."""
         self._models = {}
+
+    # ----------------------------------------------------------------- the scene background (``"background"``)
+    def update(self, frames: torch.Tensor) -> None:
+        """Keep training frames ``(N, 3, H, W)`` for the median: every ``stride``-th frame, the stride doubling
+        (and every other kept frame dropped) whenever more than ``max_background_frames`` are kept."""
+        for frame in _blur(frames, self.kernel_size):
+            if self._seen % self._stride == 0:
+                self._training_frames.append(frame)
+            self._seen += 1
+            if len(self._training_frames) > self.max_background_frames:
+                self._training_frames, self._stride = self._training_frames[::2], self._stride * 2
+
+    def fit(self, frames: torch.Tensor | None = None) -> ForegroundDetector:
+        """The median background of the frames given to `update` (and of ``frames`` (N, 3, H, W), if given)."""
+        if frames is not None:
+            self.update(frames)
+        if not self._training_frames:
+            raise ValueError("foreground 'background' needs training frames: call update(frames) or fit(frames)")
+        self.background = torch.from_numpy(median_background(np.stack(self._training_frames)))
+        self._training_frames, self._stride, self._seen = [], 1, 0
+        return self
 
     def __call__(self, first: torch.Tensor, last: torch.Tensor, videos: list[str] | None = None) -> torch.Tensor:
         if self.method == "difference":
             return foreground_mask(first, last, self.kernel_size, self.binary_threshold)
+        if self.method == "background":
+            return self._background(last)
         return self._mog2(first, last, videos or [str(i) for i in range(len(first))])
+
+    def _background(self, last: torch.Tensor) -> torch.Tensor:
+        if self.background.numel() == 0:
+            raise RuntimeError("foreground 'background' is not fitted: call fit(training_frames) first")
+        if tuple(self.background.shape[:2]) != tuple(last.shape[-2:]):
+            raise ValueError(
+                f"the background was fitted on {self.background.shape[0]}x{self.background.shape[1]} frames; "
+                f"got {last.shape[-2]}x{last.shape[-1]}: give frames of the training size"
+            )
+        changed = background_difference(
+            _blur(last, self.kernel_size), self.background.cpu().numpy(), self.binary_threshold
+        )
+        return torch.stack([clean_mask(mask, self.morphology_size) for mask in changed])  # (N, H, W)
 
     def _mog2(self, first: torch.Tensor, last: torch.Tensor, videos: list[str]) -> torch.Tensor:
         import cv2
@@ -143,8 +268,8 @@ class RegionExtractor:
             on the last frame, plus the foreground path when ``enable_foreground_detections``).
         box_score_thresh: the detector's confidence threshold. persons_only: keep COCO "person" only.
         min_bbox_area, max_bbox_overlap: `filter_regions`.
-        foreground: ``"difference"`` or ``"mog2"``; foreground_kernel_size, foreground_binary_threshold: its
-            blur and threshold.
+        foreground: one of ``FOREGROUND_METHODS`` (`ForegroundDetector`); foreground_kernel_size,
+            foreground_binary_threshold, foreground_morphology: its blur, threshold and morphology size.
     """
 
     def __init__(
@@ -158,6 +283,7 @@ class RegionExtractor:
         foreground: str = "difference",
         foreground_kernel_size: int = 3,
         foreground_binary_threshold: int = 18,
+        foreground_morphology: int = 3,
         device="cpu",
     ) -> None:
         if detector not in ("foreground", "maskrcnn"):
@@ -167,7 +293,9 @@ class RegionExtractor:
         self.detector, self.box_score_thresh, self.persons_only = detector, box_score_thresh, persons_only
         self.min_bbox_area, self.max_bbox_overlap = min_bbox_area, max_bbox_overlap
         self.enable_foreground_detections = enable_foreground_detections
-        self.foreground = ForegroundDetector(foreground, foreground_kernel_size, foreground_binary_threshold)
+        self.foreground = ForegroundDetector(
+            foreground, foreground_kernel_size, foreground_binary_threshold, foreground_morphology
+        )
         self.device = torch.device(device)
         self._maskrcnn = None
 

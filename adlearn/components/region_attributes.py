@@ -34,7 +34,7 @@ import torch
 from torch import nn
 from torchvision.ops import roi_align
 
-__all__ = ["RoiDeepFeatures", "shape_pose", "velocity_histogram"]
+__all__ = ["KeypointPose", "RoiDeepFeatures", "shape_pose", "velocity_histogram"]
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
@@ -46,9 +46,13 @@ def _check_boxes(boxes: torch.Tensor) -> None:
 
 
 def velocity_histogram(
-    flow: torch.Tensor, boxes: torch.Tensor, n_bins: int = 8, output_size: int = 224
+    flow: torch.Tensor, boxes: torch.Tensor, n_bins: int = 8, output_size: int = 224, masks: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """Mean speed per direction bin inside each box: flow (N, 2, H, W), boxes (M, 5) → (M, n_bins)."""
+    """Mean speed per direction bin inside each box: flow (N, 2, H, W), boxes (M, 5) → (M, n_bins).
+
+    With ``masks`` (M, H, W) (each region's silhouette in its frame), each flow sample is weighted by how
+    much of it lies on the silhouette, so the background inside a box (between a walker's legs) does not
+    dilute the object's speed; a region whose mask misses its box falls back to the whole box."""
     _check_boxes(boxes)
     if n_bins < 1:
         raise ValueError(f"n_velocity_bins must be >= 1, got {n_bins}")
@@ -56,12 +60,19 @@ def velocity_histogram(
         return flow.new_zeros(0, n_bins)
     crops = roi_align(flow, boxes.to(flow), output_size=output_size, aligned=False)  # (M, 2, S, S)
     dx, dy = crops[:, 0].flatten(1), crops[:, 1].flatten(1)  # (M, S·S)
+    weights = torch.ones_like(dx)  # (M, S·S)
+    if masks is not None:
+        if masks.shape != (len(boxes), *flow.shape[-2:]):
+            raise ValueError(f"masks must be (M, H, W) = ({len(boxes)}, {flow.shape[-2]}, {flow.shape[-1]})")
+        own = torch.cat([torch.arange(len(boxes), dtype=boxes.dtype)[:, None], boxes[:, 1:]], 1)  # region m → mask m
+        inside = roi_align(masks[:, None].to(flow), own.to(flow), output_size=output_size, aligned=False).flatten(1)
+        weights = torch.where(inside.sum(1, keepdim=True) > 0, inside, weights)
     speed = torch.sqrt(dx**2 + dy**2)
     angle = torch.atan2(dy, dx)  # [−π, π]
     bins = ((angle + math.pi) / (2 * math.pi) * n_bins).long().clamp(0, n_bins - 1)  # (M, S·S)
-    sums = flow.new_zeros(len(boxes), n_bins).scatter_add_(1, bins, speed)  # (M, n_bins)
-    counts = flow.new_zeros(len(boxes), n_bins).scatter_add_(1, bins, torch.ones_like(speed))
-    return torch.where(counts > 0, sums / counts.clamp(min=1), torch.zeros_like(sums))
+    sums = flow.new_zeros(len(boxes), n_bins).scatter_add_(1, bins, speed * weights)  # (M, n_bins)
+    counts = flow.new_zeros(len(boxes), n_bins).scatter_add_(1, bins, weights)
+    return torch.where(counts > 0, sums / counts.clamp(min=1e-12), torch.zeros_like(sums))
 
 
 def _pose_points(ys: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
@@ -115,6 +126,77 @@ def shape_pose(masks: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
     if not features:
         return torch.zeros(0, 34)
     return torch.stack(features).float()  # (M, 34)
+
+
+class KeypointPose(nn.Module):
+    """The reference's pose attribute: a COCO Keypoint R-CNN's 17 keypoints of each box, normalised to the
+    box → (M, 34) (reference: ``anomalib.models.video.ai_vad.features.PoseExtractor``).
+
+    The given boxes (not the detector's own) go through the network's keypoint head: backbone features of
+    the frame, RoI-pooled per box, the keypoint heat maps, their arg-max per keypoint; then
+    ``(keypoint − (x1, y1)) / (x2 − x1, y2 − y1)``.
+
+    Args:
+        weights: a path to torchvision's ``keypointrcnn_resnet50_fpn`` COCO state dict; ``None``: torchvision's
+            own copy (downloaded once into its cache). Without either, a clear error names the offline
+            silhouette pose (``pose_method="silhouette"``).
+    """
+
+    def __init__(self, weights: str | None = None) -> None:
+        super().__init__()
+        self.network = self._load(weights)
+
+    @staticmethod
+    def _load(weights: str | None) -> nn.Module:
+        from pathlib import Path
+
+        from torchvision.models.detection import KeypointRCNN_ResNet50_FPN_Weights, keypointrcnn_resnet50_fpn
+
+        offline = "Offline, use pose_method='silhouette' (the silhouette stand-in, the default)"
+        if weights is not None:
+            if not Path(weights).is_file():
+                raise FileNotFoundError(
+                    f"pose_weights={str(weights)!r} is not a file: give the path of torchvision's "
+                    f"keypointrcnn_resnet50_fpn COCO state dict. {offline}"
+                )
+            network = keypointrcnn_resnet50_fpn(weights=None, weights_backbone=None)
+            network.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+            return network.eval().requires_grad_(False)
+        try:
+            network = keypointrcnn_resnet50_fpn(weights=KeypointRCNN_ResNet50_FPN_Weights.DEFAULT, progress=False)
+        except Exception as error:  # no network, no cached file
+            raise RuntimeError(
+                "pose_method='keypoints' needs torchvision's COCO Keypoint R-CNN weights, which could not be "
+                f"loaded ({type(error).__name__}: {error}). Give pose_weights=PATH to a downloaded copy. {offline}"
+            ) from error
+        return network.eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def forward(self, frames: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        """frames (N, 3, H, W) in [0, 1], boxes (M, 5) → (M, 34) keypoints normalised to their boxes."""
+        from torchvision.models.detection.roi_heads import keypointrcnn_inference
+
+        _check_boxes(boxes)
+        if len(boxes) == 0:
+            return torch.zeros(0, 34)
+        network = self.network
+        images, _ = network.transform(list(frames))  # resized and normalised as the detector expects
+        features = network.backbone(images.tensors.to(frames.device))
+        scale = torch.tensor(
+            [[new_w / frames.shape[-1], new_h / frames.shape[-2]] * 2 for new_h, new_w in images.image_sizes]
+        ).to(boxes)  # (N, 4)
+        per_frame = [boxes[boxes[:, 0] == i, 1:] * scale[i] for i in range(len(frames))]  # [(m_i, 4)]
+        pooled = network.roi_heads.keypoint_roi_pool(features, per_frame, images.image_sizes)
+        logits = network.roi_heads.keypoint_predictor(network.roi_heads.keypoint_head(pooled))  # (M, 17, s, s)
+        keypoints, _ = keypointrcnn_inference(logits, per_frame)  # [(m_i, 17, 3)] x, y, visibility
+        rows = []
+        for frame_keypoints, frame_boxes in zip(keypoints, per_frame):
+            size = (frame_boxes[:, 2:] - frame_boxes[:, :2]).clamp(min=1e-6)  # (m, 2)
+            rows.append(((frame_keypoints[..., :2] - frame_boxes[:, None, :2]) / size[:, None]).flatten(1))
+        order = torch.cat([torch.nonzero(boxes[:, 0] == i)[:, 0] for i in range(len(frames))])
+        result = torch.empty(len(boxes), 34)
+        result[order] = torch.cat(rows).float().cpu()
+        return result  # (M, 34)
 
 
 class RoiDeepFeatures(nn.Module):
