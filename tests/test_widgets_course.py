@@ -256,10 +256,11 @@ def test_padim_features_refit_only_when_d_changes(padim_setup, monkeypatch):
     assert smooth.std() < sharp.std()  # a wider blur flattens the map
     features.maps(13, 1.0), features.maps(12, 2.0), features.maps(14, 1.0)
     assert fits == [12, 13, 14]  # 12 was still cached
-    for d in (15, 16, 12):
+    for d in (15, 16, 12, 13):
         features.maps(d, 1.0)
-    assert fits == [12, 13, 14, 15, 16, 12]  # at most CACHED_D = 4 are kept: 12, the oldest, was dropped
-    assert list(features._raw) == [14, 15, 16, 12]
+    # At most CACHED_D = 4 are kept, the least recently used dropped: 16 pushed out 13, 12 was used again.
+    assert fits == [12, 13, 14, 15, 16, 13]
+    assert list(features._raw) == [15, 16, 12, 13]
 
 
 def test_padim_features_reject_bad_settings(padim_setup):

@@ -80,7 +80,7 @@ class PadimFeatures:
         self.masks = torch.stack([item["mask"] for item in items])  # (M, H, W)
         self.labels = np.array([int(item["label"]) for item in items])  # (M,)
         self.image_size = tuple(self.images.shape[-2:])
-        self._raw: dict[int, torch.Tensor] = {}  # d -> unblurred maps (M, H, W); the last CACHED_D kept
+        self._raw: dict[int, torch.Tensor] = {}  # d -> unblurred maps (M, H, W); the CACHED_D last used
 
     @staticmethod
     def _embed(model: Padim, data, order: torch.Tensor) -> torch.Tensor:
@@ -100,9 +100,10 @@ class PadimFeatures:
             gaussian.fit(self.train_embedding[:, :n_features])  # step 4: one Gaussian per position
             with torch.no_grad():  # step 5 with no blur: nn.Identity in the blur's place
                 maps = mahalanobis_map(gaussian, self.test_embedding[:, :n_features], self.image_size, nn.Identity())
-            while len(self._raw) >= CACHED_D:  # the oldest goes: memory stays bounded
+            while len(self._raw) >= CACHED_D:  # the least recently used goes: memory stays bounded
                 self._raw.pop(next(iter(self._raw)))
             self._raw[n_features] = maps
+        self._raw[n_features] = self._raw.pop(n_features)  # the most recently used goes last
         return self._raw[n_features]
 
     def maps(self, n_features: int, blur_sigma: float) -> torch.Tensor:
