@@ -184,6 +184,9 @@ class InferenceModel:
         except ImportError as error:
             raise missing_extra("onnxruntime", error) from error
         options = onnxruntime.SessionOptions()
+        options.graph_optimization_level = (
+            onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+        )  # constant folding, fusions
         if threads:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
@@ -199,6 +202,9 @@ class InferenceModel:
         core = openvino.Core()
         config = {"INFERENCE_NUM_THREADS": self.threads} if self.threads else {}
         config["INFERENCE_PRECISION_HINT"] = "f32"  # the same float32 arithmetic as PyTorch (no bf16 on CPU)
+        # one stream with every thread: `predict` runs one synchronous request at a time, which a throughput
+        # setting (several streams, the threads split between them) would leave on part of the threads
+        config["PERFORMANCE_HINT"] = "LATENCY"
         compiled = core.compile_model(core.read_model(str(graph)), "CPU", config)
         request = compiled.create_infer_request()
         outputs = compiled.outputs
