@@ -5,6 +5,13 @@ exportable model; and PaDiM and PatchCore exported by anomalib 2.7 to OpenVINO b
     python benchmarks/bench_export.py --root $ADLEARN_MVTEC_ROOT --category bottle --threads 2 \\
         --anomalib-python $ANOMALIB_PYTHON                        # resumable: done cells are skipped
     python benchmarks/bench_export.py --models padim,patchcore --restart
+    python benchmarks/bench_export.py --models patchcore --prepare    # fit + export only (the slow part)
+
+Fitted models are cached in ``build/bench_export/<category>/<side>_<model>_<key>/`` (the key hashes what changes
+a fit: backbone, layers, sizes, coreset ratio, seed, training folder; never threads or batch sizes): adlearn's
+fitted model (``model.pt``; it is exported again on every run, so the current export code is what gets timed)
+and anomalib's ``Engine.export`` OpenVINO folder. A timing pass (``--restart`` to redo timed cells) then
+refits nothing; ``--prepare`` fills the caches without timing (``--no-adlearn`` / ``--no-anomalib``: one side).
 
 What is timed, per (model, runtime, batch size): from decoded RGB images (PIL, at the file's size) to image
 scores and maps, ``--images`` test images, after one warm-up batch; images/s = images / wall seconds.
@@ -280,8 +287,12 @@ def anomalib_export(spec: dict) -> Path:
     model = _anomalib.build_model(spec["model"], {"backbone": spec["backbone"], "pre_trained": True, **spec["init"]})
     datamodule = _anomalib.make_datamodule(spec["root"], spec["category"], batch_size=32, seed=spec["seed"])
     partial = cache / "export.part"
+    owner = cache / "fitting.pid"  # one fit per cache folder: a second process would clobber the first's export
+    if owner.is_file() and _alive(int(owner.read_text() or 0)):
+        raise SystemExit(f"process {owner.read_text()} is fitting this model into {cache}: wait for it (or end it)")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
+    owner.write_text(str(os.getpid()))
     began = time.perf_counter()
     with tempfile.TemporaryDirectory() as folder:
         engine = Engine(accelerator="cpu", devices=1, default_root_dir=folder, logger=False, enable_progress_bar=False)
@@ -294,7 +305,20 @@ def anomalib_export(spec: dict) -> Path:
     partial.rename(cache / "export")
     config = {k: spec[k] for k in ("model", "init", "backbone", "input_size", "crop", "seed", "train")}
     done.write_text(json.dumps({"xml": str("export" / relative), "fit_s": round(fit_s, 1), "config": config}))
+    owner.unlink(missing_ok=True)
     return cache / "export" / relative
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0 or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def anomalib_side(spec_path: str, out_path: str) -> int:

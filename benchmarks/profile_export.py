@@ -75,7 +75,10 @@ def node_steps(model) -> dict[str, str]:
     for i, (name, kind) in enumerate(zip(names, types)):
         if kind in ("Parameter", "Constant", "Result"):
             continue
-        if i < first_conv:
+        rank = ops[i].get_output_partial_shape(0).rank
+        if kind == "Gather" and first_conv < i < matmul and rank.is_static and rank.get_length() == 4:
+            step = "channel choice"  # a feature map's channels (adlearn's graph picks them per layer)
+        elif i < first_conv:
             step = "normalise"
         elif i <= backbone_end:
             step = "backbone" if kind not in ("Interpolate", "Concat") else "feature upsample + concat"
@@ -89,42 +92,58 @@ def node_steps(model) -> dict[str, str]:
     return steps
 
 
-def profile_openvino(xml: Path, pixels, threads: int, repeats: int, config: dict | None = None) -> dict:
-    """Run the graph ``repeats`` times with performance counters: the median ms of each step and of the run."""
+def profile_openvino(graphs: dict[str, Path], pixels, threads: int, repeats: int) -> dict[str, dict]:
+    """Run each graph ``repeats`` times with performance counters, the graphs taking turns (so a change of load
+    falls on all of them alike): per graph, the median ms of each step and of the whole run."""
     import openvino
 
     core = openvino.Core()
-    model = core.read_model(str(xml))
-    steps = node_steps(model)
     settings = {"PERF_COUNT": True, "INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32"}
-    settings.update(config or {})
-    compiled = core.compile_model(model, "CPU", settings)
-    request = compiled.create_infer_request()
-    request.infer({0: pixels})  # warm-up
-    runs, totals, unmatched = [], [], set()
+    requests, steps = {}, {}
+    for label, xml in graphs.items():
+        model = core.read_model(str(xml))
+        steps[label] = node_steps(model)
+        requests[label] = core.compile_model(model, "CPU", settings).create_infer_request()
+        requests[label].infer({0: pixels})  # warm-up
+    runs = {label: [] for label in graphs}
+    totals = {label: [] for label in graphs}
+    unmatched = {label: set() for label in graphs}
     for _ in range(repeats):
-        start = time.perf_counter()
-        request.infer({0: pixels})
-        totals.append(1000 * (time.perf_counter() - start))
-        per_step = dict.fromkeys(STEPS, 0.0)
-        for info in request.get_profiling_info():
-            if info.status != info.Status.EXECUTED:
-                continue
-            step = steps.get(info.node_name)
-            if step is None:  # a node the plugin fused or added: file it under the original it names
-                step = next((steps[n] for n in info.node_name.split(",") if n in steps), None)
-            if step is None:
-                unmatched.add(f"{info.node_name} ({info.node_type})")
-                step = "other"
-            per_step[step] += info.real_time.total_seconds() * 1000
-        runs.append(per_step)
-    step_ms = {step: statistics.median(run[step] for run in runs) for step in STEPS}
-    return {
-        "wall_ms": statistics.median(totals),
-        "nodes_ms": sum(step_ms.values()),
-        "step_ms": step_ms,
-        "unmatched": sorted(unmatched)[:20],
-    }
+        for label, request in requests.items():
+            start = time.perf_counter()
+            request.infer({0: pixels})
+            totals[label].append(1000 * (time.perf_counter() - start))
+            per_step = dict.fromkeys(STEPS, 0.0)
+            for info in request.get_profiling_info():
+                if info.status != info.Status.EXECUTED:
+                    continue
+                step = _step_of(info.node_name, steps[label])
+                if step is None:
+                    unmatched[label].add(f"{info.node_name} ({info.node_type})")
+                    step = "other"
+                per_step[step] += info.real_time.total_seconds() * 1000
+            runs[label].append(per_step)
+    result = {}
+    for label in graphs:
+        step_ms = {step: statistics.median(run[step] for run in runs[label]) for step in STEPS}
+        result[label] = {
+            "wall_ms": statistics.median(totals[label]),
+            "nodes_ms": sum(step_ms.values()),
+            "step_ms": step_ms,
+            "unmatched": sorted(unmatched[label])[:20],
+        }
+    return result
+
+
+def _step_of(node: str, steps: dict[str, str]) -> str | None:
+    """The step of an executed node: its own name, or for a node the plugin added (a layout Reorder named
+    ``<from>_<layouts>_<to>``), the step of the node it feeds."""
+    if node in steps:
+        return steps[node]
+    if "_acdb_abcd_" in node or "_abcd_acdb_" in node:
+        fed = node.split("_acdb_abcd_")[-1].split("_abcd_acdb_")[-1]
+        return steps.get(fed)
+    return next((steps[n] for n in node.split(",") if n in steps), None)
 
 
 # ----------------------------------------------------------------------------- the Python around the graphs
@@ -204,6 +223,9 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--anomalib-python", default=None, help="anomalib's venv python (default $ANOMALIB_PYTHON)")
     parser.add_argument("--out", default=None)
+    parser.add_argument(
+        "--unfolded", action="store_true", help="also profile our PaDiM exported without its folds (GRAPH_MAPS)"
+    )
     args = parser.parse_args(argv)
     args.batches = [int(b) for b in args.batches.split(",")]
     args.train_steps = 2
@@ -224,11 +246,25 @@ def main(argv=None) -> int:
     their_xml = theirs.parent / json.loads(theirs.read_text())["xml"]
     model = bench_export.cached_model("padim", root, args.category, args.train_steps, args.seed)
     _, _, images = bench_export.test_images(root, args.category, args.images)
-    report = {"threads": args.threads, "repeats": args.repeats, "batches": {}}
+    import os
+
+    report = {"threads": args.threads, "repeats": args.repeats, "load_average_before": os.getloadavg(), "batches": {}}
     python = anomalib_python(args.anomalib_python, required=False)
     their_python = {}
     with tempfile.TemporaryDirectory() as folder:
-        export(model, folder, format="openvino")
+        graphs = {"adlearn": Path(folder) / "ours" / "model.xml"}
+        export(model, Path(folder) / "ours", format="openvino")
+        if args.unfolded:  # the same model exported without GRAPH_MAPS' folds, for their effect
+            import adlearn.export
+
+            saved = dict(adlearn.export.GRAPH_MAPS)
+            adlearn.export.GRAPH_MAPS.clear()
+            try:
+                export(model, Path(folder) / "unfolded", format="openvino")
+            finally:
+                adlearn.export.GRAPH_MAPS.update(saved)
+            graphs["adlearn unfolded"] = Path(folder) / "unfolded" / "model.xml"
+        graphs["anomalib"] = their_xml
         if python:
             spec = {**vars(args), "root": str(root), "xml": str(their_xml)}
             spec_path, out_path = Path(folder) / "spec.json", Path(folder) / "out.json"
@@ -239,14 +275,12 @@ def main(argv=None) -> int:
             their_python = json.loads(out_path.read_text())
         for batch in args.batches:
             pixels = np.stack([bench_export_image(image) for image in images[:batch]])  # (B, 3, 256, 256)
-            entry = {
-                "adlearn": profile_openvino(Path(folder) / "model.xml", pixels, args.threads, args.repeats),
-                "anomalib": profile_openvino(their_xml, pixels, args.threads, args.repeats),
-                "adlearn_python": time_python_adlearn(images, batch, args.repeats),
-                "anomalib_python": their_python.get(str(batch)),
-            }
+            entry = profile_openvino(graphs, pixels, args.threads, args.repeats)
+            entry["adlearn_python"] = time_python_adlearn(images, batch, args.repeats)
+            entry["anomalib_python"] = their_python.get(str(batch))
             report["batches"][str(batch)] = entry
-            print(table(entry, batch))
+            print(table(entry, batch, list(graphs)), flush=True)
+    report["load_average_after"] = os.getloadavg()  # above the threads used: the shares are the figures to read
     out = Path(args.out) if args.out else RESULTS / f"export_profile_{args.category}.json"
     write_json(out, report)
     print(f"results: {out}", file=sys.stderr)
@@ -259,29 +293,36 @@ def bench_export_image(image):
     return load_image(image, (256, 256))
 
 
-def table(entry: dict, batch: int) -> str:
-    """Markdown: ms per batch and share of each step, both graphs side by side."""
-    ours, theirs = entry["adlearn"], entry["anomalib"]
+def table(entry: dict, batch: int, labels: list[str]) -> str:
+    """Markdown: ms per batch and share of each step, the graphs side by side."""
     lines = [
         f"batch {batch}: ms per batch (share of the graph's node time)",
-        "| step | adlearn | anomalib |",
-        "|---|---|---|",
+        "| step | " + " | ".join(labels) + " |",
+        "|---|" + "---|" * len(labels),
     ]
     for step in STEPS:
-        a, b = ours["step_ms"][step], theirs["step_ms"][step]
-        if a or b:
-            lines.append(
-                f"| {step} | {a:.2f} ({100 * a / ours['nodes_ms']:.0f} %) | {b:.2f} ({100 * b / theirs['nodes_ms']:.0f} %) |"
-            )
-    lines.append(f"| graph, wall | {ours['wall_ms']:.2f} | {theirs['wall_ms']:.2f} |")
+        values = [entry[label]["step_ms"][step] for label in labels]
+        if any(values):
+            cells = [f"{v:.2f} ({100 * v / entry[label]['nodes_ms']:.0f} %)" for v, label in zip(values, labels)]
+            lines.append(f"| {step} | " + " | ".join(cells) + " |")
+    lines.append("| graph, wall | " + " | ".join(f"{entry[label]['wall_ms']:.2f}" for label in labels) + " |")
     python = entry.get("anomalib_python") or {}
-    lines.append(f"| Python: resize | {entry['adlearn_python']['resize_ms']:.2f} | {python.get('resize_ms', 0):.2f} |")
+    resize = entry["adlearn_python"]["resize_ms"]
+    lines.append(
+        "| Python: resize | "
+        + " | ".join(f"{python.get('resize_ms', 0):.2f}" if lbl == "anomalib" else f"{resize:.2f}" for lbl in labels)
+        + " |"
+    )
     if python:
         rest = python["pre_process_ms"] + python["post_process_ms"]
-        lines.append(f"| Python: inferencer conversion + outputs | 0 | {rest:.2f} |")
-    for side, info in (("adlearn", ours), ("anomalib", theirs)):
-        if info["unmatched"]:
-            lines.append(f"\n{side}: unmatched nodes: {', '.join(info['unmatched'])}")
+        lines.append(
+            "| Python: inferencer conversion + outputs | "
+            + " | ".join(f"{rest:.2f}" if lbl == "anomalib" else "0" for lbl in labels)
+            + " |"
+        )
+    for label in labels:
+        if entry[label]["unmatched"]:
+            lines.append(f"\n{label}: unmatched nodes: {', '.join(entry[label]['unmatched'])}")
     return "\n".join(lines)
 
 
