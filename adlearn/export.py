@@ -23,6 +23,11 @@ matrices it builds and caches in Python, which a trace would rebuild in float64 
 PatchCore's nearest-neighbour search runs as one distance matrix in torch (the eager default may call
 faiss, outside torch, which a trace cannot see).
 
+For PaDiM and PatchCore, `graph_mode` also folds work into constants once, at export (`GRAPH_MAPS`): the
+map's upsampling and blur become one small matrix per axis (`map_matrices`), PaDiM's random channel choice
+runs per layer before the upsampling (with the Gaussian permuted to match), and PatchCore's search keeps
+``−2 · bankᵀ``. Same numbers up to rounding; the eager model is not changed.
+
 Which models export is one table, `EXPORTABLE` / `NOT_EXPORTABLE` (a reason for each). Every registered
 model is in one of them (tests/test_export.py checks it, and that each exportable model's exported scores
 equal its eager ones within `TOLERANCE`).
