@@ -205,11 +205,25 @@ class InferenceModel:
         # one stream with every thread: `predict` runs one synchronous request at a time, which a throughput
         # setting (several streams, the threads split between them) would leave on part of the threads
         config["PERFORMANCE_HINT"] = "LATENCY"
-        compiled = core.compile_model(core.read_model(str(graph)), "CPU", config)
-        request = compiled.create_infer_request()
-        outputs = compiled.outputs
+        # One compiled graph per batch size, its input shape made static: OpenVINO then plans every operation
+        # for that shape once, instead of on each call. A graph that cannot take a static shape runs as saved.
+        requests: dict[int, tuple] = {}
+
+        def request_for(batch: int):
+            if batch not in requests:
+                model = core.read_model(str(graph))
+                try:
+                    model.reshape([batch, *model.inputs[0].get_partial_shape()[1:]])
+                    compiled = core.compile_model(model, "CPU", config)
+                except Exception:  # a graph whose shape arithmetic refuses a static batch: the dynamic one
+                    compiled = core.compile_model(core.read_model(str(graph)), "CPU", config)
+                if len(requests) >= 4:  # a few batch sizes at a time (the full batches, the last partial one)
+                    requests.pop(next(iter(requests)))
+                requests[batch] = (compiled.create_infer_request(), compiled.outputs)
+            return requests[batch]
 
         def run(pixels):
+            request, outputs = request_for(pixels.shape[0])
             results = request.infer({0: pixels})
             return [np.asarray(results[output]) for output in outputs]
 
