@@ -119,7 +119,9 @@ def collect_video_predictions(model, clips, batch_size: int | None = None) -> di
     ``clip_length - 1`` frames of a video) takes the score of the first clip that holds it. Keys:
     ``pred_scores``, ``labels``, ``videos``, ``frame_indices``, ``kinds`` (per frame, ``""`` when the
     videos name none), ``masks`` / ``anomaly_maps`` (F, H, W) and ``has_masks`` (F,), ``boxes`` and
-    ``box_scores`` (per frame), ``predict_seconds``.
+    ``box_scores`` (per frame), ``predict_seconds``. A model with a ``smooth_frame_scores`` step (AI-VAD's
+    smoothing over time) gets each whole video's frame scores through it: ``pred_scores`` are the smoothed
+    ones, ``clip_scores`` the frame scores before it.
     """
     if len(clips) == 0:
         raise ValueError("the test clip dataset is empty — nothing to evaluate")
@@ -152,11 +154,16 @@ def collect_video_predictions(model, clips, batch_size: int | None = None) -> di
     keys = sorted(rows, key=lambda key: (order[key[0]], key[1]))
     frames = [rows[key] for key in keys]
     painted = np.stack([_paint(f["boxes"], f["box_scores"], f["mask"].shape) for f in frames])
+    clip_scores = np.array([f["score"] for f in frames])
+    video_names, frame_indices = [key[0] for key in keys], np.array([key[1] for key in keys])
+    smooth = getattr(model, "smooth_frame_scores", None)
+    scores = clip_scores if smooth is None else np.asarray(smooth(clip_scores, video_names, frame_indices))
     return {
-        "pred_scores": np.array([f["score"] for f in frames]),
+        "pred_scores": scores,
+        "clip_scores": clip_scores,
         "labels": np.array([f["label"] for f in frames], dtype=int),
-        "videos": [key[0] for key in keys],
-        "frame_indices": np.array([key[1] for key in keys]),
+        "videos": video_names,
+        "frame_indices": frame_indices,
         "kinds": [videos[v].kinds[i] if v in videos else "" for v, i in keys],
         "masks": np.stack([f["mask"] for f in frames]),
         "has_masks": np.array([f["has_masks"] for f in frames]),
