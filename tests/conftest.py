@@ -113,3 +113,14 @@ def datasets_64(synthetic_split):
 
     transform = ImageTransform(image_size=64)
     return synthetic_split(transform, "train")[0], synthetic_split(transform, "test")[0]
+
+
+@pytest.fixture(scope="module")
+def tiny_videos():
+    """AI-VAD's tests: small synthetic surveillance clips (training, test): 3 videos of 10 and 3 of 14 frames at 64 x 80."""
+    from adlearn.data import ClipDataset, synthetic_surveillance
+
+    size = (64, 80)
+    train = ClipDataset(synthetic_surveillance("train", n_videos=3, n_frames=10, size=size))
+    test = ClipDataset(synthetic_surveillance("test", n_videos=3, n_frames=14, size=size))
+    return train, test

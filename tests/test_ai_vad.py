@@ -12,6 +12,7 @@ import pytest
 import torch
 from scipy import ndimage
 from torchvision.ops import roi_align
+from video_fixtures import TINY_VIDEO  # tests/video_fixtures.py
 
 from adlearn.components.foreground_regions import (
     ForegroundDetector,
@@ -189,17 +190,6 @@ def test_grouped_knn_errors_name_the_fix():
 
 
 # ---------------------------------------------------------------------------- the model
-TINY_VIDEO = dict(min_bbox_area=10, deep_crop_size=32)  # small frames: small regions
-
-
-@pytest.fixture(scope="module")
-def tiny_videos():
-    from adlearn.data import ClipDataset, synthetic_surveillance
-
-    size = (64, 80)
-    train = ClipDataset(synthetic_surveillance("train", n_videos=3, n_frames=10, size=size))
-    test = ClipDataset(synthetic_surveillance("test", n_videos=3, n_frames=14, size=size))
-    return train, test
 
 
 @pytest.fixture(scope="module")

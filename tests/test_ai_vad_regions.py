@@ -230,14 +230,6 @@ def test_frame_auroc_table_matches_sklearn_per_kind_and_attribute():
 
 
 # ---------------------------------------------------------------------------- the model with the new options
-@pytest.fixture(scope="module")
-def tiny_videos():
-    from adlearn.data import ClipDataset, synthetic_surveillance
-
-    size = (64, 80)
-    train = ClipDataset(synthetic_surveillance("train", n_videos=3, n_frames=10, size=size))
-    test = ClipDataset(synthetic_surveillance("test", n_videos=3, n_frames=14, size=size))
-    return train, test
 
 
 def test_background_model_saves_loads_and_reseeds_identically(tiny_videos, tmp_path):

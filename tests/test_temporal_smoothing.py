@@ -7,10 +7,9 @@ import numpy as np
 import pytest
 import torch
 from scipy.ndimage import gaussian_filter1d
+from video_fixtures import TINY_VIDEO  # tests/video_fixtures.py
 
 from adlearn.components.temporal_smoothing import gaussian_filter_1d, smooth_over_time
-
-TINY_VIDEO = {"min_bbox_area": 10, "deep_crop_size": 32}  # small frames: small regions (as in test_ai_vad.py)
 
 
 @pytest.mark.parametrize("length", [1, 2, 5, 13, 40])

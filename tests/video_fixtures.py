@@ -118,3 +118,7 @@ def write_avenue_folder(
                 for t in range(n_frames):
                     Image.fromarray(item["masks"][t] * 255).save(folder_t / f"{t:03d}.png")
     return root
+
+
+# ---------------------------------------------------------------------------- tiny AI-VAD runs
+TINY_VIDEO = {"min_bbox_area": 10, "deep_crop_size": 32}  # AI-VAD on small frames: small regions, small crops
