@@ -184,9 +184,8 @@ class InferenceModel:
         except ImportError as error:
             raise missing_extra("onnxruntime", error) from error
         options = onnxruntime.SessionOptions()
-        options.graph_optimization_level = (
-            onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-        )  # constant folding, fusions
+        # every graph optimisation (constant folding, fusions): onnxruntime's default, stated so it stays so
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1

@@ -31,7 +31,15 @@ from adlearn.metrics import _pixel_inputs, _to_numpy, roc_curve
 if TYPE_CHECKING:  # only for annotations; matplotlib is imported lazily
     from matplotlib.figure import Figure
 
-__all__ = ["anomaly_map_grid", "roc_figure", "metrics_table", "denormalize", "frame_strip", "draw_boxes"]
+__all__ = [
+    "anomaly_map_grid",
+    "roc_figure",
+    "metrics_table",
+    "denormalize",
+    "frame_strip",
+    "draw_boxes",
+    "outline_mask",
+]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -93,6 +101,12 @@ def _show_image(ax: Any, image: np.ndarray) -> None:
         ax.imshow(image)
     ax.set_xticks([])
     ax.set_yticks([])
+
+
+def outline_mask(ax: Any, mask: np.ndarray, color: str = "red", linewidth: float = 1.0) -> None:
+    """Draw the outline of a ground-truth mask ``(H, W)`` on ``ax`` (nothing for an empty mask: contour() warns)."""
+    if mask.any():
+        ax.contour(mask, levels=[0.5], colors=color, linewidths=linewidth)
 
 
 def _column_title(i: int, scores: np.ndarray | None, labels: np.ndarray | None) -> str:
@@ -166,8 +180,7 @@ def anomaly_map_grid(
         if gt is not None:
             ax = axes[1, i]
             _show_image(ax, shown[i])
-            if gt[i].any():  # contour() warns on an empty mask
-                ax.contour(gt[i], levels=[0.5], colors="red", linewidths=1.0)
+            outline_mask(ax, gt[i])
         ax = axes[-1, i]
         _show_image(ax, shown[i])
         heatmap = ax.imshow(heat[i], cmap="jet", alpha=alpha, vmin=vmin, vmax=vmax)
@@ -300,8 +313,8 @@ def frame_strip(
     for t, ax in enumerate(axes):
         _show_image(ax, np.clip(array[t], 0.0, 1.0))
         anomalous = label_array is not None and bool(label_array[t])
-        if mask_array is not None and mask_array[t].any():
-            ax.contour(mask_array[t] > 0.5, levels=[0.5], colors="red", linewidths=0.8)
+        if mask_array is not None:
+            outline_mask(ax, mask_array[t] > 0.5, linewidth=0.8)
         if titles is not None:
             title = titles[t]
         else:

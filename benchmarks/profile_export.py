@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -170,8 +172,6 @@ def anomalib_python_side(spec_path: str, out_path: str) -> int:
     from PIL import Image
 
     spec = json.loads(Path(spec_path).read_text())
-    import os
-
     from bench_export import test_images
 
     _, _, images = test_images(Path(spec["root"]), spec["category"], spec["images"])
@@ -230,8 +230,6 @@ def main(argv=None) -> int:
     args.batches = [int(b) for b in args.batches.split(",")]
     args.train_steps = 2
 
-    import subprocess
-
     import bench_export
     import numpy as np
     import torch
@@ -246,8 +244,6 @@ def main(argv=None) -> int:
     their_xml = theirs.parent / json.loads(theirs.read_text())["xml"]
     model = bench_export.cached_model("padim", root, args.category, args.train_steps, args.seed)
     _, _, images = bench_export.test_images(root, args.category, args.images)
-    import os
-
     report = {"threads": args.threads, "repeats": args.repeats, "load_average_before": os.getloadavg(), "batches": {}}
     python = anomalib_python(args.anomalib_python, required=False)
     their_python = {}

@@ -46,7 +46,23 @@ import torch.nn.functional as F
 from adlearn.components.dynamic_buffer import DynamicBufferMixin, check_fitted_rows
 from adlearn.components.kmeans import KMeans, _is_int, check_2d_finite
 
-__all__ = ["GaussianMixture"]
+__all__ = ["GaussianMixture", "mahalanobis_to_components"]
+
+
+def _squared_mahalanobis(x: torch.Tensor, means: torch.Tensor, chol: torch.Tensor) -> torch.Tensor:
+    """Squared Mahalanobis distance of every point to every component -> (K, N), given Σ_k = L_k L_kᵀ."""
+    diff = x.unsqueeze(0) - means.unsqueeze(1)  # (K, N, D)
+    # Solve L_k y = (x_i - mu_k): ||y||^2 is the squared Mahalanobis distance.
+    solved = torch.linalg.solve_triangular(chol, diff.transpose(1, 2), upper=False)  # (K, D, N)
+    return solved.pow(2).sum(dim=1)  # (K, N)
+
+
+def mahalanobis_to_components(points: torch.Tensor, means: torch.Tensor, covariances: torch.Tensor) -> torch.Tensor:
+    """Mahalanobis distance of every point to every component: ``(N, D)``, ``(K, D)``, ``(K, D, D)`` -> ``(N, K)``.
+
+    With Σ_k = L_k L_kᵀ (Cholesky), M_k(x) = ‖L_k⁻¹ (x − μ_k)‖ (Bishop Sec. 2.3).
+    """
+    return _squared_mahalanobis(points, means, torch.linalg.cholesky(covariances)).sqrt().T  # (N, K)
 
 
 class GaussianMixture(DynamicBufferMixin):
@@ -113,10 +129,7 @@ class GaussianMixture(DynamicBufferMixin):
         """log N(x_i | mu_k, Sigma_k) for every point and component -> (N, K)."""
         n_features = x.shape[1]
         chol = torch.linalg.cholesky(covariances)  # (K, D, D), Sigma_k = L_k L_k^T
-        diff = x.unsqueeze(0) - means.unsqueeze(1)  # (K, N, D)
-        # Solve L_k y = (x_i - mu_k): ||y||^2 is the squared Mahalanobis distance.
-        solved = torch.linalg.solve_triangular(chol, diff.transpose(1, 2), upper=False)  # (K, D, N)
-        mahalanobis_sq = solved.pow(2).sum(dim=1)  # (K, N)
+        mahalanobis_sq = _squared_mahalanobis(x, means, chol)  # (K, N)
         log_det = 2 * torch.log(torch.diagonal(chol, dim1=1, dim2=2)).sum(dim=1)  # (K,)
         log_prob = -0.5 * (n_features * math.log(2 * math.pi) + log_det[:, None] + mahalanobis_sq)
         return log_prob.T  # (N, K)

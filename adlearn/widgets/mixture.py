@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from adlearn.components import GaussianMixture, KMeans
+from adlearn.components.gmm import mahalanobis_to_components
 from adlearn.widgets.common import _as_numpy, _as_tensor, separation_auroc
 from adlearn.widgets.view import WidgetView, _new_figure
 
@@ -92,17 +93,6 @@ def make_mixture_toy(
 
 
 # ---------------------------------------------------------------------------------- compute
-def mahalanobis_to_components(points: torch.Tensor, means: torch.Tensor, covariances: torch.Tensor) -> torch.Tensor:
-    """Mahalanobis distance of every point to every component: ``(N, D)``, ``(K, D)``, ``(K, D, D)`` -> ``(N, K)``.
-
-    With Σ_k = L_k L_kᵀ (Cholesky), M_k(x) = ‖L_k⁻¹ (x − μ_k)‖ (Bishop Sec. 2.3).
-    """
-    chol = torch.linalg.cholesky(covariances)  # (K, D, D)
-    diff = points.unsqueeze(0) - means.unsqueeze(1)  # (K, N, D)
-    solved = torch.linalg.solve_triangular(chol, diff.transpose(1, 2), upper=False)  # (K, D, N)
-    return solved.pow(2).sum(dim=1).sqrt().T  # (N, K)
-
-
 def _fit_mixture(train: torch.Tensor, n_components: int, regularization: float, seed: int):
     """EM with ``reg_covar = ε``; -> (model, converged). A non-converged EM is reported, not raised."""
     mixture = GaussianMixture(n_components=n_components, n_iter=300, tol=1e-6, seed=seed, reg_covar=regularization)

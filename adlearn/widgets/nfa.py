@@ -31,6 +31,7 @@ import torch
 from adlearn.components.nfa import nfa_segmentation
 from adlearn.models.base import NotFittedError
 from adlearn.models.uflow import Uflow, uflow_anomaly_map
+from adlearn.plotting import denormalize, outline_mask
 from adlearn.widgets.view import WidgetView, _new_figure
 
 if TYPE_CHECKING:
@@ -143,15 +144,12 @@ def _epsilon_text(log10_epsilon: float) -> str:
 
 
 def _outline(ax: Axes, truth: np.ndarray, color: str) -> None:
-    if truth.any():
-        ax.contour(truth, levels=[0.5], colors=color, linewidths=1)
+    outline_mask(ax, truth, color)
     ax.axis("off")
 
 
 def _draw_inputs(axes, outputs: UflowOutputs, result: dict) -> None:
     """Three panels: the image with its truth, the anomaly map, −log10 NFA with the ε level."""
-    from adlearn.plotting import denormalize
-
     image, anomaly_map, nfa_map = axes
     index = result["image_index"]
     truth = outputs.masks[index].numpy()

@@ -32,6 +32,7 @@ from torch import nn
 
 from adlearn.components import GaussianBlur2d, MultiVariateGaussian
 from adlearn.models.padim import Padim, mahalanobis_map, random_channel_index
+from adlearn.plotting import denormalize, outline_mask
 from adlearn.widgets.view import WidgetView, _new_figure
 
 if TYPE_CHECKING:
@@ -156,16 +157,9 @@ def padim_maps_explore(
 
 
 # ---------------------------------------------------------------------------------- panels
-def _outline(ax: Axes, mask: np.ndarray, color: str) -> None:
-    if mask.any():
-        ax.contour(mask, levels=[0.5], colors=color, linewidths=1)
-
-
 def _draw_image(ax: Axes, features: PadimFeatures, result: dict) -> None:
-    from adlearn.plotting import denormalize
-
     ax.imshow(denormalize(features.images[result["image_index"]][None])[0])
-    _outline(ax, result["mask"], "red")
+    outline_mask(ax, result["mask"], "red")
     kind = "defective" if result["label"] else "normal"
     ax.set_title(f"test image {result['image_index']} ({kind}), truth in red", fontsize="medium")
     ax.axis("off")
@@ -173,7 +167,7 @@ def _draw_image(ax: Axes, features: PadimFeatures, result: dict) -> None:
 
 def _draw_map(ax: Axes, result: dict, raw: bool = False, title: str | None = None) -> None:
     ax.imshow(result["raw_map" if raw else "map"], cmap="jet")
-    _outline(ax, result["mask"], "white")
+    outline_mask(ax, result["mask"], "white")
     default = (
         f"Mahalanobis, d = {result['n_features']}, no blur"
         if raw
